@@ -1,0 +1,1 @@
+"""The per-pod Bulwark agent: keys, CSRs, rotation, SDS, the SPIFFE Workload API and files."""

@@ -1,0 +1,49 @@
+"""The shared PKI core and the `bulwark` command line.
+
+SPIFFE IDs and trust domains (`spiffe_id`), keys (`keys`), CSRs (`csr`), the
+certificate profiles of the CA and its leaves (`profile`), PEM helpers (`pem`)
+and chain plus X.509-SVID checks (`verify`). The CA server and the agent both
+build on these; nothing here does I/O beyond parsing bytes.
+"""
+
+from __future__ import annotations
+
+from certs.csr import MAX_CSR_BYTES, ParsedCsr, build_csr, parse_csr
+from certs.errors import ChainError, CertsError, CsrError, InvalidSpiffeId, SvidError, UnsupportedKey
+from certs.keys import KeyType, PrivateKey, PublicKey, generate_key, spki_sha256
+from certs.pem import bundle_pem, load_certificates, serial_hex, sha256_fingerprint, to_pem
+from certs.profile import leaf_certificate, random_serial, self_signed_root
+from certs.spiffe_id import SpiffeId, TrustDomain
+from certs.verify import spiffe_id_of, svid_violations, verify_chain, verify_svid
+
+__all__ = [
+    "MAX_CSR_BYTES",
+    "CertsError",
+    "ChainError",
+    "CsrError",
+    "InvalidSpiffeId",
+    "KeyType",
+    "ParsedCsr",
+    "PrivateKey",
+    "PublicKey",
+    "SpiffeId",
+    "SvidError",
+    "TrustDomain",
+    "UnsupportedKey",
+    "build_csr",
+    "bundle_pem",
+    "generate_key",
+    "leaf_certificate",
+    "load_certificates",
+    "parse_csr",
+    "random_serial",
+    "self_signed_root",
+    "serial_hex",
+    "sha256_fingerprint",
+    "spiffe_id_of",
+    "spki_sha256",
+    "svid_violations",
+    "to_pem",
+    "verify_chain",
+    "verify_svid",
+]

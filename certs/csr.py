@@ -1,0 +1,89 @@
+"""Certificate signing requests: building them for workloads, parsing them for the CA."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from certs.errors import CsrError
+from certs.keys import PrivateKey, PublicKey, check_public_key, signature_hash
+from certs.spiffe_id import SpiffeId
+
+MAX_CSR_BYTES = 64 * 1024
+
+
+def build_csr(key: PrivateKey, spiffe_id: SpiffeId) -> bytes:
+    """A PEM CSR with an empty subject and one critical URI SAN, as istio-agent sends."""
+    san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(spiffe_id))])
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    builder = builder.add_extension(san, critical=True)
+    csr = builder.sign(key, signature_hash(key))
+    return csr.public_bytes(Encoding.PEM)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCsr:
+    """What the CA needs from a CSR once its signature has been checked."""
+
+    public_key: PublicKey
+    uris: tuple[str, ...]
+    dns_names: tuple[str, ...]
+    other_sans: tuple[str, ...]
+    requests_ca: bool
+    sha256: str
+
+
+def parse_csr(pem: str | bytes, *, allow_ed25519: bool = False) -> ParsedCsr:
+    """Parse and check a PEM CSR; raise `CsrError` (or `UnsupportedKey`) saying what is wrong."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    if len(data) > MAX_CSR_BYTES:
+        raise CsrError(f"CSR is {len(data)} bytes; the limit is {MAX_CSR_BYTES}")
+    if b"-----BEGIN CERTIFICATE REQUEST-----" not in data:
+        raise CsrError("CSR is not PEM: expected a 'BEGIN CERTIFICATE REQUEST' block")
+    try:
+        csr = x509.load_pem_x509_csr(data)
+    except ValueError as exc:
+        raise CsrError("CSR PEM block does not hold a valid PKCS#10 request") from exc
+    try:
+        public_key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise CsrError("CSR public key cannot be read") from exc
+    public_key = check_public_key(public_key, allow_ed25519=allow_ed25519)
+    if not csr.is_signature_valid:
+        raise CsrError("CSR signature does not verify with its own public key")
+    try:
+        extensions = csr.extensions
+    except (ValueError, x509.DuplicateExtension) as exc:
+        raise CsrError("CSR extensions cannot be parsed") from exc
+    uris: list[str] = []
+    dns: list[str] = []
+    other: list[str] = []
+    requests_ca = False
+    for ext in extensions:
+        value = ext.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            for name in value:
+                if isinstance(name, x509.UniformResourceIdentifier):
+                    uris.append(name.value)
+                elif isinstance(name, x509.DNSName):
+                    dns.append(name.value)
+                elif isinstance(name, x509.IPAddress):
+                    other.append(f"IP:{name.value}")
+                else:
+                    other.append(f"{type(name).__name__}:{name.value}")
+        elif isinstance(value, x509.BasicConstraints) and value.ca:
+            requests_ca = True
+        elif isinstance(value, x509.KeyUsage) and (value.key_cert_sign or value.crl_sign):
+            requests_ca = True
+    return ParsedCsr(
+        public_key=public_key,
+        uris=tuple(uris),
+        dns_names=tuple(dns),
+        other_sans=tuple(other),
+        requests_ca=requests_ca,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )

@@ -1,0 +1,39 @@
+"""Errors of the shared PKI core.
+
+    CertsError
+    ├── InvalidSpiffeId      a SPIFFE ID or trust domain breaks SPEC §3
+    ├── UnsupportedKey       key type or size outside the allow-list
+    ├── CsrError             CSR unparsable, oversized, badly signed or asking for CA powers
+    ├── ChainError           a chain does not verify against the given roots
+    └── SvidError            a certificate breaks the X.509-SVID rules
+"""
+
+from __future__ import annotations
+
+
+class CertsError(Exception):
+    """Root of every error raised by `certs`."""
+
+
+class InvalidSpiffeId(CertsError):
+    """A SPIFFE ID or trust domain is malformed."""
+
+
+class UnsupportedKey(CertsError):
+    """A key's algorithm or size is not allowed."""
+
+
+class CsrError(CertsError):
+    """A certificate signing request cannot be accepted."""
+
+
+class ChainError(CertsError):
+    """A certificate chain does not verify."""
+
+
+class SvidError(CertsError):
+    """A certificate is not a conforming X.509-SVID."""
+
+    def __init__(self, violations: list[str]) -> None:
+        super().__init__("; ".join(violations))
+        self.violations = violations

@@ -1,0 +1,102 @@
+"""SPIFFE IDs and trust domains as validated, immutable values (SPEC §3)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from certs.errors import InvalidSpiffeId
+
+_TD_CHARS = re.compile(r"^[a-z0-9._-]+$")
+_SEGMENT_CHARS = re.compile(r"^[a-zA-Z0-9._-]+$")
+MAX_TRUST_DOMAIN_BYTES = 255
+MAX_ID_BYTES = 2048
+_SCHEME = "spiffe://"
+
+
+@dataclass(frozen=True, slots=True)
+class TrustDomain:
+    """A SPIFFE trust domain name such as `cluster.local`."""
+
+    name: str
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not name:
+            raise InvalidSpiffeId("trust domain is empty")
+        if len(name.encode()) > MAX_TRUST_DOMAIN_BYTES:
+            raise InvalidSpiffeId(f"trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
+        if not _TD_CHARS.match(name):
+            raise InvalidSpiffeId(
+                f"trust domain {name!r} may only contain lowercase letters, digits, '.', '-', '_'"
+            )
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def id(self) -> str:
+        """The trust domain's own SPIFFE ID, `spiffe://<name>`."""
+        return _SCHEME + self.name
+
+
+@dataclass(frozen=True, slots=True)
+class SpiffeId:
+    """A SPIFFE ID: trust domain plus a non-empty path of validated segments."""
+
+    trust_domain: TrustDomain
+    path: str
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise InvalidSpiffeId("SPIFFE ID has no path; workload IDs need one")
+        if not self.path.startswith("/"):
+            raise InvalidSpiffeId("SPIFFE ID path must start with '/'")
+        for segment in self.path[1:].split("/"):
+            _check_segment(segment)
+        if len(str(self).encode()) > MAX_ID_BYTES:
+            raise InvalidSpiffeId(f"SPIFFE ID is longer than {MAX_ID_BYTES} bytes")
+
+    @classmethod
+    def parse(cls, text: str) -> SpiffeId:
+        """Parse `spiffe://td/path`, rejecting everything SPEC §3 forbids."""
+        if not text.startswith(_SCHEME):
+            raise InvalidSpiffeId("SPIFFE ID must start with 'spiffe://'")
+        if len(text.encode()) > MAX_ID_BYTES:
+            raise InvalidSpiffeId(f"SPIFFE ID is longer than {MAX_ID_BYTES} bytes")
+        rest = text[len(_SCHEME):]
+        for bad, what in (("?", "a query"), ("#", "a fragment"), ("%", "percent-encoding")):
+            if bad in rest:
+                raise InvalidSpiffeId(f"SPIFFE ID must not contain {what}")
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            raise InvalidSpiffeId("SPIFFE ID must not contain userinfo")
+        if ":" in authority:
+            raise InvalidSpiffeId("SPIFFE ID must not contain a port")
+        return cls(TrustDomain(authority), slash + path)
+
+    @classmethod
+    def for_service_account(cls, trust_domain: TrustDomain, namespace: str, account: str) -> SpiffeId:
+        """The Istio workload identity `spiffe://<td>/ns/<ns>/sa/<sa>`."""
+        return cls(trust_domain, f"/ns/{namespace}/sa/{account}")
+
+    def service_account(self) -> tuple[str, str] | None:
+        """`(namespace, service account)` when the path is Istio-shaped, else None."""
+        parts = self.path.split("/")
+        if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
+            return parts[2], parts[4]
+        return None
+
+    def __str__(self) -> str:
+        return f"{_SCHEME}{self.trust_domain.name}{self.path}"
+
+
+def _check_segment(segment: str) -> None:
+    if segment == "":
+        raise InvalidSpiffeId("SPIFFE ID path has an empty segment (or a trailing '/')")
+    if segment in (".", ".."):
+        raise InvalidSpiffeId(f"SPIFFE ID path must not contain a {segment!r} segment")
+    if not _SEGMENT_CHARS.match(segment):
+        raise InvalidSpiffeId(
+            f"SPIFFE ID path segment {segment!r} may only contain letters, digits, '.', '-', '_'"
+        )

@@ -1,0 +1,90 @@
+"""Chain verification (`cryptography.x509.verification`) plus the X.509-SVID leaf rules."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
+
+from certs.errors import ChainError, InvalidSpiffeId, SvidError
+from certs.spiffe_id import SpiffeId
+
+
+def svid_violations(leaf: x509.Certificate) -> list[str]:
+    """Every X.509-SVID leaf rule `leaf` breaks (empty when it conforms)."""
+    problems: list[str] = []
+    try:
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return ["no SubjectAlternativeName extension: an SVID needs exactly one URI SAN"]
+    uris = sans.value.get_values_for_type(x509.UniformResourceIdentifier)
+    if len(uris) != 1:
+        problems.append(f"has {len(uris)} URI SANs; an X.509-SVID has exactly one")
+    else:
+        try:
+            SpiffeId.parse(uris[0])
+        except InvalidSpiffeId as exc:
+            problems.append(f"URI SAN is not a valid workload SPIFFE ID: {exc}")
+    if len(leaf.subject) == 0 and not sans.critical:
+        problems.append("subject is empty but the SAN extension is not critical (RFC 5280)")
+    try:
+        bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
+        if bc.value.ca:
+            problems.append("leaf has BasicConstraints CA:true")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        ku = leaf.extensions.get_extension_for_class(x509.KeyUsage)
+    except x509.ExtensionNotFound:
+        problems.append("KeyUsage extension is missing")
+    else:
+        if not ku.critical:
+            problems.append("KeyUsage extension is not critical")
+        if not ku.value.digital_signature:
+            problems.append("KeyUsage lacks digitalSignature")
+        if ku.value.key_cert_sign or ku.value.crl_sign:
+            problems.append("leaf KeyUsage has keyCertSign or cRLSign")
+    return problems
+
+
+def spiffe_id_of(leaf: x509.Certificate) -> SpiffeId:
+    """The SPIFFE ID of a conforming X.509-SVID, or `SvidError` naming the broken rules."""
+    problems = svid_violations(leaf)
+    if problems:
+        raise SvidError(problems)
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return SpiffeId.parse(sans.get_values_for_type(x509.UniformResourceIdentifier)[0])
+
+
+def verify_chain(
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    *,
+    now: datetime,
+) -> list[x509.Certificate]:
+    """Verify `chain` (leaf first) up to one of `roots` at `now`; return the verified path."""
+    if not chain:
+        raise ChainError("chain is empty")
+    if not roots:
+        raise ChainError("no trusted roots given")
+    leaf, *rest = chain
+    intermediates = [c for c in rest if c not in roots]
+    verifier = PolicyBuilder().store(Store(list(roots))).time(now).build_client_verifier()
+    try:
+        verified = verifier.verify(leaf, intermediates)
+    except VerificationError as exc:
+        raise ChainError(f"chain does not verify against the roots: {exc}") from exc
+    return list(verified.chain)
+
+
+def verify_svid(
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    *,
+    now: datetime,
+) -> SpiffeId:
+    """Verify chain and SVID rules together; the CA runs this on every certificate it signs."""
+    verify_chain(chain, roots, now=now)
+    return spiffe_id_of(chain[0])
