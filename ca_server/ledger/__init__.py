@@ -1,0 +1,50 @@
+"""The issuance record: every certificate the CA signs, committed before the caller sees it.
+
+SQLite (default, a WAL file in the data directory) or PostgreSQL behind one
+interface. Concurrent `record()` calls are group-committed by one writer thread
+per process; writers in any number of processes extend one linear SHA-256
+hash chain under the database's write lock, so `verify` finds any edited,
+removed or reordered row. Old expired rows are pruned from the front of the
+chain, which stays verifiable from a kept anchor.
+"""
+
+from __future__ import annotations
+
+from ca_server.ledger.chain import ChainBreak, VerifyReport
+from ca_server.ledger.database import default_record_url, parse_record_url
+from ca_server.ledger.errors import (
+    InvalidQuery,
+    LedgerError,
+    LedgerReadError,
+    LedgerWriteError,
+    RecordUrlError,
+    SchemaError,
+)
+from ca_server.ledger.query import CertificateQuery, parse_duration
+from ca_server.ledger.reader import CertificatePage, LedgerReader, open_reader
+from ca_server.ledger.recorder import ManagedRecorder, RecorderOptions, open_recorder
+from ca_server.ledger.retention import Pruner
+from ca_server.ledger.rows import StoredCertificate
+
+__all__ = [
+    "CertificatePage",
+    "CertificateQuery",
+    "ChainBreak",
+    "InvalidQuery",
+    "LedgerError",
+    "LedgerReadError",
+    "LedgerReader",
+    "LedgerWriteError",
+    "ManagedRecorder",
+    "Pruner",
+    "RecordUrlError",
+    "RecorderOptions",
+    "SchemaError",
+    "StoredCertificate",
+    "VerifyReport",
+    "default_record_url",
+    "open_reader",
+    "open_recorder",
+    "parse_duration",
+    "parse_record_url",
+]

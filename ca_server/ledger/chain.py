@@ -1,0 +1,114 @@
+"""The tamper-evident hash chain over recorded certificates.
+
+Each row carries `prev_hash` (the previous row's `row_hash`, or the genesis
+hash) and `row_hash = SHA-256(prev_hash || canonical(row))`, where
+`canonical` is a sorted-key compact JSON encoding of every recorded field
+including `seq`. Pruning removes a prefix of the chain and keeps the last
+removed row's `(seq, row_hash)` as the anchor the remaining rows chain from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+GENESIS_HASH = "0" * 64
+
+# Every column covered by the hash, in table order (prev_hash and row_hash are not).
+HASHED_COLUMNS: tuple[str, ...] = (
+    "seq",
+    "serial",
+    "spiffe_id",
+    "namespace",
+    "service_account",
+    "not_before",
+    "not_after",
+    "public_key_sha256",
+    "authenticator",
+    "subject",
+    "pod_name",
+    "pod_uid",
+    "peer",
+    "cluster_id",
+    "csr_sha256",
+    "issuer_serial",
+    "certificate_pem",
+    "recorded_at_us",
+)
+ROW_COLUMNS: tuple[str, ...] = (*HASHED_COLUMNS, "prev_hash", "row_hash")
+
+
+def canonical(fields: Mapping[str, object]) -> bytes:
+    """The byte string hashed for one row: compact, sorted-key, ASCII JSON of HASHED_COLUMNS."""
+    return json.dumps(
+        {name: fields[name] for name in HASHED_COLUMNS},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    ).encode("ascii")
+
+
+def row_hash(prev_hash: str, fields: Mapping[str, object]) -> str:
+    """SHA-256(prev_hash bytes || canonical(fields)) as lowercase hex."""
+    return hashlib.sha256(bytes.fromhex(prev_hash) + canonical(fields)).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChainBreak:
+    """The first row at which the chain stops verifying."""
+
+    seq: int
+    serial: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyReport:
+    """Outcome of recomputing the chain from the anchor to the head."""
+
+    ok: bool
+    rows_checked: int
+    anchor_seq: int
+    head_seq: int
+    broken: ChainBreak | None = None
+
+
+def verify_rows(
+    rows: Iterable[Mapping[str, object]],
+    *,
+    anchor_seq: int,
+    anchor_hash: str,
+    head_seq: int,
+    head_hash: str,
+) -> VerifyReport:
+    """Recompute the chain over `rows` (ordered by seq) and report the first broken row."""
+    prev_hash, expected_seq, checked = anchor_hash, anchor_seq + 1, 0
+
+    def broken(seq: int, serial: str, reason: str) -> VerifyReport:
+        return VerifyReport(
+            ok=False,
+            rows_checked=checked,
+            anchor_seq=anchor_seq,
+            head_seq=head_seq,
+            broken=ChainBreak(seq=seq, serial=serial, reason=reason),
+        )
+
+    for row in rows:
+        seq, serial = int(str(row["seq"])), str(row["serial"])
+        if seq != expected_seq:
+            return broken(seq, serial, f"rows {expected_seq}..{seq - 1} are missing before it")
+        if row["prev_hash"] != prev_hash:
+            return broken(seq, serial, "its prev_hash does not match the previous row's hash")
+        if row_hash(prev_hash, row) != row["row_hash"]:
+            return broken(seq, serial, "its contents do not match its row_hash (row was altered)")
+        prev_hash, expected_seq, checked = str(row["row_hash"]), seq + 1, checked + 1
+    if expected_seq - 1 != head_seq or prev_hash != head_hash:
+        return broken(
+            expected_seq,
+            "",
+            f"the chain ends at seq {expected_seq - 1} but its head records seq {head_seq}"
+            " (rows removed from the end or head altered)",
+        )
+    return VerifyReport(ok=True, rows_checked=checked, anchor_seq=anchor_seq, head_seq=head_seq)

@@ -1,0 +1,70 @@
+"""PostgreSQL sessions (psycopg 3): `SELECT ... FOR UPDATE` on the chain-head row as the lock."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from ca_server.ledger.database import HEAD_SELECT, Head, Row, Session, head_from_row
+
+# Key of the transaction-scoped advisory lock that serialises schema migrations.
+SCHEMA_LOCK_KEY = 0x42756C77  # "Bulw"
+
+
+def _adapt(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+class PostgresSession(Session):
+    errors = (psycopg.Error,)
+    seq_type = "BIGINT"
+
+    def __init__(self, conn: psycopg.Connection[Row]) -> None:
+        self._conn = conn
+
+    @classmethod
+    def connect(cls, url: str) -> PostgresSession:
+        return cls(psycopg.connect(url, autocommit=True, connect_timeout=10))
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        with self._conn.cursor() as cur:
+            cur.execute(_adapt(sql), tuple(params))
+            return cur.rowcount
+
+    def execute_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._conn.cursor() as cur:
+            cur.executemany(_adapt(sql), [tuple(r) for r in rows])
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        with self._conn.cursor() as cur:
+            cur.execute(_adapt(sql), tuple(params))
+            return list(cur.fetchall())
+
+    def begin_schema_change(self) -> None:
+        self.execute("BEGIN")
+        self.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
+
+    def lock_head(self) -> Head:
+        # The row lock is held until COMMIT; READ COMMITTED re-reads the row once the
+        # previous holder commits, so every writer sees the latest head.
+        self.execute("BEGIN")
+        return head_from_row(self.query_one(HEAD_SELECT + " FOR UPDATE"))
+
+    def begin_snapshot(self) -> None:
+        self.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def rollback(self) -> None:
+        if self._conn.closed:
+            return
+        try:
+            if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self.execute("ROLLBACK")
+        except psycopg.Error:
+            self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()

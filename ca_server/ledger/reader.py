@@ -1,0 +1,125 @@
+"""The read side: listing, lookup by serial and chain verification, safe across threads."""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ca_server.ledger.chain import VerifyReport, verify_rows
+from ca_server.ledger.database import (
+    HEAD_SELECT,
+    RecordUrl,
+    Session,
+    connect,
+    driver_errors,
+    head_from_row,
+)
+from ca_server.ledger.errors import LedgerReadError
+from ca_server.ledger.query import CertificateQuery, normalise_serial
+from ca_server.ledger.recorder import prepare, utc_now
+from ca_server.ledger.rows import SELECT_COLUMNS, StoredCertificate, row_mapping, stored_from_row
+
+VERIFY_CHUNK = 2000
+POOL_SIZE = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CertificatePage:
+    items: list[StoredCertificate]
+    next_cursor: str | None
+
+
+class LedgerReader:
+    """Queries against the record; keeps a few idle sessions for reuse."""
+
+    def __init__(self, url: RecordUrl, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self._url = url
+        self._clock = clock
+        self._errors = driver_errors(url)
+        self._idle: queue.LifoQueue[Session] = queue.LifoQueue(maxsize=POOL_SIZE)
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        try:
+            session = self._idle.get_nowait()
+        except queue.Empty:
+            try:
+                session = connect(self._url)
+            except self._errors as exc:
+                raise LedgerReadError(f"cannot open the record at {self._url.redacted()}") from exc
+        try:
+            yield session
+        except self._errors as exc:
+            session.close()
+            raise LedgerReadError("reading the issuance record failed") from exc
+        except BaseException:
+            session.close()
+            raise
+        session.rollback()
+        try:
+            self._idle.put_nowait(session)
+        except queue.Full:
+            session.close()
+
+    def list(self, query: CertificateQuery) -> CertificatePage:
+        """One page of certificates matching `query`, newest first."""
+        where, params = query.where(self._clock())
+        sql = f"SELECT {SELECT_COLUMNS} FROM certificates{where} ORDER BY seq DESC LIMIT ?"
+        with self._session() as session:
+            rows = session.query(sql, [*params, query.limit + 1])
+        items = [stored_from_row(r) for r in rows[: query.limit]]
+        more = len(rows) > query.limit
+        return CertificatePage(
+            items=items, next_cursor=query.cursor_after(items[-1].seq) if more else None
+        )
+
+    def get(self, serial: str) -> StoredCertificate | None:
+        """The certificate with `serial` (hex, any case, colons allowed), or None."""
+        key = normalise_serial(serial)
+        with self._session() as session:
+            row = session.query_one(
+                f"SELECT {SELECT_COLUMNS} FROM certificates WHERE serial = ?", (key,)
+            )
+        return stored_from_row(row) if row is not None else None
+
+    def verify(self) -> VerifyReport:
+        """Recompute the hash chain over one consistent snapshot of the record."""
+        with self._session() as session:
+            session.begin_snapshot()
+            head = head_from_row(session.query_one(HEAD_SELECT))
+            return verify_rows(
+                self._chunks(session, head.anchor_seq),
+                anchor_seq=head.anchor_seq,
+                anchor_hash=head.anchor_hash,
+                head_seq=head.seq,
+                head_hash=head.row_hash,
+            )
+
+    @staticmethod
+    def _chunks(session: Session, after: int) -> Iterator[dict[str, Any]]:
+        while True:
+            rows = session.query(
+                f"SELECT {SELECT_COLUMNS} FROM certificates WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, VERIFY_CHUNK),
+            )
+            for row in rows:
+                yield row_mapping(row)
+            if len(rows) < VERIFY_CHUNK:
+                return
+            after = int(rows[-1][0])
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+def open_reader(url: str, *, clock: Callable[[], datetime] = utc_now) -> LedgerReader:
+    """Open the record at `url` for queries (creating the schema if it is new)."""
+    return LedgerReader(prepare(url), clock=clock)

@@ -1,0 +1,193 @@
+"""The record on SQLite and PostgreSQL: durable writes, group commit, many writers, tamper evidence."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from datetime import timedelta
+
+import pytest
+
+from ca_server.errors import RecordWriteFailed
+from ca_server.ledger import (
+    LedgerWriteError,
+    RecorderOptions,
+    SchemaError,
+    open_reader,
+    open_recorder,
+)
+from ca_server.ledger.database import connect, parse_record_url
+from tests.ledger.entries import make_entry
+
+
+def execute(url: str, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Change the database behind the record's back, as an attacker or operator would."""
+    session = connect(parse_record_url(url))
+    try:
+        session.execute(sql, params)
+    finally:
+        session.close()
+
+
+def test_record_round_trips_every_field(record_url: str) -> None:
+    recorder = open_recorder(record_url)
+    entry = make_entry(namespace="shop", service_account="cart")
+    recorder.record(entry)
+    recorder.close()
+    reader = open_reader(record_url)
+    stored = reader.get(entry.serial.upper())
+    assert stored is not None
+    for name in entry.__dataclass_fields__:
+        assert getattr(stored, name) == getattr(entry, name), name
+    assert stored.seq == 1
+    assert reader.verify().ok
+    assert reader.get("abc123") is None
+    reader.close()
+
+
+def test_concurrent_threads_are_group_committed(record_url: str) -> None:
+    recorder = open_recorder(record_url)
+    entries = [make_entry(service_account=f"sa{i % 7}") for i in range(400)]
+    barrier = threading.Barrier(16)
+
+    def worker(chunk: list[object]) -> None:
+        barrier.wait()
+        for entry in chunk:
+            recorder.record(entry)  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=worker, args=(entries[i::16],)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer = recorder.writer
+    recorder.close()
+    assert writer.rows == 400
+    assert writer.commits < 400, "concurrent calls should share commits"
+    reader = open_reader(record_url)
+    report = reader.verify()
+    assert report.ok and report.rows_checked == 400 and report.head_seq == 400
+    for entry in entries[::37]:
+        assert reader.get(entry.serial) is not None
+    reader.close()
+
+
+def test_grouping_off_commits_one_by_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    recorder = open_recorder(url, options=RecorderOptions(max_batch=1))
+    threads = [
+        threading.Thread(target=lambda: [recorder.record(make_entry()) for _ in range(10)])
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert recorder.writer.commits == recorder.writer.rows == 40
+    recorder.close()
+
+
+def _write_from_process(url: str, count: int, namespace: str) -> None:
+    recorder = open_recorder(url)
+    done = threading.Semaphore(0)
+
+    def one() -> None:
+        recorder.record(make_entry(namespace=namespace))
+        done.release()
+
+    for _ in range(count):
+        threading.Thread(target=one).start()
+    for _ in range(count):
+        done.acquire()
+    recorder.close()
+
+
+def test_several_processes_extend_one_linear_chain(record_url: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_write_from_process, args=(record_url, 60, f"ns{i}")) for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    reader = open_reader(record_url)
+    report = reader.verify()
+    assert report.ok, report
+    assert report.rows_checked == 240 and report.head_seq == 240
+    reader.close()
+
+
+def test_failed_entry_fails_only_its_caller_and_records_nothing(record_url: str) -> None:
+    recorder = open_recorder(record_url)
+    first = make_entry()
+    recorder.record(first)
+    duplicate = make_entry(serial=first.serial)
+    with pytest.raises(LedgerWriteError) as info:
+        recorder.record(duplicate)
+    assert isinstance(info.value, RecordWriteFailed)  # the CA maps it to INTERNAL
+    assert info.value.public_message == "the issuance record could not be written"
+    recorder.record(make_entry())
+    recorder.close()
+    reader = open_reader(record_url)
+    report = reader.verify()
+    assert report.ok and report.head_seq == 2
+    reader.close()
+
+
+def test_database_gone_raises_in_caller(record_url: str) -> None:
+    recorder = open_recorder(record_url)
+    recorder.record(make_entry())
+    execute(record_url, "DROP TABLE certificates")
+    with pytest.raises(LedgerWriteError):
+        recorder.record(make_entry())
+    recorder.close()
+
+
+def test_edited_row_is_reported_with_its_serial(record_url: str) -> None:
+    recorder = open_recorder(record_url)
+    entries = [make_entry() for _ in range(20)]
+    for entry in entries:
+        recorder.record(entry)
+    recorder.close()
+    execute(record_url, "UPDATE certificates SET namespace = 'evil' WHERE seq = 7")
+    report = open_reader(record_url).verify()
+    assert not report.ok and report.broken is not None
+    assert report.broken.seq == 7 and report.broken.serial == entries[6].serial
+    assert "altered" in report.broken.reason
+
+
+def test_removed_rows_are_reported(record_url: str) -> None:
+    recorder = open_recorder(record_url)
+    entries = [make_entry() for _ in range(10)]
+    for entry in entries:
+        recorder.record(entry)
+    recorder.close()
+    execute(record_url, "DELETE FROM certificates WHERE seq = 4")
+    report = open_reader(record_url).verify()
+    assert report.broken is not None and report.broken.seq == 5
+    assert report.broken.serial == entries[4].serial and "missing" in report.broken.reason
+    execute(record_url, "DELETE FROM certificates WHERE seq >= 4")
+    report = open_reader(record_url).verify()
+    assert report.broken is not None and "head records seq 10" in report.broken.reason
+
+
+def test_newer_schema_is_refused(record_url: str) -> None:
+    open_recorder(record_url).close()
+    open_recorder(record_url).close()  # reopening an up-to-date record changes nothing
+    execute(record_url, "UPDATE schema_version SET version = 99")
+    with pytest.raises(SchemaError, match="newer"):
+        open_recorder(record_url)
+
+
+def test_bad_record_urls_are_refused() -> None:
+    with pytest.raises(ValueError, match="mysql"):
+        open_recorder("mysql://x/y")
+    with pytest.raises(ValueError, match="sqlite:///"):
+        open_recorder("sqlite://host/x.db")
+
+
+def test_write_timeout_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        RecorderOptions(write_timeout=timedelta(0))
