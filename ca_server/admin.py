@@ -1,0 +1,45 @@
+"""The admin HTTP app on the admin port: `/metrics`, `/healthz`, `/readyz` (and the /v1 API)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from ca_server.material import CaMaterial
+from ca_server.metrics import exposition
+
+PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def create_admin_app(
+    *,
+    metrics_dir: str,
+    material: Callable[[], CaMaterial | None],
+    readiness: Callable[[], tuple[bool, str]],
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    app = FastAPI(
+        title="Bulwark CA admin API",
+        version="1",
+        description="Metrics, health and the issuance record of a Bulwark certificate authority.",
+    )
+
+    @app.get("/healthz", response_class=PlainTextResponse, summary="Liveness: the process serves HTTP")
+    def healthz() -> str:
+        return "ok\n"
+
+    @app.get("/readyz", summary="Readiness: every CA worker is serving gRPC")
+    def readyz() -> Response:
+        ready, detail = readiness()
+        return JSONResponse({"ready": ready, "detail": detail}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics (citadel_server_*)")
+    def metrics() -> Response:
+        return Response(exposition(metrics_dir, material(), time.time()), media_type=PROMETHEUS_TEXT)
+
+    for router in routers:
+        app.include_router(router)
+    return app

@@ -1,0 +1,154 @@
+"""`bulwark ca serve` and `bulwark token mint`: flags (each with an environment variable) to `CaConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from certs.cli.envflags import env_bool, env_flag
+
+
+def register(sub: Any) -> None:
+    ca = sub.add_parser("ca", help="run the certificate authority", description="Certificate authority commands.")
+    ca_sub = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
+    serve = ca_sub.add_parser(
+        "serve",
+        help="serve IstioCertificateService/CreateCertificate over TLS",
+        description=(
+            "Serve Istio's CreateCertificate on --grpc-addr (TLS) and metrics/health/admin API on "
+            "--admin-addr. With no authenticator flags the CA trusts the embedded token issuer of "
+            "--data-dir (see `bulwark token mint`). Every flag can also be set by the environment "
+            "variable shown."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _serve_flags(serve)
+    serve.set_defaults(handler=_serve)
+
+    token = sub.add_parser("token", help="tokens of the embedded issuer")
+    token_sub = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    mint = token_sub.add_parser(
+        "mint",
+        help="print a service-account token signed by the embedded issuer",
+        description="Print a JWT shaped like a Kubernetes projected service-account token.",
+    )
+    env_flag(mint, "--data-dir", "BULWARK_DATA_DIR", default="./.bulwark", help="CA data directory")
+    mint.add_argument("--namespace", "-n", required=True, help="Kubernetes namespace of the workload")
+    mint.add_argument("--service-account", "-s", required=True, help="service account of the workload")
+    mint.add_argument("--audience", default="istio-ca", action="append", help="audience (repeatable)")
+    mint.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 3600s")
+    mint.add_argument("--pod-name", default="", help="pod name to embed, as Kubernetes does")
+    mint.set_defaults(handler=_mint)
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    env_flag(p, "--data-dir", "BULWARK_DATA_DIR", default="./.bulwark", help="state directory (CA key 0600, root-cert.pem, record)")
+    env_flag(p, "--trust-domain", "TRUST_DOMAIN", default="cluster.local", help="SPIFFE trust domain")
+    env_flag(p, "--grpc-addr", "BULWARK_GRPC_ADDR", default="127.0.0.1:15012", help="gRPC TLS listen address")
+    env_flag(p, "--mtls-grpc-addr", "BULWARK_MTLS_GRPC_ADDR", default="127.0.0.1:15013", help="gRPC port for renewal with a client certificate (required there); empty disables")
+    env_flag(p, "--admin-addr", "BULWARK_ADMIN_ADDR", default="127.0.0.1:15014", help="admin HTTP listen address")
+    env_flag(p, "--cacerts-dir", "BULWARK_CACERTS_DIR", help="plugged-in CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem or tls.crt, tls.key, ca.crt)")
+    env_flag(p, "--jwks-file", "BULWARK_JWKS_FILE", help="static JWKS of the token issuer (needs --jwt-issuer)")
+    env_flag(p, "--jwt-issuer", "BULWARK_JWT_ISSUER", help="expected token `iss`; alone, its OIDC discovery document gives the keys")
+    env_flag(p, "--audiences", "TOKEN_AUDIENCES", default="istio-ca", help="comma-separated accepted token audiences")
+    env_flag(p, "--csr-san-policy", "BULWARK_CSR_SAN_POLICY", default="strict", choices=["strict", "override"], help="strict: reject CSRs asking for another identity; override: Istio's behaviour")
+    env_flag(p, "--server-dns-names", "BULWARK_SERVER_DNS_NAMES", default="istiod.istio-system.svc", help="comma-separated DNS SANs of the CA's serving certificate")
+    env_flag(p, "--max-workload-cert-ttl", "MAX_WORKLOAD_CERT_TTL", default="2160h", help="longest certificate TTL a caller may ask for")
+    env_flag(p, "--default-workload-cert-ttl", "DEFAULT_WORKLOAD_CERT_TTL", default="24h", help="TTL when the request asks for none")
+    env_flag(p, "--trusted-node-accounts", "CA_TRUSTED_NODE_ACCOUNTS", default="", help="comma-separated NS/SA allowed to use ImpersonatedIdentity")
+    env_flag(p, "--workers", "BULWARK_WORKERS", default=None, type=int, help="gRPC worker processes (default: one per core)")
+    env_flag(p, "--threads", "BULWARK_THREADS", default=16, type=int, help="threads per worker")
+    env_flag(p, "--max-concurrent-rpcs", "BULWARK_MAX_CONCURRENT_RPCS", default=2000, type=int, help="per worker; beyond it callers get RESOURCE_EXHAUSTED")
+    env_flag(p, "--record", "BULWARK_RECORD", help="issuance record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)")
+    env_flag(p, "--admin-token-file", "BULWARK_ADMIN_TOKEN_FILE", help="bearer token file for the admin API (required when not on loopback)")
+    env_flag(p, "--kubeconfig", "KUBECONFIG", help="use Kubernetes (TokenReview, CA Secret, root ConfigMaps)")
+    env_flag(p, "--ready-file", "BULWARK_READY_FILE", help="write JSON with the bound addresses here once serving")
+    p.add_argument("--allow-ed25519", action="store_true", default=env_bool("BULWARK_ALLOW_ED25519"), help="accept Ed25519 workload keys")
+    env_flag(p, "--log-level", "BULWARK_LOG_LEVEL", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity")
+
+
+def parse_duration(text: str) -> timedelta:
+    """`90s`, `30m`, `24h`, `7d` or plain seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    raw = text.strip()
+    try:
+        if raw and raw[-1] in units:
+            return timedelta(seconds=float(raw[:-1]) * units[raw[-1]])
+        return timedelta(seconds=float(raw))
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 24h or 7d") from exc
+
+
+def _csv(text: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from ca_server.config import CaConfig
+    from certs.spiffe_id import TrustDomain
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    extra: dict[str, Any] = {}
+    if args.workers is not None:
+        extra["workers"] = int(args.workers)
+    return CaConfig(
+        data_dir=Path(args.data_dir),
+        trust_domain=TrustDomain(args.trust_domain),
+        grpc_addr=args.grpc_addr,
+        admin_addr=args.admin_addr,
+        mtls_grpc_addr=args.mtls_grpc_addr or None,
+        cacerts_dir=path(args.cacerts_dir),
+        jwks_file=path(args.jwks_file),
+        jwt_issuer=args.jwt_issuer or None,
+        audiences=_csv(args.audiences),
+        csr_san_policy=args.csr_san_policy,
+        server_dns_names=_csv(args.server_dns_names),
+        default_ttl=parse_duration(args.default_workload_cert_ttl),
+        max_ttl=parse_duration(args.max_workload_cert_ttl),
+        trusted_node_accounts=_csv(args.trusted_node_accounts),
+        allow_ed25519=bool(args.allow_ed25519),
+        threads=int(args.threads),
+        max_concurrent_rpcs=int(args.max_concurrent_rpcs),
+        record=args.record or None,
+        admin_token_file=path(args.admin_token_file),
+        ready_file=path(args.ready_file),
+        kubeconfig=path(args.kubeconfig),
+        **extra,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ca_server.errors import ConfigError
+    from ca_server.server import serve
+    from certs.errors import InvalidSpiffeId
+
+    level = getattr(logging, str(args.log_level).upper())
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from_args(args)
+        return serve(config, log_level=level)
+    except (ConfigError, InvalidSpiffeId, ValueError) as exc:
+        print(f"bulwark ca serve: {exc}", file=sys.stderr)
+        return 2
+
+
+def _mint(args: argparse.Namespace) -> int:
+    from ca_server.token_issuer import LocalIssuer
+
+    audiences = args.audience if isinstance(args.audience, list) else [args.audience]
+    if len(audiences) > 1 and audiences[0] == "istio-ca":
+        audiences = audiences[1:]  # explicit --audience replaces the default
+    try:
+        ttl = parse_duration(args.ttl)
+    except ValueError as exc:
+        print(f"bulwark token mint: {exc}", file=sys.stderr)
+        return 2
+    issuer = LocalIssuer.load_or_create(Path(args.data_dir))
+    print(issuer.mint(namespace=args.namespace, service_account=args.service_account, audience=audiences, ttl=ttl, pod_name=args.pod_name))
+    return 0

@@ -1,0 +1,89 @@
+"""CA server configuration: one frozen dataclass, built from flags and environment in `ca_server.cli`."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+from ca_server.errors import ConfigError
+from certs.spiffe_id import TrustDomain
+
+DEFAULT_WORKLOAD_CERT_TTL = timedelta(hours=24)
+MAX_WORKLOAD_CERT_TTL = timedelta(days=90)
+DEFAULT_SERVER_DNS_NAMES = ("istiod.istio-system.svc",)
+CSR_SAN_POLICIES = ("strict", "override")
+DEFAULT_AUDIENCES = ("istio-ca",)
+DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
+
+
+def parse_hostport(text: str, *, what: str) -> tuple[str, int]:
+    """`host:port` (IPv6 in brackets) to a pair, with an error that names the flag."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaConfig:
+    """Everything `bulwark ca serve` needs; validated on construction."""
+
+    data_dir: Path
+    trust_domain: TrustDomain = field(default_factory=lambda: TrustDomain("cluster.local"))
+    grpc_addr: str = "127.0.0.1:15012"
+    # grpcio cannot ask for an optional client certificate, so renewal over mTLS gets its
+    # own port where a client certificate is required (None disables it).
+    mtls_grpc_addr: str | None = "127.0.0.1:15013"
+    admin_addr: str = "127.0.0.1:15014"
+    cacerts_dir: Path | None = None
+    jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    audiences: tuple[str, ...] = DEFAULT_AUDIENCES
+    jwt_algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
+    csr_san_policy: str = "strict"
+    server_dns_names: tuple[str, ...] = DEFAULT_SERVER_DNS_NAMES
+    default_ttl: timedelta = DEFAULT_WORKLOAD_CERT_TTL
+    max_ttl: timedelta = MAX_WORKLOAD_CERT_TTL
+    trusted_node_accounts: tuple[str, ...] = ()  # "ns/sa" entries allowed to impersonate
+    allow_ed25519: bool = False
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    threads: int = 16
+    max_concurrent_rpcs: int = 2000
+    record: str | None = None  # record URL; None means SQLite in the data dir
+    admin_token_file: Path | None = None
+    ready_file: Path | None = None
+    kubeconfig: Path | None = None
+
+    def __post_init__(self) -> None:
+        parse_hostport(self.grpc_addr, what="--grpc-addr")
+        parse_hostport(self.admin_addr, what="--admin-addr")
+        if self.mtls_grpc_addr is not None:
+            parse_hostport(self.mtls_grpc_addr, what="--mtls-grpc-addr")
+        if self.csr_san_policy not in CSR_SAN_POLICIES:
+            raise ConfigError(
+                f"--csr-san-policy must be one of {', '.join(CSR_SAN_POLICIES)}, "
+                f"got {self.csr_san_policy!r}"
+            )
+        if not self.audiences:
+            raise ConfigError("--audiences must name at least one audience")
+        if self.jwks_file is not None and not self.jwt_issuer:
+            raise ConfigError("--jwks-file needs --jwt-issuer: the `iss` its tokens must carry")
+        if self.workers < 1 or self.threads < 1:
+            raise ConfigError("--workers and --threads must be at least 1")
+        if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:
+            raise ConfigError("the default workload TTL must be positive and at most the maximum")
+        for account in self.trusted_node_accounts:
+            if account.count("/") != 1:
+                raise ConfigError(f"trusted node account {account!r} must be NAMESPACE/SERVICEACCOUNT")
+
+    @property
+    def root_cert_path(self) -> Path:
+        """The current root bundle: the file agents and clients are given."""
+        return self.data_dir / "root-cert.pem"
+
+    @property
+    def uses_local_issuer(self) -> bool:
+        """No authenticator configured: trust the embedded token issuer of the data dir."""
+        return self.jwks_file is None and self.jwt_issuer is None and self.kubeconfig is None

@@ -1,0 +1,219 @@
+"""CA key material: where it comes from (self-signed in the data dir, or a plugged-in
+`cacerts` directory) and the checks that keep a half-configured CA from starting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from ca_server.errors import ConfigError
+from certs.errors import CertsError
+from certs.files import write_atomic
+from certs.keys import KeyType, PrivateKey, generate_key, load_private_key, private_key_pem, spki_der
+from certs.pem import bundle_pem, load_certificates, to_pem
+from certs.profile import self_signed_root
+from certs.spiffe_id import TrustDomain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaMaterial:
+    """The signing certificate and key, the intermediates sent after each leaf, and the roots."""
+
+    signing_cert: x509.Certificate
+    signing_key: PrivateKey
+    chain: tuple[x509.Certificate, ...]  # certificates between the leaf's issuer and the roots
+    roots: tuple[x509.Certificate, ...]
+    source: str  # "self-signed" or "cacerts:<dir>"
+
+    @property
+    def root_bundle_pem(self) -> str:
+        return bundle_pem(self.roots)
+
+    def response_tail(self) -> list[str]:
+        """What follows the leaf in every response: each chain cert, then the roots as one element."""
+        return [to_pem(c) for c in self.chain] + [self.root_bundle_pem]
+
+
+class KeyStore(Protocol):
+    """Where self-signed CA material persists (a directory, a Kubernetes Secret, ...)."""
+
+    def load(self) -> CaMaterial | None: ...
+
+    def save(self, material: CaMaterial) -> CaMaterial:
+        """Store `material` unless some material already exists; return what is stored."""
+
+
+class DirectoryKeyStore:
+    """Self-signed material in `<data-dir>/ca/` (`ca-cert.pem`, `ca-key.pem` 0600)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def load(self) -> CaMaterial | None:
+        cert_path = self.directory / "ca-cert.pem"
+        key_path = self.directory / "ca-key.pem"
+        if not cert_path.exists() and not key_path.exists():
+            return None
+        for path in (cert_path, key_path):
+            if not path.exists():
+                raise ConfigError(f"CA material in {self.directory} is incomplete: {path.name} is missing")
+        cert = _load_one(cert_path)
+        key = _load_key(key_path)
+        _check_key_matches(cert, key, cert_path, key_path)
+        return CaMaterial(signing_cert=cert, signing_key=key, chain=(), roots=(cert,), source="self-signed")
+
+    def save(self, material: CaMaterial) -> CaMaterial:
+        existing = self.load()
+        if existing is not None:
+            return existing
+        write_atomic(self.directory / "ca-key.pem", private_key_pem(material.signing_key), mode=0o600)
+        write_atomic(self.directory / "ca-cert.pem", to_pem(material.signing_cert).encode())
+        return material
+
+
+def create_self_signed(trust_domain: TrustDomain, now: datetime) -> CaMaterial:
+    key = generate_key(KeyType.EC_P256)
+    root = self_signed_root(key=key, trust_domain=trust_domain, now=now)
+    return CaMaterial(signing_cert=root, signing_key=key, chain=(), roots=(root,), source="self-signed")
+
+
+def load_or_create(store: KeyStore, trust_domain: TrustDomain, now: datetime) -> CaMaterial:
+    """Reuse stored self-signed material, or create and store it on first start."""
+    existing = store.load()
+    if existing is not None:
+        return existing
+    return store.save(create_self_signed(trust_domain, now))
+
+
+_CACERTS_STYLES = (
+    ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"),
+    ("tls.crt", "tls.key", "ca.crt", None),
+)
+
+
+def load_cacerts_dir(directory: Path, now: datetime) -> CaMaterial:
+    """Plugged-in CA files (`ca-cert.pem`... or `tls.crt`...); any gap or mismatch is a ConfigError."""
+    if not directory.is_dir():
+        raise ConfigError(f"--cacerts-dir {directory} is not a directory")
+    for cert_name, key_name, root_name, chain_name in _CACERTS_STYLES:
+        names = [n for n in (cert_name, key_name, root_name, chain_name) if n]
+        present = [n for n in names if (directory / n).exists()]
+        if not present:
+            continue
+        required = [cert_name, key_name, root_name] + ([chain_name] if chain_name else [])
+        missing = [n for n in required if not (directory / n).exists()]
+        if missing:
+            raise ConfigError(
+                f"plugged-in CA directory {directory} is incomplete: missing {', '.join(missing)} "
+                f"(found {', '.join(present)})"
+            )
+        return _load_plugged(directory, cert_name, key_name, root_name, chain_name, now)
+    raise ConfigError(
+        f"plugged-in CA directory {directory} holds neither ca-cert.pem/ca-key.pem/root-cert.pem/"
+        "cert-chain.pem nor tls.crt/tls.key/ca.crt"
+    )
+
+
+def _load_plugged(
+    directory: Path, cert_name: str, key_name: str, root_name: str, chain_name: str | None, now: datetime
+) -> CaMaterial:
+    cert_path, key_path, root_path = directory / cert_name, directory / key_name, directory / root_name
+    cert = _load_one(cert_path)
+    key = _load_key(key_path)
+    _check_key_matches(cert, key, cert_path, key_path)
+    roots = tuple(_load_all(root_path))
+    chain: list[x509.Certificate] = []
+    if chain_name is not None:
+        chain_path = directory / chain_name
+        raw = chain_path.read_bytes()
+        if raw.strip():
+            chain = _load_all(chain_path)
+    # The chain sent after each leaf starts with the signing certificate and stops before the roots.
+    chain = [c for c in chain if c not in roots]
+    if cert not in roots and (not chain or chain[0] != cert):
+        chain.insert(0, cert)
+    _check_signing_cert(cert, cert_path)
+    try:
+        if cert not in roots:
+            verify_chain_of_ca(cert, chain[1:], list(roots), now)
+    except ConfigError as exc:
+        raise ConfigError(f"{cert_path} does not chain to {root_path}: {exc}") from exc
+    return CaMaterial(
+        signing_cert=cert, signing_key=key, chain=tuple(chain), roots=roots, source=f"cacerts:{directory}"
+    )
+
+
+def verify_chain_of_ca(
+    cert: x509.Certificate, intermediates: list[x509.Certificate], roots: list[x509.Certificate], now: datetime
+) -> None:
+    """Check that a CA certificate chains to the roots, by issuing nothing: verify its signatures."""
+    path = [cert, *intermediates]
+    for child, parent in zip(path, [*path[1:], None], strict=True):
+        issuers = [parent] if parent is not None else [r for r in roots if r.subject == child.issuer]
+        if not any(_signed_by(child, issuer) for issuer in issuers):
+            raise ConfigError(f"certificate {child.subject.rfc4514_string() or '(empty)'} is not signed by the next one")
+        if child.not_valid_after_utc < now:
+            raise ConfigError(f"certificate {child.subject.rfc4514_string()} expired at {child.not_valid_after_utc}")
+
+
+def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        child.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _check_signing_cert(cert: x509.Certificate, path: Path) -> None:
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound as exc:
+        raise ConfigError(f"{path} is not a CA certificate: no BasicConstraints") from exc
+    if not bc.ca:
+        raise ConfigError(f"{path} is not a CA certificate: BasicConstraints CA:false")
+
+
+def _check_key_matches(cert: x509.Certificate, key: PrivateKey, cert_path: Path, key_path: Path) -> None:
+    if spki_der(key.public_key()) != spki_der(cert.public_key()):  # type: ignore[arg-type]
+        raise ConfigError(f"{key_path} does not match the public key of {cert_path}")
+
+
+def _load_one(path: Path) -> x509.Certificate:
+    return _load_all(path)[0]
+
+
+def _load_all(path: Path) -> list[x509.Certificate]:
+    try:
+        return load_certificates(path.read_bytes(), what=str(path))
+    except CertsError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _load_key(path: Path) -> PrivateKey:
+    try:
+        return load_private_key(path.read_bytes())
+    except (ValueError, TypeError, CertsError) as exc:
+        raise ConfigError(f"{path} does not hold a readable unencrypted private key") from exc
+
+
+def write_root_bundle(path: Path, material: CaMaterial) -> None:
+    """Publish the current root bundle where agents and clients read it."""
+    data = material.root_bundle_pem.encode()
+    if not path.exists() or path.read_bytes() != data:
+        write_atomic(path, data)
+
+
+__all__ = [
+    "CaMaterial",
+    "DirectoryKeyStore",
+    "KeyStore",
+    "create_self_signed",
+    "load_cacerts_dir",
+    "load_or_create",
+    "write_root_bundle",
+]

@@ -1,0 +1,70 @@
+"""Prometheus series of SPEC §1 (`citadel_server_*`), shared across worker processes.
+
+Workers write into `PROMETHEUS_MULTIPROC_DIR` (set by the supervisor before it
+starts them); the admin app aggregates with `MultiProcessCollector`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from ca_server.material import CaMaterial
+
+SIGN_ERRORS = ("CA_NOT_READY", "CSR_ERROR", "TTL_ERROR", "CERT_GEN_ERROR", "UNKNOWN")
+
+
+class CaMetrics:
+    """The CA's counters and gauges; one instance per process."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        reg = registry if registry is not None else CollectorRegistry()
+        self.registry = reg
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            # prometheus_client appends `_total`; `exposition` restores Istio's names.
+            return Counter(name, doc, labels, registry=reg)
+
+        self.csr_count = counter("citadel_server_csr_count", "CSRs received")
+        self.auth_failures = counter("citadel_server_authentication_failure_count", "Failed authentications")
+        self.success = counter("citadel_server_success_cert_issuance_count", "Certificates issued")
+        self.sign_errors = counter("citadel_server_csr_sign_err_count", "CSR signing errors", ("error",))
+        self.parse_errors = counter("citadel_server_csr_parsing_err_count", "CSRs that failed to parse")
+        self.id_errors = counter("citadel_server_id_extraction_err_count", "Identity extraction failures")
+        for label in SIGN_ERRORS:
+            self.sign_errors.labels(error=label)
+
+
+_GAUGES = (
+    ("citadel_server_root_cert_expiry_timestamp", "Root certificate expiry (unix seconds)"),
+    ("citadel_server_root_cert_expiry_seconds", "Seconds until the root certificate expires"),
+    ("citadel_server_cert_chain_expiry_timestamp", "Signing chain expiry (unix seconds)"),
+    ("citadel_server_cert_chain_expiry_seconds", "Seconds until the signing chain expires"),
+)
+
+
+def expiry_gauges(material: CaMaterial, now_ts: float) -> str:
+    """The four expiry gauges, computed from the material the supervisor holds."""
+    root = min(r.not_valid_after_utc.timestamp() for r in material.roots)
+    chain = min(c.not_valid_after_utc.timestamp() for c in (material.signing_cert, *material.chain))
+    values = (root, root - now_ts, chain, chain - now_ts)
+    out = []
+    for (name, doc), value in zip(_GAUGES, values, strict=True):
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n{name} {value:.3f}\n")
+    return "".join(out)
+
+
+def exposition(multiproc_dir: str, material: CaMaterial | None, now_ts: float) -> bytes:
+    """Aggregate every process's counters (renamed to Istio's, without `_total`) plus the gauges."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=multiproc_dir)
+    text = generate_latest(registry).decode()
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("citadel_server_") or line.startswith("# "):
+            line = line.replace("_count_total", "_count")
+        if "_count_created" in line:
+            continue
+        lines.append(line)
+    gauges = expiry_gauges(material, now_ts) if material is not None else ""
+    return ("\n".join(lines) + "\n" + gauges).encode()

@@ -1,0 +1,148 @@
+"""Turn an authenticated caller's CSR into a checked, recorded certificate chain (SPEC §1)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+
+from ca_server.errors import CaNotReady, CsrRejected, IdentityMismatch, RecordWriteFailed, SigningFailed, TtlTooLong
+from ca_server.identity import Caller
+from ca_server.material import CaMaterial
+from ca_server.record import IssuedCertificate, Recorder
+from certs.csr import ParsedCsr, parse_csr
+from certs.errors import CertsError, CsrError, UnsupportedKey
+from certs.keys import spki_sha256
+from certs.pem import serial_hex, to_pem
+from certs.profile import leaf_certificate
+from certs.spiffe_id import InvalidSpiffeId, SpiffeId
+from certs.verify import verify_svid
+
+log = logging.getLogger(__name__)
+
+
+class CsrParseError(CsrRejected):
+    """The CSR itself is unusable (counted as a parsing error)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SigningPolicy:
+    csr_san_policy: str  # "strict" or "override"
+    default_ttl: timedelta
+    max_ttl: timedelta
+    allow_ed25519: bool = False
+
+
+class Signer:
+    """Checks a CSR against the caller, signs the leaf, verifies it, records it, returns the chain."""
+
+    def __init__(
+        self,
+        *,
+        material: Callable[[], CaMaterial | None],
+        policy: SigningPolicy,
+        recorder: Recorder | None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._material = material
+        self._policy = policy
+        self._recorder = recorder
+        self._clock = clock
+
+    def issue(self, *, csr_pem: str, validity_s: int, caller: Caller) -> list[str]:
+        """The response chain `[leaf, chain..., roots]` for `caller`, or a CaError saying why not."""
+        ttl = self._ttl(validity_s)
+        parsed = self._parse(csr_pem)
+        self._check_identity(parsed, caller.spiffe_id)
+        material = self._material()
+        if material is None:
+            raise CaNotReady("the CA has no signing material yet; retry shortly")
+        now = self._clock()
+        try:
+            leaf = leaf_certificate(
+                spiffe_id=caller.spiffe_id,
+                public_key=parsed.public_key,
+                issuer_cert=material.signing_cert,
+                issuer_key=material.signing_key,
+                now=now,
+                ttl=ttl,
+            )
+            verify_svid([leaf, *material.chain], material.roots, now=now)
+        except (CertsError, ValueError, TypeError) as exc:
+            log.error("issued certificate failed its own checks: %s", exc)
+            raise SigningFailed("the CA could not produce a valid certificate") from exc
+        leaf_pem = to_pem(leaf)
+        self._record(leaf, leaf_pem, parsed, caller, material)
+        return [leaf_pem, *material.response_tail()]
+
+    def _ttl(self, validity_s: int) -> timedelta:
+        if validity_s <= 0:
+            return self._policy.default_ttl
+        ttl = timedelta(seconds=validity_s)
+        if ttl > self._policy.max_ttl:
+            raise TtlTooLong(
+                f"requested TTL {validity_s}s exceeds the maximum of {int(self._policy.max_ttl.total_seconds())}s"
+            )
+        return ttl
+
+    def _parse(self, csr_pem: str) -> ParsedCsr:
+        try:
+            parsed = parse_csr(csr_pem, allow_ed25519=self._policy.allow_ed25519)
+        except (CsrError, UnsupportedKey) as exc:
+            raise CsrParseError(f"CSR rejected: {exc}") from exc
+        if parsed.requests_ca:
+            raise CsrRejected("CSR rejected: it asks for CA powers (BasicConstraints CA:true or keyCertSign)")
+        return parsed
+
+    def _check_identity(self, parsed: ParsedCsr, identity: SpiffeId) -> None:
+        if self._policy.csr_san_policy == "override":
+            return
+        for uri in parsed.uris:
+            try:
+                SpiffeId.parse(uri)
+            except InvalidSpiffeId as exc:
+                raise CsrRejected(f"CSR URI SAN {uri!r} is not a valid SPIFFE ID: {exc}") from exc
+        extra = [f"DNS:{d}" for d in parsed.dns_names] + list(parsed.other_sans)
+        if extra:
+            raise IdentityMismatch(
+                f"CSR asks for SANs {', '.join(extra)}; only the caller's identity {identity} may be requested"
+            )
+        if not parsed.uris:
+            return
+        if parsed.uris != (str(identity),):
+            raise IdentityMismatch(
+                f"CSR asks for {', '.join(parsed.uris)} but the caller is {identity} "
+                "(strict CSR policy; --csr-san-policy=override signs the caller's identity regardless)"
+            )
+
+    def _record(
+        self, leaf: x509.Certificate, leaf_pem: str, parsed: ParsedCsr, caller: Caller, material: CaMaterial
+    ) -> None:
+        if self._recorder is None:
+            return
+        entry = IssuedCertificate(
+            serial=serial_hex(leaf),
+            spiffe_id=str(caller.spiffe_id),
+            namespace=caller.namespace,
+            service_account=caller.service_account,
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            public_key_sha256=spki_sha256(parsed.public_key),
+            authenticator=caller.authenticator,
+            subject=caller.subject,
+            pod_name=caller.pod_name,
+            pod_uid=caller.pod_uid,
+            peer=caller.peer,
+            cluster_id=caller.cluster_id,
+            csr_sha256=parsed.sha256,
+            issuer_serial=serial_hex(material.signing_cert),
+            certificate_pem=leaf_pem,
+        )
+        try:
+            self._recorder.record(entry)
+        except Exception as exc:  # any storage failure: the certificate must not be sent
+            log.error("issuance record write failed for serial %s: %s", entry.serial, exc)
+            raise RecordWriteFailed("the issuance record could not be written; nothing was issued") from exc

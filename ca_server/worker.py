@@ -1,0 +1,185 @@
+"""One CA worker process: a synchronous grpcio server sharing the port with its siblings.
+
+The supervisor reserves the port with SO_REUSEPORT and starts one worker per
+core; the kernel spreads connections across them. Each worker builds its own
+authenticators, signer and record connection from the spec it is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection
+from types import FrameType
+
+import grpc
+
+from ca_server.authn import Authentication, Authenticator, ClientCertAuthenticator, JwksSource, JwtAuthenticator
+from ca_server.config import CaConfig
+from ca_server.material import CaMaterial
+from ca_server.metrics import CaMetrics
+from ca_server.record import Recorder
+from ca_server.service import CertificateService, ErrorInterceptor
+from ca_server.signer import Signer, SigningPolicy
+from ca_server.token_issuer import LOCAL_ISSUER
+from certs.keys import load_private_key
+from certs.pem import bundle_pem, load_certificates, to_pem
+from protos.istio.v1.auth import ca_pb2_grpc
+
+log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_S = 4.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MaterialPems:
+    """CA material as bytes, so it crosses the process boundary without pickling key objects."""
+
+    signing_cert: bytes
+    signing_key: bytes
+    chain: bytes
+    roots: bytes
+    source: str
+
+    @classmethod
+    def of(cls, material: CaMaterial) -> MaterialPems:
+        from certs.keys import private_key_pem
+
+        return cls(
+            signing_cert=to_pem(material.signing_cert).encode(),
+            signing_key=private_key_pem(material.signing_key),
+            chain=bundle_pem(material.chain).encode(),
+            roots=bundle_pem(material.roots).encode(),
+            source=material.source,
+        )
+
+    def load(self) -> CaMaterial:
+        return CaMaterial(
+            signing_cert=load_certificates(self.signing_cert)[0],
+            signing_key=load_private_key(self.signing_key),
+            chain=tuple(load_certificates(self.chain)) if self.chain.strip() else (),
+            roots=tuple(load_certificates(self.roots)),
+            source=self.source,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSpec:
+    config: CaConfig
+    material: MaterialPems
+    serving_chain_pem: bytes
+    serving_key_pem: bytes
+    host: str
+    port: int
+    mtls_host: str | None
+    mtls_port: int | None
+    index: int
+    log_level: int
+
+
+def build_authentication(config: CaConfig, material: CaMaterial) -> Authentication:
+    """Authenticators in SPEC order: client certificate, TokenReview, JWT."""
+    authenticators: list[Authenticator] = [
+        ClientCertAuthenticator(
+            trust_domain=config.trust_domain,
+            trust_anchors=lambda: (list(material.chain), list(material.roots)),
+        )
+    ]
+    if config.kubeconfig is not None:
+        from ca_server.kube import tokenreview_authenticator  # type: ignore[attr-defined]
+
+        authenticators.append(tokenreview_authenticator(config))
+    if config.uses_local_issuer:
+        keys = JwksSource(jwks_file=config.data_dir / "token-issuer" / "jwks.json")
+        issuer = LOCAL_ISSUER
+    elif config.jwks_file is not None or config.jwt_issuer is not None:
+        keys = JwksSource(jwks_file=config.jwks_file, issuer_url=None if config.jwks_file else config.jwt_issuer)
+        issuer = str(config.jwt_issuer)
+    else:
+        return Authentication(authenticators)
+    authenticators.append(
+        JwtAuthenticator(
+            keys=keys,
+            issuer=issuer,
+            audiences=config.audiences,
+            algorithms=config.jwt_algorithms,
+            trust_domain=config.trust_domain,
+        )
+    )
+    return Authentication(authenticators)
+
+
+def open_recorder(config: CaConfig) -> Recorder | None:
+    """The issuance record for this process, when the record package is available."""
+    try:
+        from ca_server import ledger  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    if not hasattr(ledger, "open_recorder"):
+        return None
+    url = config.record or f"sqlite:///{(config.data_dir / 'record.db').resolve()}"
+    recorder: Recorder = ledger.open_recorder(url)
+    return recorder
+
+
+def run_worker(spec: WorkerSpec, ready: Connection) -> None:
+    """Process entry point: serve until SIGTERM, then drain and exit."""
+    logging.basicConfig(level=spec.log_level, format=f"%(asctime)s worker-{spec.index} %(levelname)s %(name)s: %(message)s")
+    config = spec.config
+    material = spec.material.load()
+    recorder = open_recorder(config)
+    signer = Signer(
+        material=lambda: material,
+        policy=SigningPolicy(
+            csr_san_policy=config.csr_san_policy,
+            default_ttl=config.default_ttl,
+            max_ttl=config.max_ttl,
+            allow_ed25519=config.allow_ed25519,
+        ),
+        recorder=recorder,
+        clock=lambda: datetime.now(UTC),
+    )
+    service = CertificateService(
+        authentication=build_authentication(config, material),
+        signer=signer,
+        metrics=CaMetrics(),
+        trust_domain=config.trust_domain,
+        trusted_node_accounts=config.trusted_node_accounts,
+    )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="csr"),
+        interceptors=[ErrorInterceptor()],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        options=[("grpc.so_reuseport", 1)],
+    )
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(service, server)
+    credentials = grpc.ssl_server_credentials(
+        [(spec.serving_key_pem, spec.serving_chain_pem)],
+        root_certificates=spec.material.roots,
+        require_client_auth=False,
+    )
+    port = server.add_secure_port(f"{spec.host}:{spec.port}", credentials)
+    if spec.mtls_host is not None:
+        mtls_credentials = grpc.ssl_server_credentials(
+            [(spec.serving_key_pem, spec.serving_chain_pem)],
+            root_certificates=spec.material.roots,
+            require_client_auth=True,
+        )
+        server.add_secure_port(f"{spec.mtls_host}:{spec.mtls_port}", mtls_credentials)
+    server.start()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ready.send(port)
+    ready.close()
+    stop.wait()
+    server.stop(SHUTDOWN_GRACE_S).wait()
+    if recorder is not None:
+        recorder.close()

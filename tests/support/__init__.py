@@ -1,0 +1,1 @@
+"""Test utilities shared by every suite: a real CA process, a CA client, broken inputs."""

@@ -1,0 +1,52 @@
+"""A minimal synchronous client of IstioCertificateService for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+from google.protobuf import struct_pb2
+
+from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
+
+SERVER_NAME = "istiod.istio-system.svc"
+
+
+def channel(
+    addr: str,
+    root_pem: bytes | Path,
+    *,
+    client_key: bytes | None = None,
+    client_chain: bytes | None = None,
+    server_name: str = SERVER_NAME,
+) -> grpc.Channel:
+    root = root_pem.read_bytes() if isinstance(root_pem, Path) else root_pem
+    creds = grpc.ssl_channel_credentials(root, private_key=client_key, certificate_chain=client_chain)
+    return grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", server_name)])
+
+
+def create_certificate(
+    chan: grpc.Channel,
+    csr_pem: str | bytes,
+    *,
+    token: str | None = None,
+    ttl_s: int = 3600,
+    cluster_id: str = "",
+    metadata_fields: dict[str, str] | None = None,
+    timeout: float = 10.0,
+) -> list[str]:
+    stub = ca_pb2_grpc.IstioCertificateServiceStub(chan)
+    md: list[tuple[str, str]] = []
+    if token is not None:
+        md.append(("authorization", f"Bearer {token}"))
+    if cluster_id:
+        md.append(("clusterid", cluster_id))
+    request = ca_pb2.IstioCertificateRequest(
+        csr=csr_pem.decode() if isinstance(csr_pem, bytes) else csr_pem, validity_duration=ttl_s
+    )
+    if metadata_fields:
+        request.metadata.CopyFrom(struct_pb2.Struct())
+        for key, value in metadata_fields.items():
+            request.metadata.fields[key].string_value = value
+    response = stub.CreateCertificate(request, metadata=md, timeout=timeout)
+    return list(response.cert_chain)

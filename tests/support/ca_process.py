@@ -1,0 +1,108 @@
+"""Start and stop a real `python -m ca_server` process on loopback ports for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class RunningCa:
+    """A CA process; `restart()` brings it back on the same ports and data dir."""
+
+    data_dir: Path
+    args: tuple[str, ...]
+    env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
+    grpc_addr: str = ""
+    mtls_addr: str = ""
+    admin_addr: str = ""
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-ca.log"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.admin_addr}"
+
+    @property
+    def root_cert_path(self) -> Path:
+        return self.data_dir / "root-cert.pem"
+
+    @property
+    def grpc_port(self) -> int:
+        return int(self.grpc_addr.rsplit(":", 1)[1])
+
+    def start(
+        self, grpc_addr: str = "127.0.0.1:0", admin_addr: str = "127.0.0.1:0", mtls_addr: str = "127.0.0.1:0"
+    ) -> RunningCa:
+        ready = self.data_dir.parent / f"{self.data_dir.name}-ready.json"
+        ready.unlink(missing_ok=True)
+        cmd = [
+            sys.executable, "-m", "ca_server",
+            "--data-dir", str(self.data_dir),
+            "--grpc-addr", grpc_addr,
+            "--admin-addr", admin_addr,
+            "--mtls-grpc-addr", mtls_addr,
+            "--ready-file", str(ready),
+            *self.args,
+        ]
+        log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the process)
+        self.process = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=log)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ready.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"CA exited with {self.process.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                self.process.kill()
+                raise RuntimeError(f"CA did not become ready in {START_TIMEOUT_S}s:\n{self.log()}")
+            time.sleep(0.05)
+        info = json.loads(ready.read_text())
+        self.grpc_addr, self.admin_addr = info["grpc_addr"], info["admin_addr"]
+        self.mtls_addr = info.get("mtls_grpc_addr", "")
+        return self
+
+    def restart(self) -> RunningCa:
+        self.stop()
+        return self.start(self.grpc_addr, self.admin_addr, self.mtls_addr or "127.0.0.1:0")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        self.process.send_signal(sig)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def mint_token(
+        self, namespace: str, service_account: str, *, audience: str = "istio-ca", ttl_s: int = 3600
+    ) -> str:
+        from ca_server.token_issuer import LocalIssuer
+
+        issuer = LocalIssuer.load_or_create(self.data_dir)
+        return issuer.mint(
+            namespace=namespace, service_account=service_account, audience=audience, ttl=timedelta(seconds=ttl_s)
+        )
+
+
+def start_ca(data_dir: Path, *args: str, env: dict[str, str] | None = None, workers: int = 1) -> RunningCa:
+    """Start a CA with `args` (extra flags) and wait until it serves."""
+    extra = ("--workers", str(workers), *args) if "--workers" not in args else args
+    return RunningCa(data_dir=data_dir, args=tuple(extra), env=env or {}).start()
