@@ -64,6 +64,7 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     env_flag(p, "--threads", "BULWARK_THREADS", default=16, type=int, help="threads per worker")
     env_flag(p, "--max-concurrent-rpcs", "BULWARK_MAX_CONCURRENT_RPCS", default=2000, type=int, help="per worker; beyond it callers get RESOURCE_EXHAUSTED")
     env_flag(p, "--record", "BULWARK_RECORD", help="issuance record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)")
+    env_flag(p, "--record-retention", "BULWARK_RECORD_RETENTION", default="30d", help="prune record rows whose certificate expired longer ago than this; 'never' keeps all")
     env_flag(p, "--admin-token-file", "BULWARK_ADMIN_TOKEN_FILE", help="bearer token file for the admin API (required when not on loopback)")
     env_flag(p, "--kubeconfig", "KUBECONFIG", help="use Kubernetes (TokenReview, CA Secret, root ConfigMaps)")
     env_flag(p, "--ready-file", "BULWARK_READY_FILE", help="write JSON with the bound addresses here once serving")
@@ -116,6 +117,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         threads=int(args.threads),
         max_concurrent_rpcs=int(args.max_concurrent_rpcs),
         record=args.record or None,
+        record_retention=None if args.record_retention in ("", "never") else parse_duration(args.record_retention),
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
         kubeconfig=path(args.kubeconfig),

@@ -52,6 +52,7 @@ class CaConfig:
     threads: int = 16
     max_concurrent_rpcs: int = 2000
     record: str | None = None  # record URL; None means SQLite in the data dir
+    record_retention: timedelta | None = timedelta(days=30)  # prune rows expired this long; None keeps all
     admin_token_file: Path | None = None
     ready_file: Path | None = None
     kubeconfig: Path | None = None

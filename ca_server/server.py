@@ -214,7 +214,12 @@ async def _run_admin(
     config: CaConfig, supervisor: Supervisor, metrics_dir: str, material: CaMaterial, addrs: dict[str, str]
 ) -> int:
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
-    app = create_admin_app(metrics_dir=metrics_dir, material=lambda: material, readiness=supervisor.readiness)
+    from ca_server.admin_api import admin_router_for
+
+    record_router, close_record = admin_router_for(config, lambda: material, admin_host=admin_host)
+    app = create_admin_app(
+        metrics_dir=metrics_dir, material=lambda: material, readiness=supervisor.readiness, routers=[record_router]
+    )
     family = socket.AF_INET6 if _is_ipv6(admin_host) else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -237,5 +242,6 @@ async def _run_admin(
         write_atomic(config.ready_file, json.dumps(ready).encode())
     await serving
     watcher.cancel()
+    close_record()
     log.info("shutting down")
     return 0

@@ -115,7 +115,7 @@ def build_authentication(config: CaConfig, material: CaMaterial) -> Authenticati
 def open_recorder(config: CaConfig) -> Recorder | None:
     """The issuance record for this process, when the record package is available."""
     try:
-        from ca_server import ledger  # type: ignore[attr-defined]
+        from ca_server import ledger
     except ImportError:
         return None
     if not hasattr(ledger, "open_recorder"):

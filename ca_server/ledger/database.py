@@ -131,7 +131,7 @@ def parse_record_url(url: str) -> RecordUrl:
 
 def default_record_url(data_dir: Path) -> str:
     """The default record: a SQLite file in the CA's data directory."""
-    return f"sqlite:///{(data_dir / RECORD_FILE_NAME).absolute()}"
+    return f"sqlite:///{(data_dir / RECORD_FILE_NAME).resolve()}"
 
 
 def driver_errors(url: RecordUrl) -> tuple[type[Exception], ...]:

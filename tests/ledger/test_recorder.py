@@ -1,4 +1,4 @@
-"""The record on SQLite and PostgreSQL: durable writes, group commit, many writers, tamper evidence."""
+"""The record on SQLite and PostgreSQL: durability, group commit, many writers, tampering."""
 
 from __future__ import annotations
 
