@@ -1,0 +1,55 @@
+"""Connecting to the API server: a kubeconfig file, or the pod's in-cluster service account.
+
+The CA's gRPC server runs handlers on threads, so the synchronous lightkube client fits:
+one call per TokenReview, no event loop to bridge into. lightkube is typed (py.typed), small,
+and speaks every resource the CA needs (TokenReview, Secret, ConfigMap, Namespace, Lease).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx2
+from lightkube import Client, KubeConfig
+from lightkube.core.exceptions import ConfigError as LightkubeConfigError
+
+from ca_server.kube.errors import KubeConfigError
+
+FIELD_MANAGER = "bulwark-ca"
+IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+
+def in_cluster_available(environ: dict[str, str] | None = None) -> bool:
+    """True inside a pod: the service host variable and the mounted token are both there."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("KUBERNETES_SERVICE_HOST")) and IN_CLUSTER_TOKEN.exists()
+
+
+def load_config(kubeconfig: Path | None, *, context: str | None = None) -> KubeConfig:
+    """The kubeconfig file when given, else the in-cluster service account."""
+    try:
+        if kubeconfig is not None:
+            if not kubeconfig.is_file():
+                raise KubeConfigError(f"--kubeconfig {kubeconfig} is not a readable file")
+            config = KubeConfig.from_file(kubeconfig)
+            if context is not None and config.get(context) is None:
+                raise KubeConfigError(f"--kubeconfig {kubeconfig} has no context {context!r}")
+            return config
+        return KubeConfig.from_service_account()
+    except LightkubeConfigError as exc:
+        source = f"--kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
+        raise KubeConfigError(f"cannot use {source}: {exc}") from exc
+
+
+def make_client(config: KubeConfig, *, timeout_seconds: float = 10.0) -> Client:
+    """A client with bounded timeouts (watches ignore the read timeout)."""
+    return Client(
+        config=config,
+        timeout=httpx2.Timeout(timeout_seconds),
+        field_manager=FIELD_MANAGER,
+        trust_env=False,
+    )
+
+
+__all__ = ["FIELD_MANAGER", "in_cluster_available", "load_config", "make_client"]

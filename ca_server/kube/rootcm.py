@@ -1,0 +1,240 @@
+"""Root distribution: ConfigMap `istio-ca-root-cert` in every namespace (SPEC §1).
+
+Two watches (namespaces; the root ConfigMaps themselves) feed one queue of namespaces to
+check; one worker makes each namespace's ConfigMap hold the current root bundle and the
+`istio.io/config=true` label. Only the leader writes: the worker asks `is_leader()` before
+every write, so a replica that loses the Lease stops writing at once. Gaining leadership or a
+root change (noticed by polling `root_pem()`) queues every namespace; so does a periodic resync.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+
+import httpx2
+from lightkube import ApiError, Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import ConfigMap, Namespace
+from lightkube.types import OnErrorAction, OnErrorResult
+
+log = logging.getLogger(__name__)
+
+ROOT_CONFIGMAP_NAME = "istio-ca-root-cert"
+ROOT_CERT_KEY = "root-cert.pem"
+CONFIG_LABEL = ("istio.io/config", "true")
+EXCLUDED_NAMESPACES = frozenset({"kube-public", "kube-node-lease", "local-path-storage"})
+
+
+class _NamespaceQueue:
+    """A de-duplicating work queue of namespace names."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, None] = {}
+        self._cond = threading.Condition()
+
+    def add(self, names: Iterable[str]) -> None:
+        with self._cond:
+            for name in names:
+                self._pending[name] = None
+            self._cond.notify()
+
+    def take(self, timeout: float) -> str | None:
+        with self._cond:
+            if not self._pending:
+                self._cond.wait(timeout)
+            if not self._pending:
+                return None
+            name = next(iter(self._pending))
+            del self._pending[name]
+            return name
+
+
+class RootCertPublisher:
+    """Keeps `istio-ca-root-cert` right in every namespace while `is_leader()` holds."""
+
+    def __init__(
+        self,
+        make_client: Callable[[], Client],
+        *,
+        root_pem: Callable[[], str],
+        is_leader: Callable[[], bool],
+        name: str = ROOT_CONFIGMAP_NAME,
+        excluded: frozenset[str] = EXCLUDED_NAMESPACES,
+        resync_seconds: float = 60.0,
+        tick_seconds: float = 0.5,
+    ) -> None:
+        self._make_client = make_client
+        self._client = make_client()
+        self._root_pem = root_pem
+        self._is_leader = is_leader
+        self._name = name
+        self._excluded = excluded
+        self._resync = resync_seconds
+        self._tick = tick_seconds
+        self._queue = _NamespaceQueue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._watch_clients: list[Client] = []
+
+    def start(self) -> None:
+        targets: list[tuple[str, Callable[[Client], None]]] = [
+            ("rootcm-ns-watch", self._watch_namespaces),
+            ("rootcm-cm-watch", self._watch_configmaps),
+        ]
+        for thread_name, watch in targets:
+            client = self._make_client()
+            self._watch_clients.append(client)
+            self._spawn(thread_name, self._watch_forever, watch, client)
+        self._spawn("rootcm-worker", self._work)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for client in self._watch_clients:
+            client.close()  # ends the streaming watch requests
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._client.close()
+
+    def queue_all(self) -> None:
+        """Check every namespace soon (root changed, leadership gained, resync)."""
+        try:
+            names = [ns.metadata.name for ns in self._client.list(Namespace) if ns.metadata]
+        except (ApiError, httpx2.HTTPError) as exc:
+            log.warning("listing namespaces failed: %s", _describe(exc))
+            return
+        self._queue.add(n for n in names if n and n not in self._excluded)
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    # -- watches ---------------------------------------------------------------------------
+
+    def _watch_forever(self, watch: Callable[[Client], None], client: Client) -> None:
+        while not self._stop.is_set():
+            try:
+                watch(client)
+            except (ApiError, httpx2.HTTPError, RuntimeError) as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("watch ended (%s); restarting", _describe(exc))
+            self._stop.wait(1.0)
+
+    def _on_watch_error(self, exc: Exception, count: int) -> OnErrorResult:
+        if self._stop.is_set():
+            return OnErrorResult(OnErrorAction.STOP)
+        if isinstance(exc, ApiError) and exc.status.code in (401, 403):
+            return OnErrorResult(OnErrorAction.RAISE)
+        return OnErrorResult(OnErrorAction.RETRY, sleep=min(0.2 * count, 5.0))
+
+    def _watch_namespaces(self, client: Client) -> None:
+        for _event, ns in client.watch(Namespace, on_error=self._on_watch_error):
+            if self._stop.is_set():
+                return
+            name = ns.metadata.name if ns.metadata else None
+            phase = ns.status.phase if ns.status else None
+            if name and name not in self._excluded and phase != "Terminating":
+                self._queue.add([name])
+
+    def _watch_configmaps(self, client: Client) -> None:
+        events = client.watch(
+            ConfigMap,
+            namespace="*",
+            fields={"metadata.name": self._name},
+            on_error=self._on_watch_error,
+        )
+        for event, cm in events:
+            if self._stop.is_set():
+                return
+            namespace = cm.metadata.namespace if cm.metadata else None
+            if not namespace or namespace in self._excluded:
+                continue
+            if event == "DELETED" or not self._is_current(cm, self._root_pem()):
+                self._queue.add([namespace])
+
+    # -- worker ----------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        leading = False
+        root = ""
+        since_resync = 0.0
+        while not self._stop.is_set():
+            now_leading = self._is_leader()
+            current_root = self._root_pem()
+            due = since_resync >= self._resync
+            if now_leading and (not leading or current_root != root or due):
+                self.queue_all()
+                since_resync = 0.0
+            leading, root = now_leading, current_root
+            namespace = self._queue.take(self._tick)
+            if namespace is None:
+                since_resync += self._tick
+                continue
+            if not self._is_leader():
+                continue  # followers drop work; leadership gained re-queues everything
+            self._reconcile(namespace, current_root)
+
+    def _reconcile(self, namespace: str, root: str) -> None:
+        try:
+            self._reconcile_once(namespace, root)
+        except ApiError as exc:
+            code = exc.status.code
+            if code == 409:
+                self._queue.add([namespace])  # raced an edit: look again
+            elif code == 404 or (code == 403 and "terminat" in (exc.status.message or "")):
+                return  # namespace gone or going away
+            else:
+                log.warning("root ConfigMap in %s: %s", namespace, _describe(exc))
+        except httpx2.HTTPError as exc:
+            log.warning("root ConfigMap in %s: %s", namespace, _describe(exc))
+            self._queue.add([namespace])
+
+    def _reconcile_once(self, namespace: str, root: str) -> None:
+        try:
+            cm = self._client.get(ConfigMap, self._name, namespace=namespace)
+        except ApiError as exc:
+            if exc.status.code != 404:
+                raise
+            if not self._is_leader():
+                return
+            label_key, label_value = CONFIG_LABEL
+            fresh = ConfigMap(
+                metadata=ObjectMeta(
+                    name=self._name, namespace=namespace, labels={label_key: label_value}
+                ),
+                data={ROOT_CERT_KEY: root},
+            )
+            self._client.create(fresh, namespace=namespace)
+            log.info("created %s in %s", self._name, namespace)
+            return
+        if self._is_current(cm, root) or not self._is_leader():
+            return
+        label_key, label_value = CONFIG_LABEL
+        assert cm.metadata is not None
+        cm.metadata.labels = {**(cm.metadata.labels or {}), label_key: label_value}
+        cm.data = {ROOT_CERT_KEY: root}
+        cm.binaryData = None
+        self._client.replace(cm)  # carries resourceVersion: 409 on a race
+        log.info("repaired %s in %s", self._name, namespace)
+
+    @staticmethod
+    def _is_current(cm: ConfigMap, root: str) -> bool:
+        label_key, label_value = CONFIG_LABEL
+        labels = (cm.metadata.labels if cm.metadata else None) or {}
+        return (
+            labels.get(label_key) == label_value
+            and cm.data == {ROOT_CERT_KEY: root}
+            and not cm.binaryData
+        )
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ApiError):
+        return f"{exc.status.code} {exc.status.reason}"
+    return type(exc).__name__
+
+
+__all__ = ["EXCLUDED_NAMESPACES", "ROOT_CONFIGMAP_NAME", "RootCertPublisher"]

@@ -1,0 +1,122 @@
+"""Self-signed CA material in the Secret `istio-ca-secret` (SPEC §1 "CA key material").
+
+A `KeyStore` (see `ca_server.material`): `load()` reads the Secret, `save()` creates it only
+when absent. Replicas starting together race on the create; the API server lets exactly one
+win and every loser reads the winner back, so all replicas end up on one root.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+import httpx2
+from cryptography import x509
+from lightkube import ApiError, Client
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Secret
+
+from ca_server.kube.errors import KubeApiError, KubeMaterialError
+from ca_server.material import CaMaterial
+from certs.errors import CertsError
+from certs.keys import load_private_key, private_key_pem, spki_der
+from certs.pem import load_certificates, to_pem
+
+CA_SECRET_NAME = "istio-ca-secret"
+CA_SECRET_TYPE = "istio.io/ca-root"
+CA_CERT_KEY = "ca-cert.pem"
+CA_KEY_KEY = "ca-key.pem"
+ROOT_CERT_KEY = "root-cert.pem"
+CERT_CHAIN_KEY = "cert-chain.pem"
+PRIVATE_KEY_KEY = "key.pem"
+
+
+class SecretKeyStore:
+    """CA material in one Secret of the CA's namespace; the key never leaves it unencrypted
+    except over the API server's TLS."""
+
+    def __init__(self, client: Client, *, namespace: str, name: str = CA_SECRET_NAME) -> None:
+        self._client = client
+        self._namespace = namespace
+        self._name = name
+
+    @property
+    def location(self) -> str:
+        return f"secret {self._namespace}/{self._name}"
+
+    def load(self) -> CaMaterial | None:
+        try:
+            secret = self._client.get(Secret, self._name, namespace=self._namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise KubeApiError(f"reading {self.location}: {_status(exc)}") from exc
+        except httpx2.HTTPError as exc:
+            raise KubeApiError(f"reading {self.location}: {type(exc).__name__}") from exc
+        return self._parse(secret.data or {})
+
+    def save(self, material: CaMaterial) -> CaMaterial:
+        """Create the Secret unless it exists; return whatever the Secret holds afterwards."""
+        secret = Secret(
+            metadata=ObjectMeta(name=self._name, namespace=self._namespace),
+            type=CA_SECRET_TYPE,
+            data={
+                CA_CERT_KEY: _b64(to_pem(material.signing_cert).encode()),
+                CA_KEY_KEY: _b64(private_key_pem(material.signing_key)),
+                ROOT_CERT_KEY: _b64(material.root_bundle_pem.encode()),
+                CERT_CHAIN_KEY: "",
+                PRIVATE_KEY_KEY: "",
+            },
+        )
+        try:
+            self._client.create(secret, namespace=self._namespace)
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise KubeApiError(f"creating {self.location}: {_status(exc)}") from exc
+            # Another replica created it first: its root is the root.
+            winner = self.load()
+            if winner is None:
+                raise KubeApiError(f"{self.location} conflicted on create, then vanished") from exc
+            return winner
+        except httpx2.HTTPError as exc:
+            raise KubeApiError(f"creating {self.location}: {type(exc).__name__}") from exc
+        return material
+
+    def _parse(self, data: dict[str, str]) -> CaMaterial:
+        try:
+            cert_pem = _unb64(data.get(CA_CERT_KEY, ""))
+            key_pem = _unb64(data.get(CA_KEY_KEY, ""))
+            root_pem = _unb64(data.get(ROOT_CERT_KEY, "")) or cert_pem
+        except (binascii.Error, ValueError) as exc:
+            raise KubeMaterialError(f"{self.location} holds data that is not base64") from exc
+        if not cert_pem or not key_pem:
+            raise KubeMaterialError(
+                f"{self.location} lacks {CA_CERT_KEY} or {CA_KEY_KEY}; delete it or fill it in"
+            )
+        try:
+            cert = load_certificates(cert_pem, what=f"{self.location} {CA_CERT_KEY}")[0]
+            roots = tuple(load_certificates(root_pem, what=f"{self.location} {ROOT_CERT_KEY}"))
+            key = load_private_key(key_pem)
+        except (CertsError, ValueError, TypeError) as exc:
+            raise KubeMaterialError(f"{self.location} holds unreadable PEM ({exc})") from exc
+        if spki_der(key.public_key()) != spki_der(cert.public_key()):  # type: ignore[arg-type]
+            raise KubeMaterialError(f"{self.location}: {CA_KEY_KEY} does not match {CA_CERT_KEY}")
+        chain: tuple[x509.Certificate, ...] = () if cert in roots else (cert,)
+        return CaMaterial(
+            signing_cert=cert, signing_key=key, chain=chain, roots=roots, source="self-signed"
+        )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.b64decode(text, validate=True)
+
+
+def _status(exc: ApiError) -> str:
+    return f"{exc.status.code} {exc.status.reason}"
+
+
+__all__ = ["CA_SECRET_NAME", "CA_SECRET_TYPE", "SecretKeyStore"]

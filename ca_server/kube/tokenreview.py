@@ -1,0 +1,202 @@
+"""Kubernetes service-account tokens checked with the TokenReview API (SPEC §1, authenticator 2).
+
+The API server does the cryptography and the liveness check (a deleted service account or
+pod invalidates its tokens); this module asks it, insists on a service-account identity,
+and caches positive answers until the token expires so a renewal storm costs one review
+per token, not one per request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+import httpx2
+from lightkube import ApiError, Client
+from lightkube.models.authentication_v1 import TokenReviewSpec, UserInfo
+from lightkube.resources.authentication_v1 import TokenReview
+
+from ca_server.errors import AuthenticationError, UpstreamUnavailable
+from ca_server.identity import Caller, RequestCredentials
+from certs.errors import InvalidSpiffeId
+from certs.spiffe_id import SpiffeId, TrustDomain
+
+SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"
+USERNAME_PREFIX = "system:serviceaccount:"
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+DEFAULT_CLUSTER_ID = "Kubernetes"  # Istio's default CLUSTER_ID
+DEFAULT_CACHE_ENTRIES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    caller: Caller
+    expires_at: float
+
+
+class TokenReviewAuthenticator:
+    """Authenticates `authorization: Bearer <jwt>` by asking the API server who the token is.
+
+    Returns None when the request carries no token; raises AuthenticationError when the token
+    is rejected or is not a service account's; UpstreamUnavailable when the API cannot answer.
+    """
+
+    name = "tokenreview"
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        trust_domain: TrustDomain,
+        audiences: Sequence[str] = ("istio-ca",),
+        cluster_id: str = DEFAULT_CLUSTER_ID,
+        max_cache_entries: int = DEFAULT_CACHE_ENTRIES,
+        max_cache_seconds: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not audiences:
+            raise ValueError("TokenReview needs at least one audience")
+        self._client = client
+        self._trust_domain = trust_domain
+        self._audiences = list(audiences)
+        self._cluster_id = cluster_id
+        self._max_entries = max_cache_entries
+        self._max_cache_seconds = max_cache_seconds
+        self._clock = clock
+        self._cache: OrderedDict[str, _Cached] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def authenticate(self, creds: RequestCredentials) -> Caller | None:
+        token = creds.bearer_token
+        if not token:
+            return None
+        if creds.cluster_id not in ("", self._cluster_id):
+            raise AuthenticationError(
+                f"client claims to be in cluster {creds.cluster_id!r}; "
+                f"this CA knows only {self._cluster_id!r}"
+            )
+        key = hashlib.sha256(token.encode()).hexdigest()
+        cached = self._cache_get(key)
+        if cached is not None:
+            return _with_request(cached, creds)
+        token_exp = _unverified_exp(token)
+        caller = replace(self._review(token), expires_at=token_exp)
+        expires_at = self._cache_until(token_exp)
+        if expires_at is not None:
+            self._cache_put(key, _Cached(caller=caller, expires_at=expires_at))
+        return _with_request(caller, creds)
+
+    def cache_size(self) -> int:
+        with self._lock:
+            return len(self._cache)
+
+    def _review(self, token: str) -> Caller:
+        review = TokenReview(spec=TokenReviewSpec(token=token, audiences=self._audiences))
+        try:
+            result = self._client.create(review)
+        except ApiError as exc:
+            raise UpstreamUnavailable(
+                f"TokenReview failed: API server answered {exc.status.code} {exc.status.reason}"
+            ) from exc
+        except httpx2.HTTPError as exc:
+            raise UpstreamUnavailable(
+                f"TokenReview failed: API server unreachable ({type(exc).__name__})"
+            ) from exc
+        status = result.status
+        if status is None or not status.authenticated or status.user is None:
+            reason = (status.error if status is not None else None) or "not authenticated"
+            raise AuthenticationError(f"token rejected by TokenReview: {_short(reason)}")
+        if status.audiences is not None and not set(status.audiences) & set(self._audiences):
+            raise AuthenticationError("token rejected by TokenReview: no accepted audience")
+        return self._caller_from(status.user)
+
+    def _caller_from(self, user: UserInfo) -> Caller:
+        username = user.username or ""
+        if SERVICE_ACCOUNTS_GROUP not in (user.groups or []):
+            raise AuthenticationError(
+                f"token of {username!r} is not in group {SERVICE_ACCOUNTS_GROUP}"
+            )
+        parts = username.split(":")
+        if not username.startswith(USERNAME_PREFIX) or len(parts) != 4 or not all(parts[2:]):
+            raise AuthenticationError(
+                f"token user {username!r} is not system:serviceaccount:<ns>:<sa>"
+            )
+        namespace, account = parts[2], parts[3]
+        try:
+            spiffe_id = SpiffeId.for_service_account(self._trust_domain, namespace, account)
+        except InvalidSpiffeId as exc:
+            raise AuthenticationError(f"service account {username!r}: {exc}") from exc
+        extra = user.extra or {}
+        return Caller(
+            spiffe_id=spiffe_id,
+            namespace=namespace,
+            service_account=account,
+            authenticator=self.name,
+            subject=username,
+            pod_name=_first(extra.get(POD_NAME_EXTRA)),
+            pod_uid=_first(extra.get(POD_UID_EXTRA)),
+        )
+
+    def _cache_until(self, exp: float | None) -> float | None:
+        """The token's `exp` (capped); trusted only because the API server accepted the token."""
+        if exp is None:
+            return None
+        if self._max_cache_seconds is not None:
+            exp = min(exp, self._clock() + self._max_cache_seconds)
+        return exp if exp > self._clock() else None
+
+    def _cache_get(self, key: str) -> Caller | None:
+        with self._lock:
+            entry = self._cache.get(key)
+            if entry is None:
+                return None
+            if entry.expires_at <= self._clock():
+                del self._cache[key]
+                return None
+            self._cache.move_to_end(key)
+            return entry.caller
+
+    def _cache_put(self, key: str, entry: _Cached) -> None:
+        with self._lock:
+            self._cache[key] = entry
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._max_entries:
+                self._cache.popitem(last=False)
+
+
+def _with_request(caller: Caller, creds: RequestCredentials) -> Caller:
+    return replace(caller, cluster_id=creds.cluster_id, peer=creds.peer)
+
+
+def _unverified_exp(token: str) -> float | None:
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(payload))
+    except (binascii.Error, ValueError):
+        return None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+
+
+def _first(values: object) -> str:
+    if isinstance(values, list) and values and isinstance(values[0], str):
+        return values[0]
+    return ""
+
+
+def _short(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+__all__ = ["DEFAULT_CLUSTER_ID", "TokenReviewAuthenticator"]
