@@ -1,0 +1,152 @@
+"""The secret cache: the one place holding what the agent serves, fanned out to subscribers.
+
+Every change produces a new immutable `Snapshot`. Subscribers (SDS streams,
+Workload API streams, the file writer) each own a latest-wins `Mailbox`, as
+in SPIRE's agent manager: a slow reader skips intermediate states and always
+sees the newest one, and a fast writer never blocks on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+from agent.svid import RootBundle, Svid
+
+_EMPTY: Mapping[str, FileSecret] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSecret:
+    """A `file-cert:` or `file-root:` resource as last read from disk."""
+
+    name: str
+    certificate_chain: bytes = b""
+    private_key: bytes = b""
+    trusted_ca: bytes = b""
+
+    @property
+    def version(self) -> str:
+        digest = hashlib.sha256()
+        for part in (self.certificate_chain, self.private_key, self.trusted_ca):
+            digest.update(hashlib.sha256(part).digest())
+        return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Snapshot:
+    """Everything served at one moment. `roots` joins the root file's and the CA's roots."""
+
+    generation: int = 0
+    svid: Svid | None = None
+    file_roots: RootBundle | None = None
+    files: Mapping[str, FileSecret] = field(default_factory=lambda: _EMPTY)
+    svid_error: str = ""  # why there is no (new) certificate, for status pages
+
+    @property
+    def roots(self) -> RootBundle | None:
+        groups = [b.certs for b in (self.file_roots, self.svid.roots if self.svid else None) if b]
+        return RootBundle.of(*groups) if groups else None
+
+
+class Mailbox:
+    """Holds only the newest snapshot; `get` waits for one newer than the last it returned."""
+
+    def __init__(self, first: Snapshot) -> None:
+        self._latest = first
+        self._event = asyncio.Event()
+        self._event.set()
+        self._closed = False
+
+    def put(self, snapshot: Snapshot) -> None:
+        self._latest = snapshot
+        self._event.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._event.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def get(self) -> Snapshot | None:
+        """The newest snapshot not yet returned, or None once the cache has shut down."""
+        await self._event.wait()
+        self._event.clear()
+        return None if self._closed else self._latest
+
+
+class SecretCache:
+    """Current secrets plus subscribers; all methods run on the event loop."""
+
+    def __init__(self) -> None:
+        self._snapshot = Snapshot()
+        self._mailboxes: set[Mailbox] = set()
+        self._closed = False
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def subscribe(self) -> Mailbox:
+        """A mailbox that already holds the current snapshot (closed if the cache is)."""
+        box = Mailbox(self._snapshot)
+        if self._closed:
+            box.close()
+        else:
+            self._mailboxes.add(box)
+        return box
+
+    def unsubscribe(self, box: Mailbox) -> None:
+        self._mailboxes.discard(box)
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._mailboxes)
+
+    def set_svid(self, svid: Svid) -> None:
+        self._publish(svid=svid, svid_error="")
+
+    def set_svid_error(self, message: str) -> None:
+        if message != self._snapshot.svid_error:
+            self._publish(svid_error=message)
+
+    def set_file_roots(self, roots: RootBundle | None) -> None:
+        current = self._snapshot.file_roots
+        if (current and current.version) != (roots and roots.version):
+            self._publish(file_roots=roots)
+
+    def set_file_secret(self, name: str, secret: FileSecret | None) -> None:
+        current = self._snapshot.files.get(name)
+        if (current and current.version) == (secret and secret.version):
+            return
+        files = dict(self._snapshot.files)
+        if secret is None:
+            files.pop(name, None)
+        else:
+            files[name] = secret
+        self._publish(files=MappingProxyType(files))
+
+    def close(self) -> None:
+        """End every subscription: streams finish cleanly on shutdown."""
+        self._closed = True
+        for box in self._mailboxes:
+            box.close()
+        self._mailboxes.clear()
+
+    def _publish(self, **changes: object) -> None:
+        self._snapshot = replace(
+            self._snapshot,
+            generation=self._snapshot.generation + 1,
+            **changes,  # type: ignore[arg-type]
+        )
+        for box in self._mailboxes:
+            box.put(self._snapshot)

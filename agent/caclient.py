@@ -1,0 +1,188 @@
+"""The CA client: one `CreateCertificate` call per CSR, with Istio's TLS, headers and retries.
+
+Each CSR opens a fresh channel, so a replaced root file, a renewed `PROV_CERT`
+or a new token is picked up without any cache to invalidate; a rotation runs
+at most a few times a day.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from agent.config import AgentConfig
+from agent.errors import CaRequestFailed
+from agent.metrics import AgentMetrics
+from certs.errors import CertsError
+from certs.pem import load_certificates
+from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNAVAILABLE,
+    }
+)
+SYSTEM_ROOTS = "SYSTEM"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Istio's CSR retries: at most `max_attempts` calls, waits 100 ms, 200 ms, ... +/- 10%."""
+
+    max_attempts: int = 5
+    base: timedelta = timedelta(milliseconds=100)
+    jitter: float = 0.1
+
+    def wait(self, retry: int, rng: random.Random) -> float:
+        """Seconds to wait before retry number `retry` (1-based)."""
+        base = self.base.total_seconds() * (2 ** (retry - 1))
+        return float(base * (1.0 + rng.uniform(-self.jitter, self.jitter)))
+
+
+class CaClient:
+    """Sends CSRs to the CA named by the config; never logs the token."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        metrics: AgentMetrics,
+        now: Callable[[], datetime],
+        rng: random.Random | None = None,
+        retry: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._now = now
+        self._rng = rng or random.Random()
+        self._retry = retry
+
+    async def sign(self, csr_pem: bytes, ttl: timedelta) -> list[str]:
+        """The CA's chain (leaf first, root last) for `csr_pem`, or `CaRequestFailed`."""
+        request = ca_pb2.IstioCertificateRequest(
+            csr=csr_pem.decode(), validity_duration=max(1, int(ttl.total_seconds()))
+        )
+        if self._config.cert_signer:
+            request.metadata.update({"CertSigner": self._config.cert_signer})
+        metadata = self._metadata()
+        self._metrics.inc("num_outgoing_requests", request_type="csr")
+        started = time.monotonic()
+        try:
+            channel = self._channel()
+        except CaRequestFailed:
+            self._metrics.inc("num_failed_outgoing_requests", request_type="csr")
+            raise
+        try:
+            return await self._call_with_retries(channel, request, metadata)
+        except CaRequestFailed:
+            self._metrics.inc("num_failed_outgoing_requests", request_type="csr")
+            raise
+        finally:
+            elapsed_ms = (time.monotonic() - started) * 1000.0
+            self._metrics.inc("outgoing_latency", elapsed_ms, request_type="csr")
+            await channel.close()
+
+    async def _call_with_retries(
+        self,
+        channel: aio.Channel,
+        request: ca_pb2.IstioCertificateRequest,
+        metadata: tuple[tuple[str, str], ...],
+    ) -> list[str]:
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+        timeout = self._config.ca_request_timeout.total_seconds()
+        for attempt in range(1, self._retry.max_attempts + 1):
+            if attempt > 1:
+                self._metrics.inc("num_outgoing_retries", request_type="csr")
+                await asyncio.sleep(self._retry.wait(attempt - 1, self._rng))
+            try:
+                response = await stub.CreateCertificate(request, metadata=metadata, timeout=timeout)
+            except aio.AioRpcError as exc:
+                code = exc.code()
+                message = f"CA {self._config.ca_addr} answered {code.name}: {exc.details()}"
+                if code in RETRYABLE and attempt < self._retry.max_attempts:
+                    log.info("CSR attempt %d failed, retrying: %s", attempt, message)
+                    continue
+                raise CaRequestFailed(message, code) from None
+            return list(response.cert_chain)
+        raise AssertionError("unreachable: the loop returns or raises")
+
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        """Headers of one CSR; the token file is re-read every time."""
+        pairs: list[tuple[str, str]] = []
+        token = _read_token(self._config.token_path)
+        if token:
+            pairs.append(("authorization", f"Bearer {token}"))
+        if self._config.cluster_id:
+            pairs.append(("clusterid", self._config.cluster_id))
+        pairs.extend(self._config.ca_headers)
+        return tuple(pairs)
+
+    def _channel(self) -> aio.Channel:
+        if not self._config.ca_uses_tls:
+            return aio.insecure_channel(self._config.ca_addr)
+        root = self._root_pem()
+        client_key, client_chain = self._provisioning_credentials()
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=root, private_key=client_key, certificate_chain=client_chain
+        )
+        options = (("grpc.ssl_target_name_override", self._config.ca_server_name),)
+        return aio.secure_channel(self._config.ca_addr, credentials, options=options)
+
+    def _root_pem(self) -> bytes | None:
+        candidates = self._config.ca_root_candidates()
+        if self._config.ca_root_ca is not None and str(self._config.ca_root_ca) == SYSTEM_ROOTS:
+            return None
+        for path in candidates:
+            try:
+                return path.read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise CaRequestFailed(f"cannot read CA root {path}: {exc.strerror}") from None
+        looked = ", ".join(str(p) for p in candidates)
+        raise CaRequestFailed(f"no root certificate to verify the CA (looked at {looked})")
+
+    def _provisioning_credentials(self) -> tuple[bytes | None, bytes | None]:
+        """PROV_CERT's key and chain while its leaf is still valid, else no client certificate."""
+        directory = self._config.prov_cert_dir
+        if directory is None:
+            return None, None
+        try:
+            chain = (directory / "cert-chain.pem").read_bytes()
+            key = (directory / "key.pem").read_bytes()
+            leaf = load_certificates(chain, what="PROV_CERT cert-chain.pem")[0]
+        except (OSError, CertsError) as exc:
+            log.warning("PROV_CERT %s not usable, falling back to the token: %s", directory, exc)
+            return None, None
+        if leaf.not_valid_after_utc <= self._now():
+            log.info(
+                "PROV_CERT certificate expired at %s; using the token", leaf.not_valid_after_utc
+            )
+            return None, None
+        return key, chain
+
+
+def _read_token(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+    except OSError as exc:
+        log.warning("cannot read token file %s: %s", path, exc.strerror)
+        return ""

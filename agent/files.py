@@ -1,0 +1,182 @@
+"""The agent and the file system: OUTPUT_CERTS, FILE_MOUNTED_CERTS, root file, file-* secrets."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from agent.cache import FileSecret, SecretCache, Snapshot
+from agent.errors import FileSecretError, UnknownResource
+from agent.metrics import AgentMetrics
+from agent.svid import RootBundle, Svid
+from agent.watch import Contents, FileWatcher
+from certs.errors import CertsError
+from certs.files import write_atomic
+from certs.keys import load_private_key
+from certs.pem import load_certificates
+from certs.verify import spiffe_id_of
+
+log = logging.getLogger(__name__)
+
+FILE_CERT_PREFIX = "file-cert:"
+FILE_ROOT_PREFIX = "file-root:"
+KEY_FILE = "key.pem"
+CHAIN_FILE = "cert-chain.pem"
+ROOT_FILE = "root-cert.pem"
+
+
+def file_resource_paths(name: str) -> tuple[Path, ...] | None:
+    """The files behind `file-cert:<cert>~<key>` / `file-root:<path>`; None for other names."""
+    if name.startswith(FILE_CERT_PREFIX):
+        cert, sep, key = name[len(FILE_CERT_PREFIX) :].partition("~")
+        if not sep or not cert or not key:
+            raise UnknownResource(
+                f"resource {name!r} must look like file-cert:<cert path>~<key path>"
+            )
+        return (Path(cert), Path(key))
+    if name.startswith(FILE_ROOT_PREFIX):
+        path = name[len(FILE_ROOT_PREFIX) :]
+        if not path:
+            raise UnknownResource(f"resource {name!r} must look like file-root:<path>")
+        return (Path(path),)
+    return None
+
+
+class FileSecrets:
+    """Loads watched files into the cache; a file that stops parsing keeps its last good value."""
+
+    def __init__(
+        self,
+        *,
+        cache: SecretCache,
+        watcher: FileWatcher,
+        metrics: AgentMetrics,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._cache = cache
+        self._watcher = watcher
+        self._metrics = metrics
+        self._now = now
+
+    def watch_resource(self, name: str) -> None:
+        """Serve `name` (a file-cert:/file-root: resource) from now on."""
+        paths = file_resource_paths(name)
+        if paths is None:
+            raise UnknownResource(f"{name!r} is not a file resource")
+        self._watcher.watch(name, paths, lambda contents: self._load_resource(name, contents))
+
+    def watch_root_file(self, path: Path) -> None:
+        """Push the roots in `path` as part of ROOTCA whenever the file changes."""
+        self._watcher.watch(f"root:{path}", (path,), lambda c: self._load_root_file(path, c))
+
+    def watch_mounted_certs(self, directory: Path) -> None:
+        """FILE_MOUNTED_CERTS: the SVID and roots come from `directory`, not from a CA."""
+        paths = (directory / CHAIN_FILE, directory / KEY_FILE, directory / ROOT_FILE)
+        self._watcher.watch("mounted", paths, lambda c: self._load_mounted(directory, c))
+
+    def _load_resource(self, name: str, contents: Contents) -> None:
+        try:
+            secret = _file_secret(name, contents)
+        except FileSecretError as exc:
+            self._metrics.inc("num_file_secret_failures_total")
+            log.warning("%s", exc.public_message)
+            return
+        self._cache.set_file_secret(name, secret)
+
+    def _load_root_file(self, path: Path, contents: Contents) -> None:
+        data = contents[0]
+        if data is None:
+            log.info("root file %s is absent; ROOTCA holds the CA's roots only", path)
+            self._cache.set_file_roots(None)
+            return
+        try:
+            roots = RootBundle.of(load_certificates(data, what=str(path)))
+        except CertsError as exc:
+            self._metrics.inc("num_file_watcher_failures_total")
+            log.warning("root file %s not loaded, keeping the previous roots: %s", path, exc)
+            return
+        self._cache.set_file_roots(roots)
+
+    def _load_mounted(self, directory: Path, contents: Contents) -> None:
+        chain_pem, key_pem, root_pem = contents
+        if chain_pem is None or key_pem is None or root_pem is None:
+            self._cache.set_svid_error(
+                f"waiting for {CHAIN_FILE}, {KEY_FILE}, {ROOT_FILE} in {directory}"
+            )
+            return
+        try:
+            chain = load_certificates(chain_pem, what=str(directory / CHAIN_FILE))
+            roots = RootBundle.of(load_certificates(root_pem, what=str(directory / ROOT_FILE)))
+            key = load_private_key(key_pem)
+        except (CertsError, ValueError) as exc:
+            self._metrics.inc("num_file_watcher_failures_total")
+            log.warning("mounted certificates in %s not loaded: %s", directory, exc)
+            self._cache.set_svid_error(f"mounted certificates in {directory} cannot be used")
+            return
+        try:
+            spiffe_id = spiffe_id_of(chain[0])
+        except CertsError:
+            spiffe_id = None
+        self._cache.set_svid(
+            Svid(
+                spiffe_id=spiffe_id, key=key, chain=tuple(chain), roots=roots, issued_at=self._now()
+            )
+        )
+
+
+def _file_secret(name: str, contents: Contents) -> FileSecret:
+    paths = file_resource_paths(name) or ()
+    missing = [str(p) for p, c in zip(paths, contents, strict=True) if c is None]
+    if missing:
+        raise FileSecretError(f"{name}: cannot read {', '.join(missing)}")
+    try:
+        if name.startswith(FILE_ROOT_PREFIX):
+            root = contents[0] or b""
+            load_certificates(root, what=str(paths[0]))
+            return FileSecret(name=name, trusted_ca=root)
+        chain, key = contents[0] or b"", contents[1] or b""
+        load_certificates(chain, what=str(paths[0]))
+        load_private_key(key)
+    except (CertsError, ValueError) as exc:
+        raise FileSecretError(f"{name}: {exc}") from None
+    return FileSecret(name=name, certificate_chain=chain, private_key=key)
+
+
+class OutputWriter:
+    """OUTPUT_CERTS: key.pem (0600), cert-chain.pem, root-cert.pem, rewritten on every change."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._written: tuple[str, str] = ("", "")
+
+    def write(self, snapshot: Snapshot) -> bool:
+        """Write what changed since last time; True if anything was written."""
+        svid, roots = snapshot.svid, snapshot.roots
+        if svid is None or roots is None:
+            return False
+        state = (svid.version, roots.version)
+        if state == self._written:
+            return False
+        directory = self._directory
+        if state[0] != self._written[0]:
+            write_atomic(directory / KEY_FILE, svid.key_pem, mode=0o600)
+            write_atomic(directory / CHAIN_FILE, svid.chain_pem, mode=0o644)
+        write_atomic(directory / ROOT_FILE, roots.pem, mode=0o644)
+        self._written = state
+        log.info(
+            "wrote certificate %s and %d root(s) to %s", svid.serial, len(roots.certs), directory
+        )
+        return True
+
+    async def run(self, cache: SecretCache) -> None:
+        box = cache.subscribe()
+        try:
+            while (snapshot := await box.get()) is not None:
+                try:
+                    self.write(snapshot)
+                except OSError as exc:
+                    log.error("cannot write OUTPUT_CERTS to %s: %s", self._directory, exc.strerror)
+        finally:
+            cache.unsubscribe(box)
