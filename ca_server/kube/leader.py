@@ -22,23 +22,9 @@ from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
 
+from ca_server.kube.settings import DEFAULT_LEASE_NAME, LeaseTiming
+
 log = logging.getLogger(__name__)
-
-DEFAULT_LEASE_NAME = "bulwark-ca-leader"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LeaseTiming:
-    """client-go's defaults: 15 s lease, 10 s renew deadline, 2 s between attempts."""
-
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
-            raise ValueError("lease timing needs 0 < retry < renew deadline < lease duration")
-
 
 @dataclass(frozen=True, slots=True)
 class _Observed:

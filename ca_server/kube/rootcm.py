@@ -19,9 +19,10 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace
 from lightkube.types import OnErrorAction, OnErrorResult
 
+from ca_server.kube.settings import ROOT_CONFIGMAP_NAME
+
 log = logging.getLogger(__name__)
 
-ROOT_CONFIGMAP_NAME = "istio-ca-root-cert"
 ROOT_CERT_KEY = "root-cert.pem"
 CONFIG_LABEL = ("istio.io/config", "true")
 EXCLUDED_NAMESPACES = frozenset({"kube-public", "kube-node-lease", "local-path-storage"})

@@ -17,12 +17,12 @@ from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
 from ca_server.kube.errors import KubeApiError, KubeMaterialError
+from ca_server.kube.settings import CA_SECRET_NAME
 from ca_server.material import CaMaterial
 from certs.errors import CertsError
 from certs.keys import load_private_key, private_key_pem, spki_der
 from certs.pem import load_certificates, to_pem
 
-CA_SECRET_NAME = "istio-ca-secret"
 CA_SECRET_TYPE = "istio.io/ca-root"
 CA_CERT_KEY = "ca-cert.pem"
 CA_KEY_KEY = "ca-key.pem"

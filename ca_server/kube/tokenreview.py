@@ -25,6 +25,7 @@ from lightkube.resources.authentication_v1 import TokenReview
 
 from ca_server.errors import AuthenticationError, UpstreamUnavailable
 from ca_server.identity import Caller, RequestCredentials
+from ca_server.kube.settings import DEFAULT_CLUSTER_ID
 from certs.errors import InvalidSpiffeId
 from certs.spiffe_id import SpiffeId, TrustDomain
 
@@ -32,7 +33,6 @@ SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"
 USERNAME_PREFIX = "system:serviceaccount:"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
-DEFAULT_CLUSTER_ID = "Kubernetes"  # Istio's default CLUSTER_ID
 DEFAULT_CACHE_ENTRIES = 10_000
 
 

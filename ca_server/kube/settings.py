@@ -1,0 +1,112 @@
+"""Kubernetes settings of `bulwark ca serve`: one frozen dataclass, and the flags that fill it.
+
+`add_flags` registers the flags (each with an environment variable, as Istio's deployment
+sets them); `settings_from_args` returns None unless `--kubeconfig` or `--kube-in-cluster`
+asks for Kubernetes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from certs.cli.envflags import env_bool, env_flag
+
+# Kept here, free of heavy imports, so `bulwark --help` can register the flags cheaply.
+DEFAULT_CLUSTER_ID = "Kubernetes"  # Istio's default CLUSTER_ID
+DEFAULT_LEASE_NAME = "bulwark-ca-leader"
+CA_SECRET_NAME = "istio-ca-secret"
+ROOT_CONFIGMAP_NAME = "istio-ca-root-cert"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseTiming:
+    """client-go's defaults: 15 s lease, 10 s renew deadline, 2 s between attempts."""
+
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
+            raise ValueError("lease timing needs 0 < retry < renew deadline < lease duration")
+
+
+def _default_identity() -> str:
+    return f"{socket.gethostname()}_{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KubeSettings:
+    """Where the API server is and how this replica takes part in the cluster."""
+
+    kubeconfig: Path | None  # None: the pod's in-cluster service account
+    namespace: str = "istio-system"  # where the CA Secret and the Lease live
+    identity: str = field(default_factory=_default_identity)  # Lease holder name (the pod name)
+    cluster_id: str = DEFAULT_CLUSTER_ID
+    lease_name: str = DEFAULT_LEASE_NAME
+    lease: LeaseTiming = field(default_factory=LeaseTiming)
+    ca_secret_name: str = CA_SECRET_NAME
+    root_configmap_name: str = ROOT_CONFIGMAP_NAME
+    resync_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.namespace or not self.identity:
+            raise ValueError("--kube-namespace and --kube-identity must not be empty")
+        if self.resync_seconds <= 0:
+            raise ValueError("--kube-resync must be positive")
+
+
+def add_flags(p: argparse.ArgumentParser | Any) -> None:
+    """The Kubernetes flags of `bulwark ca serve` (`--kubeconfig` itself is the CA's own)."""
+    p.add_argument(
+        "--kube-in-cluster", action="store_true", default=env_bool("BULWARK_KUBE_IN_CLUSTER"),
+        help="use Kubernetes with the pod's service account (env BULWARK_KUBE_IN_CLUSTER)",
+    )
+    env_flag(p, "--kube-namespace", "POD_NAMESPACE", default="istio-system",
+             help="namespace of the CA Secret and the leader Lease")
+    env_flag(p, "--kube-identity", "POD_NAME", default="",
+             help="leader-election identity (default: hostname plus a random suffix)")
+    env_flag(p, "--cluster-id", "CLUSTER_ID", default=DEFAULT_CLUSTER_ID,
+             help="this cluster's ID; requests naming another clusterid are refused")
+    env_flag(p, "--kube-lease-duration", "BULWARK_KUBE_LEASE_DURATION", default="15", type=float,
+             help="seconds a leader may go without renewing before another replica takes over")
+    env_flag(p, "--kube-resync", "BULWARK_KUBE_RESYNC", default="60", type=float,
+             help="seconds between full checks of every namespace's root ConfigMap")
+
+
+def settings_from_args(args: argparse.Namespace) -> KubeSettings | None:
+    kubeconfig = Path(args.kubeconfig) if getattr(args, "kubeconfig", None) else None
+    if kubeconfig is None and not args.kube_in_cluster:
+        return None
+    duration = float(args.kube_lease_duration)
+    try:
+        timing = LeaseTiming(
+            lease_duration=duration, renew_deadline=duration * 2 / 3, retry_period=duration * 2 / 15
+        )
+    except ValueError as exc:
+        raise ValueError(f"--kube-lease-duration: {exc}") from exc
+    return KubeSettings(
+        kubeconfig=kubeconfig,
+        namespace=args.kube_namespace,
+        identity=args.kube_identity or _default_identity(),
+        cluster_id=args.cluster_id,
+        lease=timing,
+        resync_seconds=float(args.kube_resync),
+    )
+
+
+__all__ = [
+    "CA_SECRET_NAME",
+    "DEFAULT_CLUSTER_ID",
+    "DEFAULT_LEASE_NAME",
+    "ROOT_CONFIGMAP_NAME",
+    "KubeSettings",
+    "LeaseTiming",
+    "add_flags",
+    "settings_from_args",
+]

@@ -1,0 +1,102 @@
+"""Assembling the Kubernetes pieces for the CA server.
+
+    supervisor: key_store(settings)            -> SecretKeyStore for self-signed material
+                KubeControllers(settings, ...) -> Lease elector + root ConfigMap publisher
+    workers:    tokenreview_authenticator(cfg) -> TokenReviewAuthenticator (one per process)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from lightkube import Client
+
+from ca_server.kube.client import load_config, make_client
+from ca_server.kube.leader import LeaderElector
+from ca_server.kube.rootcm import RootCertPublisher
+from ca_server.kube.secret_store import SecretKeyStore
+from ca_server.kube.settings import KubeSettings
+from ca_server.kube.tokenreview import TokenReviewAuthenticator
+from certs.spiffe_id import TrustDomain
+
+if TYPE_CHECKING:
+    from ca_server.config import CaConfig
+
+log = logging.getLogger(__name__)
+
+
+def client_factory(settings: KubeSettings) -> Callable[[], Client]:
+    config = load_config(settings.kubeconfig)
+    return lambda: make_client(config)
+
+
+def key_store(settings: KubeSettings) -> SecretKeyStore:
+    """Self-signed CA material in `istio-ca-secret` of the CA's namespace."""
+    return SecretKeyStore(
+        client_factory(settings)(), namespace=settings.namespace, name=settings.ca_secret_name
+    )
+
+
+def build_tokenreview_authenticator(
+    settings: KubeSettings, *, trust_domain: TrustDomain, audiences: Sequence[str]
+) -> TokenReviewAuthenticator:
+    return TokenReviewAuthenticator(
+        client_factory(settings)(),
+        trust_domain=trust_domain,
+        audiences=audiences,
+        cluster_id=settings.cluster_id,
+    )
+
+
+def tokenreview_authenticator(config: CaConfig) -> TokenReviewAuthenticator:
+    """The TokenReview authenticator for a worker process of a CA configured for Kubernetes."""
+    settings = config.kube
+    if settings is None:
+        raise ValueError("tokenreview_authenticator needs a CA configured for Kubernetes")
+    return build_tokenreview_authenticator(
+        settings, trust_domain=config.trust_domain, audiences=config.audiences
+    )
+
+
+class KubeControllers:
+    """The leader-only writers of one CA replica: Lease election plus the root publisher."""
+
+    def __init__(self, settings: KubeSettings, *, root_pem: Callable[[], str]) -> None:
+        make = client_factory(settings)
+        self.elector = LeaderElector(
+            make(),
+            namespace=settings.namespace,
+            identity=settings.identity,
+            name=settings.lease_name,
+            timing=settings.lease,
+        )
+        self.publisher = RootCertPublisher(
+            make,
+            root_pem=root_pem,
+            is_leader=self.elector.is_leader,
+            name=settings.root_configmap_name,
+            resync_seconds=settings.resync_seconds,
+        )
+
+    def start(self) -> None:
+        self.elector.start()
+        self.publisher.start()
+        log.info("Kubernetes: campaigning for lease as %s", self.elector.identity)
+
+    def stop(self) -> None:
+        self.publisher.stop()
+        self.elector.stop(release=True)
+
+    def is_leader(self) -> bool:
+        return self.elector.is_leader()
+
+
+__all__ = [
+    "KubeControllers",
+    "build_tokenreview_authenticator",
+    "client_factory",
+    "key_store",
+    "tokenreview_authenticator",
+]
