@@ -27,7 +27,9 @@ def create_admin_app(
         description="Metrics, health and the issuance record of a Bulwark certificate authority.",
     )
 
-    @app.get("/healthz", response_class=PlainTextResponse, summary="Liveness: the process serves HTTP")
+    @app.get(
+        "/healthz", response_class=PlainTextResponse, summary="Liveness: the process serves HTTP"
+    )
     def healthz() -> str:
         return "ok\n"
 
@@ -38,7 +40,9 @@ def create_admin_app(
 
     @app.get("/metrics", summary="Prometheus metrics (citadel_server_*)")
     def metrics() -> Response:
-        return Response(exposition(metrics_dir, material(), time.time()), media_type=PROMETHEUS_TEXT)
+        return Response(
+            exposition(metrics_dir, material(), time.time()), media_type=PROMETHEUS_TEXT
+        )
 
     for router in routers:
         app.include_router(router)

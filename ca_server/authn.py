@@ -25,9 +25,9 @@ from cryptography import x509
 
 from ca_server.errors import AuthenticationError, UpstreamUnavailable
 from ca_server.identity import Caller, RequestCredentials
-from certs.errors import CertsError
+from certs.errors import CertsError, InvalidSpiffeId
 from certs.pem import load_certificates
-from certs.spiffe_id import InvalidSpiffeId, SpiffeId, TrustDomain
+from certs.spiffe_id import SpiffeId, TrustDomain
 from certs.verify import verify_svid
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,11 @@ class Authentication:
                 "no credential: send 'authorization: Bearer <service-account token>' "
                 "or a client certificate issued by this CA"
             )
-        error_cls = IdentityExtractionError if extraction_failed and len(reasons) == 1 else AuthenticationError
+        error_cls = (
+            IdentityExtractionError
+            if extraction_failed and len(reasons) == 1
+            else AuthenticationError
+        )
         raise error_cls("authentication failed: " + "; ".join(reasons))
 
 
@@ -86,9 +90,11 @@ def split_service_account(subject: str) -> tuple[str, str]:
         raise IdentityExtractionError(
             f"token subject {subject!r} is not a Kubernetes service account (system:serviceaccount:NS:SA)"
         )
-    parts = subject[len(SA_PREFIX):].split(":")
+    parts = subject[len(SA_PREFIX) :].split(":")
     if len(parts) != 2 or not all(parts):
-        raise IdentityExtractionError(f"token subject {subject!r} is not system:serviceaccount:NS:SA")
+        raise IdentityExtractionError(
+            f"token subject {subject!r} is not system:serviceaccount:NS:SA"
+        )
     return parts[0], parts[1]
 
 
@@ -96,7 +102,9 @@ def workload_identity(trust_domain: TrustDomain, namespace: str, account: str) -
     try:
         return SpiffeId.for_service_account(trust_domain, namespace, account)
     except InvalidSpiffeId as exc:
-        raise IdentityExtractionError(f"service account {namespace}/{account} is not a valid SPIFFE path: {exc}") from exc
+        raise IdentityExtractionError(
+            f"service account {namespace}/{account} is not a valid SPIFFE path: {exc}"
+        ) from exc
 
 
 class ClientCertAuthenticator:
@@ -121,14 +129,20 @@ class ClientCertAuthenticator:
         try:
             chain = load_certificates(creds.client_cert_pem, what="client certificate")
             intermediates, roots = self._anchors()
-            spiffe_id = verify_svid([chain[0], *chain[1:], *intermediates], roots, now=self._clock())
+            spiffe_id = verify_svid(
+                [chain[0], *chain[1:], *intermediates], roots, now=self._clock()
+            )
         except CertsError as exc:
             raise AuthenticationError(f"client certificate rejected: {exc}") from exc
         if spiffe_id.trust_domain != self._trust_domain:
-            raise IdentityExtractionError(f"client certificate is for another trust domain: {spiffe_id}")
+            raise IdentityExtractionError(
+                f"client certificate is for another trust domain: {spiffe_id}"
+            )
         account = spiffe_id.service_account()
         if account is None:
-            raise IdentityExtractionError(f"client certificate identity {spiffe_id} is not ns/NS/sa/SA")
+            raise IdentityExtractionError(
+                f"client certificate identity {spiffe_id} is not ns/NS/sa/SA"
+            )
         return Caller(
             spiffe_id=spiffe_id,
             namespace=account[0],
@@ -147,7 +161,13 @@ class JwksSource:
     Keys are cached; an unknown `kid` triggers a refresh at most every 10 seconds.
     """
 
-    def __init__(self, *, jwks_file: Path | None = None, issuer_url: str | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        jwks_file: Path | None = None,
+        issuer_url: str | None = None,
+        timeout_s: float = 5.0,
+    ) -> None:
         if jwks_file is None and issuer_url is None:
             raise ValueError("JwksSource needs a JWKS file or an issuer URL")
         self._file = jwks_file
@@ -160,12 +180,14 @@ class JwksSource:
 
     def key_for(self, kid: str | None) -> list[jwt.PyJWK]:
         with self._lock:
-            if not self._keys and not self._unnamed or (kid and kid not in self._keys):
+            if (not self._keys and not self._unnamed) or (kid and kid not in self._keys):
                 self._refresh_locked()
             if kid:
                 found = self._keys.get(kid)
                 if found is None:
-                    raise AuthenticationError(f"token key id {kid!r} is not among the issuer's signing keys")
+                    raise AuthenticationError(
+                        f"token key id {kid!r} is not among the issuer's signing keys"
+                    )
                 return [found]
             return list(self._keys.values()) + self._unnamed
 
@@ -188,15 +210,19 @@ class JwksSource:
                 data: dict[str, Any] = json.loads(self._file.read_text())
                 return data
             assert self._issuer_url is not None
-            discovery = _get_json(self._issuer_url.rstrip("/") + "/.well-known/openid-configuration", self._timeout)
+            discovery = _get_json(
+                self._issuer_url.rstrip("/") + "/.well-known/openid-configuration", self._timeout
+            )
             return _get_json(str(discovery["jwks_uri"]), self._timeout)
         except (OSError, ValueError, KeyError) as exc:
             log.warning("cannot load the JWKS: %s", exc)
-            raise UpstreamUnavailable("the token issuer's signing keys cannot be loaded; retry later") from exc
+            raise UpstreamUnavailable(
+                "the token issuer's signing keys cannot be loaded; retry later"
+            ) from exc
 
 
 def _get_json(url: str, timeout: float) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (operator-set URL)
+    with urllib.request.urlopen(url, timeout=timeout) as response:
         data: dict[str, Any] = json.loads(response.read())
         return data
 
@@ -260,7 +286,9 @@ class JwtAuthenticator:
             raise AuthenticationError("bearer token is not a JWT") from exc
         alg = header.get("alg")
         if alg not in self._algorithms:
-            raise AuthenticationError(f"token algorithm {alg!r} is not allowed (allowed: {', '.join(self._algorithms)})")
+            raise AuthenticationError(
+                f"token algorithm {alg!r} is not allowed (allowed: {', '.join(self._algorithms)})"
+            )
         claims = self._decode(token, header.get("kid"), str(alg))
         namespace, account = split_service_account(str(claims.get("sub", "")))
         pod = (claims.get("kubernetes.io") or {}).get("pod") or {}
@@ -306,8 +334,12 @@ class JwtAuthenticator:
             except jwt.MissingRequiredClaimError as exc:
                 raise AuthenticationError(f"token lacks the {exc.claim!r} claim") from exc
             except jwt.PyJWTError as exc:
-                raise AuthenticationError("token is malformed or its signature does not verify") from exc
-        raise AuthenticationError("token signature does not verify with the issuer's keys") from last
+                raise AuthenticationError(
+                    "token is malformed or its signature does not verify"
+                ) from exc
+        raise AuthenticationError(
+            "token signature does not verify with the issuer's keys"
+        ) from last
 
 
 def _with_request(caller: Caller, creds: RequestCredentials) -> Caller:

@@ -13,7 +13,9 @@ from certs.cli.envflags import env_bool, env_flag
 
 
 def register(sub: Any) -> None:
-    ca = sub.add_parser("ca", help="run the certificate authority", description="Certificate authority commands.")
+    ca = sub.add_parser(
+        "ca", help="run the certificate authority", description="Certificate authority commands."
+    )
     ca_sub = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
     serve = ca_sub.add_parser(
         "serve",
@@ -37,39 +39,175 @@ def register(sub: Any) -> None:
         description="Print a JWT shaped like a Kubernetes projected service-account token.",
     )
     env_flag(mint, "--data-dir", "BULWARK_DATA_DIR", default="./.bulwark", help="CA data directory")
-    mint.add_argument("--namespace", "-n", required=True, help="Kubernetes namespace of the workload")
-    mint.add_argument("--service-account", "-s", required=True, help="service account of the workload")
-    mint.add_argument("--audience", default="istio-ca", action="append", help="audience (repeatable)")
+    mint.add_argument(
+        "--namespace", "-n", required=True, help="Kubernetes namespace of the workload"
+    )
+    mint.add_argument(
+        "--service-account", "-s", required=True, help="service account of the workload"
+    )
+    mint.add_argument(
+        "--audience", default="istio-ca", action="append", help="audience (repeatable)"
+    )
     mint.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 3600s")
     mint.add_argument("--pod-name", default="", help="pod name to embed, as Kubernetes does")
     mint.set_defaults(handler=_mint)
 
 
 def _serve_flags(p: argparse.ArgumentParser) -> None:
-    env_flag(p, "--data-dir", "BULWARK_DATA_DIR", default="./.bulwark", help="state directory (CA key 0600, root-cert.pem, record)")
-    env_flag(p, "--trust-domain", "TRUST_DOMAIN", default="cluster.local", help="SPIFFE trust domain")
-    env_flag(p, "--grpc-addr", "BULWARK_GRPC_ADDR", default="127.0.0.1:15012", help="gRPC TLS listen address")
-    env_flag(p, "--mtls-grpc-addr", "BULWARK_MTLS_GRPC_ADDR", default="127.0.0.1:15013", help="gRPC port for renewal with a client certificate (required there); empty disables")
-    env_flag(p, "--admin-addr", "BULWARK_ADMIN_ADDR", default="127.0.0.1:15014", help="admin HTTP listen address")
-    env_flag(p, "--cacerts-dir", "BULWARK_CACERTS_DIR", help="plugged-in CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem or tls.crt, tls.key, ca.crt)")
-    env_flag(p, "--jwks-file", "BULWARK_JWKS_FILE", help="static JWKS of the token issuer (needs --jwt-issuer)")
-    env_flag(p, "--jwt-issuer", "BULWARK_JWT_ISSUER", help="expected token `iss`; alone, its OIDC discovery document gives the keys")
-    env_flag(p, "--audiences", "TOKEN_AUDIENCES", default="istio-ca", help="comma-separated accepted token audiences")
-    env_flag(p, "--csr-san-policy", "BULWARK_CSR_SAN_POLICY", default="strict", choices=["strict", "override"], help="strict: reject CSRs asking for another identity; override: Istio's behaviour")
-    env_flag(p, "--server-dns-names", "BULWARK_SERVER_DNS_NAMES", default="istiod.istio-system.svc", help="comma-separated DNS SANs of the CA's serving certificate")
-    env_flag(p, "--max-workload-cert-ttl", "MAX_WORKLOAD_CERT_TTL", default="2160h", help="longest certificate TTL a caller may ask for")
-    env_flag(p, "--default-workload-cert-ttl", "DEFAULT_WORKLOAD_CERT_TTL", default="24h", help="TTL when the request asks for none")
-    env_flag(p, "--trusted-node-accounts", "CA_TRUSTED_NODE_ACCOUNTS", default="", help="comma-separated NS/SA allowed to use ImpersonatedIdentity")
-    env_flag(p, "--workers", "BULWARK_WORKERS", default=None, type=int, help="gRPC worker processes (default: one per core)")
+    env_flag(
+        p,
+        "--data-dir",
+        "BULWARK_DATA_DIR",
+        default="./.bulwark",
+        help="state directory (CA key 0600, root-cert.pem, record)",
+    )
+    env_flag(
+        p, "--trust-domain", "TRUST_DOMAIN", default="cluster.local", help="SPIFFE trust domain"
+    )
+    env_flag(
+        p,
+        "--grpc-addr",
+        "BULWARK_GRPC_ADDR",
+        default="127.0.0.1:15012",
+        help="gRPC TLS listen address",
+    )
+    env_flag(
+        p,
+        "--mtls-grpc-addr",
+        "BULWARK_MTLS_GRPC_ADDR",
+        default="127.0.0.1:15013",
+        help="gRPC port for renewal with a client certificate (required there); empty disables",
+    )
+    env_flag(
+        p,
+        "--admin-addr",
+        "BULWARK_ADMIN_ADDR",
+        default="127.0.0.1:15014",
+        help="admin HTTP listen address",
+    )
+    env_flag(
+        p,
+        "--cacerts-dir",
+        "BULWARK_CACERTS_DIR",
+        help="plugged-in CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem or tls.crt, tls.key, ca.crt)",
+    )
+    env_flag(
+        p,
+        "--jwks-file",
+        "BULWARK_JWKS_FILE",
+        help="static JWKS of the token issuer (needs --jwt-issuer)",
+    )
+    env_flag(
+        p,
+        "--jwt-issuer",
+        "BULWARK_JWT_ISSUER",
+        help="expected token `iss`; alone, its OIDC discovery document gives the keys",
+    )
+    env_flag(
+        p,
+        "--audiences",
+        "TOKEN_AUDIENCES",
+        default="istio-ca",
+        help="comma-separated accepted token audiences",
+    )
+    env_flag(
+        p,
+        "--csr-san-policy",
+        "BULWARK_CSR_SAN_POLICY",
+        default="strict",
+        choices=["strict", "override"],
+        help="strict: reject CSRs asking for another identity; override: Istio's behaviour",
+    )
+    env_flag(
+        p,
+        "--server-dns-names",
+        "BULWARK_SERVER_DNS_NAMES",
+        default="istiod.istio-system.svc",
+        help="comma-separated DNS SANs of the CA's serving certificate",
+    )
+    env_flag(
+        p,
+        "--max-workload-cert-ttl",
+        "MAX_WORKLOAD_CERT_TTL",
+        default="2160h",
+        help="longest certificate TTL a caller may ask for",
+    )
+    env_flag(
+        p,
+        "--default-workload-cert-ttl",
+        "DEFAULT_WORKLOAD_CERT_TTL",
+        default="24h",
+        help="TTL when the request asks for none",
+    )
+    env_flag(
+        p,
+        "--trusted-node-accounts",
+        "CA_TRUSTED_NODE_ACCOUNTS",
+        default="",
+        help="comma-separated NS/SA allowed to use ImpersonatedIdentity",
+    )
+    env_flag(
+        p,
+        "--workers",
+        "BULWARK_WORKERS",
+        default=None,
+        type=int,
+        help="gRPC worker processes (default: one per core)",
+    )
     env_flag(p, "--threads", "BULWARK_THREADS", default=16, type=int, help="threads per worker")
-    env_flag(p, "--max-concurrent-rpcs", "BULWARK_MAX_CONCURRENT_RPCS", default=2000, type=int, help="per worker; beyond it callers get RESOURCE_EXHAUSTED")
-    env_flag(p, "--record", "BULWARK_RECORD", help="issuance record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)")
-    env_flag(p, "--record-retention", "BULWARK_RECORD_RETENTION", default="30d", help="prune record rows whose certificate expired longer ago than this; 'never' keeps all")
-    env_flag(p, "--admin-token-file", "BULWARK_ADMIN_TOKEN_FILE", help="bearer token file for the admin API (required when not on loopback)")
-    env_flag(p, "--kubeconfig", "KUBECONFIG", help="use Kubernetes (TokenReview, CA Secret, root ConfigMaps)")
-    env_flag(p, "--ready-file", "BULWARK_READY_FILE", help="write JSON with the bound addresses here once serving")
-    p.add_argument("--allow-ed25519", action="store_true", default=env_bool("BULWARK_ALLOW_ED25519"), help="accept Ed25519 workload keys")
-    env_flag(p, "--log-level", "BULWARK_LOG_LEVEL", default="info", choices=["debug", "info", "warning", "error"], help="log verbosity")
+    env_flag(
+        p,
+        "--max-concurrent-rpcs",
+        "BULWARK_MAX_CONCURRENT_RPCS",
+        default=2000,
+        type=int,
+        help="per worker; beyond it callers get RESOURCE_EXHAUSTED",
+    )
+    env_flag(
+        p,
+        "--record",
+        "BULWARK_RECORD",
+        help="issuance record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)",
+    )
+    env_flag(
+        p,
+        "--record-retention",
+        "BULWARK_RECORD_RETENTION",
+        default="30d",
+        help="prune record rows whose certificate expired longer ago than this; 'never' keeps all",
+    )
+    env_flag(
+        p,
+        "--admin-token-file",
+        "BULWARK_ADMIN_TOKEN_FILE",
+        help="bearer token file for the admin API (required when not on loopback)",
+    )
+    env_flag(
+        p,
+        "--kubeconfig",
+        "KUBECONFIG",
+        help="use Kubernetes (TokenReview, CA Secret, root ConfigMaps)",
+    )
+    env_flag(
+        p,
+        "--ready-file",
+        "BULWARK_READY_FILE",
+        help="write JSON with the bound addresses here once serving",
+    )
+    p.add_argument(
+        "--allow-ed25519",
+        action="store_true",
+        default=env_bool("BULWARK_ALLOW_ED25519"),
+        help="accept Ed25519 workload keys",
+    )
+    env_flag(
+        p,
+        "--log-level",
+        "BULWARK_LOG_LEVEL",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity",
+    )
 
 
 def parse_duration(text: str) -> timedelta:
@@ -117,7 +255,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         threads=int(args.threads),
         max_concurrent_rpcs=int(args.max_concurrent_rpcs),
         record=args.record or None,
-        record_retention=None if args.record_retention in ("", "never") else parse_duration(args.record_retention),
+        record_retention=None
+        if args.record_retention in ("", "never")
+        else parse_duration(args.record_retention),
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
         kubeconfig=path(args.kubeconfig),
@@ -152,5 +292,13 @@ def _mint(args: argparse.Namespace) -> int:
         print(f"bulwark token mint: {exc}", file=sys.stderr)
         return 2
     issuer = LocalIssuer.load_or_create(Path(args.data_dir))
-    print(issuer.mint(namespace=args.namespace, service_account=args.service_account, audience=audiences, ttl=ttl, pod_name=args.pod_name))
+    print(
+        issuer.mint(
+            namespace=args.namespace,
+            service_account=args.service_account,
+            audience=audiences,
+            ttl=ttl,
+            pod_name=args.pod_name,
+        )
+    )
     return 0

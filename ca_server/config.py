@@ -6,9 +6,13 @@ import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ca_server.errors import ConfigError
 from certs.spiffe_id import TrustDomain
+
+if TYPE_CHECKING:
+    from ca_server.kube.settings import KubeSettings
 
 DEFAULT_WORKLOAD_CERT_TTL = timedelta(hours=24)
 MAX_WORKLOAD_CERT_TTL = timedelta(days=90)
@@ -52,10 +56,13 @@ class CaConfig:
     threads: int = 16
     max_concurrent_rpcs: int = 2000
     record: str | None = None  # record URL; None means SQLite in the data dir
-    record_retention: timedelta | None = timedelta(days=30)  # prune rows expired this long; None keeps all
+    record_retention: timedelta | None = timedelta(
+        days=30
+    )  # prune rows expired this long; None keeps all
     admin_token_file: Path | None = None
     ready_file: Path | None = None
     kubeconfig: Path | None = None
+    kube: KubeSettings | None = None  # set by --kubeconfig or --kube-in-cluster
 
     def __post_init__(self) -> None:
         parse_hostport(self.grpc_addr, what="--grpc-addr")
@@ -77,7 +84,9 @@ class CaConfig:
             raise ConfigError("the default workload TTL must be positive and at most the maximum")
         for account in self.trusted_node_accounts:
             if account.count("/") != 1:
-                raise ConfigError(f"trusted node account {account!r} must be NAMESPACE/SERVICEACCOUNT")
+                raise ConfigError(
+                    f"trusted node account {account!r} must be NAMESPACE/SERVICEACCOUNT"
+                )
 
     @property
     def root_cert_path(self) -> Path:
@@ -87,4 +96,9 @@ class CaConfig:
     @property
     def uses_local_issuer(self) -> bool:
         """No authenticator configured: trust the embedded token issuer of the data dir."""
-        return self.jwks_file is None and self.jwt_issuer is None and self.kubeconfig is None
+        return (
+            self.jwks_file is None
+            and self.jwt_issuer is None
+            and self.kubeconfig is None
+            and self.kube is None
+        )

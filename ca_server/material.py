@@ -14,7 +14,14 @@ from cryptography.exceptions import InvalidSignature
 from ca_server.errors import ConfigError
 from certs.errors import CertsError
 from certs.files import write_atomic
-from certs.keys import KeyType, PrivateKey, generate_key, load_private_key, private_key_pem, spki_der
+from certs.keys import (
+    KeyType,
+    PrivateKey,
+    generate_key,
+    load_private_key,
+    private_key_pem,
+    spki_der,
+)
 from certs.pem import bundle_pem, load_certificates, to_pem
 from certs.profile import self_signed_root
 from certs.spiffe_id import TrustDomain
@@ -61,17 +68,23 @@ class DirectoryKeyStore:
             return None
         for path in (cert_path, key_path):
             if not path.exists():
-                raise ConfigError(f"CA material in {self.directory} is incomplete: {path.name} is missing")
+                raise ConfigError(
+                    f"CA material in {self.directory} is incomplete: {path.name} is missing"
+                )
         cert = _load_one(cert_path)
         key = _load_key(key_path)
         _check_key_matches(cert, key, cert_path, key_path)
-        return CaMaterial(signing_cert=cert, signing_key=key, chain=(), roots=(cert,), source="self-signed")
+        return CaMaterial(
+            signing_cert=cert, signing_key=key, chain=(), roots=(cert,), source="self-signed"
+        )
 
     def save(self, material: CaMaterial) -> CaMaterial:
         existing = self.load()
         if existing is not None:
             return existing
-        write_atomic(self.directory / "ca-key.pem", private_key_pem(material.signing_key), mode=0o600)
+        write_atomic(
+            self.directory / "ca-key.pem", private_key_pem(material.signing_key), mode=0o600
+        )
         write_atomic(self.directory / "ca-cert.pem", to_pem(material.signing_cert).encode())
         return material
 
@@ -79,7 +92,9 @@ class DirectoryKeyStore:
 def create_self_signed(trust_domain: TrustDomain, now: datetime) -> CaMaterial:
     key = generate_key(KeyType.EC_P256)
     root = self_signed_root(key=key, trust_domain=trust_domain, now=now)
-    return CaMaterial(signing_cert=root, signing_key=key, chain=(), roots=(root,), source="self-signed")
+    return CaMaterial(
+        signing_cert=root, signing_key=key, chain=(), roots=(root,), source="self-signed"
+    )
 
 
 def load_or_create(store: KeyStore, trust_domain: TrustDomain, now: datetime) -> CaMaterial:
@@ -120,9 +135,18 @@ def load_cacerts_dir(directory: Path, now: datetime) -> CaMaterial:
 
 
 def _load_plugged(
-    directory: Path, cert_name: str, key_name: str, root_name: str, chain_name: str | None, now: datetime
+    directory: Path,
+    cert_name: str,
+    key_name: str,
+    root_name: str,
+    chain_name: str | None,
+    now: datetime,
 ) -> CaMaterial:
-    cert_path, key_path, root_path = directory / cert_name, directory / key_name, directory / root_name
+    cert_path, key_path, root_path = (
+        directory / cert_name,
+        directory / key_name,
+        directory / root_name,
+    )
     cert = _load_one(cert_path)
     key = _load_key(key_path)
     _check_key_matches(cert, key, cert_path, key_path)
@@ -144,21 +168,34 @@ def _load_plugged(
     except ConfigError as exc:
         raise ConfigError(f"{cert_path} does not chain to {root_path}: {exc}") from exc
     return CaMaterial(
-        signing_cert=cert, signing_key=key, chain=tuple(chain), roots=roots, source=f"cacerts:{directory}"
+        signing_cert=cert,
+        signing_key=key,
+        chain=tuple(chain),
+        roots=roots,
+        source=f"cacerts:{directory}",
     )
 
 
 def verify_chain_of_ca(
-    cert: x509.Certificate, intermediates: list[x509.Certificate], roots: list[x509.Certificate], now: datetime
+    cert: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    roots: list[x509.Certificate],
+    now: datetime,
 ) -> None:
     """Check that a CA certificate chains to the roots, by issuing nothing: verify its signatures."""
     path = [cert, *intermediates]
     for child, parent in zip(path, [*path[1:], None], strict=True):
-        issuers = [parent] if parent is not None else [r for r in roots if r.subject == child.issuer]
+        issuers = (
+            [parent] if parent is not None else [r for r in roots if r.subject == child.issuer]
+        )
         if not any(_signed_by(child, issuer) for issuer in issuers):
-            raise ConfigError(f"certificate {child.subject.rfc4514_string() or '(empty)'} is not signed by the next one")
+            raise ConfigError(
+                f"certificate {child.subject.rfc4514_string() or '(empty)'} is not signed by the next one"
+            )
         if child.not_valid_after_utc < now:
-            raise ConfigError(f"certificate {child.subject.rfc4514_string()} expired at {child.not_valid_after_utc}")
+            raise ConfigError(
+                f"certificate {child.subject.rfc4514_string()} expired at {child.not_valid_after_utc}"
+            )
 
 
 def _signed_by(child: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -178,7 +215,9 @@ def _check_signing_cert(cert: x509.Certificate, path: Path) -> None:
         raise ConfigError(f"{path} is not a CA certificate: BasicConstraints CA:false")
 
 
-def _check_key_matches(cert: x509.Certificate, key: PrivateKey, cert_path: Path, key_path: Path) -> None:
+def _check_key_matches(
+    cert: x509.Certificate, key: PrivateKey, cert_path: Path, key_path: Path
+) -> None:
     if spki_der(key.public_key()) != spki_der(cert.public_key()):  # type: ignore[arg-type]
         raise ConfigError(f"{key_path} does not match the public key of {cert_path}")
 

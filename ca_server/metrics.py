@@ -26,11 +26,19 @@ class CaMetrics:
             return Counter(name, doc, labels, registry=reg)
 
         self.csr_count = counter("citadel_server_csr_count", "CSRs received")
-        self.auth_failures = counter("citadel_server_authentication_failure_count", "Failed authentications")
+        self.auth_failures = counter(
+            "citadel_server_authentication_failure_count", "Failed authentications"
+        )
         self.success = counter("citadel_server_success_cert_issuance_count", "Certificates issued")
-        self.sign_errors = counter("citadel_server_csr_sign_err_count", "CSR signing errors", ("error",))
-        self.parse_errors = counter("citadel_server_csr_parsing_err_count", "CSRs that failed to parse")
-        self.id_errors = counter("citadel_server_id_extraction_err_count", "Identity extraction failures")
+        self.sign_errors = counter(
+            "citadel_server_csr_sign_err_count", "CSR signing errors", ("error",)
+        )
+        self.parse_errors = counter(
+            "citadel_server_csr_parsing_err_count", "CSRs that failed to parse"
+        )
+        self.id_errors = counter(
+            "citadel_server_id_extraction_err_count", "Identity extraction failures"
+        )
         for label in SIGN_ERRORS:
             self.sign_errors.labels(error=label)
 
@@ -57,7 +65,7 @@ def expiry_gauges(material: CaMaterial, now_ts: float) -> str:
 def exposition(multiproc_dir: str, material: CaMaterial | None, now_ts: float) -> bytes:
     """Aggregate every process's counters (renamed to Istio's, without `_total`) plus the gauges."""
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=multiproc_dir)
+    MultiProcessCollector(registry, path=multiproc_dir)  # type: ignore[no-untyped-call]
     text = generate_latest(registry).decode()
     lines = []
     for line in text.splitlines():

@@ -1,10 +1,10 @@
 """The CA supervisor: prepares CA material, starts the gRPC workers, serves the admin app.
 
-    supervisor (this process, asyncio)      workers (spawned, one per core)
-      - CA material, root-cert.pem            - sync grpcio server, thread pool
-      - serving certificate                   - authenticate, sign, record
-      - admin app (uvicorn)                   - metrics into PROMETHEUS_MULTIPROC_DIR
-      - restarts dead workers
+supervisor (this process, asyncio)      workers (spawned, one per core)
+  - CA material, root-cert.pem            - sync grpcio server, thread pool
+  - serving certificate                   - authenticate, sign, record
+  - admin app (uvicorn)                   - metrics into PROMETHEUS_MULTIPROC_DIR
+  - restarts dead workers
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import shutil
 import signal
 import socket
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from multiprocessing.process import BaseProcess
 
@@ -29,7 +29,13 @@ import uvicorn
 from ca_server.admin import create_admin_app
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.errors import ConfigError
-from ca_server.material import CaMaterial, DirectoryKeyStore, load_cacerts_dir, load_or_create, write_root_bundle
+from ca_server.material import (
+    CaMaterial,
+    DirectoryKeyStore,
+    load_cacerts_dir,
+    load_or_create,
+    write_root_bundle,
+)
 from ca_server.token_issuer import LocalIssuer
 from ca_server.worker import MaterialPems, WorkerSpec, run_worker
 from certs.files import write_atomic
@@ -49,12 +55,16 @@ def prepare_material(config: CaConfig, now: datetime) -> CaMaterial:
     if config.cacerts_dir is not None:
         material = load_cacerts_dir(config.cacerts_dir, now)
     else:
-        material = load_or_create(DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now)
+        material = load_or_create(
+            DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now
+        )
     write_root_bundle(config.root_cert_path, material)
     return material
 
 
-def serving_certificate(config: CaConfig, material: CaMaterial, now: datetime) -> tuple[bytes, bytes]:
+def serving_certificate(
+    config: CaConfig, material: CaMaterial, now: datetime
+) -> tuple[bytes, bytes]:
     """A TLS certificate for port 15012 issued by the CA itself: (chain PEM, key PEM)."""
     key = generate_key(KeyType.EC_P256)
     cert = leaf_certificate(
@@ -100,17 +110,23 @@ class Supervisor:
     def start_worker(self, index: int) -> int:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe(duplex=False)
-        spec = WorkerSpec(**{**_fields(self.spec_template), "index": index})
-        process = ctx.Process(target=run_worker, args=(spec, child), name=f"bulwark-ca-worker-{index}")
+        spec = replace(self.spec_template, index=index)
+        process = ctx.Process(
+            target=run_worker, args=(spec, child), name=f"bulwark-ca-worker-{index}"
+        )
         process.start()
         child.close()
         if not parent.poll(WORKER_START_TIMEOUT_S):
             process.kill()
-            raise ConfigError(f"CA worker {index} did not start within {WORKER_START_TIMEOUT_S:.0f}s; see its log")
+            raise ConfigError(
+                f"CA worker {index} did not start within {WORKER_START_TIMEOUT_S:.0f}s; see its log"
+            )
         try:
             port = int(parent.recv())
         except EOFError as exc:
-            raise ConfigError(f"CA worker {index} exited during start-up; see the log above") from exc
+            raise ConfigError(
+                f"CA worker {index} exited during start-up; see the log above"
+            ) from exc
         self.workers[index] = process
         return port
 
@@ -127,11 +143,13 @@ class Supervisor:
             for index, process in list(self.workers.items()):
                 if process.is_alive():
                     continue
-                log.error("CA worker %d exited with code %s; restarting it", index, process.exitcode)
+                log.error(
+                    "CA worker %d exited with code %s; restarting it", index, process.exitcode
+                )
                 with contextlib.suppress(Exception):
                     from prometheus_client import multiprocess
 
-                    multiprocess.mark_process_dead(process.pid)
+                    multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
                 await asyncio.to_thread(self.start_worker, index)
 
     def stop(self) -> None:
@@ -142,10 +160,6 @@ class Supervisor:
             process.join(timeout=6)
             if process.is_alive():
                 process.kill()
-
-
-def _fields(spec: WorkerSpec) -> dict[str, object]:
-    return {name: getattr(spec, name) for name in WorkerSpec.__dataclass_fields__}
 
 
 def serve(config: CaConfig, *, log_level: int = logging.INFO) -> int:
@@ -202,7 +216,11 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
         addrs = {"grpc_addr": f"{host}:{port}"}
         if mtls_host is not None:
             addrs["mtls_grpc_addr"] = f"{mtls_host}:{mtls_port}"
-            log.info("client-certificate renewal on %s:%d (client certificate required)", mtls_host, mtls_port)
+            log.info(
+                "client-certificate renewal on %s:%d (client certificate required)",
+                mtls_host,
+                mtls_port,
+            )
         return await _run_admin(config, supervisor, metrics_dir, material, addrs)
     finally:
         supervisor.stop()
@@ -211,14 +229,21 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
 
 
 async def _run_admin(
-    config: CaConfig, supervisor: Supervisor, metrics_dir: str, material: CaMaterial, addrs: dict[str, str]
+    config: CaConfig,
+    supervisor: Supervisor,
+    metrics_dir: str,
+    material: CaMaterial,
+    addrs: dict[str, str],
 ) -> int:
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin_api import admin_router_for
 
     record_router, close_record = admin_router_for(config, lambda: material, admin_host=admin_host)
     app = create_admin_app(
-        metrics_dir=metrics_dir, material=lambda: material, readiness=supervisor.readiness, routers=[record_router]
+        metrics_dir=metrics_dir,
+        material=lambda: material,
+        readiness=supervisor.readiness,
+        routers=[record_router],
     )
     family = socket.AF_INET6 if _is_ipv6(admin_host) else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -226,7 +251,9 @@ async def _run_admin(
     try:
         sock.bind((admin_host, admin_port))
     except OSError as exc:
-        raise ConfigError(f"cannot bind the admin address {config.admin_addr}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"cannot bind the admin address {config.admin_addr}: {exc.strerror}"
+        ) from exc
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     loop = asyncio.get_running_loop()

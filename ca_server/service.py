@@ -42,10 +42,12 @@ def credentials_of(context: grpc.ServicerContext) -> RequestCredentials:
         chain = auth.get("x509_pem_cert_chain")
         if chain:
             client_pem = chain[0]
-    return RequestCredentials(bearer_token=token, client_cert_pem=client_pem, cluster_id=cluster_id, peer=context.peer())
+    return RequestCredentials(
+        bearer_token=token, client_cert_pem=client_pem, cluster_id=cluster_id, peer=context.peer()
+    )
 
 
-class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
+class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
     def __init__(
         self,
         *,
@@ -61,7 +63,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: 
         self._trust_domain = trust_domain
         self._trusted = frozenset(trusted_node_accounts)
 
-    def CreateCertificate(  # noqa: N802 (generated name)
+    def CreateCertificate(
         self, request: ca_pb2.IstioCertificateRequest, context: grpc.ServicerContext
     ) -> ca_pb2.IstioCertificateResponse:
         self._metrics.csr_count.inc()
@@ -88,7 +90,12 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: 
                 self._metrics.sign_errors.labels(error=exc.sign_error).inc()
             raise
         self._metrics.success.inc()
-        log.info("issued certificate for %s (authenticator %s, peer %s)", caller.spiffe_id, caller.authenticator, caller.peer)
+        log.info(
+            "issued certificate for %s (authenticator %s, peer %s)",
+            caller.spiffe_id,
+            caller.authenticator,
+            caller.peer,
+        )
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
 
     def _impersonate(self, caller: Caller, request: ca_pb2.IstioCertificateRequest) -> Caller:
@@ -101,15 +108,20 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: 
                 f"{caller.spiffe_id} may not request certificates for another identity "
                 "(not in CA_TRUSTED_NODE_ACCOUNTS)"
             )
-        from certs.spiffe_id import InvalidSpiffeId, SpiffeId
+        from certs.errors import InvalidSpiffeId
+        from certs.spiffe_id import SpiffeId
 
         try:
             wanted = SpiffeId.parse(target)
         except InvalidSpiffeId as exc:
-            raise ImpersonationRefused(f"ImpersonatedIdentity {target!r} is not a SPIFFE ID: {exc}") from exc
+            raise ImpersonationRefused(
+                f"ImpersonatedIdentity {target!r} is not a SPIFFE ID: {exc}"
+            ) from exc
         account = wanted.service_account()
         if wanted.trust_domain != self._trust_domain or account is None:
-            raise ImpersonationRefused(f"ImpersonatedIdentity {target} is not a workload of this trust domain")
+            raise ImpersonationRefused(
+                f"ImpersonatedIdentity {target} is not a workload of this trust domain"
+            )
         from dataclasses import replace
 
         return replace(

@@ -9,16 +9,23 @@ from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
 
-from ca_server.errors import CaNotReady, CsrRejected, IdentityMismatch, RecordWriteFailed, SigningFailed, TtlTooLong
+from ca_server.errors import (
+    CaNotReady,
+    CsrRejected,
+    IdentityMismatch,
+    RecordWriteFailed,
+    SigningFailed,
+    TtlTooLong,
+)
 from ca_server.identity import Caller
 from ca_server.material import CaMaterial
 from ca_server.record import IssuedCertificate, Recorder
 from certs.csr import ParsedCsr, parse_csr
-from certs.errors import CertsError, CsrError, UnsupportedKey
+from certs.errors import CertsError, CsrError, InvalidSpiffeId, UnsupportedKey
 from certs.keys import spki_sha256
 from certs.pem import serial_hex, to_pem
 from certs.profile import leaf_certificate
-from certs.spiffe_id import InvalidSpiffeId, SpiffeId
+from certs.spiffe_id import SpiffeId
 from certs.verify import verify_svid
 
 log = logging.getLogger(__name__)
@@ -94,7 +101,9 @@ class Signer:
         except (CsrError, UnsupportedKey) as exc:
             raise CsrParseError(f"CSR rejected: {exc}") from exc
         if parsed.requests_ca:
-            raise CsrRejected("CSR rejected: it asks for CA powers (BasicConstraints CA:true or keyCertSign)")
+            raise CsrRejected(
+                "CSR rejected: it asks for CA powers (BasicConstraints CA:true or keyCertSign)"
+            )
         return parsed
 
     def _check_identity(self, parsed: ParsedCsr, identity: SpiffeId) -> None:
@@ -119,7 +128,12 @@ class Signer:
             )
 
     def _record(
-        self, leaf: x509.Certificate, leaf_pem: str, parsed: ParsedCsr, caller: Caller, material: CaMaterial
+        self,
+        leaf: x509.Certificate,
+        leaf_pem: str,
+        parsed: ParsedCsr,
+        caller: Caller,
+        material: CaMaterial,
     ) -> None:
         if self._recorder is None:
             return
@@ -145,4 +159,6 @@ class Signer:
             self._recorder.record(entry)
         except Exception as exc:  # any storage failure: the certificate must not be sent
             log.error("issuance record write failed for serial %s: %s", entry.serial, exc)
-            raise RecordWriteFailed("the issuance record could not be written; nothing was issued") from exc
+            raise RecordWriteFailed(
+                "the issuance record could not be written; nothing was issued"
+            ) from exc

@@ -18,7 +18,13 @@ from types import FrameType
 
 import grpc
 
-from ca_server.authn import Authentication, Authenticator, ClientCertAuthenticator, JwksSource, JwtAuthenticator
+from ca_server.authn import (
+    Authentication,
+    Authenticator,
+    ClientCertAuthenticator,
+    JwksSource,
+    JwtAuthenticator,
+)
 from ca_server.config import CaConfig
 from ca_server.material import CaMaterial
 from ca_server.metrics import CaMetrics
@@ -89,14 +95,16 @@ def build_authentication(config: CaConfig, material: CaMaterial) -> Authenticati
         )
     ]
     if config.kubeconfig is not None:
-        from ca_server.kube import tokenreview_authenticator  # type: ignore[attr-defined]
+        from ca_server.kube import tokenreview_authenticator
 
         authenticators.append(tokenreview_authenticator(config))
     if config.uses_local_issuer:
         keys = JwksSource(jwks_file=config.data_dir / "token-issuer" / "jwks.json")
         issuer = LOCAL_ISSUER
     elif config.jwks_file is not None or config.jwt_issuer is not None:
-        keys = JwksSource(jwks_file=config.jwks_file, issuer_url=None if config.jwks_file else config.jwt_issuer)
+        keys = JwksSource(
+            jwks_file=config.jwks_file, issuer_url=None if config.jwks_file else config.jwt_issuer
+        )
         issuer = str(config.jwt_issuer)
     else:
         return Authentication(authenticators)
@@ -127,7 +135,10 @@ def open_recorder(config: CaConfig) -> Recorder | None:
 
 def run_worker(spec: WorkerSpec, ready: Connection) -> None:
     """Process entry point: serve until SIGTERM, then drain and exit."""
-    logging.basicConfig(level=spec.log_level, format=f"%(asctime)s worker-{spec.index} %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=spec.log_level,
+        format=f"%(asctime)s worker-{spec.index} %(levelname)s %(name)s: %(message)s",
+    )
     config = spec.config
     material = spec.material.load()
     recorder = open_recorder(config)
@@ -155,7 +166,7 @@ def run_worker(spec: WorkerSpec, ready: Connection) -> None:
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[("grpc.so_reuseport", 1)],
     )
-    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(service, server)
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     credentials = grpc.ssl_server_credentials(
         [(spec.serving_key_pem, spec.serving_chain_pem)],
         root_certificates=spec.material.roots,

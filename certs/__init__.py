@@ -9,7 +9,14 @@ build on these; nothing here does I/O beyond parsing bytes.
 from __future__ import annotations
 
 from certs.csr import MAX_CSR_BYTES, ParsedCsr, build_csr, parse_csr
-from certs.errors import ChainError, CertsError, CsrError, InvalidSpiffeId, SvidError, UnsupportedKey
+from certs.errors import (
+    CertsError,
+    ChainError,
+    CsrError,
+    InvalidSpiffeId,
+    SvidError,
+    UnsupportedKey,
+)
 from certs.keys import KeyType, PrivateKey, PublicKey, generate_key, spki_sha256
 from certs.pem import bundle_pem, load_certificates, serial_hex, sha256_fingerprint, to_pem
 from certs.profile import leaf_certificate, random_serial, self_signed_root

@@ -75,9 +75,9 @@ def parse_csr(pem: str | bytes, *, allow_ed25519: bool = False) -> ParsedCsr:
                     other.append(f"IP:{name.value}")
                 else:
                     other.append(f"{type(name).__name__}:{name.value}")
-        elif isinstance(value, x509.BasicConstraints) and value.ca:
-            requests_ca = True
-        elif isinstance(value, x509.KeyUsage) and (value.key_cert_sign or value.crl_sign):
+        elif (isinstance(value, x509.BasicConstraints) and value.ca) or (
+            isinstance(value, x509.KeyUsage) and (value.key_cert_sign or value.crl_sign)
+        ):
             requests_ca = True
     return ParsedCsr(
         public_key=public_key,

@@ -1,11 +1,11 @@
 """Errors of the shared PKI core.
 
-    CertsError
-    ├── InvalidSpiffeId      a SPIFFE ID or trust domain breaks SPEC §3
-    ├── UnsupportedKey       key type or size outside the allow-list
-    ├── CsrError             CSR unparsable, oversized, badly signed or asking for CA powers
-    ├── ChainError           a chain does not verify against the given roots
-    └── SvidError            a certificate breaks the X.509-SVID rules
+CertsError
+├── InvalidSpiffeId      a SPIFFE ID or trust domain breaks SPEC §3
+├── UnsupportedKey       key type or size outside the allow-list
+├── CsrError             CSR unparsable, oversized, badly signed or asking for CA powers
+├── ChainError           a chain does not verify against the given roots
+└── SvidError            a certificate breaks the X.509-SVID rules
 """
 
 from __future__ import annotations

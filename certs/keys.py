@@ -94,14 +94,18 @@ def private_key_der(key: PrivateKey) -> bytes:
 def load_private_key(pem: bytes) -> PrivateKey:
     """Load a PEM private key (PKCS#1, SEC1 or PKCS#8)."""
     key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)):
+    if not isinstance(
+        key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey)
+    ):
         raise UnsupportedKey(f"private key type {type(key).__name__} is not supported")
     return key
 
 
 def spki_der(key: PublicKey) -> bytes:
     """DER SubjectPublicKeyInfo of a public key."""
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def spki_sha256(key: PublicKey) -> str:
@@ -109,7 +113,7 @@ def spki_sha256(key: PublicKey) -> str:
     return hashlib.sha256(spki_der(key)).hexdigest()
 
 
-def signature_hash(key: PrivateKey) -> hashes.HashAlgorithm | None:
+def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384 | None:
     """The digest to sign with: SHA-384 for P-384, none for Ed25519, else SHA-256."""
     if isinstance(key, ed25519.Ed25519PrivateKey):
         return None

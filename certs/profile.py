@@ -40,7 +40,9 @@ _CA_KEY_USAGE = x509.KeyUsage(
     encipher_only=False,
     decipher_only=False,
 )
-_LEAF_EKU = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH])
+_LEAF_EKU = x509.ExtendedKeyUsage(
+    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+)
 
 
 def random_serial() -> int:
@@ -110,7 +112,11 @@ def leaf_certificate(
 
 
 def self_signed_root(
-    *, key: PrivateKey, trust_domain: TrustDomain, now: datetime, lifetime: timedelta = ROOT_LIFETIME
+    *,
+    key: PrivateKey,
+    trust_domain: TrustDomain,
+    now: datetime,
+    lifetime: timedelta = ROOT_LIFETIME,
 ) -> x509.Certificate:
     """The self-signed CA root of SPEC §1: O = trust domain, keyCertSign + cRLSign."""
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain.name)])
@@ -128,4 +134,4 @@ def _ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key())  # type: ignore[arg-type]
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key())

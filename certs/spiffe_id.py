@@ -64,7 +64,7 @@ class SpiffeId:
             raise InvalidSpiffeId("SPIFFE ID must start with 'spiffe://'")
         if len(text.encode()) > MAX_ID_BYTES:
             raise InvalidSpiffeId(f"SPIFFE ID is longer than {MAX_ID_BYTES} bytes")
-        rest = text[len(_SCHEME):]
+        rest = text[len(_SCHEME) :]
         for bad, what in (("?", "a query"), ("#", "a fragment"), ("%", "percent-encoding")):
             if bad in rest:
                 raise InvalidSpiffeId(f"SPIFFE ID must not contain {what}")
@@ -76,7 +76,9 @@ class SpiffeId:
         return cls(TrustDomain(authority), slash + path)
 
     @classmethod
-    def for_service_account(cls, trust_domain: TrustDomain, namespace: str, account: str) -> SpiffeId:
+    def for_service_account(
+        cls, trust_domain: TrustDomain, namespace: str, account: str
+    ) -> SpiffeId:
         """The Istio workload identity `spiffe://<td>/ns/<ns>/sa/<sa>`."""
         return cls(trust_domain, f"/ns/{namespace}/sa/{account}")
 

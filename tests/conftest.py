@@ -14,7 +14,9 @@ from tests.support.ca_process import RunningCa, start_ca
 @pytest.fixture(scope="session", autouse=True)
 def _require_openssl() -> None:
     if shutil.which("openssl") is None:
-        pytest.fail("the openssl binary is required (Debian package openssl); `make test` installs it")
+        pytest.fail(
+            "the openssl binary is required (Debian package openssl); `make test` installs it"
+        )
 
 
 @pytest.fixture

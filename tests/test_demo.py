@@ -9,7 +9,12 @@ from tests.support.ca_process import REPO
 
 
 def test_demo_exits_zero_with_a_summary() -> None:
-    result = subprocess.run([sys.executable, str(REPO / "tests/demo/demo.py")], capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests/demo/demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "==> summary" in result.stdout
     assert "eyJ" not in result.stdout, "tokens must never be printed"

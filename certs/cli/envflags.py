@@ -8,7 +8,13 @@ from typing import Any
 
 
 def env_flag(
-    parser: argparse.ArgumentParser | Any, flag: str, env: str, *, default: Any = None, help: str, **kwargs: Any
+    parser: argparse.ArgumentParser | Any,
+    flag: str,
+    env: str,
+    *,
+    default: Any = None,
+    help: str,
+    **kwargs: Any,
 ) -> None:
     """Add `flag` whose default comes from `$env`, then `default`; help shows both."""
     value = os.environ.get(env, default)

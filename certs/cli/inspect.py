@@ -29,7 +29,9 @@ def register(sub: Any) -> None:
             "2 the input cannot be read."
         ),
     )
-    p.add_argument("file", nargs="?", default="-", help="PEM file, or - for standard input (default)")
+    p.add_argument(
+        "file", nargs="?", default="-", help="PEM file, or - for standard input (default)"
+    )
     p.add_argument("--root", help="PEM file with the trusted root(s) to verify against")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=run)
@@ -107,7 +109,11 @@ def run(args: argparse.Namespace) -> int:
             verification["ok"] = True
         except CertsError as exc:
             verification.update(ok=False, error=str(exc))
-    report = {"certificates": certs, "verification": verification, "svid": {"conforms": not violations, "violations": violations}}
+    report = {
+        "certificates": certs,
+        "verification": verification,
+        "svid": {"conforms": not violations, "violations": violations},
+    }
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -125,7 +131,9 @@ def _print_human(report: dict[str, Any]) -> None:
         print(f"  subject     {cert['subject'] or '(empty)'}")
         print(f"  issuer      {cert['issuer'] or '(empty)'}")
         print(f"  serial      {cert['serial']}")
-        print(f"  valid       {cert['not_before']} .. {cert['not_after']} ({_human_left(cert['seconds_left'])})")
+        print(
+            f"  valid       {cert['not_before']} .. {cert['not_after']} ({_human_left(cert['seconds_left'])})"
+        )
         print(f"  key         {cert['key']}{'  (CA)' if cert['ca'] else ''}")
         print(f"  sha256      {cert['sha256']}")
     verification = report["verification"]

@@ -13,7 +13,9 @@ from tests.support.ca_process import RunningCa, start_ca
 
 @pytest.fixture(scope="module")
 def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCa]:
-    ca = start_ca(tmp_path_factory.mktemp("shared") / "ca", "--trusted-node-accounts", "istio-system/ztunnel")
+    ca = start_ca(
+        tmp_path_factory.mktemp("shared") / "ca", "--trusted-node-accounts", "istio-system/ztunnel"
+    )
     try:
         yield ca
     finally:

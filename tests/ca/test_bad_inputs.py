@@ -17,7 +17,7 @@ from tests.support.ca_process import RunningCa
 
 ME = "spiffe://cluster.local/ns/demo/sa/frontend"
 U = grpc.StatusCode.UNAUTHENTICATED
-I = grpc.StatusCode.INVALID_ARGUMENT
+BAD = grpc.StatusCode.INVALID_ARGUMENT
 P = grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -33,10 +33,18 @@ def _good(ca: RunningCa, forge: TokenForge) -> str:
     return forge.sign(sa_claims())
 
 
-def req(csr: bytes | str | None = None, token: Callable[[RunningCa, TokenForge], str | None] = _good, ttl: int = 3600, md: dict[str, str] | None = None) -> Callable[[RunningCa, TokenForge], tuple[bytes | str, str | None, int, dict[str, str]]]:
-    def build(ca: RunningCa, forge: TokenForge) -> tuple[bytes | str, str | None, int, dict[str, str]]:
+def req(
+    csr: bytes | str | None = None,
+    token: Callable[[RunningCa, TokenForge], str | None] = _good,
+    ttl: int = 3600,
+    md: dict[str, str] | None = None,
+) -> Callable[[RunningCa, TokenForge], tuple[bytes | str, str | None, int, dict[str, str]]]:
+    def build(
+        ca: RunningCa, forge: TokenForge
+    ) -> tuple[bytes | str, str | None, int, dict[str, str]]:
         body = csr if csr is not None else csr_pem(broken.good_key(), uris=(ME,))
         return body, token(ca, forge), ttl, md or {}
+
     return build
 
 
@@ -46,37 +54,161 @@ _GOOD_CSR = csr_pem(broken.good_key(), uris=(ME,))
 CASES = [
     Case("no token", U, "no credential", req(token=lambda ca, f: None)),
     Case("garbage token", U, "not a JWT", req(token=lambda ca, f: "garbage.token.value")),
-    Case("alg none", U, "algorithm 'none' is not allowed", req(token=lambda ca, f: f.alg_none(sa_claims()))),
-    Case("HS256 signed with the RSA public key", U, "algorithm 'HS256' is not allowed", req(token=lambda ca, f: f.hs256_with_public_key(sa_claims()))),
-    Case("expired", U, "expired", req(token=lambda ca, f: f.sign(sa_claims(iat=_now - 7200, nbf=_now - 7200, exp=_now - 3600)))),
-    Case("not yet valid", U, "not valid yet", req(token=lambda ca, f: f.sign(sa_claims(nbf=_now + 3600, exp=_now + 7200)))),
-    Case("wrong issuer", U, "issuer", req(token=lambda ca, f: f.sign(sa_claims(iss="https://evil.example")))),
-    Case("wrong audience", U, "audience", req(token=lambda ca, f: f.sign(sa_claims(aud=["kubernetes"])))),
-    Case("unknown kid", U, "key id", req(token=lambda ca, f: f.sign(sa_claims(), kid="unknown-kid", key=f.other_key()))),
-    Case("known kid, other key", U, "signature", req(token=lambda ca, f: f.sign(sa_claims(), key=f.other_key()))),
+    Case(
+        "alg none",
+        U,
+        "algorithm 'none' is not allowed",
+        req(token=lambda ca, f: f.alg_none(sa_claims())),
+    ),
+    Case(
+        "HS256 signed with the RSA public key",
+        U,
+        "algorithm 'HS256' is not allowed",
+        req(token=lambda ca, f: f.hs256_with_public_key(sa_claims())),
+    ),
+    Case(
+        "expired",
+        U,
+        "expired",
+        req(
+            token=lambda ca, f: f.sign(sa_claims(iat=_now - 7200, nbf=_now - 7200, exp=_now - 3600))
+        ),
+    ),
+    Case(
+        "not yet valid",
+        U,
+        "not valid yet",
+        req(token=lambda ca, f: f.sign(sa_claims(nbf=_now + 3600, exp=_now + 7200))),
+    ),
+    Case(
+        "wrong issuer",
+        U,
+        "issuer",
+        req(token=lambda ca, f: f.sign(sa_claims(iss="https://evil.example"))),
+    ),
+    Case(
+        "wrong audience",
+        U,
+        "audience",
+        req(token=lambda ca, f: f.sign(sa_claims(aud=["kubernetes"]))),
+    ),
+    Case(
+        "unknown kid",
+        U,
+        "key id",
+        req(token=lambda ca, f: f.sign(sa_claims(), kid="unknown-kid", key=f.other_key())),
+    ),
+    Case(
+        "known kid, other key",
+        U,
+        "signature",
+        req(token=lambda ca, f: f.sign(sa_claims(), key=f.other_key())),
+    ),
     Case("missing exp", U, "'exp'", req(token=lambda ca, f: f.sign(sa_claims(exp=None)))),
-    Case("sub not a service account", U, "not a Kubernetes service account", req(token=lambda ca, f: f.sign(sa_claims(sub="user:alice")))),
-    Case("sub with too many parts", U, "system:serviceaccount:NS:SA", req(token=lambda ca, f: f.sign(sa_claims(sub="system:serviceaccount:a:b:c")))),
-    Case("impersonation by an untrusted caller", U, "CA_TRUSTED_NODE_ACCOUNTS", req(md={"ImpersonatedIdentity": "spiffe://cluster.local/ns/demo/sa/backend"})),
-    Case("CSR not PEM", I, "not PEM", req(csr="hello, I am not a CSR")),
-    Case("empty CSR", I, "not PEM", req(csr="")),
-    Case("truncated DER", I, "valid PKCS#10", req(csr=broken.truncated_csr(_GOOD_CSR))),
-    Case("bad CSR signature", I, "signature does not verify", req(csr=broken.bad_signature_csr(_GOOD_CSR))),
-    Case("CSR for another namespace", P, "but the caller is", req(csr=csr_pem(broken.good_key(), uris=("spiffe://cluster.local/ns/other/sa/frontend",)))),
-    Case("CSR for another service account", P, "but the caller is", req(csr=csr_pem(broken.good_key(), uris=("spiffe://cluster.local/ns/demo/sa/backend",)))),
-    Case("two URI SANs", P, "but the caller is", req(csr=csr_pem(broken.good_key(), uris=(ME, "spiffe://cluster.local/ns/demo/sa/backend")))),
-    Case("an extra DNS SAN", P, "DNS:frontend.demo.svc", req(csr=csr_pem(broken.good_key(), uris=(ME,), dns=("frontend.demo.svc",)))),
-    Case("an email SAN", P, "only the caller's identity", req(csr=csr_pem(broken.good_key(), emails=("a@example.org",)))),
-    Case("wrong trust domain", P, "but the caller is", req(csr=csr_pem(broken.good_key(), uris=("spiffe://example.org/ns/demo/sa/frontend",)))),
-    Case("SPIFFE ID with a '..' segment", I, "'..'", req(csr=csr_pem(broken.good_key(), uris=("spiffe://cluster.local/ns/demo/../sa/frontend",)))),
-    Case("URI SAN with a query", I, "query", req(csr=csr_pem(broken.good_key(), uris=(ME + "?x=1",)))),
-    Case("CA:true requested", I, "CA powers", req(csr=csr_pem(broken.good_key(), uris=(ME,), ca=True))),
-    Case("keyCertSign requested", I, "CA powers", req(csr=csr_pem(broken.good_key(), uris=(ME,), key_cert_sign=True))),
-    Case("RSA-1024 key", I, "1024 bits", req(csr=csr_pem(broken.rsa_1024(), uris=(ME,)))),
-    Case("P-521 key", I, "secp521r1", req(csr=csr_pem(broken.p521(), uris=(ME,)))),
-    Case("Ed25519 key while disabled", I, "Ed25519", req(csr=csr_pem(broken.ed25519_key(), uris=(ME,)))),
-    Case("CSR over 64 KiB", I, "limit is 65536", req(csr=csr_pem(broken.good_key(), uris=(ME,), padding_bytes=60000))),
-    Case("TTL above the maximum", I, "exceeds the maximum", req(ttl=91 * 86400)),
+    Case(
+        "sub not a service account",
+        U,
+        "not a Kubernetes service account",
+        req(token=lambda ca, f: f.sign(sa_claims(sub="user:alice"))),
+    ),
+    Case(
+        "sub with too many parts",
+        U,
+        "system:serviceaccount:NS:SA",
+        req(token=lambda ca, f: f.sign(sa_claims(sub="system:serviceaccount:a:b:c"))),
+    ),
+    Case(
+        "impersonation by an untrusted caller",
+        U,
+        "CA_TRUSTED_NODE_ACCOUNTS",
+        req(md={"ImpersonatedIdentity": "spiffe://cluster.local/ns/demo/sa/backend"}),
+    ),
+    Case("CSR not PEM", BAD, "not PEM", req(csr="hello, I am not a CSR")),
+    Case("empty CSR", BAD, "not PEM", req(csr="")),
+    Case("truncated DER", BAD, "valid PKCS#10", req(csr=broken.truncated_csr(_GOOD_CSR))),
+    Case(
+        "bad CSR signature",
+        BAD,
+        "signature does not verify",
+        req(csr=broken.bad_signature_csr(_GOOD_CSR)),
+    ),
+    Case(
+        "CSR for another namespace",
+        P,
+        "but the caller is",
+        req(csr=csr_pem(broken.good_key(), uris=("spiffe://cluster.local/ns/other/sa/frontend",))),
+    ),
+    Case(
+        "CSR for another service account",
+        P,
+        "but the caller is",
+        req(csr=csr_pem(broken.good_key(), uris=("spiffe://cluster.local/ns/demo/sa/backend",))),
+    ),
+    Case(
+        "two URI SANs",
+        P,
+        "but the caller is",
+        req(csr=csr_pem(broken.good_key(), uris=(ME, "spiffe://cluster.local/ns/demo/sa/backend"))),
+    ),
+    Case(
+        "an extra DNS SAN",
+        P,
+        "DNS:frontend.demo.svc",
+        req(csr=csr_pem(broken.good_key(), uris=(ME,), dns=("frontend.demo.svc",))),
+    ),
+    Case(
+        "an email SAN",
+        P,
+        "only the caller's identity",
+        req(csr=csr_pem(broken.good_key(), emails=("a@example.org",))),
+    ),
+    Case(
+        "wrong trust domain",
+        P,
+        "but the caller is",
+        req(csr=csr_pem(broken.good_key(), uris=("spiffe://example.org/ns/demo/sa/frontend",))),
+    ),
+    Case(
+        "SPIFFE ID with a '..' segment",
+        BAD,
+        "'..'",
+        req(
+            csr=csr_pem(broken.good_key(), uris=("spiffe://cluster.local/ns/demo/../sa/frontend",))
+        ),
+    ),
+    Case(
+        "URI SAN with a query",
+        BAD,
+        "query",
+        req(csr=csr_pem(broken.good_key(), uris=(ME + "?x=1",))),
+    ),
+    Case(
+        "CA:true requested",
+        BAD,
+        "CA powers",
+        req(csr=csr_pem(broken.good_key(), uris=(ME,), ca=True)),
+    ),
+    Case(
+        "keyCertSign requested",
+        BAD,
+        "CA powers",
+        req(csr=csr_pem(broken.good_key(), uris=(ME,), key_cert_sign=True)),
+    ),
+    Case("RSA-1024 key", BAD, "1024 bits", req(csr=csr_pem(broken.rsa_1024(), uris=(ME,)))),
+    Case("P-521 key", BAD, "secp521r1", req(csr=csr_pem(broken.p521(), uris=(ME,)))),
+    Case(
+        "Ed25519 key while disabled",
+        BAD,
+        "Ed25519",
+        req(csr=csr_pem(broken.ed25519_key(), uris=(ME,))),
+    ),
+    Case(
+        "CSR over 64 KiB",
+        BAD,
+        "limit is 65536",
+        req(csr=csr_pem(broken.good_key(), uris=(ME,), padding_bytes=60000)),
+    ),
+    Case("TTL above the maximum", BAD, "exceeds the maximum", req(ttl=91 * 86400)),
 ]
 
 
@@ -102,7 +234,9 @@ def test_bad_input_is_refused_and_issues_nothing(shared_ca: RunningCa, case: Cas
 
 def test_ca_still_issues_after_the_table(shared_ca: RunningCa) -> None:
     chan = channel(shared_ca.grpc_addr, shared_ca.root_cert_path)
-    chain = create_certificate(chan, csr_pem(broken.good_key(), uris=(ME,)), token=shared_ca.mint_token("demo", "frontend"))
+    chain = create_certificate(
+        chan, csr_pem(broken.good_key(), uris=(ME,)), token=shared_ca.mint_token("demo", "frontend")
+    )
     assert len(chain) == 2
 
 

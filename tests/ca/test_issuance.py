@@ -28,26 +28,48 @@ ME = "spiffe://cluster.local/ns/demo/sa/frontend"
 def openssl_csr(tmp: Path, uri: str) -> tuple[Path, Path]:
     key, csr = tmp / "key.pem", tmp / "csr.pem"
     subprocess.run(
-        ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-         "-keyout", str(key), "-out", str(csr), "-subj", "/O=demo",
-         "-addext", f"subjectAltName=critical,URI:{uri}"],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            "/O=demo",
+            "-addext",
+            f"subjectAltName=critical,URI:{uri}",
+        ],
+        check=True,
+        capture_output=True,
     )
     return key, csr
 
 
-def openssl_verify(root: Path, leaf: Path, purpose: str, untrusted: Path | None = None) -> subprocess.CompletedProcess[str]:
+def openssl_verify(
+    root: Path, leaf: Path, purpose: str, untrusted: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(root)]
     if untrusted is not None:
         cmd += ["-untrusted", str(untrusted)]
     return subprocess.run([*cmd, str(leaf)], capture_output=True, text=True)
 
 
-def test_openssl_csr_gives_a_chain_openssl_and_spiffe_accept(shared_ca: RunningCa, tmp_path: Path) -> None:
+def test_openssl_csr_gives_a_chain_openssl_and_spiffe_accept(
+    shared_ca: RunningCa, tmp_path: Path
+) -> None:
     key, csr = openssl_csr(tmp_path, ME)
     chain = create_certificate(
-        channel(shared_ca.grpc_addr, shared_ca.root_cert_path), csr.read_bytes(),
-        token=shared_ca.mint_token("demo", "frontend"), ttl_s=7200,
+        channel(shared_ca.grpc_addr, shared_ca.root_cert_path),
+        csr.read_bytes(),
+        token=shared_ca.mint_token("demo", "frontend"),
+        ttl_s=7200,
     )
     assert len(chain) == 2, "self-signed CA answers [leaf, root]"
     assert chain[1] == shared_ca.root_cert_path.read_text()
@@ -68,8 +90,10 @@ def test_openssl_csr_gives_a_chain_openssl_and_spiffe_accept(shared_ca: RunningC
 
 def test_empty_csr_sans_are_filled_with_the_callers_identity(shared_ca: RunningCa) -> None:
     chain = create_certificate(
-        channel(shared_ca.grpc_addr, shared_ca.root_cert_path), csr_pem(generate_key()),
-        token=shared_ca.mint_token("demo", "frontend"), ttl_s=0,
+        channel(shared_ca.grpc_addr, shared_ca.root_cert_path),
+        csr_pem(generate_key()),
+        token=shared_ca.mint_token("demo", "frontend"),
+        ttl_s=0,
     )
     leaf = load_certificates(chain[0])[0]
     assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=24, minutes=2)
@@ -98,29 +122,51 @@ def test_override_policy_signs_the_callers_identity(tmp_path: Path) -> None:
 def test_tls_1_1_is_refused(shared_ca: RunningCa) -> None:
     host, port = shared_ca.grpc_addr.rsplit(":", 1)
     old = subprocess.run(
-        ["openssl", "s_client", "-connect", f"{host}:{port}", "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"],
-        input=b"", capture_output=True, timeout=20,
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{host}:{port}",
+            "-tls1_1",
+            "-cipher",
+            "DEFAULT@SECLEVEL=0",
+        ],
+        input=b"",
+        capture_output=True,
+        timeout=20,
     )
     assert old.returncode != 0
     out = old.stdout.decode(errors="replace")
     assert "Cipher is (NONE)" in out and "no peer certificate available" in out
     modern = subprocess.run(
         ["openssl", "s_client", "-connect", f"{host}:{port}", "-tls1_2", "-alpn", "h2"],
-        input=b"", capture_output=True, timeout=20,
+        input=b"",
+        capture_output=True,
+        timeout=20,
     )
-    assert "Protocol  : TLSv1.2" in modern.stdout.decode(errors="replace"), "TLS 1.2 must still work (the control)"
+    assert "Protocol  : TLSv1.2" in modern.stdout.decode(errors="replace"), (
+        "TLS 1.2 must still work (the control)"
+    )
 
 
 def test_renewal_with_client_certificate_and_no_token(shared_ca: RunningCa) -> None:
     key = generate_key()
     first = create_certificate(
-        channel(shared_ca.grpc_addr, shared_ca.root_cert_path), csr_pem(key, uris=(ME,)),
+        channel(shared_ca.grpc_addr, shared_ca.root_cert_path),
+        csr_pem(key, uris=(ME,)),
         token=shared_ca.mint_token("demo", "frontend"),
     )
-    mtls = channel(shared_ca.mtls_addr, shared_ca.root_cert_path, client_key=private_key_pem(key),
-                   client_chain="".join(first[:-1]).encode())
+    mtls = channel(
+        shared_ca.mtls_addr,
+        shared_ca.root_cert_path,
+        client_key=private_key_pem(key),
+        client_chain="".join(first[:-1]).encode(),
+    )
     renewed = create_certificate(mtls, csr_pem(generate_key(), uris=(ME,)))
-    assert load_certificates(renewed[0])[0].serial_number != load_certificates(first[0])[0].serial_number
+    assert (
+        load_certificates(renewed[0])[0].serial_number
+        != load_certificates(first[0])[0].serial_number
+    )
 
 
 def test_renewal_with_an_expired_client_certificate_fails(shared_ca: RunningCa) -> None:
@@ -128,13 +174,21 @@ def test_renewal_with_an_expired_client_certificate_fails(shared_ca: RunningCa) 
     root = load_certificates(shared_ca.root_cert_path.read_bytes())[0]
     key = generate_key()
     expired = leaf_certificate(
-        spiffe_id=SpiffeId.parse(ME), public_key=key.public_key(), issuer_cert=root, issuer_key=ca_key,
-        now=datetime.now(UTC) - timedelta(days=2), ttl=timedelta(hours=1),
+        spiffe_id=SpiffeId.parse(ME),
+        public_key=key.public_key(),
+        issuer_cert=root,
+        issuer_key=ca_key,
+        now=datetime.now(UTC) - timedelta(days=2),
+        ttl=timedelta(hours=1),
     )
     from certs.pem import to_pem
 
-    mtls = channel(shared_ca.mtls_addr, shared_ca.root_cert_path, client_key=private_key_pem(key),
-                   client_chain=to_pem(expired).encode())
+    mtls = channel(
+        shared_ca.mtls_addr,
+        shared_ca.root_cert_path,
+        client_key=private_key_pem(key),
+        client_chain=to_pem(expired).encode(),
+    )
     issued = metric(shared_ca, "citadel_server_success_cert_issuance_count")
     with pytest.raises(grpc.RpcError) as err:
         create_certificate(mtls, csr_pem(generate_key(), uris=(ME,)), timeout=5)
@@ -157,7 +211,10 @@ def test_self_signed_root_persists_with_a_private_key_file(tmp_path: Path) -> No
         from cryptography import x509
         from cryptography.x509.oid import NameOID
 
-        assert root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "cluster.local"
+        assert (
+            root.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
+            == "cluster.local"
+        )
         assert root.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
         assert "trusting the embedded token issuer" in ca.log()
         assert "PRIVATE KEY" not in ca.log()

@@ -27,15 +27,65 @@ def make_cacerts(d: Path) -> Path:
         "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n"
         "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n"
     )
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", "root-key.pem", "-out", "root-cert.pem", "-days", "3650",
-             "-subj", "/O=cluster.local/CN=Test Root CA",
-             "-addext", "basicConstraints=critical,CA:true", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-             "-keyout", "ca-key.pem", "-out", "ca.csr", "-subj", "/O=cluster.local/CN=Test Intermediate CA", cwd=d)
-    _openssl("x509", "-req", "-in", "ca.csr", "-CA", "root-cert.pem", "-CAkey", "root-key.pem",
-             "-CAcreateserial", "-days", "365", "-extfile", "ca.ext", "-out", "ca-cert.pem", cwd=d)
-    (d / "cert-chain.pem").write_text((d / "ca-cert.pem").read_text() + (d / "root-cert.pem").read_text())
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "root-key.pem",
+        "-out",
+        "root-cert.pem",
+        "-days",
+        "3650",
+        "-subj",
+        "/O=cluster.local/CN=Test Root CA",
+        "-addext",
+        "basicConstraints=critical,CA:true",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
+    _openssl(
+        "req",
+        "-new",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.csr",
+        "-subj",
+        "/O=cluster.local/CN=Test Intermediate CA",
+        cwd=d,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        "ca.csr",
+        "-CA",
+        "root-cert.pem",
+        "-CAkey",
+        "root-key.pem",
+        "-CAcreateserial",
+        "-days",
+        "365",
+        "-extfile",
+        "ca.ext",
+        "-out",
+        "ca-cert.pem",
+        cwd=d,
+    )
+    (d / "cert-chain.pem").write_text(
+        (d / "ca-cert.pem").read_text() + (d / "root-cert.pem").read_text()
+    )
     cacerts = d / "cacerts"
     cacerts.mkdir()
     for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
@@ -48,7 +98,8 @@ def test_plugged_in_root_and_intermediate_give_chains_in_istio_order(tmp_path: P
     ca = start_ca(tmp_path / "ca", "--cacerts-dir", str(cacerts))
     try:
         chain = create_certificate(
-            channel(ca.grpc_addr, ca.root_cert_path), csr_pem(generate_key(), uris=(ME,)),
+            channel(ca.grpc_addr, ca.root_cert_path),
+            csr_pem(generate_key(), uris=(ME,)),
             token=ca.mint_token("demo", "frontend"),
         )
     finally:
@@ -61,9 +112,20 @@ def test_plugged_in_root_and_intermediate_give_chains_in_istio_order(tmp_path: P
     (tmp_path / "inter.pem").write_text(chain[1])
     for purpose in ("sslclient", "sslserver"):
         result = subprocess.run(
-            ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(cacerts / "root-cert.pem"),
-             "-untrusted", str(tmp_path / "inter.pem"), str(tmp_path / "leaf.pem")],
-            capture_output=True, text=True,
+            [
+                "openssl",
+                "verify",
+                "-x509_strict",
+                "-purpose",
+                purpose,
+                "-CAfile",
+                str(cacerts / "root-cert.pem"),
+                "-untrusted",
+                str(tmp_path / "inter.pem"),
+                str(tmp_path / "leaf.pem"),
+            ],
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stdout + result.stderr
     leaf = load_certificates(chain[0])[0]
@@ -81,7 +143,8 @@ def test_tls_names_style_is_accepted(tmp_path: Path) -> None:
     ca = start_ca(tmp_path / "ca", "--cacerts-dir", str(tls))
     try:
         chain = create_certificate(
-            channel(ca.grpc_addr, ca.root_cert_path), csr_pem(generate_key(), uris=(ME,)),
+            channel(ca.grpc_addr, ca.root_cert_path),
+            csr_pem(generate_key(), uris=(ME,)),
             token=ca.mint_token("demo", "frontend"),
         )
         assert len(chain) == 3
@@ -91,10 +154,25 @@ def test_tls_names_style_is_accepted(tmp_path: Path) -> None:
 
 def _serve_fails(tmp_path: Path, cacerts: Path) -> str:
     result = subprocess.run(
-        [str(REPO / ".venv/bin/python"), "-m", "ca_server", "--data-dir", str(tmp_path / "ca"),
-         "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--mtls-grpc-addr", "",
-         "--cacerts-dir", str(cacerts)],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            str(REPO / ".venv/bin/python"),
+            "-m",
+            "ca_server",
+            "--data-dir",
+            str(tmp_path / "ca"),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--mtls-grpc-addr",
+            "",
+            "--cacerts-dir",
+            str(cacerts),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     return result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -32,15 +33,15 @@ def test_counters_move_with_requests_across_two_workers(tmp_path: Path) -> None:
         good = ca.mint_token("demo", "frontend")
 
         def call(csr: bytes | str, token: str | None, ttl: int = 3600) -> None:
-            try:
+            with contextlib.suppress(grpc.RpcError):
                 create_certificate(chan, csr, token=token, ttl_s=ttl)
-            except grpc.RpcError:
-                pass
 
         for _ in range(4):
             call(csr_pem(generate_key(), uris=(ME,)), good)
         call(csr_pem(generate_key(), uris=(ME,)), None)  # auth failure
-        call(csr_pem(generate_key(), uris=(ME,)), forge.sign(sa_claims(sub="user:bob")))  # id extraction
+        call(
+            csr_pem(generate_key(), uris=(ME,)), forge.sign(sa_claims(sub="user:bob"))
+        )  # id extraction
         call("not a csr", good)  # parse error, CSR_ERROR
         call(csr_pem(generate_key(), uris=(ME,)), good, ttl=10**9)  # TTL_ERROR
         time.sleep(0.2)
@@ -53,7 +54,9 @@ def test_counters_move_with_requests_across_two_workers(tmp_path: Path) -> None:
         assert metric(ca, "citadel_server_csr_sign_err_count", 'error="TTL_ERROR"') == 1
         expiry = metric(ca, "citadel_server_root_cert_expiry_timestamp")
         assert expiry > time.time() + 9 * 365 * 86400
-        assert metric(ca, "citadel_server_root_cert_expiry_seconds") == pytest.approx(expiry - time.time(), abs=60)
+        assert metric(ca, "citadel_server_root_cert_expiry_seconds") == pytest.approx(
+            expiry - time.time(), abs=60
+        )
         assert metric(ca, "citadel_server_cert_chain_expiry_timestamp") == expiry
         assert metric(ca, "citadel_server_cert_chain_expiry_seconds") > 0
     finally:

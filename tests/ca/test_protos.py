@@ -17,14 +17,25 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     src.mkdir(parents=True)
     shutil.copy(REPO / "protos/istio/v1/auth/ca.proto", src / "ca.proto")
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.", "--grpc_python_out=.",
-         "--pyi_out=.", "protos/istio/v1/auth/ca.proto"],
-        cwd=tmp_path, check=True,
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I.",
+            "--python_out=.",
+            "--grpc_python_out=.",
+            "--pyi_out=.",
+            "protos/istio/v1/auth/ca.proto",
+        ],
+        cwd=tmp_path,
+        check=True,
     )
     for name in GENERATED:
         fresh = (src / name).read_text()
         committed = (REPO / "protos/istio/v1/auth" / name).read_text()
-        assert fresh == committed, f"protos/istio/v1/auth/{name} is stale: run `make protos` and commit"
+        assert fresh == committed, (
+            f"protos/istio/v1/auth/{name} is stale: run `make protos` and commit"
+        )
 
 
 def test_wire_names_match_istio() -> None:
@@ -32,7 +43,14 @@ def test_wire_names_match_istio() -> None:
 
     service = ca_pb2.DESCRIPTOR.services_by_name["IstioCertificateService"]
     assert service.full_name == "istio.v1.auth.IstioCertificateService"
-    assert service.methods_by_name["CreateCertificate"].input_type.full_name == "istio.v1.auth.IstioCertificateRequest"
+    assert (
+        service.methods_by_name["CreateCertificate"].input_type.full_name
+        == "istio.v1.auth.IstioCertificateRequest"
+    )
     fields = ca_pb2.IstioCertificateRequest.DESCRIPTOR.fields_by_name
-    assert (fields["csr"].number, fields["validity_duration"].number, fields["metadata"].number) == (1, 3, 4)
+    assert (
+        fields["csr"].number,
+        fields["validity_duration"].number,
+        fields["metadata"].number,
+    ) == (1, 3, 4)
     assert ca_pb2.IstioCertificateResponse.DESCRIPTOR.fields_by_name["cert_chain"].number == 1

@@ -20,35 +20,78 @@ def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str
 
 
 def test_token_mint_then_inspect_an_issued_chain(running_ca: RunningCa, tmp_path: Path) -> None:
-    minted = run("token", "mint", "--data-dir", str(running_ca.data_dir), "-n", "demo", "-s", "frontend", "--ttl", "10m")
+    minted = run(
+        "token",
+        "mint",
+        "--data-dir",
+        str(running_ca.data_dir),
+        "-n",
+        "demo",
+        "-s",
+        "frontend",
+        "--ttl",
+        "10m",
+    )
     assert minted.returncode == 0, minted.stderr
     token = minted.stdout.strip()
-    chain = create_certificate(channel(running_ca.grpc_addr, running_ca.root_cert_path),
-                               csr_pem(generate_key(), uris=(ME,)), token=token)
+    chain = create_certificate(
+        channel(running_ca.grpc_addr, running_ca.root_cert_path),
+        csr_pem(generate_key(), uris=(ME,)),
+        token=token,
+    )
     (tmp_path / "chain.pem").write_text("".join(chain))
     human = run("inspect", str(tmp_path / "chain.pem"), "--root", str(running_ca.root_cert_path))
     assert human.returncode == 0, human.stdout + human.stderr
-    assert ME in human.stdout and "chain:  OK" in human.stdout and "X.509-SVID: leaf conforms" in human.stdout
-    as_json = run("inspect", "-", "--json", "--root", str(running_ca.root_cert_path), stdin="".join(chain))
+    assert (
+        ME in human.stdout
+        and "chain:  OK" in human.stdout
+        and "X.509-SVID: leaf conforms" in human.stdout
+    )
+    as_json = run(
+        "inspect", "-", "--json", "--root", str(running_ca.root_cert_path), stdin="".join(chain)
+    )
     report = json.loads(as_json.stdout)
     assert [c["position"] for c in report["certificates"]] == ["leaf", "root (1)"]
     assert report["certificates"][0]["spiffe_id"] == ME
     assert report["verification"]["ok"] is True and report["svid"]["conforms"] is True
 
 
-def test_inspect_names_broken_svid_rules_and_wrong_root(running_ca: RunningCa, tmp_path: Path) -> None:
+def test_inspect_names_broken_svid_rules_and_wrong_root(
+    running_ca: RunningCa, tmp_path: Path
+) -> None:
     root = running_ca.root_cert_path.read_text()
     (tmp_path / "root.pem").write_text(root)
     result = run("inspect", str(tmp_path / "root.pem"), "--json")
     assert result.returncode == 1
     violations = json.loads(result.stdout)["svid"]["violations"]
     assert any("URI SAN" in v for v in violations)
-    other = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                            "-nodes", "-keyout", str(tmp_path / "k.pem"), "-subj", "/O=other", "-days", "1"],
-                           capture_output=True, text=True, check=True).stdout
+    other = subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            str(tmp_path / "k.pem"),
+            "-subj",
+            "/O=other",
+            "-days",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     (tmp_path / "other.pem").write_text(other)
-    chain = create_certificate(channel(running_ca.grpc_addr, running_ca.root_cert_path),
-                               csr_pem(generate_key(), uris=(ME,)), token=running_ca.mint_token("demo", "frontend"))
+    chain = create_certificate(
+        channel(running_ca.grpc_addr, running_ca.root_cert_path),
+        csr_pem(generate_key(), uris=(ME,)),
+        token=running_ca.mint_token("demo", "frontend"),
+    )
     (tmp_path / "chain.pem").write_text("".join(chain))
     wrong = run("inspect", str(tmp_path / "chain.pem"), "--root", str(tmp_path / "other.pem"))
     assert wrong.returncode == 1 and "chain:  FAILED" in wrong.stdout
@@ -63,7 +106,13 @@ def test_inspect_unreadable_input_exits_2(tmp_path: Path) -> None:
 def test_serve_help_documents_environment_variables() -> None:
     result = run("ca", "serve", "--help")
     assert result.returncode == 0
-    for env in ("BULWARK_DATA_DIR", "TRUST_DOMAIN", "BULWARK_GRPC_ADDR", "BULWARK_CSR_SAN_POLICY", "TOKEN_AUDIENCES"):
+    for env in (
+        "BULWARK_DATA_DIR",
+        "TRUST_DOMAIN",
+        "BULWARK_GRPC_ADDR",
+        "BULWARK_CSR_SAN_POLICY",
+        "TOKEN_AUDIENCES",
+    ):
         assert env in result.stdout
 
 

@@ -39,7 +39,9 @@ class Demo:
     def sh(self, *cmd: str, show: bool = True) -> str:
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=self.work)
         if out.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}{out.stderr}"
+            )
         if show and out.stdout.strip():
             print(out.stdout.rstrip())
         return out.stdout
@@ -52,24 +54,56 @@ class Demo:
 
     def mint(self) -> str:
         assert self.ca is not None
-        token = self.sh(BULWARK, "token", "mint", "--data-dir", str(self.ca.data_dir),
-                        "--namespace", NAMESPACE, "--service-account", ACCOUNT, "--ttl", "10m", show=False).strip()
+        token = self.sh(
+            BULWARK,
+            "token",
+            "mint",
+            "--data-dir",
+            str(self.ca.data_dir),
+            "--namespace",
+            NAMESPACE,
+            "--service-account",
+            ACCOUNT,
+            "--ttl",
+            "10m",
+            show=False,
+        ).strip()
         (self.work / "token").write_text(token)
-        print(f"token for system:serviceaccount:{NAMESPACE}:{ACCOUNT} written to {self.work / 'token'} (not shown)")
+        print(
+            f"token for system:serviceaccount:{NAMESPACE}:{ACCOUNT} written to {self.work / 'token'} (not shown)"
+        )
         return "token minted by the embedded issuer"
 
     def openssl_csr(self) -> str:
-        self.sh("openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                "-keyout", "key.pem", "-out", "csr.pem", "-subj", "/O=demo",
-                "-addext", f"subjectAltName=critical,URI:{SPIFFE_ID}")
+        self.sh(
+            "openssl",
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "csr.pem",
+            "-subj",
+            "/O=demo",
+            "-addext",
+            f"subjectAltName=critical,URI:{SPIFFE_ID}",
+        )
         print(f"key.pem and csr.pem created by openssl with URI SAN {SPIFFE_ID}")
         return "ECDSA P-256 key and CSR"
 
     def request(self) -> str:
         assert self.ca is not None
-        chain = create_certificate(channel(self.ca.grpc_addr, self.ca.root_cert_path),
-                                   (self.work / "csr.pem").read_bytes(),
-                                   token=(self.work / "token").read_text(), ttl_s=3600)
+        chain = create_certificate(
+            channel(self.ca.grpc_addr, self.ca.root_cert_path),
+            (self.work / "csr.pem").read_bytes(),
+            token=(self.work / "token").read_text(),
+            ttl_s=3600,
+        )
         (self.work / "cert-chain.pem").write_text("".join(chain))
         (self.work / "leaf.pem").write_text(chain[0])
         print(f"CreateCertificate returned {len(chain)} certificates (leaf, root)")
@@ -78,8 +112,16 @@ class Demo:
     def verify(self) -> str:
         assert self.ca is not None
         for purpose in ("sslclient", "sslserver"):
-            self.sh("openssl", "verify", "-x509_strict", "-purpose", purpose,
-                    "-CAfile", str(self.ca.root_cert_path), "leaf.pem")
+            self.sh(
+                "openssl",
+                "verify",
+                "-x509_strict",
+                "-purpose",
+                purpose,
+                "-CAfile",
+                str(self.ca.root_cert_path),
+                "leaf.pem",
+            )
         return "openssl verify -x509_strict accepts it for sslclient and sslserver"
 
     def inspect(self) -> str:

@@ -50,8 +50,16 @@ class TokenForge:
         jwks = json.loads((data_dir / "token-issuer" / "jwks.json").read_text())
         self.kid = jwks["keys"][0]["kid"]
 
-    def sign(self, claims: dict[str, Any], *, kid: str | None = None, key: rsa.RSAPrivateKey | None = None) -> str:
-        return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": kid or self.kid})
+    def sign(
+        self,
+        claims: dict[str, Any],
+        *,
+        kid: str | None = None,
+        key: rsa.RSAPrivateKey | None = None,
+    ) -> str:
+        return jwt.encode(
+            claims, key or self.key, algorithm="RS256", headers={"kid": kid or self.kid}
+        )
 
     def alg_none(self, claims: dict[str, Any]) -> str:
         header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": self.kid}).encode())
@@ -92,13 +100,18 @@ def csr_pem(
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=True)
     if ca:
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        builder = builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )
     if key_cert_sign:
         usage = x509.KeyUsage(True, False, False, False, False, True, True, False, False)
         builder = builder.add_extension(usage, critical=True)
     if padding_bytes:
         builder = builder.add_extension(
-            x509.UnrecognizedExtension(ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x04\x82" + padding_bytes.to_bytes(2, "big") + b"A" * padding_bytes),
+            x509.UnrecognizedExtension(
+                ObjectIdentifier("1.3.6.1.4.1.55555.1"),
+                b"\x04\x82" + padding_bytes.to_bytes(2, "big") + b"A" * padding_bytes,
+            ),
             critical=False,
         )
     algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
@@ -108,14 +121,18 @@ def csr_pem(
 def truncated_csr(good: bytes) -> bytes:
     der = x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER)
     body = base64.encodebytes(der[: len(der) // 2]).decode()
-    return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n".encode()
+    return (
+        f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n".encode()
+    )
 
 
 def bad_signature_csr(good: bytes) -> bytes:
     der = bytearray(x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER))
     der[-5] ^= 0xFF
     body = base64.encodebytes(bytes(der)).decode()
-    return f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n".encode()
+    return (
+        f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n".encode()
+    )
 
 
 def rsa_1024() -> rsa.RSAPrivateKey:

@@ -21,8 +21,12 @@ def channel(
     server_name: str = SERVER_NAME,
 ) -> grpc.Channel:
     root = root_pem.read_bytes() if isinstance(root_pem, Path) else root_pem
-    creds = grpc.ssl_channel_credentials(root, private_key=client_key, certificate_chain=client_chain)
-    return grpc.secure_channel(addr, creds, options=[("grpc.ssl_target_name_override", server_name)])
+    creds = grpc.ssl_channel_credentials(
+        root, private_key=client_key, certificate_chain=client_chain
+    )
+    return grpc.secure_channel(
+        addr, creds, options=[("grpc.ssl_target_name_override", server_name)]
+    )
 
 
 def create_certificate(

@@ -45,21 +45,33 @@ class RunningCa:
         return int(self.grpc_addr.rsplit(":", 1)[1])
 
     def start(
-        self, grpc_addr: str = "127.0.0.1:0", admin_addr: str = "127.0.0.1:0", mtls_addr: str = "127.0.0.1:0"
+        self,
+        grpc_addr: str = "127.0.0.1:0",
+        admin_addr: str = "127.0.0.1:0",
+        mtls_addr: str = "127.0.0.1:0",
     ) -> RunningCa:
         ready = self.data_dir.parent / f"{self.data_dir.name}-ready.json"
         ready.unlink(missing_ok=True)
         cmd = [
-            sys.executable, "-m", "ca_server",
-            "--data-dir", str(self.data_dir),
-            "--grpc-addr", grpc_addr,
-            "--admin-addr", admin_addr,
-            "--mtls-grpc-addr", mtls_addr,
-            "--ready-file", str(ready),
+            sys.executable,
+            "-m",
+            "ca_server",
+            "--data-dir",
+            str(self.data_dir),
+            "--grpc-addr",
+            grpc_addr,
+            "--admin-addr",
+            admin_addr,
+            "--mtls-grpc-addr",
+            mtls_addr,
+            "--ready-file",
+            str(ready),
             *self.args,
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the process)
-        self.process = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=log)
+        self.process = subprocess.Popen(
+            cmd, cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=log
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready.exists():
             if self.process.poll() is not None:
@@ -98,11 +110,16 @@ class RunningCa:
 
         issuer = LocalIssuer.load_or_create(self.data_dir)
         return issuer.mint(
-            namespace=namespace, service_account=service_account, audience=audience, ttl=timedelta(seconds=ttl_s)
+            namespace=namespace,
+            service_account=service_account,
+            audience=audience,
+            ttl=timedelta(seconds=ttl_s),
         )
 
 
-def start_ca(data_dir: Path, *args: str, env: dict[str, str] | None = None, workers: int = 1) -> RunningCa:
+def start_ca(
+    data_dir: Path, *args: str, env: dict[str, str] | None = None, workers: int = 1
+) -> RunningCa:
     """Start a CA with `args` (extra flags) and wait until it serves."""
     extra = ("--workers", str(workers), *args) if "--workers" not in args else args
     return RunningCa(data_dir=data_dir, args=tuple(extra), env=env or {}).start()
