@@ -91,7 +91,7 @@ def register(subparsers: Any) -> None:
         default=[],
         help="also show this SDS resource (file-cert:..., file-root:...)",
     )
-    status.set_defaults(func=status_command)
+    status.set_defaults(handler=status_command)
 
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
@@ -105,7 +105,7 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         help="extra CA request header, as CA_HEADER_<NAME>",
     )
     parser.add_argument("--log-level", default=os.environ.get("BULWARK_LOG_LEVEL", "INFO"))
-    parser.set_defaults(func=run_command)
+    parser.set_defaults(handler=run_command)
 
 
 def config_from(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
@@ -166,4 +166,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or args_list[0] not in ("run", "status"):
         args_list.insert(0, "run")
     args = parser.parse_args(["agent", *args_list])
-    return int(args.func(args))
+    return int(args.handler(args))

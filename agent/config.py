@@ -67,6 +67,12 @@ class AgentConfig:
     spiffe_id: SpiffeId = field(init=False)
 
     def __post_init__(self) -> None:
+        for name, value in (
+            ("POD_NAMESPACE", self.namespace),
+            ("SERVICE_ACCOUNT", self.service_account),
+        ):
+            if not value or "/" in value:
+                raise ConfigError(f"{name} {value!r} must be one non-empty name without '/'")
         try:
             sid = SpiffeId.for_service_account(
                 TrustDomain(self.trust_domain), self.namespace, self.service_account
