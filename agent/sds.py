@@ -238,7 +238,8 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
                         names = stream.on_request(request)
                     except AgentError as exc:
                         await abort_with(context, exc)
-                    reply = stream.response(self._cache.snapshot, names)
+                    snapshot_now = self._cache.snapshot
+                    reply = stream.response(snapshot_now, stream.due(snapshot_now, names))
                     if reply is not None:
                         yield reply
                 if next_snapshot.done():
