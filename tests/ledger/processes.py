@@ -1,0 +1,117 @@
+"""Process helpers for end-to-end record tests: kill a CA's whole tree, run the load driver."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ca_server.ledger import LedgerReader, VerifyReport, parse_record_url
+from ca_server.ledger.database import connect
+from tests.support.ca_process import REPO, RunningCa
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid`, found through /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def sigkill_ca(ca: RunningCa) -> None:
+    """SIGKILL the CA supervisor and all its workers at once, as a node crash would."""
+    assert ca.process is not None
+    victims = [ca.process.pid, *descendants(ca.process.pid)]
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    ca.process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in victims[1:]):
+        assert time.monotonic() < deadline, "CA workers survived SIGKILL"
+        time.sleep(0.02)
+
+
+class LoadDriver:
+    """`tests.ledger.load_driver` in a subprocess against one CA."""
+
+    def __init__(self, ca: RunningCa, workdir: Path, *, threads: int = 6) -> None:
+        token_file = workdir / f"{ca.data_dir.name}-token"
+        token_file.write_text(ca.mint_token("load", "driver", ttl_s=3600))
+        token_file.chmod(0o600)
+        self.out = workdir / f"{ca.data_dir.name}-received.txt"
+        self.out.touch()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.ledger.load_driver",
+                ca.grpc_addr,
+                str(ca.root_cert_path),
+                str(token_file),
+                str(self.out),
+                str(threads),
+            ],
+            cwd=REPO,
+        )
+
+    def received(self) -> list[str]:
+        """Serials received so far (complete lines only)."""
+        return self.out.read_text().split("\n")[:-1]
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.received()) < count:
+            assert self.process.poll() is None, "load driver died"
+            assert time.monotonic() < deadline, f"only {len(self.received())} of {count} issued"
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def recorded_serials(url: str) -> list[str]:
+    session = connect(parse_record_url(url))
+    try:
+        return [str(row[0]) for row in session.query("SELECT serial FROM certificates")]
+    finally:
+        session.close()
+
+
+def verify(url: str) -> VerifyReport:
+    reader = LedgerReader(parse_record_url(url))
+    try:
+        return reader.verify()
+    finally:
+        reader.close()
