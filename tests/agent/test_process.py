@@ -1,0 +1,127 @@
+"""`python -m agent` as a process: OUTPUT_CERTS, status endpoints and CLI, SIGTERM, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from tests.agent.agent_process import REPO, start_agent_process
+from tests.agent.support import NODE, SdsStream
+from tests.support.ca_process import RunningCa
+
+SERIES = (
+    'istio_agent_outgoing_latency{request_type="csr"}',
+    'istio_agent_num_outgoing_requests{request_type="csr"}',
+    'istio_agent_num_failed_outgoing_requests{request_type="csr"}',
+    'istio_agent_num_outgoing_retries{request_type="csr"}',
+    'istio_agent_cert_expiry_seconds{resource_name="default"}',
+    'istio_agent_cert_expiry_seconds{resource_name="ROOTCA"}',
+    "istio_agent_num_file_watcher_failures_total",
+    "istio_agent_num_file_secret_failures_total",
+)
+
+
+def bulwark(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; from certs.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+
+
+def test_output_certs_status_cli_and_sigterm(shared_ca: RunningCa, work: Path) -> None:
+    out = work / "out"
+    agent = start_agent_process(shared_ca, work, extra_env={"OUTPUT_CERTS": str(out)})
+    try:
+        first_cert_s = agent.wait_ready()
+        time.sleep(0.5)
+        memory = agent.memory_kb()
+        print(f"\nagent (RSA 2048, Istio's default): first certificate {first_cert_s * 1000:.0f} ms "
+              f"after spawn; VmRSS {memory['VmRSS'] / 1024:.1f} MB (anon "
+              f"{memory['RssAnon'] / 1024:.1f} MB, shared files {memory['RssFile'] / 1024:.1f} MB)")
+
+        # OUTPUT_CERTS: three files, key 0600, chain verifies with openssl
+        for name in ("key.pem", "cert-chain.pem", "root-cert.pem"):
+            assert (out / name).exists(), name
+        assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(out / "root-cert.pem"),
+             "-untrusted", str(out / "cert-chain.pem"), str(out / "cert-chain.pem")],
+            capture_output=True, text=True, check=False)
+        assert verify.returncode == 0, verify.stderr
+        san = subprocess.run(["openssl", "x509", "-in", str(out / "cert-chain.pem"), "-noout",
+                              "-ext", "subjectAltName"], capture_output=True, text=True, check=True)
+        assert "URI:spiffe://cluster.local/ns/demo/sa/frontend" in san.stdout
+        check = subprocess.run(["openssl", "pkey", "-in", str(out / "key.pem"), "-noout", "-check"],
+                               capture_output=True, text=True, check=False)
+        assert check.returncode == 0, check.stderr
+
+        # status endpoints: every series present; the debug page never holds a key
+        metrics = agent.get("/metrics")
+        for series in SERIES:
+            assert series in metrics, series
+        debug = json.loads(agent.get("/debug/certs"))
+        assert debug["default"]["spiffe_id"] == "spiffe://cluster.local/ns/demo/sa/frontend"
+        assert debug["root_fingerprints"]
+        assert "PRIVATE KEY" not in json.dumps(debug)
+
+        # bulwark agent status, human and JSON; no key in either
+        human = bulwark("agent", "status", "--socket", str(agent.socket))
+        assert human.returncode == 0, human.stderr
+        assert "spiffe://cluster.local/ns/demo/sa/frontend" in human.stdout
+        assert "ROOTCA" in human.stdout and "Root fingerprints" in human.stdout
+        assert debug["default"]["serial"] in human.stdout
+        as_json = bulwark("agent", "status", "--socket", str(agent.socket), "--json")
+        report = json.loads(as_json.stdout)
+        assert report["workload_api"]["spiffe_id"].endswith("/sa/frontend")
+        assert "PRIVATE KEY" not in human.stdout + as_json.stdout
+
+        # SIGTERM: open streams end cleanly (OK), socket removed, exit 0 within 5 s
+        code, stream_status, took = asyncio.run(_sigterm_with_open_stream(agent))
+        assert code == 0, agent.log()
+        assert stream_status == grpc.StatusCode.OK
+        assert took < 5.0
+        assert not agent.socket.exists()
+        assert "PRIVATE KEY" not in agent.log() and "eyJ" not in agent.log()  # no key, no JWT
+    finally:
+        agent.stop()
+
+
+async def _sigterm_with_open_stream(agent: object) -> tuple[int, grpc.StatusCode, float]:
+    from tests.agent.agent_process import AgentProcess
+
+    assert isinstance(agent, AgentProcess)
+    async with grpc.aio.insecure_channel(f"unix:{agent.socket}") as channel:
+        stream = SdsStream(channel)
+        await stream.send(node=NODE, resource_names=["default", "ROOTCA"])
+        await stream.next()
+        started = time.monotonic()
+        code = await asyncio.to_thread(agent.stop)
+        took = time.monotonic() - started
+        status = await asyncio.wait_for(stream.ended, 5)
+    return code, status, took
+
+
+def test_stale_socket_is_replaced_and_bad_config_exits_2(shared_ca: RunningCa, work: Path) -> None:
+    import socket as socketlib
+
+    stale = work / "frontend.sock"
+    leftover = socketlib.socket(socketlib.AF_UNIX)
+    leftover.bind(str(stale))
+    leftover.close()
+    agent = start_agent_process(shared_ca, work)
+    try:
+        agent.wait_ready()
+    finally:
+        assert agent.stop() == 0
+    bad = subprocess.run([sys.executable, "-m", "agent", "--secret-ttl", "forever"], cwd=work,
+                         capture_output=True, text=True, timeout=30,
+                         env={**os.environ, "BULWARK_AGENT_STATUS_ADDR": ""})
+    assert bad.returncode == 2
+    assert "--secret-ttl" in bad.stderr
