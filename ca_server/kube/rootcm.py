@@ -65,6 +65,7 @@ class RootCertPublisher:
         excluded: frozenset[str] = EXCLUDED_NAMESPACES,
         resync_seconds: float = 60.0,
         tick_seconds: float = 0.5,
+        watch_seconds: int = 30,
     ) -> None:
         self._make_client = make_client
         self._client = make_client()
@@ -74,6 +75,7 @@ class RootCertPublisher:
         self._excluded = excluded
         self._resync = resync_seconds
         self._tick = tick_seconds
+        self._watch_seconds = watch_seconds
         self._queue = _NamespaceQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -91,11 +93,13 @@ class RootCertPublisher:
         self._spawn("rootcm-worker", self._work)
 
     def stop(self) -> None:
+        """Stop writing at once. Watch threads (daemons) notice within `watch_seconds`: their
+        clients are closed, so the next re-issued watch request fails and the thread ends."""
         self._stop.set()
         for client in self._watch_clients:
-            client.close()  # ends the streaming watch requests
+            client.close()
         for thread in self._threads:
-            thread.join(timeout=5)
+            thread.join(timeout=0 if thread.name.endswith("watch") else 5)
         self._client.close()
 
     def queue_all(self) -> None:
@@ -132,7 +136,10 @@ class RootCertPublisher:
         return OnErrorResult(OnErrorAction.RETRY, sleep=min(0.2 * count, 5.0))
 
     def _watch_namespaces(self, client: Client) -> None:
-        for _event, ns in client.watch(Namespace, on_error=self._on_watch_error):
+        events = client.watch(
+            Namespace, server_timeout=self._watch_seconds, on_error=self._on_watch_error
+        )
+        for _event, ns in events:
             if self._stop.is_set():
                 return
             name = ns.metadata.name if ns.metadata else None
@@ -145,6 +152,7 @@ class RootCertPublisher:
             ConfigMap,
             namespace="*",
             fields={"metadata.name": self._name},
+            server_timeout=self._watch_seconds,
             on_error=self._on_watch_error,
         )
         for event, cm in events:
