@@ -23,7 +23,7 @@ from agent.config import AgentConfig
 from agent.errors import CaRequestFailed
 from agent.metrics import AgentMetrics
 from certs.errors import CertsError
-from certs.pem import load_certificates
+from certs.pem import bundle_pem, load_certificates
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -164,12 +164,16 @@ class CaClient:
         if directory is None:
             return None, None
         try:
-            chain = (directory / "cert-chain.pem").read_bytes()
             key = (directory / "key.pem").read_bytes()
-            leaf = load_certificates(chain, what="PROV_CERT cert-chain.pem")[0]
+            certs = load_certificates(
+                (directory / "cert-chain.pem").read_bytes(), what="PROV_CERT cert-chain.pem"
+            )
         except (OSError, CertsError) as exc:
             log.warning("PROV_CERT %s not usable, falling back to the token: %s", directory, exc)
             return None, None
+        leaf = certs[0]
+        # Istio's cert-chain.pem ends with the root; a client sends leaf and intermediates only.
+        chain = bundle_pem([leaf, *(c for c in certs[1:] if c.subject != c.issuer)]).encode()
         if leaf.not_valid_after_utc <= self._now():
             log.info(
                 "PROV_CERT certificate expired at %s; using the token", leaf.not_valid_after_utc
