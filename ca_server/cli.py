@@ -188,6 +188,9 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
         "KUBECONFIG",
         help="use Kubernetes (TokenReview, CA Secret, root ConfigMaps)",
     )
+    from ca_server.kube.settings import add_flags as add_kube_flags
+
+    add_kube_flags(p)
     env_flag(
         p,
         "--ready-file",
@@ -228,6 +231,7 @@ def _csv(text: str | None) -> tuple[str, ...]:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     from ca_server.config import CaConfig
+    from ca_server.kube.settings import settings_from_args
     from certs.spiffe_id import TrustDomain
 
     def path(value: str | None) -> Path | None:
@@ -261,6 +265,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
         kubeconfig=path(args.kubeconfig),
+        kube=settings_from_args(args),
         **extra,
     )
 

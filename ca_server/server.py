@@ -54,6 +54,10 @@ def prepare_material(config: CaConfig, now: datetime) -> CaMaterial:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     if config.cacerts_dir is not None:
         material = load_cacerts_dir(config.cacerts_dir, now)
+    elif config.kube is not None:
+        from ca_server.kube.wiring import load_or_create_material
+
+        material = load_or_create_material(config.kube, config.trust_domain, now)
     else:
         material = load_or_create(
             DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now
@@ -209,7 +213,15 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
             log_level=log_level,
         ),
     )
+    controllers = None
+    if config.kube is not None:
+        from ca_server.kube.wiring import KubeControllers
+
+        # Leader-only writers (root ConfigMaps); every replica serves CSRs.
+        controllers = KubeControllers(config.kube, root_pem=lambda: material.root_bundle_pem)
     try:
+        if controllers is not None:
+            controllers.start()
         for index in range(config.workers):
             await asyncio.to_thread(supervisor.start_worker, index)
         log.info("gRPC IstioCertificateService on %s:%d (%d worker(s))", host, port, config.workers)
@@ -223,6 +235,8 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
             )
         return await _run_admin(config, supervisor, metrics_dir, material, addrs)
     finally:
+        if controllers is not None:
+            controllers.stop()
         supervisor.stop()
         for sock in reserved:
             sock.close()

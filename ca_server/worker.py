@@ -94,7 +94,7 @@ def build_authentication(config: CaConfig, material: CaMaterial) -> Authenticati
             trust_anchors=lambda: (list(material.chain), list(material.roots)),
         )
     ]
-    if config.kubeconfig is not None:
+    if config.kube is not None:
         from ca_server.kube import tokenreview_authenticator
 
         authenticators.append(tokenreview_authenticator(config))

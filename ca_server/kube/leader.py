@@ -26,6 +26,7 @@ from ca_server.kube.settings import DEFAULT_LEASE_NAME, LeaseTiming
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True, slots=True)
 class _Observed:
     holder: str
@@ -91,8 +92,12 @@ class LeaderElector:
                 with self._lock:
                     self._renewed_at = started
                 if not leading_before:
-                    log.info("became leader of lease %s/%s as %s", self._namespace, self._name,
-                             self._identity)
+                    log.info(
+                        "became leader of lease %s/%s as %s",
+                        self._namespace,
+                        self._name,
+                        self._identity,
+                    )
             elif leading_before and not self.is_leader():
                 log.warning("lost lease %s/%s", self._namespace, self._name)
             self._stop.wait(self._timing.retry_period)

@@ -64,19 +64,48 @@ class KubeSettings:
 def add_flags(p: argparse.ArgumentParser | Any) -> None:
     """The Kubernetes flags of `bulwark ca serve` (`--kubeconfig` itself is the CA's own)."""
     p.add_argument(
-        "--kube-in-cluster", action="store_true", default=env_bool("BULWARK_KUBE_IN_CLUSTER"),
+        "--kube-in-cluster",
+        action="store_true",
+        default=env_bool("BULWARK_KUBE_IN_CLUSTER"),
         help="use Kubernetes with the pod's service account (env BULWARK_KUBE_IN_CLUSTER)",
     )
-    env_flag(p, "--kube-namespace", "POD_NAMESPACE", default="istio-system",
-             help="namespace of the CA Secret and the leader Lease")
-    env_flag(p, "--kube-identity", "POD_NAME", default="",
-             help="leader-election identity (default: hostname plus a random suffix)")
-    env_flag(p, "--cluster-id", "CLUSTER_ID", default=DEFAULT_CLUSTER_ID,
-             help="this cluster's ID; requests naming another clusterid are refused")
-    env_flag(p, "--kube-lease-duration", "BULWARK_KUBE_LEASE_DURATION", default="15", type=float,
-             help="seconds a leader may go without renewing before another replica takes over")
-    env_flag(p, "--kube-resync", "BULWARK_KUBE_RESYNC", default="60", type=float,
-             help="seconds between full checks of every namespace's root ConfigMap")
+    env_flag(
+        p,
+        "--kube-namespace",
+        "POD_NAMESPACE",
+        default="istio-system",
+        help="namespace of the CA Secret and the leader Lease",
+    )
+    env_flag(
+        p,
+        "--kube-identity",
+        "POD_NAME",
+        default="",
+        help="leader-election identity (default: hostname plus a random suffix)",
+    )
+    env_flag(
+        p,
+        "--cluster-id",
+        "CLUSTER_ID",
+        default=DEFAULT_CLUSTER_ID,
+        help="this cluster's ID; requests naming another clusterid are refused",
+    )
+    env_flag(
+        p,
+        "--kube-lease-duration",
+        "BULWARK_KUBE_LEASE_DURATION",
+        default="15",
+        type=float,
+        help="seconds a leader may go without renewing before another replica takes over",
+    )
+    env_flag(
+        p,
+        "--kube-resync",
+        "BULWARK_KUBE_RESYNC",
+        default="60",
+        type=float,
+        help="seconds between full checks of every namespace's root ConfigMap",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> KubeSettings | None:

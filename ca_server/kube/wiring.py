@@ -1,24 +1,28 @@
 """Assembling the Kubernetes pieces for the CA server.
 
-    supervisor: key_store(settings)            -> SecretKeyStore for self-signed material
-                KubeControllers(settings, ...) -> Lease elector + root ConfigMap publisher
-    workers:    tokenreview_authenticator(cfg) -> TokenReviewAuthenticator (one per process)
+supervisor: load_or_create_material(...)   -> self-signed root kept in `istio-ca-secret`
+            KubeControllers(settings, ...) -> Lease elector + root ConfigMap publisher
+workers:    tokenreview_authenticator(cfg) -> TokenReviewAuthenticator (one per process)
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from lightkube import Client
 
+from ca_server.errors import ConfigError
 from ca_server.kube.client import load_config, make_client
+from ca_server.kube.errors import KubeError
 from ca_server.kube.leader import LeaderElector
 from ca_server.kube.rootcm import RootCertPublisher
 from ca_server.kube.secret_store import SecretKeyStore
 from ca_server.kube.settings import KubeSettings
 from ca_server.kube.tokenreview import TokenReviewAuthenticator
+from ca_server.material import CaMaterial, load_or_create
 from certs.spiffe_id import TrustDomain
 
 if TYPE_CHECKING:
@@ -37,6 +41,17 @@ def key_store(settings: KubeSettings) -> SecretKeyStore:
     return SecretKeyStore(
         client_factory(settings)(), namespace=settings.namespace, name=settings.ca_secret_name
     )
+
+
+def load_or_create_material(
+    settings: KubeSettings, trust_domain: TrustDomain, now: datetime
+) -> CaMaterial:
+    """The self-signed root from `istio-ca-secret`, created there on the first start of any
+    replica. API failures become ConfigError: the CA cannot start without its key."""
+    try:
+        return load_or_create(key_store(settings), trust_domain, now)
+    except KubeError as exc:
+        raise ConfigError(f"CA material in Kubernetes: {exc}") from exc
 
 
 def build_tokenreview_authenticator(
@@ -98,5 +113,6 @@ __all__ = [
     "build_tokenreview_authenticator",
     "client_factory",
     "key_store",
+    "load_or_create_material",
     "tokenreview_authenticator",
 ]

@@ -110,9 +110,15 @@ def _new_ca(cn: str) -> _Issuer:
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -180,7 +186,10 @@ class _Proc:
 def _spawn(name: str, argv: list[str], log: Path) -> _Proc:
     with log.open("wb") as out:
         popen = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     return _Proc(name=name, popen=popen, log=log)
@@ -221,14 +230,19 @@ class ControlPlane:
 
     def write_token_kubeconfig(self, path: Path, token: str, *, namespace: str) -> Path:
         """A kubeconfig that authenticates with a bearer token (a service account's)."""
-        write_kubeconfig(path, server=self.url, ca_file=self.ca_file, token=token,
-                         namespace=namespace)
+        write_kubeconfig(
+            path, server=self.url, ca_file=self.ca_file, token=token, namespace=namespace
+        )
         return path
 
     def kubectl_run(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.kubectl), "--kubeconfig", str(self.admin_kubeconfig), *args],
-            input=stdin, capture_output=True, text=True, check=False, timeout=120,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
         )
 
 
@@ -252,11 +266,13 @@ def write_kubeconfig(
     config = {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "test", "cluster": {"server": server,
-                                                  "certificate-authority": str(ca_file)}}],
+        "clusters": [
+            {"name": "test", "cluster": {"server": server, "certificate-authority": str(ca_file)}}
+        ],
         "users": [{"name": "user", "user": user}],
-        "contexts": [{"name": "test", "context": {"cluster": "test", "user": "user",
-                                                  "namespace": namespace}}],
+        "contexts": [
+            {"name": "test", "context": {"cluster": "test", "user": "user", "namespace": namespace}}
+        ],
         "current-context": "test",
     }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -272,7 +288,9 @@ def start_control_plane(bin_dir: Path, workdir: Path) -> ControlPlane:
     ca = _new_ca("bulwark-test-kube-ca")
     _write_cert(pki / "ca.crt", ca.cert)
     serving, serving_key = _issue(
-        ca, _name("kube-apiserver"), server=True,
+        ca,
+        _name("kube-apiserver"),
+        server=True,
         dns=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
         ips=("127.0.0.1",),
     )
@@ -298,12 +316,23 @@ def start_control_plane(bin_dir: Path, workdir: Path) -> ControlPlane:
             proc.stop()
         raise
     kubeconfig = workdir / "admin.kubeconfig"
-    write_kubeconfig(kubeconfig, server=url, ca_file=pki / "ca.crt",
-                     client_cert=pki / "admin.crt", client_key=pki / "admin.key")
+    write_kubeconfig(
+        kubeconfig,
+        server=url,
+        ca_file=pki / "ca.crt",
+        client_cert=pki / "admin.crt",
+        client_key=pki / "admin.key",
+    )
     return ControlPlane(
-        url=url, ca_file=pki / "ca.crt", admin_kubeconfig=kubeconfig, admin_cert=pki / "admin.crt",
-        admin_key=pki / "admin.key", sa_signing_key=pki / "sa.key", kubectl=bin_dir / "kubectl",
-        workdir=workdir, procs=procs,
+        url=url,
+        ca_file=pki / "ca.crt",
+        admin_kubeconfig=kubeconfig,
+        admin_cert=pki / "admin.crt",
+        admin_key=pki / "admin.key",
+        sa_signing_key=pki / "sa.key",
+        kubectl=bin_dir / "kubectl",
+        workdir=workdir,
+        procs=procs,
     )
 
 
@@ -313,18 +342,22 @@ def _start_etcd(bin_dir: Path, workdir: Path, procs: list[_Proc]) -> str:
     peer_url = f"http://127.0.0.1:{peer_port}"
     data = workdir / "etcd-data"
     shutil.rmtree(data, ignore_errors=True)
-    proc = _spawn("etcd", [
-        str(bin_dir / "etcd"),
-        "--name=default",
-        f"--data-dir={data}",
-        f"--listen-client-urls={client_url}",
-        f"--advertise-client-urls={client_url}",
-        f"--listen-peer-urls={peer_url}",
-        f"--initial-advertise-peer-urls={peer_url}",
-        f"--initial-cluster=default={peer_url}",
-        "--unsafe-no-fsync=true",  # test data only: spare the shared disk
-        "--log-level=warn",
-    ], workdir / "etcd.log")
+    proc = _spawn(
+        "etcd",
+        [
+            str(bin_dir / "etcd"),
+            "--name=default",
+            f"--data-dir={data}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=default={peer_url}",
+            "--unsafe-no-fsync=true",  # test data only: spare the shared disk
+            "--log-level=warn",
+        ],
+        workdir / "etcd.log",
+    )
     procs.append(proc)
 
     def healthy() -> bool:
@@ -339,27 +372,31 @@ def _start_apiserver(
 ) -> str:
     port = free_port()
     url = f"https://127.0.0.1:{port}"
-    proc = _spawn("kube-apiserver", [
-        str(bin_dir / "kube-apiserver"),
-        f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1",
-        "--advertise-address=127.0.0.1",
-        f"--secure-port={port}",
-        f"--cert-dir={workdir / 'apiserver-certs'}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}",
-        f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        f"--service-account-issuer={SA_ISSUER}",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        f"--api-audiences={API_AUDIENCE}",
-        "--authorization-mode=RBAC",
-        "--service-cluster-ip-range=10.0.0.0/24",
-        "--allow-privileged=true",
-        "--profiling=false",
-        "--endpoint-reconciler-type=none",  # no endpoints for a loopback advertise address
-        "--v=1",
-    ], workdir / "kube-apiserver.log")
+    proc = _spawn(
+        "kube-apiserver",
+        [
+            str(bin_dir / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--service-account-issuer={SA_ISSUER}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            f"--api-audiences={API_AUDIENCE}",
+            "--authorization-mode=RBAC",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--endpoint-reconciler-type=none",  # no endpoints for a loopback advertise address
+            "--v=1",
+        ],
+        workdir / "kube-apiserver.log",
+    )
     procs.append(proc)
     cert = (str(pki / "admin.crt"), str(pki / "admin.key"))
 

@@ -63,7 +63,8 @@ def publisher(control_plane: ControlPlane) -> Iterator[tuple[RootCertPublisher, 
 
 
 def test_new_namespace_gets_the_root_within_5s(
-    admin_client: Client, make_namespace: Callable[[str], str],
+    admin_client: Client,
+    make_namespace: Callable[[str], str],
     publisher: tuple[RootCertPublisher, Switch],
 ) -> None:
     ns = make_namespace("cm")
@@ -72,7 +73,8 @@ def test_new_namespace_gets_the_root_within_5s(
 
 
 def test_deleted_or_edited_configmap_is_repaired_within_5s(
-    admin_client: Client, make_namespace: Callable[[str], str],
+    admin_client: Client,
+    make_namespace: Callable[[str], str],
     publisher: tuple[RootCertPublisher, Switch],
 ) -> None:
     ns = make_namespace("cm")
@@ -92,7 +94,8 @@ def test_deleted_or_edited_configmap_is_repaired_within_5s(
 
 
 def test_excluded_namespaces_are_left_alone(
-    admin_client: Client, make_namespace: Callable[[str], str],
+    admin_client: Client,
+    make_namespace: Callable[[str], str],
     publisher: tuple[RootCertPublisher, Switch],
 ) -> None:
     ns = make_namespace("cm")
@@ -102,7 +105,8 @@ def test_excluded_namespaces_are_left_alone(
 
 
 def test_root_change_reaches_every_namespace(
-    admin_client: Client, make_namespace: Callable[[str], str],
+    admin_client: Client,
+    make_namespace: Callable[[str], str],
     publisher: tuple[RootCertPublisher, Switch],
 ) -> None:
     first, second = make_namespace("cm"), make_namespace("cm")
@@ -112,7 +116,8 @@ def test_root_change_reaches_every_namespace(
 
 
 def test_follower_writes_nothing_and_leader_catches_up(
-    admin_client: Client, make_namespace: Callable[[str], str],
+    admin_client: Client,
+    make_namespace: Callable[[str], str],
     publisher: tuple[RootCertPublisher, Switch],
 ) -> None:
     _, switch = publisher

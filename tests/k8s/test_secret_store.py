@@ -20,7 +20,9 @@ from certs.spiffe_id import TrustDomain
 TD = TrustDomain("cluster.local")
 
 
-def test_absent_secret_loads_as_none(admin_client: Client, make_namespace: Callable[[str], str]) -> None:
+def test_absent_secret_loads_as_none(
+    admin_client: Client, make_namespace: Callable[[str], str]
+) -> None:
     assert SecretKeyStore(admin_client, namespace=make_namespace("ss")).load() is None
 
 

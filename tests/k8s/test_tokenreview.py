@@ -114,13 +114,16 @@ def test_pod_bound_token_carries_pod_name_and_uid(
     pod = admin_client.create(
         Pod(
             metadata=ObjectMeta(name="web-0", namespace=ns),
-            spec=PodSpec(serviceAccountName="web",
-                         containers=[Container(name="app", image="example.invalid/app")]),
+            spec=PodSpec(
+                serviceAccountName="web",
+                containers=[Container(name="app", image="example.invalid/app")],
+            ),
         )
     )
     assert pod.metadata is not None and pod.metadata.uid
-    token = request_token(admin_client, ns, "web", audiences=["istio-ca"],
-                          pod=("web-0", pod.metadata.uid))
+    token = request_token(
+        admin_client, ns, "web", audiences=["istio-ca"], pod=("web-0", pod.metadata.uid)
+    )
     caller = authenticator.authenticate(creds(token, cluster_id="Kubernetes"))
     assert caller is not None
     assert (caller.pod_name, caller.pod_uid) == ("web-0", pod.metadata.uid)
@@ -175,8 +178,13 @@ def test_api_server_unreachable_is_unavailable(
     from pathlib import Path
 
     path = Path(str(tmp_path)) / "dead.kubeconfig"
-    write_kubeconfig(path, server=f"https://127.0.0.1:{free_port()}", ca_file=control_plane.ca_file,
-                     client_cert=control_plane.admin_cert, client_key=control_plane.admin_key)
+    write_kubeconfig(
+        path,
+        server=f"https://127.0.0.1:{free_port()}",
+        ca_file=control_plane.ca_file,
+        client_cert=control_plane.admin_cert,
+        client_key=control_plane.admin_key,
+    )
     dead = make_client(KubeConfig.from_file(path), timeout_seconds=2)
     token = request_token(admin_client, "default", frontend, audiences=["istio-ca"])
     with pytest.raises(UpstreamUnavailable):
@@ -192,9 +200,12 @@ def test_reviewer_without_rbac_is_unavailable_not_unauthenticated(
 
     ns = make_namespace("norbac")  # type: ignore[operator]
     create_service_account(admin_client, ns, "ca")
-    ca_token = request_token(admin_client, ns, "ca", audiences=["https://kubernetes.default.svc.cluster.local"])
-    path = control_plane.write_token_kubeconfig(Path(str(tmp_path)) / "ca.kubeconfig", ca_token,
-                                                namespace=ns)
+    ca_token = request_token(
+        admin_client, ns, "ca", audiences=["https://kubernetes.default.svc.cluster.local"]
+    )
+    path = control_plane.write_token_kubeconfig(
+        Path(str(tmp_path)) / "ca.kubeconfig", ca_token, namespace=ns
+    )
     weak = make_client(KubeConfig.from_file(path))
     token = request_token(admin_client, ns, "ca", audiences=["istio-ca"])
     with pytest.raises(UpstreamUnavailable):
