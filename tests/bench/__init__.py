@@ -1,0 +1,1 @@
+"""Benchmarks of `make bench` (not tests: nothing here asserts on time)."""

@@ -1,0 +1,63 @@
+"""Process accounting from /proc: CPU seconds and resident memory of a process tree."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # comm may hold spaces and parentheses: split after the last ')'
+    return raw[raw.rindex(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every live process below it."""
+    out = [pid]
+    i = 0
+    while i < len(out):
+        p = out[i]
+        i += 1
+        for task in Path(f"/proc/{p}/task").glob("*/children"):
+            try:
+                out.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                continue
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class TreeSample:
+    cpu_s: dict[int, float]  # pid -> user+sys seconds
+    rss_bytes: int
+
+    def cpu_since(self, earlier: TreeSample) -> float:
+        """CPU spent between two samples; a process born in between counts from zero."""
+        return sum(v - earlier.cpu_s.get(pid, 0.0) for pid, v in self.cpu_s.items())
+
+
+def sample(root_pid: int) -> TreeSample:
+    """user+sys CPU and summed RSS of `root_pid` and its descendants."""
+    cpu: dict[int, float] = {}
+    rss = 0
+    for pid in descendants(root_pid):
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        # after ')': state(0) ppid(1) ... utime(11) stime(12) ... rss(21)
+        cpu[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+        rss += int(fields[21]) * PAGE
+    return TreeSample(cpu_s=cpu, rss_bytes=rss)
+
+
+def self_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
