@@ -21,6 +21,8 @@ demo: $(STAMP)
 	$(PY) tests/demo/demo.py
 
 test: $(STAMP)
+	@# The issuance-record tests start a throwaway PostgreSQL cluster from the Debian package.
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (echo "installing postgresql (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

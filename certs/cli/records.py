@@ -208,7 +208,7 @@ def _verify_log(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     elif report["ok"]:
         print(
-            f"record intact: {report['rows_checked']} rows verified"
+            f"record intact: {report['rows_checked']} row(s) verified"
             f" (seq {report['anchor_seq'] + 1}..{report['head_seq']})"
         )
     else:

@@ -129,6 +129,12 @@ class Demo:
         self.sh(BULWARK, "inspect", "cert-chain.pem", "--root", str(self.ca.root_cert_path))
         return "bulwark inspect: chain OK, X.509-SVID conforms"
 
+    def records(self) -> str:
+        assert self.ca is not None
+        self.sh(BULWARK, "certs", "list", "--admin-url", self.ca.admin_url)
+        self.sh(BULWARK, "certs", "verify-log", "--admin-url", self.ca.admin_url)
+        return "bulwark certs list shows it; the record's hash chain verifies"
+
     def run(self) -> int:
         try:
             self.step("start the CA on embedded defaults", self.start_ca)
@@ -137,6 +143,7 @@ class Demo:
             self.step("request a certificate over gRPC/TLS", self.request)
             self.step("verify it with openssl", self.verify)
             self.step("inspect it with bulwark", self.inspect)
+            self.step("list the issuance record", self.records)
         except Exception as exc:
             print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
             if self.ca is not None:

@@ -160,7 +160,7 @@ def test_verify_log_reports_an_edited_row(tmp_path: Path) -> None:
     try:
         serials = [issue(ca, "shop", "cart", 3600) for _ in range(4)]
         ok = bulwark("certs", "verify-log", "--admin-url", ca.admin_url)
-        assert ok.returncode == 0 and "record intact: 4 rows verified" in ok.stdout
+        assert ok.returncode == 0 and "record intact: 4 row(s) verified" in ok.stdout
         db = sqlite3.connect(ca.data_dir / "record.db")
         db.execute(
             "UPDATE certificates SET spiffe_id = 'spiffe://cluster.local/ns/x/sa/y'"
