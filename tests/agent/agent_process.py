@@ -68,8 +68,13 @@ class AgentProcess:
 
 
 def start_agent_process(
-    ca: RunningCa, work: Path, *, namespace: str = "demo", service_account: str = "frontend",
-    extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+    ca: RunningCa,
+    work: Path,
+    *,
+    namespace: str = "demo",
+    service_account: str = "frontend",
+    extra_env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> AgentProcess:
     """Spawn an agent for ns/sa against `ca`; returns once its socket and status port exist."""
     token = work / f"token-{service_account}"
@@ -93,7 +98,10 @@ def start_agent_process(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--socket", str(socket), *args],
-            cwd=work, env=env, stdout=log, stderr=log,
+            cwd=work,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
     deadline = time.monotonic() + 30
     while not ready.exists():

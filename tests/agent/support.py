@@ -181,7 +181,10 @@ def leaf_serial(secret: secret_pb2.Secret) -> str:
 
 
 def make_svid(
-    *, now: datetime | None = None, ttl: timedelta = timedelta(hours=1), issued_at: datetime | None = None
+    *,
+    now: datetime | None = None,
+    ttl: timedelta = timedelta(hours=1),
+    issued_at: datetime | None = None,
 ) -> Svid:
     """A throwaway SVID signed by a throwaway root (for unit tests of timing)."""
     now = now or datetime.now(UTC)
@@ -191,10 +194,17 @@ def make_svid(
     key = generate_key(KeyType.EC_P256)
     sid = SpiffeId.for_service_account(td, "demo", "frontend")
     leaf = leaf_certificate(
-        spiffe_id=sid, public_key=key.public_key(), issuer_cert=root, issuer_key=root_key,
-        now=now, ttl=ttl,
+        spiffe_id=sid,
+        public_key=key.public_key(),
+        issuer_cert=root,
+        issuer_key=root_key,
+        now=now,
+        ttl=ttl,
     )
     return Svid(
-        spiffe_id=sid, key=key, chain=(leaf, root), roots=RootBundle.of([root]),
+        spiffe_id=sid,
+        key=key,
+        chain=(leaf, root),
+        roots=RootBundle.of([root]),
         issued_at=issued_at or now,
     )

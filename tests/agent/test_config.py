@@ -30,24 +30,26 @@ def test_defaults_are_istios() -> None:
 
 
 def test_environment_is_read() -> None:
-    config = AgentConfig.from_env({
-        "TRUST_DOMAIN": "example.org",
-        "POD_NAMESPACE": "demo",
-        "SERVICE_ACCOUNT": "frontend",
-        "CA_ADDR": "ca.example:15010",
-        "ISTIOD_SAN": "istiod.example",
-        "PROV_CERT": "/prov",
-        "SECRET_TTL": "1h30m",
-        "SECRET_GRACE_PERIOD_RATIO": "0.4",
-        "SECRET_GRACE_PERIOD_RATIO_JITTER": "0.05",
-        "ECC_SIGNATURE_ALGORITHM": "ECDSA",
-        "ECC_CURVE": "P384",
-        "ISTIO_META_CLUSTER_ID": "east",
-        "ISTIO_META_CERT_SIGNER": "signer-a",
-        "CA_HEADER_X-Tenant": "blue",
-        "WORKLOAD_IDENTITY_SOCKET_FILE": "agent.sock",
-        "FILE_MOUNTED_CERTS": "false",
-    })
+    config = AgentConfig.from_env(
+        {
+            "TRUST_DOMAIN": "example.org",
+            "POD_NAMESPACE": "demo",
+            "SERVICE_ACCOUNT": "frontend",
+            "CA_ADDR": "ca.example:15010",
+            "ISTIOD_SAN": "istiod.example",
+            "PROV_CERT": "/prov",
+            "SECRET_TTL": "1h30m",
+            "SECRET_GRACE_PERIOD_RATIO": "0.4",
+            "SECRET_GRACE_PERIOD_RATIO_JITTER": "0.05",
+            "ECC_SIGNATURE_ALGORITHM": "ECDSA",
+            "ECC_CURVE": "P384",
+            "ISTIO_META_CLUSTER_ID": "east",
+            "ISTIO_META_CERT_SIGNER": "signer-a",
+            "CA_HEADER_X-Tenant": "blue",
+            "WORKLOAD_IDENTITY_SOCKET_FILE": "agent.sock",
+            "FILE_MOUNTED_CERTS": "false",
+        }
+    )
     assert str(config.spiffe_id) == "spiffe://example.org/ns/demo/sa/frontend"
     assert not config.ca_uses_tls
     assert config.ca_server_name == "istiod.example"
@@ -89,10 +91,20 @@ def test_flags_override_environment() -> None:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
     cli.register(sub)
-    args = parser.parse_args([
-        "agent", "run", "--namespace", "other", "--secret-ttl", "10s",
-        "--ca-header", "X-Extra=1", "--socket", "/tmp/x.sock",
-    ])
+    args = parser.parse_args(
+        [
+            "agent",
+            "run",
+            "--namespace",
+            "other",
+            "--secret-ttl",
+            "10s",
+            "--ca-header",
+            "X-Extra=1",
+            "--socket",
+            "/tmp/x.sock",
+        ]
+    )
     config = cli.config_from(args, {"POD_NAMESPACE": "demo", "CA_HEADER_A": "b"})
     assert config.namespace == "other"
     assert config.secret_ttl == timedelta(seconds=10)

@@ -52,7 +52,8 @@ async def test_ca_outage_across_a_rotation(tmp_path: Path, work: Path) -> None:
                 first = await sds.next()
                 await sds.send(resource_names=["default"], response_nonce=first.nonce)
                 wl = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel).FetchX509SVID(
-                    workload_pb2.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),))
+                    workload_pb2.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),)
+                )
                 await wl.read()
 
                 ca.stop()
@@ -67,7 +68,9 @@ async def test_ca_outage_across_a_rotation(tmp_path: Path, work: Path) -> None:
                 assert "UNAVAILABLE" in snapshot.svid_error
                 assert not sds.ended.done() and not wl.done()
                 text = await metrics_text(live.status_url)
-                assert value(text, 'istio_agent_num_failed_outgoing_requests{request_type="csr"}') >= 3
+                assert (
+                    value(text, 'istio_agent_num_failed_outgoing_requests{request_type="csr"}') >= 3
+                )
                 assert value(text, 'istio_agent_num_outgoing_retries{request_type="csr"}') >= 12
                 async with httpx.AsyncClient() as client:
                     ready = await client.get(live.status_url + "/healthz/ready")
@@ -78,8 +81,10 @@ async def test_ca_outage_across_a_rotation(tmp_path: Path, work: Path) -> None:
                 ca.restart()  # same ports; returns once the CA serves
                 serving = clock()
                 push = await sds.next(timeout=30)
-                print(f"\nCA restart took {serving - restarting:.1f} s; the agent rotated "
-                      f"{clock() - serving:.1f} s after it served again")
+                print(
+                    f"\nCA restart took {serving - restarting:.1f} s; the agent rotated "
+                    f"{clock() - serving:.1f} s after it served again"
+                )
                 assert leaf_serial(secrets_of(push)["default"]) != before.serial
                 wl_update = await asyncio.wait_for(wl.read(), 10)
                 assert wl_update.svids[0].x509_svid
@@ -99,39 +104,52 @@ def replace_file(path: Path, data: bytes) -> None:
 async def test_a_new_root_file_is_pushed_as_rootca(shared_ca: RunningCa, work: Path) -> None:
     root_file = work / "root-cert.pem"
     root_file.write_bytes(shared_ca.root_cert_path.read_bytes())
-    async with running_agent(agent_config(shared_ca, work, ca_root_ca=root_file)) as live:
-        async with grpc.aio.insecure_channel(live.socket) as channel:
-            sds = SdsStream(channel)
-            await sds.send(node=NODE, resource_names=["ROOTCA"])
-            first = await sds.next()
-            pem = secrets_of(first)["ROOTCA"].validation_context.trusted_ca.inline_bytes
-            assert len(load_certificates(pem)) == 1
-            await sds.send(resource_names=["ROOTCA"], response_nonce=first.nonce)
-            bundles = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel).FetchX509Bundles(
-                workload_pb2.X509BundlesRequest(), metadata=(("workload.spiffe.io", "true"),))
-            initial = await bundles.read()
+    async with (
+        running_agent(agent_config(shared_ca, work, ca_root_ca=root_file)) as live,
+        grpc.aio.insecure_channel(live.socket) as channel,
+    ):
+        sds = SdsStream(channel)
+        await sds.send(node=NODE, resource_names=["ROOTCA"])
+        first = await sds.next()
+        pem = secrets_of(first)["ROOTCA"].validation_context.trusted_ca.inline_bytes
+        assert len(load_certificates(pem)) == 1
+        await sds.send(resource_names=["ROOTCA"], response_nonce=first.nonce)
+        bundles = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel).FetchX509Bundles(
+            workload_pb2.X509BundlesRequest(), metadata=(("workload.spiffe.io", "true"),)
+        )
+        initial = await bundles.read()
 
-            new_root = self_signed_root(key=generate_key(KeyType.EC_P256),
-                                        trust_domain=TrustDomain("cluster.local"),
-                                        now=datetime.now(UTC))
-            replace_file(root_file, root_file.read_bytes() + to_pem(new_root).encode())
-            push = await sds.next(timeout=10)
-            roots = load_certificates(
-                secrets_of(push)["ROOTCA"].validation_context.trusted_ca.inline_bytes)
-            assert len(roots) == 2 and new_root in roots
-            update = await asyncio.wait_for(bundles.read(), 10)
-            assert len(update.bundles["spiffe://cluster.local"]) > len(
-                initial.bundles["spiffe://cluster.local"])
+        new_root = self_signed_root(
+            key=generate_key(KeyType.EC_P256),
+            trust_domain=TrustDomain("cluster.local"),
+            now=datetime.now(UTC),
+        )
+        replace_file(root_file, root_file.read_bytes() + to_pem(new_root).encode())
+        push = await sds.next(timeout=10)
+        roots = load_certificates(
+            secrets_of(push)["ROOTCA"].validation_context.trusted_ca.inline_bytes
+        )
+        assert len(roots) == 2 and new_root in roots
+        update = await asyncio.wait_for(bundles.read(), 10)
+        assert len(update.bundles["spiffe://cluster.local"]) > len(
+            initial.bundles["spiffe://cluster.local"]
+        )
 
-            # a broken root file is counted and changes nothing
-            before = value(await metrics_text(live.status_url),
-                           "istio_agent_num_file_watcher_failures_total")
-            replace_file(root_file, b"-----BEGIN CERTIFICATE-----\nnot base64\n")
-            async with asyncio.timeout(10):
-                while value(await metrics_text(live.status_url),
-                            "istio_agent_num_file_watcher_failures_total") == before:
-                    await asyncio.sleep(0.05)
-            assert await sds.nothing_within(0.5)
-            assert len(live.agent.cache.snapshot.roots.certs) == 2  # type: ignore[union-attr]
-            sds.cancel()
-            bundles.cancel()
+        # a broken root file is counted and changes nothing
+        before = value(
+            await metrics_text(live.status_url), "istio_agent_num_file_watcher_failures_total"
+        )
+        replace_file(root_file, b"-----BEGIN CERTIFICATE-----\nnot base64\n")
+        async with asyncio.timeout(10):
+            while (
+                value(
+                    await metrics_text(live.status_url),
+                    "istio_agent_num_file_watcher_failures_total",
+                )
+                == before
+            ):
+                await asyncio.sleep(0.05)
+        assert await sds.nothing_within(0.5)
+        assert len(live.agent.cache.snapshot.roots.certs) == 2  # type: ignore[union-attr]
+        sds.cancel()
+        bundles.cancel()

@@ -31,8 +31,9 @@ SERIES = (
 
 def bulwark(*args: str) -> subprocess.CompletedProcess[str]:
     code = "import sys; from certs.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
 
 
 def test_output_certs_status_cli_and_sigterm(shared_ca: RunningCa, work: Path) -> None:
@@ -42,24 +43,52 @@ def test_output_certs_status_cli_and_sigterm(shared_ca: RunningCa, work: Path) -
         first_cert_s = agent.wait_ready()
         time.sleep(0.5)
         memory = agent.memory_kb()
-        print(f"\nagent (RSA 2048, Istio's default): first certificate {first_cert_s * 1000:.0f} ms "
-              f"after spawn; VmRSS {memory['VmRSS'] / 1024:.1f} MB (anon "
-              f"{memory['RssAnon'] / 1024:.1f} MB, shared files {memory['RssFile'] / 1024:.1f} MB)")
+        print(
+            f"\nagent (RSA 2048, Istio's default): first certificate {first_cert_s * 1000:.0f} ms "
+            f"after spawn; VmRSS {memory['VmRSS'] / 1024:.1f} MB (anon "
+            f"{memory['RssAnon'] / 1024:.1f} MB, shared files {memory['RssFile'] / 1024:.1f} MB)"
+        )
 
         # OUTPUT_CERTS: three files, key 0600, chain verifies with openssl
         for name in ("key.pem", "cert-chain.pem", "root-cert.pem"):
             assert (out / name).exists(), name
         assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
         verify = subprocess.run(
-            ["openssl", "verify", "-CAfile", str(out / "root-cert.pem"),
-             "-untrusted", str(out / "cert-chain.pem"), str(out / "cert-chain.pem")],
-            capture_output=True, text=True, check=False)
+            [
+                "openssl",
+                "verify",
+                "-CAfile",
+                str(out / "root-cert.pem"),
+                "-untrusted",
+                str(out / "cert-chain.pem"),
+                str(out / "cert-chain.pem"),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert verify.returncode == 0, verify.stderr
-        san = subprocess.run(["openssl", "x509", "-in", str(out / "cert-chain.pem"), "-noout",
-                              "-ext", "subjectAltName"], capture_output=True, text=True, check=True)
+        san = subprocess.run(
+            [
+                "openssl",
+                "x509",
+                "-in",
+                str(out / "cert-chain.pem"),
+                "-noout",
+                "-ext",
+                "subjectAltName",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert "URI:spiffe://cluster.local/ns/demo/sa/frontend" in san.stdout
-        check = subprocess.run(["openssl", "pkey", "-in", str(out / "key.pem"), "-noout", "-check"],
-                               capture_output=True, text=True, check=False)
+        check = subprocess.run(
+            ["openssl", "pkey", "-in", str(out / "key.pem"), "-noout", "-check"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert check.returncode == 0, check.stderr
 
         # status endpoints: every series present; the debug page never holds a key
@@ -120,8 +149,13 @@ def test_stale_socket_is_replaced_and_bad_config_exits_2(shared_ca: RunningCa, w
         agent.wait_ready()
     finally:
         assert agent.stop() == 0
-    bad = subprocess.run([sys.executable, "-m", "agent", "--secret-ttl", "forever"], cwd=work,
-                         capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "BULWARK_AGENT_STATUS_ADDR": ""})
+    bad = subprocess.run(
+        [sys.executable, "-m", "agent", "--secret-ttl", "forever"],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "BULWARK_AGENT_STATUS_ADDR": ""},
+    )
     assert bad.returncode == 2
     assert "--secret-ttl" in bad.stderr

@@ -69,14 +69,18 @@ async def test_ack_nack_stale_nonce_and_added_names(live: LiveAgent) -> None:
         assert leaf_serial(secret) == live.agent.cache.snapshot.svid.serial  # type: ignore[union-attr]
 
         # ACK: same names, matching nonce -> no reply
-        await stream.send(resource_names=["default"], response_nonce=first.nonce,
-                          version_info=first.version_info)
+        await stream.send(
+            resource_names=["default"], response_nonce=first.nonce, version_info=first.version_info
+        )
         assert await stream.nothing_within()
 
         # NACK: counted, no reply
         before = await metric(live, "istio_agent_sds_nack_count")
-        await stream.send(resource_names=["default"], response_nonce=first.nonce,
-                          error_detail=status_pb2.Status(code=3, message="bad secret (test)"))
+        await stream.send(
+            resource_names=["default"],
+            response_nonce=first.nonce,
+            error_detail=status_pb2.Status(code=3, message="bad secret (test)"),
+        )
         assert await stream.nothing_within()
         assert await metric(live, "istio_agent_sds_nack_count") == before + 1
 
@@ -97,8 +101,11 @@ async def test_ack_nack_stale_nonce_and_added_names(live: LiveAgent) -> None:
 async def test_fetch_secrets(live: LiveAgent) -> None:
     async with grpc.aio.insecure_channel(live.socket) as channel:
         stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
-        response = await stub.FetchSecrets(discovery_pb2.DiscoveryRequest(
-            node=NODE, resource_names=["default", "ROOTCA"], type_url=SECRET_TYPE_URL))
+        response = await stub.FetchSecrets(
+            discovery_pb2.DiscoveryRequest(
+                node=NODE, resource_names=["default", "ROOTCA"], type_url=SECRET_TYPE_URL
+            )
+        )
         assert set(secrets_of(response)) == {"default", "ROOTCA"}
         assert response.version_info and response.nonce
         with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -139,8 +146,11 @@ async def test_delta_initial_versions_skip_what_the_client_has(live: LiveAgent) 
     version = live.agent.cache.snapshot.svid.version  # type: ignore[union-attr]
     async with grpc.aio.insecure_channel(live.socket) as channel:
         stream = SdsStream(channel, delta=True)
-        await stream.send_delta(node=NODE, resource_names_subscribe=["default"],
-                                initial_resource_versions={"default": version})
+        await stream.send_delta(
+            node=NODE,
+            resource_names_subscribe=["default"],
+            initial_resource_versions={"default": version},
+        )
         assert await stream.nothing_within()
         stream.cancel()
 
@@ -178,16 +188,18 @@ async def test_streams_stay_open_and_get_the_secret_once_it_exists(
 ) -> None:
     # no token file yet: the CA refuses the CSR, the stream must wait, not close
     config = agent_config(shared_ca, work, token_path=work / "late-token")
-    async with running_agent(config, wait_svid=False) as live:
-        async with grpc.aio.insecure_channel(live.socket) as channel:
-            stream = SdsStream(channel)
-            await stream.send(node=NODE, resource_names=["default"])
-            assert await stream.nothing_within(1.0)
-            assert not stream.ended.done()
-            async with httpx.AsyncClient() as client:
-                ready = await client.get(live.status_url + "/healthz/ready")
-            assert ready.status_code == 503 and "UNAUTHENTICATED" in ready.text
-            (work / "late-token").write_text(shared_ca.mint_token("demo", "frontend"))
-            pushed = await stream.next(timeout=30)
-            assert "default" in secrets_of(pushed)
-            stream.cancel()
+    async with (
+        running_agent(config, wait_svid=False) as live,
+        grpc.aio.insecure_channel(live.socket) as channel,
+    ):
+        stream = SdsStream(channel)
+        await stream.send(node=NODE, resource_names=["default"])
+        assert await stream.nothing_within(1.0)
+        assert not stream.ended.done()
+        async with httpx.AsyncClient() as client:
+            ready = await client.get(live.status_url + "/healthz/ready")
+        assert ready.status_code == 503 and "UNAUTHENTICATED" in ready.text
+        (work / "late-token").write_text(shared_ca.mint_token("demo", "frontend"))
+        pushed = await stream.next(timeout=30)
+        assert "default" in secrets_of(pushed)
+        stream.cancel()

@@ -77,8 +77,9 @@ async def test_missing_security_header_is_invalid_argument(live: LiveAgent) -> N
             await call.read()
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "workload.spiffe.io" in (err.value.details() or "")
-        bundles = stub.FetchX509Bundles(workload_pb2.X509BundlesRequest(),
-                                        metadata=(("workload.spiffe.io", "false"),))
+        bundles = stub.FetchX509Bundles(
+            workload_pb2.X509BundlesRequest(), metadata=(("workload.spiffe.io", "false"),)
+        )
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await bundles.read()
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
