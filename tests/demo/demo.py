@@ -18,6 +18,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.ca_client import channel, create_certificate  # noqa: E402
 from tests.support.ca_process import RunningCa, start_ca  # noqa: E402
+from tests.demo.agent_steps import AgentDemo  # noqa: E402
 
 BULWARK = str(Path(sys.executable).parent / "bulwark")
 NAMESPACE, ACCOUNT = "demo", "frontend"
@@ -30,6 +31,7 @@ class Demo:
         self.ca: RunningCa | None = None
         self.summary: list[str] = []
         self.started = time.monotonic()
+        self.agents = AgentDemo(work, BULWARK)
 
     def step(self, title: str, action: Callable[[], str]) -> None:
         print(f"\n==> {title}", flush=True)
@@ -135,6 +137,10 @@ class Demo:
         self.sh(BULWARK, "certs", "verify-log", "--admin-url", self.ca.admin_url)
         return "bulwark certs list shows it; the record's hash chain verifies"
 
+    def start_agents(self) -> str:
+        assert self.ca is not None
+        return self.agents.start_agents(self.ca.data_dir, self.ca.grpc_addr, self.ca.root_cert_path)
+
     def run(self) -> int:
         try:
             self.step("start the CA on embedded defaults", self.start_ca)
@@ -144,12 +150,19 @@ class Demo:
             self.step("verify it with openssl", self.verify)
             self.step("inspect it with bulwark", self.inspect)
             self.step("list the issuance record", self.records)
+            self.step("start agents for sa/frontend and sa/backend", self.start_agents)
+            self.step("mTLS: backend SVID via Workload API, frontend via SDS", self.agents.mtls)
+            self.step("short-TTL rotation pushed over SDS", self.agents.rotation)
+            self.step("bulwark agent status", self.agents.status)
+            self.step("stop the agents with SIGTERM", self.agents.stop)
         except Exception as exc:
             print(f"\nDEMO FAILED: {exc}", file=sys.stderr)
             if self.ca is not None:
                 print("--- CA log (tail) ---\n" + self.ca.log()[-3000:], file=sys.stderr)
+            print(self.agents.logs(), file=sys.stderr)
             return 1
         finally:
+            self.agents.cleanup()
             if self.ca is not None:
                 self.ca.stop()
         print(f"\n==> summary ({time.monotonic() - self.started:.1f}s)")
