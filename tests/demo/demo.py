@@ -16,9 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.demo.agent_steps import AgentDemo  # noqa: E402
 from tests.support.ca_client import channel, create_certificate  # noqa: E402
 from tests.support.ca_process import RunningCa, start_ca  # noqa: E402
-from tests.demo.agent_steps import AgentDemo  # noqa: E402
 
 BULWARK = str(Path(sys.executable).parent / "bulwark")
 NAMESPACE, ACCOUNT = "demo", "frontend"
