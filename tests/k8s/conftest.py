@@ -82,3 +82,42 @@ def request_token(
 @pytest.fixture(scope="session")
 def k8s_bin_dir(control_plane: ControlPlane) -> Path:
     return control_plane.kubectl.parent
+
+
+REPO = Path(__file__).resolve().parents[2]
+CA_NAMESPACE = "istio-system"
+CA_SERVICE_ACCOUNT = "bulwark-ca"
+
+
+def render(control_plane: ControlPlane, directory: str) -> str:
+    """`kubectl kustomize deploy/<directory>` with the kubectl built beside the API server."""
+    proc = control_plane.kubectl_run("kustomize", str(REPO / "deploy" / directory))
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def deployed_base(control_plane: ControlPlane) -> str:
+    """deploy/base applied for real: istio-system, the CA's ServiceAccount and its RBAC.
+    (No controller-manager runs, so the Deployment makes no pods; the tests run the CA.)"""
+    manifests = render(control_plane, "base")
+    proc = control_plane.kubectl_run("apply", "--server-side", "-f", "-", stdin=manifests)
+    assert proc.returncode == 0, proc.stderr
+    return manifests
+
+
+@pytest.fixture(scope="session")
+def ca_kubeconfig(
+    control_plane: ControlPlane,
+    admin_client: Client,
+    deployed_base: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """A kubeconfig holding a token of istio-system/bulwark-ca: the CA's own RBAC, not admin."""
+    from tests.k8s.harness import API_AUDIENCE
+
+    token = request_token(
+        admin_client, CA_NAMESPACE, CA_SERVICE_ACCOUNT, audiences=[API_AUDIENCE], seconds=7200
+    )
+    path = tmp_path_factory.mktemp("ca-creds") / "bulwark-ca.kubeconfig"
+    return control_plane.write_token_kubeconfig(path, token, namespace=CA_NAMESPACE)
