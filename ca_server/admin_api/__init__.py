@@ -1,0 +1,35 @@
+"""The admin API's /v1 routes: the issuance record, the trust bundle and the CA's state.
+
+`build_admin_router` takes narrow values (a record reader, a callable giving the
+current CA certificates, the CSR policy and authenticator names, the admin
+token) so the admin app can mount it without handing over the whole server.
+Record routes need `Authorization: Bearer <admin token>` unless the admin port
+is bound to loopback only; a missing or wrong token gets a 401 that says nothing
+more. Query mistakes get 422 with a message naming the parameter.
+"""
+
+from __future__ import annotations
+
+from ca_server.admin_api.models import SpiffeBundle, SpiffeKey, spiffe_key
+from ca_server.admin_api.routes import CaCertificates, CertificateReader, build_admin_router
+from ca_server.admin_api.wiring import (
+    admin_router_for,
+    authenticator_names,
+    ca_certificates_of,
+    is_loopback,
+    read_admin_token,
+)
+
+__all__ = [
+    "CaCertificates",
+    "CertificateReader",
+    "SpiffeBundle",
+    "SpiffeKey",
+    "admin_router_for",
+    "authenticator_names",
+    "build_admin_router",
+    "ca_certificates_of",
+    "is_loopback",
+    "read_admin_token",
+    "spiffe_key",
+]

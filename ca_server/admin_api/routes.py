@@ -1,0 +1,261 @@
+"""The /v1 routes: the issuance record (admin token off loopback), trust bundle and CA state."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal, Protocol
+
+from cryptography import x509
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi.params import Depends as DependsParam
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ca_server.admin_api.models import (
+    CaInfo,
+    CertificateDetail,
+    CertificateList,
+    CertificateSummary,
+    ChainBreakBody,
+    ErrorBody,
+    SpiffeBundle,
+    VerifyResult,
+    ca_info,
+    detail_of,
+    spiffe_key,
+    summary_fields,
+)
+from ca_server.ledger import (
+    CertificatePage,
+    CertificateQuery,
+    InvalidQuery,
+    LedgerReadError,
+    StoredCertificate,
+    VerifyReport,
+    parse_duration,
+)
+from certs.pem import bundle_pem
+
+PEM_MEDIA_TYPE = "application/x-pem-file"
+DEFAULT_REFRESH_HINT = timedelta(minutes=5)
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CaCertificates:
+    """The CA's current trust anchors and the chain between its signing key and them."""
+
+    roots: tuple[x509.Certificate, ...]
+    intermediates: tuple[x509.Certificate, ...] = ()  # signing certificate first
+
+
+class CertificateReader(Protocol):
+    def list(self, query: CertificateQuery) -> CertificatePage: ...
+    def get(self, serial: str) -> StoredCertificate | None: ...
+    def verify(self) -> VerifyReport: ...
+
+
+UNAUTHORIZED = HTTPException(
+    status_code=401,
+    detail="a valid admin bearer token is required",
+    headers={"WWW-Authenticate": "Bearer"},
+)
+AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "missing or wrong admin token"},
+    503: {"model": ErrorBody, "description": "the issuance record is unavailable"},
+}
+_bearer = HTTPBearer(auto_error=False, description="contents of --admin-token-file")
+
+
+def _admin_guard(
+    admin_token: str | None, loopback: bool
+) -> Callable[[HTTPAuthorizationCredentials | None], None]:
+    expected = admin_token.encode() if admin_token is not None else None
+
+    def require_admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if loopback:
+            return
+        presented = credentials.credentials.encode() if credentials is not None else b""
+        # compare_digest runs in time independent of where the tokens differ.
+        if expected is None or not hmac.compare_digest(presented, expected):
+            raise UNAUTHORIZED
+
+    return require_admin
+
+
+def _invalid(exc: InvalidQuery) -> HTTPException:
+    return HTTPException(status_code=422, detail=str(exc))
+
+
+def _unavailable(exc: LedgerReadError) -> HTTPException:
+    return HTTPException(status_code=503, detail=str(exc))
+
+
+def build_admin_router(
+    *,
+    reader: CertificateReader,
+    ca_certificates: Callable[[], CaCertificates],
+    csr_policy: str,
+    authenticators: Sequence[str],
+    admin_token: str | None,
+    loopback: bool,
+    clock: Clock = lambda: datetime.now(UTC),
+    refresh_hint: timedelta = DEFAULT_REFRESH_HINT,
+) -> APIRouter:
+    """The /v1 routes, bound to the given reader, CA material and access policy."""
+    router = APIRouter(prefix="/v1", tags=["v1"])
+    _record_routes(router, reader, Depends(_admin_guard(admin_token, loopback)), clock)
+    _ca_routes(router, ca_certificates, csr_policy, list(authenticators), clock, refresh_hint)
+    return router
+
+
+def _record_routes(
+    router: APIRouter, reader: CertificateReader, guard: DependsParam, clock: Clock
+) -> None:
+    _list_route(router, reader, guard, clock)
+    _get_route(router, reader, guard, clock)
+    _verify_route(router, reader, guard)
+
+
+def _list_route(
+    router: APIRouter, reader: CertificateReader, guard: DependsParam, clock: Clock
+) -> None:
+    @router.get(
+        "/certificates",
+        response_model=CertificateList,
+        responses=AUTH_RESPONSES
+        | {422: {"model": ErrorBody, "description": "a filter, limit or cursor is malformed"}},
+        dependencies=[guard],
+        summary="List recorded certificates, newest first",
+    )
+    def list_certificates(
+        namespace: str | None = None,
+        service_account: str | None = None,
+        spiffe_id: str | None = None,
+        expiring_within: Annotated[
+            str | None,
+            Query(
+                description="active and expiring within this: seconds, or 90s, 30m, 2h, 1h30m, 7d",
+                examples=["2h"],
+            ),
+        ] = None,
+        state: Literal["active", "expired"] | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    ) -> CertificateList:
+        now = clock()
+        try:
+            within = parse_duration(expiring_within) if expiring_within is not None else None
+            query = CertificateQuery(
+                namespace=namespace,
+                service_account=service_account,
+                spiffe_id=spiffe_id,
+                expiring_within=within,
+                state=state,
+                limit=limit,
+                cursor=cursor,
+            )
+            page = reader.list(query)
+        except InvalidQuery as exc:
+            raise _invalid(exc) from exc
+        except LedgerReadError as exc:
+            raise _unavailable(exc) from exc
+        items = [CertificateSummary(**summary_fields(c, now)) for c in page.items]  # type: ignore[arg-type]
+        return CertificateList(items=items, next_cursor=page.next_cursor)
+
+
+def _get_route(
+    router: APIRouter, reader: CertificateReader, guard: DependsParam, clock: Clock
+) -> None:
+    @router.get(
+        "/certificates/{serial}",
+        response_model=CertificateDetail,
+        responses=AUTH_RESPONSES
+        | {
+            404: {"model": ErrorBody, "description": "no certificate with this serial"},
+            422: {"model": ErrorBody, "description": "the serial is not hexadecimal"},
+        },
+        dependencies=[guard],
+        summary="One recorded certificate with its PEM",
+    )
+    def get_certificate(
+        serial: Annotated[str, Path(description="hex serial; case and colons ignored")],
+    ) -> CertificateDetail:
+        try:
+            found = reader.get(serial)
+        except InvalidQuery as exc:
+            raise _invalid(exc) from exc
+        except LedgerReadError as exc:
+            raise _unavailable(exc) from exc
+        if found is None:
+            raise HTTPException(404, detail=f"no certificate with serial {serial} in the record")
+        return detail_of(found, clock())
+
+
+def _verify_route(router: APIRouter, reader: CertificateReader, guard: DependsParam) -> None:
+    @router.get(
+        "/record/verify",
+        response_model=VerifyResult,
+        responses=AUTH_RESPONSES,
+        dependencies=[guard],
+        summary="Recompute the record's hash chain",
+    )
+    def verify_record() -> VerifyResult:
+        try:
+            report = reader.verify()
+        except LedgerReadError as exc:
+            raise _unavailable(exc) from exc
+        broken = report.broken
+        return VerifyResult(
+            ok=report.ok,
+            rows_checked=report.rows_checked,
+            anchor_seq=report.anchor_seq,
+            head_seq=report.head_seq,
+            broken=ChainBreakBody(seq=broken.seq, serial=broken.serial, reason=broken.reason)
+            if broken
+            else None,
+        )
+
+
+def _ca_routes(
+    router: APIRouter,
+    ca_certificates: Callable[[], CaCertificates],
+    csr_policy: str,
+    names: list[str],
+    clock: Clock,
+    refresh_hint: timedelta,
+) -> None:
+    @router.get(
+        "/trust-bundle",
+        response_model=SpiffeBundle,
+        response_model_exclude_none=True,
+        responses={
+            200: {
+                "content": {PEM_MEDIA_TYPE: {"schema": {"type": "string"}}},
+                "description": "PEM roots, or the SPIFFE bundle JSON",
+            }
+        },
+        summary="The trust bundle (PEM, or SPIFFE bundle JSON with format=spiffe)",
+    )
+    def trust_bundle(format: Literal["pem", "spiffe"] = "pem") -> Response | SpiffeBundle:
+        roots = ca_certificates().roots
+        if format == "pem":
+            return Response(content=bundle_pem(roots), media_type=PEM_MEDIA_TYPE)
+        return SpiffeBundle(
+            keys=[spiffe_key(r) for r in roots],
+            spiffe_refresh_hint=int(refresh_hint.total_seconds()),
+        )
+
+    @router.get("/ca", response_model=CaInfo, summary="Roots, intermediates and CA policy")
+    def ca_state() -> CaInfo:
+        material, now = ca_certificates(), clock()
+        return CaInfo(
+            roots=[ca_info(c, now) for c in material.roots],
+            intermediates=[ca_info(c, now) for c in material.intermediates],
+            csr_policy=csr_policy,
+            authenticators=names,
+        )

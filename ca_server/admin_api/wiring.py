@@ -1,0 +1,106 @@
+"""Glue for the CA supervisor: open the record, read the admin token, build the router."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from fastapi import APIRouter
+
+from ca_server.admin_api.routes import CaCertificates, build_admin_router
+from ca_server.config import CaConfig
+from ca_server.ledger import Pruner, default_record_url, open_reader, parse_record_url
+from ca_server.material import CaMaterial
+from certs.pem import sha256_fingerprint
+
+log = logging.getLogger(__name__)
+PRUNE_INTERVAL = timedelta(minutes=10)
+PRUNE_BATCH = 1000
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` (an admin bind address) accepts connections from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def read_admin_token(path: Path | None) -> str | None:
+    """The admin bearer token from `--admin-token-file`, or None when no file is configured."""
+    if path is None:
+        return None
+    token = path.read_text().strip()
+    if not token:
+        raise ValueError(f"admin token file {path} is empty")
+    return token
+
+
+def ca_certificates_of(material: CaMaterial) -> CaCertificates:
+    """The roots, and the signing certificate plus chain when it is not itself a root."""
+    roots = tuple(material.roots)
+    seen = {sha256_fingerprint(r) for r in roots}
+    intermediates = []
+    for cert in (material.signing_cert, *material.chain):
+        if sha256_fingerprint(cert) not in seen:
+            seen.add(sha256_fingerprint(cert))
+            intermediates.append(cert)
+    return CaCertificates(roots=roots, intermediates=tuple(intermediates))
+
+
+def authenticator_names(config: CaConfig) -> list[str]:
+    """The authenticators a CA with `config` runs, in the order it tries them."""
+    names = ["client-cert"]
+    if config.kubeconfig is not None:
+        names.append("tokenreview")
+    if config.uses_local_issuer:
+        names.append(f"jwt (local issuer in {config.data_dir})")
+    elif config.jwt_issuer is not None:
+        names.append(f"jwt (issuer {config.jwt_issuer})")
+    return names
+
+
+def admin_router_for(
+    config: CaConfig, material: Callable[[], CaMaterial], *, admin_host: str
+) -> tuple[APIRouter, Callable[[], None]]:
+    """The supervisor's glue: open the record reader and pruner, build the /v1 router.
+
+    Returns the router and a function that closes the reader and stops the pruner.
+    """
+    url = config.record or default_record_url(config.data_dir)
+    reader = open_reader(url)
+    pruner: Pruner | None = None
+    if config.record_retention is not None:
+        pruner = Pruner(
+            parse_record_url(url),
+            max_age=config.record_retention,
+            interval=PRUNE_INTERVAL,
+            batch_size=PRUNE_BATCH,
+            clock=lambda: datetime.now(UTC),
+        ).start()
+    loopback = is_loopback(admin_host)
+    token = read_admin_token(config.admin_token_file)
+    if token is None and not loopback:
+        log.warning(
+            "admin API on %s without --admin-token-file: record routes refuse all", admin_host
+        )
+    router = build_admin_router(
+        reader=reader,
+        ca_certificates=lambda: ca_certificates_of(material()),
+        csr_policy=config.csr_san_policy,
+        authenticators=authenticator_names(config),
+        admin_token=token,
+        loopback=loopback,
+    )
+
+    def close() -> None:
+        if pruner is not None:
+            pruner.stop()
+        reader.close()
+
+    return router, close
