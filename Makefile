@@ -37,3 +37,24 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Kubernetes: real etcd + kube-apiserver + kubectl built from the Go module registry into
+# $${BULWARK_CACHE:-~/.cache/bulwark}/k8s/<versions>/ (cold ~5 min on 2 cores, warm: nothing).
+K8S_PEERS := bash tests/k8s/build-peers.sh
+MANIFESTS := build/manifests
+
+.PHONY: k8s-peers test-k8s manifests
+
+k8s-peers:
+	@$(K8S_PEERS)
+
+test-k8s: $(STAMP)
+	@bin=$$($(K8S_PEERS)) && \
+	BULWARK_K8S_TESTS=1 BULWARK_K8S_BIN="$$bin" $(PY) -m pytest -q -p no:cacheprovider tests/k8s
+
+manifests:
+	@bin=$$($(K8S_PEERS)) && mkdir -p $(MANIFESTS) && \
+	for d in base overlays/production examples/workload; do \
+		out=$(MANIFESTS)/$$(echo $$d | tr / -).yaml; \
+		"$$bin/kubectl" kustomize deploy/$$d > $$out && echo "rendered deploy/$$d -> $$out"; \
+	done
