@@ -1,1 +1,33 @@
-"""The per-pod Bulwark agent: keys, CSRs, rotation, SDS, the SPIFFE Workload API and files."""
+"""The per-pod Bulwark agent: a drop-in for istio-agent's certificate half.
+
+It creates the workload's key and CSR, gets the certificate from the CA
+(`caclient`), renews it before expiry (`rotation`), and serves it on one unix
+socket to Envoy over SDS (`sds`) and to SPIFFE libraries over the Workload API
+(`workload_api`), writes it to files (`files`) and reports on a loopback status
+port (`status`). Configuration comes from Istio's environment variables
+(`config`); `runtime.Agent` wires the pieces together.
+"""
+
+from __future__ import annotations
+
+from agent.config import AgentConfig
+from agent.errors import (
+    AgentError,
+    CaRequestFailed,
+    CaResponseInvalid,
+    ConfigError,
+    FileSecretError,
+    SecretUnavailable,
+    UnknownResource,
+)
+
+__all__ = [
+    "AgentConfig",
+    "AgentError",
+    "CaRequestFailed",
+    "CaResponseInvalid",
+    "ConfigError",
+    "FileSecretError",
+    "SecretUnavailable",
+    "UnknownResource",
+]

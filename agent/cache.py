@@ -17,6 +17,7 @@ from types import MappingProxyType
 from agent.svid import RootBundle, Svid
 
 _EMPTY: Mapping[str, FileSecret] = MappingProxyType({})
+_NO_ERRORS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,11 +46,13 @@ class Snapshot:
     file_roots: RootBundle | None = None
     files: Mapping[str, FileSecret] = field(default_factory=lambda: _EMPTY)
     svid_error: str = ""  # why there is no (new) certificate, for status pages
+    file_errors: Mapping[str, str] = field(default_factory=lambda: _NO_ERRORS)
+    roots: RootBundle | None = None  # derived: file roots then the CA's, set by the cache
 
-    @property
-    def roots(self) -> RootBundle | None:
+    def with_roots(self) -> Snapshot:
+        """This snapshot with `roots` recomputed from the root file and the SVID's roots."""
         groups = [b.certs for b in (self.file_roots, self.svid.roots if self.svid else None) if b]
-        return RootBundle.of(*groups) if groups else None
+        return replace(self, roots=RootBundle.of(*groups) if groups else None)
 
 
 class Mailbox:
@@ -124,6 +127,15 @@ class SecretCache:
         if (current and current.version) != (roots and roots.version):
             self._publish(file_roots=roots)
 
+    def set_file_error(self, name: str, message: str) -> None:
+        """Why the file resource `name` cannot be (re)loaded; empty once it loads again."""
+        if self._snapshot.file_errors.get(name, "") == message:
+            return
+        errors = {k: v for k, v in self._snapshot.file_errors.items() if k != name}
+        if message:
+            errors[name] = message
+        self._publish(file_errors=MappingProxyType(errors))
+
     def set_file_secret(self, name: str, secret: FileSecret | None) -> None:
         current = self._snapshot.files.get(name)
         if (current and current.version) == (secret and secret.version):
@@ -147,6 +159,6 @@ class SecretCache:
             self._snapshot,
             generation=self._snapshot.generation + 1,
             **changes,  # type: ignore[arg-type]
-        )
+        ).with_roots()
         for box in self._mailboxes:
             box.put(self._snapshot)

@@ -82,8 +82,10 @@ class FileSecrets:
         except FileSecretError as exc:
             self._metrics.inc("num_file_secret_failures_total")
             log.warning("%s", exc.public_message)
+            self._cache.set_file_error(name, exc.public_message)
             return
         self._cache.set_file_secret(name, secret)
+        self._cache.set_file_error(name, "")
 
     def _load_root_file(self, path: Path, contents: Contents) -> None:
         data = contents[0]

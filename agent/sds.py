@@ -202,7 +202,8 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
             snapshot = self._cache.snapshot
             missing = [n for n in names if version_of(snapshot, n) is None]
             if missing:
-                reason = snapshot.svid_error or "not loaded yet"
+                reasons = [snapshot.file_errors.get(n) or snapshot.svid_error for n in missing]
+                reason = "; ".join(dict.fromkeys(r for r in reasons if r)) or "not loaded yet"
                 raise SecretUnavailable(f"no secret {', '.join(missing)} yet: {reason}")
             response = watch.response(snapshot, names)
             assert response is not None

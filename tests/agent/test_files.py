@@ -128,4 +128,4 @@ async def test_file_cert_and_file_root_resources(shared_ca: RunningCa, work: Pat
             raise AssertionError("expected UNAVAILABLE")
         except grpc.aio.AioRpcError as err:
             assert err.code() == grpc.StatusCode.UNAVAILABLE
-            assert "absent.pem" in (err.details() or "") or "not loaded" in (err.details() or "")
+            assert "cannot read" in (err.details() or "") and "absent.pem" in (err.details() or "")
