@@ -159,7 +159,7 @@ def status_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m agent [flags]`: `bulwark agent run`; `python -m agent status ...` also works."""
-    parser = argparse.ArgumentParser(prog="python -m agent")
+    parser = argparse.ArgumentParser(prog="python -m")  # usage reads "python -m agent run"
     sub = parser.add_subparsers(dest="command")
     register(sub)
     args_list = list(sys.argv[1:] if argv is None else argv)

@@ -1,7 +1,7 @@
 """The status port: `/healthz/ready`, `/metrics` and `/debug/certs` on loopback.
 
 A few dozen lines of asyncio instead of FastAPI + uvicorn: those two add
-about 13 MB of resident memory, more than a quarter of the agent's budget,
+about 20 MB of resident memory on top of the agent's own 45 MB of imports,
 for three GET routes.
 """
 
