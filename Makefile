@@ -58,3 +58,10 @@ manifests:
 		out=$(MANIFESTS)/$$(echo $$d | tr / -).yaml; \
 		"$$bin/kubectl" kustomize deploy/$$d > $$out && echo "rendered deploy/$$d -> $$out"; \
 	done
+
+# Istio's own CA client and pilot-agent against Bulwark (tests/interop). The Go builds are
+# cached outside the repo (BULWARK_CACHE, default ~/.cache/bulwark); a warm run only tests.
+.PHONY: test-interop
+test-interop: $(STAMP)
+	bash tests/interop/build-istio.sh
+	BULWARK_INTEROP_TESTS=1 $(PY) -m pytest -q tests/interop
