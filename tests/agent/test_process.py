@@ -49,6 +49,9 @@ def test_output_certs_status_cli_and_sigterm(shared_ca: RunningCa, work: Path) -
             f"{memory['RssAnon'] / 1024:.1f} MB, shared files {memory['RssFile'] / 1024:.1f} MB)"
         )
 
+        own = [line for line in agent.log().splitlines() if "first certificate" in line]
+        print("agent log: " + (own[0].split(": ", 1)[-1] if own else "(no first-certificate line)"))
+
         # OUTPUT_CERTS: three files, key 0600, chain verifies with openssl
         for name in ("key.pem", "cert-chain.pem", "root-cert.pem"):
             assert (out / name).exists(), name
