@@ -193,6 +193,13 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     add_kube_flags(p)
     env_flag(
         p,
+        "--material-check-interval",
+        "BULWARK_MATERIAL_CHECK_INTERVAL",
+        default="10s",
+        help="how often plugged-in CA files are re-read and self-signed root renewal is checked",
+    )
+    env_flag(
+        p,
         "--ready-file",
         "BULWARK_READY_FILE",
         help="write JSON with the bound addresses here once serving",
@@ -264,6 +271,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         else parse_duration(args.record_retention),
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
+        material_check_interval=parse_duration(args.material_check_interval),
         kubeconfig=path(args.kubeconfig),
         kube=settings_from_args(args),
         **extra,

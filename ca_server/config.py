@@ -62,6 +62,8 @@ class CaConfig:
     admin_token_file: Path | None = None
     ready_file: Path | None = None
     kubeconfig: Path | None = None
+    # How often CA material is re-read (plugged-in files, the stored root) and renewal checked.
+    material_check_interval: timedelta = timedelta(seconds=10)
     kube: KubeSettings | None = None  # set by --kubeconfig or --kube-in-cluster
 
     def __post_init__(self) -> None:

@@ -74,19 +74,28 @@ class DirectoryKeyStore:
         cert = _load_one(cert_path)
         key = _load_key(key_path)
         _check_key_matches(cert, key, cert_path, key_path)
+        bundle_path = self.directory / "root-bundle.pem"
+        roots = tuple(_load_all(bundle_path)) if bundle_path.exists() else (cert,)
+        if cert not in roots:
+            roots = (cert, *roots)
         return CaMaterial(
-            signing_cert=cert, signing_key=key, chain=(), roots=(cert,), source="self-signed"
+            signing_cert=cert, signing_key=key, chain=(), roots=roots, source="self-signed"
         )
 
     def save(self, material: CaMaterial) -> CaMaterial:
         existing = self.load()
         if existing is not None:
             return existing
+        self.replace(material)
+        return material
+
+    def replace(self, material: CaMaterial) -> None:
+        """Store renewed material: the bundle first, so a crash never leaves a root unpublished."""
+        write_atomic(self.directory / "root-bundle.pem", bundle_pem(material.roots).encode())
         write_atomic(
             self.directory / "ca-key.pem", private_key_pem(material.signing_key), mode=0o600
         )
         write_atomic(self.directory / "ca-cert.pem", to_pem(material.signing_cert).encode())
-        return material
 
 
 def create_self_signed(trust_domain: TrustDomain, now: datetime) -> CaMaterial:

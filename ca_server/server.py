@@ -4,25 +4,21 @@ supervisor (this process, asyncio)      workers (spawned, one per core)
   - CA material, root-cert.pem            - sync grpcio server, thread pool
   - serving certificate                   - authenticate, sign, record
   - admin app (uvicorn)                   - metrics into PROMETHEUS_MULTIPROC_DIR
-  - restarts dead workers
+  - restarts dead workers, re-reads CA material and rolls workers onto it
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import signal
 import socket
 import tempfile
-from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from multiprocessing.process import BaseProcess
 
 import uvicorn
 
@@ -32,12 +28,16 @@ from ca_server.errors import ConfigError
 from ca_server.material import (
     CaMaterial,
     DirectoryKeyStore,
+    KeyStore,
     load_cacerts_dir,
     load_or_create,
     write_root_bundle,
 )
+from ca_server.rotation import MaterialManager
+from ca_server.supervisor import Supervisor, is_ipv6, reserve_port
 from ca_server.token_issuer import LocalIssuer
-from ca_server.worker import MaterialPems, WorkerSpec, run_worker
+from ca_server.worker import MaterialPems, WorkerSpec
+from certs.errors import CertsError
 from certs.files import write_atomic
 from certs.keys import KeyType, generate_key, private_key_pem
 from certs.pem import to_pem
@@ -45,8 +45,6 @@ from certs.profile import leaf_certificate
 
 log = logging.getLogger("ca_server")
 SERVING_CERT_TTL = timedelta(days=365)
-WORKER_START_TIMEOUT_S = 30.0
-RESTART_BACKOFF_S = 1.0
 
 
 def prepare_material(config: CaConfig, now: datetime) -> CaMaterial:
@@ -84,88 +82,6 @@ def serving_certificate(
     return chain.encode(), private_key_pem(key)
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) a SO_REUSEPORT socket so every worker can bind the same port."""
-    family = socket.AF_INET6 if _is_ipv6(host) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot bind the gRPC address {host}:{port}: {exc.strerror}") from exc
-    return sock
-
-
-def _is_ipv6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).version == 6
-    except ValueError:
-        return False
-
-
-@dataclass
-class Supervisor:
-    config: CaConfig
-    spec_template: WorkerSpec
-    workers: dict[int, BaseProcess] = field(default_factory=dict)
-    ready_count: int = 0
-
-    def start_worker(self, index: int) -> int:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=False)
-        spec = replace(self.spec_template, index=index)
-        process = ctx.Process(
-            target=run_worker, args=(spec, child), name=f"bulwark-ca-worker-{index}"
-        )
-        process.start()
-        child.close()
-        if not parent.poll(WORKER_START_TIMEOUT_S):
-            process.kill()
-            raise ConfigError(
-                f"CA worker {index} did not start within {WORKER_START_TIMEOUT_S:.0f}s; see its log"
-            )
-        try:
-            port = int(parent.recv())
-        except EOFError as exc:
-            raise ConfigError(
-                f"CA worker {index} exited during start-up; see the log above"
-            ) from exc
-        self.workers[index] = process
-        return port
-
-    def readiness(self) -> tuple[bool, str]:
-        dead = [i for i, p in self.workers.items() if not p.is_alive()]
-        if dead:
-            return False, f"worker(s) {dead} not running"
-        return True, f"{len(self.workers)} worker(s) serving"
-
-    async def watch(self) -> None:
-        """Restart workers that die (a crash in one must not take the CA down)."""
-        while True:
-            await asyncio.sleep(RESTART_BACKOFF_S)
-            for index, process in list(self.workers.items()):
-                if process.is_alive():
-                    continue
-                log.error(
-                    "CA worker %d exited with code %s; restarting it", index, process.exitcode
-                )
-                with contextlib.suppress(Exception):
-                    from prometheus_client import multiprocess
-
-                    multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
-                await asyncio.to_thread(self.start_worker, index)
-
-    def stop(self) -> None:
-        for process in self.workers.values():
-            if process.is_alive():
-                process.terminate()
-        for process in self.workers.values():
-            process.join(timeout=6)
-            if process.is_alive():
-                process.kill()
-
-
 def serve(config: CaConfig, *, log_level: int = logging.INFO) -> int:
     """Run the CA until SIGTERM/SIGINT. Returns the process exit code."""
     metrics_dir = tempfile.mkdtemp(prefix="bulwark-ca-metrics-")
@@ -176,9 +92,74 @@ def serve(config: CaConfig, *, log_level: int = logging.INFO) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
+def _material_manager(config: CaConfig, initial: CaMaterial) -> MaterialManager:
+    """Where material is re-read from, and whether this process may renew the root."""
+    store: KeyStore | None = None
+    if config.cacerts_dir is not None:
+        cacerts = config.cacerts_dir
+
+        def reload(now: datetime) -> CaMaterial:
+            return load_cacerts_dir(cacerts, now)
+
+    else:
+        if config.kube is not None:
+            from ca_server.kube.wiring import key_store
+
+            store = key_store(config.kube)
+        else:
+            store = DirectoryKeyStore(config.data_dir / "ca")
+        kept = store
+
+        def reload(now: datetime) -> CaMaterial:
+            return kept.load() or initial
+
+    return MaterialManager(
+        initial=initial, reload=reload, store=store, trust_domain=config.trust_domain
+    )
+
+
+def _worker_spec(
+    config: CaConfig, material: CaMaterial, binds: dict[str, tuple[str, int]], log_level: int
+) -> WorkerSpec:
+    serving_chain, serving_key = serving_certificate(config, material, datetime.now(UTC))
+    mtls = binds.get("mtls_grpc_addr")
+    return WorkerSpec(
+        config=config,
+        material=MaterialPems.of(material),
+        serving_chain_pem=serving_chain,
+        serving_key_pem=serving_key,
+        host=binds["grpc_addr"][0],
+        port=binds["grpc_addr"][1],
+        mtls_host=mtls[0] if mtls else None,
+        mtls_port=mtls[1] if mtls else None,
+        index=0,
+        log_level=log_level,
+    )
+
+
+async def _keep_material_current(
+    config: CaConfig,
+    manager: MaterialManager,
+    supervisor: Supervisor,
+    binds: dict[str, tuple[str, int]],
+    log_level: int,
+) -> None:
+    """Re-read material every interval; on a change publish the bundle and roll the workers."""
+    interval = config.material_check_interval.total_seconds()
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            changed = await asyncio.to_thread(manager.refresh, datetime.now(UTC))
+        except (ConfigError, CertsError) as exc:
+            log.error("CA material not reloaded, still serving the previous one: %s", exc)
+            continue
+        if changed:
+            write_root_bundle(config.root_cert_path, manager.current)
+            await supervisor.roll(_worker_spec(config, manager.current, binds, log_level))
+
+
 async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
-    now = datetime.now(UTC)
-    material = prepare_material(config, now)
+    material = prepare_material(config, datetime.now(UTC))
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
     if config.uses_local_issuer:
         issuer = LocalIssuer.load_or_create(config.data_dir)
@@ -188,56 +169,56 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
             issuer.jwks_path,
             config.data_dir,
         )
-    serving_chain, serving_key = serving_certificate(config, material, now)
-    host, port = parse_hostport(config.grpc_addr, what="--grpc-addr")
-    reserved = [reserve_port(host, port)]
-    port = reserved[0].getsockname()[1]
-    mtls_host: str | None = None
-    mtls_port: int | None = None
-    if config.mtls_grpc_addr is not None:
-        mtls_host, wanted = parse_hostport(config.mtls_grpc_addr, what="--mtls-grpc-addr")
-        reserved.append(reserve_port(mtls_host, wanted))
-        mtls_port = reserved[1].getsockname()[1]
-    supervisor = Supervisor(
-        config=config,
-        spec_template=WorkerSpec(
-            config=config,
-            material=MaterialPems.of(material),
-            serving_chain_pem=serving_chain,
-            serving_key_pem=serving_key,
-            host=host,
-            port=port,
-            mtls_host=mtls_host,
-            mtls_port=mtls_port,
-            index=0,
-            log_level=log_level,
-        ),
-    )
+    manager = _material_manager(config, material)
+    reserved: list[socket.socket] = []
+    binds: dict[str, tuple[str, int]] = {}
+    wanted = {"grpc_addr": config.grpc_addr, "mtls_grpc_addr": config.mtls_grpc_addr}
     controllers = None
-    if config.kube is not None:
-        from ca_server.kube.wiring import KubeControllers
-
-        # Leader-only writers (root ConfigMaps); every replica serves CSRs.
-        controllers = KubeControllers(config.kube, root_pem=lambda: material.root_bundle_pem)
+    supervisor: Supervisor | None = None
     try:
-        if controllers is not None:
-            controllers.start()
-        for index in range(config.workers):
-            await asyncio.to_thread(supervisor.start_worker, index)
-        log.info("gRPC IstioCertificateService on %s:%d (%d worker(s))", host, port, config.workers)
-        addrs = {"grpc_addr": f"{host}:{port}"}
-        if mtls_host is not None:
-            addrs["mtls_grpc_addr"] = f"{mtls_host}:{mtls_port}"
-            log.info(
-                "client-certificate renewal on %s:%d (client certificate required)",
-                mtls_host,
-                mtls_port,
+        for name, addr in wanted.items():
+            if addr is None:
+                continue
+            host, port = parse_hostport(
+                addr, what=f"--{name.replace('_addr', '-addr').replace('_', '-')}"
             )
-        return await _run_admin(config, supervisor, metrics_dir, material, addrs)
+            reserved.append(reserve_port(host, port))
+            binds[name] = (host, reserved[-1].getsockname()[1])
+        supervisor = Supervisor(
+            spec=_worker_spec(config, material, binds, log_level), count=config.workers
+        )
+        if config.kube is not None:
+            from ca_server.kube.wiring import KubeControllers
+
+            # Leader-only writers (root ConfigMaps); every replica serves CSRs.
+            controllers = KubeControllers(
+                config.kube, root_pem=lambda: manager.current.root_bundle_pem
+            )
+            controllers.start()
+        await supervisor.start()
+        addrs = {name: f"{host}:{port}" for name, (host, port) in binds.items()}
+        log.info(
+            "gRPC IstioCertificateService on %s (%d worker(s))", addrs["grpc_addr"], config.workers
+        )
+        if "mtls_grpc_addr" in addrs:
+            log.info(
+                "client-certificate renewal on %s (client certificate required)",
+                addrs["mtls_grpc_addr"],
+            )
+        keeper = asyncio.create_task(
+            _keep_material_current(config, manager, supervisor, binds, log_level)
+        )
+        try:
+            return await _run_admin(config, supervisor, metrics_dir, manager, addrs)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
     finally:
         if controllers is not None:
             controllers.stop()
-        supervisor.stop()
+        if supervisor is not None:
+            supervisor.stop()
         for sock in reserved:
             sock.close()
 
@@ -246,20 +227,22 @@ async def _run_admin(
     config: CaConfig,
     supervisor: Supervisor,
     metrics_dir: str,
-    material: CaMaterial,
+    manager: MaterialManager,
     addrs: dict[str, str],
 ) -> int:
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin_api import admin_router_for
 
-    record_router, close_record = admin_router_for(config, lambda: material, admin_host=admin_host)
+    record_router, close_record = admin_router_for(
+        config, lambda: manager.current, admin_host=admin_host
+    )
     app = create_admin_app(
         metrics_dir=metrics_dir,
-        material=lambda: material,
+        material=lambda: manager.current,
         readiness=supervisor.readiness,
         routers=[record_router],
     )
-    family = socket.AF_INET6 if _is_ipv6(admin_host) else socket.AF_INET
+    family = socket.AF_INET6 if is_ipv6(admin_host) else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -1,0 +1,121 @@
+"""Keeping the CA material current: plugged-in files reloaded when they change, and the
+self-signed root renewed before it expires.
+
+Self-signed renewal follows Istio (`selfsignedcarootcertrotator.go`): when less than 20% of
+the root's life remains, a new root is made with the *same key and subject*, so every leaf
+already issued chains to the old and the new root alike. Bulwark adds the prepared/active
+step of SPIRE: the new root is published in the trust bundle (next to the old one, until
+that expires) before the CA signs anything with it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+from ca_server.material import CaMaterial, KeyStore
+from certs.pem import bundle_pem, sha256_fingerprint
+from certs.profile import ROOT_LIFETIME, self_signed_root
+from certs.spiffe_id import TrustDomain
+
+log = logging.getLogger(__name__)
+ROTATION_THRESHOLD = 0.2
+
+
+@runtime_checkable
+class RotatableKeyStore(KeyStore, Protocol):
+    def replace(self, material: CaMaterial) -> None:
+        """Overwrite the stored material (after a root renewal)."""
+
+
+def rotation_due(
+    material: CaMaterial, now: datetime, threshold: float = ROTATION_THRESHOLD
+) -> bool:
+    """True when the self-signed root has less than `threshold` of its life left."""
+    root = material.signing_cert
+    life = root.not_valid_after_utc - root.not_valid_before_utc
+    return root.not_valid_after_utc - now < life * threshold
+
+
+def renewed_root(
+    material: CaMaterial,
+    trust_domain: TrustDomain,
+    now: datetime,
+    lifetime: timedelta = ROOT_LIFETIME,
+) -> CaMaterial:
+    """A new root with the same key and subject; the bundle keeps every unexpired old root."""
+    root = self_signed_root(
+        key=material.signing_key, trust_domain=trust_domain, now=now, lifetime=lifetime
+    )
+    kept = tuple(r for r in material.roots if r.not_valid_after_utc > now and r != root)
+    return replace(material, signing_cert=root, roots=(root, *kept))
+
+
+def fingerprint(material: CaMaterial) -> str:
+    """Identity of the material for change detection: signing cert, chain and roots."""
+    return "|".join(
+        [
+            sha256_fingerprint(material.signing_cert),
+            bundle_pem(material.chain),
+            bundle_pem(material.roots),
+        ]
+    )
+
+
+class MaterialManager:
+    """Owns the current material; `refresh()` reloads it and renews a self-signed root when due.
+
+    Listeners run after every change (publish root-cert.pem, re-issue the serving certificate
+    and replace the workers, update ConfigMaps). `may_rotate` is false on replicas that do not
+    hold the leader lease: they only pick up what the leader stored.
+    """
+
+    def __init__(
+        self,
+        *,
+        initial: CaMaterial,
+        reload: Callable[[datetime], CaMaterial],
+        store: KeyStore | None,
+        trust_domain: TrustDomain,
+        may_rotate: Callable[[], bool] = lambda: True,
+        threshold: float = ROTATION_THRESHOLD,
+    ) -> None:
+        self.current = initial
+        self._reload = reload
+        self._store = store
+        self._trust_domain = trust_domain
+        self._may_rotate = may_rotate
+        self._threshold = threshold
+        self._listeners: list[Callable[[CaMaterial], None]] = []
+
+    def subscribe(self, listener: Callable[[CaMaterial], None]) -> None:
+        self._listeners.append(listener)
+
+    def refresh(self, now: datetime) -> bool:
+        """Reload and maybe renew; returns True when the material changed."""
+        candidate = self._reload(now)
+        if (
+            self._rotatable()
+            and rotation_due(candidate, now, self._threshold)
+            and self._may_rotate()
+        ):
+            candidate = renewed_root(candidate, self._trust_domain, now)
+            assert isinstance(self._store, RotatableKeyStore)
+            self._store.replace(candidate)
+            log.warning(
+                "self-signed root renewed (same key); new root expires %s; old roots stay in the bundle",
+                candidate.signing_cert.not_valid_after_utc.isoformat(),
+            )
+        if fingerprint(candidate) == fingerprint(self.current):
+            return False
+        self.current = candidate
+        log.info("CA material changed (%s); publishing the new trust bundle", candidate.source)
+        for listener in self._listeners:
+            listener(candidate)
+        return True
+
+    def _rotatable(self) -> bool:
+        return self._store is not None and isinstance(self._store, RotatableKeyStore)
