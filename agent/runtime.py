@@ -94,7 +94,12 @@ class Agent:
         try:
             if self.config.status_addr:
                 host, port = split_host_port(self.config.status_addr, what="status address")
-                self.status_addr = await self.status.start(host, port)
+                try:
+                    self.status_addr = await self.status.start(host, port)
+                except OSError as exc:
+                    raise ConfigError(
+                        f"cannot listen on status address {self.config.status_addr}: {exc.strerror}"
+                    ) from None
             self._write_ready_file()
             async with asyncio.TaskGroup() as tasks:
                 workers = [

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from tests.agent.agent_process import REPO, start_agent_process
 from tests.agent.support import NODE, SdsStream
@@ -133,10 +134,16 @@ async def _sigterm_with_open_stream(agent: object) -> tuple[int, grpc.StatusCode
         stream = SdsStream(channel)
         await stream.send(node=NODE, resource_names=["default", "ROOTCA"])
         await stream.next()
+        svids = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel).FetchX509SVID(
+            workload_pb2.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),)
+        )
+        await svids.read()
         started = time.monotonic()
         code = await asyncio.to_thread(agent.stop)
         took = time.monotonic() - started
         status = await asyncio.wait_for(stream.ended, 5)
+        assert await svids.read() is grpc.aio.EOF
+        assert await svids.code() == grpc.StatusCode.OK
     return code, status, took
 
 

@@ -203,3 +203,28 @@ async def test_streams_stay_open_and_get_the_secret_once_it_exists(
         pushed = await stream.next(timeout=30)
         assert "default" in secrets_of(pushed)
         stream.cancel()
+
+
+async def test_wrong_type_url_is_refused(live: LiveAgent) -> None:
+    async with grpc.aio.insecure_channel(live.socket) as channel:
+        stream = SdsStream(channel)
+        await stream.send(
+            node=NODE,
+            resource_names=["default"],
+            type_url="type.googleapis.com/envoy.config.cluster.v3.Cluster",
+        )
+        assert await asyncio.wait_for(stream.ended, 10) == grpc.StatusCode.INVALID_ARGUMENT
+        assert "type_url" in await stream.call.details()
+
+
+async def test_status_routes(live: LiveAgent) -> None:
+    async with httpx.AsyncClient(base_url=live.status_url) as client:
+        assert (await client.get("/healthz/ready")).status_code == 200
+        assert (await client.get("/nope")).status_code == 404
+        assert (await client.post("/metrics")).status_code == 405
+        debug = (await client.get("/debug/certs")).json()
+    svid = live.agent.cache.snapshot.svid
+    assert svid is not None
+    assert debug["default"]["serial"] == svid.serial
+    assert debug["default"]["chain"][0]["uri_sans"] == [str(svid.spiffe_id)]
+    assert "PRIVATE KEY" not in str(debug)
