@@ -146,3 +146,41 @@ def test_running_ca_reloads_plugged_in_files_without_restart(tmp_path: Path) -> 
             time.sleep(0.1)
     finally:
         ca.stop()
+
+
+def test_running_ca_renews_an_aging_self_signed_root(tmp_path: Path) -> None:
+    import time
+
+    from certs.pem import load_certificates, to_pem
+    from tests.support.broken import csr_pem
+    from tests.support.ca_client import channel, create_certificate
+    from tests.support.ca_process import start_ca
+
+    store = DirectoryKeyStore(tmp_path / "ca" / "ca")
+    aging = load_or_create(store, TD, datetime.now(UTC) - timedelta(days=3300))
+    ca = start_ca(tmp_path / "ca", "--material-check-interval", "0.3s")
+    try:
+        deadline = time.monotonic() + 30
+        while len(load_certificates(ca.root_cert_path.read_bytes())) < 2:
+            assert time.monotonic() < deadline, "root not renewed:\n" + ca.log()[-2000:]
+            time.sleep(0.1)
+        new_root, old_root = load_certificates(ca.root_cert_path.read_bytes())
+        assert old_root == aging.signing_cert
+        assert new_root.public_key() == old_root.public_key()
+        assert new_root.not_valid_after_utc > datetime.now(UTC) + timedelta(days=3000)
+        # Clients holding only the old root keep working: same key, same subject.
+        deadline = time.monotonic() + 30
+        while "replaced 1 worker(s)" not in ca.log():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        chain = create_certificate(
+            channel(ca.grpc_addr, to_pem(old_root).encode()),
+            csr_pem(generate_key(), uris=(str(ME),)),
+            token=ca.mint_token("demo", "frontend"),
+        )
+        leaf = load_certificates(chain[0])[0]
+        verify_svid([leaf], [old_root], now=datetime.now(UTC))
+        verify_svid([leaf], [new_root], now=datetime.now(UTC))
+        assert "self-signed root renewed" in ca.log()
+    finally:
+        ca.stop()
