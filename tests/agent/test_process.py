@@ -14,7 +14,7 @@ from pathlib import Path
 import grpc
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from tests.agent.agent_process import REPO, start_agent_process
+from tests.agent.agent_process import REPO, AgentProcess, start_agent_process
 from tests.agent.support import NODE, SdsStream
 from tests.support.ca_process import RunningCa
 
@@ -37,83 +37,18 @@ def bulwark(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def openssl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["openssl", *args], capture_output=True, text=True, check=False)
+
+
 def test_output_certs_status_cli_and_sigterm(shared_ca: RunningCa, work: Path) -> None:
     out = work / "out"
     agent = start_agent_process(shared_ca, work, extra_env={"OUTPUT_CERTS": str(out)})
     try:
-        first_cert_s = agent.wait_ready()
-        time.sleep(0.5)
-        memory = agent.memory_kb()
-        print(
-            f"\nagent (RSA 2048, Istio's default): first certificate {first_cert_s * 1000:.0f} ms "
-            f"after spawn; VmRSS {memory['VmRSS'] / 1024:.1f} MB (anon "
-            f"{memory['RssAnon'] / 1024:.1f} MB, shared files {memory['RssFile'] / 1024:.1f} MB)"
-        )
-
-        own = [line for line in agent.log().splitlines() if "first certificate" in line]
-        print("agent log: " + (own[0].split(": ", 1)[-1] if own else "(no first-certificate line)"))
-
-        # OUTPUT_CERTS: three files, key 0600, chain verifies with openssl
-        for name in ("key.pem", "cert-chain.pem", "root-cert.pem"):
-            assert (out / name).exists(), name
-        assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
-        verify = subprocess.run(
-            [
-                "openssl",
-                "verify",
-                "-CAfile",
-                str(out / "root-cert.pem"),
-                "-untrusted",
-                str(out / "cert-chain.pem"),
-                str(out / "cert-chain.pem"),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert verify.returncode == 0, verify.stderr
-        san = subprocess.run(
-            [
-                "openssl",
-                "x509",
-                "-in",
-                str(out / "cert-chain.pem"),
-                "-noout",
-                "-ext",
-                "subjectAltName",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        assert "URI:spiffe://cluster.local/ns/demo/sa/frontend" in san.stdout
-        check = subprocess.run(
-            ["openssl", "pkey", "-in", str(out / "key.pem"), "-noout", "-check"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert check.returncode == 0, check.stderr
-
-        # status endpoints: every series present; the debug page never holds a key
-        metrics = agent.get("/metrics")
-        for series in SERIES:
-            assert series in metrics, series
-        debug = json.loads(agent.get("/debug/certs"))
-        assert debug["default"]["spiffe_id"] == "spiffe://cluster.local/ns/demo/sa/frontend"
-        assert debug["root_fingerprints"]
-        assert "PRIVATE KEY" not in json.dumps(debug)
-
-        # bulwark agent status, human and JSON; no key in either
-        human = bulwark("agent", "status", "--socket", str(agent.socket))
-        assert human.returncode == 0, human.stderr
-        assert "spiffe://cluster.local/ns/demo/sa/frontend" in human.stdout
-        assert "ROOTCA" in human.stdout and "Root fingerprints" in human.stdout
-        assert debug["default"]["serial"] in human.stdout
-        as_json = bulwark("agent", "status", "--socket", str(agent.socket), "--json")
-        report = json.loads(as_json.stdout)
-        assert report["workload_api"]["spiffe_id"].endswith("/sa/frontend")
-        assert "PRIVATE KEY" not in human.stdout + as_json.stdout
+        report_footprint(agent)
+        check_output_certs(out)
+        serial = check_status_port(agent)
+        check_status_cli(agent, serial)
 
         # SIGTERM: open streams end cleanly (OK), socket removed, exit 0 within 5 s
         code, stream_status, took = asyncio.run(_sigterm_with_open_stream(agent))
@@ -126,10 +61,59 @@ def test_output_certs_status_cli_and_sigterm(shared_ca: RunningCa, work: Path) -
         agent.stop()
 
 
-async def _sigterm_with_open_stream(agent: object) -> tuple[int, grpc.StatusCode, float]:
-    from tests.agent.agent_process import AgentProcess
+def report_footprint(agent: AgentProcess) -> None:
+    first_cert_s = agent.wait_ready()
+    time.sleep(0.5)
+    memory = agent.memory_kb()
+    print(
+        f"\nagent (RSA 2048, Istio's default): first certificate {first_cert_s * 1000:.0f} ms "
+        f"after spawn; VmRSS {memory['VmRSS'] / 1024:.1f} MB (anon "
+        f"{memory['RssAnon'] / 1024:.1f} MB, shared files {memory['RssFile'] / 1024:.1f} MB)"
+    )
+    own = [line for line in agent.log().splitlines() if "first certificate" in line]
+    print("agent log: " + (own[0].split(": ", 1)[-1] if own else "(no first-certificate line)"))
 
-    assert isinstance(agent, AgentProcess)
+
+def check_output_certs(out: Path) -> None:
+    """Three files, key 0600, the chain verifies with openssl and names the workload."""
+    for name in ("key.pem", "cert-chain.pem", "root-cert.pem"):
+        assert (out / name).exists(), name
+    assert stat.S_IMODE((out / "key.pem").stat().st_mode) == 0o600
+    chain, root = str(out / "cert-chain.pem"), str(out / "root-cert.pem")
+    verify = openssl("verify", "-CAfile", root, "-untrusted", chain, chain)
+    assert verify.returncode == 0, verify.stderr
+    san = openssl("x509", "-in", chain, "-noout", "-ext", "subjectAltName")
+    assert "URI:spiffe://cluster.local/ns/demo/sa/frontend" in san.stdout
+    check = openssl("pkey", "-in", str(out / "key.pem"), "-noout", "-check")
+    assert check.returncode == 0, check.stderr
+
+
+def check_status_port(agent: AgentProcess) -> str:
+    """Every series present; the debug page never holds a key. Returns the serial served."""
+    metrics = agent.get("/metrics")
+    for series in SERIES:
+        assert series in metrics, series
+    debug = json.loads(agent.get("/debug/certs"))
+    assert debug["default"]["spiffe_id"] == "spiffe://cluster.local/ns/demo/sa/frontend"
+    assert debug["root_fingerprints"]
+    assert "PRIVATE KEY" not in json.dumps(debug)
+    return str(debug["default"]["serial"])
+
+
+def check_status_cli(agent: AgentProcess, serial: str) -> None:
+    """`bulwark agent status`, human and JSON; no key in either."""
+    human = bulwark("agent", "status", "--socket", str(agent.socket))
+    assert human.returncode == 0, human.stderr
+    assert "spiffe://cluster.local/ns/demo/sa/frontend" in human.stdout
+    assert "ROOTCA" in human.stdout and "Root fingerprints" in human.stdout
+    assert serial in human.stdout
+    as_json = bulwark("agent", "status", "--socket", str(agent.socket), "--json")
+    report = json.loads(as_json.stdout)
+    assert report["workload_api"]["spiffe_id"].endswith("/sa/frontend")
+    assert "PRIVATE KEY" not in human.stdout + as_json.stdout
+
+
+async def _sigterm_with_open_stream(agent: AgentProcess) -> tuple[int, grpc.StatusCode, float]:
     async with grpc.aio.insecure_channel(f"unix:{agent.socket}") as channel:
         stream = SdsStream(channel)
         await stream.send(node=NODE, resource_names=["default", "ROOTCA"])
