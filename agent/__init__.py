@@ -18,6 +18,7 @@ from agent.errors import (
     ConfigError,
     FileSecretError,
     SecretUnavailable,
+    TooManyResources,
     UnknownResource,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "ConfigError",
     "FileSecretError",
     "SecretUnavailable",
+    "TooManyResources",
     "UnknownResource",
 ]

@@ -3,6 +3,7 @@
     AgentError                      INTERNAL, generic message
     ├── ConfigError                 the agent cannot start: bad env var or flag (never sent)
     ├── UnknownResource             INVALID_ARGUMENT: SDS name the agent does not serve
+    ├── TooManyResources            RESOURCE_EXHAUSTED: file resource cap reached
     ├── SecretUnavailable           UNAVAILABLE: no such secret yet (CA down, file missing)
     ├── CaRequestFailed             UNAVAILABLE: the CSR failed after Istio's retries
     │   └── CaResponseInvalid       the CA answered with something unusable
@@ -32,6 +33,10 @@ class ConfigError(AgentError):
 
 class UnknownResource(AgentError):
     code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class TooManyResources(AgentError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class SecretUnavailable(AgentError):

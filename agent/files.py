@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 
 from agent.cache import FileSecret, SecretCache, Snapshot
-from agent.errors import FileSecretError, UnknownResource
+from agent.errors import FileSecretError, TooManyResources, UnknownResource
 from agent.metrics import AgentMetrics
 from agent.svid import RootBundle, Svid
 from agent.watch import Contents, FileWatcher
@@ -25,6 +25,7 @@ FILE_ROOT_PREFIX = "file-root:"
 KEY_FILE = "key.pem"
 CHAIN_FILE = "cert-chain.pem"
 ROOT_FILE = "root-cert.pem"
+MAX_FILE_RESOURCES = 64  # file-cert:/file-root: names any local client may ask the agent to watch
 
 
 def file_resource_paths(name: str) -> tuple[Path, ...] | None:
@@ -59,12 +60,20 @@ class FileSecrets:
         self._watcher = watcher
         self._metrics = metrics
         self._now = now
+        self._resources: set[str] = set()
 
     def watch_resource(self, name: str) -> None:
         """Serve `name` (a file-cert:/file-root: resource) from now on."""
         paths = file_resource_paths(name)
         if paths is None:
             raise UnknownResource(f"{name!r} is not a file resource")
+        if name in self._watcher:
+            return
+        if len(self._resources) >= MAX_FILE_RESOURCES:
+            raise TooManyResources(
+                f"the agent already watches {MAX_FILE_RESOURCES} file resources; {name!r} refused"
+            )
+        self._resources.add(name)
         self._watcher.watch(name, paths, lambda contents: self._load_resource(name, contents))
 
     def watch_root_file(self, path: Path) -> None:

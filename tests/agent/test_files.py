@@ -129,3 +129,24 @@ async def test_file_cert_and_file_root_resources(shared_ca: RunningCa, work: Pat
         except grpc.aio.AioRpcError as err:
             assert err.code() == grpc.StatusCode.UNAVAILABLE
             assert "cannot read" in (err.details() or "") and "absent.pem" in (err.details() or "")
+
+
+async def test_file_resources_are_capped(shared_ca: RunningCa, work: Path) -> None:
+    from agent.files import MAX_FILE_RESOURCES
+
+    async with (
+        running_agent(agent_config(shared_ca, work)) as live,
+        grpc.aio.insecure_channel(live.socket) as channel,
+    ):
+        stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+        names = [f"file-root:{work / f'r{i}.pem'}" for i in range(MAX_FILE_RESOURCES + 1)]
+        try:
+            await stub.FetchSecrets(
+                discovery_pb2.DiscoveryRequest(
+                    node=NODE, resource_names=names, type_url=SECRET_TYPE_URL
+                )
+            )
+            raise AssertionError("expected RESOURCE_EXHAUSTED")
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "file resources" in (err.details() or "")
