@@ -36,6 +36,11 @@ def load_config(kubeconfig: Path | None, *, context: str | None = None) -> KubeC
             if context is not None and config.get(context) is None:
                 raise KubeConfigError(f"--kubeconfig {kubeconfig} has no context {context!r}")
             return config
+        if not in_cluster_available():
+            raise KubeConfigError(
+                "--kube-in-cluster needs KUBERNETES_SERVICE_HOST and the mounted token "
+                f"{IN_CLUSTER_TOKEN}; outside a pod use --kubeconfig PATH"
+            )
         return KubeConfig.from_service_account()
     except LightkubeConfigError as exc:
         source = f"--kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
