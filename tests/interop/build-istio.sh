@@ -3,6 +3,8 @@
 #   istio-csr    our thin main over Istio's citadel CA client, token plugin, secret cache
 #                and pki/util (cmd/istio-csr)
 #   pilot-agent  the real istio.io/istio/pilot/cmd/pilot-agent
+#   envoy_bootstrap_tmpl.json  Istio's Envoy bootstrap template, which pilot-agent renders
+#                (the proxyv2 image has it at /var/lib/istio/envoy/)
 # both pinned by istio/go.mod (istio.io/istio has no semver tags: a pseudo-version).
 # Binaries land in a cache outside the repo keyed by the Istio version and a hash of the
 # sources, so a warm run does nothing. Prints the binary directory last.
@@ -22,7 +24,7 @@ istio_version="$("$GO" list -m -f '{{.Version}}' istio.io/istio)"
 sum="$(cat go.mod go.sum cmd/istio-csr/main.go "$here/build-istio.sh" | sha256sum | cut -c1-12)"
 out="$cache_root/interop/istio-${istio_version}_${sum}"
 
-if [[ -x "$out/istio-csr" && -x "$out/pilot-agent" ]]; then
+if [[ -x "$out/istio-csr" && -x "$out/pilot-agent" && -f "$out/envoy_bootstrap_tmpl.json" ]]; then
     echo "$out"
     exit 0
 fi
@@ -30,7 +32,7 @@ fi
 mkdir -p "$cache_root/interop"
 exec 9>"$cache_root/interop/.build.lock"
 flock 9
-if [[ -x "$out/istio-csr" && -x "$out/pilot-agent" ]]; then
+if [[ -x "$out/istio-csr" && -x "$out/pilot-agent" && -f "$out/envoy_bootstrap_tmpl.json" ]]; then
     echo "$out"
     exit 0
 fi
@@ -46,6 +48,8 @@ ldflags+=" -X $vpkg.buildStatus=Clean -X $vpkg.buildTag=$istio_version"
 echo "building istio-csr and pilot-agent from istio.io/istio $istio_version" >&2
 nice -n 10 "$GO" build -trimpath -ldflags "$ldflags" -o "$tmp/istio-csr" ./cmd/istio-csr
 nice -n 10 "$GO" build -trimpath -ldflags "$ldflags" -o "$tmp/pilot-agent" istio.io/istio/pilot/cmd/pilot-agent
+istio_dir="$("$GO" list -m -f '{{.Dir}}' istio.io/istio)"
+cp "$istio_dir/tools/packaging/common/envoy_bootstrap.json" "$tmp/envoy_bootstrap_tmpl.json"
 echo "$istio_version" >"$tmp/ISTIO_VERSION"
 echo "built in $((SECONDS - start)) s" >&2
 rm -rf "$out"
