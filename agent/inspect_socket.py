@@ -126,46 +126,36 @@ def _split_der(data: bytes) -> list[bytes]:
     return out
 
 
+_HEADER = (
+    "RESOURCE",
+    "TYPE",
+    "STATUS",
+    "VALID CERT",
+    "SPIFFE ID",
+    "SERIAL",
+    "NOT BEFORE",
+    "NOT AFTER",
+    "TIME LEFT",
+)
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """The human table of `bulwark agent status`."""
-    rows = [("RESOURCE", "TYPE", "STATUS", "SPIFFE ID", "SERIAL", "NOT AFTER", "TIME LEFT")]
+    """The human table of `bulwark agent status` (columns as `istioctl proxy-config secret`)."""
+    rows: list[tuple[str, ...]] = [_HEADER]
     fingerprints: list[str] = []
     for res in report["resources"]:
         if res["status"] != "ACTIVE":
-            rows.append((res["name"], "-", res["status"], res.get("error", ""), "", "", ""))
+            rows.append((res["name"], "-", res["status"], "-", res.get("error", "")))
             continue
         if res["type"] == "CA":
-            for root in res["roots"]:
-                fingerprints.append(f"{root['sha256']}  {root['subject']}")
-            first = res["roots"][0] if res["roots"] else None
-            rows.append(
-                (
-                    res["name"],
-                    "CA",
-                    "ACTIVE",
-                    "-",
-                    first["serial"] if first else "-",
-                    first["not_after"] if first else "-",
-                    _left(first["seconds_left"]) if first else "-",
-                )
-            )
-            continue
-        leaf = res["leaf"] or {}
-        rows.append(
-            (
-                res["name"],
-                res["type"],
-                "ACTIVE",
-                ",".join(leaf.get("uri_sans", [])) or "-",
-                leaf.get("serial", "-"),
-                leaf.get("not_after", "-"),
-                _left(leaf["seconds_left"]) if leaf else "-",
-            )
-        )
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+            fingerprints.extend(f"{r['sha256']}  {r['subject']}" for r in res["roots"])
+            cert = res["roots"][0] if res["roots"] else None
+        else:
+            cert = res["leaf"]
+        rows.append((res["name"], res["type"], "ACTIVE", *_cert_columns(cert, res["type"])))
+    widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(len(_HEADER))]
     lines = [
-        "  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
-        for row in rows
+        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip() for row in rows
     ]
     lines.append("")
     lines.append("Root fingerprints (SHA-256):")
@@ -181,9 +171,27 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cert_columns(cert: dict[str, Any] | None, kind: str) -> tuple[str, ...]:
+    if not cert:
+        return ("false", "-", "-", "-", "-", "-")
+    valid = cert["seconds_left"] > 0 and cert["not_before"] <= datetime.now(UTC).isoformat()
+    spiffe_id = "-" if kind == "CA" else ",".join(cert["uri_sans"]) or "-"
+    return (
+        str(valid).lower(),
+        spiffe_id,
+        cert["serial"],
+        cert["not_before"],
+        cert["not_after"],
+        _left(cert["seconds_left"]),
+    )
+
+
 def _left(seconds: int) -> str:
     if seconds <= 0:
         return "EXPIRED"
-    hours, rest = divmod(seconds, 3600)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
     minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
