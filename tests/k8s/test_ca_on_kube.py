@@ -10,6 +10,8 @@ import base64
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +24,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from lightkube import ApiError, Client
+from lightkube.models.core_v1 import Container, PodSpec
+from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import ConfigMap, Secret, ServiceAccount
+from lightkube.resources.core_v1 import ConfigMap, Pod, Secret, ServiceAccount
 
 from certs.csr import build_csr
 from certs.keys import KeyType, generate_key
@@ -225,6 +229,77 @@ def test_root_configmap_appears_and_is_repaired_within_5s(
     admin_client.replace(cm)
     wait_for(lambda: configmap_root(admin_client, ns) == root, 5, "ConfigMap after an edit")
     assert configmap_root(admin_client, "kube-public") is None
+
+
+def test_agent_in_a_pod_layout_gets_its_certificate(
+    replicas: dict[str, RunningCa],
+    admin_client: Client,
+    make_namespace: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """The agent as the kubelet would set it up: a pod-bound projected token (audience
+    istio-ca) and the istio-ca-root-cert ConfigMap as its root file."""
+    ns = make_namespace("pod")
+    create_service_account(admin_client, ns, "web")
+    pod = admin_client.create(
+        Pod(
+            metadata=ObjectMeta(name="web-0", namespace=ns),
+            spec=PodSpec(
+                serviceAccountName="web",
+                containers=[Container(name="app", image="example.invalid/app")],
+            ),
+        )
+    )
+    assert pod.metadata is not None and pod.metadata.uid
+    wait_for(lambda: configmap_root(admin_client, ns) is not None, 5, "root ConfigMap")
+    mounted = tmp_path / "var/run/secrets/istio"
+    mounted.mkdir(parents=True)
+    (mounted / "root-cert.pem").write_bytes(configmap_root(admin_client, ns) or b"")
+    token_file = tmp_path / "var/run/secrets/tokens/istio-token"
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(
+        request_token(
+            admin_client, ns, "web", audiences=["istio-ca"], pod=("web-0", pod.metadata.uid)
+        )
+    )
+    out = tmp_path / "out"
+    ca = next(iter(r for r in replicas.values() if r.process and r.process.poll() is None))
+    env = {
+        **os.environ,
+        "POD_NAMESPACE": ns,
+        "SERVICE_ACCOUNT": "web",
+        "TRUST_DOMAIN": "cluster.local",
+    }
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            f"--ca-addr={ca.grpc_addr}",
+            "--istiod-san=istiod.istio-system.svc",
+            f"--ca-root-ca={mounted / 'root-cert.pem'}",
+            f"--token-path={token_file}",
+            f"--socket={tmp_path / 'sock'}",
+            f"--output-certs={out}",
+            "--status-addr=",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: (out / "cert-chain.pem").exists() or agent.poll() is not None, 30, "agent")
+        assert agent.poll() is None, agent.communicate()[0]
+    finally:
+        agent.terminate()
+        agent.wait(15)
+    leaf = load_certificates((out / "cert-chain.pem").read_bytes())[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
+        f"spiffe://cluster.local/ns/{ns}/sa/web"
+    ]
+    assert (out / "key.pem").stat().st_mode & 0o777 == 0o600
 
 
 def holder(admin_client: Client) -> str:
