@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 
@@ -205,5 +206,31 @@ def test_listing_beyond_loopback_needs_the_token(tmp_path: Path) -> None:
         assert allowed.returncode == 0 and len(json.loads(allowed.stdout)) == 1
         assert "correct-horse" not in allowed.stdout + allowed.stderr
         assert httpx.get(url + "/v1/trust-bundle").status_code == 200
+    finally:
+        ca.stop()
+
+
+def test_record_failure_fails_the_request_and_issues_nothing(tmp_path: Path) -> None:
+    ca = start_ca(tmp_path / "ca")
+    try:
+        issue(ca, "shop", "cart", 3600)  # creates the record
+        db = sqlite3.connect(ca.data_dir / "record.db")
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON certificates"
+            " BEGIN SELECT RAISE(ABORT, 'refused by test'); END"
+        )
+        db.commit()
+        with pytest.raises(grpc.RpcError) as info:
+            issue(ca, "shop", "cart", 3600)
+        assert info.value.code() == grpc.StatusCode.INTERNAL
+        assert "record" in (info.value.details() or "")
+        assert "refused by test" not in (info.value.details() or "")  # no database internals
+        db.execute("DROP TRIGGER refuse")
+        db.commit()
+        db.close()
+        third = issue(ca, "shop", "cart", 3600)  # the CA recovers once the record does
+        listed = bulwark("certs", "list", "--json", "--admin-url", ca.admin_url)
+        serials = [item["serial"] for item in json.loads(listed.stdout)]
+        assert len(serials) == 2 and serials[0] == third
     finally:
         ca.stop()
