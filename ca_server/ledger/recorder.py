@@ -154,8 +154,20 @@ class GroupCommitRecorder:
             pending.done.set()
 
     def _write(self, batch: list[_Pending]) -> None:
-        if self._session is None:
-            self._session = connect(self._url)
+        if self._session is not None:
+            try:
+                self._append(batch)
+                return
+            except self._errors:
+                # The connection may have gone stale (database restarted, failover):
+                # try once more on a fresh one. A row committed just before the error
+                # cannot be written twice: serials are unique.
+                self._drop_session()
+        self._session = connect(self._url)
+        self._append(batch)
+
+    def _append(self, batch: list[_Pending]) -> None:
+        assert self._session is not None
         append_batch(self._session, [p.entry for p in batch], recorded_at=self._options.clock())
         self.commits += 1
         self.rows += len(batch)

@@ -18,6 +18,7 @@ from ca_server.ledger import (
 )
 from ca_server.ledger.database import connect, parse_record_url
 from tests.ledger.entries import make_entry
+from tests.support.postgres import PostgresCluster
 
 
 def execute(url: str, sql: str, params: tuple[object, ...] = ()) -> None:
@@ -191,3 +192,20 @@ def test_bad_record_urls_are_refused() -> None:
 def test_write_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError):
         RecorderOptions(write_timeout=timedelta(0))
+
+
+def test_writer_reconnects_after_postgres_drops_its_connection(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    url = postgres_cluster.database()
+    recorder = open_recorder(url)
+    recorder.record(make_entry())
+    execute(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    recorder.record(make_entry())  # the stale connection is replaced, the caller never notices
+    recorder.close()
+    report = open_reader(url).verify()
+    assert report.ok and report.head_seq == 2
