@@ -4,14 +4,14 @@
 # all pinned by tests/k8s/peers/go.mod. Binaries land in a cache outside the repo keyed
 # by versions and go.sum, so a warm run does nothing. Prints the binary directory last.
 #
-#   BULWARK_CACHE   cache root (default $HOME/.cache/bulwark)
+#   BULWARK_CACHE   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/bulwark)
 #   GO              go command (default: go on PATH, else /usr/local/go/bin/go)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 peers="$here/peers"
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-cache_root="${BULWARK_CACHE:-$HOME/.cache/bulwark}"
+cache_root="${BULWARK_CACHE:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/bulwark}"
 
 cd "$peers"
 k8s_version="$("$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)"
@@ -45,12 +45,16 @@ start=$SECONDS
 export CGO_ENABLED=0
 for cmd in k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl; do
     echo "building $cmd $k8s_version" >&2
-    nice -n 10 "$GO" build -trimpath -ldflags "$ldflags" -o "$tmp/${cmd##*/}" "$cmd"
+    nice -n 10 "$GO" build -trimpath -buildvcs=false -ldflags "$ldflags" -o "$tmp/${cmd##*/}" "$cmd"
 done
 echo "building etcd $etcd_version" >&2
-nice -n 10 "$GO" build -trimpath -ldflags "-s -w" -o "$tmp/etcd" go.etcd.io/etcd/server/v3
+nice -n 10 "$GO" build -trimpath -buildvcs=false -ldflags "-s -w" -o "$tmp/etcd" \
+    go.etcd.io/etcd/server/v3
 echo "built in $((SECONDS - start)) s" >&2
 rm -rf "$out"
 mv "$tmp" "$out"
 trap - EXIT
+# Older builds are ~200 MB each: keep only this one.
+find "$cache_root/k8s" -mindepth 1 -maxdepth 1 -type d -name 'v*_etcd-*' ! -path "$out" \
+    -exec rm -rf {} +
 echo "$out"
