@@ -171,7 +171,6 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
         self._cache = cache
         self._files = files
         self._metrics = metrics
-        self.open_streams = 0
 
     async def StreamSecrets(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -223,7 +222,6 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
         box = self._cache.subscribe()
         next_request: asyncio.Future[Any] | None = None
         next_snapshot: asyncio.Future[Snapshot | None] | None = None
-        self.open_streams += 1
         try:
             while True:
                 next_request = next_request or asyncio.ensure_future(requests.get())
@@ -252,7 +250,6 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
                         if push is not None:
                             yield push
         finally:
-            self.open_streams -= 1
             self._cache.unsubscribe(box)
             for future in (pump, next_request, next_snapshot):
                 if future is not None:
