@@ -184,3 +184,35 @@ def test_pilot_agent_with_projected_token_and_root_configmap(
         finally:
             code = agent.stop()
         assert code == 0, agent.log()
+
+
+def test_unreachable_api_server_is_unavailable_and_istio_retries_it(
+    istio: IstioBinaries,
+    control_plane: ControlPlane,
+    admin_client: Client,
+    kube_ca: RunningCa,
+    tmp_path: Path,
+) -> None:
+    """The contrast to PERMISSION_DENIED: a retryable code is retried (WithMax(5) attempts).
+
+    Stops the module's kube-apiserver, so it stays the last test of this module.
+    """
+    token_file = write_token(
+        tmp_path / "istio-token", request_token(admin_client, NS, SA, audiences=["istio-ca"])
+    )
+    next(proc for proc in control_plane.procs if proc.name == "kube-apiserver").stop()
+    before = metric(kube_ca.admin_url, "citadel_server_csr_count")
+
+    result = run_istio_csr(
+        istio,
+        ca_addr=kube_ca.grpc_addr,
+        root_cert=kube_ca.root_cert_path,
+        token_file=token_file,
+        namespace=NS,
+        service_account=SA,
+    )
+
+    assert result.grpc_code == "Unavailable", result.error
+    assert "TokenReview" in result.error
+    assert metric(kube_ca.admin_url, "citadel_server_csr_count") == before + 5
+    assert result.log.count("ca request failed, starting attempt") == 4, result.log
