@@ -9,15 +9,18 @@
 # Binaries land in a cache outside the repo keyed by the Istio version and a hash of the
 # sources, so a warm run does nothing. Prints the binary directory last.
 #
-#   BULWARK_CACHE   cache root (default $HOME/.cache/bulwark)
+#   BULWARK_CACHE   cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/bulwark)
 #   GO              go command (default: go on PATH, else /usr/local/go/bin/go)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 mod="$here/istio"
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-cache_root="${BULWARK_CACHE:-$HOME/.cache/bulwark}"
-export GOFLAGS="-mod=readonly" GOTOOLCHAIN=local
+# go keeps its module and build caches under HOME: give it one even where none is set.
+HOME="${HOME:-$(getent passwd "$(id -u)" | cut -d: -f6)}"
+export HOME
+cache_root="${BULWARK_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bulwark}"
+export GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local
 
 cd "$mod"
 istio_version="$("$GO" list -m -f '{{.Version}}' istio.io/istio)"
@@ -55,4 +58,7 @@ echo "built in $((SECONDS - start)) s" >&2
 rm -rf "$out"
 mv "$tmp" "$out"
 trap - EXIT
+# Older builds (~150 MB each) are of no use: keep only this one.
+find "$cache_root/interop" -mindepth 1 -maxdepth 1 -type d -name 'istio-*' ! -path "$out" \
+    -exec rm -rf {} +
 echo "$out"
