@@ -169,6 +169,9 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
             issuer.jwks_path,
             config.data_dir,
         )
+    from ca_server.admin_api import check_record
+
+    check_record(config)  # a bad --record is a clear start-up error, before any worker starts
     manager = _material_manager(config, material)
     reserved: list[socket.socket] = []
     binds: dict[str, tuple[str, int]] = {}

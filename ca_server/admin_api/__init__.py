@@ -16,6 +16,7 @@ from ca_server.admin_api.wiring import (
     admin_router_for,
     authenticator_names,
     ca_certificates_of,
+    check_record,
     is_loopback,
     read_admin_token,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "authenticator_names",
     "build_admin_router",
     "ca_certificates_of",
+    "check_record",
     "is_loopback",
     "read_admin_token",
     "spiffe_key",

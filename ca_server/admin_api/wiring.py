@@ -12,7 +12,17 @@ from fastapi import APIRouter
 
 from ca_server.admin_api.routes import CaCertificates, build_admin_router
 from ca_server.config import CaConfig
-from ca_server.ledger import Pruner, default_record_url, open_reader, parse_record_url
+from ca_server.errors import ConfigError
+from ca_server.ledger import (
+    LedgerError,
+    Pruner,
+    RecordUrlError,
+    default_record_url,
+    open_reader,
+    parse_record_url,
+)
+from ca_server.ledger.database import driver_errors
+from ca_server.ledger.recorder import prepare
 from ca_server.material import CaMaterial
 from certs.pem import sha256_fingerprint
 
@@ -63,6 +73,21 @@ def authenticator_names(config: CaConfig) -> list[str]:
     elif config.jwt_issuer is not None:
         names.append(f"jwt (issuer {config.jwt_issuer})")
     return names
+
+
+def check_record(config: CaConfig) -> None:
+    """Open the record (creating or migrating its schema) or raise a `ConfigError` saying why."""
+    url = config.record or default_record_url(config.data_dir)
+    try:
+        parsed = parse_record_url(url)
+    except RecordUrlError as exc:
+        raise ConfigError(f"--record: {exc}") from exc
+    errors: tuple[type[Exception], ...] = (LedgerError, *driver_errors(parsed))
+    try:
+        prepare(url)
+    except errors as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open the issuance record {parsed.redacted()}: {reason}") from exc
 
 
 def admin_router_for(
