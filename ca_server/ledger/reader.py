@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ca_server.ledger.chain import VerifyReport, verify_rows
 from ca_server.ledger.database import (
@@ -23,6 +22,7 @@ from ca_server.ledger.query import CertificateQuery, normalise_serial
 from ca_server.ledger.recorder import prepare, utc_now
 from ca_server.ledger.rows import SELECT_COLUMNS, StoredCertificate, row_mapping, stored_from_row
 
+T = TypeVar("T")
 VERIFY_CHUNK = 2000
 POOL_SIZE = 4
 
@@ -42,35 +42,42 @@ class LedgerReader:
         self._errors = driver_errors(url)
         self._idle: queue.LifoQueue[Session] = queue.LifoQueue(maxsize=POOL_SIZE)
 
-    @contextmanager
-    def _session(self) -> Iterator[Session]:
+    def _connect(self) -> Session:
         try:
-            session = self._idle.get_nowait()
-        except queue.Empty:
-            try:
-                session = connect(self._url)
-            except self._errors as exc:
-                raise LedgerReadError(f"cannot open the record at {self._url.redacted()}") from exc
-        try:
-            yield session
+            return connect(self._url)
         except self._errors as exc:
-            session.close()
-            raise LedgerReadError("reading the issuance record failed") from exc
-        except BaseException:
-            session.close()
-            raise
+            raise LedgerReadError(f"cannot open the record at {self._url.redacted()}") from exc
+
+    def _run(self, work: Callable[[Session], T]) -> T:
+        """Run `work` on a pooled session; a stale pooled connection is replaced once."""
+        try:
+            session, reused = self._idle.get_nowait(), True
+        except queue.Empty:
+            session, reused = self._connect(), False
+        while True:
+            try:
+                result = work(session)
+                break
+            except self._errors as exc:
+                session.close()
+                if not reused:
+                    raise LedgerReadError("reading the issuance record failed") from exc
+                session, reused = self._connect(), False  # database restarted since last use
+            except BaseException:
+                session.close()
+                raise
         session.rollback()
         try:
             self._idle.put_nowait(session)
         except queue.Full:
             session.close()
+        return result
 
     def list(self, query: CertificateQuery) -> CertificatePage:
         """One page of certificates matching `query`, newest first."""
         where, params = query.where(self._clock())
         sql = f"SELECT {SELECT_COLUMNS} FROM certificates{where} ORDER BY seq DESC LIMIT ?"
-        with self._session() as session:
-            rows = session.query(sql, [*params, query.limit + 1])
+        rows = self._run(lambda session: session.query(sql, [*params, query.limit + 1]))
         items = [stored_from_row(r) for r in rows[: query.limit]]
         more = len(rows) > query.limit
         return CertificatePage(
@@ -80,24 +87,24 @@ class LedgerReader:
     def get(self, serial: str) -> StoredCertificate | None:
         """The certificate with `serial` (hex, any case, colons allowed), or None."""
         key = normalise_serial(serial)
-        with self._session() as session:
-            row = session.query_one(
-                f"SELECT {SELECT_COLUMNS} FROM certificates WHERE serial = ?", (key,)
-            )
+        sql = f"SELECT {SELECT_COLUMNS} FROM certificates WHERE serial = ?"
+        row = self._run(lambda session: session.query_one(sql, (key,)))
         return stored_from_row(row) if row is not None else None
 
     def verify(self) -> VerifyReport:
         """Recompute the hash chain over one consistent snapshot of the record."""
-        with self._session() as session:
-            session.begin_snapshot()
-            head = head_from_row(session.query_one(HEAD_SELECT))
-            return verify_rows(
-                self._chunks(session, head.anchor_seq),
-                anchor_seq=head.anchor_seq,
-                anchor_hash=head.anchor_hash,
-                head_seq=head.seq,
-                head_hash=head.row_hash,
-            )
+        return self._run(self._verify)
+
+    def _verify(self, session: Session) -> VerifyReport:
+        session.begin_snapshot()
+        head = head_from_row(session.query_one(HEAD_SELECT))
+        return verify_rows(
+            self._chunks(session, head.anchor_seq),
+            anchor_seq=head.anchor_seq,
+            anchor_hash=head.anchor_hash,
+            head_seq=head.seq,
+            head_hash=head.row_hash,
+        )
 
     @staticmethod
     def _chunks(session: Session, after: int) -> Iterator[dict[str, Any]]:

@@ -209,3 +209,21 @@ def test_writer_reconnects_after_postgres_drops_its_connection(
     recorder.close()
     report = open_reader(url).verify()
     assert report.ok and report.head_seq == 2
+
+
+def test_reader_replaces_connections_postgres_dropped(postgres_cluster: PostgresCluster) -> None:
+    url = postgres_cluster.database()
+    recorder = open_recorder(url)
+    entry = make_entry()
+    recorder.record(entry)
+    recorder.close()
+    reader = open_reader(url)
+    assert reader.get(entry.serial) is not None  # leaves a pooled connection behind
+    execute(
+        url,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    assert reader.get(entry.serial) is not None
+    assert reader.verify().ok
+    reader.close()
