@@ -129,9 +129,9 @@ class ClientCertAuthenticator:
         try:
             chain = load_certificates(creds.client_cert_pem, what="client certificate")
             intermediates, roots = self._anchors()
-            spiffe_id = verify_svid(
-                [chain[0], *chain[1:], *intermediates], roots, now=self._clock()
-            )
+            leaf = chain[0]
+            presented = [c for c in chain[1:] if c != leaf and c not in roots]
+            spiffe_id = verify_svid([leaf, *presented, *intermediates], roots, now=self._clock())
         except CertsError as exc:
             raise AuthenticationError(f"client certificate rejected: {exc}") from exc
         if spiffe_id.trust_domain != self._trust_domain:
@@ -151,7 +151,7 @@ class ClientCertAuthenticator:
             subject=str(spiffe_id),
             cluster_id=creds.cluster_id,
             peer=creds.peer,
-            expires_at=chain[0].not_valid_after_utc.timestamp(),
+            expires_at=leaf.not_valid_after_utc.timestamp(),
         )
 
 

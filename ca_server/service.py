@@ -38,10 +38,8 @@ def credentials_of(context: grpc.ServicerContext) -> RequestCredentials:
     client_pem: bytes | None = None
     auth = context.auth_context()
     if auth.get("x509_pem_cert"):
-        client_pem = auth["x509_pem_cert"][0]
-        chain = auth.get("x509_pem_cert_chain")
-        if chain:
-            client_pem = chain[0]
+        # The verified leaf first, then whatever chain the peer sent (in any order).
+        client_pem = auth["x509_pem_cert"][0] + b"".join(auth.get("x509_pem_cert_chain", []))
     return RequestCredentials(
         bearer_token=token, client_cert_pem=client_pem, cluster_id=cluster_id, peer=context.peer()
     )
