@@ -45,6 +45,8 @@ def read_admin_token(path: Path | None) -> str | None:
     """The admin bearer token from `--admin-token-file`, or None when no file is configured."""
     if path is None:
         return None
+    if path.stat().st_mode & 0o077:
+        log.warning("admin token file %s is readable by others; chmod 600 it", path)
     token = path.read_text().strip()
     if not token:
         raise ValueError(f"admin token file {path} is empty")

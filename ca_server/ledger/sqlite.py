@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,9 @@ class SqliteSession(Session):
 
     @classmethod
     def connect(cls, path: str) -> SqliteSession:
+        if path != ":memory:" and not os.path.exists(path):
+            # Created 0600 (caller details are operator-only); SQLite gives -wal/-shm the same mode.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         conn = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
         )
