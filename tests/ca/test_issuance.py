@@ -167,6 +167,14 @@ def test_renewal_with_client_certificate_and_no_token(shared_ca: RunningCa) -> N
         load_certificates(renewed[0])[0].serial_number
         != load_certificates(first[0])[0].serial_number
     )
+    # Istio's cert-chain.pem carries the root too; the CA must accept that presentation.
+    with_root = channel(
+        shared_ca.mtls_addr,
+        shared_ca.root_cert_path,
+        client_key=private_key_pem(key),
+        client_chain="".join(first).encode(),
+    )
+    assert len(create_certificate(with_root, csr_pem(generate_key(), uris=(ME,)))) == 2
 
 
 def test_renewal_with_an_expired_client_certificate_fails(shared_ca: RunningCa) -> None:
