@@ -227,3 +227,12 @@ def test_reader_replaces_connections_postgres_dropped(postgres_cluster: Postgres
     assert reader.get(entry.serial) is not None
     assert reader.verify().ok
     reader.close()
+
+
+def test_sqlite_record_is_private(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "record.db"
+    recorder = open_recorder(f"sqlite:///{path}")
+    recorder.record(make_entry())
+    for file in (path, path.with_name("record.db-wal")):
+        assert file.stat().st_mode & 0o777 == 0o600, file
+    recorder.close()
