@@ -135,8 +135,19 @@ class GroupCommitRecorder:
                     if not item.done.is_set():
                         item.error = exc
                         item.done.set()
-        if self._session is not None:
-            self._session.close()
+        self._drop_session()
+        self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        """Callers that queued while the recorder was closing get an error, not a timeout."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Pending):
+                item.error = LedgerWriteError("the issuance record is closed")
+                item.done.set()
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:

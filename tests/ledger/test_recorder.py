@@ -236,3 +236,10 @@ def test_sqlite_record_is_private(tmp_path) -> None:  # type: ignore[no-untyped-
     for file in (path, path.with_name("record.db-wal")):
         assert file.stat().st_mode & 0o777 == 0o600, file
     recorder.close()
+
+
+def test_record_after_close_raises(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    recorder = open_recorder(f"sqlite:///{tmp_path / 'r.db'}")
+    recorder.close()
+    with pytest.raises(LedgerWriteError, match="closed"):
+        recorder.record(make_entry())
