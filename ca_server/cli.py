@@ -178,6 +178,14 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     )
     env_flag(
         p,
+        "--record-max-batch",
+        "BULWARK_RECORD_MAX_BATCH",
+        default=256,
+        type=int,
+        help="most certificates one record commit groups; 1 turns group commit off",
+    )
+    env_flag(
+        p,
         "--admin-token-file",
         "BULWARK_ADMIN_TOKEN_FILE",
         help="bearer token file for the admin API (required when not on loopback)",
@@ -269,6 +277,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         record_retention=None
         if args.record_retention in ("", "never")
         else parse_duration(args.record_retention),
+        record_max_batch=int(args.record_max_batch),
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
         material_check_interval=parse_duration(args.material_check_interval),

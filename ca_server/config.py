@@ -59,6 +59,7 @@ class CaConfig:
     record_retention: timedelta | None = timedelta(
         days=30
     )  # prune rows expired this long; None keeps all
+    record_max_batch: int = 256  # certificates per record commit; 1 turns group commit off
     admin_token_file: Path | None = None
     ready_file: Path | None = None
     kubeconfig: Path | None = None
@@ -80,6 +81,8 @@ class CaConfig:
             raise ConfigError("--audiences must name at least one audience")
         if self.jwks_file is not None and not self.jwt_issuer:
             raise ConfigError("--jwks-file needs --jwt-issuer: the `iss` its tokens must carry")
+        if self.record_max_batch < 1:
+            raise ConfigError("--record-max-batch must be at least 1 (1 turns group commit off)")
         if self.workers < 1 or self.threads < 1:
             raise ConfigError("--workers and --threads must be at least 1")
         if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:

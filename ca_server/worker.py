@@ -129,7 +129,8 @@ def open_recorder(config: CaConfig) -> Recorder | None:
     if not hasattr(ledger, "open_recorder"):
         return None
     url = config.record or f"sqlite:///{(config.data_dir / 'record.db').resolve()}"
-    recorder: Recorder = ledger.open_recorder(url)
+    options = ledger.RecorderOptions(max_batch=config.record_max_batch)
+    recorder: Recorder = ledger.open_recorder(url, options=options)
     return recorder
 
 

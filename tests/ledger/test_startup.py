@@ -52,6 +52,29 @@ def test_unusable_record_is_a_startup_error(tmp_path: Path, record: str, message
     assert "Traceback" not in result.stderr
 
 
+def test_group_commit_batch_must_be_positive(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ca_server",
+            "--data-dir",
+            str(tmp_path / "ca"),
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--record-max-batch",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 2 and "--record-max-batch must be at least 1" in result.stderr
+
+
 def test_redaction_and_url_forms() -> None:
     assert parse_record_url("/var/lib/bulwark/record.db").target == "/var/lib/bulwark/record.db"
     assert parse_record_url("sqlite:///abs/r.db").target == "/abs/r.db"
