@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +23,14 @@ from ca_server.material import CaMaterial
 from ca_server.record import IssuedCertificate, Recorder
 from certs.csr import ParsedCsr, parse_csr
 from certs.errors import CertsError, CsrError, InvalidSpiffeId, UnsupportedKey
-from certs.keys import spki_sha256
+from certs.keys import generate_key, spki_der
 from certs.pem import serial_hex, to_pem
-from certs.profile import leaf_certificate
+from certs.profile import LeafTemplate, leaf_certificate, random_serial
 from certs.spiffe_id import SpiffeId
-from certs.verify import verify_svid
+from certs.verify import verify_issued, verify_svid
 
 log = logging.getLogger(__name__)
+_PROBE_ID = SpiffeId.parse("spiffe://probe.invalid/ns/probe/sa/probe")
 
 
 class CsrParseError(CsrRejected):
@@ -58,6 +60,7 @@ class Signer:
         self._policy = policy
         self._recorder = recorder
         self._clock = clock
+        self._fast: tuple[CaMaterial, LeafTemplate | None, float] | None = None
 
     def issue(self, *, csr_pem: str, validity_s: int, caller: Caller) -> list[str]:
         """The response chain `[leaf, chain..., roots]` for `caller`, or a CaError saying why not."""
@@ -69,21 +72,65 @@ class Signer:
             raise CaNotReady("the CA has no signing material yet; retry shortly")
         now = self._clock()
         try:
-            leaf = leaf_certificate(
-                spiffe_id=caller.spiffe_id,
-                public_key=parsed.public_key,
-                issuer_cert=material.signing_cert,
-                issuer_key=material.signing_key,
-                now=now,
-                ttl=ttl,
-            )
-            verify_svid([leaf, *material.chain], material.roots, now=now)
+            template = self._template(material, now)
+            if template is not None:
+                # Fast path: DER template, then the issuer's signature and the SVID rules are
+                # checked on the exact bytes (the issuer's path to the roots was verified once).
+                der = template.leaf_der(
+                    spiffe_id=caller.spiffe_id,
+                    spki=parsed.spki,
+                    now=now,
+                    ttl=ttl,
+                    serial=random_serial(),
+                )
+                leaf, _ = verify_issued(
+                    der, material.signing_cert, now=now, issuer_key=template.issuer_public_key
+                )
+            else:
+                leaf = leaf_certificate(
+                    spiffe_id=caller.spiffe_id,
+                    public_key=parsed.public_key,
+                    issuer_cert=material.signing_cert,
+                    issuer_key=material.signing_key,
+                    now=now,
+                    ttl=ttl,
+                )
+                verify_svid([leaf, *material.chain], material.roots, now=now)
         except (CertsError, ValueError, TypeError) as exc:
             log.error("issued certificate failed its own checks: %s", exc)
             raise SigningFailed("the CA could not produce a valid certificate") from exc
         leaf_pem = to_pem(leaf)
         self._record(leaf, leaf_pem, parsed, caller, material)
         return [leaf_pem, *material.response_tail()]
+
+    def _template(self, material: CaMaterial, now: datetime) -> LeafTemplate | None:
+        """The DER template for `material` (ECDSA issuers), made once per material after a
+        probe leaf passed the full path verification; None means use the builder path."""
+        fast = self._fast
+        if fast is None or fast[0] is not material:
+            template: LeafTemplate | None = None
+            not_after = min(
+                c.not_valid_after_utc.timestamp() for c in (material.signing_cert, *material.chain)
+            )
+            if LeafTemplate.supports(material.signing_key):
+                template = LeafTemplate(material.signing_cert, material.signing_key)
+                self._probe(template, material, now)
+            fast = self._fast = (material, template, not_after)
+        if now.timestamp() >= fast[2]:
+            return None  # an expired chain: the builder path and the full verifier say so
+        return fast[1]
+
+    @staticmethod
+    def _probe(template: LeafTemplate, material: CaMaterial, now: datetime) -> None:
+        """Sign a throw-away leaf from the template and run the full path verifier on it."""
+        der = template.leaf_der(
+            spiffe_id=_PROBE_ID,
+            spki=spki_der(generate_key().public_key()),
+            now=now,
+            ttl=timedelta(minutes=5),
+            serial=random_serial(),
+        )
+        verify_svid([x509.load_der_x509_certificate(der), *material.chain], material.roots, now=now)
 
     def _ttl(self, validity_s: int) -> timedelta:
         if validity_s <= 0:
@@ -144,7 +191,7 @@ class Signer:
             service_account=caller.service_account,
             not_before=leaf.not_valid_before_utc,
             not_after=leaf.not_valid_after_utc,
-            public_key_sha256=spki_sha256(parsed.public_key),
+            public_key_sha256=hashlib.sha256(parsed.spki).hexdigest(),
             authenticator=caller.authenticator,
             subject=caller.subject,
             pod_name=caller.pod_name,

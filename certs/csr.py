@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from certs.errors import CsrError
 from certs.keys import PrivateKey, PublicKey, check_public_key, signature_hash
@@ -35,6 +35,7 @@ class ParsedCsr:
     other_sans: tuple[str, ...]
     requests_ca: bool
     sha256: str
+    spki: bytes = b""  # DER SubjectPublicKeyInfo of `public_key`
 
 
 def parse_csr(pem: str | bytes, *, allow_ed25519: bool = False) -> ParsedCsr:
@@ -86,4 +87,5 @@ def parse_csr(pem: str | bytes, *, allow_ed25519: bool = False) -> ParsedCsr:
         other_sans=tuple(other),
         requests_ca=requests_ca,
         sha256=hashlib.sha256(data).hexdigest(),
+        spki=public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
     )

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from certs.errors import ChainError, InvalidSpiffeId, SvidError
@@ -88,3 +90,37 @@ def verify_svid(
     """Verify chain and SVID rules together; the CA runs this on every certificate it signs."""
     verify_chain(chain, roots, now=now)
     return spiffe_id_of(chain[0])
+
+
+def verify_issued(
+    leaf_der: bytes,
+    issuer: x509.Certificate,
+    *,
+    now: datetime,
+    issuer_key: ec.EllipticCurvePublicKey | None = None,
+) -> tuple[x509.Certificate, SpiffeId]:
+    """Check a leaf the CA has just signed: the issuer's signature (verified with the issuer's
+    public key directly; pass `issuer_key` to skip re-reading it), its validity at `now` and
+    inside the issuer's, and the X.509-SVID rules.
+
+    The CA runs this on every certificate it signs; the issuer's own path to the roots is
+    verified separately, once per CA material, with `verify_svid`.
+    """
+    try:
+        leaf = x509.load_der_x509_certificate(leaf_der)
+        if issuer_key is None:
+            leaf.verify_directly_issued_by(issuer)
+        else:
+            if leaf.issuer != issuer.subject:
+                raise ValueError("issuer name does not match")
+            algorithm = leaf.signature_hash_algorithm
+            if algorithm is None:
+                raise ValueError("leaf has no ECDSA signature hash")
+            issuer_key.verify(leaf.signature, leaf.tbs_certificate_bytes, ec.ECDSA(algorithm))
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise ChainError(f"leaf is not signed by its issuer: {exc!r}") from exc
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise ChainError("leaf is not valid now")
+    if leaf.not_valid_after_utc > issuer.not_valid_after_utc:
+        raise ChainError("leaf outlives its issuer")
+    return leaf, spiffe_id_of(leaf)
