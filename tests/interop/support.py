@@ -86,6 +86,8 @@ def run_istio_csr(
     ecdsa: bool = False,
     ttl: str = "24h",
     cluster_id: str = "Kubernetes",
+    output_certs: Path | None = None,
+    prov_cert: Path | None = None,
 ) -> CsrResult:
     """One CSR with Istio's client, exactly as istio-agent makes it, against `ca_addr`."""
     args = [
@@ -111,6 +113,10 @@ def run_istio_csr(
         args += ["-expect-identity", expect_identity]
     if ecdsa:
         args.append("-ecdsa")
+    if output_certs is not None:
+        args += ["-output-certs", str(output_certs)]
+    if prov_cert is not None:
+        args += ["-prov-cert", str(prov_cert)]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, check=False)
     try:
         out = json.loads(proc.stdout)

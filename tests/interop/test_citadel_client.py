@@ -162,3 +162,50 @@ def test_wrong_root_fails_the_tls_handshake(
     assert not result.ok
     assert result.grpc_code == "Unavailable", result.error
     assert "certificate" in result.error
+
+
+def test_renewal_with_prov_cert_over_mtls(
+    istio: IstioBinaries, strict_ca: RunningCa, token_file: Path, tmp_path: Path
+) -> None:
+    """PROV_CERT: Istio's client presents the certificate it got (no token) on the mTLS port."""
+    write_token(token_file, strict_ca.mint_token("demo", "web"))
+    prov = tmp_path / "prov"
+    prov.mkdir()
+    first = run_istio_csr(
+        istio,
+        ca_addr=strict_ca.grpc_addr,
+        root_cert=strict_ca.root_cert_path,
+        token_file=token_file,
+        namespace="demo",
+        service_account="web",
+        output_certs=prov,  # Istio's secret cache writes key.pem, cert-chain.pem, root-cert.pem
+    )
+    assert first.ok, first.error
+    assert {p.name for p in prov.iterdir()} >= {"key.pem", "cert-chain.pem", "root-cert.pem"}
+
+    renewed = run_istio_csr(
+        istio,
+        ca_addr=strict_ca.mtls_addr,
+        root_cert=strict_ca.root_cert_path,
+        token_file=None,
+        namespace="demo",
+        service_account="web",
+        prov_cert=prov,
+    )
+
+    assert renewed.ok, f"{renewed.error}\n{renewed.log}"
+    assert spiffe_ids(renewed.chain[0]) == [WEB]
+    assert renewed.chain[0] != first.chain[0]
+    openssl_verify("".join(renewed.chain), strict_ca.root_cert_path, tmp_path / "verify")
+
+    # Without PROV_CERT and without a token the mTLS port refuses the handshake.
+    refused = run_istio_csr(
+        istio,
+        ca_addr=strict_ca.mtls_addr,
+        root_cert=strict_ca.root_cert_path,
+        token_file=None,
+        namespace="demo",
+        service_account="web",
+    )
+    assert not refused.ok
+    assert refused.grpc_code == "Unavailable", refused.error

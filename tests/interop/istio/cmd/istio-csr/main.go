@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -45,6 +46,7 @@ func main() {
 	ttl := flag.Duration("ttl", 24*time.Hour, "SECRET_TTL")
 	ecc := flag.Bool("ecdsa", false, "ECC_SIGNATURE_ALGORITHM=ECDSA instead of RSA 2048")
 	outputDir := flag.String("output-certs", "", "OUTPUT_CERTS directory (optional)")
+	provCert := flag.String("prov-cert", "", "PROV_CERT directory: key.pem and cert-chain.pem for mTLS to the CA")
 	expectIdentity := flag.String("expect-identity", "", "SPIFFE ID the certificate must carry (default: the one the CSR asks for)")
 	flag.Parse()
 
@@ -58,7 +60,7 @@ func main() {
 	}
 
 	res := run(*caAddr, *caSAN, *rootCert, *tokenFile, *clusterID, *trustDomain,
-		*namespace, *serviceAccount, *expectIdentity, *ttl, *ecc, *outputDir)
+		*namespace, *serviceAccount, *expectIdentity, *ttl, *ecc, *outputDir, *provCert)
 	out, _ := json.MarshalIndent(res, "", "  ")
 	fmt.Println(string(out))
 	if !res.OK {
@@ -67,7 +69,7 @@ func main() {
 }
 
 func run(caAddr, caSAN, rootCert, tokenFile, clusterID, trustDomain, namespace, serviceAccount, expectIdentity string,
-	ttl time.Duration, ecc bool, outputDir string,
+	ttl time.Duration, ecc bool, outputDir, provCert string,
 ) result {
 	// The same option set pilot-agent builds in options.NewSecurityOptions.
 	opts := &security.Options{
@@ -95,7 +97,14 @@ func run(caAddr, caSAN, rootCert, tokenFile, clusterID, trustDomain, namespace, 
 		opts.CredFetcher = fetcher
 	}
 
-	client, err := citadel.NewCitadelClient(opts, &citadel.TLSOptions{RootCert: rootCert})
+	tlsOpts := &citadel.TLSOptions{RootCert: rootCert}
+	if provCert != "" {
+		// As istio-agent's GetKeyCertsForCA: the client certificate from PROV_CERT.
+		opts.ProvCert = provCert
+		tlsOpts.Key = filepath.Join(provCert, "key.pem")
+		tlsOpts.Cert = filepath.Join(provCert, "cert-chain.pem")
+	}
+	client, err := citadel.NewCitadelClient(opts, tlsOpts)
 	if err != nil {
 		return result{Error: "citadel client: " + err.Error()}
 	}
