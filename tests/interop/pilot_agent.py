@@ -122,6 +122,7 @@ def start_pilot_agent(
     workload: Workload,
     envoy: bool = True,
     cluster_id: str = "Kubernetes",
+    extra_env: dict[str, str] | None = None,
 ) -> PilotAgent:
     """Start `pilot-agent proxy sidecar` in `root` against the CA at `ca_addr`.
 
@@ -169,6 +170,7 @@ def start_pilot_agent(
     }
     if not envoy:
         env["DISABLE_ENVOY"] = "true"  # proxyless mode: the agent fetches certificates itself
+    env.update(extra_env or {})
     log_path = root / "pilot-agent.log"
     log = open(log_path, "ab")  # noqa: SIM115 (owned by the process)
     process = subprocess.Popen(

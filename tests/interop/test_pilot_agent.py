@@ -7,7 +7,9 @@ its CA client, writes OUTPUT_CERTS and, in sidecar mode, serves it over its SDS 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -97,5 +99,43 @@ def test_pilot_agent_without_envoy_writes_output_certs(
         agent.wait_for_output_certs()
         check_output_certs(agent, strict_ca.root_cert_path, WEB)
         assert agent.envoy_args == []
+    finally:
+        agent.stop()
+
+
+def leaf_serial(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+def test_pilot_agent_rotates_at_half_life(
+    istio: IstioBinaries, strict_ca: RunningCa, root: Path
+) -> None:
+    """SECRET_TTL=20s: Istio's secret cache renews at about half-life and rewrites OUTPUT_CERTS.
+
+    Without Envoy (in sidecar mode a renewal is only pushed to a connected SDS stream).
+    """
+    workload = Workload("demo", "web", "web-2", strict_ca.mint_token("demo", "web"))
+    agent = start_pilot_agent(
+        istio,
+        root,
+        ca_addr=strict_ca.grpc_addr,
+        root_cert=strict_ca.root_cert_path,
+        workload=workload,
+        envoy=False,
+        extra_env={"SECRET_TTL": "20s"},
+    )
+    try:
+        agent.wait_for_output_certs()
+        chain_file = agent.output_certs / "cert-chain.pem"
+        first = leaf_serial(chain_file)
+        deadline = time.monotonic() + 60
+        while leaf_serial(chain_file) == first:
+            assert time.monotonic() < deadline, f"no rotation within 60 s:\n{agent.log()}"
+            assert agent.process.poll() is None, agent.log()
+            time.sleep(0.5)
+        time.sleep(0.5)  # key.pem and cert-chain.pem are written one after the other
+        check_output_certs(agent, strict_ca.root_cert_path, WEB)
+        leaf = x509.load_pem_x509_certificate(chain_file.read_bytes())
+        assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= timedelta(seconds=20 + 120)
     finally:
         agent.stop()
