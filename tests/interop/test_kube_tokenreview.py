@@ -186,6 +186,28 @@ def test_pilot_agent_with_projected_token_and_root_configmap(
         assert code == 0, agent.log()
 
 
+def test_cluster_id_header_must_name_this_cluster(
+    istio: IstioBinaries, admin_client: Client, kube_ca: RunningCa, tmp_path: Path
+) -> None:
+    """Istio's client sends ISTIO_META_CLUSTER_ID as the ClusterID header; an unknown one fails."""
+    token_file = write_token(
+        tmp_path / "istio-token", request_token(admin_client, NS, SA, audiences=["istio-ca"])
+    )
+
+    result = run_istio_csr(
+        istio,
+        ca_addr=kube_ca.grpc_addr,
+        root_cert=kube_ca.root_cert_path,
+        token_file=token_file,
+        namespace=NS,
+        service_account=SA,
+        cluster_id="remote-cluster",
+    )
+
+    assert result.grpc_code == "Unauthenticated", result.error
+    assert "remote-cluster" in result.error
+
+
 def test_unreachable_api_server_is_unavailable_and_istio_retries_it(
     istio: IstioBinaries,
     control_plane: ControlPlane,
