@@ -8,6 +8,7 @@ authenticators, signer and record connection from the spec it is given.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from concurrent import futures
@@ -38,6 +39,7 @@ from protos.istio.v1.auth import ca_pb2_grpc
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 4.0
+PARENT_CHECK_S = 0.5  # a worker must never serve on without its supervisor
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -189,9 +191,13 @@ def run_worker(spec: WorkerSpec, ready: Connection) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    supervisor_pid = os.getppid()
     ready.send(port)
     ready.close()
-    stop.wait()
+    while not stop.wait(PARENT_CHECK_S):
+        if os.getppid() != supervisor_pid:
+            log.error("the CA supervisor is gone; worker stops serving")
+            break
     server.stop(SHUTDOWN_GRACE_S).wait()
     if recorder is not None:
         recorder.close()

@@ -1,0 +1,68 @@
+"""Worker processes live and die with their supervisor."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from certs.keys import generate_key
+from tests.support.broken import csr_pem
+from tests.support.ca_client import channel, create_certificate
+from tests.support.ca_process import start_ca
+
+ME = "spiffe://cluster.local/ns/demo/sa/frontend"
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def _is_worker(pid: int) -> bool:
+    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return b"spawn_main" in cmdline and b"resource_tracker" not in cmdline
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def test_a_killed_worker_is_restarted(tmp_path: Path) -> None:
+    ca = start_ca(tmp_path / "ca", workers=2)
+    try:
+        assert ca.process is not None
+        workers = [p for p in _children(ca.process.pid) if _is_worker(p)]
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while "restarting it" not in ca.log():
+            assert time.monotonic() < deadline, ca.log()[-2000:]
+            time.sleep(0.1)
+        chan = channel(ca.grpc_addr, ca.root_cert_path)
+        for _ in range(6):  # both workers answer, whichever the kernel picks
+            create_certificate(
+                chan, csr_pem(generate_key(), uris=(ME,)), token=ca.mint_token("demo", "frontend")
+            )
+    finally:
+        ca.stop()
+
+
+def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    ca = start_ca(tmp_path / "ca", workers=2)
+    assert ca.process is not None
+    children = _children(ca.process.pid)
+    assert children, "the supervisor has worker processes"
+    ca.process.send_signal(signal.SIGKILL)
+    ca.process.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(p) for p in children):
+        assert time.monotonic() < deadline, "workers kept running without their supervisor"
+        time.sleep(0.1)
