@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from lightkube import ApiError, Client, KubeConfig
+from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ConfigMap, Namespace
+from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod
 
 from tests.interop.pilot_agent import Workload, pod_root, start_pilot_agent
 from tests.interop.support import (
@@ -165,7 +166,18 @@ def test_pilot_agent_with_projected_token_and_root_configmap(
     assert x509.load_pem_x509_certificates(root_pem.encode()) == x509.load_pem_x509_certificates(
         kube_ca.root_cert_path.read_bytes()
     )
-    token = request_token(admin_client, NS, SA, audiences=["istio-ca"])
+    # What the kubelet projects: a token bound to the pod, audience istio-ca.
+    pod = admin_client.create(
+        Pod(
+            metadata=ObjectMeta(name="checkout-0", namespace=NS),
+            spec=PodSpec(serviceAccountName=SA, containers=[Container(name="app", image="app")]),
+        )
+    )
+    assert pod.metadata is not None and pod.metadata.uid is not None
+    token = request_token(
+        admin_client, NS, SA, audiences=["istio-ca"], pod=("checkout-0", pod.metadata.uid)
+    )
+    assert "kubernetes.io" in token_payload(token)
     for root in pod_root():
         mounted_root = root / "configmap-root-cert.pem"
         mounted_root.write_text(root_pem)
