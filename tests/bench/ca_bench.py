@@ -123,3 +123,43 @@ if __name__ == "__main__":
     for r in bench_bulwark(work, wl, [int(c) for c in sys.argv[1:]] or [32], 8.0):
         r.pop("latencies_ms")
         print(r)
+
+
+def crypto_limit_us(workloads: list[Workload], seconds: float = 3.0) -> dict[str, float]:
+    """CPU per certificate of only the cryptography an issuance needs, one core, tight loop:
+    verify the CSR's signature, ECDSA P-256 sign a certificate, verify an RS256 token."""
+    import os
+
+    from cryptography import x509 as cx509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+    from certs.keys import KeyType, generate_key
+
+    csrs = [cx509.load_pem_x509_csr(w.csr_pem.encode()) for w in workloads[:200]]
+    ca_key = generate_key(KeyType.EC_P256)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    tbs = os.urandom(420)  # the size of a workload leaf's TBSCertificate
+    token_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token_pub = token_key.public_key()
+    signing_input = os.urandom(700)
+    token_sig = token_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    parts = {
+        "csr_verify_us": lambda i: csrs[i % len(csrs)].is_signature_valid,
+        "cert_sign_us": lambda i: ca_key.sign(tbs, ec.ECDSA(hashes.SHA256())),
+        "token_verify_us": lambda i: token_pub.verify(
+            token_sig, signing_input, padding.PKCS1v15(), hashes.SHA256()
+        ),
+    }
+    out: dict[str, float] = {}
+    for name, op in parts.items():
+        n = 0
+        t0 = time.process_time()
+        deadline = time.monotonic() + seconds / len(parts)
+        while time.monotonic() < deadline:
+            for i in range(n, n + 100):
+                op(i)
+            n += 100
+        out[name] = (time.process_time() - t0) / n * 1e6
+    out["total_us"] = sum(out.values())
+    return out
