@@ -1,7 +1,7 @@
 """Self-signed CA material in the Secret `istio-ca-secret` (SPEC §1 "CA key material").
 
-A `KeyStore` (see `ca_server.material`): `load()` reads the Secret, `save()` creates it only
-when absent. Replicas starting together race on the create; the API server lets exactly one
+A `RotatableKeyStore` (see `ca_server.material`, `ca_server.rotation`): `load()` reads the
+Secret, `save()` creates it only when absent, `replace()` stores a renewed root. Replicas starting together race on the create; the API server lets exactly one
 win and every loser reads the winner back, so all replicas end up on one root.
 """
 
@@ -60,13 +60,7 @@ class SecretKeyStore:
         secret = Secret(
             metadata=ObjectMeta(name=self._name, namespace=self._namespace),
             type=CA_SECRET_TYPE,
-            data={
-                CA_CERT_KEY: _b64(to_pem(material.signing_cert).encode()),
-                CA_KEY_KEY: _b64(private_key_pem(material.signing_key)),
-                ROOT_CERT_KEY: _b64(material.root_bundle_pem.encode()),
-                CERT_CHAIN_KEY: "",
-                PRIVATE_KEY_KEY: "",
-            },
+            data={**_secret_data(material), CERT_CHAIN_KEY: "", PRIVATE_KEY_KEY: ""},
         )
         try:
             self._client.create(secret, namespace=self._namespace)
@@ -81,6 +75,19 @@ class SecretKeyStore:
         except httpx2.HTTPError as exc:
             raise KubeApiError(f"creating {self.location}: {type(exc).__name__}") from exc
         return material
+
+    def replace(self, material: CaMaterial) -> None:
+        """Overwrite the stored material after a root renewal (the leader only). The update
+        carries the resourceVersion read just before, so a concurrent writer makes it fail
+        rather than be silently overwritten."""
+        try:
+            secret = self._client.get(Secret, self._name, namespace=self._namespace)
+            secret.data = {**(secret.data or {}), **_secret_data(material)}
+            self._client.replace(secret)
+        except ApiError as exc:
+            raise KubeApiError(f"updating {self.location}: {_status(exc)}") from exc
+        except httpx2.HTTPError as exc:
+            raise KubeApiError(f"updating {self.location}: {type(exc).__name__}") from exc
 
     def _parse(self, data: dict[str, str]) -> CaMaterial:
         try:
@@ -105,6 +112,14 @@ class SecretKeyStore:
         return CaMaterial(
             signing_cert=cert, signing_key=key, chain=chain, roots=roots, source="self-signed"
         )
+
+
+def _secret_data(material: CaMaterial) -> dict[str, str]:
+    return {
+        CA_CERT_KEY: _b64(to_pem(material.signing_cert).encode()),
+        CA_KEY_KEY: _b64(private_key_pem(material.signing_key)),
+        ROOT_CERT_KEY: _b64(material.root_bundle_pem.encode()),
+    }
 
 
 def _b64(data: bytes) -> str:

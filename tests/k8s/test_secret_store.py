@@ -96,3 +96,26 @@ def test_malformed_secret_is_an_error_not_a_new_root(
     with pytest.raises(KubeMaterialError) as info:
         SecretKeyStore(admin_client, namespace=ns).load()
     assert "ca-key.pem" in str(info.value)
+
+
+def test_renewed_root_replaces_the_stored_one_and_keeps_the_old_in_the_bundle(
+    admin_client: Client, make_namespace: Callable[[str], str]
+) -> None:
+    from ca_server.rotation import RotatableKeyStore, renewed_root
+
+    ns = make_namespace("rot")
+    store = SecretKeyStore(admin_client, namespace=ns)
+    assert isinstance(store, RotatableKeyStore)
+    first = load_or_create(store, TD, datetime.now(UTC))
+    renewed = renewed_root(first, TD, datetime.now(UTC))
+    store.replace(renewed)
+    loaded = store.load()
+    assert loaded is not None
+    assert sha256_fingerprint(loaded.signing_cert) == sha256_fingerprint(renewed.signing_cert)
+    assert {sha256_fingerprint(r) for r in loaded.roots} == {
+        sha256_fingerprint(renewed.signing_cert),
+        sha256_fingerprint(first.signing_cert),
+    }
+    secret = admin_client.get(Secret, "istio-ca-secret", namespace=ns)
+    assert secret.type == "istio.io/ca-root"
+    assert (secret.data or {})["cert-chain.pem"] == ""
