@@ -177,7 +177,8 @@ def test_pilot_agent_with_projected_token_and_root_configmap(
     token = request_token(
         admin_client, NS, SA, audiences=["istio-ca"], pod=("checkout-0", pod.metadata.uid)
     )
-    assert "kubernetes.io" in token_payload(token)
+    claims = token_payload(token)["kubernetes.io"]
+    assert isinstance(claims, dict) and claims["pod"]["name"] == "checkout-0", claims
     for root in pod_root():
         mounted_root = root / "configmap-root-cert.pem"
         mounted_root.write_text(root_pem)
