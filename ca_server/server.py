@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import uvicorn
@@ -92,7 +93,9 @@ def serve(config: CaConfig, *, log_level: int = logging.INFO) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _material_manager(config: CaConfig, initial: CaMaterial) -> MaterialManager:
+def _material_manager(
+    config: CaConfig, initial: CaMaterial, may_rotate: Callable[[], bool] = lambda: True
+) -> MaterialManager:
     """Where material is re-read from, and whether this process may renew the root."""
     store: KeyStore | None = None
     if config.cacerts_dir is not None:
@@ -114,7 +117,11 @@ def _material_manager(config: CaConfig, initial: CaMaterial) -> MaterialManager:
             return kept.load() or initial
 
     return MaterialManager(
-        initial=initial, reload=reload, store=store, trust_domain=config.trust_domain
+        initial=initial,
+        reload=reload,
+        store=store,
+        trust_domain=config.trust_domain,
+        may_rotate=may_rotate,
     )
 
 
@@ -172,11 +179,18 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
     from ca_server.admin_api import check_record
 
     check_record(config)  # a bad --record is a clear start-up error, before any worker starts
-    manager = _material_manager(config, material)
+    controllers = None
+    if config.kube is not None:
+        from ca_server.kube.wiring import KubeControllers
+
+        # Leader-only writers (root ConfigMaps, root renewal); every replica serves CSRs.
+        controllers = KubeControllers(config.kube, root_pem=lambda: manager.current.root_bundle_pem)
+    manager = _material_manager(
+        config, material, controllers.is_leader if controllers else lambda: True
+    )
     reserved: list[socket.socket] = []
     binds: dict[str, tuple[str, int]] = {}
     wanted = {"grpc_addr": config.grpc_addr, "mtls_grpc_addr": config.mtls_grpc_addr}
-    controllers = None
     supervisor: Supervisor | None = None
     try:
         for name, addr in wanted.items():
@@ -190,13 +204,7 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
         supervisor = Supervisor(
             spec=_worker_spec(config, material, binds, log_level), count=config.workers
         )
-        if config.kube is not None:
-            from ca_server.kube.wiring import KubeControllers
-
-            # Leader-only writers (root ConfigMaps); every replica serves CSRs.
-            controllers = KubeControllers(
-                config.kube, root_pem=lambda: manager.current.root_bundle_pem
-            )
+        if controllers is not None:
             controllers.start()
         await supervisor.start()
         addrs = {name: f"{host}:{port}" for name, (host, port) in binds.items()}
