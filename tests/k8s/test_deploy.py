@@ -84,3 +84,54 @@ def test_ca_service_account_is_least_privilege(ca_kubeconfig: Path) -> None:
         with pytest.raises(ApiError) as info:
             call()
         assert info.value.status.code == 403
+
+
+def test_deployment_container_spec_runs_the_real_ca(
+    control_plane: ControlPlane,
+    deployed_base: str,
+    ca_kubeconfig: Path,
+    admin_client: Client,
+    tmp_path: Path,
+) -> None:
+    """The Deployment's own args and env start the CA (the image's entry point is
+    `python -m ca_server`); only what a pod gets from Kubernetes is substituted: the
+    in-cluster credentials (a kubeconfig of the same ServiceAccount), the downward-API env,
+    and loopback ports instead of 0.0.0.0."""
+    import yaml
+
+    from certs.csr import build_csr
+    from certs.keys import KeyType, generate_key
+    from certs.spiffe_id import SpiffeId
+    from tests.k8s.conftest import create_service_account, request_token
+    from tests.support.ca_client import channel, create_certificate
+    from tests.support.ca_process import start_ca
+
+    (deploy,) = [d for d in yaml.safe_load_all(deployed_base) if d and d["kind"] == "Deployment"]
+    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    local = ("--data-dir", "--grpc-addr", "--admin-addr", "--mtls-grpc-addr")
+    args: list[str] = []
+    for arg in container["args"]:
+        if arg == "--kube-in-cluster":
+            args += ["--kubeconfig", str(ca_kubeconfig)]
+        elif not arg.startswith(local):
+            args.append(arg)
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env |= {"POD_NAME": "bulwark-ca-7d9f-abcde", "POD_NAMESPACE": "istio-system"}
+    env["BULWARK_WORKERS"] = "1"  # two cores shared by the whole test run
+    ca = start_ca(tmp_path / "pod", *args, env={**env, "KUBECONFIG": ""})
+    try:
+        ns = "default"
+        try:
+            create_service_account(admin_client, ns, "deploy-check")
+        except ApiError as exc:
+            if exc.status.code != 409:
+                raise
+        token = request_token(admin_client, ns, "deploy-check", audiences=["istio-ca"])
+        me = SpiffeId.parse("spiffe://cluster.local/ns/default/sa/deploy-check")
+        with channel(ca.grpc_addr, ca.root_cert_path) as chan:
+            chain = create_certificate(
+                chan, build_csr(generate_key(KeyType.EC_P256), me), token=token
+            )
+        assert len(chain) == 2
+    finally:
+        ca.stop()
