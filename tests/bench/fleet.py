@@ -97,7 +97,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
         md = (("authorization", f"Bearer {w.token}"),)
         stub = stubs[k % len(stubs)]
         # pods started at different times: spread first requests over one half-life
-        await asyncio.sleep(rng.uniform(0, args.ttl_s / 2))
+        await asyncio.sleep(min(rng.uniform(0, args.ttl_s / 2), max(0.0, end - time.monotonic())))
         expires = float("inf")
         while time.monotonic() < end:
             t0 = time.monotonic()
@@ -113,7 +113,8 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
             counts["rotations"] += 1
             expires = t0 + args.ttl_s
             ratio = 0.5 + rng.uniform(-0.01, 0.01)  # SECRET_GRACE_PERIOD_RATIO and its jitter
-            await asyncio.sleep(max(0.0, expires - ratio * args.ttl_s - time.monotonic()))
+            renew_at = min(expires - ratio * args.ttl_s, end)
+            await asyncio.sleep(max(0.0, renew_at - time.monotonic()))
 
     await asyncio.gather(*(workload(k) for k in range(len(workloads))))
     elapsed = time.monotonic() - start
