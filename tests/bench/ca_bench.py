@@ -163,3 +163,23 @@ def crypto_limit_us(workloads: list[Workload], seconds: float = 3.0) -> dict[str
         out[name] = (time.process_time() - t0) / n * 1e6
     out["total_us"] = sum(out.values())
     return out
+
+
+def cfssl_writes_uri_san(binary: Path, work: Path, workload: Workload) -> bool:
+    """Whether cfssl's leaf carries the CSR's SPIFFE URI SAN (equivalent signing work)."""
+    import urllib.request
+
+    from cryptography import x509 as cx509
+
+    proc, addr = start_cfssl(binary, work / "uri-check")
+    try:
+        body = json.dumps({"certificate_request": workload.csr_pem}).encode()
+        req = urllib.request.Request(f"http://{addr}/api/v1/cfssl/sign", data=body)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            pem = json.loads(resp.read())["result"]["certificate"]
+        cert = cx509.load_pem_x509_certificate(pem.encode())
+        sans = cert.extensions.get_extension_for_class(cx509.SubjectAlternativeName).value
+        return bool(sans.get_values_for_type(cx509.UniformResourceIdentifier))
+    finally:
+        proc.terminate()
+        proc.wait(10)
