@@ -88,7 +88,9 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
                 self._metrics.sign_errors.labels(error=exc.sign_error).inc()
             raise
         self._metrics.success.inc()
-        log.info(
+        # DEBUG, not INFO: the issuance record holds every certificate, and a log line per
+        # certificate is a locked write on the hot path.
+        log.debug(
             "issued certificate for %s (authenticator %s, peer %s)",
             caller.spiffe_id,
             caller.authenticator,
