@@ -8,6 +8,7 @@ RBAC authorization, and an admin kubeconfig. The binaries come from `build-peers
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import json
 import os
@@ -33,6 +34,7 @@ BUILD_SCRIPT = HERE / "build-peers.sh"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 API_AUDIENCE = SA_ISSUER
 START_TIMEOUT = 120.0
+PR_SET_PDEATHSIG = 1
 
 
 class HarnessError(RuntimeError):
@@ -183,6 +185,12 @@ class _Proc:
             self.popen.wait(timeout=5)
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the test process dies, however it dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _spawn(name: str, argv: list[str], log: Path) -> _Proc:
     with log.open("wb") as out:
         popen = subprocess.Popen(
@@ -191,6 +199,7 @@ def _spawn(name: str, argv: list[str], log: Path) -> _Proc:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
     return _Proc(name=name, popen=popen, log=log)
 

@@ -15,7 +15,9 @@ from tests.k8s.conftest import render
 from tests.k8s.harness import ControlPlane
 
 
-@pytest.mark.parametrize("directory", ["base", "overlays/production", "examples/workload"])
+@pytest.mark.parametrize(
+    "directory", ["base", "overlays/production", "overlays/plugged-ca", "examples/workload"]
+)
 def test_manifests_pass_server_side_dry_run(
     control_plane: ControlPlane, deployed_base: str, directory: str
 ) -> None:
