@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 import httpx2
@@ -169,18 +170,17 @@ class RootCertPublisher:
     def _work(self) -> None:
         leading = False
         root = ""
-        since_resync = 0.0
+        last_resync = time.monotonic()
         while not self._stop.is_set():
             now_leading = self._is_leader()
             current_root = self._root_pem()
-            due = since_resync >= self._resync
+            due = time.monotonic() - last_resync >= self._resync
             if now_leading and (not leading or current_root != root or due):
                 self.queue_all()
-                since_resync = 0.0
+                last_resync = time.monotonic()
             leading, root = now_leading, current_root
             namespace = self._queue.take(self._tick)
             if namespace is None:
-                since_resync += self._tick
                 continue
             if not self._is_leader():
                 continue  # followers drop work; leadership gained re-queues everything
@@ -200,6 +200,7 @@ class RootCertPublisher:
         except httpx2.HTTPError as exc:
             log.warning("root ConfigMap in %s: %s", namespace, _describe(exc))
             self._queue.add([namespace])
+            self._stop.wait(1.0)  # API server unreachable: do not spin
 
     def _reconcile_once(self, namespace: str, root: str) -> None:
         try:
