@@ -56,8 +56,9 @@ class Proxy:
         return before[-1] if before else None
 
 
-def spawn_agent(ca: RunningCa, work: Path, proxy_port: int, name: str,
-                extra_env: dict[str, str]) -> tuple[subprocess.Popen[bytes], Path, float]:
+def spawn_agent(
+    ca: RunningCa, work: Path, proxy_port: int, name: str, extra_env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], Path, float]:
     token = work / f"token-{name}"
     token.write_text(ca.mint_token("bench", name))
     sock = work / f"{name}.sock"
@@ -75,8 +76,13 @@ def spawn_agent(ca: RunningCa, work: Path, proxy_port: int, name: str,
     }
     log = open(work / f"agent-{name}.log", "ab")  # noqa: SIM115 (owned by the process)
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--socket", str(sock)],
-                            cwd=work, env=env, stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--socket", str(sock)],
+        cwd=work,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
     return proc, sock, started
 
 
@@ -99,8 +105,11 @@ class SdsStream:
         while True:
             resp = await self.queue.get()
             yield discovery_pb2.DiscoveryRequest(
-                type_url=SECRET_TYPE_URL, resource_names=["default"],
-                version_info=resp.version_info, response_nonce=resp.nonce)
+                type_url=SECRET_TYPE_URL,
+                resource_names=["default"],
+                version_info=resp.version_info,
+                response_nonce=resp.nonce,
+            )
 
     async def run(self, first: asyncio.Event | None = None) -> None:
         async for resp in self.call:
@@ -119,8 +128,9 @@ async def _wait_socket(sock: Path, proc: subprocess.Popen[bytes], timeout: float
         await asyncio.sleep(0.002)
 
 
-async def first_cert(ca: RunningCa, work: Path, proxy: Proxy, port: int, i: int,
-                     idle_s: float) -> dict[str, float]:
+async def first_cert(
+    ca: RunningCa, work: Path, proxy: Proxy, port: int, i: int, idle_s: float
+) -> dict[str, float]:
     import grpc
 
     proc, sock, started = spawn_agent(ca, work, port, f"start-{i}", {})
@@ -146,8 +156,15 @@ async def first_cert(ca: RunningCa, work: Path, proxy: Proxy, port: int, i: int,
         proc.wait(10)
 
 
-async def push_latency(ca: RunningCa, work: Path, proxy: Proxy, port: int, ttl_s: int,
-                       watch_s: float, streams: int = 10) -> list[float]:
+async def push_latency(
+    ca: RunningCa,
+    work: Path,
+    proxy: Proxy,
+    port: int,
+    ttl_s: int,
+    watch_s: float,
+    streams: int = 10,
+) -> list[float]:
     import grpc
 
     proc, sock, _ = spawn_agent(ca, work, port, "push", {"SECRET_TTL": f"{ttl_s}s"})
@@ -177,13 +194,16 @@ async def push_latency(ca: RunningCa, work: Path, proxy: Proxy, port: int, ttl_s
         proc.wait(10)
 
 
-async def _bench(ca: RunningCa, work: Path, starts: int, idle_s: float, ttl_s: int,
-                 watch_s: float) -> dict[str, Any]:
+async def _bench(
+    ca: RunningCa, work: Path, starts: int, idle_s: float, ttl_s: int, watch_s: float
+) -> dict[str, Any]:
     host, port = ca.grpc_addr.rsplit(":", 1)
     proxy = Proxy((host, int(port)))
     proxy_port = await proxy.start()
-    runs = [await first_cert(ca, work, proxy, proxy_port, i, idle_s if i == 0 else 0.0)
-            for i in range(starts)]
+    runs = [
+        await first_cert(ca, work, proxy, proxy_port, i, idle_s if i == 0 else 0.0)
+        for i in range(starts)
+    ]
     pushes = await push_latency(ca, work, proxy, proxy_port, ttl_s, watch_s)
     assert proxy.server is not None
     proxy.server.close()
@@ -202,8 +222,15 @@ async def _bench(ca: RunningCa, work: Path, starts: int, idle_s: float, ttl_s: i
     }
 
 
-def bench_agent(ca: RunningCa, work: Path, *, starts: int = 5, idle_s: float = 10.0,
-                ttl_s: int = 8, watch_s: float = 30.0) -> dict[str, Any]:
+def bench_agent(
+    ca: RunningCa,
+    work: Path,
+    *,
+    starts: int = 5,
+    idle_s: float = 10.0,
+    ttl_s: int = 8,
+    watch_s: float = 30.0,
+) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     return asyncio.run(_bench(ca, work, starts, idle_s, ttl_s, watch_s))
 

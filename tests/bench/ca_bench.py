@@ -18,14 +18,36 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parents[1]
 
 
-def run_loadgen(mode: str, addr: str, server_pid: int, workloads_file: Path, *, concurrency: int,
-                root: Path | None = None, duration_s: float = 8.0, warmup_s: float = 1.0,
-                max_requests: int = 20_000) -> dict[str, Any]:
+def run_loadgen(
+    mode: str,
+    addr: str,
+    server_pid: int,
+    workloads_file: Path,
+    *,
+    concurrency: int,
+    root: Path | None = None,
+    duration_s: float = 8.0,
+    warmup_s: float = 1.0,
+    max_requests: int = 20_000,
+) -> dict[str, Any]:
     cmd = [
-        sys.executable, str(BENCH / "loadgen.py"), mode, "--addr", addr,
-        "--workloads", str(workloads_file), "--server-pid", str(server_pid),
-        "--concurrency", str(concurrency), "--duration-s", str(duration_s),
-        "--warmup-s", str(warmup_s), "--max-requests", str(max_requests),
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        mode,
+        "--addr",
+        addr,
+        "--workloads",
+        str(workloads_file),
+        "--server-pid",
+        str(server_pid),
+        "--concurrency",
+        str(concurrency),
+        "--duration-s",
+        str(duration_s),
+        "--warmup-s",
+        str(warmup_s),
+        "--max-requests",
+        str(max_requests),
     ]
     if root is not None:
         cmd += ["--root", str(root)]
@@ -38,8 +60,9 @@ def start_bulwark(data_dir: Path, *extra: str) -> RunningCa:
     return start_ca(data_dir, "--mtls-grpc-addr", "", *extra, workers=2)
 
 
-def bench_bulwark(work: Path, workloads: list[Workload], concurrencies: list[int],
-                  duration_s: float) -> list[dict[str, Any]]:
+def bench_bulwark(
+    work: Path, workloads: list[Workload], concurrencies: list[int], duration_s: float
+) -> list[dict[str, Any]]:
     """Bulwark with 2 workers, record on (SQLite), at each concurrency."""
     data_dir = work / "bulwark"
     wl_file = work / "workloads.json"
@@ -49,9 +72,17 @@ def bench_bulwark(work: Path, workloads: list[Workload], concurrencies: list[int
     try:
         results = []
         for c in concurrencies:
-            results.append(run_loadgen("grpc", ca.grpc_addr, ca.process.pid, wl_file,
-                                       concurrency=c, root=ca.root_cert_path,
-                                       duration_s=duration_s))
+            results.append(
+                run_loadgen(
+                    "grpc",
+                    ca.grpc_addr,
+                    ca.process.pid,
+                    wl_file,
+                    concurrency=c,
+                    root=ca.root_cert_path,
+                    duration_s=duration_s,
+                )
+            )
         return results
     finally:
         ca.stop()
@@ -65,15 +96,21 @@ def cfssl_files(work: Path) -> tuple[Path, Path, Path]:
     from certs.spiffe_id import TrustDomain
 
     key = generate_key(KeyType.EC_P256)
-    root = self_signed_root(key=key, trust_domain=TrustDomain("cluster.local"), now=datetime.now(UTC))
+    root = self_signed_root(
+        key=key, trust_domain=TrustDomain("cluster.local"), now=datetime.now(UTC)
+    )
     d = work / "cfssl"
     d.mkdir(parents=True, exist_ok=True)
     (d / "ca.pem").write_text(to_pem(root))
     (d / "ca-key.pem").write_bytes(private_key_pem(key))
-    config = {"signing": {"default": {
-        "expiry": "1h",
-        "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
-    }}}
+    config = {
+        "signing": {
+            "default": {
+                "expiry": "1h",
+                "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
+            }
+        }
+    }
     (d / "config.json").write_text(json.dumps(config))
     return d / "ca.pem", d / "ca-key.pem", d / "config.json"
 
@@ -87,9 +124,24 @@ def start_cfssl(binary: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]
         port = s.getsockname()[1]
     log = open(work / "cfssl.log", "wb")  # noqa: SIM115 (owned by the process)
     proc = subprocess.Popen(
-        [str(binary), "serve", "-address", "127.0.0.1", "-port", str(port), "-ca", str(ca),
-         "-ca-key", str(ca_key), "-config", str(config), "-loglevel", "4"],
-        stdout=log, stderr=log,
+        [
+            str(binary),
+            "serve",
+            "-address",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-ca",
+            str(ca),
+            "-ca-key",
+            str(ca_key),
+            "-config",
+            str(config),
+            "-loglevel",
+            "4",
+        ],
+        stdout=log,
+        stderr=log,
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -102,14 +154,17 @@ def start_cfssl(binary: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]
     raise RuntimeError(f"cfssl did not start: {(work / 'cfssl.log').read_text()}")
 
 
-def bench_cfssl(binary: Path, work: Path, workloads: list[Workload], concurrencies: list[int],
-                duration_s: float) -> list[dict[str, Any]]:
+def bench_cfssl(
+    binary: Path, work: Path, workloads: list[Workload], concurrencies: list[int], duration_s: float
+) -> list[dict[str, Any]]:
     wl_file = work / "workloads.json"
     save(workloads, wl_file)
     proc, addr = start_cfssl(binary, work)
     try:
-        return [run_loadgen("cfssl", addr, proc.pid, wl_file, concurrency=c,
-                            duration_s=duration_s) for c in concurrencies]
+        return [
+            run_loadgen("cfssl", addr, proc.pid, wl_file, concurrency=c, duration_s=duration_s)
+            for c in concurrencies
+        ]
     finally:
         proc.terminate()
         proc.wait(10)

@@ -46,8 +46,14 @@ class Stats:
         self.codes[name] = self.codes.get(name, 0) + 1
 
 
-async def istio_call(stub: Any, request: bytes, metadata: tuple[tuple[str, str], ...],
-                     stats: Stats, rng: random.Random, timeout_s: float) -> bool:
+async def istio_call(
+    stub: Any,
+    request: bytes,
+    metadata: tuple[tuple[str, str], ...],
+    stats: Stats,
+    rng: random.Random,
+    timeout_s: float,
+) -> bool:
     """One CSR with Istio's client retry policy; True when a certificate came back."""
     import grpc
 
@@ -122,10 +128,16 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
     await sampling
     for ch in channels:
         await ch.close()  # type: ignore[attr-defined]
-    return {"workloads": len(workloads), "elapsed_s": elapsed, **counts, "codes": stats.codes,
-            **_latency_summary(stats.latencies), "server_max_rss_mb": server.get("max_rss_mb"),
-            "server_cpu_s": server.get("cpu_s"),
-            "server_cpu_us_per_cert": server.get("cpu_s", 0) / max(counts["rotations"], 1) * 1e6}
+    return {
+        "workloads": len(workloads),
+        "elapsed_s": elapsed,
+        **counts,
+        "codes": stats.codes,
+        **_latency_summary(stats.latencies),
+        "server_max_rss_mb": server.get("max_rss_mb"),
+        "server_cpu_s": server.get("cpu_s"),
+        "server_cpu_us_per_cert": server.get("cpu_s", 0) / max(counts["rotations"], 1) * 1e6,
+    }
 
 
 async def herd(args: argparse.Namespace) -> dict[str, Any]:
@@ -183,8 +195,11 @@ def _latency_summary(latencies: list[float]) -> dict[str, Any]:
     xs = sorted(latencies)
     if not xs:
         return {"p50_ms": None, "p99_ms": None, "max_ms": None}
-    return {"p50_ms": xs[len(xs) // 2] * 1e3, "p99_ms": xs[int(len(xs) * 0.99)] * 1e3,
-            "max_ms": xs[-1] * 1e3}
+    return {
+        "p50_ms": xs[len(xs) // 2] * 1e3,
+        "p99_ms": xs[int(len(xs) * 0.99)] * 1e3,
+        "max_ms": xs[-1] * 1e3,
+    }
 
 
 def main() -> None:

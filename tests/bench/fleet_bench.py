@@ -12,8 +12,16 @@ from tests.bench.ca_bench import BENCH, REPO, start_bulwark
 from tests.bench.workloads import make_workloads, save
 
 
-def run_fleet(mode: str, work: Path, count: int, *, ca_args: tuple[str, ...] = (),
-              duration_s: float, ttl_s: int = 60, channels: int = 200) -> dict[str, Any]:
+def run_fleet(
+    mode: str,
+    work: Path,
+    count: int,
+    *,
+    ca_args: tuple[str, ...] = (),
+    duration_s: float,
+    ttl_s: int = 60,
+    channels: int = 200,
+) -> dict[str, Any]:
     data_dir = work / f"{mode}-ca"
     workloads = make_workloads(data_dir, count, token_ttl_s=int(duration_s) + 3600)
     wl_file = work / f"{mode}-workloads.json"
@@ -22,12 +30,28 @@ def run_fleet(mode: str, work: Path, count: int, *, ca_args: tuple[str, ...] = (
     ca = start_bulwark(data_dir, *ca_args)
     assert ca.process is not None
     try:
-        cmd = [sys.executable, str(BENCH / "fleet.py"), mode, "--addr", ca.grpc_addr,
-               "--root", str(ca.root_cert_path), "--workloads", str(wl_file),
-               "--server-pid", str(ca.process.pid), "--duration-s", str(duration_s),
-               "--ttl-s", str(ttl_s), "--channels", str(channels)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO,
-                             timeout=duration_s + 300)
+        cmd = [
+            sys.executable,
+            str(BENCH / "fleet.py"),
+            mode,
+            "--addr",
+            ca.grpc_addr,
+            "--root",
+            str(ca.root_cert_path),
+            "--workloads",
+            str(wl_file),
+            "--server-pid",
+            str(ca.process.pid),
+            "--duration-s",
+            str(duration_s),
+            "--ttl-s",
+            str(ttl_s),
+            "--channels",
+            str(channels),
+        ]
+        out = subprocess.run(
+            cmd, check=True, capture_output=True, text=True, cwd=REPO, timeout=duration_s + 300
+        )
         result: dict[str, Any] = json.loads(out.stdout)
         result["ca_args"] = list(ca_args)
         return result

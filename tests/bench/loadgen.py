@@ -53,10 +53,14 @@ def grpc_channels(addr: str, root_pem: bytes, count: int) -> list[object]:
     ]
 
 
-async def grpc_caller(args: argparse.Namespace, workloads: list[Workload]) -> tuple[Call, Callable[[], Awaitable[None]]]:
+async def grpc_caller(
+    args: argparse.Namespace, workloads: list[Workload]
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
     import grpc
 
-    channels = grpc_channels(args.addr, Path(args.root).read_bytes(), min(args.concurrency, args.channels))
+    channels = grpc_channels(
+        args.addr, Path(args.root).read_bytes(), min(args.concurrency, args.channels)
+    )
     stubs = [ch.unary_unary(METHOD) for ch in channels]  # type: ignore[attr-defined]
     requests = [grpc_request_bytes(w.csr_pem, 3600) for w in workloads]
     metadata = [(("authorization", f"Bearer {w.token}"),) for w in workloads]
@@ -110,7 +114,9 @@ class HttpConnection:
             self.writer.close()
 
 
-async def cfssl_caller(args: argparse.Namespace, workloads: list[Workload]) -> tuple[Call, Callable[[], Awaitable[None]]]:
+async def cfssl_caller(
+    args: argparse.Namespace, workloads: list[Workload]
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
     host, port = args.addr.rsplit(":", 1)
     conns = [HttpConnection(host, int(port)) for _ in range(args.concurrency)]
     bodies = [json.dumps({"certificate_request": w.csr_pem}).encode() for w in workloads]
