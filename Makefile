@@ -54,7 +54,7 @@ test-k8s: $(STAMP)
 
 manifests:
 	@bin=$$($(K8S_PEERS)) && mkdir -p $(MANIFESTS) && \
-	for d in base overlays/production overlays/plugged-ca examples/workload; do \
+	for d in base overlays/production overlays/plugged-ca overlays/with-istio examples/workload; do \
 		out=$(MANIFESTS)/$$(echo $$d | tr / -).yaml; \
 		"$$bin/kubectl" kustomize deploy/$$d > $$out && echo "rendered deploy/$$d -> $$out"; \
 	done

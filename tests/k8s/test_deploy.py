@@ -16,7 +16,14 @@ from tests.k8s.harness import ControlPlane
 
 
 @pytest.mark.parametrize(
-    "directory", ["base", "overlays/production", "overlays/plugged-ca", "examples/workload"]
+    "directory",
+    [
+        "base",
+        "overlays/production",
+        "overlays/plugged-ca",
+        "overlays/with-istio",
+        "examples/workload",
+    ],
 )
 def test_manifests_pass_server_side_dry_run(
     control_plane: ControlPlane, deployed_base: str, directory: str
@@ -137,3 +144,18 @@ def test_deployment_container_spec_runs_the_real_ca(
         assert len(chain) == 2
     finally:
         ca.stop()
+
+
+def test_with_istio_overlay_renames_the_service_and_the_certificate_names(
+    control_plane: ControlPlane,
+) -> None:
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(render(control_plane, "overlays/with-istio")) if d]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == ["bulwark-ca"]
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert "bulwark-ca.istio-system.svc" in env["BULWARK_SERVER_DNS_NAMES"].split(",")
