@@ -9,14 +9,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import jwt
@@ -34,7 +37,8 @@ from certs.keys import KeyType, generate_key
 from certs.pem import load_certificates
 from certs.spiffe_id import SpiffeId, TrustDomain
 from certs.verify import verify_svid
-from tests.k8s.conftest import CA_NAMESPACE, create_service_account, request_token
+from tests.k8s.conftest import CA_NAMESPACE, create_service_account, render, request_token
+from tests.k8s.harness import ControlPlane
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import RunningCa, start_ca
 
@@ -231,14 +235,28 @@ def test_root_configmap_appears_and_is_repaired_within_5s(
     assert configmap_root(admin_client, "kube-public") is None
 
 
+def example_container(control_plane: ControlPlane, name: str) -> dict[str, Any]:
+    import yaml
+
+    docs = yaml.safe_load_all(render(control_plane, "examples/workload"))
+    (deploy,) = [d for d in docs if d and d["kind"] == "Deployment"]
+    (container,) = [
+        c for c in deploy["spec"]["template"]["spec"]["containers"] if c["name"] == name
+    ]
+    return dict(container)
+
+
 def test_agent_in_a_pod_layout_gets_its_certificate(
     replicas: dict[str, RunningCa],
     admin_client: Client,
     make_namespace: Callable[[str], str],
+    control_plane: ControlPlane,
     tmp_path: Path,
 ) -> None:
-    """The agent as the kubelet would set it up: a pod-bound projected token (audience
-    istio-ca) and the istio-ca-root-cert ConfigMap as its root file."""
+    """The agent sidecar of deploy/examples/workload, run with its own args and env, set up
+    as the kubelet would: a pod-bound projected token (audience istio-ca) and the
+    istio-ca-root-cert ConfigMap as its root file. `/var/run/secrets` maps to a short temp
+    dir (unix socket paths are limited); the CA address is the replica's loopback port."""
     ns = make_namespace("pod")
     create_service_account(admin_client, ns, "web")
     pod = admin_client.create(
@@ -252,48 +270,54 @@ def test_agent_in_a_pod_layout_gets_its_certificate(
     )
     assert pod.metadata is not None and pod.metadata.uid
     wait_for(lambda: configmap_root(admin_client, ns) is not None, 5, "root ConfigMap")
-    mounted = tmp_path / "var/run/secrets/istio"
-    mounted.mkdir(parents=True)
-    (mounted / "root-cert.pem").write_bytes(configmap_root(admin_client, ns) or b"")
-    token_file = tmp_path / "var/run/secrets/tokens/istio-token"
-    token_file.parent.mkdir(parents=True)
-    token_file.write_text(
+    secrets = Path(tempfile.mkdtemp(prefix="pod", dir="/tmp"))
+    (secrets / "istio").mkdir()
+    (secrets / "istio/root-cert.pem").write_bytes(configmap_root(admin_client, ns) or b"")
+    (secrets / "tokens").mkdir()
+    (secrets / "tokens/istio-token").write_text(
         request_token(
             admin_client, ns, "web", audiences=["istio-ca"], pod=("web-0", pod.metadata.uid)
         )
     )
     out = tmp_path / "out"
     ca = next(iter(r for r in replicas.values() if r.process and r.process.poll() is None))
-    env = {
-        **os.environ,
-        "POD_NAMESPACE": ns,
-        "SERVICE_ACCOUNT": "web",
-        "TRUST_DOMAIN": "cluster.local",
-    }
+    sidecar = example_container(control_plane, "bulwark-agent")
+    args = []
+    for arg in sidecar["args"]:
+        if arg.startswith("--ca-addr="):  # loopback port; the name the Service address had
+            host = arg.split("=", 1)[1].rsplit(":", 1)[0]
+            args += [f"--ca-addr={ca.grpc_addr}", f"--istiod-san={host}"]
+            continue
+        args.append(arg.replace("/var/run/secrets", str(secrets)))
+    env = {e["name"]: e["value"] for e in sidecar["env"] if "value" in e}
+    env |= {"POD_NAMESPACE": ns, "SERVICE_ACCOUNT": "web"}  # the downward API's part
+    agent_log = tmp_path / "agent.log"
     agent = subprocess.Popen(
         [
             sys.executable,
-            "-m",
-            "agent",
-            f"--ca-addr={ca.grpc_addr}",
-            "--istiod-san=istiod.istio-system.svc",
-            f"--ca-root-ca={mounted / 'root-cert.pem'}",
-            f"--token-path={token_file}",
-            f"--socket={tmp_path / 'sock'}",
+            *sidecar["command"][1:],
+            *args,
             f"--output-certs={out}",
             "--status-addr=",
         ],
         cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
+        env={**os.environ, **env},
+        stdout=agent_log.open("wb"),
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_for(lambda: (out / "cert-chain.pem").exists() or agent.poll() is not None, 30, "agent")
-        assert agent.poll() is None, agent.communicate()[0]
+        deadline = time.monotonic() + 30
+        while not (out / "cert-chain.pem").exists():
+            if agent.poll() is not None or time.monotonic() > deadline:
+                agent.kill()
+                agent.wait(10)
+                pytest.fail("agent got no certificate:\n" + agent_log.read_text()[-3000:])
+            time.sleep(0.1)
     finally:
-        agent.terminate()
-        agent.wait(15)
+        if agent.poll() is None:
+            agent.terminate()
+            agent.wait(15)
+        shutil.rmtree(secrets, ignore_errors=True)
     leaf = load_certificates((out / "cert-chain.pem").read_bytes())[0]
     san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [
