@@ -142,7 +142,10 @@ class CaClient:
             root_certificates=root, private_key=client_key, certificate_chain=client_chain
         )
         options = (("grpc.ssl_target_name_override", self._config.ca_server_name),)
-        return aio.secure_channel(self._config.ca_addr, credentials, options=options)
+        addr = self._config.ca_addr
+        if client_key is not None and self._config.mtls_ca_addr:
+            addr = self._config.mtls_ca_addr
+        return aio.secure_channel(addr, credentials, options=options)
 
     def _root_pem(self) -> bytes | None:
         candidates = self._config.ca_root_candidates()

@@ -43,6 +43,9 @@ class AgentConfig:
     namespace: str = "default"
     service_account: str = "default"
     ca_addr: str = DEFAULT_CA_ADDR
+    # Bulwark's CA takes client-certificate renewal on its own port (grpcio cannot ask for an
+    # optional client certificate); with PROV_CERT valid the agent dials this address instead.
+    mtls_ca_addr: str = ""
     ca_root_ca: Path | None = None  # CA_ROOT_CA; None means the Istio fallbacks
     istiod_san: str = ""
     prov_cert_dir: Path | None = None
@@ -156,6 +159,7 @@ class AgentConfig:
         text("POD_NAMESPACE", "namespace")
         text("SERVICE_ACCOUNT", "service_account")
         text("CA_ADDR", "ca_addr")
+        text("BULWARK_MTLS_CA_ADDR", "mtls_ca_addr")
         path("CA_ROOT_CA", "ca_root_ca")
         text("ISTIOD_SAN", "istiod_san")
         path("PROV_CERT", "prov_cert_dir")

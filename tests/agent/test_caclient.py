@@ -216,6 +216,12 @@ async def test_prov_cert_renews_over_mtls_without_a_token(shared_ca: RunningCa, 
     renewed = await Agent(config).issue()
     assert renewed.spiffe_id == first.spiffe_id and renewed.serial != first.serial
 
+    # CA_ADDR stays on the token port; BULWARK_MTLS_CA_ADDR takes PROV_CERT renewals.
+    split = AgentConfig(
+        **{**_fields(config), "ca_addr": shared_ca.grpc_addr, "mtls_ca_addr": shared_ca.mtls_addr}
+    )
+    assert (await Agent(split).issue()).spiffe_id == first.spiffe_id
+
     no_token = AgentConfig(
         **{
             **_fields(config),

@@ -72,6 +72,7 @@ def test_base_has_what_the_issue_asks_for(deployed_base: str) -> None:
     (service,) = [d for d in docs if d["kind"] == "Service"]
     assert {(p["name"], p["port"]) for p in service["spec"]["ports"]} == {
         ("grpc-tls", 15012),
+        ("grpc-mtls", 15013),
         ("http-monitoring", 15014),
     }
 
