@@ -35,7 +35,7 @@ from ca_server.material import (
     write_root_bundle,
 )
 from ca_server.rotation import MaterialManager
-from ca_server.supervisor import Supervisor, is_ipv6, reserve_port
+from ca_server.supervisor import Supervisor, bind_socket, reserve_port
 from ca_server.token_issuer import LocalIssuer
 from ca_server.worker import MaterialPems, WorkerSpec
 from certs.errors import CertsError
@@ -253,15 +253,7 @@ async def _run_admin(
         readiness=supervisor.readiness,
         routers=[record_router],
     )
-    family = socket.AF_INET6 if is_ipv6(admin_host) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((admin_host, admin_port))
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot bind the admin address {config.admin_addr}: {exc.strerror}"
-        ) from exc
+    sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     loop = asyncio.get_running_loop()

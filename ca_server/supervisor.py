@@ -31,17 +31,22 @@ def is_ipv6(host: str) -> bool:
         return False
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) a SO_REUSEPORT socket so every worker can bind the same port."""
+def bind_socket(host: str, port: int, *, option: int, what: str) -> socket.socket:
+    """A TCP socket bound to host:port with `option` set; a ConfigError naming `what` if taken."""
     family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, option, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot bind the gRPC address {host}:{port}: {exc.strerror}") from exc
+        raise ConfigError(f"cannot bind the {what} {host}:{port}: {exc.strerror}") from exc
     return sock
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """Bind (not listen) a SO_REUSEPORT socket so every worker can bind the same port."""
+    return bind_socket(host, port, option=socket.SO_REUSEPORT, what="gRPC address")
 
 
 @dataclass

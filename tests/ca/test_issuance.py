@@ -18,6 +18,7 @@ from certs.profile import leaf_certificate
 from certs.spiffe_id import SpiffeId
 from certs.verify import svid_violations
 from tests.ca.conftest import metric
+from tests.support import openssl
 from tests.support.broken import csr_pem
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import RunningCa
@@ -25,46 +26,10 @@ from tests.support.ca_process import RunningCa
 ME = "spiffe://cluster.local/ns/demo/sa/frontend"
 
 
-def openssl_csr(tmp: Path, uri: str) -> tuple[Path, Path]:
-    key, csr = tmp / "key.pem", tmp / "csr.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(csr),
-            "-subj",
-            "/O=demo",
-            "-addext",
-            f"subjectAltName=critical,URI:{uri}",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return key, csr
-
-
-def openssl_verify(
-    root: Path, leaf: Path, purpose: str, untrusted: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    cmd = ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(root)]
-    if untrusted is not None:
-        cmd += ["-untrusted", str(untrusted)]
-    return subprocess.run([*cmd, str(leaf)], capture_output=True, text=True)
-
-
 def test_openssl_csr_gives_a_chain_openssl_and_spiffe_accept(
     shared_ca: RunningCa, tmp_path: Path
 ) -> None:
-    key, csr = openssl_csr(tmp_path, ME)
+    key, csr = openssl.key_and_csr(tmp_path, ME)
     chain = create_certificate(
         channel(shared_ca.grpc_addr, shared_ca.root_cert_path),
         csr.read_bytes(),
@@ -76,7 +41,7 @@ def test_openssl_csr_gives_a_chain_openssl_and_spiffe_accept(
     leaf_path = tmp_path / "leaf.pem"
     leaf_path.write_text(chain[0])
     for purpose in ("sslclient", "sslserver"):
-        result = openssl_verify(shared_ca.root_cert_path, leaf_path, purpose)
+        result = openssl.verify(shared_ca.root_cert_path, leaf_path, purpose)
         assert result.returncode == 0, result.stdout + result.stderr
     svid = X509Svid.parse("".join(chain).encode(), key.read_bytes())
     assert str(svid.spiffe_id) == ME

@@ -12,85 +12,9 @@ from certs.pem import load_certificates
 from tests.support.broken import csr_pem
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import REPO, start_ca
+from tests.support.openssl import make_cacerts
 
 ME = "spiffe://cluster.local/ns/demo/sa/frontend"
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_cacerts(d: Path) -> Path:
-    """Root and intermediate with the openssl binary, in Istio's `cacerts` layout."""
-    d.mkdir(parents=True)
-    (d / "ca.ext").write_text(
-        "basicConstraints=critical,CA:true,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\n"
-        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid:always\n"
-    )
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "root-key.pem",
-        "-out",
-        "root-cert.pem",
-        "-days",
-        "3650",
-        "-subj",
-        "/O=cluster.local/CN=Test Root CA",
-        "-addext",
-        "basicConstraints=critical,CA:true",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-        cwd=d,
-    )
-    _openssl(
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca.csr",
-        "-subj",
-        "/O=cluster.local/CN=Test Intermediate CA",
-        cwd=d,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        "ca.csr",
-        "-CA",
-        "root-cert.pem",
-        "-CAkey",
-        "root-key.pem",
-        "-CAcreateserial",
-        "-days",
-        "365",
-        "-extfile",
-        "ca.ext",
-        "-out",
-        "ca-cert.pem",
-        cwd=d,
-    )
-    (d / "cert-chain.pem").write_text(
-        (d / "ca-cert.pem").read_text() + (d / "root-cert.pem").read_text()
-    )
-    cacerts = d / "cacerts"
-    cacerts.mkdir()
-    for name in ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"):
-        (cacerts / name).write_bytes((d / name).read_bytes())
-    return cacerts
 
 
 def test_plugged_in_root_and_intermediate_give_chains_in_istio_order(tmp_path: Path) -> None:

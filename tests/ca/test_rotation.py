@@ -11,7 +11,7 @@ from certs.keys import generate_key
 from certs.profile import leaf_certificate
 from certs.spiffe_id import SpiffeId, TrustDomain
 from certs.verify import verify_svid
-from tests.ca.test_material import make_cacerts
+from tests.support.openssl import make_cacerts
 
 TD = TrustDomain("cluster.local")
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -10,6 +10,7 @@ from certs.keys import generate_key
 from tests.support.broken import csr_pem
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import REPO, RunningCa
+from tests.support.openssl import self_signed_ca
 
 BULWARK = str(REPO / ".venv/bin/bulwark")
 ME = "spiffe://cluster.local/ns/demo/sa/frontend"
@@ -65,27 +66,7 @@ def test_inspect_names_broken_svid_rules_and_wrong_root(
     assert result.returncode == 1
     violations = json.loads(result.stdout)["svid"]["violations"]
     assert any("URI SAN" in v for v in violations)
-    other = subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            str(tmp_path / "k.pem"),
-            "-subj",
-            "/O=other",
-            "-days",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    other = self_signed_ca(tmp_path / "k.pem", "/O=other", days=1)
     (tmp_path / "other.pem").write_text(other)
     chain = create_certificate(
         channel(running_ca.grpc_addr, running_ca.root_cert_path),

@@ -19,6 +19,7 @@ sys.path.insert(0, str(REPO))
 from tests.demo.agent_steps import AgentDemo  # noqa: E402
 from tests.support.ca_client import channel, create_certificate  # noqa: E402
 from tests.support.ca_process import RunningCa, start_ca  # noqa: E402
+from tests.support.openssl import key_and_csr  # noqa: E402
 
 BULWARK = str(Path(sys.executable).parent / "bulwark")
 NAMESPACE, ACCOUNT = "demo", "frontend"
@@ -77,24 +78,7 @@ class Demo:
         return "token minted by the embedded issuer"
 
     def openssl_csr(self) -> str:
-        self.sh(
-            "openssl",
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "csr.pem",
-            "-subj",
-            "/O=demo",
-            "-addext",
-            f"subjectAltName=critical,URI:{SPIFFE_ID}",
-        )
+        key_and_csr(self.work, SPIFFE_ID)
         print(f"key.pem and csr.pem created by openssl with URI SAN {SPIFFE_ID}")
         return "ECDSA P-256 key and CSR"
 

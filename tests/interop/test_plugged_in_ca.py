@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.ca.test_material import make_cacerts
 from tests.interop.pilot_agent import Workload, pod_root, start_pilot_agent
 from tests.interop.support import (
     IstioBinaries,
@@ -19,6 +18,7 @@ from tests.interop.support import (
     write_token,
 )
 from tests.support.ca_process import RunningCa, start_ca
+from tests.support.openssl import make_cacerts
 
 WEB = "spiffe://cluster.local/ns/demo/sa/web"
 
