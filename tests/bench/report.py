@@ -49,6 +49,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| herd: all clients succeeded after | {_f(r['herd_all_succeeded_s'], 1)} s | | | <= {r['herd_time_bound_s']} s | {_yes(r['herd_all_succeeded_s'] is not None and r['herd_all_succeeded_s'] <= r['herd_time_bound_s'])} |",
         f"| herd: within Istio's 5 retries / needed agent backoff | {_f(r['herd']['within_istio_retries'])} / {_f(r['herd']['needed_agent_backoff'])} | | | | |",
         f"| herd: RESOURCE_EXHAUSTED answers | {_f(r['herd']['codes'].get('RESOURCE_EXHAUSTED', 0))} | | | | |",
+        *_queue_all(r),
         "",
         "Per concurrency (server CPU is the supervisor plus every worker, from /proc):",
         "",
@@ -83,6 +84,18 @@ def markdown(r: dict[str, Any]) -> str:
         f"{_f(c['cert_sign_us'], 1)} us + RS256 verify {_f(c['token_verify_us'], 1)} us = {_f(c['total_us'], 1)} us.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _queue_all(r: dict[str, Any]) -> list[str]:
+    q = r.get("herd_queue_all")
+    if not q:
+        return []
+    return [
+        f"| herd, queue for all ({q['ca_args'][-1]} RPCs per worker): CA max RSS / all succeeded after | "
+        f"{_f(q['server_max_rss_mb'])} MB / {_f(q['all_succeeded_s'], 1)} s | | | | |",
+        f"| herd, queue for all: within Istio's 5 retries / needed agent backoff | "
+        f"{_f(q['within_istio_retries'])} / {_f(q['needed_agent_backoff'])} | | | | |",
+    ]
 
 
 def _yes(ok: bool) -> str:

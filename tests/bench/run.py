@@ -207,6 +207,17 @@ def main() -> int:
             herd_rss_bound_mb=HERD_RSS_BOUND_MB,
             herd_time_bound_s=HERD_TIME_BOUND_S,
         )
+        log(
+            f"thundering herd again with a queue for everyone: --max-concurrent-rpcs "
+            f"{HERD_WORKLOADS // 2} per worker"
+        )
+        r["herd_queue_all"] = fleet_bench.run_fleet(
+            "herd",
+            work,
+            HERD_WORKLOADS,
+            duration_s=HERD_TIME_BOUND_S + 60,
+            ca_args=("--max-concurrent-rpcs", str(HERD_WORKLOADS // 2)),
+        )
         r["total_s"] = time.monotonic() - t_start
         md = report.write(RESULTS, r, latencies)
         print(md)
