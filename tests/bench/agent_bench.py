@@ -179,15 +179,15 @@ async def push_latency(
         latencies = []
         for s in subs:
             seen: set[str] = set()
-            for t, version in s.arrivals:
+            for arrived, version in s.arrivals:
                 if version in seen:
                     continue
                 seen.add(version)
                 if len(seen) == 1:
                     continue  # the stream's initial state, not a rotation push
-                down = proxy.last_down_before(t)
+                down = proxy.last_down_before(arrived)
                 if down is not None:
-                    latencies.append((t - down) * 1e3)
+                    latencies.append((arrived - down) * 1e3)
         return latencies
     finally:
         proc.terminate()

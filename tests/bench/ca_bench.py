@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -199,7 +200,7 @@ def crypto_limit_us(workloads: list[Workload], seconds: float = 3.0) -> dict[str
     token_pub = token_key.public_key()
     signing_input = os.urandom(700)
     token_sig = token_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-    parts = {
+    parts: dict[str, Callable[[int], object]] = {
         "csr_verify_us": lambda i: csrs[i % len(csrs)].is_signature_valid,
         "cert_sign_us": lambda i: ca_key.sign(tbs, ec.ECDSA(hashes.SHA256())),
         "token_verify_us": lambda i: token_pub.verify(

@@ -35,7 +35,7 @@ def _serve(
 
     response = ca_pb2.IstioCertificateResponse(cert_chain=[chain_pem.decode(), root_pem.decode()])
 
-    class Fixed(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
+    class Fixed(ca_pb2_grpc.IstioCertificateServiceServicer):
         def CreateCertificate(self, request: Any, context: Any) -> Any:
             context.invocation_metadata()
             return response
@@ -43,7 +43,7 @@ def _serve(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads), options=[("grpc.so_reuseport", 1)]
     )
-    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(Fixed(), server)
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(Fixed(), server)  # type: ignore[no-untyped-call]
     server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([(key_pem, chain_pem)]))
     server.start()
     ready.set()
