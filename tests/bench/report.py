@@ -109,12 +109,16 @@ def chart(r: dict[str, Any], latencies: dict[str, list[float]], path: Path) -> N
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
+    colors: dict[str, str] = {}
     for label, xs in latencies.items():
         if not xs:
             continue
         s = sorted(xs)
         ys = [(i + 1) / len(s) for i in range(len(s))]
-        ax.plot(s, ys, label=label, linestyle="-" if label.startswith("Bulwark") else "--")
+        concurrency = label.rsplit(" ", 1)[-1]
+        color = colors.setdefault(concurrency, f"C{len(colors)}")
+        style = "-" if label.startswith("Bulwark") else "--"
+        ax.plot(s, ys, label=label, linestyle=style, color=color)
     ax.set_xscale("log")
     ax.set_xlabel("latency per certificate (ms, log scale)")
     ax.set_ylabel("fraction of requests")
