@@ -136,12 +136,25 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
 class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
     """Maps `CaError` to its status and anything else to a generic INTERNAL."""
 
+    def __init__(self) -> None:
+        # method handler -> its guarded copy, built once instead of on every call
+        self._guarded: dict[int, tuple[Any, Any]] = {}
+
     def intercept_service(
         self, continuation: Callable[[Any], Any], handler_call_details: grpc.HandlerCallDetails
     ) -> Any:
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
+        cached = self._guarded.get(id(handler))
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = self._guard(handler, handler_call_details.method)
+        self._guarded[id(handler)] = (handler, guarded)
+        return guarded
+
+    @staticmethod
+    def _guard(handler: Any, method: str) -> Any:
         inner = handler.unary_unary
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
@@ -150,7 +163,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
             except CaError as exc:
                 context.abort(exc.code, exc.public_message)
             except Exception:
-                log.exception("unexpected error in %s", handler_call_details.method)
+                log.exception("unexpected error in %s", method)
                 context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA; see its log")
 
         return grpc.unary_unary_rpc_method_handler(

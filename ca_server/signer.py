@@ -156,6 +156,8 @@ class Signer:
     def _check_identity(self, parsed: ParsedCsr, identity: SpiffeId) -> None:
         if self._policy.csr_san_policy == "override":
             return
+        if not parsed.dns_names and not parsed.other_sans and parsed.uris == (str(identity),):
+            return  # the usual request: exactly the caller's (already valid) identity
         for uri in parsed.uris:
             try:
                 SpiffeId.parse(uri)

@@ -14,32 +14,37 @@ from certs.errors import ChainError, InvalidSpiffeId, SvidError
 from certs.spiffe_id import SpiffeId
 
 
-def svid_violations(leaf: x509.Certificate) -> list[str]:
-    """Every X.509-SVID leaf rule `leaf` breaks (empty when it conforms)."""
+def _svid_check(leaf: x509.Certificate) -> tuple[list[str], SpiffeId | None]:
+    """The X.509-SVID rules `leaf` breaks and, when its one URI SAN is valid, its SPIFFE ID
+    (one pass over the extensions: the CA runs this on every certificate it signs)."""
+    sans: x509.Extension[x509.SubjectAlternativeName] | None = None
+    bc: x509.BasicConstraints | None = None
+    ku: x509.Extension[x509.KeyUsage] | None = None
+    for ext in leaf.extensions:
+        value = ext.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            sans = sans or ext
+        elif isinstance(value, x509.BasicConstraints):
+            bc = bc or value
+        elif isinstance(value, x509.KeyUsage):
+            ku = ku or ext
+    if sans is None:
+        return ["no SubjectAlternativeName extension: an SVID needs exactly one URI SAN"], None
     problems: list[str] = []
-    try:
-        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return ["no SubjectAlternativeName extension: an SVID needs exactly one URI SAN"]
+    spiffe_id: SpiffeId | None = None
     uris = sans.value.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) != 1:
         problems.append(f"has {len(uris)} URI SANs; an X.509-SVID has exactly one")
     else:
         try:
-            SpiffeId.parse(uris[0])
+            spiffe_id = SpiffeId.parse(uris[0])
         except InvalidSpiffeId as exc:
             problems.append(f"URI SAN is not a valid workload SPIFFE ID: {exc}")
     if len(leaf.subject) == 0 and not sans.critical:
         problems.append("subject is empty but the SAN extension is not critical (RFC 5280)")
-    try:
-        bc = leaf.extensions.get_extension_for_class(x509.BasicConstraints)
-        if bc.value.ca:
-            problems.append("leaf has BasicConstraints CA:true")
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        ku = leaf.extensions.get_extension_for_class(x509.KeyUsage)
-    except x509.ExtensionNotFound:
+    if bc is not None and bc.ca:
+        problems.append("leaf has BasicConstraints CA:true")
+    if ku is None:
         problems.append("KeyUsage extension is missing")
     else:
         if not ku.critical:
@@ -48,16 +53,20 @@ def svid_violations(leaf: x509.Certificate) -> list[str]:
             problems.append("KeyUsage lacks digitalSignature")
         if ku.value.key_cert_sign or ku.value.crl_sign:
             problems.append("leaf KeyUsage has keyCertSign or cRLSign")
-    return problems
+    return problems, spiffe_id
+
+
+def svid_violations(leaf: x509.Certificate) -> list[str]:
+    """Every X.509-SVID leaf rule `leaf` breaks (empty when it conforms)."""
+    return _svid_check(leaf)[0]
 
 
 def spiffe_id_of(leaf: x509.Certificate) -> SpiffeId:
     """The SPIFFE ID of a conforming X.509-SVID, or `SvidError` naming the broken rules."""
-    problems = svid_violations(leaf)
-    if problems:
+    problems, spiffe_id = _svid_check(leaf)
+    if problems or spiffe_id is None:
         raise SvidError(problems)
-    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    return SpiffeId.parse(sans.get_values_for_type(x509.UniformResourceIdentifier)[0])
+    return spiffe_id
 
 
 def verify_chain(
