@@ -160,7 +160,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     warm_until = time.monotonic() + args.warmup_s
     while time.monotonic() < warm_until or seq[0] < len(workloads) + args.concurrency:
         await asyncio.sleep(0.05)
-    before = procstat.sample(args.server_pid)
+    before = procstat.sample(args.server_pid, switches=True)
     client_before = procstat.self_cpu_s()
     t_start = time.perf_counter()
     state["measuring"] = True
@@ -169,7 +169,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.sleep(0.02)
     state["measuring"] = False
     elapsed = time.perf_counter() - t_start
-    after = procstat.sample(args.server_pid)
+    after = procstat.sample(args.server_pid, switches=True)
     client_cpu = procstat.self_cpu_s() - client_before
     state["stop"] = True
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -184,6 +184,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "certs_per_s": n / elapsed if elapsed else 0.0,
         "server_cpu_s": server_cpu,
         "server_cpu_us_per_cert": server_cpu / n * 1e6 if n else None,
+        "server_switches_per_cert": after.switches_since(before) / n if n else None,
         "client_cpu_us_per_cert": client_cpu / n * 1e6 if n else None,
         "server_rss_mb": after.rss_bytes / 2**20,
         "failures_warmup": failures[0],

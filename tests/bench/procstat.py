@@ -38,24 +38,47 @@ def descendants(pid: int) -> list[int]:
 class TreeSample:
     cpu_s: dict[int, float]  # pid -> user+sys seconds
     rss_bytes: int
+    switches: int = 0  # voluntary + involuntary context switches of every thread
+
+    def switches_since(self, earlier: TreeSample) -> int:
+        return self.switches - earlier.switches
 
     def cpu_since(self, earlier: TreeSample) -> float:
         """CPU spent between two samples; a process born in between counts from zero."""
         return sum(v - earlier.cpu_s.get(pid, 0.0) for pid, v in self.cpu_s.items())
 
 
-def sample(root_pid: int) -> TreeSample:
-    """user+sys CPU and summed RSS of `root_pid` and its descendants."""
+def thread_switches(pid: int) -> int:
+    """Context switches of every thread of `pid` so far."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if "ctxt_switches:" in line:
+                total += int(line.split(":", 1)[1])
+    return total
+
+
+def sample(root_pid: int, *, switches: bool = False) -> TreeSample:
+    """user+sys CPU and summed RSS of `root_pid` and its descendants (and their context
+    switches when asked: that reads every thread's status)."""
     cpu: dict[int, float] = {}
     rss = 0
-    for pid in descendants(root_pid):
+    n_switches = 0
+    pids = descendants(root_pid)
+    if switches:
+        n_switches = sum(thread_switches(pid) for pid in pids)
+    for pid in pids:
         fields = _stat_fields(pid)
         if fields is None:
             continue
         # after ')': state(0) ppid(1) ... utime(11) stime(12) ... rss(21)
         cpu[pid] = (int(fields[11]) + int(fields[12])) / CLK_TCK
         rss += int(fields[21]) * PAGE
-    return TreeSample(cpu_s=cpu, rss_bytes=rss)
+    return TreeSample(cpu_s=cpu, rss_bytes=rss, switches=n_switches)
 
 
 def self_cpu_s() -> float:

@@ -53,13 +53,13 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "Per concurrency (server CPU is the supervisor plus every worker, from /proc):",
         "",
-        "| server | concurrency | certs/s | server CPU us/cert | p50 ms | p99 ms | max ms | failures |",
-        "|---|---|---|---|---|---|---|---|",
+        "| server | concurrency | certs/s | server CPU us/cert | server context switches/cert | p50 ms | p99 ms | max ms | failures |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in r["ca_runs"] + r["cfssl_runs"]:
         lines.append(
             f"| {'Bulwark' if row['mode'] == 'grpc' else 'cfssl'} | {row['concurrency']} | {_f(row['certs_per_s'])} | "
-            f"{_f(row['server_cpu_us_per_cert'])} | {_f(row['p50_ms'], 1)} | {_f(row['p99_ms'], 1)} | "
+            f"{_f(row['server_cpu_us_per_cert'])} | {_f(row.get('server_switches_per_cert'), 1)} | {_f(row['p50_ms'], 1)} | {_f(row['p99_ms'], 1)} | "
             f"{_f(row['max_ms'], 1)} | {row['failures']} |"
         )
     f = r.get("floor")
@@ -71,7 +71,7 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             "| part | us per certificate |",
             "|---|---|",
-            f"| bare grpcio sync server, TLS, 2 workers, fixed answer (transport floor, {_f(f['bare_grpc_calls_per_s'])} calls/s) | {_f(f['bare_grpc_us_per_call'])} |",
+            f"| bare grpcio sync server, TLS, 2 workers, fixed answer (transport floor, {_f(f['bare_grpc_calls_per_s'])} calls/s, {_f(f.get('bare_grpc_switches_per_call'), 1)} context switches/call) | {_f(f['bare_grpc_us_per_call'])} |",
             f"| CA request path in-process, one thread (metadata, cached token, CSR check, template signing, signature + SVID check) | {_f(f['inprocess_issue_us'])} |",
             f"| issuance record alone (SQLite group commit, 16 writers) | {_f(f['record_us'])} |",
             f"| sum of the parts | {_f(parts)} |",

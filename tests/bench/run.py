@@ -107,6 +107,7 @@ def breakdown(work: Path, workloads: list[Any]) -> dict[str, Any]:
     return {
         "bare_grpc_us_per_call": bare["server_cpu_us_per_cert"],
         "bare_grpc_calls_per_s": bare["certs_per_s"],
+        "bare_grpc_switches_per_call": bare["server_switches_per_cert"],
         "inprocess_issue_us": floor.inprocess_issue_us(workloads, work / "bulwark"),
         "record_us": floor.record_us(),
     }
