@@ -58,7 +58,12 @@ def run_loadgen(
 
 
 def start_bulwark(data_dir: Path, *extra: str) -> RunningCa:
-    return start_ca(data_dir, "--mtls-grpc-addr", "", *extra, workers=2)
+    workers = 2
+    if "--workers" in extra:
+        i = extra.index("--workers")
+        workers = int(extra[i + 1])
+        extra = extra[:i] + extra[i + 2 :]
+    return start_ca(data_dir, "--mtls-grpc-addr", "", *extra, workers=workers)
 
 
 def bench_bulwark(
