@@ -26,7 +26,6 @@ def register(sub: Any) -> None:
             "--data-dir (see `bulwark token mint`). Every flag can also be set by the environment "
             "variable shown."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _serve_flags(serve)
     serve.set_defaults(handler=_serve)
@@ -53,171 +52,64 @@ def register(sub: Any) -> None:
     mint.set_defaults(handler=_mint)
 
 
-def _serve_flags(p: argparse.ArgumentParser) -> None:
-    env_flag(
-        p,
-        "--data-dir",
-        "BULWARK_DATA_DIR",
-        default="./.bulwark",
-        help="state directory (CA key 0600, root-cert.pem, record)",
-    )
-    env_flag(
-        p, "--trust-domain", "TRUST_DOMAIN", default="cluster.local", help="SPIFFE trust domain"
-    )
-    env_flag(
-        p,
-        "--grpc-addr",
-        "BULWARK_GRPC_ADDR",
-        default="127.0.0.1:15012",
-        help="gRPC TLS listen address",
-    )
-    env_flag(
-        p,
-        "--mtls-grpc-addr",
-        "BULWARK_MTLS_GRPC_ADDR",
-        default="127.0.0.1:15013",
-        help="gRPC port for renewal with a client certificate (required there); empty disables",
-    )
-    env_flag(
-        p,
-        "--admin-addr",
-        "BULWARK_ADMIN_ADDR",
-        default="127.0.0.1:15014",
-        help="admin HTTP listen address",
-    )
-    env_flag(
-        p,
-        "--cacerts-dir",
-        "BULWARK_CACERTS_DIR",
-        help="plugged-in CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem or tls.crt, tls.key, ca.crt)",
-    )
-    env_flag(
-        p,
-        "--jwks-file",
-        "BULWARK_JWKS_FILE",
-        help="static JWKS of the token issuer (needs --jwt-issuer)",
-    )
-    env_flag(
-        p,
-        "--jwt-issuer",
-        "BULWARK_JWT_ISSUER",
-        help="expected token `iss`; alone, its OIDC discovery document gives the keys",
-    )
-    env_flag(
-        p,
-        "--audiences",
-        "TOKEN_AUDIENCES",
-        default="istio-ca",
-        help="comma-separated accepted token audiences",
-    )
-    env_flag(
-        p,
-        "--csr-san-policy",
-        "BULWARK_CSR_SAN_POLICY",
-        default="strict",
-        choices=["strict", "override"],
-        help="strict: reject CSRs asking for another identity; override: Istio's behaviour",
-    )
-    env_flag(
-        p,
-        "--server-dns-names",
-        "BULWARK_SERVER_DNS_NAMES",
-        default="istiod.istio-system.svc",
-        help="comma-separated DNS SANs of the CA's serving certificate",
-    )
-    env_flag(
-        p,
-        "--max-workload-cert-ttl",
-        "MAX_WORKLOAD_CERT_TTL",
-        default="2160h",
-        help="longest certificate TTL a caller may ask for",
-    )
-    env_flag(
-        p,
-        "--default-workload-cert-ttl",
-        "DEFAULT_WORKLOAD_CERT_TTL",
-        default="24h",
-        help="TTL when the request asks for none",
-    )
-    env_flag(
-        p,
-        "--trusted-node-accounts",
-        "CA_TRUSTED_NODE_ACCOUNTS",
-        default="",
-        help="comma-separated NS/SA allowed to use ImpersonatedIdentity",
-    )
-    env_flag(
-        p,
-        "--workers",
-        "BULWARK_WORKERS",
-        default=None,
-        type=int,
-        help="gRPC worker processes (default: one per core)",
-    )
-    env_flag(p, "--threads", "BULWARK_THREADS", default=16, type=int, help="threads per worker")
-    env_flag(
-        p,
-        "--max-concurrent-rpcs",
-        "BULWARK_MAX_CONCURRENT_RPCS",
-        default=2000,
-        type=int,
-        help="per worker; beyond it callers get RESOURCE_EXHAUSTED",
-    )
-    env_flag(
-        p,
-        "--record",
-        "BULWARK_RECORD",
-        help="issuance record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)",
-    )
-    env_flag(
-        p,
-        "--record-retention",
-        "BULWARK_RECORD_RETENTION",
-        default="30d",
-        help="prune record rows whose certificate expired longer ago than this; 'never' keeps all",
-    )
-    env_flag(
-        p,
-        "--record-max-batch",
-        "BULWARK_RECORD_MAX_BATCH",
-        default=256,
-        type=int,
-        help="most certificates one record commit groups; 1 turns group commit off",
-    )
-    env_flag(
-        p,
-        "--admin-token-file",
-        "BULWARK_ADMIN_TOKEN_FILE",
-        help="bearer token file for the admin API (required when not on loopback)",
-    )
-    env_flag(
-        p,
-        "--kubeconfig",
-        "KUBECONFIG",
-        help="use Kubernetes (TokenReview, CA Secret, root ConfigMaps)",
-    )
-    from ca_server.kube.settings import add_flags as add_kube_flags
+# (flag, environment variable, default, help, extra argparse keywords), grouped for --help.
+_FlagSpec = tuple[str, str, Any, str, dict[str, Any]]
+_SERVE_FLAGS: tuple[tuple[str, tuple[_FlagSpec, ...]], ...] = (
+    ("where it listens and keeps state", (
+        ("--data-dir", "BULWARK_DATA_DIR", "./.bulwark", "state directory (CA key 0600, root-cert.pem, record)", {}),
+        ("--grpc-addr", "BULWARK_GRPC_ADDR", "127.0.0.1:15012", "gRPC TLS address (token authentication)", {}),
+        ("--mtls-grpc-addr", "BULWARK_MTLS_GRPC_ADDR", "127.0.0.1:15013", "gRPC address for renewal with a client certificate (required there); empty disables", {}),
+        ("--admin-addr", "BULWARK_ADMIN_ADDR", "127.0.0.1:15014", "admin HTTP address (/metrics, /healthz, /readyz, /v1)", {}),
+        ("--admin-token-file", "BULWARK_ADMIN_TOKEN_FILE", None, "bearer token file for the admin API (required when not on loopback)", {}),
+        ("--ready-file", "BULWARK_READY_FILE", None, "write JSON with the bound addresses here once serving", {}),
+    )),
+    ("CA material", (
+        ("--trust-domain", "TRUST_DOMAIN", "cluster.local", "SPIFFE trust domain", {}),
+        ("--cacerts-dir", "BULWARK_CACERTS_DIR", None, "plugged-in CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem or tls.crt, tls.key, ca.crt)", {}),
+        ("--server-dns-names", "BULWARK_SERVER_DNS_NAMES", "istiod.istio-system.svc", "comma-separated DNS SANs of the CA's serving certificate", {}),
+        ("--material-check-interval", "BULWARK_MATERIAL_CHECK_INTERVAL", "10s", "how often plugged-in CA files are re-read and self-signed root renewal is checked", {}),
+    )),
+    ("authentication (none given: the embedded token issuer of --data-dir)", (
+        ("--jwks-file", "BULWARK_JWKS_FILE", None, "static JWKS of the token issuer (needs --jwt-issuer)", {}),
+        ("--jwt-issuer", "BULWARK_JWT_ISSUER", None, "expected token `iss`; alone, its OIDC discovery document gives the keys", {}),
+        ("--audiences", "TOKEN_AUDIENCES", "istio-ca", "comma-separated accepted token audiences", {}),
+        ("--kubeconfig", "KUBECONFIG", None, "use Kubernetes (TokenReview, CA Secret, root ConfigMaps)", {}),
+    )),
+    ("issuance policy", (
+        ("--csr-san-policy", "BULWARK_CSR_SAN_POLICY", "strict", "strict: reject CSRs asking for another identity; override: Istio's behaviour", {"choices": ["strict", "override"]}),
+        ("--max-workload-cert-ttl", "MAX_WORKLOAD_CERT_TTL", "2160h", "longest certificate TTL a caller may ask for", {}),
+        ("--default-workload-cert-ttl", "DEFAULT_WORKLOAD_CERT_TTL", "24h", "TTL when the request asks for none", {}),
+        ("--trusted-node-accounts", "CA_TRUSTED_NODE_ACCOUNTS", "", "comma-separated NS/SA allowed to use ImpersonatedIdentity", {}),
+    )),
+    ("capacity", (
+        ("--workers", "BULWARK_WORKERS", None, "gRPC worker processes (default: one per core)", {"type": int}),
+        ("--threads", "BULWARK_THREADS", 16, "threads per worker", {"type": int}),
+        ("--max-concurrent-rpcs", "BULWARK_MAX_CONCURRENT_RPCS", 2000, "per worker; beyond it callers get RESOURCE_EXHAUSTED", {"type": int}),
+    )),
+    ("issuance record", (
+        ("--record", "BULWARK_RECORD", None, "record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)", {}),
+        ("--record-retention", "BULWARK_RECORD_RETENTION", "30d", "prune rows whose certificate expired longer ago than this; 'never' keeps all", {}),
+        ("--record-max-batch", "BULWARK_RECORD_MAX_BATCH", 256, "most certificates one commit groups; 1 turns group commit off", {"type": int}),
+    )),
+)  # fmt: skip
 
-    add_kube_flags(p)
-    env_flag(
-        p,
-        "--material-check-interval",
-        "BULWARK_MATERIAL_CHECK_INTERVAL",
-        default="10s",
-        help="how often plugged-in CA files are re-read and self-signed root renewal is checked",
-    )
-    env_flag(
-        p,
-        "--ready-file",
-        "BULWARK_READY_FILE",
-        help="write JSON with the bound addresses here once serving",
-    )
-    p.add_argument(
-        "--allow-ed25519",
-        action="store_true",
-        default=env_bool("BULWARK_ALLOW_ED25519"),
-        help="accept Ed25519 workload keys",
-    )
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    for title, specs in _SERVE_FLAGS:
+        group = p.add_argument_group(title)
+        for flag, env, default, text, extra in specs:
+            env_flag(group, flag, env, default=default, help=text, **extra)
+        if title.startswith("authentication"):
+            from ca_server.kube.settings import add_flags as add_kube_flags
+
+            add_kube_flags(group)
+        if title == "issuance policy":
+            group.add_argument(
+                "--allow-ed25519",
+                action="store_true",
+                default=env_bool("BULWARK_ALLOW_ED25519"),
+                help="accept Ed25519 workload keys (env BULWARK_ALLOW_ED25519)",
+            )
     env_flag(
         p,
         "--log-level",

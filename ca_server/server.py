@@ -165,9 +165,24 @@ async def _keep_material_current(
             await supervisor.roll(_worker_spec(config, manager.current, binds, log_level))
 
 
-async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
-    material = prepare_material(config, datetime.now(UTC))
-    log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
+def _reserve_grpc_ports(
+    config: CaConfig, reserved: list[socket.socket]
+) -> dict[str, tuple[str, int]]:
+    """Reserve the gRPC ports (appending to `reserved`); name -> (host, bound port)."""
+    binds: dict[str, tuple[str, int]] = {}
+    for name, flag, addr in (
+        ("grpc_addr", "--grpc-addr", config.grpc_addr),
+        ("mtls_grpc_addr", "--mtls-grpc-addr", config.mtls_grpc_addr),
+    ):
+        if addr is None:
+            continue
+        host, port = parse_hostport(addr, what=flag)
+        reserved.append(reserve_port(host, port))
+        binds[name] = (host, reserved[-1].getsockname()[1])
+    return binds
+
+
+def _announce_local_issuer(config: CaConfig) -> None:
     if config.uses_local_issuer:
         issuer = LocalIssuer.load_or_create(config.data_dir)
         log.warning(
@@ -176,6 +191,12 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
             issuer.jwks_path,
             config.data_dir,
         )
+
+
+async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
+    material = prepare_material(config, datetime.now(UTC))
+    log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
+    _announce_local_issuer(config)
     from ca_server.admin_api import check_record
 
     check_record(config)  # a bad --record is a clear start-up error, before any worker starts
@@ -189,18 +210,9 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
         config, material, controllers.is_leader if controllers else lambda: True
     )
     reserved: list[socket.socket] = []
-    binds: dict[str, tuple[str, int]] = {}
-    wanted = {"grpc_addr": config.grpc_addr, "mtls_grpc_addr": config.mtls_grpc_addr}
     supervisor: Supervisor | None = None
     try:
-        for name, addr in wanted.items():
-            if addr is None:
-                continue
-            host, port = parse_hostport(
-                addr, what=f"--{name.replace('_addr', '-addr').replace('_', '-')}"
-            )
-            reserved.append(reserve_port(host, port))
-            binds[name] = (host, reserved[-1].getsockname()[1])
+        binds = _reserve_grpc_ports(config, reserved)
         supervisor = Supervisor(
             spec=_worker_spec(config, material, binds, log_level), count=config.workers
         )
