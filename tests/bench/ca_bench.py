@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tests.bench import procstat
 from tests.bench.workloads import Workload, save
 from tests.support.ca_process import RunningCa, start_ca
 
@@ -67,7 +68,11 @@ def start_bulwark(data_dir: Path, *extra: str) -> RunningCa:
 
 
 def bench_bulwark(
-    work: Path, workloads: list[Workload], concurrencies: list[int], duration_s: float
+    work: Path,
+    workloads: list[Workload],
+    concurrencies: list[int],
+    duration_s: float,
+    profile_to: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Bulwark with 2 workers, record on (SQLite), at each concurrency."""
     data_dir = work / "bulwark"
@@ -89,9 +94,55 @@ def bench_bulwark(
                     duration_s=duration_s,
                 )
             )
+        if profile_to is not None:
+            profile_worker(ca, wl_file, profile_to, duration_s=min(duration_s, 6.0))
         return results
     finally:
         ca.stop()
+
+
+def profile_worker(ca: RunningCa, wl_file: Path, svg: Path, *, duration_s: float) -> bool:
+    """A py-spy flame graph of one CA worker under load at c=32 (a window not measured for CPU:
+    sampling stops the process). False when py-spy is not installed."""
+    import shutil
+    import threading
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return False
+    assert ca.process is not None
+    workers = procstat.descendants(ca.process.pid)[1:]
+    if not workers:
+        return False
+    load = threading.Thread(
+        target=run_loadgen,
+        args=("grpc", ca.grpc_addr, ca.process.pid, wl_file),
+        kwargs={"concurrency": 32, "root": ca.root_cert_path, "duration_s": duration_s + 2},
+    )
+    load.start()
+    time.sleep(2.5)
+    svg.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            spy,
+            "record",
+            "-r",
+            "100",
+            "-d",
+            str(int(duration_s)),
+            "-f",
+            "flamegraph",
+            "-o",
+            str(svg),
+            "-p",
+            str(workers[-1]),
+        ],
+        capture_output=True,
+        timeout=duration_s + 60,
+        check=False,
+    )
+    load.join()
+    return svg.exists()
 
 
 def cfssl_files(work: Path) -> tuple[Path, Path, Path]:

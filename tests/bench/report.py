@@ -76,6 +76,8 @@ def markdown(r: dict[str, Any]) -> str:
             f"| issuance record alone (SQLite group commit, 16 writers) | {_f(f['record_us'])} |",
             f"| sum of the parts | {_f(parts)} |",
             f"| remainder: threads handing requests over (GIL, futex wake-ups, context switches) | {_f(ca - parts if ca else None)} |",
+            "",
+            "py-spy flame graph of one CA worker under the same load: `ca-worker-profile.svg`.",
         ]
     c = r["crypto_limit"]
     lines += [

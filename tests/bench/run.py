@@ -136,7 +136,13 @@ def main() -> int:
         log("crypto limit")
         r["crypto_limit"] = ca_bench.crypto_limit_us(workloads)
         log(f"Bulwark CA (2 workers, TLS, JWT, SQLite record) at c={CONCURRENCIES}")
-        ca_runs = ca_bench.bench_bulwark(work, workloads, CONCURRENCIES, CA_WINDOW_S)
+        ca_runs = ca_bench.bench_bulwark(
+            work,
+            workloads,
+            CONCURRENCIES,
+            CA_WINDOW_S,
+            profile_to=RESULTS / "ca-worker-profile.svg",
+        )
         for run in ca_runs:
             latencies[f"Bulwark c={run['concurrency']}"] = list(run["latencies_ms"])
         r["ca_runs"] = [summarize(x) for x in ca_runs]
