@@ -29,7 +29,7 @@ def check_record(url: str, driver: LoadDriver, label: str) -> int:
     assert len(recorded) == len(set(recorded)), f"{label}: duplicated rows"
     report = verify(url)
     assert report.ok, f"{label}: chain broken: {report.broken}"
-    # Compare the chain with a read taken after it: once seen (1 run in ~10 on SQLite), a row
+    # Compare the chain with a read taken after it: seen once in several SQLite runs, a row
     # committed by a request killed mid-answer was visible to the verifier but not to the
     # earlier serial read; such a row is never one a client received.
     settled = recorded_serials(url)
