@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -345,6 +346,4 @@ class JwtAuthenticator:
 def _with_request(caller: Caller, creds: RequestCredentials) -> Caller:
     if caller.peer == creds.peer and caller.cluster_id == creds.cluster_id:
         return caller
-    from dataclasses import replace
-
     return replace(caller, peer=creds.peer, cluster_id=creds.cluster_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -18,7 +19,8 @@ from ca_server.errors import AuthenticationError, CaError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials
 from ca_server.metrics import CaMetrics
 from ca_server.signer import CsrParseError, Signer
-from certs.spiffe_id import TrustDomain
+from certs.errors import InvalidSpiffeId
+from certs.spiffe_id import SpiffeId, TrustDomain
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -108,9 +110,6 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
                 f"{caller.spiffe_id} may not request certificates for another identity "
                 "(not in CA_TRUSTED_NODE_ACCOUNTS)"
             )
-        from certs.errors import InvalidSpiffeId
-        from certs.spiffe_id import SpiffeId
-
         try:
             wanted = SpiffeId.parse(target)
         except InvalidSpiffeId as exc:
@@ -122,8 +121,6 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             raise ImpersonationRefused(
                 f"ImpersonatedIdentity {target} is not a workload of this trust domain"
             )
-        from dataclasses import replace
-
         return replace(
             caller,
             spiffe_id=workload_identity(self._trust_domain, *account),

@@ -123,13 +123,9 @@ def build_authentication(config: CaConfig, material: CaMaterial) -> Authenticati
 
 
 def open_recorder(config: CaConfig) -> Recorder | None:
-    """The issuance record for this process, when the record package is available."""
-    try:
-        from ca_server import ledger
-    except ImportError:
-        return None
-    if not hasattr(ledger, "open_recorder"):
-        return None
+    """The issuance record for this process (SQLite in the data dir unless --record)."""
+    from ca_server import ledger
+
     url = config.record or f"sqlite:///{(config.data_dir / 'record.db').resolve()}"
     options = ledger.RecorderOptions(max_batch=config.record_max_batch)
     recorder: Recorder = ledger.open_recorder(url, options=options)

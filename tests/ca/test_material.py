@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,8 @@ from certs.keys import generate_key
 from certs.pem import load_certificates
 from tests.support.broken import csr_pem
 from tests.support.ca_client import channel, create_certificate
-from tests.support.ca_process import REPO, start_ca
-from tests.support.openssl import make_cacerts
+from tests.support.ca_process import serve_once, start_ca
+from tests.support.openssl import make_cacerts, verify
 
 ME = "spiffe://cluster.local/ns/demo/sa/frontend"
 
@@ -35,21 +34,11 @@ def test_plugged_in_root_and_intermediate_give_chains_in_istio_order(tmp_path: P
     (tmp_path / "leaf.pem").write_text(chain[0])
     (tmp_path / "inter.pem").write_text(chain[1])
     for purpose in ("sslclient", "sslserver"):
-        result = subprocess.run(
-            [
-                "openssl",
-                "verify",
-                "-x509_strict",
-                "-purpose",
-                purpose,
-                "-CAfile",
-                str(cacerts / "root-cert.pem"),
-                "-untrusted",
-                str(tmp_path / "inter.pem"),
-                str(tmp_path / "leaf.pem"),
-            ],
-            capture_output=True,
-            text=True,
+        result = verify(
+            cacerts / "root-cert.pem",
+            tmp_path / "leaf.pem",
+            purpose,
+            untrusted=tmp_path / "inter.pem",
         )
         assert result.returncode == 0, result.stdout + result.stderr
     leaf = load_certificates(chain[0])[0]
@@ -77,27 +66,7 @@ def test_tls_names_style_is_accepted(tmp_path: Path) -> None:
 
 
 def _serve_fails(tmp_path: Path, cacerts: Path) -> str:
-    result = subprocess.run(
-        [
-            str(REPO / ".venv/bin/python"),
-            "-m",
-            "ca_server",
-            "--data-dir",
-            str(tmp_path / "ca"),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--mtls-grpc-addr",
-            "",
-            "--cacerts-dir",
-            str(cacerts),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = serve_once(tmp_path / "ca", "--cacerts-dir", str(cacerts))
     assert result.returncode == 2, result.stderr
     return result.stderr
 

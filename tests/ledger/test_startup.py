@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ca_server.ledger import parse_record_url
-from tests.support.ca_process import REPO
+from tests.support.ca_process import REPO, serve_once
 
 
 @pytest.mark.parametrize(
@@ -23,29 +23,7 @@ from tests.support.ca_process import REPO
     ],
 )
 def test_unusable_record_is_a_startup_error(tmp_path: Path, record: str, message: str) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "ca_server",
-            "--data-dir",
-            str(tmp_path / "ca"),
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--mtls-grpc-addr",
-            "",
-            "--workers",
-            "1",
-            "--record",
-            record,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=REPO,
-    )
+    result = serve_once(tmp_path / "ca", "--record", record)
     assert result.returncode == 2
     assert message in result.stderr
     assert "hunter2" not in result.stdout + result.stderr

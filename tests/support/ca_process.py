@@ -123,3 +123,13 @@ def start_ca(
     """Start a CA with `args` (extra flags) and wait until it serves."""
     extra = ("--workers", str(workers), *args) if "--workers" not in args else args
     return RunningCa(data_dir=data_dir, args=tuple(extra), env=env or {}).start()
+
+
+def serve_once(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python -m ca_server` on loopback ports with `args`, for CAs expected to refuse to start."""
+    cmd = [
+        sys.executable, "-m", "ca_server", "--data-dir", str(data_dir),
+        "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--mtls-grpc-addr", "",
+        "--workers", "1", *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
