@@ -4,7 +4,7 @@ supervisor (this process, asyncio)      workers (spawned, one per core)
   - CA material, root-cert.pem            - sync grpcio server, thread pool
   - serving certificate                   - authenticate, sign, record
   - admin app (uvicorn)                   - metrics into PROMETHEUS_MULTIPROC_DIR
-  - restarts dead workers, re-reads CA material and rolls workers onto it
+  - restarts dead workers, re-reads CA material and hands it to the workers
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from ca_server.material import (
 from ca_server.rotation import MaterialManager
 from ca_server.supervisor import Supervisor, bind_socket, reserve_port
 from ca_server.token_issuer import LocalIssuer
-from ca_server.worker import MaterialPems, WorkerSpec
+from ca_server.worker import MaterialPems, WorkerKeys, WorkerSpec
 from certs.errors import CertsError
 from certs.files import write_atomic
 from certs.keys import KeyType, generate_key, private_key_pem
@@ -125,16 +125,22 @@ def _material_manager(
     )
 
 
-def _worker_spec(
-    config: CaConfig, material: CaMaterial, binds: dict[str, tuple[str, int]], log_level: int
-) -> WorkerSpec:
+def _worker_keys(config: CaConfig, material: CaMaterial) -> WorkerKeys:
     serving_chain, serving_key = serving_certificate(config, material, datetime.now(UTC))
-    mtls = binds.get("mtls_grpc_addr")
-    return WorkerSpec(
-        config=config,
+    return WorkerKeys(
         material=MaterialPems.of(material),
         serving_chain_pem=serving_chain,
         serving_key_pem=serving_key,
+    )
+
+
+def _worker_spec(
+    config: CaConfig, material: CaMaterial, binds: dict[str, tuple[str, int]], log_level: int
+) -> WorkerSpec:
+    mtls = binds.get("mtls_grpc_addr")
+    return WorkerSpec(
+        config=config,
+        keys=_worker_keys(config, material),
         host=binds["grpc_addr"][0],
         port=binds["grpc_addr"][1],
         mtls_host=mtls[0] if mtls else None,
@@ -145,13 +151,9 @@ def _worker_spec(
 
 
 async def _keep_material_current(
-    config: CaConfig,
-    manager: MaterialManager,
-    supervisor: Supervisor,
-    binds: dict[str, tuple[str, int]],
-    log_level: int,
+    config: CaConfig, manager: MaterialManager, supervisor: Supervisor
 ) -> None:
-    """Re-read material every interval; on a change publish the bundle and roll the workers."""
+    """Re-read material every interval; on a change publish the bundle and update the workers."""
     interval = config.material_check_interval.total_seconds()
     while True:
         await asyncio.sleep(interval)
@@ -162,7 +164,7 @@ async def _keep_material_current(
             continue
         if changed:
             write_root_bundle(config.root_cert_path, manager.current)
-            await supervisor.roll(_worker_spec(config, manager.current, binds, log_level))
+            await supervisor.update(_worker_keys(config, manager.current))
 
 
 def _reserve_grpc_ports(
@@ -228,9 +230,7 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
                 "client-certificate renewal on %s (client certificate required)",
                 addrs["mtls_grpc_addr"],
             )
-        keeper = asyncio.create_task(
-            _keep_material_current(config, manager, supervisor, binds, log_level)
-        )
+        keeper = asyncio.create_task(_keep_material_current(config, manager, supervisor))
         try:
             return await _run_admin(config, supervisor, metrics_dir, manager, addrs)
         finally:

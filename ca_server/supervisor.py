@@ -1,7 +1,8 @@
-"""The CA's worker processes: start, watch, restart, and replace them when material changes.
+"""The CA's worker processes: start, watch, restart, and hand them new CA material.
 
-Workers bind the same ports with SO_REUSEPORT, so a replacement worker starts serving
-before the one it replaces stops: a rolling swap with no refused connection.
+Workers bind the same ports with SO_REUSEPORT. A material change is sent to the
+running workers over their pipes and applied in place, so no listening socket
+is closed (closing one would reset connections queued on it).
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ import logging
 import multiprocessing
 import socket
 from dataclasses import dataclass, field, replace
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from ca_server.errors import ConfigError
-from ca_server.worker import WorkerSpec, run_worker
+from ca_server.worker import KEYS_APPLIED, WorkerKeys, WorkerSpec, run_worker
 
 log = logging.getLogger("ca_server")
 WORKER_START_TIMEOUT_S = 30.0
 WORKER_STOP_TIMEOUT_S = 6.0
+KEYS_APPLY_TIMEOUT_S = 10.0
 RESTART_BACKOFF_S = 1.0
 
 
@@ -49,36 +52,48 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return bind_socket(host, port, option=socket.SO_REUSEPORT, what="gRPC address")
 
 
+@dataclass(frozen=True, slots=True)
+class Worker:
+    process: BaseProcess
+    pipe: Connection  # the supervisor's end: keys go out, acknowledgements come back
+
+
 @dataclass
 class Supervisor:
     spec: WorkerSpec
     count: int
-    workers: dict[int, BaseProcess] = field(default_factory=dict)
-    starting: set[BaseProcess] = field(default_factory=set)
+    workers: dict[int, Worker] = field(default_factory=dict)
+    starting: set[BaseProcess] = field(default_factory=set)  # spawned, not yet ready
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def _spawn(self, index: int) -> BaseProcess:
+    def _spawn(self, index: int) -> Worker:
         ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=False)
+        pipe, child = ctx.Pipe(duplex=True)
         process = ctx.Process(
             target=run_worker,
             args=(replace(self.spec, index=index), child),
             name=f"bulwark-ca-worker-{index}",
+            daemon=True,  # never outlive the supervisor, whatever path it exits by
         )
-        process.start()
-        child.close()
-        if not parent.poll(WORKER_START_TIMEOUT_S):
-            process.kill()
-            raise ConfigError(
-                f"CA worker {index} did not start within {WORKER_START_TIMEOUT_S:.0f}s; see its log"
-            )
+        self.starting.add(process)
         try:
-            parent.recv()
-        except EOFError as exc:
-            raise ConfigError(
-                f"CA worker {index} exited during start-up; see the log above"
-            ) from exc
-        return process
+            process.start()
+            child.close()
+            if not pipe.poll(WORKER_START_TIMEOUT_S):
+                process.kill()
+                raise ConfigError(
+                    f"CA worker {index} did not start within {WORKER_START_TIMEOUT_S:.0f}s; "
+                    "see its log"
+                )
+            try:
+                pipe.recv()
+            except EOFError as exc:
+                raise ConfigError(
+                    f"CA worker {index} exited during start-up; see the log above"
+                ) from exc
+        finally:
+            self.starting.discard(process)
+        return Worker(process, pipe)
 
     async def start(self) -> None:
         async with self._lock:
@@ -86,7 +101,7 @@ class Supervisor:
                 self.workers[index] = await asyncio.to_thread(self._spawn, index)
 
     def readiness(self) -> tuple[bool, str]:
-        dead = [i for i, p in self.workers.items() if not p.is_alive()]
+        dead = [i for i, w in self.workers.items() if not w.process.is_alive()]
         if dead or len(self.workers) < self.count:
             return False, f"worker(s) {dead} not running"
         return True, f"{len(self.workers)} worker(s) serving"
@@ -96,33 +111,52 @@ class Supervisor:
         while True:
             await asyncio.sleep(RESTART_BACKOFF_S)
             async with self._lock:
-                for index, process in list(self.workers.items()):
-                    if process.is_alive():
+                for index, worker in list(self.workers.items()):
+                    if worker.process.is_alive():
                         continue
                     log.error(
-                        "CA worker %d exited with code %s; restarting it", index, process.exitcode
+                        "CA worker %d exited with code %s; restarting it",
+                        index,
+                        worker.process.exitcode,
                     )
-                    _forget_metrics(process)
+                    _forget(worker)
                     self.workers[index] = await asyncio.to_thread(self._spawn, index)
 
-    async def roll(self, spec: WorkerSpec) -> None:
-        """Replace every worker with one built from `spec`, one at a time, new before old."""
+    async def update(self, keys: WorkerKeys) -> None:
+        """Give every worker new keys; one that cannot take them is restarted with them."""
         async with self._lock:
-            self.spec = spec
-            for index, old in list(self.workers.items()):
-                self.workers[index] = await asyncio.to_thread(self._spawn, index)
-                await asyncio.to_thread(_stop, old)
-                _forget_metrics(old)
-            log.info("replaced %d worker(s) with the new CA material", len(self.workers))
+            self.spec = replace(self.spec, keys=keys)
+            for index, worker in self.workers.items():
+                problem = await asyncio.to_thread(_send_keys, worker, keys)
+                if problem is not None:
+                    log.error(
+                        "CA worker %d %s; restarting it with the new material", index, problem
+                    )
+                    await asyncio.to_thread(_stop, worker.process)
+            log.info("%d CA worker(s) now sign with the new CA material", len(self.workers))
 
     def stop(self) -> None:
-        """Terminate every worker, including one a cancelled roll was still starting."""
-        processes = [*self.workers.values(), *self.starting]
+        """Terminate every worker, including one still starting."""
+        processes = [*(w.process for w in self.workers.values()), *self.starting]
         for process in processes:
             if process.is_alive():
                 process.terminate()
         for process in processes:
             _stop(process)
+        for worker in self.workers.values():
+            worker.pipe.close()
+
+
+def _send_keys(worker: Worker, keys: WorkerKeys) -> str | None:
+    """Send `keys` and wait for the answer; None when applied, else what went wrong."""
+    try:
+        worker.pipe.send(keys)
+        if not worker.pipe.poll(KEYS_APPLY_TIMEOUT_S):
+            return f"did not apply the new material within {KEYS_APPLY_TIMEOUT_S:.0f}s"
+        answer = worker.pipe.recv()
+    except (EOFError, OSError):
+        return "is gone"
+    return None if answer == KEYS_APPLIED else str(answer)
 
 
 def _stop(process: BaseProcess) -> None:
@@ -134,10 +168,11 @@ def _stop(process: BaseProcess) -> None:
         process.join()
 
 
-def _forget_metrics(process: BaseProcess) -> None:
-    # Counters of a gone worker stay in the aggregate; only its live gauges are dropped.
+def _forget(worker: Worker) -> None:
+    """Release a dead worker: its pipe, and its live gauges (its counters stay aggregated)."""
+    worker.pipe.close()
     with contextlib.suppress(Exception):
         from prometheus_client import multiprocess
 
-        if process.pid is not None:
-            multiprocess.mark_process_dead(process.pid)  # type: ignore[no-untyped-call]
+        if worker.process.pid is not None:
+            multiprocess.mark_process_dead(worker.process.pid)  # type: ignore[no-untyped-call]

@@ -3,14 +3,21 @@
 The supervisor reserves the port with SO_REUSEPORT and starts one worker per
 core; the kernel spreads connections across them. Each worker builds its own
 authenticators, signer and record connection from the spec it is given.
+
+The pipe to the supervisor stays open for the worker's life: new CA material
+arrives on it and is swapped in place (the signer's material, the client
+certificate anchors and, through grpc's dynamic TLS credentials, the serving
+certificate of the next handshake), so a material change never closes a
+listening socket. The pipe's end (EOF) also tells the worker its supervisor is
+gone.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,13 +40,14 @@ from ca_server.record import Recorder
 from ca_server.service import CertificateService, ErrorInterceptor
 from ca_server.signer import Signer, SigningPolicy
 from ca_server.token_issuer import LOCAL_ISSUER
+from certs.errors import CertsError
 from certs.keys import load_private_key
 from certs.pem import bundle_pem, load_certificates, to_pem
 from protos.istio.v1.auth import ca_pb2_grpc
 
 log = logging.getLogger(__name__)
+KEYS_APPLIED = "applied"
 SHUTDOWN_GRACE_S = 4.0
-PARENT_CHECK_S = 0.5  # a worker must never serve on without its supervisor
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,11 +83,24 @@ class MaterialPems:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class WorkerSpec:
-    config: CaConfig
+class WorkerKeys:
+    """What a material change replaces: the signing material and the serving TLS identity."""
+
     material: MaterialPems
     serving_chain_pem: bytes
     serving_key_pem: bytes
+
+    def tls_configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.serving_key_pem, self.serving_chain_pem)],
+            root_certificates=self.material.roots,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerSpec:
+    config: CaConfig
+    keys: WorkerKeys
     host: str
     port: int
     mtls_host: str | None
@@ -88,12 +109,49 @@ class WorkerSpec:
     log_level: int
 
 
-def build_authentication(config: CaConfig, material: CaMaterial) -> Authentication:
+class LiveKeys:
+    """A worker's current keys, replaced in place; readers always see one consistent set."""
+
+    def __init__(self, keys: WorkerKeys) -> None:
+        self._current: tuple[int, CaMaterial, grpc.ServerCertificateConfiguration] = (
+            0,
+            keys.material.load(),
+            keys.tls_configuration(),
+        )
+
+    @property
+    def material(self) -> CaMaterial:
+        return self._current[1]
+
+    def replace(self, keys: WorkerKeys) -> None:
+        """Load `keys` (raising if they do not load) and make them current in one assignment."""
+        generation = self._current[0] + 1
+        self._current = (generation, keys.material.load(), keys.tls_configuration())
+
+    def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
+        """TLS credentials whose next handshake uses whatever keys are current by then."""
+        generation, _, configuration = self._current
+        served = generation
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            nonlocal served
+            generation, _, configuration = self._current
+            if generation == served:
+                return None
+            served = generation
+            return configuration
+
+        return grpc.dynamic_ssl_server_credentials(
+            configuration, fetch, require_client_authentication=require_client_auth
+        )
+
+
+def build_authentication(config: CaConfig, material: Callable[[], CaMaterial]) -> Authentication:
     """Authenticators in SPEC order: client certificate, TokenReview, JWT."""
     authenticators: list[Authenticator] = [
         ClientCertAuthenticator(
             trust_domain=config.trust_domain,
-            trust_anchors=lambda: (list(material.chain), list(material.roots)),
+            trust_anchors=lambda: (list(material().chain), list(material().roots)),
         )
     ]
     if config.kube is not None:
@@ -132,17 +190,45 @@ def open_recorder(config: CaConfig) -> Recorder | None:
     return recorder
 
 
-def run_worker(spec: WorkerSpec, ready: Connection) -> None:
-    """Process entry point: serve until SIGTERM, then drain and exit."""
+def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:
+    """Process entry point: serve until SIGTERM or the supervisor's end, then drain and exit."""
     logging.basicConfig(
         level=spec.log_level,
         format=f"%(asctime)s worker-{spec.index} %(levelname)s %(name)s: %(message)s",
     )
     config = spec.config
-    material = spec.material.load()
+    keys = LiveKeys(spec.keys)
     recorder = open_recorder(config)
+    server = _grpc_server(spec, keys, recorder)
+    port = server.add_secure_port(
+        f"{spec.host}:{spec.port}", keys.credentials(require_client_auth=False)
+    )
+    if spec.mtls_host is not None:
+        server.add_secure_port(
+            f"{spec.mtls_host}:{spec.mtls_port}", keys.credentials(require_client_auth=True)
+        )
+    server.start()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    supervisor.send(port)
+    threading.Thread(
+        target=_follow_supervisor, args=(supervisor, keys, stop), name="keys", daemon=True
+    ).start()
+    stop.wait()
+    server.stop(SHUTDOWN_GRACE_S).wait()
+    if recorder is not None:
+        recorder.close()
+
+
+def _grpc_server(spec: WorkerSpec, keys: LiveKeys, recorder: Recorder | None) -> grpc.Server:
+    config = spec.config
     signer = Signer(
-        material=lambda: material,
+        material=lambda: keys.material,
         policy=SigningPolicy(
             csr_san_policy=config.csr_san_policy,
             default_ttl=config.default_ttl,
@@ -153,7 +239,7 @@ def run_worker(spec: WorkerSpec, ready: Connection) -> None:
         clock=lambda: datetime.now(UTC),
     )
     service = CertificateService(
-        authentication=build_authentication(config, material),
+        authentication=build_authentication(config, lambda: keys.material),
         signer=signer,
         metrics=CaMetrics(),
         trust_domain=config.trust_domain,
@@ -166,34 +252,23 @@ def run_worker(spec: WorkerSpec, ready: Connection) -> None:
         options=[("grpc.so_reuseport", 1)],
     )
     ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    credentials = grpc.ssl_server_credentials(
-        [(spec.serving_key_pem, spec.serving_chain_pem)],
-        root_certificates=spec.material.roots,
-        require_client_auth=False,
-    )
-    port = server.add_secure_port(f"{spec.host}:{spec.port}", credentials)
-    if spec.mtls_host is not None:
-        mtls_credentials = grpc.ssl_server_credentials(
-            [(spec.serving_key_pem, spec.serving_chain_pem)],
-            root_certificates=spec.material.roots,
-            require_client_auth=True,
-        )
-        server.add_secure_port(f"{spec.mtls_host}:{spec.mtls_port}", mtls_credentials)
-    server.start()
-    stop = threading.Event()
+    return server
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    supervisor_pid = os.getppid()
-    ready.send(port)
-    ready.close()
-    while not stop.wait(PARENT_CHECK_S):
-        if os.getppid() != supervisor_pid:
-            log.error("the CA supervisor is gone; worker stops serving")
-            break
-    server.stop(SHUTDOWN_GRACE_S).wait()
-    if recorder is not None:
-        recorder.close()
+def _follow_supervisor(supervisor: Connection, keys: LiveKeys, stop: threading.Event) -> None:
+    """Apply the keys the supervisor sends, answering each; stop when the supervisor is gone."""
+    while True:
+        try:
+            update = supervisor.recv()
+        except (EOFError, OSError):
+            if not stop.is_set():
+                log.error("the CA supervisor is gone; worker stops serving")
+                stop.set()
+            return
+        try:
+            keys.replace(update)
+        except (CertsError, ValueError) as exc:
+            log.error("new CA material not applied, still signing with the previous: %s", exc)
+            supervisor.send(f"not applied: {exc}")
+            continue
+        supervisor.send(KEYS_APPLIED)

@@ -66,3 +66,20 @@ def test_workers_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     while any(_alive(p) for p in children):
         assert time.monotonic() < deadline, "workers kept running without their supervisor"
         time.sleep(0.1)
+
+
+def test_stopping_while_a_worker_restarts_leaves_no_worker_behind(tmp_path: Path) -> None:
+    ca = start_ca(tmp_path / "ca", workers=2)
+    assert ca.process is not None
+    supervisor = ca.process.pid
+    first = [p for p in _children(supervisor) if _is_worker(p)]
+    os.kill(first[0], signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while "restarting it" not in ca.log():
+        assert time.monotonic() < deadline, ca.log()[-2000:]
+        time.sleep(0.02)
+    # The replacement is being spawned right now; stopping must still end everything.
+    starting = [p for p in _children(supervisor) if _is_worker(p) and p not in first]
+    assert ca.stop() == 0, ca.log()[-2000:]
+    for pid in [*first, *starting]:
+        assert not _alive(pid), f"worker {pid} outlived its supervisor"

@@ -97,10 +97,12 @@ def test_only_the_leader_renews_and_everyone_converges(
         time.sleep(0.2)
     renewers = [n for n, ca in replicas.items() if "self-signed root renewed" in ca.log()]
     assert len(renewers) == 1, renewers
-    # Let both finish swapping their workers onto the new material before they are stopped.
+    # Let both finish handing the new material to their workers before they are stopped.
     deadline = time.monotonic() + 60
-    while not all("replaced 1 worker(s)" in ca.log() for ca in replicas.values()):
-        assert time.monotonic() < deadline, "workers not replaced after the renewal"
+    while not all(
+        "1 CA worker(s) now sign with the new CA material" in ca.log() for ca in replicas.values()
+    ):
+        assert time.monotonic() < deadline, "workers not updated after the renewal"
         time.sleep(0.2)
 
     workload_ns = make_namespace("rotwl")
