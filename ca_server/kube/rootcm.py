@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 
 import httpx2
 from lightkube import ApiError, Client
+from lightkube.core.client import FieldSelector
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace
 from lightkube.types import OnErrorAction, OnErrorResult
@@ -103,14 +104,20 @@ class RootCertPublisher:
             thread.join(timeout=0 if thread.name.endswith("watch") else 5)
         self._client.close()
 
-    def queue_all(self) -> None:
-        """Check every namespace soon (root changed, leadership gained, resync)."""
+    def queue_all(self) -> bool:
+        """Check every namespace soon (root changed, leadership gained, resync, watch gap).
+
+        False when the namespaces could not be listed; the caller tries again."""
         try:
-            names = [ns.metadata.name for ns in self._client.list(Namespace) if ns.metadata]
+            self._queue.add(self._namespaces(self._client))
         except (ApiError, httpx2.HTTPError) as exc:
             log.warning("listing namespaces failed: %s", _describe(exc))
-            return
-        self._queue.add(n for n in names if n and n not in self._excluded)
+            return False
+        return True
+
+    def _namespaces(self, client: Client) -> list[str]:
+        names = (ns.metadata.name for ns in client.list(Namespace) if ns.metadata)
+        return [n for n in names if n and n not in self._excluded]
 
     def _spawn(self, name: str, target: Callable[..., None], *args: object) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -149,10 +156,18 @@ class RootCertPublisher:
                 self._queue.add([name])
 
     def _watch_configmaps(self, client: Client) -> None:
+        # List, check every namespace, then watch from the list's version: a ConfigMap
+        # deleted before this watch (or while a previous one was down) leaves no event.
+        fields: FieldSelector = {"metadata.name": self._name}
+        listing = client.list(ConfigMap, namespace="*", fields=fields)
+        for _ in listing:
+            pass
+        self._queue.add(self._namespaces(client))
         events = client.watch(
             ConfigMap,
             namespace="*",
-            fields={"metadata.name": self._name},
+            fields=fields,
+            resource_version=listing.resourceVersion,
             server_timeout=self._watch_seconds,
             on_error=self._on_watch_error,
         )
@@ -176,7 +191,9 @@ class RootCertPublisher:
             current_root = self._root_pem()
             due = time.monotonic() - last_resync >= self._resync
             if now_leading and (not leading or current_root != root or due):
-                self.queue_all()
+                if not self.queue_all():
+                    self._stop.wait(self._tick)
+                    continue  # the change stays unseen, so the next round lists again
                 last_resync = time.monotonic()
             leading, root = now_leading, current_root
             namespace = self._queue.take(self._tick)
