@@ -144,7 +144,8 @@ async def first_cert(
             first_s = stream.arrivals[0][0] - started
             await asyncio.sleep(1.0)
             rss = procstat.sample(proc.pid).rss_bytes / 2**20
-            out = {"first_cert_s": first_s, "rss_mb": rss}
+            anon = procstat.anonymous_bytes(proc.pid) / 2**20
+            out = {"first_cert_s": first_s, "rss_mb": rss, "anon_mb": anon}
             if idle_s:
                 before = procstat.sample(proc.pid)
                 await asyncio.sleep(idle_s)
@@ -214,6 +215,7 @@ async def _bench(
         "first_cert_s": firsts,
         "first_cert_s_p50": firsts[len(firsts) // 2],
         "rss_mb": max(r["rss_mb"] for r in runs),
+        "anon_mb": max(r["anon_mb"] for r in runs),
         "idle_cpu_pct": runs[0].get("idle_cpu_pct"),
         "push_samples": len(pushes),
         "push_p50_ms": pushes[len(pushes) // 2] if pushes else None,

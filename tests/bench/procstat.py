@@ -84,3 +84,11 @@ def sample(root_pid: int, *, switches: bool = False) -> TreeSample:
 def self_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
+
+
+def anonymous_bytes(pid: int) -> int:
+    """Anonymous (heap, stacks: never shared with another process) resident memory of `pid`."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
+            return int(line.split()[1]) * 1024
+    return 0
