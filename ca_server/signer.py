@@ -38,6 +38,17 @@ class CsrParseError(CsrRejected):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class _Prepared:
+    """What every issuance under one CA material shares, computed once per material."""
+
+    material: CaMaterial
+    template: LeafTemplate | None  # None: the issuer key needs the builder path
+    chain_not_after: float  # earliest NotAfter of the signing cert and chain (unix seconds)
+    response_tail: tuple[str, ...]  # chain PEMs then the root bundle, after each leaf
+    issuer_serial: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SigningPolicy:
     csr_san_policy: str  # "strict" or "override"
     default_ttl: timedelta
@@ -60,7 +71,7 @@ class Signer:
         self._policy = policy
         self._recorder = recorder
         self._clock = clock
-        self._fast: tuple[CaMaterial, LeafTemplate | None, float] | None = None
+        self._prepared: _Prepared | None = None
 
     def issue(self, *, csr_pem: str, validity_s: int, caller: Caller) -> list[str]:
         """The response chain `[leaf, chain..., roots]` for `caller`, or a CaError saying why not."""
@@ -72,7 +83,9 @@ class Signer:
             raise CaNotReady("the CA has no signing material yet; retry shortly")
         now = self._clock()
         try:
-            template = self._template(material, now)
+            prepared = self._prepare(material, now)
+            # an expired chain takes the builder path, whose full verifier says so
+            template = prepared.template if now.timestamp() < prepared.chain_not_after else None
             if template is not None:
                 # Fast path: DER template, then the issuer's signature and the SVID rules are
                 # checked on the exact bytes (the issuer's path to the roots was verified once).
@@ -100,25 +113,30 @@ class Signer:
             log.error("issued certificate failed its own checks: %s", exc)
             raise SigningFailed("the CA could not produce a valid certificate") from exc
         leaf_pem = to_pem(leaf)
-        self._record(leaf, leaf_pem, parsed, caller, material)
-        return [leaf_pem, *material.response_tail()]
+        self._record(leaf, leaf_pem, parsed, caller, prepared.issuer_serial)
+        return [leaf_pem, *prepared.response_tail]
 
-    def _template(self, material: CaMaterial, now: datetime) -> LeafTemplate | None:
-        """The DER template for `material` (ECDSA issuers), made once per material after a
-        probe leaf passed the full path verification; None means use the builder path."""
-        fast = self._fast
-        if fast is None or fast[0] is not material:
+    def _prepare(self, material: CaMaterial, now: datetime) -> _Prepared:
+        """The per-material state, made when `material` is first seen: the DER template
+        (ECDSA issuers, after a probe leaf passed the full path verification) and the
+        response tail and issuer serial every certificate repeats."""
+        prepared = self._prepared
+        if prepared is None or prepared.material is not material:
             template: LeafTemplate | None = None
-            not_after = min(
-                c.not_valid_after_utc.timestamp() for c in (material.signing_cert, *material.chain)
-            )
             if LeafTemplate.supports(material.signing_key):
                 template = LeafTemplate(material.signing_cert, material.signing_key)
                 self._probe(template, material, now)
-            fast = self._fast = (material, template, not_after)
-        if now.timestamp() >= fast[2]:
-            return None  # an expired chain: the builder path and the full verifier say so
-        return fast[1]
+            prepared = self._prepared = _Prepared(
+                material=material,
+                template=template,
+                chain_not_after=min(
+                    c.not_valid_after_utc.timestamp()
+                    for c in (material.signing_cert, *material.chain)
+                ),
+                response_tail=tuple(material.response_tail()),
+                issuer_serial=serial_hex(material.signing_cert),
+            )
+        return prepared
 
     @staticmethod
     def _probe(template: LeafTemplate, material: CaMaterial, now: datetime) -> None:
@@ -182,7 +200,7 @@ class Signer:
         leaf_pem: str,
         parsed: ParsedCsr,
         caller: Caller,
-        material: CaMaterial,
+        issuer_serial: str,
     ) -> None:
         if self._recorder is None:
             return
@@ -201,7 +219,7 @@ class Signer:
             peer=caller.peer,
             cluster_id=caller.cluster_id,
             csr_sha256=parsed.sha256,
-            issuer_serial=serial_hex(material.signing_cert),
+            issuer_serial=issuer_serial,
             certificate_pem=leaf_pem,
         )
         try:

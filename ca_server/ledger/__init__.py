@@ -1,10 +1,10 @@
 """The issuance record: every certificate the CA signs, committed before the caller sees it.
 
 SQLite (default, a WAL file in the data directory) or PostgreSQL behind one
-interface. Concurrent `record()` calls are group-committed by one writer thread
-per process; writers in any number of processes extend one linear SHA-256
-hash chain under the database's write lock, so `verify` finds any edited,
-removed or reordered row. Old expired rows are pruned from the front of the
+interface. Concurrent `record()` calls are group-committed by whichever caller
+finds nobody committing (leader/follower, no writer thread); writers in any
+number of processes extend one linear SHA-256 hash chain under the database's
+write lock, so `verify` finds any edited, removed or reordered row. Old expired rows are pruned from the front of the
 chain, which stays verifiable from a kept anchor.
 """
 

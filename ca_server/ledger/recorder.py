@@ -1,17 +1,19 @@
-"""The write side: a `Recorder` whose single writer thread group-commits concurrent calls.
+"""The write side: a `Recorder` whose callers group-commit for each other.
 
-`record()` may be called from many threads at once. Each call queues its entry
-and waits; one writer thread per process takes everything pending (up to
-`max_batch`), appends it to the chain in one transaction, and wakes every
-caller when that transaction commits, or raises in each of them if it fails.
-One fsync thus serves many certificates. `max_batch=1` turns grouping off.
+`record()` may be called from many threads at once. Each call queues its entry;
+the caller that finds nobody committing becomes the leader and, in its own
+thread, appends everything pending (up to `max_batch`) to the chain in one
+transaction, then wakes every caller of that batch when it commits, or raises
+in each one whose entry failed. One fsync thus serves many certificates, with
+no writer thread to hand each entry to. `max_batch=1` turns grouping off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -62,92 +64,136 @@ class RecorderOptions:
 
 
 class _Pending:
-    __slots__ = ("done", "entry", "error")
+    """One caller's entry; `wake` is set when its outcome is known or it is made leader."""
+
+    __slots__ = ("entry", "error", "finished", "lead", "wake")
 
     def __init__(self, entry: IssuedCertificate) -> None:
         self.entry = entry
-        self.done = threading.Event()
+        self.wake = threading.Event()
         self.error: BaseException | None = None
-
-
-_STOP = object()
+        self.finished = False  # committed, or failed with `error`
+        self.lead = False  # this caller commits what is queued (set under the recorder's lock)
 
 
 class GroupCommitRecorder:
-    """A `Recorder` over one database with a single group-committing writer thread."""
+    """A `Recorder` over one database whose callers take turns committing for each other.
+
+    Leader/follower group commit: a caller that finds nobody committing becomes the
+    leader and commits everything queued (its own entry first) in one transaction;
+    callers arriving meanwhile queue and wait. When the leader's commit ends it makes
+    the oldest waiting caller the next leader, then wakes the callers it committed for.
+    No thread hand-off is needed when calls do not overlap, and one session is used by
+    one leader at a time. Waiting callers give up after `write_timeout`; a leader waits
+    as long as the database call it is in (SQLite's busy timeout is 30 s), as the
+    writer thread it replaces did.
+    """
 
     def __init__(self, url: RecordUrl, *, options: RecorderOptions) -> None:
         self._url = url
         self._options = options
-        self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
-        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when leadership is given up
+        self._queue: deque[_Pending] = deque()  # waiting, not yet taken into a batch
+        self._leading = False  # a caller is committing, or has been made leader
+        self._closed = False
         self._session: Session | None = None
         self._errors: tuple[type[Exception], ...] = (LedgerError, OSError, *driver_errors(url))
         self.commits = 0  # transactions committed, for measurements
         self.rows = 0  # certificates committed
-        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
-        self._thread.start()
+
+    @property
+    def leading(self) -> bool:
+        """Whether a caller is committing (or has been made leader), for tests and measurements."""
+        return self._leading
+
+    @property
+    def queued(self) -> int:
+        """Callers waiting for a leader to take their entry, for tests and measurements."""
+        return len(self._queue)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def record(self, entry: IssuedCertificate) -> None:
         """Commit `entry` durably, grouped with concurrent calls; raise `LedgerWriteError`."""
-        if self._closed.is_set():
-            raise LedgerWriteError("the issuance record is closed")
         pending = _Pending(entry)
-        self._queue.put(pending)
-        if not pending.done.wait(self._options.write_timeout.total_seconds()):
-            log.error("recording serial %s timed out", entry.serial)
-            raise LedgerWriteError()
+        with self._lock:
+            if self._closed:
+                raise LedgerWriteError("the issuance record is closed")
+            self._queue.append(pending)
+            if not self._leading:
+                self._leading = pending.lead = True
+        if not pending.lead:
+            self._follow(pending)
+        if pending.lead:
+            self._lead()
         if pending.error is not None:
             if isinstance(pending.error, LedgerWriteError):
                 raise pending.error
             raise LedgerWriteError() from pending.error
 
     def close(self) -> None:
-        """Commit what is queued, then stop the writer thread."""
-        if not self._closed.is_set():
-            self._closed.set()
-            self._queue.put(_STOP)
-            self._thread.join(timeout=self._options.write_timeout.total_seconds())
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is _STOP:
-                break
-            batch = [first]
-            while len(batch) < self._options.max_batch:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is _STOP:
-                    stopping = True
-                    break
-                batch.append(item)
-            pending = [p for p in batch if isinstance(p, _Pending)]
-            try:
-                self._commit(pending)
-            except Exception as exc:  # a bug, not a database error: fail the callers, keep going
-                log.exception("issuance record writer failed")
-                self._drop_session()
-                for item in pending:
-                    if not item.done.is_set():
-                        item.error = exc
-                        item.done.set()
-        self._drop_session()
-        self._fail_leftovers()
-
-    def _fail_leftovers(self) -> None:
-        """Callers that queued while the recorder was closing get an error, not a timeout."""
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
+        """Commit what is queued (callers already waiting succeed), then release the session."""
+        with self._lock:
+            if self._closed:
                 return
-            if isinstance(item, _Pending):
-                item.error = LedgerWriteError("the issuance record is closed")
-                item.done.set()
+            self._closed = True
+            timeout = self._options.write_timeout.total_seconds()
+            if not self._idle.wait_for(lambda: not self._leading, timeout):
+                return  # a leader is stuck in the database; it still owns the session
+        self._drop_session()
+
+    def _follow(self, pending: _Pending) -> None:
+        """Wait until a leader has committed `pending` or made its caller the leader."""
+        if pending.wake.wait(self._options.write_timeout.total_seconds()):
+            return
+        with self._lock:
+            if pending.lead or pending.finished:
+                return
+            # Not taken yet: it will never be written. Already in a batch being committed:
+            # the row may still appear, but the certificate is not sent.
+            with contextlib.suppress(ValueError):
+                self._queue.remove(pending)
+        log.error("recording serial %s timed out", pending.entry.serial)
+        raise LedgerWriteError()
+
+    def _lead(self) -> None:
+        """Commit one batch from the head of the queue, then pass leadership on or give it up."""
+        batch: list[_Pending] = []
+        try:
+            with self._lock:
+                while self._queue and len(batch) < self._options.max_batch:
+                    batch.append(self._queue.popleft())
+            self._commit_guarded(batch)
+        except BaseException as exc:  # e.g. KeyboardInterrupt: nobody may take it for success
+            for pending in batch:
+                pending.error = pending.error or exc
+            raise
+        finally:
+            with self._lock:
+                if self._queue:
+                    successor = self._queue[0]
+                    successor.lead = True
+                    successor.wake.set()
+                else:
+                    self._leading = False
+                    self._idle.notify_all()
+            for pending in batch:
+                pending.lead = False
+                pending.finished = True
+                pending.wake.set()
+
+    def _commit_guarded(self, batch: list[_Pending]) -> None:
+        try:
+            self._commit(batch)
+        except Exception as exc:  # a bug, not a database error: fail these callers, keep going
+            log.exception("issuance record writer failed")
+            self._drop_session()
+            for pending in batch:
+                if pending.error is None:
+                    pending.error = exc
 
     def _commit(self, batch: list[_Pending]) -> None:
         try:
@@ -161,8 +207,6 @@ class GroupCommitRecorder:
                 return
             log.error("recording serial %s failed: %s", batch[0].entry.serial, exc)
             batch[0].error = exc
-        for pending in batch:
-            pending.done.set()
 
     def _write(self, batch: list[_Pending]) -> None:
         if self._session is not None:

@@ -76,7 +76,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"| CA request path in-process, one thread (metadata, cached token, CSR check, template signing, signature + SVID check) | {_f(f['inprocess_issue_us'])} |",
             f"| issuance record alone (SQLite group commit, 16 writers) | {_f(f['record_us'])} |",
             f"| sum of the parts | {_f(parts)} |",
-            f"| remainder: the parts interfering inside a worker (GIL hand-offs between request threads, the record's writer thread and grpc's poller; context switches per certificate above) | {_f(ca - parts if ca else None)} |",
+            f"| remainder: the parts interfering inside a worker (GIL hand-offs between request threads (record leaders and the followers they wake) and grpc's poller; context switches per certificate above) | {_f(ca - parts if ca else None)} |",
             "",
             "py-spy flame graph of one CA worker under the same load: `ca-worker-profile.svg`.",
         ]
