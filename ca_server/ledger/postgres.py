@@ -12,6 +12,9 @@ from ca_server.ledger.database import HEAD_SELECT, Head, Row, Session, head_from
 
 # Key of the transaction-scoped advisory lock that serialises schema migrations.
 SCHEMA_LOCK_KEY = 0x42756C77  # "Bulw"
+# No statement may hold a caller longer than SQLite's busy timeout would: the recorder's
+# leader runs in a request thread, and a lock wait or hung query must end in an error.
+STATEMENT_TIMEOUT_S = 30.0
 
 
 def _adapt(sql: str) -> str:
@@ -26,8 +29,16 @@ class PostgresSession(Session):
         self._conn = conn
 
     @classmethod
-    def connect(cls, url: str) -> PostgresSession:
-        return cls(psycopg.connect(url, autocommit=True, connect_timeout=10))
+    def connect(
+        cls, url: str, *, statement_timeout_s: float = STATEMENT_TIMEOUT_S
+    ) -> PostgresSession:
+        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        try:
+            conn.execute(f"SET statement_timeout = {int(statement_timeout_s * 1000)}")
+        except psycopg.Error:
+            conn.close()
+            raise
+        return cls(conn)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         with self._conn.cursor() as cur:

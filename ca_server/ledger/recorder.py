@@ -85,8 +85,8 @@ class GroupCommitRecorder:
     the oldest waiting caller the next leader, then wakes the callers it committed for.
     No thread hand-off is needed when calls do not overlap, and one session is used by
     one leader at a time. Waiting callers give up after `write_timeout`; a leader waits
-    as long as the database call it is in (SQLite's busy timeout is 30 s), as the
-    writer thread it replaces did.
+    as long as the database call it is in, which each backend bounds (SQLite's busy
+    timeout, PostgreSQL's statement_timeout: 30 s each).
     """
 
     def __init__(self, url: RecordUrl, *, options: RecorderOptions) -> None:

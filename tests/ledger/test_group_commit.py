@@ -178,3 +178,23 @@ def test_a_caller_that_times_out_waiting_is_not_recorded(record_url: str) -> Non
     assert reader.get(after.serial) is not None
     assert reader.verify().head_seq == 2
     reader.close()
+
+
+def test_a_postgresql_statement_stuck_on_the_chain_lock_ends_in_an_error(
+    request: pytest.FixtureRequest,
+) -> None:
+    # A leader commits in a request thread: a lock wait must not hold it forever.
+    import psycopg
+
+    from ca_server.ledger.postgres import PostgresSession
+
+    url = request.getfixturevalue("postgres_cluster").database("stuck")
+    open_recorder(url).close()  # creates the schema
+    with chain_locked(url):
+        session = PostgresSession.connect(url, statement_timeout_s=0.5)
+        try:
+            with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+                session.lock_head()
+        finally:
+            session.rollback()
+            session.close()
