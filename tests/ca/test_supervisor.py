@@ -83,3 +83,30 @@ def test_stopping_while_a_worker_restarts_leaves_no_worker_behind(tmp_path: Path
     assert ca.stop() == 0, ca.log()[-2000:]
     for pid in [*first, *starting]:
         assert not _alive(pid), f"worker {pid} outlived its supervisor"
+
+
+def test_admin_connections_are_accepted_with_nagle_off() -> None:
+    # Nagle plus the client's delayed ACK held every kept-alive admin response ~40 ms.
+    import asyncio
+    import socket
+
+    from ca_server.supervisor import bind_socket
+
+    async def accepted_nodelay() -> int:
+        flags: list[int] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            flags.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        listener = bind_socket("127.0.0.1", 0, option=socket.SO_REUSEADDR, what="test address")
+        server = await asyncio.start_server(handle, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname())
+            while not flags:
+                await asyncio.sleep(0.01)
+            writer.close()
+        return flags[0]
+
+    assert asyncio.run(accepted_nodelay()) != 0

@@ -97,11 +97,7 @@ def report(request: pytest.FixtureRequest, data: Dataset) -> None:
 
 
 def fetch(data: Dataset, path: str, params: dict[str, Any]) -> tuple[dict[str, Any], float]:
-    """GET JSON with a fresh connection, as `bulwark certs` does; return it and the seconds taken.
-
-    (urllib closes each connection; on a kept-alive connection uvicorn's replies over
-    ~16 KB pick up a ~40 ms delayed-ACK stall that has nothing to do with the query.)
-    """
+    """GET JSON with a fresh connection, as `bulwark certs` does; return it and the seconds taken."""
     url = f"{data.base_url}{path}?{urllib.parse.urlencode(params)}"
     started = time.perf_counter()
     with urllib.request.urlopen(url, timeout=30) as response:
