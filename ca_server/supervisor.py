@@ -77,9 +77,9 @@ class Supervisor:
             name=f"bulwark-ca-worker-{index}",
             daemon=True,  # never outlive the supervisor, whatever path it exits by
         )
-        self.starting.add(process)
+        process.start()
+        self.starting.add(process)  # daemon=True covers the instant before this line
         try:
-            process.start()
             child.close()
             if not pipe.poll(WORKER_START_TIMEOUT_S):
                 process.kill()
