@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection
 from types import FrameType
 
 import grpc
+from cryptography import x509
 
 from ca_server.authn import (
     Authentication,
@@ -113,46 +114,42 @@ class LiveKeys:
     """A worker's current keys, replaced in place; readers always see one consistent set."""
 
     def __init__(self, keys: WorkerKeys) -> None:
-        self._current: tuple[int, CaMaterial, grpc.ServerCertificateConfiguration] = (
-            0,
-            keys.material.load(),
-            keys.tls_configuration(),
-        )
+        self._current = (keys.material.load(), keys.tls_configuration())
 
     @property
     def material(self) -> CaMaterial:
-        return self._current[1]
+        return self._current[0]
 
     def replace(self, keys: WorkerKeys) -> None:
         """Load `keys` (raising if they do not load) and make them current in one assignment."""
-        generation = self._current[0] + 1
-        self._current = (generation, keys.material.load(), keys.tls_configuration())
+        self._current = (keys.material.load(), keys.tls_configuration())
 
     def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
         """TLS credentials whose next handshake uses whatever keys are current by then."""
-        generation, _, configuration = self._current
-        served = generation
+        served = self._current[1]
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
             nonlocal served
-            generation, _, configuration = self._current
-            if generation == served:
+            current = self._current[1]
+            if current is served:
                 return None
-            served = generation
-            return configuration
+            served = current
+            return current
 
         return grpc.dynamic_ssl_server_credentials(
-            configuration, fetch, require_client_authentication=require_client_auth
+            served, fetch, require_client_authentication=require_client_auth
         )
 
 
 def build_authentication(config: CaConfig, material: Callable[[], CaMaterial]) -> Authentication:
     """Authenticators in SPEC order: client certificate, TokenReview, JWT."""
+
+    def trust_anchors() -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+        current = material()  # one read: chain and roots from the same material
+        return list(current.chain), list(current.roots)
+
     authenticators: list[Authenticator] = [
-        ClientCertAuthenticator(
-            trust_domain=config.trust_domain,
-            trust_anchors=lambda: (list(material().chain), list(material().roots)),
-        )
+        ClientCertAuthenticator(trust_domain=config.trust_domain, trust_anchors=trust_anchors)
     ]
     if config.kube is not None:
         from ca_server.kube import tokenreview_authenticator
