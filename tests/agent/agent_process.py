@@ -12,7 +12,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.ca_process import RunningCa
+from tests.support.ca_process import RunningCa, tree_env
 
 REPO = Path(__file__).resolve().parents[2]
 ISTIOD_SAN = "istiod.istio-system.svc"
@@ -83,7 +83,7 @@ def start_agent_process(
     socket = work / f"{service_account}.sock"
     log_path = work / f"agent-{service_account}.log"
     env = {
-        **os.environ,
+        **tree_env(os.environ),
         "POD_NAMESPACE": namespace,
         "SERVICE_ACCOUNT": service_account,
         "CA_ADDR": ca.grpc_addr,

@@ -16,7 +16,7 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from tests.agent.agent_process import REPO, AgentProcess, start_agent_process
 from tests.agent.support import NODE, SdsStream
-from tests.support.ca_process import RunningCa
+from tests.support.ca_process import RunningCa, tree_env
 
 SERIES = (
     'istio_agent_outgoing_latency{request_type="csr"}',
@@ -149,7 +149,7 @@ def test_stale_socket_is_replaced_and_bad_config_exits_2(shared_ca: RunningCa, w
         capture_output=True,
         text=True,
         timeout=30,
-        env={**os.environ, "BULWARK_AGENT_STATUS_ADDR": ""},
+        env={**tree_env(os.environ), "BULWARK_AGENT_STATUS_ADDR": ""},
     )
     assert bad.returncode == 2
     assert "--secret-ttl" in bad.stderr

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import procstat
-from tests.support.ca_process import RunningCa
+from tests.support.ca_process import RunningCa, tree_env
 
 ISTIOD_SAN = "istiod.istio-system.svc"
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -63,7 +63,7 @@ def spawn_agent(
     token.write_text(ca.mint_token("bench", name))
     sock = work / f"{name}.sock"
     env = {
-        **os.environ,
+        **tree_env(os.environ),
         "POD_NAMESPACE": "bench",
         "SERVICE_ACCOUNT": name,
         "CA_ADDR": f"127.0.0.1:{proxy_port}",

@@ -6,6 +6,7 @@ with a non-zero exit and the CA's log tail.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.demo.agent_steps import AgentDemo  # noqa: E402
 from tests.support.ca_client import channel, create_certificate  # noqa: E402
-from tests.support.ca_process import RunningCa, start_ca  # noqa: E402
+from tests.support.ca_process import RunningCa, start_ca, tree_env  # noqa: E402
 from tests.support.openssl import key_and_csr  # noqa: E402
 
 BULWARK = str(Path(sys.executable).parent / "bulwark")
@@ -155,6 +156,7 @@ class Demo:
 
 
 def main() -> int:
+    os.environ.update(tree_env(os.environ))  # every `bulwark` and agent below runs this tree
     with tempfile.TemporaryDirectory(prefix="bulwark-demo-") as work:
         return Demo(Path(work)).run()
 

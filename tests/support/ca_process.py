@@ -8,12 +8,23 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
+
+
+def tree_env(env: Mapping[str, str]) -> dict[str, str]:
+    """`env` with this checkout first on PYTHONPATH.
+
+    A child started outside REPO (an agent in its work directory, a `bulwark` script) would
+    otherwise import the tree the editable install points at, not this one (another worktree).
+    """
+    path = [str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+    return {**env, "PYTHONPATH": os.pathsep.join(path)}
 
 
 @dataclass
