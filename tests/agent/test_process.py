@@ -46,6 +46,7 @@ def test_output_certs_status_cli_and_sigterm(shared_ca: RunningCa, work: Path) -
     agent = start_agent_process(shared_ca, work, extra_env={"OUTPUT_CERTS": str(out)})
     try:
         report_footprint(agent)
+        check_no_python_openssl(agent)
         check_output_certs(out)
         serial = check_status_port(agent)
         check_status_cli(agent, serial)
@@ -72,6 +73,13 @@ def report_footprint(agent: AgentProcess) -> None:
     )
     own = [line for line in agent.log().splitlines() if "first certificate" in line]
     print("agent log: " + (own[0].split(": ", 1)[-1] if own else "(no first-certificate line)"))
+
+
+def check_no_python_openssl(agent: AgentProcess) -> None:
+    """`python -m agent` keeps Python's OpenSSL bindings (4.5 MB resident) out; see agent/__main__."""
+    mapped = Path(f"/proc/{agent.process.pid}/maps").read_text()
+    for library in ("/_ssl.", "/_hashlib.", "/libssl.so", "/libcrypto.so"):
+        assert library not in mapped, f"the agent process maps {library}"
 
 
 def check_output_certs(out: Path) -> None:
