@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -29,6 +29,11 @@ from agent.metrics import AgentMetrics
 from agent.resources import SECRET_TYPE_URL, check_name, secret_for, version_of
 
 log = logging.getLogger(__name__)
+
+
+def _nonce() -> str:
+    """128 random bits in hex, like uuid4().hex without importing uuid (and with it platform)."""
+    return os.urandom(16).hex()
 
 
 class StreamError(AgentError):
@@ -126,7 +131,7 @@ class _SotwStream(_Watch):
         found = self.resources(snapshot, names)
         if not found:
             return None
-        self.last_nonce = uuid.uuid4().hex
+        self.last_nonce = _nonce()
         return discovery_pb2.DiscoveryResponse(
             version_info=str(snapshot.generation),
             resources=[packed for _, _, packed in found],
@@ -160,7 +165,7 @@ class _DeltaStream(_Watch):
                 for name, version, packed in found
             ],
             type_url=SECRET_TYPE_URL,
-            nonce=uuid.uuid4().hex,
+            nonce=_nonce(),
         )
 
 
