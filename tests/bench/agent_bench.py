@@ -1,5 +1,8 @@
 """Agent benchmark: start-to-first-SDS-certificate time, RSS, idle CPU, SDS push latency.
 
+RSS is reported next to the library floor measured in the same run (`agent_floor`): grpcio,
+cryptography and protobuf doing only the agent's library work, without any agent code.
+
 The agent reaches the CA through a byte-forwarding TCP proxy in this process, which notes when
 the CA's answers pass through; the push latency of a rotation is the time from the CA's answer
 reaching the agent's connection to the rotated secret arriving on each of 10 SDS streams.
@@ -8,6 +11,7 @@ reaching the agent's connection to the rotated secret arriving on each of 10 SDS
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -224,6 +228,24 @@ async def _bench(
     }
 
 
+def library_floor(ca: RunningCa, work: Path) -> dict[str, float]:
+    """RSS and anonymous memory of `agent_floor` after its certificate (one process, ~1 s)."""
+    token = work / "token-floor"
+    token.write_text(ca.mint_token("bench", "floor"))
+    spiffe_id = "spiffe://cluster.local/ns/bench/sa/floor"
+    args = [ca.grpc_addr, str(ca.root_cert_path), str(token), spiffe_id, str(work / "floor.sock")]
+    out = subprocess.run(
+        [sys.executable, "-m", "tests.bench.agent_floor", *args],
+        cwd=work,
+        env=tree_env(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return {k: float(v) for k, v in json.loads(out.stdout).items()}
+
+
 def bench_agent(
     ca: RunningCa,
     work: Path,
@@ -234,11 +256,15 @@ def bench_agent(
     watch_s: float = 30.0,
 ) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(_bench(ca, work, starts, idle_s, ttl_s, watch_s))
+    result = asyncio.run(_bench(ca, work, starts, idle_s, ttl_s, watch_s))
+    floor = library_floor(ca, work)
+    result["floor_rss_mb"] = floor["rss_mb"]
+    result["floor_anon_mb"] = floor["anon_mb"]
+    result["rss_over_floor"] = result["rss_mb"] / floor["rss_mb"]
+    return result
 
 
 if __name__ == "__main__":
-    import json
     import tempfile
 
     from tests.support.ca_process import start_ca

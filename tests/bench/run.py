@@ -181,6 +181,7 @@ def main() -> int:
         r.update(
             agent_rss_mb=agent["rss_mb"],
             agent_anon_mb=agent["anon_mb"],
+            agent_floor_rss_mb=agent["floor_rss_mb"],
             agent_first_cert_s_p50=agent["first_cert_s_p50"],
             agent_push_p99_ms=agent["push_p99_ms"],
             agent_idle_cpu_pct=agent["idle_cpu_pct"],
