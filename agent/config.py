@@ -169,7 +169,8 @@ class AgentConfig:
         text("ISTIO_META_CLUSTER_ID", "cluster_id")
         text("ISTIO_META_CERT_SIGNER", "cert_signer")
         path("BULWARK_TOKEN_PATH", "token_path")
-        text("BULWARK_AGENT_STATUS_ADDR", "status_addr")
+        if "BULWARK_AGENT_STATUS_ADDR" in env:  # set but empty: no status server
+            kw["status_addr"] = env["BULWARK_AGENT_STATUS_ADDR"]
         path("BULWARK_AGENT_READY_FILE", "ready_file")
         if env.get("FILE_MOUNTED_CERTS"):
             kw["file_mounted_certs"] = parse_bool(env["FILE_MOUNTED_CERTS"], "FILE_MOUNTED_CERTS")
