@@ -42,6 +42,11 @@ class Authenticator(Protocol):
 
     def authenticate(self, creds: RequestCredentials) -> Caller | None: ...
 
+    def may_block(self, creds: RequestCredentials) -> bool:
+        """Whether `authenticate(creds)` may wait on I/O (an API call, a key fetch); when
+        not, an event loop may call it directly."""
+        ...
+
 
 class IdentityExtractionError(AuthenticationError):
     """The credential is valid but names no workload identity (counted separately)."""
@@ -56,6 +61,10 @@ class Authentication:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.authenticators)
+
+    def may_block(self, creds: RequestCredentials) -> bool:
+        """Whether `authenticate(creds)` may wait on I/O (then run it off the event loop)."""
+        return any(a.may_block(creds) for a in self.authenticators)
 
     def authenticate(self, creds: RequestCredentials) -> Caller:
         reasons: list[str] = []
@@ -124,6 +133,9 @@ class ClientCertAuthenticator:
         self._anchors = trust_anchors  # -> (intermediates, roots)
         self._clock = clock
 
+    def may_block(self, creds: RequestCredentials) -> bool:
+        return False  # CPU only
+
     def authenticate(self, creds: RequestCredentials) -> Caller | None:
         if not creds.client_cert_pem:
             return None
@@ -178,6 +190,11 @@ class JwksSource:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._unnamed: list[jwt.PyJWK] = []
         self._fetched_at = float("-inf")
+
+    @property
+    def remote(self) -> bool:
+        """Whether a refresh reads the network (discovery) rather than a local file."""
+        return self._file is None
 
     def key_for(self, kid: str | None) -> list[jwt.PyJWK]:
         with self._lock:
@@ -268,6 +285,13 @@ class JwtAuthenticator:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return caller
+
+    def may_block(self, creds: RequestCredentials) -> bool:
+        """A token not verified before may need the issuer's keys fetched over the network."""
+        token = creds.bearer_token
+        if not token or not self._keys.remote:
+            return False
+        return self._cached(hashlib.sha256(token.encode()).digest()) is None
 
     def _cached(self, digest: bytes) -> Caller | None:
         with self._cache_lock:

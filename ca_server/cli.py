@@ -83,13 +83,13 @@ _SERVE_FLAGS: tuple[tuple[str, tuple[_FlagSpec, ...]], ...] = (
     )),
     ("capacity", (
         ("--workers", "BULWARK_WORKERS", None, "gRPC worker processes (default: one per core)", {"type": int}),
-        ("--threads", "BULWARK_THREADS", 16, "threads per worker", {"type": int}),
         ("--max-concurrent-rpcs", "BULWARK_MAX_CONCURRENT_RPCS", 2000, "per worker; beyond it callers get RESOURCE_EXHAUSTED", {"type": int}),
     )),
     ("issuance record", (
         ("--record", "BULWARK_RECORD", None, "record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)", {}),
         ("--record-retention", "BULWARK_RECORD_RETENTION", "30d", "prune rows whose certificate expired longer ago than this; 'never' keeps all", {}),
         ("--record-max-batch", "BULWARK_RECORD_MAX_BATCH", 256, "most certificates one commit groups; 1 turns group commit off", {"type": int}),
+        ("--record-linger-ms", "BULWARK_RECORD_LINGER_MS", 5.0, "while commits follow each other, wait this long before the next one so it carries more certificates (an idle CA commits at once)", {"type": float}),
     )),
 )  # fmt: skip
 
@@ -163,13 +163,13 @@ def config_from_args(args: argparse.Namespace) -> Any:
         max_ttl=parse_duration(args.max_workload_cert_ttl),
         trusted_node_accounts=_csv(args.trusted_node_accounts),
         allow_ed25519=bool(args.allow_ed25519),
-        threads=int(args.threads),
         max_concurrent_rpcs=int(args.max_concurrent_rpcs),
         record=args.record or None,
         record_retention=None
         if args.record_retention in ("", "never")
         else parse_duration(args.record_retention),
         record_max_batch=int(args.record_max_batch),
+        record_linger=timedelta(milliseconds=float(args.record_linger_ms)),
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
         material_check_interval=parse_duration(args.material_check_interval),

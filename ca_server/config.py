@@ -53,13 +53,13 @@ class CaConfig:
     trusted_node_accounts: tuple[str, ...] = ()  # "ns/sa" entries allowed to impersonate
     allow_ed25519: bool = False
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    threads: int = 16
     max_concurrent_rpcs: int = 2000
     record: str | None = None  # record URL; None means SQLite in the data dir
     record_retention: timedelta | None = timedelta(
         days=30
     )  # prune rows expired this long; None keeps all
     record_max_batch: int = 256  # certificates per record commit; 1 turns group commit off
+    record_linger: timedelta = timedelta(milliseconds=5)  # a busy worker's wait to grow a batch
     admin_token_file: Path | None = None
     ready_file: Path | None = None
     kubeconfig: Path | None = None
@@ -81,10 +81,12 @@ class CaConfig:
             raise ConfigError("--audiences must name at least one audience")
         if self.jwks_file is not None and not self.jwt_issuer:
             raise ConfigError("--jwks-file needs --jwt-issuer: the `iss` its tokens must carry")
+        if not timedelta(0) <= self.record_linger <= timedelta(seconds=1):
+            raise ConfigError("--record-linger-ms must be between 0 and 1000")
         if self.record_max_batch < 1:
             raise ConfigError("--record-max-batch must be at least 1 (1 turns group commit off)")
-        if self.workers < 1 or self.threads < 1:
-            raise ConfigError("--workers and --threads must be at least 1")
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1")
         if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:
             raise ConfigError("the default workload TTL must be positive and at most the maximum")
         for account in self.trusted_node_accounts:

@@ -1,22 +1,24 @@
-"""`istio.v1.auth.IstioCertificateService` on a synchronous grpcio server.
+"""`istio.v1.auth.IstioCertificateService` on a `grpc.aio` server.
 
-The servicer authenticates, applies impersonation rules and hands the CSR to
-the `Signer`. `ErrorInterceptor` is the one place where `CaError`s become gRPC
-statuses and where unexpected exceptions become a generic INTERNAL.
+The servicer authenticates (on the event loop when no I/O is needed, else in a
+thread), applies impersonation rules, has the `Signer` sign on the loop, awaits
+the issuance record's commit and only then answers. `CreateCertificate` is the
+one place where `CaError`s become gRPC statuses and unexpected exceptions a
+generic INTERNAL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
 import grpc
 
 from ca_server.authn import Authentication, IdentityExtractionError, workload_identity
 from ca_server.errors import AuthenticationError, CaError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials
+from ca_server.ledger.async_recorder import AsyncRecorder
 from ca_server.metrics import CaMetrics
 from ca_server.signer import CsrParseError, Signer
 from certs.errors import InvalidSpiffeId
@@ -26,7 +28,7 @@ from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-def credentials_of(context: grpc.ServicerContext) -> RequestCredentials:
+def credentials_of(context: grpc.aio.ServicerContext) -> RequestCredentials:
     """Bearer token, verified-or-not client certificate, `clusterid` header and peer of a call."""
     token: str | None = None
     cluster_id = ""
@@ -53,52 +55,73 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         *,
         authentication: Authentication,
         signer: Signer,
+        recorder: AsyncRecorder | None,
         metrics: CaMetrics,
         trust_domain: TrustDomain,
         trusted_node_accounts: tuple[str, ...],
     ) -> None:
         self._authn = authentication
         self._signer = signer
+        self._recorder = recorder
         self._metrics = metrics
         self._trust_domain = trust_domain
         self._trusted = frozenset(trusted_node_accounts)
 
-    def CreateCertificate(
-        self, request: ca_pb2.IstioCertificateRequest, context: grpc.ServicerContext
+    async def CreateCertificate(
+        self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
     ) -> ca_pb2.IstioCertificateResponse:
-        self._metrics.csr_count.inc()
         try:
-            caller = self._authn.authenticate(credentials_of(context))
-            caller = self._impersonate(caller, request)
+            chain = await self._create(request, context)
+        except CaError as exc:
+            await context.abort(exc.code, exc.public_message)
+        except Exception:
+            log.exception("unexpected error in CreateCertificate")
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA; see its log")
+        return ca_pb2.IstioCertificateResponse(cert_chain=chain)
+
+    async def _create(
+        self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> list[str]:
+        metrics = self._metrics
+        metrics.csr_count.inc()
+        try:
+            caller = self._impersonate(await self._authenticate(context), request)
         except IdentityExtractionError:
-            self._metrics.id_errors.inc()
-            self._metrics.auth_failures.inc()
+            metrics.id_errors.inc()
+            metrics.auth_failures.inc()
             raise
         except AuthenticationError:
-            self._metrics.auth_failures.inc()
+            metrics.auth_failures.inc()
             raise
         try:
-            chain = self._signer.issue(
+            issued = self._signer.sign(
                 csr_pem=request.csr, validity_s=request.validity_duration, caller=caller
             )
         except CsrParseError:
-            self._metrics.parse_errors.inc()
-            self._metrics.sign_errors.labels(error="CSR_ERROR").inc()
+            metrics.parse_errors.inc()
+            metrics.sign_errors.labels(error="CSR_ERROR").inc()
             raise
         except CaError as exc:
             if exc.sign_error:
-                self._metrics.sign_errors.labels(error=exc.sign_error).inc()
+                metrics.sign_errors.labels(error=exc.sign_error).inc()
             raise
-        self._metrics.success.inc()
-        # DEBUG, not INFO: the issuance record holds every certificate, and a log line per
-        # certificate is a locked write on the hot path.
+        if self._recorder is not None:
+            await self._recorder.record(issued.entry)  # a failure answers INTERNAL, sends nothing
+        metrics.success.inc()
+        # DEBUG, not INFO: the issuance record holds every certificate.
         log.debug(
             "issued certificate for %s (authenticator %s, peer %s)",
             caller.spiffe_id,
             caller.authenticator,
             caller.peer,
         )
-        return ca_pb2.IstioCertificateResponse(cert_chain=chain)
+        return issued.chain
+
+    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
+        creds = credentials_of(context)
+        if self._authn.may_block(creds):
+            return await asyncio.to_thread(self._authn.authenticate, creds)
+        return self._authn.authenticate(creds)
 
     def _impersonate(self, caller: Caller, request: ca_pb2.IstioCertificateRequest) -> Caller:
         fields = request.metadata.fields if request.HasField("metadata") else {}
@@ -127,44 +150,4 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             namespace=account[0],
             service_account=account[1],
             subject=f"{caller.subject} as {wanted}",
-        )
-
-
-class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
-    """Maps `CaError` to its status and anything else to a generic INTERNAL."""
-
-    def __init__(self) -> None:
-        # method handler -> its guarded copy, built once instead of on every call
-        self._guarded: dict[int, tuple[Any, Any]] = {}
-
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], handler_call_details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        cached = self._guarded.get(id(handler))
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        guarded = self._guard(handler, handler_call_details.method)
-        self._guarded[id(handler)] = (handler, guarded)
-        return guarded
-
-    @staticmethod
-    def _guard(handler: Any, method: str) -> Any:
-        inner = handler.unary_unary
-
-        def guarded(request: Any, context: grpc.ServicerContext) -> Any:
-            try:
-                return inner(request, context)
-            except CaError as exc:
-                context.abort(exc.code, exc.public_message)
-            except Exception:
-                log.exception("unexpected error in %s", method)
-                context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA; see its log")
-
-        return grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
         )

@@ -1,4 +1,8 @@
-"""Turn an authenticated caller's CSR into a checked, recorded certificate chain (SPEC §1)."""
+"""Turn an authenticated caller's CSR into a checked certificate chain and its record entry (SPEC §1).
+
+Signing is CPU only and never waits on I/O, so an event loop may call it directly;
+the caller commits the record entry before it sends the chain.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,12 @@ from ca_server.errors import (
     CaNotReady,
     CsrRejected,
     IdentityMismatch,
-    RecordWriteFailed,
     SigningFailed,
     TtlTooLong,
 )
 from ca_server.identity import Caller
 from ca_server.material import CaMaterial
-from ca_server.record import IssuedCertificate, Recorder
+from ca_server.record import IssuedCertificate
 from certs.csr import ParsedCsr, parse_csr
 from certs.errors import CertsError, CsrError, InvalidSpiffeId, UnsupportedKey
 from certs.keys import generate_key, spki_der
@@ -48,6 +51,14 @@ class _Prepared:
     issuer_serial: str
 
 
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """A signed chain `[leaf, chain..., roots]` (PEMs) and the record entry to commit first."""
+
+    chain: list[str]
+    entry: IssuedCertificate
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SigningPolicy:
     csr_san_policy: str  # "strict" or "override"
@@ -57,24 +68,22 @@ class SigningPolicy:
 
 
 class Signer:
-    """Checks a CSR against the caller, signs the leaf, verifies it, records it, returns the chain."""
+    """Checks a CSR against the caller, signs the leaf, verifies it, returns chain and entry."""
 
     def __init__(
         self,
         *,
         material: Callable[[], CaMaterial | None],
         policy: SigningPolicy,
-        recorder: Recorder | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._material = material
         self._policy = policy
-        self._recorder = recorder
         self._clock = clock
         self._prepared: _Prepared | None = None
 
-    def issue(self, *, csr_pem: str, validity_s: int, caller: Caller) -> list[str]:
-        """The response chain `[leaf, chain..., roots]` for `caller`, or a CaError saying why not."""
+    def sign(self, *, csr_pem: str, validity_s: int, caller: Caller) -> Issued:
+        """The chain for `caller` and its record entry, or a CaError saying why not."""
         ttl = self._ttl(validity_s)
         parsed = self._parse(csr_pem)
         self._check_identity(parsed, caller.spiffe_id)
@@ -113,8 +122,8 @@ class Signer:
             log.error("issued certificate failed its own checks: %s", exc)
             raise SigningFailed("the CA could not produce a valid certificate") from exc
         leaf_pem = to_pem(leaf)
-        self._record(leaf, leaf_pem, parsed, caller, prepared.issuer_serial)
-        return [leaf_pem, *prepared.response_tail]
+        entry = _entry(leaf, leaf_pem, parsed, caller, prepared.issuer_serial)
+        return Issued([leaf_pem, *prepared.response_tail], entry)
 
     def _prepare(self, material: CaMaterial, now: datetime) -> _Prepared:
         """The per-material state, made when `material` is first seen: the DER template
@@ -194,38 +203,25 @@ class Signer:
                 "(strict CSR policy; --csr-san-policy=override signs the caller's identity regardless)"
             )
 
-    def _record(
-        self,
-        leaf: x509.Certificate,
-        leaf_pem: str,
-        parsed: ParsedCsr,
-        caller: Caller,
-        issuer_serial: str,
-    ) -> None:
-        if self._recorder is None:
-            return
-        entry = IssuedCertificate(
-            serial=serial_hex(leaf),
-            spiffe_id=str(caller.spiffe_id),
-            namespace=caller.namespace,
-            service_account=caller.service_account,
-            not_before=leaf.not_valid_before_utc,
-            not_after=leaf.not_valid_after_utc,
-            public_key_sha256=hashlib.sha256(parsed.spki).hexdigest(),
-            authenticator=caller.authenticator,
-            subject=caller.subject,
-            pod_name=caller.pod_name,
-            pod_uid=caller.pod_uid,
-            peer=caller.peer,
-            cluster_id=caller.cluster_id,
-            csr_sha256=parsed.sha256,
-            issuer_serial=issuer_serial,
-            certificate_pem=leaf_pem,
-        )
-        try:
-            self._recorder.record(entry)
-        except Exception as exc:  # any storage failure: the certificate must not be sent
-            log.error("issuance record write failed for serial %s: %s", entry.serial, exc)
-            raise RecordWriteFailed(
-                "the issuance record could not be written; nothing was issued"
-            ) from exc
+
+def _entry(
+    leaf: x509.Certificate, leaf_pem: str, parsed: ParsedCsr, caller: Caller, issuer_serial: str
+) -> IssuedCertificate:
+    return IssuedCertificate(
+        serial=serial_hex(leaf),
+        spiffe_id=str(caller.spiffe_id),
+        namespace=caller.namespace,
+        service_account=caller.service_account,
+        not_before=leaf.not_valid_before_utc,
+        not_after=leaf.not_valid_after_utc,
+        public_key_sha256=hashlib.sha256(parsed.spki).hexdigest(),
+        authenticator=caller.authenticator,
+        subject=caller.subject,
+        pod_name=caller.pod_name,
+        pod_uid=caller.pod_uid,
+        peer=caller.peer,
+        cluster_id=caller.cluster_id,
+        csr_sha256=parsed.sha256,
+        issuer_serial=issuer_serial,
+        certificate_pem=leaf_pem,
+    )

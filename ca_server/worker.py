@@ -1,8 +1,13 @@
-"""One CA worker process: a synchronous grpcio server sharing the port with its siblings.
+"""One CA worker process: a single-threaded `grpc.aio` server sharing the port with its siblings.
 
 The supervisor reserves the port with SO_REUSEPORT and starts one worker per
 core; the kernel spreads connections across them. Each worker builds its own
 authenticators, signer and record connection from the spec it is given.
+
+Requests run on the event loop: signing is CPU only, authentication moves to a
+thread only when it may wait on I/O, and issuance records are committed in
+batches on the record's own thread (`AsyncRecorder`). One thread doing the CPU
+work costs far less than a thread pool whose threads hand the GIL to each other.
 
 The pipe to the supervisor stays open for the worker's life: new CA material
 arrives on it and is swapped in place (the signer's material, the client
@@ -14,15 +19,14 @@ gone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 from collections.abc import Callable
-from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
-from types import FrameType
 
 import grpc
 from cryptography import x509
@@ -35,10 +39,10 @@ from ca_server.authn import (
     JwtAuthenticator,
 )
 from ca_server.config import CaConfig
+from ca_server.ledger.async_recorder import AsyncRecorder
 from ca_server.material import CaMaterial
 from ca_server.metrics import CaMetrics
-from ca_server.record import Recorder
-from ca_server.service import CertificateService, ErrorInterceptor
+from ca_server.service import CertificateService
 from ca_server.signer import Signer, SigningPolicy
 from ca_server.token_issuer import LOCAL_ISSUER
 from certs.errors import CertsError
@@ -177,14 +181,19 @@ def build_authentication(config: CaConfig, material: Callable[[], CaMaterial]) -
     return Authentication(authenticators)
 
 
-def open_recorder(config: CaConfig) -> Recorder | None:
+def open_recorder(config: CaConfig) -> AsyncRecorder:
     """The issuance record for this process (SQLite in the data dir unless --record)."""
     from ca_server import ledger
 
     url = config.record or f"sqlite:///{(config.data_dir / 'record.db').resolve()}"
     options = ledger.RecorderOptions(max_batch=config.record_max_batch)
-    recorder: Recorder = ledger.open_recorder(url, options=options)
-    return recorder
+    managed = ledger.open_recorder(url, options=options)
+    return AsyncRecorder(
+        managed,
+        max_batch=config.record_max_batch,
+        timeout_s=options.write_timeout.total_seconds(),
+        linger_s=config.record_linger.total_seconds(),
+    )
 
 
 def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:
@@ -193,9 +202,12 @@ def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:
         level=spec.log_level,
         format=f"%(asctime)s worker-{spec.index} %(levelname)s %(name)s: %(message)s",
     )
-    config = spec.config
+    asyncio.run(_serve(spec, supervisor))
+
+
+async def _serve(spec: WorkerSpec, supervisor: Connection) -> None:
     keys = LiveKeys(spec.keys)
-    recorder = open_recorder(config)
+    recorder = open_recorder(spec.config)
     server = _grpc_server(spec, keys, recorder)
     port = server.add_secure_port(
         f"{spec.host}:{spec.port}", keys.credentials(require_client_auth=False)
@@ -204,25 +216,26 @@ def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:
         server.add_secure_port(
             f"{spec.mtls_host}:{spec.mtls_port}", keys.credentials(require_client_auth=True)
         )
-    server.start()
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     supervisor.send(port)
-    threading.Thread(
-        target=_follow_supervisor, args=(supervisor, keys, stop), name="keys", daemon=True
-    ).start()
-    stop.wait()
-    server.stop(SHUTDOWN_GRACE_S).wait()
-    if recorder is not None:
-        recorder.close()
+    stopping = threading.Event()  # tells the pipe reader an EOF is expected
+
+    def follow() -> None:
+        _follow_supervisor(supervisor, keys, stopping)
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=follow, name="keys", daemon=True).start()
+    await stop.wait()
+    stopping.set()
+    await server.stop(SHUTDOWN_GRACE_S)
+    await recorder.close()
 
 
-def _grpc_server(spec: WorkerSpec, keys: LiveKeys, recorder: Recorder | None) -> grpc.Server:
+def _grpc_server(spec: WorkerSpec, keys: LiveKeys, recorder: AsyncRecorder) -> grpc.aio.Server:
     config = spec.config
     signer = Signer(
         material=lambda: keys.material,
@@ -232,19 +245,17 @@ def _grpc_server(spec: WorkerSpec, keys: LiveKeys, recorder: Recorder | None) ->
             max_ttl=config.max_ttl,
             allow_ed25519=config.allow_ed25519,
         ),
-        recorder=recorder,
         clock=lambda: datetime.now(UTC),
     )
     service = CertificateService(
         authentication=build_authentication(config, lambda: keys.material),
         signer=signer,
+        recorder=recorder,
         metrics=CaMetrics(),
         trust_domain=config.trust_domain,
         trusted_node_accounts=config.trusted_node_accounts,
     )
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.threads, thread_name_prefix="csr"),
-        interceptors=[ErrorInterceptor()],
+    server = grpc.aio.server(
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[("grpc.so_reuseport", 1)],
     )

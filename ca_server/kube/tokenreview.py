@@ -94,6 +94,13 @@ class TokenReviewAuthenticator:
             self._cache_put(key, _Cached(caller=caller, expires_at=expires_at))
         return _with_request(caller, creds)
 
+    def may_block(self, creds: RequestCredentials) -> bool:
+        """A token not reviewed before (or whose review expired) needs the API server."""
+        token = creds.bearer_token
+        if not token:
+            return False
+        return self._cache_get(hashlib.sha256(token.encode()).hexdigest()) is None
+
     def cache_size(self) -> int:
         with self._lock:
             return len(self._cache)

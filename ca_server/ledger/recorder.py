@@ -134,6 +134,25 @@ class GroupCommitRecorder:
                 raise pending.error
             raise LedgerWriteError() from pending.error
 
+    def commit_batch(self, entries: list[IssuedCertificate]) -> list[BaseException | None]:
+        """Commit `entries` in one transaction (one by one if it fails) and say, per entry,
+        why it was not committed (None: committed). For a caller that batches on its own
+        (`AsyncRecorder`): it must not overlap with `record()` calls or another batch."""
+        batch = [_Pending(entry) for entry in entries]
+        with self._lock:
+            if self._closed:
+                raise LedgerWriteError("the issuance record is closed")
+            if self._leading:
+                raise RuntimeError("commit_batch() overlaps another commit")
+            self._leading = True
+        try:
+            self._commit_guarded(batch)
+        finally:
+            with self._lock:
+                self._leading = False
+                self._idle.notify_all()
+        return [pending.error for pending in batch]
+
     def close(self) -> None:
         """Commit what is queued (callers already waiting succeed), then release the session."""
         with self._lock:

@@ -1,7 +1,7 @@
 """A/B the CA issuance bench between source trees, interleaved in one run.
 
     .venv/bin/python -m tests.bench.compare_trees A=/tmp/base B=. [--rounds 3] [-c 32]
-    .venv/bin/python -m tests.bench.compare_trees t16=. t4=.,--threads,4   # flags after commas
+    .venv/bin/python -m tests.bench.compare_trees w2=. w1=.,--workers,1   # flags after commas
 
 Each tree is a directory holding `ca_server`, `certs` and `protos` (e.g. `git archive`
 of another commit); its CA runs as `python -m ca_server` from that directory, with the

@@ -1,24 +1,23 @@
 """Where the CA's CPU per certificate goes, measured in the same run as the issuance bench:
 
 - `grpc_floor`: a bare grpcio server (same process model: 2 spawned workers, SO_REUSEPORT,
-  sync server, TLS) answering CreateCertificate with a fixed response, under the same load;
+  `grpc.aio` server, TLS) answering CreateCertificate with a fixed response, same load;
 - `inprocess_issue_us`: the CA's own request path (service, cached-token authentication,
-  CSR check, template signing, signature and SVID check) called directly, one thread, no
-  transport and no record;
-- `record_us`: the issuance record (SQLite group commit) alone, 16 concurrent writers.
+  CSR check, template signing, signature and SVID check) called directly on one event
+  loop, no transport and no record;
+- `record_us`: the issuance record (SQLite, `AsyncRecorder`) alone, 16 concurrent callers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,12 @@ from typing import Any
 from tests.bench.workloads import Workload
 
 
-def _serve(
-    port: int, key_pem: bytes, chain_pem: bytes, root_pem: bytes, threads: int, ready: Any
+def _serve(port: int, key_pem: bytes, chain_pem: bytes, root_pem: bytes, ready: Any) -> None:
+    asyncio.run(_serve_fixed(port, key_pem, chain_pem, root_pem, ready))
+
+
+async def _serve_fixed(
+    port: int, key_pem: bytes, chain_pem: bytes, root_pem: bytes, ready: Any
 ) -> None:
     import grpc
 
@@ -36,21 +39,19 @@ def _serve(
     response = ca_pb2.IstioCertificateResponse(cert_chain=[chain_pem.decode(), root_pem.decode()])
 
     class Fixed(ca_pb2_grpc.IstioCertificateServiceServicer):
-        def CreateCertificate(self, request: Any, context: Any) -> Any:
+        async def CreateCertificate(self, request: Any, context: Any) -> Any:
             context.invocation_metadata()
             return response
 
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=threads), options=[("grpc.so_reuseport", 1)]
-    )
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(Fixed(), server)  # type: ignore[no-untyped-call]
     server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([(key_pem, chain_pem)]))
-    server.start()
+    await server.start()
     ready.set()
-    threading.Event().wait()
+    await server.wait_for_termination()
 
 
-def _bare_main(work: Path, threads: int) -> None:
+def _bare_main(work: Path) -> None:
     """Two bare worker processes on one port; writes `addr` and the root PEM into `work`."""
     from certs.keys import generate_key, private_key_pem
     from certs.pem import to_pem
@@ -87,7 +88,6 @@ def _bare_main(work: Path, threads: int) -> None:
                 private_key_pem(key),
                 to_pem(leaf).encode(),
                 to_pem(root).encode(),
-                threads,
                 ready,
             ),
             daemon=True,
@@ -101,12 +101,12 @@ def _bare_main(work: Path, threads: int) -> None:
         p.join()
 
 
-def start_bare_grpc(work: Path, threads: int = 16) -> tuple[subprocess.Popen[bytes], str, Path]:
+def start_bare_grpc(work: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
     """The bare server as one process tree (so /proc accounting sees only it)."""
     addr_file = work / "bare-addr"
     addr_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.floor", str(work), str(threads)],
+        [sys.executable, "-m", "tests.bench.floor", str(work)],
         cwd=Path(__file__).resolve().parents[2],
     )
     deadline = time.monotonic() + 60
@@ -147,7 +147,6 @@ def inprocess_issue_us(workloads: list[Workload], data_dir: Path) -> float:
     )
     signer = Signer(
         material=lambda: material,
-        recorder=None,
         policy=SigningPolicy(
             csr_san_policy="strict", default_ttl=timedelta(hours=24), max_ttl=timedelta(days=90)
         ),
@@ -155,6 +154,7 @@ def inprocess_issue_us(workloads: list[Workload], data_dir: Path) -> float:
     service = CertificateService(
         authentication=authn,
         signer=signer,
+        recorder=None,
         metrics=CaMetrics(),
         trust_domain=td,
         trusted_node_accounts=(),
@@ -178,20 +178,25 @@ def inprocess_issue_us(workloads: list[Workload], data_dir: Path) -> float:
         (ca_pb2.IstioCertificateRequest(csr=w.csr_pem, validity_duration=3600), Context(w.token, i))
         for i, w in enumerate(workloads)
     ]
-    for request, context in calls:  # tokens into the verified-token cache
-        service.CreateCertificate(request, context)
-    t0 = time.process_time()
-    for request, context in calls:
-        service.CreateCertificate(request, context)
-    return (time.process_time() - t0) / len(calls) * 1e6
+
+    async def issue_all() -> float:
+        for request, context in calls:  # tokens into the verified-token cache
+            await service.CreateCertificate(request, context)  # type: ignore[arg-type]
+        t0 = time.process_time()
+        for request, context in calls:
+            await service.CreateCertificate(request, context)  # type: ignore[arg-type]
+        return (time.process_time() - t0) / len(calls) * 1e6
+
+    return asyncio.run(issue_all())
 
 
 def record_us(writers: int = 16, count: int = 4000) -> float:
     """CPU per certificate of the SQLite issuance record with concurrent writers."""
     from ca_server.ledger import open_recorder
+    from ca_server.ledger.async_recorder import AsyncRecorder
     from ca_server.record import IssuedCertificate
 
-    recorder = open_recorder(f"sqlite:///{tempfile.mkdtemp()}/record.db")
+    managed = open_recorder(f"sqlite:///{tempfile.mkdtemp()}/record.db")
     now = datetime.now(UTC)
     pem = "-----BEGIN CERTIFICATE-----\n" + ("A" * 64 + "\n") * 9 + "-----END CERTIFICATE-----\n"
 
@@ -215,20 +220,21 @@ def record_us(writers: int = 16, count: int = 4000) -> float:
             certificate_pem=pem,
         )
 
-    def write(k: int) -> None:
-        for i in range(k, count, writers):
-            recorder.record(entry(i))
+    async def write_all() -> float:
+        recorder = AsyncRecorder(managed, max_batch=256, timeout_s=30)
 
-    threads = [threading.Thread(target=write, args=(k,)) for k in range(writers)]
-    t0 = time.process_time()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    cpu = time.process_time() - t0
-    recorder.close()
-    return cpu / count * 1e6
+        async def write(k: int) -> None:
+            for i in range(k, count, writers):
+                await recorder.record(entry(i))
+
+        t0 = time.process_time()
+        await asyncio.gather(*(write(k) for k in range(writers)))
+        cpu = time.process_time() - t0
+        await recorder.close()
+        return cpu
+
+    return asyncio.run(write_all()) / count * 1e6
 
 
 if __name__ == "__main__":
-    _bare_main(Path(sys.argv[1]), int(sys.argv[2]))
+    _bare_main(Path(sys.argv[1]))
