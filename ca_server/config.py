@@ -21,6 +21,8 @@ CSR_SAN_POLICIES = ("strict", "override")
 DEFAULT_AUDIENCES = ("istio-ca",)
 DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
 
+DEFAULT_RECORD_LINGER = timedelta(milliseconds=5)
+
 
 def parse_hostport(text: str, *, what: str) -> tuple[str, int]:
     """`host:port` (IPv6 in brackets) to a pair, with an error that names the flag."""
@@ -59,7 +61,7 @@ class CaConfig:
         days=30
     )  # prune rows expired this long; None keeps all
     record_max_batch: int = 256  # certificates per record commit; 1 turns group commit off
-    record_linger: timedelta = timedelta(milliseconds=5)  # a busy worker's wait to grow a batch
+    record_linger: timedelta = DEFAULT_RECORD_LINGER  # a busy worker's wait to grow a batch
     admin_token_file: Path | None = None
     ready_file: Path | None = None
     kubeconfig: Path | None = None

@@ -188,12 +188,7 @@ def open_recorder(config: CaConfig) -> AsyncRecorder:
     url = config.record or f"sqlite:///{(config.data_dir / 'record.db').resolve()}"
     options = ledger.RecorderOptions(max_batch=config.record_max_batch)
     managed = ledger.open_recorder(url, options=options)
-    return AsyncRecorder(
-        managed,
-        max_batch=config.record_max_batch,
-        timeout_s=options.write_timeout.total_seconds(),
-        linger_s=config.record_linger.total_seconds(),
-    )
+    return AsyncRecorder(managed, linger_s=config.record_linger.total_seconds())
 
 
 def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:

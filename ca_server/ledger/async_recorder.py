@@ -1,11 +1,13 @@
 """Group commit for an asyncio CA worker: one commit in flight, the next batch forming behind it.
 
 `await record(entry)` queues the entry. When no commit is running the queue goes
-at once to the record's own thread as one transaction (so an idle CA answers
-with no added wait); entries arriving meanwhile form the next batch, which
-starts the moment that commit ends. Batches thus grow with load by themselves,
-the event loop never waits on the database, and there is one thread hand-off
-per transaction instead of one per certificate.
+at once to the record's own thread as one transaction, so an idle CA answers
+with no added wait. Entries arriving meanwhile form the next batch. While the
+recorder is loaded (its last commit carried several entries, or more were
+waiting when it ended) a batch starts only after `linger_s` or once it is full,
+so a busy worker commits fewer, larger batches. The event loop never
+waits on the database, and there is one thread hand-off per transaction
+instead of one per certificate.
 """
 
 from __future__ import annotations
@@ -25,16 +27,16 @@ class AsyncRecorder:
     """`await record(entry)` returns once `entry` is durably committed, or raises
     `LedgerWriteError`; use it from one event loop."""
 
-    def __init__(
-        self, managed: ManagedRecorder, *, max_batch: int, timeout_s: float, linger_s: float = 0.0
-    ) -> None:
+    def __init__(self, managed: ManagedRecorder, *, linger_s: float = 0.0) -> None:
         self._managed = managed
         self._writer = managed.writer
-        self._max_batch = max_batch
-        self._timeout = timeout_s
+        self._max_batch = managed.options.max_batch
+        self._timeout = managed.options.write_timeout.total_seconds()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
         self._queue: list[tuple[IssuedCertificate, asyncio.Future[None]]] = []
         self._linger = linger_s
+        self._lingering: asyncio.TimerHandle | None = None
+        self._loaded = False  # the last commit had company: the next batch may linger
         self._idle = asyncio.Event()  # no batch is committing or lingering
         self._idle.set()
         self._closed = False
@@ -46,6 +48,9 @@ class AsyncRecorder:
         done: asyncio.Future[None] = loop.create_future()
         self._queue.append((entry, done))
         if self._idle.is_set():
+            self._next()
+        elif self._lingering is not None and len(self._queue) >= self._max_batch:
+            self._lingering.cancel()  # the batch is full: no reason to wait
             self._start()
         timer = loop.call_later(self._timeout, self._expire, entry, done)
         try:
@@ -61,6 +66,7 @@ class AsyncRecorder:
             done.set_exception(LedgerWriteError())
 
     def _start(self) -> None:
+        self._lingering = None
         # A caller that timed out or was cancelled before its batch started is not recorded.
         waiting = [item for item in self._queue if not item[1].done()]
         batch, self._queue = waiting[: self._max_batch], waiting[self._max_batch :]
@@ -94,16 +100,31 @@ class AsyncRecorder:
                 failure = LedgerWriteError()
                 failure.__cause__ = error
                 done.set_exception(failure)
+        self._loaded = len(batch) > 1 or bool(self._queue)
+        self._next()
+
+    def _next(self) -> None:
+        """Start the next batch now, after the linger (a loaded recorder whose batch has room),
+        or, with nothing queued, go idle."""
         if not self._queue:
             self._idle.set()
-        elif self._linger:
-            asyncio.get_running_loop().call_later(self._linger, self._start)
+        elif (
+            self._loaded
+            and self._linger
+            and len(self._queue) < self._max_batch
+            and not self._closed
+        ):
+            self._idle.clear()
+            self._lingering = asyncio.get_running_loop().call_later(self._linger, self._start)
         else:
             self._start()
 
     async def close(self) -> None:
         """Commit what is queued (its callers succeed), then release the database session."""
         self._closed = True
+        if self._lingering is not None:
+            self._lingering.cancel()
+            self._start()
         await self._idle.wait()
         await asyncio.to_thread(self._managed.close)
         self._thread.shutdown(wait=False)

@@ -1,19 +1,15 @@
-"""The write side: a `Recorder` whose callers group-commit for each other.
+"""The write side: `RecordWriter` appends batches of certificates to the chain.
 
-`record()` may be called from many threads at once. Each call queues its entry;
-the caller that finds nobody committing becomes the leader and, in its own
-thread, appends everything pending (up to `max_batch`) to the chain in one
-transaction, then wakes every caller of that batch when it commits, or raises
-in each one whose entry failed. One fsync thus serves many certificates, with
-no writer thread to hand each entry to. `max_batch=1` turns grouping off.
+A batch is one transaction and one fsync. If it fails, its entries are retried
+one by one, so a bad entry fails only itself. The CA's workers batch through
+`AsyncRecorder` (async_recorder.py), which hands `commit_batch` one batch at a
+time on its own thread; tools and tests may call `record()` from any thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -45,8 +41,8 @@ def utc_now() -> datetime:
 class RecorderOptions:
     """How the recorder groups commits and whether it prunes."""
 
-    max_batch: int = DEFAULT_MAX_BATCH  # 1 turns group commit off
-    write_timeout: timedelta = DEFAULT_WRITE_TIMEOUT
+    max_batch: int = DEFAULT_MAX_BATCH  # most entries per commit; 1 turns group commit off
+    write_timeout: timedelta = DEFAULT_WRITE_TIMEOUT  # how long a caller waits for its commit
     retention: timedelta | None = None  # prune rows expired longer than this; None keeps all
     prune_interval: timedelta = timedelta(minutes=10)
     prune_batch: int = 1000
@@ -64,38 +60,28 @@ class RecorderOptions:
 
 
 class _Pending:
-    """One caller's entry; `wake` is set when its outcome is known or it is made leader."""
+    """One entry of a batch and, once it is known, why it was not committed."""
 
-    __slots__ = ("entry", "error", "finished", "lead", "wake")
+    __slots__ = ("entry", "error")
 
     def __init__(self, entry: IssuedCertificate) -> None:
         self.entry = entry
-        self.wake = threading.Event()
         self.error: BaseException | None = None
-        self.finished = False  # committed, or failed with `error`
-        self.lead = False  # this caller commits what is queued (set under the recorder's lock)
 
 
-class GroupCommitRecorder:
-    """A `Recorder` over one database whose callers take turns committing for each other.
+class RecordWriter:
+    """Appends certificates to the chain through one database session, one batch at a time.
 
-    Leader/follower group commit: a caller that finds nobody committing becomes the
-    leader and commits everything queued (its own entry first) in one transaction;
-    callers arriving meanwhile queue and wait. When the leader's commit ends it makes
-    the oldest waiting caller the next leader, then wakes the callers it committed for.
-    No thread hand-off is needed when calls do not overlap, and one session is used by
-    one leader at a time. Waiting callers give up after `write_timeout`; a leader waits
-    as long as the database call it is in, which each backend bounds (SQLite's busy
-    timeout, PostgreSQL's statement_timeout: 30 s each).
+    A stale session (database restarted, failover) is replaced once per batch; a batch
+    that still fails is retried entry by entry. Each database call is bounded by the
+    backend (SQLite's busy timeout, PostgreSQL's statement_timeout: 30 s each).
     """
 
-    def __init__(self, url: RecordUrl, *, options: RecorderOptions) -> None:
+    def __init__(self, url: RecordUrl, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._url = url
-        self._options = options
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)  # notified when leadership is given up
-        self._queue: deque[_Pending] = deque()  # waiting, not yet taken into a batch
-        self._leading = False  # a caller is committing, or has been made leader
+        self._clock = clock
+        self._lock = threading.Lock()  # one batch at a time on the session
+        self._busy = False
         self._closed = False
         self._session: Session | None = None
         self._errors: tuple[type[Exception], ...] = (LedgerError, OSError, *driver_errors(url))
@@ -103,111 +89,43 @@ class GroupCommitRecorder:
         self.rows = 0  # certificates committed
 
     @property
-    def leading(self) -> bool:
-        """Whether a caller is committing (or has been made leader), for tests and measurements."""
-        return self._leading
-
-    @property
-    def queued(self) -> int:
-        """Callers waiting for a leader to take their entry, for tests and measurements."""
-        return len(self._queue)
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    def busy(self) -> bool:
+        """Whether a batch is being committed, for tests and measurements."""
+        return self._busy
 
     def record(self, entry: IssuedCertificate) -> None:
-        """Commit `entry` durably, grouped with concurrent calls; raise `LedgerWriteError`."""
-        pending = _Pending(entry)
-        with self._lock:
-            if self._closed:
-                raise LedgerWriteError("the issuance record is closed")
-            self._queue.append(pending)
-            if not self._leading:
-                self._leading = pending.lead = True
-        if not pending.lead:
-            self._follow(pending)
-        if pending.lead:
-            self._lead()
-        if pending.error is not None:
-            if isinstance(pending.error, LedgerWriteError):
-                raise pending.error
-            raise LedgerWriteError() from pending.error
+        """Commit `entry` durably on its own, or raise `LedgerWriteError`."""
+        (error,) = self.commit_batch([entry])
+        if error is None:
+            return
+        if isinstance(error, LedgerWriteError):
+            raise error
+        raise LedgerWriteError() from error
 
     def commit_batch(self, entries: list[IssuedCertificate]) -> list[BaseException | None]:
-        """Commit `entries` in one transaction (one by one if it fails) and say, per entry,
-        why it was not committed (None: committed). For a caller that batches on its own
-        (`AsyncRecorder`): it must not overlap with `record()` calls or another batch."""
+        """Commit `entries` in one transaction (one by one if it fails); say per entry why
+        it was not committed (None: committed). Calls from several threads take turns."""
         batch = [_Pending(entry) for entry in entries]
         with self._lock:
             if self._closed:
                 raise LedgerWriteError("the issuance record is closed")
-            if self._leading:
-                raise RuntimeError("commit_batch() overlaps another commit")
-            self._leading = True
-        try:
-            self._commit_guarded(batch)
-        finally:
-            with self._lock:
-                self._leading = False
-                self._idle.notify_all()
+            self._busy = True
+            try:
+                self._commit_guarded(batch)
+            finally:
+                self._busy = False
         return [pending.error for pending in batch]
 
     def close(self) -> None:
-        """Commit what is queued (callers already waiting succeed), then release the session."""
+        """Release the session once the batch being committed (if any) is done."""
         with self._lock:
-            if self._closed:
-                return
             self._closed = True
-            timeout = self._options.write_timeout.total_seconds()
-            if not self._idle.wait_for(lambda: not self._leading, timeout):
-                return  # a leader is stuck in the database; it still owns the session
-        self._drop_session()
-
-    def _follow(self, pending: _Pending) -> None:
-        """Wait until a leader has committed `pending` or made its caller the leader."""
-        if pending.wake.wait(self._options.write_timeout.total_seconds()):
-            return
-        with self._lock:
-            if pending.lead or pending.finished:
-                return
-            # Not taken yet: it will never be written. Already in a batch being committed:
-            # the row may still appear, but the certificate is not sent.
-            with contextlib.suppress(ValueError):
-                self._queue.remove(pending)
-        log.error("recording serial %s timed out", pending.entry.serial)
-        raise LedgerWriteError()
-
-    def _lead(self) -> None:
-        """Commit one batch from the head of the queue, then pass leadership on or give it up."""
-        batch: list[_Pending] = []
-        try:
-            with self._lock:
-                while self._queue and len(batch) < self._options.max_batch:
-                    batch.append(self._queue.popleft())
-            self._commit_guarded(batch)
-        except BaseException as exc:  # e.g. KeyboardInterrupt: nobody may take it for success
-            for pending in batch:
-                pending.error = pending.error or exc
-            raise
-        finally:
-            with self._lock:
-                if self._queue:
-                    successor = self._queue[0]
-                    successor.lead = True
-                    successor.wake.set()
-                else:
-                    self._leading = False
-                    self._idle.notify_all()
-            for pending in batch:
-                pending.lead = False
-                pending.finished = True
-                pending.wake.set()
+            self._drop_session()
 
     def _commit_guarded(self, batch: list[_Pending]) -> None:
         try:
             self._commit(batch)
-        except Exception as exc:  # a bug, not a database error: fail these callers, keep going
+        except Exception as exc:  # a bug, not a database error: fail these entries, keep going
             log.exception("issuance record writer failed")
             self._drop_session()
             for pending in batch:
@@ -242,7 +160,7 @@ class GroupCommitRecorder:
 
     def _append(self, batch: list[_Pending]) -> None:
         assert self._session is not None
-        append_batch(self._session, [p.entry for p in batch], recorded_at=self._options.clock())
+        append_batch(self._session, [p.entry for p in batch], recorded_at=self._clock())
         self.commits += 1
         self.rows += len(batch)
 
@@ -253,10 +171,13 @@ class GroupCommitRecorder:
 
 
 class ManagedRecorder:
-    """The recorder `open_recorder` returns: group commit plus optional background pruning."""
+    """What `open_recorder` returns: the writer plus optional background pruning."""
 
-    def __init__(self, recorder: GroupCommitRecorder, pruner: Pruner | None) -> None:
-        self.writer = recorder
+    def __init__(
+        self, writer: RecordWriter, options: RecorderOptions, pruner: Pruner | None
+    ) -> None:
+        self.writer = writer
+        self.options = options
         self._pruner = pruner
 
     def record(self, entry: IssuedCertificate) -> None:
@@ -292,4 +213,4 @@ def open_recorder(url: str, *, options: RecorderOptions | None = None) -> Manage
             batch_size=options.prune_batch,
             clock=options.clock,
         ).start()
-    return ManagedRecorder(GroupCommitRecorder(parsed, options=options), pruner)
+    return ManagedRecorder(RecordWriter(parsed, clock=options.clock), options, pruner)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import pytest
 
-from ca_server.ledger import LedgerWriteError, open_reader, open_recorder
+from ca_server.ledger import LedgerWriteError, RecorderOptions, open_reader, open_recorder
 from ca_server.ledger.async_recorder import AsyncRecorder
 from ca_server.ledger.database import connect, parse_record_url
 from ca_server.ledger.recorder import ManagedRecorder
@@ -50,13 +51,13 @@ def run(
     url: str,
     test: Callable[[AsyncRecorder, ManagedRecorder], Awaitable[None]],
     *,
-    timeout_s: float = 30.0,
+    options: RecorderOptions | None = None,
     linger_s: float = 0.0,
 ) -> None:
-    managed = open_recorder(url)
+    managed = open_recorder(url, options=options)
 
     async def main() -> None:
-        recorder = AsyncRecorder(managed, max_batch=256, timeout_s=timeout_s, linger_s=linger_s)
+        recorder = AsyncRecorder(managed, linger_s=linger_s)
         try:
             await test(recorder, managed)
         finally:
@@ -93,7 +94,7 @@ def test_entries_arriving_during_a_commit_go_in_the_next_one(record_url: str) ->
         writer = managed.writer
         lock = await ChainLock(record_url).take()
         first = asyncio.create_task(recorder.record(make_entry()))
-        await eventually(lambda: writer.leading, "the first entry is being committed")
+        await eventually(lambda: writer.busy, "the first entry is being committed")
         behind = [asyncio.create_task(recorder.record(make_entry())) for _ in range(5)]
         await asyncio.sleep(0.2)
         assert writer.commits == 0 and not any(t.done() for t in (first, *behind))
@@ -118,7 +119,7 @@ def test_a_busy_recorder_lingers_to_gather_a_bigger_batch(record_url: str) -> No
         writer = managed.writer
         lock = await ChainLock(record_url).take()
         first = asyncio.create_task(recorder.record(make_entry()))
-        await eventually(lambda: writer.leading, "the first entry is being committed")
+        await eventually(lambda: writer.busy, "the first entry is being committed")
         second = asyncio.create_task(recorder.record(make_entry()))
         await asyncio.sleep(0.05)
         await lock.release()
@@ -137,7 +138,7 @@ def test_a_bad_entry_fails_only_its_own_caller(record_url: str) -> None:
         await recorder.record(taken)
         lock = await ChainLock(record_url).take()
         blocker = asyncio.create_task(recorder.record(make_entry()))
-        await eventually(lambda: managed.writer.leading, "a commit is running")
+        await eventually(lambda: managed.writer.busy, "a commit is running")
         good = [asyncio.create_task(recorder.record(make_entry())) for _ in range(3)]
         duplicate = asyncio.create_task(recorder.record(make_entry(serial=taken.serial)))
         await lock.release()
@@ -154,10 +155,10 @@ def test_close_commits_what_is_queued_and_refuses_new_entries(record_url: str) -
     managed = open_recorder(record_url)
 
     async def main() -> None:
-        recorder = AsyncRecorder(managed, max_batch=256, timeout_s=30)
+        recorder = AsyncRecorder(managed)
         lock = await ChainLock(record_url).take()
         waiting = [asyncio.create_task(recorder.record(make_entry())) for _ in range(4)]
-        await eventually(lambda: managed.writer.leading, "a commit is running")
+        await eventually(lambda: managed.writer.busy, "a commit is running")
         closing = asyncio.create_task(recorder.close())
         await asyncio.sleep(0.05)
         with pytest.raises(LedgerWriteError, match="closed"):
@@ -178,15 +179,58 @@ def test_a_caller_that_times_out_before_its_batch_starts_is_not_recorded(
     async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
         lock = await ChainLock(record_url).take()
         first = asyncio.create_task(recorder.record(make_entry()))
-        await eventually(lambda: managed.writer.leading, "a commit is running")
+        await eventually(lambda: managed.writer.busy, "a commit is running")
         with pytest.raises(LedgerWriteError):
             await recorder.record(gave_up)  # waits behind the stuck commit, then times out
         await lock.release()
         with pytest.raises(LedgerWriteError):
             await first  # timed out too, but its batch had started: its row may still appear
 
-    run(record_url, test, timeout_s=0.5)
+    run(record_url, test, options=RecorderOptions(write_timeout=timedelta(seconds=0.5)))
     reader = open_reader(record_url)
     assert reader.get(gave_up.serial) is None
     assert reader.verify().head_seq == 1
     reader.close()
+
+
+def test_grouping_off_commits_one_by_one(record_url: str) -> None:
+    async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
+        async def caller() -> None:
+            for _ in range(10):
+                await recorder.record(make_entry())
+
+        await asyncio.gather(*(caller() for _ in range(4)))
+        assert managed.writer.commits == managed.writer.rows == 40
+
+    run(record_url, test, options=RecorderOptions(max_batch=1))
+
+
+def test_a_full_batch_does_not_wait_out_the_linger(record_url: str) -> None:
+    async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
+        writer = managed.writer
+        lock = await ChainLock(record_url).take()
+        first = asyncio.create_task(recorder.record(make_entry()))
+        await eventually(lambda: writer.busy, "the first entry is being committed")
+        full = [asyncio.create_task(recorder.record(make_entry())) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        await lock.release()
+        # four queued with max_batch 2: two full batches, neither waits out the linger
+        await asyncio.gather(first, *full)
+        assert (writer.commits, writer.rows) == (3, 5)
+
+    run(record_url, test, options=RecorderOptions(max_batch=2), linger_s=WAIT_S * 2)
+
+
+def test_callers_recording_back_to_back_share_every_commit(record_url: str) -> None:
+    async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
+        async def caller() -> None:
+            for _ in range(5):
+                await recorder.record(make_entry())
+
+        await asyncio.gather(*(caller() for _ in range(8)))
+        # the first entry alone (idle), the other 7, then all 8 together each time after:
+        # a loaded recorder lingers even when its queue was empty the moment a commit ended
+        assert managed.writer.rows == 40
+        assert managed.writer.commits <= 7
+
+    run(record_url, test, linger_s=0.2)
