@@ -221,7 +221,7 @@ def record_us(writers: int = 16, count: int = 4000) -> float:
         )
 
     async def write_all() -> float:
-        recorder = AsyncRecorder(managed, max_batch=256, timeout_s=30)
+        recorder = AsyncRecorder(managed)
 
         async def write(k: int) -> None:
             for i in range(k, count, writers):
