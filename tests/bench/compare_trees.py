@@ -1,7 +1,8 @@
 """A/B the CA issuance bench between source trees, interleaved in one run.
 
     .venv/bin/python -m tests.bench.compare_trees A=/tmp/base B=. [--rounds 3] [-c 32]
-    .venv/bin/python -m tests.bench.compare_trees w2=. w1=.,--workers,1   # flags after commas
+    .venv/bin/python -m tests.bench.compare_trees w2=. w1=.,--workers=1   # flags after commas
+    .venv/bin/python -m tests.bench.compare_trees a=. b=.,env:GRPC_POLL_STRATEGY=poll  # env
 
 Each tree is a directory holding `ca_server`, `certs` and `protos` (e.g. `git archive`
 of another commit); its CA runs as `python -m ca_server` from that directory, with the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -34,16 +36,20 @@ FIGURES = ("server_cpu_us_per_cert", "certs_per_s", "server_switches_per_cert")
 def start_tree_ca(
     tree: Path, data_dir: Path, workers: int, *extra: str
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start the CA of `tree`; return the process and its gRPC address once it serves."""
+    """Start the CA of `tree` with the flags in `extra` (`env:KEY=VALUE` items set its
+    environment); return the process and its gRPC address once it serves."""
     ready = data_dir.parent / f"{data_dir.name}-ready.json"
     ready.unlink(missing_ok=True)
     cmd = [
         sys.executable, "-m", "ca_server", "--data-dir", str(data_dir),
         "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0", "--mtls-grpc-addr", "",
-        "--ready-file", str(ready), "--workers", str(workers), *extra,
+        "--ready-file", str(ready), "--workers", str(workers),
+        *(x for x in extra if not x.startswith("env:")),
     ]  # fmt: skip
+    env = dict(os.environ)
+    env.update(x[4:].split("=", 1) for x in extra if x.startswith("env:"))  # type: ignore[misc]
     log = open(data_dir.parent / f"{tree.name or 'tree'}-ca.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=tree, stdout=log, stderr=log)
+    proc = subprocess.Popen(cmd, cwd=tree, stdout=log, stderr=log, env=env)
     deadline = time.monotonic() + 60
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -72,7 +78,8 @@ def main() -> None:
     p.add_argument("--duration-s", type=float, default=8.0)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
-    specs = {n: d.split(",") for n, d in (t.split("=", 1) for t in args.trees)}
+    # DIR,--flag,value,env:KEY=V1,V2: split at commas that start a flag or an env item
+    specs = {n: re.split(r",(?=--|env:)", d) for n, d in (t.split("=", 1) for t in args.trees)}
     trees = {n: (Path(d[0]).resolve(), d[1:]) for n, d in specs.items()}
     concurrencies = args.concurrency or [32]
     work = Path(tempfile.mkdtemp(prefix="bwab-", dir="/tmp"))

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from certs.keys import generate_key
+from certs.keys import generate_key, load_private_key, private_key_pem
+from certs.pem import load_certificates, to_pem
+from certs.profile import leaf_certificate
+from certs.spiffe_id import SpiffeId
 from tests.support.broken import csr_pem, sa_claims
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import start_ca
@@ -29,6 +33,8 @@ class Issuer:
     def __init__(self) -> None:
         self.keys: dict[str, rsa.RSAPrivateKey] = {}
         self.jwks_fetches = 0
+        self.stalled = threading.Event()  # set: JWKS requests hang until `resume` is set
+        self.resume = threading.Event()
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,6 +43,8 @@ class Issuer:
                     body: dict[str, Any] = {"issuer": issuer.url, "jwks_uri": issuer.url + "/keys"}
                 elif self.path == "/keys":
                     issuer.jwks_fetches += 1
+                    if issuer.stalled.is_set():
+                        issuer.resume.wait(30)
                     body = {"keys": [issuer.jwk(kid, k) for kid, k in issuer.keys.items()]}
                 else:
                     self.send_error(404)
@@ -76,6 +84,7 @@ def issuer() -> Iterator[Issuer]:
     try:
         yield iss
     finally:
+        iss.resume.set()
         iss.server.shutdown()
 
 
@@ -154,4 +163,58 @@ def test_unreachable_issuer_is_unavailable_not_unauthenticated(tmp_path: Path) -
         )
         assert "signing keys cannot be loaded" in (err.value.details() or "")
     finally:
+        ca.stop()
+
+
+def test_a_request_waiting_on_the_issuer_does_not_hold_up_the_others(
+    issuer: Issuer, tmp_path: Path
+) -> None:
+    # Each worker runs every request on one event loop: a key fetch must happen off it.
+    issuer.add_key("k1")
+    ca = start_ca(tmp_path / "ca", "--jwt-issuer", issuer.url, workers=1)
+    try:
+        ca_key = load_private_key((ca.data_dir / "ca" / "ca-key.pem").read_bytes())
+        root = load_certificates(ca.root_cert_path.read_bytes())[0]
+        client_key = generate_key()
+        client_cert = leaf_certificate(
+            spiffe_id=SpiffeId.parse(ME),
+            public_key=client_key.public_key(),
+            issuer_cert=root,
+            issuer_key=ca_key,
+            now=datetime.now(UTC),
+            ttl=timedelta(hours=1),
+        )
+        issuer.stalled.set()
+        waiting: list[BaseException | list[str]] = []
+
+        def token_request() -> None:
+            chan = channel(ca.grpc_addr, ca.root_cert_path)
+            try:
+                waiting.append(
+                    create_certificate(
+                        chan, csr_pem(generate_key(), uris=(ME,)), token=issuer.token("k1")
+                    )
+                )
+            except grpc.RpcError as exc:
+                waiting.append(exc)
+
+        stuck = threading.Thread(target=token_request)
+        stuck.start()
+        deadline = time.monotonic() + 30
+        while issuer.jwks_fetches == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert issuer.jwks_fetches == 1, "the token request is waiting on the JWKS"
+        mtls = channel(
+            ca.mtls_addr,
+            ca.root_cert_path,
+            client_key=private_key_pem(client_key),
+            client_chain=to_pem(client_cert).encode(),
+        )
+        renewed = create_certificate(mtls, csr_pem(generate_key(), uris=(ME,)), timeout=10)
+        assert len(renewed) == 2 and not waiting, "renewed while the key fetch still hangs"
+        issuer.resume.set()
+        stuck.join(30)
+        assert len(waiting) == 1 and isinstance(waiting[0], list), waiting
+    finally:
+        issuer.resume.set()
         ca.stop()
