@@ -8,13 +8,13 @@
     │   ├── CsrRejected             INVALID_ARGUMENT (csr_error label)
     │   └── TtlTooLong              INVALID_ARGUMENT (TTL_ERROR)
     ├── IdentityMismatch            PERMISSION_DENIED (strict CSR policy)
-    ├── Overloaded                  RESOURCE_EXHAUSTED
     ├── CaNotReady                  INTERNAL (CA_NOT_READY)
     ├── SigningFailed               INTERNAL (CERT_GEN_ERROR)
     └── RecordWriteFailed           INTERNAL (the issuance record could not be written)
 
-`ca_server.interceptor` turns these into `context.abort(code, public_message)`;
-anything else becomes INTERNAL with a generic message and is logged.
+`CertificateService.CreateCertificate` turns these into `context.abort(code, public_message)`;
+anything else becomes INTERNAL with a generic message and is logged. RESOURCE_EXHAUSTED
+comes from grpc itself, for a call beyond --max-concurrent-rpcs.
 """
 
 from __future__ import annotations
@@ -59,10 +59,6 @@ class TtlTooLong(InvalidRequest):
 
 class IdentityMismatch(CaError):
     code = grpc.StatusCode.PERMISSION_DENIED
-
-
-class Overloaded(CaError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class CaNotReady(CaError):

@@ -20,6 +20,7 @@ from certs.keys import generate_key, load_private_key, private_key_pem
 from certs.pem import load_certificates, to_pem
 from certs.profile import leaf_certificate
 from certs.spiffe_id import SpiffeId
+from tests.ca.conftest import metric
 from tests.support.broken import csr_pem, sa_claims
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import start_ca
@@ -215,6 +216,53 @@ def test_a_request_waiting_on_the_issuer_does_not_hold_up_the_others(
         issuer.resume.set()
         stuck.join(30)
         assert len(waiting) == 1 and isinstance(waiting[0], list), waiting
+    finally:
+        issuer.resume.set()
+        ca.stop()
+
+
+def test_a_call_beyond_max_concurrent_rpcs_gets_resource_exhausted_at_once(
+    issuer: Issuer, tmp_path: Path
+) -> None:
+    # Two calls hang on the issuer's keys; the third must be refused, not queued.
+    issuer.add_key("k1")
+    ca = start_ca(
+        tmp_path / "ca", "--jwt-issuer", issuer.url, "--max-concurrent-rpcs", "2", workers=1
+    )
+    try:
+        issuer.stalled.set()
+        outcomes: list[BaseException | list[str]] = []
+
+        def token_request() -> None:
+            chan = channel(ca.grpc_addr, ca.root_cert_path)
+            try:
+                outcomes.append(
+                    create_certificate(
+                        chan, csr_pem(generate_key(), uris=(ME,)), token=issuer.token("k1")
+                    )
+                )
+            except grpc.RpcError as exc:
+                outcomes.append(exc)
+
+        hanging = [threading.Thread(target=token_request) for _ in range(2)]
+        for thread in hanging:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while metric(ca, "citadel_server_csr_count") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert metric(ca, "citadel_server_csr_count") == 2, "two calls are in the CA"
+        chan = channel(ca.grpc_addr, ca.root_cert_path)
+        with pytest.raises(grpc.RpcError) as err:
+            create_certificate(
+                chan, csr_pem(generate_key(), uris=(ME,)), token=issuer.token("k1"), timeout=10
+            )
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not outcomes, "the first two are still waiting"
+        issuer.resume.set()
+        for thread in hanging:
+            thread.join(30)
+        assert len(outcomes) == 2 and all(isinstance(o, list) for o in outcomes), outcomes
+        assert metric(ca, "citadel_server_csr_count") == 2, "the refused call is not counted"
     finally:
         issuer.resume.set()
         ca.stop()
