@@ -51,7 +51,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"| herd: CA max RSS ({r['herd']['workloads']} CSRs at once) | {_f(r['herd_max_rss_mb'])} MB | | | <= {r['herd_rss_bound_mb']} MB | {_yes(r['herd_max_rss_mb'] is not None and r['herd_max_rss_mb'] <= r['herd_rss_bound_mb'])} |",
         f"| herd: all clients succeeded after | {_f(r['herd_all_succeeded_s'], 1)} s | | | <= {r['herd_time_bound_s']} s | {_yes(r['herd_all_succeeded_s'] is not None and r['herd_all_succeeded_s'] <= r['herd_time_bound_s'])} |",
         f"| herd: within Istio's 5 retries / needed agent backoff | {_f(r['herd']['within_istio_retries'])} / {_f(r['herd']['needed_agent_backoff'])} | | | | |",
-        f"| herd: RESOURCE_EXHAUSTED answers | {_f(r['herd']['codes'].get('RESOURCE_EXHAUSTED', 0))} | | | | |",
+        f"| herd: refusals the clients retried (RESOURCE_EXHAUSTED from the RPC limit, CANCELLED from grpc's bounded backlog of unaccepted calls) | {_refusals(r['herd']['codes'])} | | | | |",
         *_queue_all(r),
         "",
         "Per concurrency (server CPU is the supervisor plus every worker, from /proc):",
@@ -89,6 +89,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"{_f(c['cert_sign_us'], 1)} us + RS256 verify {_f(c['token_verify_us'], 1)} us = {_f(c['total_us'], 1)} us.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _refusals(codes: dict[str, int]) -> str:
+    refused = sorted((name, n) for name, n in codes.items() if name != "OK")
+    return ", ".join(f"{name} {_f(n)}" for name, n in refused) or "none"
 
 
 def _queue_all(r: dict[str, Any]) -> list[str]:
