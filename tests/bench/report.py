@@ -78,7 +78,7 @@ def markdown(r: dict[str, Any]) -> str:
             f"| CA request path in-process, one event loop (metadata, cached token, CSR check, template signing, signature + SVID check) | {_f(f['inprocess_issue_us'])} |",
             f"| issuance record alone (SQLite, AsyncRecorder, 16 concurrent callers) | {_f(f['record_us'])} |",
             f"| sum of the parts | {_f(parts)} |",
-            f"| remainder: the parts interfering inside a worker (grpc's event-engine and poller threads handing work to the event loop, the record thread taking the GIL; context switches per certificate above) | {_f(ca - parts if ca else None)} |",
+            f"| remainder: the parts interfering inside a worker (grpc's event-engine and poller threads handing each call to the event loop; context switches per certificate above) | {_f(ca - parts if ca else None)} |",
             "",
             "py-spy flame graph of one CA worker under the same load: `ca-worker-profile.svg`.",
         ]
