@@ -7,14 +7,26 @@ from collections.abc import Sequence
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ca_server.ledger.database import HEAD_SELECT, Head, Row, Session, head_from_row
 
 # Key of the transaction-scoped advisory lock that serialises schema migrations.
 SCHEMA_LOCK_KEY = 0x42756C77  # "Bulw"
-# No statement may hold a caller longer than SQLite's busy timeout would: the recorder's
-# leader runs in a request thread, and a lock wait or hung query must end in an error.
+# No statement may hold the record thread longer than SQLite's busy timeout would: a lock
+# wait or hung query must end in an error.
 STATEMENT_TIMEOUT_S = 30.0
+# A database gone silent (network partition, dead host) must end in an error too, not hold
+# the record thread until TCP gives up (~15 min): probe an idle connection after 10 s, give
+# up after 3 unanswered probes, or after 30 s of unacknowledged writes. A DSN setting wins.
+CONNECTION_DEFAULTS = {
+    "connect_timeout": "10",
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
 
 
 def _adapt(sql: str) -> str:
@@ -32,7 +44,9 @@ class PostgresSession(Session):
     def connect(
         cls, url: str, *, statement_timeout_s: float = STATEMENT_TIMEOUT_S
     ) -> PostgresSession:
-        conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        given = conninfo_to_dict(url)
+        defaults = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given}
+        conn = psycopg.connect(make_conninfo(url, **defaults), autocommit=True)
         try:
             conn.execute(f"SET statement_timeout = {int(statement_timeout_s * 1000)}")
         except psycopg.Error:

@@ -251,3 +251,25 @@ def test_a_postgresql_statement_stuck_on_the_chain_lock_ends_in_an_error(
     finally:
         holder.rollback()
         holder.close()
+
+
+def test_postgresql_sessions_give_up_on_a_silent_database(
+    request: pytest.FixtureRequest,
+) -> None:
+    # A partition cannot be staged here (no packet filter), so check what bounds it: TCP
+    # keepalives and a user timeout on every session, unless the DSN sets its own.
+    from ca_server.ledger.postgres import PostgresSession
+
+    url = request.getfixturevalue("postgres_cluster").database("silent")
+    session = PostgresSession.connect(url)
+    try:
+        params = session._conn.info.get_parameters()
+        assert params["keepalives"] == "1" and params["keepalives_idle"] == "10"
+        assert params["keepalives_count"] == "3" and params["tcp_user_timeout"] == "30000"
+    finally:
+        session.close()
+    own = PostgresSession.connect(url + ("&" if "?" in url else "?") + "keepalives_idle=42")
+    try:
+        assert own._conn.info.get_parameters()["keepalives_idle"] == "42"
+    finally:
+        own.close()
