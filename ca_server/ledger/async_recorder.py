@@ -94,12 +94,8 @@ class AsyncRecorder:
                 continue
             if error is None:
                 done.set_result(None)
-            elif isinstance(error, LedgerWriteError):
-                done.set_exception(error)
             else:
-                failure = LedgerWriteError()
-                failure.__cause__ = error
-                done.set_exception(failure)
+                done.set_exception(LedgerWriteError.of(error))
         self._loaded = len(batch) > 1 or bool(self._queue)
         self._next()
 

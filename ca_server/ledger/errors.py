@@ -34,6 +34,15 @@ class LedgerWriteError(LedgerError, RecordWriteFailed):
     def __init__(self, public_message: str = "the issuance record could not be written") -> None:
         RecordWriteFailed.__init__(self, public_message)
 
+    @classmethod
+    def of(cls, error: BaseException) -> LedgerWriteError:
+        """`error` itself if it is one, else a new one caused by it (what a caller is told)."""
+        if isinstance(error, cls):
+            return error
+        failure = cls()
+        failure.__cause__ = error
+        return failure
+
 
 class LedgerReadError(LedgerError):
     """Reading the record failed (database unavailable or broken)."""

@@ -96,11 +96,8 @@ class RecordWriter:
     def record(self, entry: IssuedCertificate) -> None:
         """Commit `entry` durably on its own, or raise `LedgerWriteError`."""
         (error,) = self.commit_batch([entry])
-        if error is None:
-            return
-        if isinstance(error, LedgerWriteError):
-            raise error
-        raise LedgerWriteError() from error
+        if error is not None:
+            raise LedgerWriteError.of(error)
 
     def commit_batch(self, entries: list[IssuedCertificate]) -> list[BaseException | None]:
         """Commit `entries` in one transaction (one by one if it fails); say per entry why

@@ -12,10 +12,8 @@ import grpc
 import pytest
 from spiffe import X509Svid
 
-from certs.keys import generate_key, load_private_key, private_key_pem
+from certs.keys import generate_key, private_key_pem
 from certs.pem import load_certificates
-from certs.profile import leaf_certificate
-from certs.spiffe_id import SpiffeId
 from certs.verify import svid_violations
 from tests.ca.conftest import metric
 from tests.support import openssl
@@ -143,16 +141,9 @@ def test_renewal_with_client_certificate_and_no_token(shared_ca: RunningCa) -> N
 
 
 def test_renewal_with_an_expired_client_certificate_fails(shared_ca: RunningCa) -> None:
-    ca_key = load_private_key((shared_ca.data_dir / "ca" / "ca-key.pem").read_bytes())
-    root = load_certificates(shared_ca.root_cert_path.read_bytes())[0]
     key = generate_key()
-    expired = leaf_certificate(
-        spiffe_id=SpiffeId.parse(ME),
-        public_key=key.public_key(),
-        issuer_cert=root,
-        issuer_key=ca_key,
-        now=datetime.now(UTC) - timedelta(days=2),
-        ttl=timedelta(hours=1),
+    expired = shared_ca.sign_leaf(
+        ME, key.public_key(), now=datetime.now(UTC) - timedelta(days=2), ttl=timedelta(hours=1)
     )
     from certs.pem import to_pem
 

@@ -16,10 +16,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from certs.keys import generate_key, load_private_key, private_key_pem
-from certs.pem import load_certificates, to_pem
-from certs.profile import leaf_certificate
-from certs.spiffe_id import SpiffeId
+from certs.keys import generate_key, private_key_pem
+from certs.pem import to_pem
 from tests.ca.conftest import metric
 from tests.support.broken import csr_pem, sa_claims
 from tests.support.ca_client import channel, create_certificate
@@ -174,16 +172,9 @@ def test_a_request_waiting_on_the_issuer_does_not_hold_up_the_others(
     issuer.add_key("k1")
     ca = start_ca(tmp_path / "ca", "--jwt-issuer", issuer.url, workers=1)
     try:
-        ca_key = load_private_key((ca.data_dir / "ca" / "ca-key.pem").read_bytes())
-        root = load_certificates(ca.root_cert_path.read_bytes())[0]
         client_key = generate_key()
-        client_cert = leaf_certificate(
-            spiffe_id=SpiffeId.parse(ME),
-            public_key=client_key.public_key(),
-            issuer_cert=root,
-            issuer_key=ca_key,
-            now=datetime.now(UTC),
-            ttl=timedelta(hours=1),
+        client_cert = ca.sign_leaf(
+            ME, client_key.public_key(), now=datetime.now(UTC), ttl=timedelta(hours=1)
         )
         issuer.stalled.set()
         waiting: list[BaseException | list[str]] = []
