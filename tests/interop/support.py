@@ -12,6 +12,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from tests.support.gobuild import built_binaries
+
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build-istio.sh"
 ISTIO_CA_SAN = "istiod.istio-system.svc"
@@ -38,19 +40,7 @@ class IstioBinaries:
 
 def istio_binaries() -> IstioBinaries:
     """$BULWARK_ISTIO_BIN if set, else build (or reuse the cached build) with build-istio.sh."""
-    given = os.environ.get("BULWARK_ISTIO_BIN")
-    if given:
-        path = Path(given)
-    else:
-        proc = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise InteropError(f"build-istio.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        path = Path(proc.stdout.strip().splitlines()[-1])
-    for name in ("istio-csr", "pilot-agent"):
-        if not os.access(path / name, os.X_OK):
-            raise InteropError(f"{path / name} is missing: run tests/interop/build-istio.sh")
+    path = built_binaries(BUILD_SCRIPT, ("istio-csr", "pilot-agent"), env_var="BULWARK_ISTIO_BIN")
     version_file = path / "ISTIO_VERSION"
     version = version_file.read_text().strip() if version_file.exists() else "unknown"
     return IstioBinaries(directory=path, istio_version=version)

@@ -29,6 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.gobuild import built_binaries
+
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "build-peers.sh"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -44,20 +46,9 @@ class HarnessError(RuntimeError):
 def peer_binaries() -> Path:
     """Directory with etcd, kube-apiserver and kubectl: $BULWARK_K8S_BIN, else build (or reuse
     the cached build) with build-peers.sh."""
-    given = os.environ.get("BULWARK_K8S_BIN")
-    if given:
-        path = Path(given)
-    else:
-        proc = subprocess.run(
-            ["bash", str(BUILD_SCRIPT)], capture_output=True, text=True, check=False
-        )
-        if proc.returncode != 0:
-            raise HarnessError(f"build-peers.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-        path = Path(proc.stdout.strip().splitlines()[-1])
-    for name in ("etcd", "kube-apiserver", "kubectl"):
-        if not os.access(path / name, os.X_OK):
-            raise HarnessError(f"{path / name} is missing: run tests/k8s/build-peers.sh")
-    return path
+    return built_binaries(
+        BUILD_SCRIPT, ("etcd", "kube-apiserver", "kubectl"), env_var="BULWARK_K8S_BIN"
+    )
 
 
 def free_port() -> int:
