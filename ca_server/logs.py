@@ -116,7 +116,9 @@ def _line(event: str, fields: Mapping[str, object]) -> str:
     for key, value in fields.items():
         text = str(value)
         quoted = not text or " " in text or '"' in text
-        parts.append(f"{key}={json.dumps(text, ensure_ascii=False) if quoted else text}")
+        # values are already escaped (backslashes doubled), so `\"` is unambiguous
+        shown = '"' + text.replace('"', '\\"') + '"' if quoted else text
+        parts.append(f"{key}={shown}")
     return " ".join(parts)
 
 
