@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -28,20 +29,27 @@ EVENT_LOGGER = "ca_server.events"
 MAX_VALUE_CHARS = 256
 
 
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\\]")  # C0, DEL, C1, LS, PS, backslash
+
+
 def escape(value: object, limit: int = MAX_VALUE_CHARS) -> str:
-    """`value` as one printable line: control characters as `\\xNN`/`\\uNNNN`, cut at `limit`."""
+    """`value` as one printable line: control characters as `\\xNN`/`\\uNNNN`, backslashes
+    doubled, cut at `limit` characters."""
     text = str(value)
     cut = len(text) > limit
-    out = []
-    for ch in text[:limit]:
-        code = ord(ch)
-        if code < 0x20 or 0x7F <= code < 0xA0:
-            out.append(f"\\x{code:02x}")
-        elif code in (0x2028, 0x2029) or ch == "\\":
-            out.append("\\\\" if ch == "\\" else f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out) + ("..." if cut else "")
+    if cut:
+        text = text[:limit]
+    if _UNSAFE.search(text) is not None:
+        text = _UNSAFE.sub(_escaped, text)
+    return text + "..." if cut else text
+
+
+def _escaped(match: re.Match[str]) -> str:
+    ch = match.group()
+    if ch == "\\":
+        return "\\\\"
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class JsonFormatter(logging.Formatter):
