@@ -118,6 +118,14 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity",
     )
+    env_flag(
+        p,
+        "--log-format",
+        "BULWARK_LOG_FORMAT",
+        default="text",
+        choices=["text", "json"],
+        help="log line format",
+    )
 
 
 def parse_duration(text: str) -> timedelta:
@@ -181,14 +189,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from ca_server.errors import ConfigError
+    from ca_server.logs import configure as configure_logs
     from ca_server.server import serve
     from certs.errors import InvalidSpiffeId
 
     level = getattr(logging, str(args.log_level).upper())
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logs(level, args.log_format)
     try:
         config = config_from_args(args)
-        return serve(config, log_level=level)
+        return serve(config, log_level=level, log_format=args.log_format)
     except (ConfigError, InvalidSpiffeId, ValueError) as exc:
         print(f"bulwark ca serve: {exc}", file=sys.stderr)
         return 2

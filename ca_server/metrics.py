@@ -1,5 +1,10 @@
 """Prometheus series of SPEC §1 (`citadel_server_*`), shared across worker processes.
 
+Istio's series keep their names and meaning. Bulwark adds
+`bulwark_ca_refusals_total{reason,code}`: every call the CA refuses, whatever
+the status, with a bounded `reason` (`REFUSAL_REASONS`), so that refusals no
+`citadel_server_*` series counts (PERMISSION_DENIED, overload) are seen too.
+
 Workers write into `PROMETHEUS_MULTIPROC_DIR` (set by the supervisor before it
 starts them); the admin app aggregates with `MultiProcessCollector`.
 """
@@ -12,6 +17,14 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from ca_server.material import CaMaterial
 
 SIGN_ERRORS = ("CA_NOT_READY", "CSR_ERROR", "TTL_ERROR", "CERT_GEN_ERROR", "UNKNOWN")
+REFUSAL_REASONS = (
+    "authentication",  # no, bad or unverifiable credential; impersonation refused
+    "csr_policy",  # CSR unusable, asks for CA powers or for another identity
+    "bad_request",  # undecodable request, TTL out of range
+    "overload",  # beyond --max-concurrent-rpcs
+    "record_failure",  # the issuance record could not be written
+    "internal",  # CA not ready, signing failure, a bug
+)
 
 
 class CaMetrics:
@@ -41,6 +54,18 @@ class CaMetrics:
         )
         for label in SIGN_ERRORS:
             self.sign_errors.labels(error=label)
+        self.refusals = Counter(
+            "bulwark_ca_refusals",
+            "Calls the CA refused, by reason and gRPC status",
+            ("reason", "code"),
+            registry=reg,
+        )
+
+    def refused(self, *, reason: str, code: str) -> None:
+        """Count one refusal; a `reason` outside REFUSAL_REASONS counts as `internal`."""
+        if reason not in REFUSAL_REASONS:
+            reason = "internal"  # keep the label bounded whatever a caller passes
+        self.refusals.labels(reason=reason, code=code).inc()
 
 
 _GAUGES = (

@@ -1,8 +1,9 @@
 """The issuance record's interface: every certificate is written here before the caller sees it.
 
-Implementations (SQLite, PostgreSQL) live in `ca_server.ledger`. `record` must
-return only once the entry is durably committed; if it raises, the CA answers
-INTERNAL and the certificate is never sent.
+Implementations (SQLite, PostgreSQL, behind `AsyncRecorder`) live in
+`ca_server.ledger`. `await record(entry)` must return only once the entry is
+durably committed; if it raises, the CA answers INTERNAL and the certificate is
+never sent.
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ class IssuedCertificate:
 
 
 class Recorder(Protocol):
-    """Durable, append-only store of issued certificates."""
+    """Durable, append-only store of issued certificates, awaited on the event loop
+    (`ca_server.ledger.AsyncRecorder` is the one the CA runs)."""
 
-    def record(self, entry: IssuedCertificate) -> None:
-        """Commit `entry` durably before returning; raise on any failure."""
-
-    def close(self) -> None:
-        """Flush and release resources."""
+    async def record(self, entry: IssuedCertificate) -> None:
+        """Return once `entry` is durably committed; raise a `RecordWriteFailed` otherwise."""
+        ...

@@ -83,12 +83,12 @@ def serving_certificate(
     return chain.encode(), private_key_pem(key)
 
 
-def serve(config: CaConfig, *, log_level: int = logging.INFO) -> int:
+def serve(config: CaConfig, *, log_level: int = logging.INFO, log_format: str = "text") -> int:
     """Run the CA until SIGTERM/SIGINT. Returns the process exit code."""
     metrics_dir = tempfile.mkdtemp(prefix="bulwark-ca-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        return asyncio.run(_serve(config, metrics_dir, log_level))
+        return asyncio.run(_serve(config, metrics_dir, log_level, log_format))
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
@@ -135,7 +135,11 @@ def _worker_keys(config: CaConfig, material: CaMaterial) -> WorkerKeys:
 
 
 def _worker_spec(
-    config: CaConfig, material: CaMaterial, binds: dict[str, tuple[str, int]], log_level: int
+    config: CaConfig,
+    material: CaMaterial,
+    binds: dict[str, tuple[str, int]],
+    log_level: int,
+    log_format: str,
 ) -> WorkerSpec:
     mtls = binds.get("mtls_grpc_addr")
     return WorkerSpec(
@@ -147,6 +151,7 @@ def _worker_spec(
         mtls_port=mtls[1] if mtls else None,
         index=0,
         log_level=log_level,
+        log_format=log_format,
     )
 
 
@@ -195,7 +200,7 @@ def _announce_local_issuer(config: CaConfig) -> None:
         )
 
 
-async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
+async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
     material = prepare_material(config, datetime.now(UTC))
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
     _announce_local_issuer(config)
@@ -216,7 +221,7 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int) -> int:
     try:
         binds = _reserve_grpc_ports(config, reserved)
         supervisor = Supervisor(
-            spec=_worker_spec(config, material, binds, log_level), count=config.workers
+            spec=_worker_spec(config, material, binds, log_level, log_format), count=config.workers
         )
         if controllers is not None:
             controllers.start()

@@ -1,38 +1,105 @@
 """`istio.v1.auth.IstioCertificateService` on a `grpc.aio` server.
 
-The servicer authenticates (on the event loop when no I/O is needed, else in a
-thread), applies impersonation rules, has the `Signer` sign on the loop, awaits
-the issuance record's commit and only then answers. `CreateCertificate` is the
-one place where `CaError`s become gRPC statuses and unexpected exceptions a
-generic INTERNAL.
+The servicer depends only on three small protocols, as Istio's `server.go` does:
+something that authenticates a call (`CallerAuthentication`), something that
+signs a CSR for a caller (`CsrSigner`) and an async issuance record
+(`ca_server.record.Recorder`). It authenticates (on the event loop when no I/O
+is needed, else in a thread), applies impersonation rules, has the signer sign
+on the loop, awaits the record's commit and only then answers.
+`CreateCertificate` is the one place where `CaError`s become gRPC statuses,
+unexpected exceptions a generic INTERNAL, and where every answer is logged and
+counted (`ca_server.logs.CaEventLog`, `CaMetrics.refused`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from ca_server.authn import Authentication, IdentityExtractionError, workload_identity
-from ca_server.errors import AuthenticationError, CaError, ImpersonationRefused
+from ca_server.authn import IdentityExtractionError, workload_identity
+from ca_server.errors import (
+    AuthenticationError,
+    CaError,
+    IdentityMismatch,
+    ImpersonationRefused,
+    InvalidRequest,
+    RecordWriteFailed,
+    UpstreamUnavailable,
+)
 from ca_server.identity import Caller, RequestCredentials
-from ca_server.ledger.async_recorder import AsyncRecorder
+from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
-from ca_server.signer import CsrParseError, Signer
+from ca_server.record import Recorder
+from ca_server.signer import CsrParseError, Issued
 from certs.errors import InvalidSpiffeId
 from certs.spiffe_id import SpiffeId, TrustDomain
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
 log = logging.getLogger(__name__)
+SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
+
+
+class CallerAuthentication(Protocol):
+    """Turns a call's credentials into a `Caller` or raises `AuthenticationError`
+    (`ca_server.authn.Authentication` tries an ordered list of authenticators)."""
+
+    def may_block(self, creds: RequestCredentials) -> bool: ...
+
+    def authenticate(self, creds: RequestCredentials) -> Caller: ...
+
+
+class CsrSigner(Protocol):
+    """Signs a CSR for an authenticated caller or raises a `CaError` saying why not."""
+
+    def sign(self, *, csr_pem: str, validity_s: int, caller: Caller) -> Issued: ...
+
+
+class Overloaded(CaError):
+    """More calls in flight than --max-concurrent-rpcs allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+@dataclass(frozen=True, slots=True)
+class UndecodableRequest:
+    """What the request deserializer hands the servicer for bytes that are no request."""
+
+    reason: str
+
+
+def decode_request(data: bytes) -> ca_pb2.IstioCertificateRequest | UndecodableRequest:
+    """Request deserializer that never raises: grpc would answer UNKNOWN and log a traceback."""
+    try:
+        return ca_pb2.IstioCertificateRequest.FromString(data)
+    except DecodeError:
+        # upb says "Error parsing message" for both bad wire data and a non-UTF-8 `csr`
+        return UndecodableRequest(
+            "request is not a valid IstioCertificateRequest (bad protobuf or a csr that is not UTF-8)"
+        )
+
+
+def add_to_server(service: CertificateService, server: grpc.aio.Server) -> None:
+    """Register `service` with the never-raising request deserializer."""
+    handlers = {
+        "CreateCertificate": grpc.unary_unary_rpc_method_handler(
+            service.CreateCertificate,
+            request_deserializer=decode_request,
+            response_serializer=ca_pb2.IstioCertificateResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
 
 
 def credentials_of(context: grpc.aio.ServicerContext) -> RequestCredentials:
     """Bearer token, verified-or-not client certificate, `clusterid` header and peer of a call."""
     token: str | None = None
     cluster_id = ""
-    for key, value in context.invocation_metadata():
+    for key, value in context.invocation_metadata() or ():
         if key == "authorization" and isinstance(value, str):
             scheme, _, rest = value.partition(" ")
             if scheme.lower() == "bearer" and rest.strip():
@@ -49,43 +116,95 @@ def credentials_of(context: grpc.aio.ServicerContext) -> RequestCredentials:
     )
 
 
+def refusal_reason(exc: CaError) -> str:
+    """The bounded `reason` label of a refusal (metrics and refusal log lines)."""
+    if isinstance(exc, Overloaded):
+        return "overload"
+    if isinstance(exc, AuthenticationError | UpstreamUnavailable):
+        return "authentication"
+    if isinstance(exc, IdentityMismatch | CsrParseError) or exc.sign_error == "CSR_ERROR":
+        return "csr_policy"
+    if isinstance(exc, InvalidRequest):
+        return "bad_request"
+    if isinstance(exc, RecordWriteFailed):
+        return "record_failure"
+    return "internal"
+
+
+class _Call:
+    """What one call has established so far, for its log line."""
+
+    __slots__ = ("caller", "peer")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.caller: Caller | None = None
+
+
 class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
     def __init__(
         self,
         *,
-        authentication: Authentication,
-        signer: Signer,
-        recorder: AsyncRecorder | None,
+        authentication: CallerAuthentication,
+        signer: CsrSigner,
+        recorder: Recorder | None,
         metrics: CaMetrics,
         trust_domain: TrustDomain,
         trusted_node_accounts: tuple[str, ...],
+        events: CaEventLog | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         self._authn = authentication
         self._signer = signer
         self._recorder = recorder
         self._metrics = metrics
+        self._events = events if events is not None else CaEventLog()
         self._trust_domain = trust_domain
         self._trusted = frozenset(trusted_node_accounts)
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
 
     async def CreateCertificate(
-        self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
+        self,
+        request: ca_pb2.IstioCertificateRequest | UndecodableRequest,
+        context: grpc.aio.ServicerContext,
     ) -> ca_pb2.IstioCertificateResponse:
+        call = _Call(context.peer())
+        self._in_flight += 1
         try:
-            chain = await self._create(request, context)
+            if self._max_in_flight is not None and self._in_flight > self._max_in_flight:
+                raise Overloaded("the CA is at its limit of concurrent requests; retry shortly")
+            chain = await self._create(request, context, call)
         except CaError as exc:
+            self._refused(exc.code, refusal_reason(exc), exc.public_message, call)
             await context.abort(exc.code, exc.public_message)
         except Exception:
             log.exception("unexpected error in CreateCertificate")
+            self._refused(grpc.StatusCode.INTERNAL, "internal", "unexpected error", call)
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA; see its log")
+        finally:
+            self._in_flight -= 1
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
 
+    def _refused(self, code: grpc.StatusCode, reason: str, message: str, call: _Call) -> None:
+        self._metrics.refused(reason=reason, code=code.name)
+        self._events.refused(
+            code=code.name, reason=reason, message=message, caller=call.caller, peer=call.peer
+        )
+
     async def _create(
-        self, request: ca_pb2.IstioCertificateRequest, context: grpc.aio.ServicerContext
+        self,
+        request: ca_pb2.IstioCertificateRequest | UndecodableRequest,
+        context: grpc.aio.ServicerContext,
+        call: _Call,
     ) -> list[str]:
         metrics = self._metrics
         metrics.csr_count.inc()
+        if isinstance(request, UndecodableRequest):
+            raise InvalidRequest(request.reason)
         try:
-            caller = self._impersonate(await self._authenticate(context), request)
+            call.caller = await self._authenticate(context)
+            call.caller = caller = self._impersonate(call.caller, request)
         except IdentityExtractionError:
             metrics.id_errors.inc()
             metrics.auth_failures.inc()
@@ -93,8 +212,17 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         except AuthenticationError:
             metrics.auth_failures.inc()
             raise
+        issued = self._sign(request, caller)
+        if self._recorder is not None:
+            await self._recorder.record(issued.entry)  # a failure answers INTERNAL, sends nothing
+        metrics.success.inc()
+        self._events.issued(issued.entry, peer=call.peer)
+        return issued.chain
+
+    def _sign(self, request: ca_pb2.IstioCertificateRequest, caller: Caller) -> Issued:
+        metrics = self._metrics
         try:
-            issued = self._signer.sign(
+            return self._signer.sign(
                 csr_pem=request.csr, validity_s=request.validity_duration, caller=caller
             )
         except CsrParseError:
@@ -105,17 +233,6 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             if exc.sign_error:
                 metrics.sign_errors.labels(error=exc.sign_error).inc()
             raise
-        if self._recorder is not None:
-            await self._recorder.record(issued.entry)  # a failure answers INTERNAL, sends nothing
-        metrics.success.inc()
-        # DEBUG, not INFO: the issuance record holds every certificate.
-        log.debug(
-            "issued certificate for %s (authenticator %s, peer %s)",
-            caller.spiffe_id,
-            caller.authenticator,
-            caller.peer,
-        )
-        return issued.chain
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         creds = credentials_of(context)

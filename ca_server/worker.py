@@ -29,26 +29,20 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 
 import grpc
-from cryptography import x509
 
-from ca_server.authn import (
-    Authentication,
-    Authenticator,
-    ClientCertAuthenticator,
-    JwksSource,
-    JwtAuthenticator,
-)
+from ca_server.authn_plan import build_authentication
 from ca_server.config import CaConfig
 from ca_server.ledger.async_recorder import AsyncRecorder
+from ca_server.logs import CaEventLog
+from ca_server.logs import configure as configure_logs
 from ca_server.material import CaMaterial
 from ca_server.metrics import CaMetrics
-from ca_server.service import CertificateService
+from ca_server.record import Recorder
+from ca_server.service import CertificateService, add_to_server
 from ca_server.signer import Signer, SigningPolicy
-from ca_server.token_issuer import LOCAL_ISSUER
 from certs.errors import CertsError
 from certs.keys import load_private_key
 from certs.pem import bundle_pem, load_certificates, to_pem
-from protos.istio.v1.auth import ca_pb2_grpc
 
 log = logging.getLogger(__name__)
 KEYS_APPLIED = "applied"
@@ -112,6 +106,7 @@ class WorkerSpec:
     mtls_port: int | None
     index: int
     log_level: int
+    log_format: str = "text"
 
 
 class LiveKeys:
@@ -145,42 +140,6 @@ class LiveKeys:
         )
 
 
-def build_authentication(config: CaConfig, material: Callable[[], CaMaterial]) -> Authentication:
-    """Authenticators in SPEC order: client certificate, TokenReview, JWT."""
-
-    def trust_anchors() -> tuple[list[x509.Certificate], list[x509.Certificate]]:
-        current = material()  # one read: chain and roots from the same material
-        return list(current.chain), list(current.roots)
-
-    authenticators: list[Authenticator] = [
-        ClientCertAuthenticator(trust_domain=config.trust_domain, trust_anchors=trust_anchors)
-    ]
-    if config.kube is not None:
-        from ca_server.kube import tokenreview_authenticator
-
-        authenticators.append(tokenreview_authenticator(config))
-    if config.uses_local_issuer:
-        keys = JwksSource(jwks_file=config.data_dir / "token-issuer" / "jwks.json")
-        issuer = LOCAL_ISSUER
-    elif config.jwks_file is not None or config.jwt_issuer is not None:
-        keys = JwksSource(
-            jwks_file=config.jwks_file, issuer_url=None if config.jwks_file else config.jwt_issuer
-        )
-        issuer = str(config.jwt_issuer)
-    else:
-        return Authentication(authenticators)
-    authenticators.append(
-        JwtAuthenticator(
-            keys=keys,
-            issuer=issuer,
-            audiences=config.audiences,
-            algorithms=config.jwt_algorithms,
-            trust_domain=config.trust_domain,
-        )
-    )
-    return Authentication(authenticators)
-
-
 def open_recorder(config: CaConfig) -> AsyncRecorder:
     """The issuance record for this process (SQLite in the data dir unless --record)."""
     from ca_server import ledger
@@ -193,17 +152,15 @@ def open_recorder(config: CaConfig) -> AsyncRecorder:
 
 def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:
     """Process entry point: serve until SIGTERM or the supervisor's end, then drain and exit."""
-    logging.basicConfig(
-        level=spec.log_level,
-        format=f"%(asctime)s worker-{spec.index} %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logs(spec.log_level, spec.log_format, process=f"worker-{spec.index}")
     asyncio.run(_serve(spec, supervisor))
 
 
 async def _serve(spec: WorkerSpec, supervisor: Connection) -> None:
     keys = LiveKeys(spec.keys)
     recorder = open_recorder(spec.config)
-    server = _grpc_server(spec, keys, recorder)
+    events = CaEventLog()
+    server = _grpc_server(spec, keys, recorder, events)
     port = server.add_secure_port(
         f"{spec.host}:{spec.port}", keys.credentials(require_client_auth=False)
     )
@@ -228,12 +185,13 @@ async def _serve(spec: WorkerSpec, supervisor: Connection) -> None:
     stopping.set()
     await server.stop(SHUTDOWN_GRACE_S)
     await recorder.close()
+    events.flush()
 
 
-def _grpc_server(spec: WorkerSpec, keys: LiveKeys, recorder: AsyncRecorder) -> grpc.aio.Server:
-    config = spec.config
-    signer = Signer(
-        material=lambda: keys.material,
+def signer_for(config: CaConfig, material: Callable[[], CaMaterial | None]) -> Signer:
+    """The signer a worker with `config` runs, signing with whatever `material()` is current."""
+    return Signer(
+        material=material,
         policy=SigningPolicy(
             csr_san_policy=config.csr_san_policy,
             default_ttl=config.default_ttl,
@@ -242,19 +200,38 @@ def _grpc_server(spec: WorkerSpec, keys: LiveKeys, recorder: AsyncRecorder) -> g
         ),
         clock=lambda: datetime.now(UTC),
     )
-    service = CertificateService(
-        authentication=build_authentication(config, lambda: keys.material),
-        signer=signer,
+
+
+def certificate_service(
+    config: CaConfig,
+    material: Callable[[], CaMaterial],
+    *,
+    recorder: Recorder | None,
+    metrics: CaMetrics,
+    events: CaEventLog,
+) -> CertificateService:
+    """The servicer of a worker: the planned authenticators, the signer, the record."""
+    return CertificateService(
+        authentication=build_authentication(config, material),
+        signer=signer_for(config, material),
         recorder=recorder,
-        metrics=CaMetrics(),
+        metrics=metrics,
         trust_domain=config.trust_domain,
         trusted_node_accounts=config.trusted_node_accounts,
+        events=events,
+        # The service enforces the limit itself, so an overload refusal is logged and counted.
+        max_in_flight=config.max_concurrent_rpcs,
     )
-    server = grpc.aio.server(
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-        options=[("grpc.so_reuseport", 1)],
+
+
+def _grpc_server(
+    spec: WorkerSpec, keys: LiveKeys, recorder: AsyncRecorder, events: CaEventLog
+) -> grpc.aio.Server:
+    service = certificate_service(
+        spec.config, lambda: keys.material, recorder=recorder, metrics=CaMetrics(), events=events
     )
-    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    add_to_server(service, server)
     return server
 
 

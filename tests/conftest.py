@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ca_process import RunningCa, start_ca
+from tests.support.ca_process import RunningCa, started_ca
+
+TRUSTED_NODE_ACCOUNT = "istio-system/ztunnel"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,8 +24,14 @@ def _require_openssl() -> None:
 @pytest.fixture
 def running_ca(tmp_path: Path) -> Iterator[RunningCa]:
     """A real CA process on loopback with the embedded token issuer, one worker."""
-    ca = start_ca(tmp_path / "ca")
-    try:
+    with started_ca(tmp_path / "ca") as ca:
         yield ca
-    finally:
-        ca.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCa]:
+    """A real CA shared by the tests of one module (those that do not stop it), trusting
+    istio-system/ztunnel to impersonate (the CA and agent suites had a copy each)."""
+    data_dir = tmp_path_factory.mktemp("shared") / "ca"
+    with started_ca(data_dir, "--trusted-node-accounts", TRUSTED_NODE_ACCOUNT) as ca:
+        yield ca

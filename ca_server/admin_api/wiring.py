@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter
 
 from ca_server.admin_api.routes import CaCertificates, build_admin_router
+from ca_server.authn_plan import authenticator_plan
 from ca_server.config import CaConfig
 from ca_server.errors import ConfigError
 from ca_server.ledger import (
@@ -66,15 +67,9 @@ def ca_certificates_of(material: CaMaterial) -> CaCertificates:
 
 
 def authenticator_names(config: CaConfig) -> list[str]:
-    """The authenticators a CA with `config` runs, in the order it tries them."""
-    names = ["client-cert"]
-    if config.kubeconfig is not None:
-        names.append("tokenreview")
-    if config.uses_local_issuer:
-        names.append(f"jwt (local issuer in {config.data_dir})")
-    elif config.jwt_issuer is not None:
-        names.append(f"jwt (issuer {config.jwt_issuer})")
-    return names
+    """The authenticators a CA with `config` runs, in the order it tries them (the workers'
+    own plan, so the report cannot drift from what runs)."""
+    return [planned.description for planned in authenticator_plan(config)]
 
 
 def check_record(config: CaConfig) -> None:

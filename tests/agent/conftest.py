@@ -1,4 +1,4 @@
-"""Fixtures of the agent suite: one real CA process per module, short socket directories."""
+"""Fixtures of the agent suite: short socket directories (`shared_ca` is in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.agent.support import short_dir
-from tests.support.ca_process import RunningCa, start_ca
-
-
-@pytest.fixture(scope="module")
-def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCa]:
-    """A real CA shared by the tests of one module (those that do not stop it)."""
-    ca = start_ca(tmp_path_factory.mktemp("agent-ca") / "ca")
-    try:
-        yield ca
-    finally:
-        ca.stop()
 
 
 @pytest.fixture

@@ -1,25 +1,11 @@
-"""A CA shared by the tests of one module, to keep the suite fast."""
+"""Helpers of the CA suite (`shared_ca` itself lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import re
 import urllib.request
-from collections.abc import Iterator
 
-import pytest
-
-from tests.support.ca_process import RunningCa, start_ca
-
-
-@pytest.fixture(scope="module")
-def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCa]:
-    ca = start_ca(
-        tmp_path_factory.mktemp("shared") / "ca", "--trusted-node-accounts", "istio-system/ztunnel"
-    )
-    try:
-        yield ca
-    finally:
-        ca.stop()
+from tests.support.ca_process import RunningCa
 
 
 def metric(ca: RunningCa, name: str, labels: str = "") -> float:

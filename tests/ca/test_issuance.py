@@ -1,4 +1,7 @@
-"""Issuance end to end with real tools: openssl-made CSRs, openssl verify, the spiffe library."""
+"""Issuance end to end with real tools: openssl-made CSRs, openssl verify, the spiffe library.
+
+Policy rows (empty CSR SANs filled in, the override policy, TTL defaults) run in-process
+in test_policy_table.py."""
 
 from __future__ import annotations
 
@@ -49,37 +52,6 @@ def test_openssl_csr_gives_a_chain_openssl_and_spiffe_accept(
     life = leaf.not_valid_after_utc - leaf.not_valid_before_utc
     assert life == timedelta(hours=2, minutes=2), "NotBefore is backdated two minutes"
     assert leaf.serial_number > 0 and leaf.serial_number.bit_length() > 64
-
-
-def test_empty_csr_sans_are_filled_with_the_callers_identity(shared_ca: RunningCa) -> None:
-    chain = create_certificate(
-        channel(shared_ca.grpc_addr, shared_ca.root_cert_path),
-        csr_pem(generate_key()),
-        token=shared_ca.mint_token("demo", "frontend"),
-        ttl_s=0,
-    )
-    leaf = load_certificates(chain[0])[0]
-    assert leaf.not_valid_after_utc - leaf.not_valid_before_utc == timedelta(hours=24, minutes=2)
-    from certs.verify import spiffe_id_of
-
-    assert str(spiffe_id_of(leaf)) == ME
-
-
-def test_override_policy_signs_the_callers_identity(tmp_path: Path) -> None:
-    from tests.support.ca_process import start_ca
-
-    ca = start_ca(tmp_path / "ca", "--csr-san-policy", "override")
-    try:
-        chain = create_certificate(
-            channel(ca.grpc_addr, ca.root_cert_path),
-            csr_pem(generate_key(), uris=("spiffe://cluster.local/ns/kube-system/sa/admin",)),
-            token=ca.mint_token("demo", "frontend"),
-        )
-        from certs.verify import spiffe_id_of
-
-        assert str(spiffe_id_of(load_certificates(chain[0])[0])) == ME
-    finally:
-        ca.stop()
 
 
 def test_tls_1_1_is_refused(shared_ca: RunningCa) -> None:

@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -152,6 +153,16 @@ def start_ca(
     """Start a CA with `args` (extra flags) and wait until it serves."""
     extra = ("--workers", str(workers), *args) if "--workers" not in args else args
     return RunningCa(data_dir=data_dir, args=tuple(extra), env=env or {}).start()
+
+
+@contextmanager
+def started_ca(data_dir: Path, *args: str, workers: int = 1) -> Iterator[RunningCa]:
+    """A CA started with `args` for the duration of a `with` block (fixtures use this)."""
+    ca = start_ca(data_dir, *args, workers=workers)
+    try:
+        yield ca
+    finally:
+        ca.stop()
 
 
 def serve_once(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
