@@ -6,6 +6,8 @@ import argparse
 import os
 from typing import Any
 
+from certs.values import parse_bool
+
 
 def env_flag(
     parser: argparse.ArgumentParser | Any,
@@ -23,7 +25,8 @@ def env_flag(
 
 
 def env_bool(env: str, default: bool = False) -> bool:
+    """`$env` as a boolean (Go's `strconv.ParseBool` words); unset or empty means `default`."""
     raw = os.environ.get(env)
-    if raw is None:
+    if not raw:
         return default
-    return raw.strip().lower() in ("1", "true", "yes", "on")
+    return parse_bool(raw, env)
