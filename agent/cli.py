@@ -113,8 +113,8 @@ def register(subparsers: Any) -> None:
     )
     status.add_argument(
         "--socket",
-        default=str(default_socket()),
-        help="the agent's unix socket (default: the agent's own, from WORKLOAD_IDENTITY_SOCKET_FILE)",
+        default=f"./{default_socket()}",
+        help="the agent's unix socket, where `agent run` listens by default",
     )
     add_output_flag(status)
     status.add_argument(

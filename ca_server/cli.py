@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from datetime import timedelta
@@ -215,7 +216,10 @@ def _serve(args: argparse.Namespace) -> int:
 def os_error(exc: OSError, fix: str) -> str:
     """One line for a file-system failure: which path, what went wrong, what to check."""
     where = f" {exc.filename}" if exc.filename else ""
-    return f"cannot use{where}: {exc.strerror or exc} ({fix})"
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        reason = "a file is in the way where a directory is needed"
+    return f"cannot use{where}: {reason} ({fix})"
 
 
 def _mint(args: argparse.Namespace) -> int:
