@@ -11,6 +11,7 @@ import argparse
 import difflib
 import re
 import sys
+import textwrap
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -19,7 +20,11 @@ _UNRECOGNIZED = re.compile(r"unrecognized arguments: (.*)")
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
-    """Appends `(default: X)` to flags that have a meaningful default not already shown."""
+    """Appends `(default: X)` to flags that have a meaningful default not already shown;
+    never breaks a line inside a path or a flag name."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
