@@ -114,7 +114,7 @@ def register(subparsers: Any) -> None:
     status.add_argument(
         "--socket",
         default=f"./{default_socket()}",
-        help="the agent's unix socket, where `agent run` listens by default",
+        help="the agent's unix socket (where `agent run` listens unless told otherwise)",
     )
     add_output_flag(status)
     status.add_argument(
