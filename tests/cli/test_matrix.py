@@ -1,4 +1,4 @@
-"""Issue #14.2: every `bulwark` subcommand × `--help` and a bad value; no traceback, exit 2.
+"""Issue #14.2: every `bulwark` subcommand x `--help` and a bad value; no traceback, exit 2.
 
 Runs `certs.cli.main` in-process (an uncaught exception fails the test, as a traceback
 would) and, for startup errors, the installed `bulwark` script in a process.

@@ -78,7 +78,7 @@ def test_host_port(text: str, expected: tuple[str, int]) -> None:
 @pytest.mark.parametrize(
     "text",
     ["nonsense", "host", ":80", "host:", "host:65536", "host:-1", "host:http", "::1:80", "[::1]",
-     "[::1]80", "[]:80", "[host]:80", "host:８０", "a:b:c"],
+     "[::1]80", "[]:80", "[host]:80", "host:\uff18\uff10", "a:b:c"],
 )
 def test_bad_host_port(text: str) -> None:
     """Defect #11.6: the agent accepted `:80` and the CA `host:99999`."""
