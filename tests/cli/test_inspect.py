@@ -190,7 +190,8 @@ def test_connect_inspects_the_served_chain(
     code, out, _ = inspect(capsys, "--connect", tls_server, "--servername", "svc.example",
                            "--root", root, "-o", "json")  # fmt: skip
     report = json.loads(out)
-    assert code == 0 and report["encoding"] == "TLS" and report["source"] == tls_server
+    assert report["encoding"] == "TLS" and report["source"] == tls_server
+    assert code == 1 and report["svid"]["conforms"] is False  # a DNS-only server certificate
     assert [c["position"] for c in report["certificates"]] == ["leaf", "root (1)"]
     assert report["certificates"][0]["dns_sans"] == ["svc.example"]
     assert report["verification"]["ok"] is True
