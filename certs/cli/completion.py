@@ -47,6 +47,9 @@ def script(parser: argparse.ArgumentParser, shell: str) -> str:
 
 def _words(parser: argparse.ArgumentParser) -> list[str]:
     words = list(subparsers_of(parser))
+    for action in parser._actions:
+        if not action.option_strings and action.choices and not subparsers_of(parser):
+            words += [str(c) for c in action.choices]  # positional choices: `completion bash`
     words += [f for a in parser._actions for f in a.option_strings if f.startswith("--")]
     return words
 
