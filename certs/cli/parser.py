@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 import sys
 import textwrap
@@ -70,6 +69,7 @@ def suggestion(parser: argparse.ArgumentParser, message: str) -> str:
 
 
 def _nearest(word: str, options: Sequence[str]) -> str:
+    import difflib  # only on a mistake: keeps the agent's start lean
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
