@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -196,7 +197,26 @@ def run_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"bulwark agent: {exc.public_message}", file=sys.stderr)
         return 2
-    return run_agent(config)
+    code = 2
+    try:
+        code = run_agent(config)
+    except* OSError as group:  # a path the agent cannot use: one line each, no traceback
+        for failure in group.exceptions:
+            print(f"bulwark agent: {_os_error(failure)}", file=sys.stderr)
+    return code
+
+
+def _os_error(exc: BaseException) -> str:
+    """A file-system failure as one line: the path, the reason, the settings that name paths."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        reason = "a file is in the way where a directory is needed"
+    return (
+        f"cannot use {exc.filename or 'a path'}: {reason} (check --socket, --ready-file, "
+        "OUTPUT_CERTS, PROV_CERT and the token path)"
+    )
 
 
 def status_command(args: argparse.Namespace) -> int:

@@ -109,15 +109,18 @@ SERVE = ("ca", "serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1
         (("agent", "run"), {"BULWARK_LOG_LEVEL": "verbose"}, "BULWARK_LOG_LEVEL) must be one of"),
         (SERVE, {"BULWARK_ALLOW_ED25519": "yes"}, "BULWARK_ALLOW_ED25519 must be a boolean"),
         (("agent", "run"), {"FILE_MOUNTED_CERTS": "maybe"}, "FILE_MOUNTED_CERTS must be a boolean"),
+        (("agent", "run", "--socket", "afile/sock", "--status-addr", "127.0.0.1:0"), {},
+         "cannot use afile: a file is in the way"),
     ],
     ids=["data-dir-file", "data-dir-under-file", "mint-data-dir", "mint-audience", "agent-level",
-         "agent-level-env", "ca-bool-env", "agent-bool-env"],
+         "agent-level-env", "ca-bool-env", "agent-bool-env", "agent-socket-dir-file"],
 )
 def test_startup_errors_are_one_line_in_a_real_process(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str], needle: str | None
 ) -> None:
-    """Defects #14: tracebacks for a data dir that is a file, `--log-level verbose`, and
-    `token mint --audience X` (AttributeError: 'str' object has no attribute 'append')."""
+    """Defects #14: tracebacks for a data dir that is a file, `--log-level verbose`, a socket
+    directory that is a file, and `token mint --audience X` (AttributeError: 'str' object has
+    no attribute 'append')."""
     (tmp_path / "afile").write_text("")
     result = run(*args, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", **env})
     assert "Traceback" not in result.stderr, result.stderr
