@@ -169,13 +169,12 @@ def print_table(items: list[dict[str, Any]], out: TextIO) -> None:
     ]
     lines = table(header, rows, shrink=(0, 3))
     out.write(lines[0] + "\n")
-    for line, item in zip(lines[1:], items, strict=True):
+    left_at = lines[0].index("TIME LEFT")  # columns are aligned: every row's cell starts here
+    for line, row, item in zip(lines[1:], rows, items, strict=True):
         if colour:
-            left = time_left(int(item["seconds_left"]))
-            start = line.index(item["serial"]) + len(item["serial"]) if item["serial"] in line else 0
-            at = line.index(left, start)
+            end = left_at + len(row[2])
             tint = _colour(int(item["seconds_left"]))
-            line = f"{line[:at]}{tint}{left}{RESET}{line[at + len(left):]}"
+            line = f"{line[:left_at]}{tint}{row[2]}{RESET}{line[end:]}"
         out.write(line + "\n")
 
 
@@ -193,6 +192,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _expiring(args: argparse.Namespace) -> int:
+    parse_duration(args.within, "--within")  # named as the user typed it
     args.expiring_within, args.state = args.within, None
     items = fetch_all(_client(args), _filters(args), None)
 
@@ -279,15 +279,15 @@ def _guarded(handler: Handler) -> Handler:
     return run
 
 
-def register(subparsers: Any) -> None:
-    """Add `certs list|show|expiring|verify-log` to the `bulwark` command line."""
+def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The flags every `certs` command shares, and the identity filters."""
     common = argparse.ArgumentParser(add_help=False)
     env_flag(
         common,
         "--admin-url",
         "BULWARK_ADMIN_URL",
         default=DEFAULT_ADMIN_URL,
-        help="the CA's admin API",
+        help="the CA's admin API (HOST:PORT alone means http://)",
     )
     env_flag(
         common,
@@ -300,17 +300,11 @@ def register(subparsers: Any) -> None:
     filters.add_argument("--namespace", "-n", help="only this Kubernetes namespace")
     filters.add_argument("--service-account", "-s", help="only this service account")
     filters.add_argument("--spiffe-id", help="only this exact SPIFFE ID")
+    return common, filters
 
-    certs = subparsers.add_parser(
-        "certs",
-        help="query the CA's record of issued certificates",
-        description=(
-            "Query the CA's record of issued certificates through its admin API. "
-            "Exit 2 when the question cannot be asked (CA unreachable, refused, bad value)."
-        ),
-    )
-    sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", parents=[common, filters], help="list recorded certificates")
+
+def _add_list(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    listing = sub.add_parser("list", parents=parents, help="list recorded certificates")
     listing.add_argument("--state", choices=["active", "expired"], help="only active or expired")
     listing.add_argument(
         "--expiring-within",
@@ -330,6 +324,21 @@ def register(subparsers: Any) -> None:
     listing.add_argument("--limit", type=int, help="at most this many (default: all)")
     listing.set_defaults(handler=_guarded(_list))
 
+
+def register(subparsers: Any) -> None:
+    """Add `certs list|show|expiring|verify-log` to the `bulwark` command line."""
+    common, filters = _parents()
+    certs = subparsers.add_parser(
+        "certs",
+        help="query the CA's record of issued certificates",
+        description=(
+            "Query the CA's record of issued certificates through its admin API. "
+            "Exit 2 when the question cannot be asked (CA unreachable, refused, bad value)."
+        ),
+    )
+    sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    _add_list(sub, [common, filters])
+
     show = sub.add_parser("show", parents=[common], help="one certificate in full, with its PEM")
     show.add_argument("serial", metavar="SERIAL", help="hex serial (case and colons ignored)")
     show.set_defaults(handler=_guarded(_show))
@@ -339,7 +348,9 @@ def register(subparsers: Any) -> None:
         parents=[common, filters],
         help="active certificates expiring soon; exit 1 when any",
     )
-    expiring.add_argument("--within", required=True, metavar="DURATION", help="e.g. 2h, 30m, 90s")
+    expiring.add_argument(
+        "--within", required=True, metavar="DURATION", help="a duration: 2h, 30m, 1h30m, 7d"
+    )
     expiring.set_defaults(handler=_guarded(_expiring))
 
     verify = sub.add_parser(

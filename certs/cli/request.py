@@ -13,18 +13,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from certs.cli import request_flow
 from certs.cli.envflags import env_flag
 from certs.cli.output import add_output_flag, emit
+from certs.cli.request_flow import RequestError
 from certs.errors import CertsError
 from certs.keys import KeyType
-from certs.values import InvalidValue, parse_duration, parse_host_port
+from certs.values import parse_duration, parse_host_port
 
 DEFAULT_SERVER_NAME = "istiod.istio-system.svc"
-TIMEOUT_S = 30.0
-
-
-class RequestError(CertsError):
-    """The certificate could not be obtained; the message says what to fix."""
 
 
 def register(sub: Any) -> None:
@@ -83,7 +80,7 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         result = request(args, now=datetime.now(UTC))
-    except (RequestError, InvalidValue, CertsError) as exc:
+    except CertsError as exc:  # RequestError, InvalidValue, a bad SPIFFE ID or PEM
         print(f"bulwark cert request: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
@@ -102,8 +99,6 @@ def _print_human(result: dict[str, Any]) -> None:
 
 def request(args: argparse.Namespace, *, now: datetime) -> dict[str, Any]:
     """Obtain, verify and write the certificate; the summary printed afterwards."""
-    from certs.cli import request_flow
-
     parse_host_port(args.ca_addr, "--ca-addr (env CA_ADDR)", allow_port_zero=False)
     ttl = parse_duration(args.ttl, "--ttl")
     if ttl < timedelta(seconds=1):

@@ -10,7 +10,6 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from certs.cli.request import TIMEOUT_S, RequestError
 from certs.csr import build_csr
 from certs.errors import CertsError
 from certs.files import write_atomic
@@ -19,6 +18,12 @@ from certs.pem import bundle_pem, load_certificates, serial_hex
 from certs.spiffe_id import SpiffeId, TrustDomain
 from certs.values import time_left
 from certs.verify import spiffe_id_of, verify_svid
+
+TIMEOUT_S = 30.0
+
+
+class RequestError(CertsError):
+    """The certificate could not be obtained; the message says what to fix."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -55,7 +55,7 @@ def _bad_values(tmp: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "certs list": (["--expiring-within", "1H"], "--expiring-within"),
         "certs show": (["ab", "--admin-url", "ftp://h:1"], "--admin-url"),
-        "certs expiring": (["--within", "soon"], "--expiring-within"),
+        "certs expiring": (["--within", "soon"], "--within must be a duration"),
         "certs verify-log": (["--record", "nosuch://x"], "record URL scheme"),
         "agent run": (["--secret-ttl", "forever"], "--secret-ttl"),
         "agent status": (["-o", "xml"], "--output"),
