@@ -28,6 +28,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy ca_server certs agent
+	@# every package the code imports is declared in pyproject.toml (not only arriving transitively)
+	$(VENV)/bin/deptry ca_server certs agent protos
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. protos/istio/v1/auth/ca.proto

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
+import errno
 import logging
 import os
 import sys
@@ -79,14 +79,45 @@ _HELP = {
 }
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def register(subparsers: Any) -> None:
     """Add `agent run` and `agent status` to the `bulwark` command line."""
-    agent = subparsers.add_parser("agent", help="the per-pod agent: SDS + SPIFFE Workload API")
-    commands = agent.add_subparsers(dest="agent_command", required=True)
-    _add_run(commands.add_parser("run", help="run the agent (environment as istio-agent's)"))
-    status = commands.add_parser("status", help="show what a running agent serves")
-    status.add_argument("--socket", required=True, help="the agent's unix socket")
-    status.add_argument("--json", action="store_true", help="print JSON")
+    from certs.cli.output import add_output_flag
+
+    agent = subparsers.add_parser(
+        "agent",
+        help="the per-pod agent: SDS + SPIFFE Workload API",
+        description="The per-pod agent: serves SDS and the SPIFFE Workload API on a unix socket.",
+    )
+    commands = agent.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
+    _add_run(
+        commands.add_parser(
+            "run",
+            help="run the agent (environment as istio-agent's)",
+            description=(
+                "Run the agent. It reads istio-agent's environment variables; each flag "
+                "overrides the variable named in its help. Durations take Go's syntax "
+                "(1h30m, 500ms) plus d and w; booleans take 1/0, true/false, t/f."
+            ),
+        )
+    )
+    status = commands.add_parser(
+        "status",
+        help="show what a running agent serves",
+        description=(
+            "Fetch every resource a running agent serves over its socket (SDS and the "
+            "Workload API) and show SPIFFE ID, serial and time left. Exit 1 when a resource "
+            "is missing or the socket is absent."
+        ),
+    )
+    status.add_argument(
+        "--socket",
+        default=f"./{default_socket()}",
+        help="the agent's unix socket (where `agent run` listens unless told otherwise)",
+    )
+    add_output_flag(status)
     status.add_argument(
         "--resource",
         action="append",
@@ -94,6 +125,14 @@ def register(subparsers: Any) -> None:
         help="also show this SDS resource (file-cert:..., file-root:...)",
     )
     status.set_defaults(handler=status_command)
+
+
+def default_socket() -> Path:
+    """Where `agent run` listens when neither --socket nor the environment says otherwise."""
+    from agent.config import DEFAULT_SOCKET_FILE, SOCKET_DIR
+
+    name = os.environ.get("WORKLOAD_IDENTITY_SOCKET_FILE") or DEFAULT_SOCKET_FILE
+    return SOCKET_DIR / name
 
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +145,13 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="extra CA request header, as CA_HEADER_<NAME>",
     )
-    parser.add_argument("--log-level", default=os.environ.get("BULWARK_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=os.environ.get("BULWARK_LOG_LEVEL", "info"),
+        help="log verbosity (env BULWARK_LOG_LEVEL; default: info)",
+    )
     parser.set_defaults(handler=run_command)
 
 
@@ -136,32 +181,66 @@ def config_from(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
 def run_command(args: argparse.Namespace) -> int:
     from agent.runtime import run_agent
 
+    level = str(args.log_level).lower()
+    if level not in LOG_LEVELS:  # from BULWARK_LOG_LEVEL, which argparse does not check
+        print(
+            f"bulwark agent: --log-level (env BULWARK_LOG_LEVEL) must be one of "
+            f"{', '.join(LOG_LEVELS)}, got {args.log_level!r}",
+            file=sys.stderr,
+        )
+        return 2
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         config = config_from(args, dict(os.environ))
     except ConfigError as exc:
         print(f"bulwark agent: {exc.public_message}", file=sys.stderr)
         return 2
-    return run_agent(config)
+    code = 2
+    try:
+        code = run_agent(config)
+    except* OSError as group:  # a path the agent cannot use: one line each, no traceback
+        for failure in group.exceptions:
+            print(f"bulwark agent: {_os_error(failure)}", file=sys.stderr)
+    return code
+
+
+def _os_error(exc: BaseException) -> str:
+    """A file-system failure as one line: the path, the reason, the settings that name paths."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        reason = "a file is in the way where a directory is needed"
+    return (
+        f"cannot use {exc.filename or 'a path'}: {reason} (check --socket, --ready-file, "
+        "OUTPUT_CERTS, PROV_CERT and the token path)"
+    )
 
 
 def status_command(args: argparse.Namespace) -> int:
     from agent.inspect_socket import format_report, inspect_agent
+    from certs.cli.output import emit
 
     if not Path(args.socket).exists():
-        print(f"bulwark agent status: no socket at {args.socket}", file=sys.stderr)
+        print(
+            f"bulwark agent status: no socket at {args.socket}: is the agent running? "
+            "(pass --socket, or run where the agent runs)",
+            file=sys.stderr,
+        )
         return 1
     report = asyncio.run(inspect_agent(args.socket, args.resource))
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    emit(report, args.output, lambda: print(format_report(report)))
     ok = all(r["status"] == "ACTIVE" for r in report["resources"])
     return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m agent [flags]`: `bulwark agent run`; `python -m agent status ...` also works."""
-    parser = argparse.ArgumentParser(prog="python -m")  # usage reads "python -m agent run"
+    from certs.cli.parser import BulwarkParser
+
+    parser = BulwarkParser(prog="python -m")  # usage reads "python -m agent run"
     sub = parser.add_subparsers(dest="command")
     register(sub)
     args_list = list(sys.argv[1:] if argv is None else argv)

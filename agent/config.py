@@ -7,13 +7,13 @@ Paths are relative to the working directory, as in Istio (`./var/run/...`).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 from agent.errors import ConfigError
+from certs import values
 from certs.errors import InvalidSpiffeId
 from certs.keys import KeyType
 from certs.spiffe_id import SpiffeId, TrustDomain
@@ -31,8 +31,6 @@ CA_HEADER_PREFIX = "CA_HEADER_"
 
 _RSA_SIZES = {2048: KeyType.RSA_2048, 3072: KeyType.RSA_3072, 4096: KeyType.RSA_4096}
 _CURVES = {"P256": KeyType.EC_P256, "P384": KeyType.EC_P384}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,10 +83,10 @@ class AgentConfig:
         object.__setattr__(self, "spiffe_id", sid)
         self._check_numbers()
         self.key_type()  # validates the key settings
-        if ":" not in self.ca_addr and not self.file_mounted_certs:
-            raise ConfigError(f"CA_ADDR {self.ca_addr!r} must be host:port")
+        if not self.file_mounted_certs:
+            split_host_port(self.ca_addr, what="CA_ADDR")
         if self.status_addr:
-            split_host_port(self.status_addr, what="status address")
+            split_host_port(self.status_addr, what="BULWARK_AGENT_STATUS_ADDR")
 
     def _check_numbers(self) -> None:
         if self.secret_ttl <= timedelta(0):
@@ -201,27 +199,18 @@ class AgentConfig:
 
 def split_host_port(addr: str, *, what: str) -> tuple[str, int]:
     """`host:port` (IPv6 in brackets) into its parts, or `ConfigError` naming `what`."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"{what} {addr!r} must be host:port")
-    return host.strip("[]"), int(port)
+    try:
+        return values.parse_host_port(addr, what)
+    except values.InvalidValue as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_duration(text: str, what: str) -> timedelta:
-    """A Go duration (`24h`, `1h30m`, `500ms`) or plain seconds (`90`)."""
-    value = text.strip()
-    if re.fullmatch(r"\d+(\.\d+)?", value):
-        seconds = float(value)
-    else:
-        pos, seconds = 0, 0.0
-        for m in _DURATION_PART.finditer(value):
-            if m.start() != pos:
-                break
-            seconds += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
-            pos = m.end()
-        if pos != len(value) or not value:
-            raise ConfigError(f"{what} {text!r} is not a duration such as 24h, 90m, 30s or 500ms")
-    return timedelta(seconds=seconds)
+    """A Go duration (`24h`, `1h30m`, `500ms`, `7d`) or plain seconds (`90`)."""
+    try:
+        return values.parse_duration(text, what)
+    except values.InvalidValue as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_float(text: str, what: str) -> float:
@@ -239,9 +228,8 @@ def parse_int(text: str, what: str) -> int:
 
 
 def parse_bool(text: str, what: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "t", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "f", "false", "no", "off"):
-        return False
-    raise ConfigError(f"{what} {text!r} is not true or false")
+    """Go's `strconv.ParseBool` words; anything else is a `ConfigError`, never false."""
+    try:
+        return values.parse_bool(text, what)
+    except values.InvalidValue as exc:
+        raise ConfigError(str(exc)) from None

@@ -126,37 +126,26 @@ def _split_der(data: bytes) -> list[bytes]:
     return out
 
 
-_HEADER = (
-    "RESOURCE",
-    "TYPE",
-    "STATUS",
-    "VALID CERT",
-    "SPIFFE ID",
-    "SERIAL",
-    "NOT BEFORE",
-    "NOT AFTER",
-    "TIME LEFT",
-)
+_HEADER = ("RESOURCE", "STATUS", "SPIFFE ID", "SERIAL", "TIME LEFT")
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The human table of `bulwark agent status` (columns as `istioctl proxy-config secret`)."""
-    rows: list[tuple[str, ...]] = [_HEADER]
+    """The table of `bulwark agent status`, within 100 columns (dates and types: `-o json`)."""
+    from certs.cli.output import table
+
+    rows: list[tuple[str, ...]] = []
     fingerprints: list[str] = []
     for res in report["resources"]:
         if res["status"] != "ACTIVE":
-            rows.append((res["name"], "-", res["status"], "-", res.get("error", "")))
+            rows.append((res["name"], res["status"], res.get("error", "") or "-", "-", "-"))
             continue
         if res["type"] == "CA":
             fingerprints.extend(f"{r['sha256']}  {r['subject']}" for r in res["roots"])
             cert = res["roots"][0] if res["roots"] else None
         else:
             cert = res["leaf"]
-        rows.append((res["name"], res["type"], "ACTIVE", *_cert_columns(cert, res["type"])))
-    widths = [max(len(r[i]) for r in rows if len(r) > i) for i in range(len(_HEADER))]
-    lines = [
-        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=False)).rstrip() for row in rows
-    ]
+        rows.append((res["name"], *_cert_columns(cert, res["type"])))
+    lines = table(_HEADER, rows, shrink=(0, 2))
     lines.append("")
     lines.append("Root fingerprints (SHA-256):")
     lines.extend(f"  {f}" for f in dict.fromkeys(fingerprints) or ["none"])
@@ -172,26 +161,16 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _cert_columns(cert: dict[str, Any] | None, kind: str) -> tuple[str, ...]:
+    """STATUS, SPIFFE ID, SERIAL, TIME LEFT of one served certificate."""
+    from certs.values import time_left
+
     if not cert:
-        return ("false", "-", "-", "-", "-", "-")
-    valid = cert["seconds_left"] > 0 and cert["not_before"] <= datetime.now(UTC).isoformat()
+        return ("EMPTY", "-", "-", "-")
+    if cert["seconds_left"] <= 0:
+        status = "EXPIRED"
+    elif cert["not_before"] > datetime.now(UTC).isoformat():
+        status = "NOT YET VALID"
+    else:
+        status = "ACTIVE"
     spiffe_id = "-" if kind == "CA" else ",".join(cert["uri_sans"]) or "-"
-    return (
-        str(valid).lower(),
-        spiffe_id,
-        cert["serial"],
-        cert["not_before"],
-        cert["not_after"],
-        _left(cert["seconds_left"]),
-    )
-
-
-def _left(seconds: int) -> str:
-    if seconds <= 0:
-        return "EXPIRED"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours:02d}h"
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+    return (status, spiffe_id, cert["serial"], time_left(cert["seconds_left"]))

@@ -25,6 +25,10 @@ def create_admin_app(
         title="Bulwark CA admin API",
         version="1",
         description="Metrics, health and the issuance record of a Bulwark certificate authority.",
+        # Swagger UI and ReDoc load their scripts from a CDN, which an air-gapped cluster cannot
+        # reach: no half-working pages. The schema stays at /openapi.json for any local viewer.
+        docs_url=None,
+        redoc_url=None,
     )
 
     @app.get(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from datetime import timedelta
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from certs.cli.envflags import env_bool, env_flag
+from certs.values import parse_duration
 
 
 def register(sub: Any) -> None:
@@ -30,12 +32,19 @@ def register(sub: Any) -> None:
     _serve_flags(serve)
     serve.set_defaults(handler=_serve)
 
-    token = sub.add_parser("token", help="tokens of the embedded issuer")
+    token = sub.add_parser(
+        "token",
+        help="tokens of the embedded issuer",
+        description="Tokens of the CA's embedded issuer, for demos and tests without Kubernetes.",
+    )
     token_sub = token.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
     mint = token_sub.add_parser(
         "mint",
         help="print a service-account token signed by the embedded issuer",
-        description="Print a JWT shaped like a Kubernetes projected service-account token.",
+        description=(
+            "Print a JWT shaped like a Kubernetes projected service-account token, signed by "
+            "the embedded issuer of --data-dir (created there if missing)."
+        ),
     )
     env_flag(mint, "--data-dir", "BULWARK_DATA_DIR", default="./.bulwark", help="CA data directory")
     mint.add_argument(
@@ -45,12 +54,18 @@ def register(sub: Any) -> None:
         "--service-account", "-s", required=True, help="service account of the workload"
     )
     mint.add_argument(
-        "--audience", default="istio-ca", action="append", help="audience (repeatable)"
+        "--audience",
+        action="append",
+        metavar="AUDIENCE",
+        help=f"audience, repeatable (default: {DEFAULT_MINT_AUDIENCE})",
     )
-    mint.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 3600s")
+    mint.add_argument("--ttl", default="1h", help="lifetime, a duration such as 30m, 1h30m, 3600")
     mint.add_argument("--pod-name", default="", help="pod name to embed, as Kubernetes does")
     mint.set_defaults(handler=_mint)
 
+
+DEFAULT_MINT_AUDIENCE = "istio-ca"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # (flag, environment variable, default, help, extra argparse keywords), grouped for --help.
 _FlagSpec = tuple[str, str, Any, str, dict[str, Any]]
@@ -115,7 +130,8 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
         "--log-level",
         "BULWARK_LOG_LEVEL",
         default="info",
-        choices=["debug", "info", "warning", "error"],
+        choices=LOG_LEVELS,
+        type=str.lower,
         help="log verbosity",
     )
     env_flag(
@@ -128,16 +144,17 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_duration(text: str) -> timedelta:
-    """`90s`, `30m`, `24h`, `7d` or plain seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    raw = text.strip()
-    try:
-        if raw and raw[-1] in units:
-            return timedelta(seconds=float(raw[:-1]) * units[raw[-1]])
-        return timedelta(seconds=float(raw))
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is not a duration like 30s, 15m, 24h or 7d") from exc
+def _what(flag: str) -> str:
+    """A flag as error messages name it: with the environment variable that also sets it."""
+    for _title, specs in _SERVE_FLAGS:
+        for spec_flag, env, *_rest in specs:
+            if spec_flag == flag:
+                return f"{flag} (env {env})"
+    return flag
+
+
+def _duration(args: argparse.Namespace, flag: str) -> timedelta:
+    return parse_duration(getattr(args, flag[2:].replace("-", "_")), _what(flag))
 
 
 def _csv(text: str | None) -> tuple[str, ...]:
@@ -167,20 +184,20 @@ def config_from_args(args: argparse.Namespace) -> Any:
         audiences=_csv(args.audiences),
         csr_san_policy=args.csr_san_policy,
         server_dns_names=_csv(args.server_dns_names),
-        default_ttl=parse_duration(args.default_workload_cert_ttl),
-        max_ttl=parse_duration(args.max_workload_cert_ttl),
+        default_ttl=_duration(args, "--default-workload-cert-ttl"),
+        max_ttl=_duration(args, "--max-workload-cert-ttl"),
         trusted_node_accounts=_csv(args.trusted_node_accounts),
         allow_ed25519=bool(args.allow_ed25519),
         max_concurrent_rpcs=int(args.max_concurrent_rpcs),
         record=args.record or None,
         record_retention=None
         if args.record_retention in ("", "never")
-        else parse_duration(args.record_retention),
+        else _duration(args, "--record-retention"),
         record_max_batch=int(args.record_max_batch),
         record_linger=timedelta(milliseconds=float(args.record_linger_ms)),
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
-        material_check_interval=parse_duration(args.material_check_interval),
+        material_check_interval=_duration(args, "--material-check-interval"),
         kubeconfig=path(args.kubeconfig),
         kube=settings_from_args(args),
         **extra,
@@ -200,21 +217,35 @@ def _serve(args: argparse.Namespace) -> int:
         return serve(config, log_level=level, log_format=args.log_format)
     except (ConfigError, InvalidSpiffeId, ValueError) as exc:
         print(f"bulwark ca serve: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:
+        print(f"bulwark ca serve: {os_error(exc, 'check --data-dir and its parent')}", file=sys.stderr)
+    return 2
+
+
+def os_error(exc: OSError, fix: str) -> str:
+    """One line for a file-system failure: which path, what went wrong, what to check."""
+    where = f" {exc.filename}" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        reason = "a file is in the way where a directory is needed"
+    return f"cannot use{where}: {reason} ({fix})"
 
 
 def _mint(args: argparse.Namespace) -> int:
     from ca_server.token_issuer import LocalIssuer
 
-    audiences = args.audience if isinstance(args.audience, list) else [args.audience]
-    if len(audiences) > 1 and audiences[0] == "istio-ca":
-        audiences = audiences[1:]  # explicit --audience replaces the default
+    audiences = args.audience or [DEFAULT_MINT_AUDIENCE]
     try:
-        ttl = parse_duration(args.ttl)
+        ttl = parse_duration(args.ttl, "--ttl")
+        if ttl <= timedelta(0):
+            raise ValueError(f"--ttl must be positive, got {args.ttl!r}")
+        issuer = LocalIssuer.load_or_create(Path(args.data_dir))
     except ValueError as exc:
         print(f"bulwark token mint: {exc}", file=sys.stderr)
         return 2
-    issuer = LocalIssuer.load_or_create(Path(args.data_dir))
+    except OSError as exc:
+        print(f"bulwark token mint: {os_error(exc, 'check --data-dir')}", file=sys.stderr)
+        return 2
     print(
         issuer.mint(
             namespace=args.namespace,

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ca_server.errors import ConfigError
 from certs.spiffe_id import TrustDomain
+from certs.values import InvalidValue, parse_host_port
 
 if TYPE_CHECKING:
     from ca_server.kube.settings import KubeSettings
@@ -26,10 +27,10 @@ DEFAULT_RECORD_LINGER = timedelta(milliseconds=5)
 
 def parse_hostport(text: str, *, what: str) -> tuple[str, int]:
     """`host:port` (IPv6 in brackets) to a pair, with an error that names the flag."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"{what} must be HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_host_port(text, what)
+    except InvalidValue as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +88,8 @@ class CaConfig:
             raise ConfigError("--record-linger-ms must be between 0 and 1000")
         if self.record_max_batch < 1:
             raise ConfigError("--record-max-batch must be at least 1 (1 turns group commit off)")
+        if self.material_check_interval <= timedelta(0):
+            raise ConfigError("--material-check-interval must be positive")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:

@@ -34,9 +34,9 @@ from ca_server.ledger import (
     LedgerReadError,
     StoredCertificate,
     VerifyReport,
-    parse_duration,
 )
 from certs.pem import bundle_pem
+from certs.values import InvalidValue, parse_duration
 
 PEM_MEDIA_TYPE = "application/x-pem-file"
 DEFAULT_REFRESH_HINT = timedelta(minutes=5)
@@ -87,7 +87,7 @@ def _admin_guard(
     return require_admin
 
 
-def _invalid(exc: InvalidQuery) -> HTTPException:
+def _invalid(exc: InvalidQuery | InvalidValue) -> HTTPException:
     return HTTPException(status_code=422, detail=str(exc))
 
 
@@ -139,7 +139,7 @@ def _list_route(
         expiring_within: Annotated[
             str | None,
             Query(
-                description="active and expiring within this: seconds, or 90s, 30m, 2h, 1h30m, 7d",
+                description="active and expiring within this: seconds, or a Go duration such as 90s, 30m, 1h30m, 500ms, plus d and w",
                 examples=["2h"],
             ),
         ] = None,
@@ -149,7 +149,11 @@ def _list_route(
     ) -> CertificateList:
         now = clock()
         try:
-            within = parse_duration(expiring_within) if expiring_within is not None else None
+            within = (
+                parse_duration(expiring_within, "expiring_within")
+                if expiring_within is not None
+                else None
+            )
             query = CertificateQuery(
                 namespace=namespace,
                 service_account=service_account,
@@ -160,7 +164,7 @@ def _list_route(
                 cursor=cursor,
             )
             page = reader.list(query)
-        except InvalidQuery as exc:
+        except (InvalidQuery, InvalidValue) as exc:
             raise _invalid(exc) from exc
         except LedgerReadError as exc:
             raise _unavailable(exc) from exc

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from certs.cli.envflags import env_bool, env_flag
+from certs.cli.envflags import duration_seconds, env_bool, env_flag
 
 # Kept here, free of heavy imports, so `bulwark --help` can register the flags cheaply.
 DEFAULT_CLUSTER_ID = "Kubernetes"  # Istio's default CLUSTER_ID
@@ -94,17 +94,17 @@ def add_flags(p: argparse.ArgumentParser | Any) -> None:
         p,
         "--kube-lease-duration",
         "BULWARK_KUBE_LEASE_DURATION",
-        default="15",
-        type=float,
-        help="seconds a leader may go without renewing before another replica takes over",
+        default="15s",
+        type=duration_seconds("--kube-lease-duration (env BULWARK_KUBE_LEASE_DURATION)"),
+        help="how long a leader may go without renewing before another replica takes over",
     )
     env_flag(
         p,
         "--kube-resync",
         "BULWARK_KUBE_RESYNC",
-        default="60",
-        type=float,
-        help="seconds between full checks of every namespace's root ConfigMap",
+        default="60s",
+        type=duration_seconds("--kube-resync (env BULWARK_KUBE_RESYNC)"),
+        help="time between full checks of every namespace's root ConfigMap",
     )
 
 

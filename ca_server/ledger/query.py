@@ -15,32 +15,20 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from ca_server.ledger.errors import InvalidQuery
+from certs import values
 
 State = Literal["active", "expired"]
 STATES: tuple[str, ...] = ("active", "expired")
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str) -> timedelta:
-    """`90`, `90s`, `30m`, `2h`, `1h30m`, `7d`, `1w` -> timedelta; `InvalidQuery` otherwise."""
-    value = text.strip().lower()
-    if value.isdigit():
-        return timedelta(seconds=int(value))
-    pos, seconds = 0, 0
-    for match in _DURATION.finditer(value):
-        if match.start() != pos:
-            break
-        seconds += int(match.group(1)) * _UNITS[match.group(2)]
-        pos = match.end()
-    if not value or pos != len(value):
-        raise InvalidQuery(
-            f"duration {text!r} is not understood:"
-            " use seconds or a form like 90s, 30m, 2h, 1h30m, 7d"
-        )
-    return timedelta(seconds=seconds)
+    """The one duration grammar of `certs.values`; `InvalidQuery` when it does not parse."""
+    try:
+        return values.parse_duration(text, "duration")
+    except values.InvalidValue as exc:
+        raise InvalidQuery(str(exc)) from None
 
 
 def normalise_serial(text: str) -> str:

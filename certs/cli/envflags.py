@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from typing import Any
+
+from certs.values import InvalidValue, parse_bool, parse_duration
 
 
 def env_flag(
@@ -23,7 +26,20 @@ def env_flag(
 
 
 def env_bool(env: str, default: bool = False) -> bool:
+    """`$env` as a boolean (Go's `strconv.ParseBool` words); unset or empty means `default`."""
     raw = os.environ.get(env)
-    if raw is None:
+    if not raw:
         return default
-    return raw.strip().lower() in ("1", "true", "yes", "on")
+    return parse_bool(raw, env)
+
+
+def duration_seconds(what: str) -> Callable[[str], float]:
+    """An argparse `type`: a duration (Go syntax, `d`, `w`, or plain seconds) as seconds."""
+
+    def convert(text: str) -> float:
+        try:
+            return parse_duration(text, what).total_seconds()
+        except InvalidValue as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert

@@ -1,141 +1,137 @@
-"""`bulwark inspect`: what a PEM chain holds, whether it verifies, whether its leaf is an X.509-SVID."""
+"""`bulwark inspect`: what certificates or CSRs hold, whether a chain verifies, whether its leaf is an SVID."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-
+from certs.cli import blocks, describe
+from certs.cli.output import add_output_flag, emit
 from certs.errors import CertsError
-from certs.keys import describe_key
-from certs.pem import load_certificates, serial_hex, sha256_fingerprint
-from certs.verify import svid_violations, verify_chain
+from certs.values import time_left
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "inspect",
-        help="show, verify and check a PEM certificate chain",
+        help="show, verify and check certificates, chains and CSRs",
         description=(
-            "Print each certificate of a PEM chain (leaf first): SPIFFE ID, serial, validity and time "
-            "left, key type, issuer, position. With --root, verify the chain against those roots. "
-            "The leaf gets an X.509-SVID conformance verdict naming any broken rule. "
-            "Exit status: 0 all good, 1 the chain fails verification or the leaf is not a valid SVID, "
-            "2 the input cannot be read."
+            "Print each certificate (leaf first) or CSR in PEM or DER input: SPIFFE ID, serial, "
+            "validity and time left, key, signature algorithm, key usage, extended key usage, "
+            "AKI/SKI. With --connect, inspect the chain a TLS server presents. With --root, "
+            "verify the chain against those roots and explain a failure. The leaf gets an "
+            "X.509-SVID conformance verdict naming any broken rule; text outside PEM blocks is "
+            "reported. Exit status: 0 all good, 1 the chain fails verification, the leaf is "
+            "not a valid SVID or a CSR's signature is bad, 2 the input cannot be read."
         ),
     )
     p.add_argument(
-        "file", nargs="?", default="-", help="PEM file, or - for standard input (default)"
+        "file", nargs="?", default="-", help="PEM or DER file, or - for standard input (default)"
     )
-    p.add_argument("--root", help="PEM file with the trusted root(s) to verify against")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--root", help="PEM or DER file with the trusted root(s) to verify against")
+    p.add_argument("--connect", metavar="HOST:PORT", help="inspect the chain this TLS server serves")
+    p.add_argument(
+        "--servername", help="TLS server name (SNI) to send with --connect (default: the host)"
+    )
+    add_output_flag(p)
     p.set_defaults(handler=run)
-
-
-def describe(cert: x509.Certificate, position: str, now: datetime) -> dict[str, Any]:
-    uris: list[str] = []
-    dns: list[str] = []
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-        dns = san.get_values_for_type(x509.DNSName)
-    except x509.ExtensionNotFound:
-        pass
-    try:
-        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    left = cert.not_valid_after_utc - now
-    return {
-        "position": position,
-        "spiffe_id": uris[0] if len(uris) == 1 else None,
-        "uri_sans": uris,
-        "dns_sans": dns,
-        "subject": cert.subject.rfc4514_string(),
-        "issuer": cert.issuer.rfc4514_string(),
-        "serial": serial_hex(cert),
-        "not_before": cert.not_valid_before_utc.isoformat(),
-        "not_after": cert.not_valid_after_utc.isoformat(),
-        "seconds_left": int(left.total_seconds()),
-        "key": describe_key(cert.public_key()),
-        "ca": is_ca,
-        "sha256": sha256_fingerprint(cert),
-    }
-
-
-def _positions(chain: list[x509.Certificate]) -> list[str]:
-    out = []
-    for i, cert in enumerate(chain):
-        if i == 0:
-            out.append("leaf")
-        elif cert.issuer == cert.subject:
-            out.append(f"root ({i})")
-        else:
-            out.append(f"intermediate ({i})")
-    return out
-
-
-def _human_left(seconds: int) -> str:
-    if seconds <= 0:
-        return "EXPIRED"
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes = rest // 60
-    if days:
-        return f"{days}d{hours}h left"
-    return f"{hours}h{minutes}m left" if hours else f"{minutes}m{rest % 60}s left"
 
 
 def run(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     try:
-        data = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
-        chain = load_certificates(data, what=args.file)
-        roots = load_certificates(Path(args.root).read_bytes(), what=args.root) if args.root else []
-    except (OSError, CertsError) as exc:
-        print(f"bulwark inspect: {exc}", file=sys.stderr)
-        return 2
-    certs = [describe(c, pos, now) for c, pos in zip(chain, _positions(chain), strict=True)]
-    violations = svid_violations(chain[0])
-    verification: dict[str, Any] = {"checked": bool(roots), "ok": None, "error": None}
-    if roots:
-        try:
-            verify_chain(chain, roots, now=now)
-            verification["ok"] = True
-        except CertsError as exc:
-            verification.update(ok=False, error=str(exc))
-    report = {
+        contents = _load(args)
+        roots = _read_file(args.root).certificates if args.root else []
+    except (OSError, CertsError, ValueError) as exc:
+        return _fail(args, _message(exc, args))
+    report = build_report(contents, roots, now, source=args.connect or args.file)
+    emit(report, args.output, lambda: _print_human(report))
+    if args.output == "table":
+        for warning in report["warnings"]:
+            print(f"bulwark inspect: warning: {warning}", file=sys.stderr)
+    bad_csr = any(not c["signature_valid"] for c in report["csrs"])
+    failed = report["verification"]["ok"] is False or not report["svid"]["conforms"]
+    return 1 if failed or bad_csr else 0
+
+
+def _load(args: argparse.Namespace) -> blocks.Contents:
+    if args.connect:
+        if args.file != "-":
+            raise ValueError("give either FILE or --connect, not both")
+        from certs.cli.served import served_chain
+
+        return blocks.Contents(
+            certificates=served_chain(args.connect, args.servername), encoding="TLS"
+        )
+    return _read_file(args.file)
+
+
+def _read_file(name: str) -> blocks.Contents:
+    data = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    return blocks.read(data, "standard input" if name == "-" else name)
+
+
+def _message(exc: Exception, args: argparse.Namespace) -> str:
+    if isinstance(exc, OSError):
+        return f"cannot read {exc.filename or args.file}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def _fail(args: argparse.Namespace, message: str) -> int:
+    if args.output in ("json", "yaml"):
+        emit({"error": message}, args.output, lambda: None)
+    else:
+        print(f"bulwark inspect: {message}", file=sys.stderr)
+    return 2
+
+
+def build_report(
+    contents: blocks.Contents, roots: list[Any], now: datetime, *, source: str
+) -> dict[str, Any]:
+    chain = contents.certificates
+    certs = [
+        describe.certificate(c, pos, now)
+        for c, pos in zip(chain, describe.positions(chain), strict=True)
+    ]
+    from certs.verify import svid_violations
+
+    violations = svid_violations(chain[0]) if chain else []
+    return {
+        "source": source,
+        "encoding": contents.encoding,
+        "warnings": contents.warnings,
         "certificates": certs,
-        "verification": verification,
+        "csrs": [describe.csr(r) for r in contents.csrs],
+        "verification": _verification(chain, roots, now),
         "svid": {"conforms": not violations, "violations": violations},
     }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        _print_human(report)
-    return 1 if violations or verification["ok"] is False else 0
+
+
+def _verification(chain: list[Any], roots: list[Any], now: datetime) -> dict[str, Any]:
+    result: dict[str, Any] = {"checked": bool(roots and chain), "ok": None, "error": None}
+    if not result["checked"]:
+        return result
+    from certs.cli.diagnose import explain
+    from certs.verify import verify_chain
+
+    try:
+        verify_chain(chain, roots, now=now)
+        result["ok"] = True
+    except CertsError as exc:
+        result.update(ok=False, error=explain(chain, roots, now) or str(exc), detail=str(exc))
+    return result
 
 
 def _print_human(report: dict[str, Any]) -> None:
     for cert in report["certificates"]:
-        print(f"[{cert['position']}]")
-        if cert["spiffe_id"]:
-            print(f"  SPIFFE ID   {cert['spiffe_id']}")
-        if cert["dns_sans"]:
-            print(f"  DNS SANs    {', '.join(cert['dns_sans'])}")
-        print(f"  subject     {cert['subject'] or '(empty)'}")
-        print(f"  issuer      {cert['issuer'] or '(empty)'}")
-        print(f"  serial      {cert['serial']}")
-        print(
-            f"  valid       {cert['not_before']} .. {cert['not_after']} ({_human_left(cert['seconds_left'])})"
-        )
-        print(f"  key         {cert['key']}{'  (CA)' if cert['ca'] else ''}")
-        print(f"  sha256      {cert['sha256']}")
+        _print_cert(cert)
+    for csr in report["csrs"]:
+        _print_csr(csr)
+    if not report["certificates"]:
+        return
     verification = report["verification"]
     if not verification["checked"]:
         print("chain:  not verified (give --root)")
@@ -150,3 +146,42 @@ def _print_human(report: dict[str, Any]) -> None:
         print("X.509-SVID: leaf does NOT conform:")
         for violation in svid["violations"]:
             print(f"  - {violation}")
+
+
+def _line(label: str, value: Any) -> None:
+    if value not in (None, "", []):
+        shown = ", ".join(value) if isinstance(value, list) else value
+        print(f"  {label:<12}{shown}")
+
+
+def _print_cert(cert: dict[str, Any]) -> None:
+    print(f"[{cert['position']}]")
+    _line("SPIFFE ID", cert["spiffe_id"])
+    _line("DNS SANs", cert["dns_sans"])
+    _line("IP SANs", cert["ip_sans"])
+    _line("subject", cert["subject"] or "(empty)")
+    _line("issuer", cert["issuer"] or "(empty)")
+    _line("serial", cert["serial"])
+    left = time_left(cert["seconds_left"])
+    state = "left" if cert["seconds_left"] > 0 else "EXPIRED"
+    _line("valid", f"{cert['not_before']} .. {cert['not_after']} ({left} {state})")
+    _line("key", f"{cert['key']}{'  (CA)' if cert['ca'] else ''}")
+    _line("signature", cert["signature_algorithm"])
+    _line("key usage", cert["key_usage"])
+    _line("ext usage", cert["extended_key_usage"])
+    _line("SKI", cert["subject_key_id"])
+    _line("AKI", cert["authority_key_id"])
+    _line("sha256", cert["sha256"])
+
+
+def _print_csr(csr: dict[str, Any]) -> None:
+    print("[CSR]")
+    _line("SPIFFE ID", csr["spiffe_id"])
+    _line("URI SANs", csr["uri_sans"] if not csr["spiffe_id"] else None)
+    _line("DNS SANs", csr["dns_sans"])
+    _line("subject", csr["subject"] or "(empty)")
+    _line("key", csr["key"])
+    _line("signature", f"{csr['signature_algorithm']} ({'valid' if csr['signature_valid'] else 'INVALID'})")
+    _line("key usage", csr["key_usage"])
+    _line("ext usage", csr["extended_key_usage"])
+

@@ -1,12 +1,13 @@
 """`bulwark certs`: query the CA's issuance record through its admin API.
 
     bulwark certs list [--namespace NS] [--service-account SA] [--spiffe-id ID]
-                       [--state active|expired] [--expiring-within 2h] [--json]
-    bulwark certs show SERIAL [--json]
+                       [--state active|expired] [--expiring-within 2h]
+                       [--issued-since 24h|RFC3339] [--issued-before ...] [-o table|json|yaml]
+    bulwark certs show SERIAL [-o table|json|yaml]
     bulwark certs expiring --within 2h        exit 1 when any certificate matches
     bulwark certs verify-log [--record URL]   exit 1 when the hash chain is broken
 
-All talk to `--admin-url` (env BULWARK_ADMIN_URL) with the bearer token in
+All talk to `--admin-url` (env BULWARK_ADMIN_URL; HOST:PORT alone means http://) with the bearer token in
 `--token-file` (env BULWARK_ADMIN_TOKEN_FILE). `verify-log` asks the admin API
 (`GET /v1/record/verify`) unless `--record URL` names the database to read
 directly, which works while the CA is down. Exit code 2 means the question
@@ -23,10 +24,20 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from certs.cli.envflags import env_flag
+from certs.cli.output import add_output_flag, emit, table
+from certs.values import (
+    InvalidValue,
+    format_seconds,
+    parse_duration,
+    parse_host_port,
+    parse_time_or_ago,
+    time_left,
+)
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:15014"
 PAGE_SIZE = 1000
@@ -59,7 +70,10 @@ class AdminClient:
             raise CliError(_http_error(exc)) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise CliError(f"cannot reach the admin API at {self._base}: {reason}") from None
+            raise CliError(
+                f"cannot reach the admin API at {self._base}: {reason}: "
+                "is the CA running? check --admin-url (env BULWARK_ADMIN_URL)"
+            ) from None
         except json.JSONDecodeError:
             raise CliError(f"the admin API at {self._base} did not answer JSON") from None
 
@@ -85,17 +99,41 @@ def _client(args: argparse.Namespace) -> AdminClient:
             token = Path(args.token_file).read_text().strip()
         except OSError as exc:
             raise CliError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
-    return AdminClient(args.admin_url, token)
+    return AdminClient(admin_base_url(args.admin_url), token)
 
 
-def _filters(args: argparse.Namespace) -> dict[str, str]:
+def admin_base_url(text: str) -> str:
+    """`--admin-url` checked: http(s)://HOST[:PORT][/prefix], or HOST:PORT meaning http://."""
+    what = "--admin-url (env BULWARK_ADMIN_URL)"
+    value = text.strip()
+    if "://" not in value:
+        parse_host_port(value, what, allow_port_zero=False)
+        return f"http://{value}"
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidValue(what, "an http:// or https:// URL, or HOST:PORT", text)
+    if parts.port is None and parts.netloc.endswith(":"):
+        raise InvalidValue(what, "a URL with a port 1-65535", text)
+    return value.rstrip("/")
+
+
+def _filters(args: argparse.Namespace, now: datetime | None = None) -> dict[str, str]:
+    """The admin API query parameters of the filter flags, each value checked here first."""
+    when = now or datetime.now(UTC)
     params = {
         "namespace": args.namespace,
         "service_account": args.service_account,
         "spiffe_id": args.spiffe_id,
         "state": args.state,
-        "expiring_within": args.expiring_within,
     }
+    if args.expiring_within is not None:
+        within = parse_duration(args.expiring_within, "--expiring-within")
+        params["expiring_within"] = format_seconds(within)
+    for flag in ("issued_since", "issued_before"):
+        text = getattr(args, flag, None)
+        if text is not None:
+            moment = parse_time_or_ago(text, "--" + flag.replace("_", "-"), now=when)
+            params[flag] = moment.isoformat().replace("+00:00", "Z")
     return {k: v for k, v in params.items() if v is not None}
 
 
@@ -115,20 +153,6 @@ def fetch_all(
     return items
 
 
-def human_duration(seconds: int) -> str:
-    """Compact time left: 2d3h, 5h07m, 42m, 30s."""
-    s = abs(seconds)
-    if s >= 86400:
-        text = f"{s // 86400}d{s % 86400 // 3600}h"
-    elif s >= 3600:
-        text = f"{s // 3600}h{s % 3600 // 60:02d}m"
-    elif s >= 60:
-        text = f"{s // 60}m"
-    else:
-        text = f"{s}s"
-    return text if seconds > 0 else f"expired {text} ago"
-
-
 def _colour(seconds: int) -> str:
     if seconds <= 3600:
         return RED
@@ -136,77 +160,77 @@ def _colour(seconds: int) -> str:
 
 
 def print_table(items: list[dict[str, Any]], out: TextIO) -> None:
-    """SPIFFE ID, serial, not-after, time left (coloured on a terminal), authenticator."""
+    """SPIFFE ID, serial, time left (coloured on a terminal), authenticator: 100 columns."""
     colour = out.isatty() and "NO_COLOR" not in os.environ
-    header = ("SPIFFE ID", "SERIAL", "NOT AFTER", "TIME LEFT", "AUTHENTICATOR")
+    header = ("SPIFFE ID", "SERIAL", "TIME LEFT", "AUTHENTICATOR")
     rows = [
-        (
-            i["spiffe_id"],
-            i["serial"],
-            i["not_after"],
-            human_duration(int(i["seconds_left"])),
-            i["authenticator"],
-        )
+        (i["spiffe_id"], i["serial"], time_left(int(i["seconds_left"])), i["authenticator"])
         for i in items
     ]
-    widths = [max(len(str(r[c])) for r in [header, *rows]) for c in range(len(header))]
-    out.write("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip() + "\n")
-    for row, item in zip(rows, items, strict=True):
-        cells = [str(v).ljust(w) for v, w in zip(row, widths, strict=True)]
+    lines = table(header, rows, shrink=(0, 3))
+    out.write(lines[0] + "\n")
+    left_at = lines[0].index("TIME LEFT")  # columns are aligned: every row's cell starts here
+    for line, row, item in zip(lines[1:], rows, items, strict=True):
         if colour:
-            cells[3] = f"{_colour(int(item['seconds_left']))}{cells[3]}{RESET}"
-        out.write("  ".join(cells).rstrip() + "\n")
+            end = left_at + len(row[2])
+            tint = _colour(int(item["seconds_left"]))
+            line = f"{line[:left_at]}{tint}{row[2]}{RESET}{line[end:]}"
+        out.write(line + "\n")
 
 
 def _list(args: argparse.Namespace) -> int:
     items = fetch_all(_client(args), _filters(args), args.limit)
-    if args.json:
-        json.dump(items, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif items:
-        print_table(items, sys.stdout)
-    else:
-        print("no certificates match", file=sys.stderr)
+
+    def human() -> None:
+        if items:
+            print_table(items, sys.stdout)
+        else:
+            print("no certificates match", file=sys.stderr)
+
+    emit(items, args.output, human)
     return EXIT_OK
 
 
 def _expiring(args: argparse.Namespace) -> int:
+    parse_duration(args.within, "--within")  # named as the user typed it
     args.expiring_within, args.state = args.within, None
     items = fetch_all(_client(args), _filters(args), None)
-    if args.json:
-        json.dump(items, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif items:
-        print_table(items, sys.stdout)
-    else:
-        print(f"no active certificate expires within {args.within}")
+
+    def human() -> None:
+        if items:
+            print_table(items, sys.stdout)
+        else:
+            print(f"no active certificate expires within {args.within}")
+
+    emit(items, args.output, human)
     return EXIT_FOUND if items else EXIT_OK
 
 
 def _show(args: argparse.Namespace) -> int:
     serial = urllib.parse.quote(args.serial.strip(), safe="")
     detail = _client(args).get(f"/v1/certificates/{serial}")
-    if args.json:
-        json.dump(detail, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-        return EXIT_OK
-    pem = detail.pop("certificate_pem")
-    left = int(detail["seconds_left"])
-    detail["time_left"] = human_duration(left)
-    width = max(len(k) for k in detail)
-    for key, value in detail.items():
-        print(f"{key.ljust(width)}  {value if value != '' else '-'}")
-    print()
-    print(pem, end="" if pem.endswith("\n") else "\n")
+
+    def human() -> None:
+        pem = detail.pop("certificate_pem")
+        detail["time_left"] = time_left(int(detail["seconds_left"]))
+        width = max(len(k) for k in detail)
+        for key, value in detail.items():
+            print(f"{key.ljust(width)}  {value if value != '' else '-'}")
+        print()
+        print(pem, end="" if pem.endswith("\n") else "\n")
+
+    emit(detail, args.output, human)
     return EXIT_OK
 
 
 def _verify_log(args: argparse.Namespace) -> int:
     report = _verify_direct(args.record) if args.record else _client(args).get("/v1/record/verify")
-    if args.json:
-        json.dump(report, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    elif report["ok"]:
+    emit(report, args.output, lambda: _print_verify(report))
+    return EXIT_OK if report["ok"] else EXIT_FOUND
+
+
+def _print_verify(report: dict[str, Any]) -> None:
+    if report["ok"]:
         print(
             f"record intact: {report['rows_checked']} row(s) verified"
             f" (seq {report['anchor_seq'] + 1}..{report['head_seq']})"
@@ -215,7 +239,6 @@ def _verify_log(args: argparse.Namespace) -> int:
         broken = report["broken"]
         serial = f"serial {broken['serial']}" if broken["serial"] else "no serial"
         print(f"record BROKEN at seq {broken['seq']} ({serial}): {broken['reason']}")
-    return EXIT_OK if report["ok"] else EXIT_FOUND
 
 
 def _verify_direct(url: str) -> dict[str, Any]:
@@ -248,7 +271,7 @@ def _guarded(handler: Handler) -> Handler:
     def run(args: argparse.Namespace) -> int:
         try:
             code: int = handler(args)
-        except CliError as exc:
+        except (CliError, InvalidValue) as exc:
             print(f"bulwark certs: {exc}", file=sys.stderr)
             return EXIT_ERROR
         return code
@@ -256,15 +279,15 @@ def _guarded(handler: Handler) -> Handler:
     return run
 
 
-def register(subparsers: Any) -> None:
-    """Add `certs list|show|expiring|verify-log` to the `bulwark` command line."""
+def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The flags every `certs` command shares, and the identity filters."""
     common = argparse.ArgumentParser(add_help=False)
     env_flag(
         common,
         "--admin-url",
         "BULWARK_ADMIN_URL",
         default=DEFAULT_ADMIN_URL,
-        help="the CA's admin API",
+        help="the CA's admin API (HOST:PORT alone means http://)",
     )
     env_flag(
         common,
@@ -272,23 +295,49 @@ def register(subparsers: Any) -> None:
         "BULWARK_ADMIN_TOKEN_FILE",
         help="file holding the admin bearer token (needed unless the admin port is loopback)",
     )
-    common.add_argument("--json", action="store_true", help="print JSON instead of text")
+    add_output_flag(common)
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--namespace", "-n", help="only this Kubernetes namespace")
     filters.add_argument("--service-account", "-s", help="only this service account")
     filters.add_argument("--spiffe-id", help="only this exact SPIFFE ID")
+    return common, filters
 
-    certs = subparsers.add_parser("certs", help="query the CA's record of issued certificates")
-    sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
-    listing = sub.add_parser("list", parents=[common, filters], help="list recorded certificates")
+
+def _add_list(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    listing = sub.add_parser("list", parents=parents, help="list recorded certificates")
     listing.add_argument("--state", choices=["active", "expired"], help="only active or expired")
     listing.add_argument(
         "--expiring-within",
         metavar="DURATION",
-        help="only active ones expiring within e.g. 2h, 30m, 90s",
+        help="only active ones expiring within this duration (2h, 30m, 1h30m, 7d)",
+    )
+    listing.add_argument(
+        "--issued-since",
+        metavar="WHEN",
+        help="only those issued at or after WHEN: a duration ago (24h, 7d) or RFC 3339",
+    )
+    listing.add_argument(
+        "--issued-before",
+        metavar="WHEN",
+        help="only those issued before WHEN: a duration ago (1h) or RFC 3339",
     )
     listing.add_argument("--limit", type=int, help="at most this many (default: all)")
     listing.set_defaults(handler=_guarded(_list))
+
+
+def register(subparsers: Any) -> None:
+    """Add `certs list|show|expiring|verify-log` to the `bulwark` command line."""
+    common, filters = _parents()
+    certs = subparsers.add_parser(
+        "certs",
+        help="query the CA's record of issued certificates",
+        description=(
+            "Query the CA's record of issued certificates through its admin API. "
+            "Exit 2 when the question cannot be asked (CA unreachable, refused, bad value)."
+        ),
+    )
+    sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    _add_list(sub, [common, filters])
 
     show = sub.add_parser("show", parents=[common], help="one certificate in full, with its PEM")
     show.add_argument("serial", metavar="SERIAL", help="hex serial (case and colons ignored)")
@@ -299,7 +348,9 @@ def register(subparsers: Any) -> None:
         parents=[common, filters],
         help="active certificates expiring soon; exit 1 when any",
     )
-    expiring.add_argument("--within", required=True, metavar="DURATION", help="e.g. 2h, 30m, 90s")
+    expiring.add_argument(
+        "--within", required=True, metavar="DURATION", help="a duration: 2h, 30m, 1h30m, 7d"
+    )
     expiring.set_defaults(handler=_guarded(_expiring))
 
     verify = sub.add_parser(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import ssl
@@ -173,8 +174,7 @@ class AgentDemo:
         sock = self.work / f"{account}.sock"
         ready = self.work / f"{account}-ready.json"
         log = self.work / f"{account}-agent.log"
-        env = {
-            **os.environ,
+        agent_env = {
             "POD_NAMESPACE": NAMESPACE,
             "SERVICE_ACCOUNT": account,
             "CA_ADDR": addr,
@@ -183,6 +183,7 @@ class AgentDemo:
             "SECRET_TTL": ttl,
             "BULWARK_TOKEN_PATH": str(token),
         }
+        env = {**os.environ, **agent_env}
         cmd = [
             self.bulwark,
             "agent",
@@ -194,7 +195,8 @@ class AgentDemo:
             "--ready-file",
             str(ready),
         ]
-        print("$ " + " ".join(["SECRET_TTL=" + ttl, *cmd[:3], "..."]))
+        shown = " ".join(f"{k}={shlex.quote(v)}" for k, v in agent_env.items())
+        print(f"$ {shown} {shlex.join(['bulwark', *cmd[1:]])}")
         with open(log, "ab") as out:
             process = subprocess.Popen(cmd, cwd=self.work, env=env, stdout=out, stderr=out)
         deadline = time.monotonic() + 30

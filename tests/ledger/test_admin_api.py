@@ -117,7 +117,7 @@ def test_show_and_unknown_serial(local: str) -> None:
 @pytest.mark.parametrize(
     ("query", "needle"),
     [
-        ("expiring_within=soon", "duration 'soon' is not understood"),
+        ("expiring_within=soon", "expiring_within must be a duration"),
         ("cursor=garbage", "cursor is malformed"),
         ("state=dead", "state"),
         ("limit=0", "limit"),
