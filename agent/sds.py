@@ -234,7 +234,8 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
             if missing:
                 reasons = [snapshot.file_errors.get(n) or snapshot.svid_error for n in missing]
                 reason = "; ".join(dict.fromkeys(r for r in reasons if r)) or "not loaded yet"
-                raise SecretUnavailable(f"no secret {', '.join(missing)} yet: {reason}")
+                shown = ", ".join(printable(n) for n in missing)
+                raise SecretUnavailable(f"no secret {shown} yet: {reason}")
             response = watch.response(snapshot, names)
             assert response is not None
             return response
