@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from agent.cache import FileSecret, SecretCache, Snapshot
 from agent.errors import FileSecretError, TooManyResources, UnknownResource
-from agent.logs import printable
+from agent.logs import LogBudget, printable
 from agent.metrics import AgentMetrics
 from agent.svid import RootBundle, Svid
 from agent.watch import Contents, FileWatcher, Problems
@@ -75,14 +76,19 @@ class FileSecrets:
         self._metrics = metrics
         self._now = now
         self._holders: dict[str, int] = {}
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._log_budget = LogBudget()
 
     @property
     def resource_count(self) -> int:
         """How many distinct file resources are watched now."""
         return len(self._holders)
 
-    async def acquire(self, name: str) -> None:
-        """Serve `name` (a file-cert:/file-root: resource) until as many `release` calls."""
+    def hold(self, name: str) -> None:
+        """Count one more holder of `name` (a file-cert:/file-root: resource); starts its watch.
+
+        Synchronous, so a holder cancelled while the files load still owns a slot to release.
+        """
         paths = file_resource_paths(name)
         if paths is None:
             raise UnknownResource(f"{printable(name)!r} is not a file resource")
@@ -95,9 +101,30 @@ class FileSecrets:
                 f"{printable(name)!r} refused"
             )
         self._holders[name] = 1
-        await self._watcher.watch(
-            name, paths, lambda contents, problems: self._load_resource(name, contents, problems)
+        loading = asyncio.ensure_future(
+            self._watcher.watch(
+                name,
+                paths,
+                lambda contents, problems: self._load_resource(name, contents, problems),
+            )
         )
+        self._loading[name] = loading
+        loading.add_done_callback(lambda done: self._loaded(name, done))
+
+    def _loaded(self, name: str, done: asyncio.Future[None]) -> None:
+        if self._loading.get(name) is done:
+            del self._loading[name]
+
+    async def loaded(self, name: str) -> None:
+        """Wait until the first read of `name`'s files is in the cache."""
+        loading = self._loading.get(name)
+        if loading is not None:
+            await asyncio.shield(loading)
+
+    async def acquire(self, name: str) -> None:
+        """`hold` then `loaded`: serve `name` until as many `release` calls."""
+        self.hold(name)
+        await self.loaded(name)
 
     def release(self, name: str) -> None:
         """One holder of `name` is done; the last one stops the watch and drops the secret."""
@@ -128,7 +155,10 @@ class FileSecrets:
             secret = _file_secret(name, contents, problems)
         except FileSecretError as exc:
             self._metrics.inc("num_file_secret_failures_total")
-            log.warning("%s", exc.public_message)
+            dropped = self._log_budget.take()  # any local client can name failing files
+            if dropped is not None:
+                more = f" ({dropped} similar lines dropped)" if dropped else ""
+                log.warning("%s%s", exc.public_message, more)
             self._cache.set_file_error(name, exc.public_message)
             return
         self._cache.set_file_secret(name, secret)

@@ -50,7 +50,8 @@ def require_decoded(request: Any) -> None:
 
 async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: AgentError) -> NoReturn:
     """End the RPC with the error's status and public message (never key material)."""
-    log.info("RPC refused with %s: %s", exc.code.name, printable(exc.public_message))
+    # DEBUG: the client is told; a local client refusing itself in a loop must not fill the log
+    log.debug("RPC refused with %s: %s", exc.code.name, printable(exc.public_message))
     await context.abort(exc.code, exc.public_message)
     raise AssertionError("context.abort raises")
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 LEVELS = {
@@ -40,6 +42,39 @@ def printable(text: str, limit: int = MAX_SHOWN) -> str:
 def _escape_char(match: re.Match[str]) -> str:
     char = match.group()
     return {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(char, f"\\x{ord(char):02x}")
+
+
+class LogBudget:
+    """At most `limit` lines per `window_s` for one kind of client-triggered event.
+
+    A local client can trigger refusals as fast as it can send; the log must not grow
+    as fast. When lines were dropped, the next allowed one says how many.
+    """
+
+    def __init__(
+        self,
+        limit: int = 20,
+        window_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._limit = limit
+        self._window = window_s
+        self._clock = clock
+        self._start = clock()
+        self._used = 0
+        self._dropped = 0
+
+    def take(self) -> int | None:
+        """None when this line must be dropped; else how many were dropped before it."""
+        now = self._clock()
+        if now - self._start >= self._window:
+            self._start, self._used = now, 0
+        if self._used >= self._limit:
+            self._dropped += 1
+            return None
+        self._used += 1
+        dropped, self._dropped = self._dropped, 0
+        return dropped
 
 
 def parse_level(text: str) -> int:

@@ -25,7 +25,7 @@ from agent.cache import SecretCache, Snapshot
 from agent.errors import AgentError, SecretUnavailable, TooManyResources
 from agent.files import MAX_FILE_RESOURCES_PER_STREAM, FileSecrets
 from agent.grpc_util import abort_with, pump_requests, require_decoded, tolerant
-from agent.logs import printable
+from agent.logs import LogBudget, printable
 from agent.metrics import AgentMetrics
 from agent.resources import SECRET_TYPE_URL, check_name, secret_for, version_of
 
@@ -47,9 +47,10 @@ class StreamError(AgentError):
 class _Watch:
     """What one stream watches and which version of each resource it last sent."""
 
-    def __init__(self, files: FileSecrets, metrics: AgentMetrics) -> None:
+    def __init__(self, files: FileSecrets, metrics: AgentMetrics, budget: LogBudget) -> None:
         self.files = files
         self.metrics = metrics
+        self.budget = budget
         self.node_id = ""
         self.names: dict[str, None] = {}  # ordered set
         self.sent: dict[str, str] = {}
@@ -65,12 +66,16 @@ class _Watch:
 
     def nack(self, kind: str, error_message: str) -> None:
         self.metrics.inc("sds_nack_count")
+        dropped = self.budget.take()
+        if dropped is None:
+            return
         log.warning(
-            "SDS %s NACK from node %s for %s: %s",
+            "SDS %s NACK from node %s for %s: %s%s",
             kind,
             self.node_id,
             printable(",".join(self.names) or "-"),
             printable(error_message),
+            f" ({dropped} similar lines dropped)" if dropped else "",
         )
 
     async def subscribe(self, names: Sequence[str]) -> list[str]:
@@ -82,8 +87,10 @@ class _Watch:
                 f"one stream may watch at most {MAX_FILE_RESOURCES_PER_STREAM} file resources"
             )
         for name in files:
-            await self.files.acquire(name)
-            self.held.add(name)
+            self.files.hold(name)
+            self.held.add(name)  # before any wait: a cancelled stream still releases it
+        for name in files:
+            await self.files.loaded(name)
         self.names.update(dict.fromkeys(new))
         return new
 
@@ -201,12 +208,13 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
         self._cache = cache
         self._files = files
         self._metrics = metrics
+        self._nack_budget = LogBudget()
 
     async def StreamSecrets(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         async for response in self._serve(
-            _SotwStream(self._files, self._metrics), request_iterator, context
+            _SotwStream(self._files, self._metrics, self._nack_budget), request_iterator, context
         ):
             yield response
 
@@ -214,14 +222,14 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         async for response in self._serve(
-            _DeltaStream(self._files, self._metrics), request_iterator, context
+            _DeltaStream(self._files, self._metrics, self._nack_budget), request_iterator, context
         ):
             yield response
 
     async def FetchSecrets(
         self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> discovery_pb2.DiscoveryResponse:
-        watch = _SotwStream(self._files, self._metrics)
+        watch = _SotwStream(self._files, self._metrics, self._nack_budget)
         try:
             require_decoded(request)
             if request.type_url and request.type_url != SECRET_TYPE_URL:

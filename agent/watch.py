@@ -97,9 +97,7 @@ class FileWatcher:
         if self._watches.get(key) is not watch:
             return  # unwatched while reading: nobody wants the result any more
         contents, problems = loaded
-        for reason in problems.values():
-            log.warning("watched file not usable: %s", reason)
-        watch.on_change(contents, problems)
+        watch.on_change(contents, problems)  # the callback logs: it knows who asked
 
 
 def _stat(path: Path) -> tuple[int, int, int, int] | None:

@@ -350,6 +350,32 @@ async def test_nack_with_newlines_cannot_forge_a_log_line(target: Target) -> Non
     _check_log(log)
 
 
+async def test_a_nack_flood_does_not_flood_the_log(target: Target) -> None:
+    """#12.6: every NACK was logged; a client looping on NACKs could fill the disk."""
+    before = target.agent.log().count("NACK")
+    async with grpc.aio.insecure_channel(f"unix:{target.agent.socket}") as channel:
+        stub = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
+        queue: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
+        await queue.put(req("default"))
+
+        async def feed() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+            while True:
+                yield await queue.get()
+
+        call = stub.StreamSecrets(feed())
+        first = await call.read()
+        for _ in range(300):
+            nack = req("default", response_nonce=first.nonce)
+            nack.error_detail.message = "flood"
+            await queue.put(nack)
+        while not queue.empty():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        call.cancel()
+    logged = target.agent.log().count("NACK") - before
+    assert 1 <= logged <= 40, logged
+
+
 async def test_nonexistent_fetches_do_not_use_up_the_watch_slots(target: Target) -> None:
     """#12: 70 fetches of nonexistent paths used the 64 file-watch slots for the agent's life."""
     async with grpc.aio.insecure_channel(f"unix:{target.agent.socket}") as channel:

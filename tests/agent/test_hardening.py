@@ -14,7 +14,7 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.errors import ConfigError, UnknownResource
-from agent.logs import JsonFormatter, TextFormatter, printable
+from agent.logs import JsonFormatter, LogBudget, TextFormatter, printable
 from agent.resources import check_name
 from agent.watch import UnusableFile, read_regular_file
 from tests.agent.agent_process import REPO
@@ -175,3 +175,13 @@ def test_workload_api_stubs_are_ours_and_wire_compatible() -> None:
     their_service = theirs.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"]
     my_service = ours.DESCRIPTOR.services_by_name["SpiffeWorkloadAPI"]
     assert [m.name for m in their_service.methods] == [m.name for m in my_service.methods]
+
+
+def test_log_budget_drops_a_flood_and_says_how_many() -> None:
+    """#12.6: lines a local client triggers are bounded; the next allowed line counts the rest."""
+    now = [0.0]
+    budget = LogBudget(limit=3, window_s=10.0, clock=lambda: now[0])
+    assert [budget.take() for _ in range(5)] == [0, 0, 0, None, None]
+    now[0] = 10.0
+    assert budget.take() == 2
+    assert budget.take() == 0
