@@ -176,16 +176,21 @@ class Agent:
     async def _keep_socket(self) -> None:
         """Recreate the socket (and its directory) if someone removes it while we run."""
         interval = self.config.file_poll_interval.total_seconds()
+        last_error = ""
         while True:
             await asyncio.sleep(interval)
             if self.owner.present():
                 continue
-            log.warning("socket %s was removed; listening on it again", self.owner.path)
+            if not last_error:
+                log.warning("socket %s was removed; listening on it again", self.owner.path)
             try:
                 self.owner.prepare_directory()
                 await self._start_grpc()
+                last_error = ""
             except (ConfigError, OSError) as exc:
-                log.error("cannot recreate socket %s: %s", self.owner.path, exc)
+                if str(exc) != last_error:  # once per distinct cause, not every poll
+                    log.error("cannot recreate socket %s: %s", self.owner.path, exc)
+                last_error = str(exc)
 
     def _write_ready_file(self) -> None:
         if self.config.ready_file is None:

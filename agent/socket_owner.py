@@ -47,7 +47,12 @@ class SocketOwner:
     def claim(self) -> None:
         """Take the lock and clear a stale socket, or `ConfigError` naming the socket."""
         self.prepare_directory()
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(
+                self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
+            )
+        except OSError as exc:
+            raise ConfigError(f"cannot open lock file {self.lock_path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -80,6 +85,8 @@ class SocketOwner:
             os.chmod(self.path.parent, self.dir_mode)
             if self._gid is not None:
                 os.chown(self.path.parent, -1, self._gid)
+        else:
+            _warn_if_open(self.path.parent)
 
     @contextlib.contextmanager
     def binding(self) -> Iterator[str]:
@@ -129,6 +136,21 @@ class SocketOwner:
             )
         log.info("removing stale socket %s (nothing answers on it)", self.path)
         self.path.unlink()
+
+
+def _warn_if_open(directory: Path) -> None:
+    """An existing socket directory keeps its mode; say so if others may write to it."""
+    try:
+        mode = directory.stat().st_mode
+    except OSError:
+        return
+    if mode & 0o022 and not mode & stat.S_ISVTX:
+        log.warning(
+            "socket directory %s is writable by group or others (mode %04o): another user "
+            "could replace the socket; make it 0700 or 0710",
+            directory,
+            stat.S_IMODE(mode),
+        )
 
 
 def _answers(path: Path) -> bool:
