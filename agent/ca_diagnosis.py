@@ -19,13 +19,12 @@ from typing import Any
 import grpc
 from cryptography import x509
 
+from agent.caclient import DEFINITIVE
 from agent.config import AgentConfig, split_host_port
 from agent.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-# Refusals that asking again soon cannot change: back off to the maximum.
-DEFINITIVE = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT})
 _HOSTNAME_FAILURE = re.compile(r"hostname verification|peer name|name mismatch", re.IGNORECASE)
 _CALLER_ID = re.compile(r"the caller is spiffe://([^/\s]+)/")
 FETCH_TIMEOUT_S = 3.0

@@ -19,7 +19,6 @@ from pathlib import Path
 import grpc
 from grpc import aio
 
-from agent.ca_diagnosis import DEFINITIVE, explain
 from agent.config import AgentConfig
 from agent.errors import CaRequestFailed
 from agent.metrics import AgentMetrics
@@ -41,6 +40,8 @@ RETRYABLE = frozenset(
     }
 )
 SYSTEM_ROOTS = "SYSTEM"
+# Refusals that asking again soon cannot change: the rotation backs off to its maximum.
+DEFINITIVE = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -143,6 +144,8 @@ class CaClient:
     async def _hint(self, code: grpc.StatusCode, details: str) -> str:
         key = f"{code.name}:{details}"
         if key not in self._explained:
+            from agent.ca_diagnosis import explain  # only a failing agent pays for it
+
             self._explained[key] = await explain(
                 code, details, self._config, token_missing=self._token_missing
             )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import grp
 import logging
 import os
 import socket
@@ -170,6 +169,8 @@ def _answers(path: Path) -> bool:
 def _group_id(group: str) -> int:
     if group.isdigit():
         return int(group)
+    import grp  # only when a group name is configured
+
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
