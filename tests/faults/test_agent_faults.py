@@ -246,3 +246,33 @@ async def test_trust_domain_mismatch_says_both_and_stops_hammering(
     refusals = [r for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1, "said once, not on every try"
     assert agent.metrics.value("num_outgoing_requests", request_type="csr") == 3
+
+
+async def test_sighup_reload_rereads_the_root_file_at_once(ca: RunningCa, work: Path) -> None:
+    """#13.6: SIGHUP re-reads the watched files now (`Agent.reload`, what the handler runs).
+
+    With an hour-long poll interval only the reload can pick up the new root.
+    """
+    from datetime import UTC, datetime
+
+    from certs.keys import KeyType, generate_key
+    from certs.pem import to_pem
+    from certs.profile import self_signed_root
+    from certs.spiffe_id import TrustDomain
+
+    root = work / "ca-root.pem"
+    shutil.copy(ca.root_cert_path, root)
+    config = agent_config(ca, work, ca_root_ca=root, file_poll_interval=timedelta(hours=1))
+    async with running_agent(config) as live:
+        extra = self_signed_root(
+            key=generate_key(KeyType.EC_P256),
+            trust_domain=TrustDomain("cluster.local"),
+            now=datetime.now(UTC),
+        )
+        root.write_bytes(root.read_bytes() + to_pem(extra).encode())
+        await asyncio.sleep(0.3)
+        roots = live.agent.cache.snapshot.file_roots
+        assert roots is not None and extra not in roots.certs
+        await live.agent.reload()
+        roots = live.agent.cache.snapshot.file_roots
+        assert roots is not None and extra in roots.certs
