@@ -33,6 +33,8 @@ lint: $(STAMP)
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. protos/istio/v1/auth/ca.proto
+	@# The Workload API: messages only; agent/workload_api.py registers /SpiffeWorkloadAPI/* itself.
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protos/spiffe/workload/workload.proto
 
 bench: $(STAMP)
 	$(PY) tests/bench/run.py

@@ -22,6 +22,7 @@ from grpc import aio
 from agent.config import AgentConfig
 from agent.errors import CaRequestFailed
 from agent.metrics import AgentMetrics
+from agent.watch import UnusableFile, read_regular_file
 from certs.errors import CertsError
 from certs.pem import bundle_pem, load_certificates
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
@@ -39,6 +40,8 @@ RETRYABLE = frozenset(
     }
 )
 SYSTEM_ROOTS = "SYSTEM"
+# Refusals that asking again soon cannot change: the rotation backs off to its maximum.
+DEFINITIVE = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +75,15 @@ class CaClient:
         self._now = now
         self._rng = rng or random.Random()
         self._retry = retry
+        self._good_roots: dict[Path, bytes] = {}  # the last root each file held that parsed
+        self._root_problem = ""
+        self._token_missing = False
+        self._explained: dict[str, str] = {}  # CA error -> hint, so a diagnosis runs once
+
+    def forget_refusals(self) -> None:
+        """Diagnose errors afresh (SIGHUP: the operator may have changed something)."""
+        self._explained.clear()
+        self._root_problem = ""
 
     async def sign(self, csr_pem: bytes, ttl: timedelta) -> list[str]:
         """The CA's chain (leaf first, root last) for `csr_pem`, or `CaRequestFailed`."""
@@ -114,18 +126,36 @@ class CaClient:
                 response = await stub.CreateCertificate(request, metadata=metadata, timeout=timeout)
             except aio.AioRpcError as exc:
                 code = exc.code()
+                reachable = code not in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                )
+                self._metrics.set("ca_reachable", 1.0 if reachable else 0.0)
                 message = f"CA {self._config.ca_addr} answered {code.name}: {exc.details()}"
                 if code in RETRYABLE and attempt < self._retry.max_attempts:
                     log.info("CSR attempt %d failed, retrying: %s", attempt, message)
                     continue
-                raise CaRequestFailed(message, code) from None
+                hint = await self._hint(code, exc.details() or "")
+                raise CaRequestFailed(message + hint, code, definitive=code in DEFINITIVE) from None
+            self._metrics.set("ca_reachable", 1.0)
             return list(response.cert_chain)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _hint(self, code: grpc.StatusCode, details: str) -> str:
+        key = f"{code.name}:{details}"
+        if key not in self._explained:
+            from agent.ca_diagnosis import explain  # only a failing agent pays for it
+
+            self._explained[key] = await explain(
+                code, details, self._config, token_missing=self._token_missing
+            )
+        return self._explained[key]
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         """Headers of one CSR; the token file is re-read every time."""
         pairs: list[tuple[str, str]] = []
         token = _read_token(self._config.token_path)
+        self._token_missing = not token
         if token:
             pairs.append(("authorization", f"Bearer {token}"))
         if self._config.cluster_id:
@@ -153,13 +183,31 @@ class CaClient:
             return None
         for path in candidates:
             try:
-                return path.read_bytes()
+                data = read_regular_file(path, self._config.file_resource_max_bytes)
+                load_certificates(data, what=str(path))
             except FileNotFoundError:
                 continue
-            except OSError as exc:
-                raise CaRequestFailed(f"cannot read CA root {path}: {exc.strerror}") from None
+            except (UnusableFile, CertsError) as exc:
+                return self._last_good_root(path, str(exc))
+            self._good_roots[path] = data
+            self._root_problem = ""
+            return data
         looked = ", ".join(str(p) for p in candidates)
         raise CaRequestFailed(f"no root certificate to verify the CA (looked at {looked})")
+
+    def _last_good_root(self, path: Path, problem: str) -> bytes:
+        """The root `path` held before it turned bad, or `CaRequestFailed` naming the file."""
+        good = self._good_roots.get(path)
+        if problem != self._root_problem:
+            self._root_problem = problem
+            self._metrics.inc("ca_root_failures_total")
+            if good is not None:
+                log.error("CA root %s is unusable, keeping the last good one: %s", path, problem)
+        if good is None:
+            raise CaRequestFailed(
+                f"CA root {path} is unusable and none was loaded before: {problem}"
+            )
+        return good
 
     def _provisioning_credentials(self) -> tuple[bytes | None, bytes | None]:
         """PROV_CERT's key and chain while its leaf is still valid, else no client certificate."""

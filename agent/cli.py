@@ -6,15 +6,15 @@ import argparse
 import asyncio
 import dataclasses
 import errno
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, parse_bool, parse_duration
+from agent.config import AgentConfig, parse_bool, parse_duration, parse_mode
 from agent.errors import ConfigError
+from agent.logs import FORMATS, configure, parse_level
 
 # flag -> (AgentConfig field, converter); each overrides the env var of the same meaning
 _OVERRIDES: dict[str, tuple[str, Any]] = {
@@ -49,6 +49,9 @@ _OVERRIDES: dict[str, tuple[str, Any]] = {
         "ca_request_timeout",
         lambda v: parse_duration(v, "--ca-request-timeout"),
     ),
+    "socket_mode": ("socket_mode", lambda v: parse_mode(v, "--socket-mode")),
+    "socket_group": ("socket_group", str),
+    "file_resource_max_bytes": ("file_resource_max_bytes", int),
 }
 _HELP = {
     "trust_domain": "TRUST_DOMAIN (cluster.local)",
@@ -76,10 +79,13 @@ _HELP = {
     "ready_file": "BULWARK_AGENT_READY_FILE: JSON with socket and status address once serving",
     "file_poll_interval": "how often watched files are checked (1s)",
     "ca_request_timeout": "deadline of one CSR attempt (10s)",
+    "socket_mode": "BULWARK_SOCKET_MODE: 0600 (default) or 0660 to let --socket-group connect",
+    "socket_group": "BULWARK_SOCKET_GROUP: group (name or gid) of the socket and its directory",
+    "file_resource_max_bytes": "BULWARK_FILE_RESOURCE_MAX_BYTES: largest file-cert/file-root "
+    "file served (1048576)",
 }
 
 
-LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def register(subparsers: Any) -> None:
@@ -147,10 +153,13 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--log-level",
-        type=str.lower,
-        choices=LOG_LEVELS,
         default=os.environ.get("BULWARK_LOG_LEVEL", "info"),
-        help="log verbosity (env BULWARK_LOG_LEVEL; default: info)",
+        help="BULWARK_LOG_LEVEL: debug, info, warn, error (info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get("BULWARK_LOG_FORMAT", "text"),
+        help="BULWARK_LOG_FORMAT: text or json, one event per line (text)",
     )
     parser.set_defaults(handler=run_command)
 
@@ -181,18 +190,14 @@ def config_from(args: argparse.Namespace, env: dict[str, str]) -> AgentConfig:
 def run_command(args: argparse.Namespace) -> int:
     from agent.runtime import run_agent
 
-    level = str(args.log_level).lower()
-    if level not in LOG_LEVELS:  # from BULWARK_LOG_LEVEL, which argparse does not check
-        print(
-            f"bulwark agent: --log-level (env BULWARK_LOG_LEVEL) must be one of "
-            f"{', '.join(LOG_LEVELS)}, got {args.log_level!r}",
-            file=sys.stderr,
-        )
-        return 2
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     try:
+        try:
+            level = parse_level(args.log_level)
+        except ValueError as exc:
+            raise ConfigError(f"--log-level: {exc}") from None
+        if args.log_format not in FORMATS:
+            raise ConfigError(f"--log-format {args.log_format!r} must be text or json")
+        configure(level, args.log_format)
         config = config_from(args, dict(os.environ))
     except ConfigError as exc:
         print(f"bulwark agent: {exc.public_message}", file=sys.stderr)

@@ -27,6 +27,8 @@ DEFAULT_SOCKET_FILE = "socket"
 FILE_MOUNTED_DIR = Path("./etc/certs")
 DEFAULT_SECRET_TTL = timedelta(hours=24)
 DEFAULT_STATUS_ADDR = "127.0.0.1:15020"
+DEFAULT_SOCKET_MODE = 0o600
+DEFAULT_FILE_RESOURCE_MAX_BYTES = 1 << 20
 CA_HEADER_PREFIX = "CA_HEADER_"
 
 _RSA_SIZES = {2048: KeyType.RSA_2048, 3072: KeyType.RSA_3072, 4096: KeyType.RSA_4096}
@@ -63,6 +65,11 @@ class AgentConfig:
     token_path: Path = DEFAULT_TOKEN_PATH
     status_addr: str = DEFAULT_STATUS_ADDR  # "" disables the status server
     ready_file: Path | None = None
+    # Who may connect: the socket is created owner-only; a group (name or gid) and mode open it
+    # to an Envoy running as another user of that group.
+    socket_mode: int = DEFAULT_SOCKET_MODE
+    socket_group: str = ""
+    file_resource_max_bytes: int = DEFAULT_FILE_RESOURCE_MAX_BYTES
     file_poll_interval: timedelta = timedelta(seconds=1)
     ca_request_timeout: timedelta = timedelta(seconds=10)
     spiffe_id: SpiffeId = field(init=False)
@@ -102,6 +109,16 @@ class AgentConfig:
             raise ConfigError("the file poll interval must be positive")
         if self.ca_request_timeout <= timedelta(0):
             raise ConfigError("the CA request timeout must be positive")
+        if self.socket_mode & ~0o660 or not self.socket_mode & 0o600 == 0o600:
+            raise ConfigError(
+                f"BULWARK_SOCKET_MODE {self.socket_mode:04o} must be 0600 or 0660 "
+                "(owner read-write, optionally the group; never other users)"
+            )
+        if not 1024 <= self.file_resource_max_bytes <= 64 << 20:
+            raise ConfigError(
+                f"BULWARK_FILE_RESOURCE_MAX_BYTES {self.file_resource_max_bytes} must be "
+                "between 1024 and 67108864"
+            )
 
     def key_type(self) -> KeyType:
         """The workload key algorithm: RSA unless ECC_SIGNATURE_ALGORITHM=ECDSA."""
@@ -170,6 +187,13 @@ class AgentConfig:
         if "BULWARK_AGENT_STATUS_ADDR" in env:  # set but empty: no status server
             kw["status_addr"] = env["BULWARK_AGENT_STATUS_ADDR"]
         path("BULWARK_AGENT_READY_FILE", "ready_file")
+        text("BULWARK_SOCKET_GROUP", "socket_group")
+        if env.get("BULWARK_SOCKET_MODE"):
+            kw["socket_mode"] = parse_mode(env["BULWARK_SOCKET_MODE"], "BULWARK_SOCKET_MODE")
+        if env.get("BULWARK_FILE_RESOURCE_MAX_BYTES"):
+            kw["file_resource_max_bytes"] = parse_int(
+                env["BULWARK_FILE_RESOURCE_MAX_BYTES"], "BULWARK_FILE_RESOURCE_MAX_BYTES"
+            )
         if env.get("FILE_MOUNTED_CERTS"):
             kw["file_mounted_certs"] = parse_bool(env["FILE_MOUNTED_CERTS"], "FILE_MOUNTED_CERTS")
         if env.get("SECRET_TTL"):
@@ -225,6 +249,14 @@ def parse_int(text: str, what: str) -> int:
         return int(text)
     except ValueError:
         raise ConfigError(f"{what} {text!r} is not an integer") from None
+
+
+def parse_mode(text: str, what: str) -> int:
+    """A file mode in octal (`0660`, `660`)."""
+    try:
+        return int(text.strip(), 8)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not an octal file mode such as 0600") from None
 
 
 def parse_bool(text: str, what: str) -> bool:

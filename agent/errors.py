@@ -2,6 +2,7 @@
 
     AgentError                      INTERNAL, generic message
     ├── ConfigError                 the agent cannot start: bad env var or flag (never sent)
+    ├── BadRequest                  INVALID_ARGUMENT: not valid protobuf, or a malformed request
     ├── UnknownResource             INVALID_ARGUMENT: SDS name the agent does not serve
     ├── TooManyResources            RESOURCE_EXHAUSTED: file resource cap reached
     ├── SecretUnavailable           UNAVAILABLE: no such secret yet (CA down, file missing)
@@ -31,6 +32,10 @@ class ConfigError(AgentError):
     """An environment variable or flag has a value the agent cannot use."""
 
 
+class BadRequest(AgentError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
 class UnknownResource(AgentError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -48,9 +53,16 @@ class CaRequestFailed(AgentError):
 
     code = grpc.StatusCode.UNAVAILABLE
 
-    def __init__(self, public_message: str, grpc_code: grpc.StatusCode | None = None) -> None:
+    def __init__(
+        self,
+        public_message: str,
+        grpc_code: grpc.StatusCode | None = None,
+        *,
+        definitive: bool = False,
+    ) -> None:
         super().__init__(public_message)
         self.grpc_code = grpc_code
+        self.definitive = definitive  # the CA refused; asking again soon will not help
 
 
 class CaResponseInvalid(CaRequestFailed):

@@ -41,6 +41,8 @@ class AgentMetrics:
             "num_file_watcher_failures_total",
             "num_file_secret_failures_total",
             "sds_nack_count",
+            "ca_root_failures_total",
+            "ca_reachable",
         ):
             self._families[name].values[()] = 0.0
 
@@ -106,4 +108,24 @@ _SERIES = (
     ),
     ("sds_nack_count", "counter", "Number of SDS responses Envoy rejected (NACK)."),
     ("sds_push_count", "counter", "Number of SDS/Workload API updates sent, by resource."),
+    (
+        "cert_expiry_timestamp_seconds",
+        "gauge",
+        "When a served certificate expires, in seconds since the Unix epoch.",
+    ),
+    (
+        "last_rotation_timestamp_seconds",
+        "gauge",
+        "When the agent last obtained a certificate from the CA, in seconds since the epoch.",
+    ),
+    (
+        "ca_reachable",
+        "gauge",
+        "1 if the CA answered the last CSR (even with a refusal), 0 if it could not be reached.",
+    ),
+    (
+        "ca_root_failures_total",
+        "counter",
+        "Number of times the CA root file was unusable and the last good root was kept.",
+    ),
 )

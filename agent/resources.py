@@ -7,22 +7,25 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
 from agent.cache import Snapshot
 from agent.errors import UnknownResource
-from agent.files import FILE_CERT_PREFIX, FILE_ROOT_PREFIX, FileSecrets
+from agent.files import FILE_ROOT_PREFIX, file_resource_paths
+from agent.logs import printable
 
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 DEFAULT = "default"
 ROOTCA = "ROOTCA"
 
 
-def check_name(name: str, file_secrets: FileSecrets) -> None:
-    """Accept `name` (starting to watch its files if it names any) or raise `UnknownResource`."""
+def check_name(name: str) -> bool:
+    """Whether `name` is a file resource (True) or the SVID/roots (False); else `UnknownResource`.
+
+    Only a check: watching the files of a file resource is `FileSecrets.acquire`'s job.
+    """
     if name in (DEFAULT, ROOTCA):
-        return
-    if name.startswith((FILE_CERT_PREFIX, FILE_ROOT_PREFIX)):
-        file_secrets.watch_resource(name)
-        return
+        return False
+    if file_resource_paths(name) is not None:
+        return True
     raise UnknownResource(
-        f"unknown resource name {name!r}: the agent serves {DEFAULT!r}, {ROOTCA!r}, "
+        f"unknown resource name {printable(name)!r}: the agent serves {DEFAULT!r}, {ROOTCA!r}, "
         "'file-cert:<cert>~<key>' and 'file-root:<path>'"
     )
 

@@ -18,7 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from agent.cache import SecretCache
-from agent.errors import AgentError
+from agent.errors import AgentError, CaRequestFailed
+from agent.metrics import AgentMetrics
 from agent.svid import Svid
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,11 @@ class Rotator:
         clock: Clock,
         rng: random.Random,
         policy: RotationPolicy,
+        metrics: AgentMetrics | None = None,
     ) -> None:
         self._issue = issue
+        self._metrics = metrics
+        self._refused = ""  # the definitive refusal already reported
         self._cache = cache
         self._clock = clock
         self._rng = rng
@@ -119,6 +123,9 @@ class Rotator:
         self._cache.set_svid(svid)
         self.failures = 0
         self.rotations += 1
+        self._refused = ""
+        if self._metrics is not None:
+            self._metrics.set("last_rotation_timestamp_seconds", self._clock.now().timestamp())
         due = self._policy.renew_at(svid, self._rng)
         log.info(
             "certificate %s valid until %s; renewal due %s",
@@ -128,6 +135,11 @@ class Rotator:
         )
         self._schedule(due)
         return svid
+
+    def retry_now(self) -> None:
+        """Try again at once (after SIGHUP: the token or root may have been fixed)."""
+        self._refused = ""
+        self._schedule(self._clock.now())
 
     def _schedule(self, when: datetime) -> int:
         self._generation += 1
@@ -155,17 +167,33 @@ class Rotator:
             await self.refresh()
         except AgentError as exc:
             self.failures += 1
-            wait = self._policy.backoff(self.failures, self._rng)
             self._cache.set_svid_error(exc.public_message)
-            log.warning(
-                "CSR failed (%d in a row), retrying in %.1fs, serving %s: %s",
-                self.failures,
-                wait.total_seconds(),
-                self._serving(),
-                exc.public_message,
-            )
-            self._schedule(self._clock.now() + wait)
+            self._schedule(self._clock.now() + self._after_failure(exc))
         return True
+
+    def _after_failure(self, exc: AgentError) -> timedelta:
+        """How long to wait; a definitive refusal waits the maximum and is reported once."""
+        if isinstance(exc, CaRequestFailed) and exc.definitive:
+            wait = self._policy.backoff_max
+            if exc.public_message != self._refused:
+                self._refused = exc.public_message
+                log.error(
+                    "the CA refused the CSR; asking again only every %.0fs (SIGHUP retries at "
+                    "once), serving %s: %s",
+                    wait.total_seconds(),
+                    self._serving(),
+                    exc.public_message,
+                )
+            return wait
+        wait = self._policy.backoff(self.failures, self._rng)
+        log.warning(
+            "CSR failed (%d in a row), retrying in %.1fs, serving %s: %s",
+            self.failures,
+            wait.total_seconds(),
+            self._serving(),
+            exc.public_message,
+        )
+        return wait
 
     def _serving(self) -> str:
         svid = self._cache.snapshot.svid

@@ -2,7 +2,9 @@
 
 `Agent.run` supervises every task in one `asyncio.TaskGroup` and shuts down
 in order: subscriptions end (streams finish with OK), the gRPC server stops,
-the socket file is removed.
+the socket file is removed (only if it is still ours). A socket removed while
+running is recreated; SIGHUP re-reads the watched files, the root and the
+token, and retries a failed renewal at once.
 """
 
 from __future__ import annotations
@@ -13,14 +15,9 @@ import logging
 import os
 import random
 import signal
-import stat
 import time
-from contextlib import suppress
-from datetime import datetime
-from pathlib import Path
 
 import grpc
-from envoy.service.secret.v3 import sds_pb2_grpc
 
 from agent.cache import SecretCache
 from agent.caclient import SYSTEM_ROOTS, CaClient
@@ -29,8 +26,9 @@ from agent.errors import AgentError, ConfigError
 from agent.files import FileSecrets, OutputWriter
 from agent.metrics import AgentMetrics
 from agent.rotation import Clock, RotationPolicy, Rotator, SystemClock
-from agent.sds import SdsService
-from agent.status import StatusServer
+from agent.sds import SdsService, add_sds_to_server
+from agent.socket_owner import SocketOwner
+from agent.status import StatusServer, collect_gauges
 from agent.svid import Svid, svid_from_response
 from agent.watch import FileWatcher
 from agent.workload_api import WorkloadApiService, add_to_server
@@ -56,7 +54,9 @@ class Agent:
         self.rng = rng or random.SystemRandom()
         self.metrics = AgentMetrics()
         self.cache = SecretCache()
-        self.watcher = FileWatcher(interval=config.file_poll_interval)
+        self.watcher = FileWatcher(
+            interval=config.file_poll_interval, max_bytes=config.file_resource_max_bytes
+        )
         self.files = FileSecrets(
             cache=self.cache, watcher=self.watcher, metrics=self.metrics, now=self.clock.now
         )
@@ -67,14 +67,21 @@ class Agent:
             clock=self.clock,
             rng=self.rng,
             policy=RotationPolicy(grace_ratio=config.grace_ratio, grace_jitter=config.grace_jitter),
+            metrics=self.metrics,
         )
         self.sds = SdsService(cache=self.cache, files=self.files, metrics=self.metrics)
         self.workload_api = WorkloadApiService(
             cache=self.cache, metrics=self.metrics, trust_domain=TrustDomain(config.trust_domain)
         )
         self.status = StatusServer(cache=self.cache, metrics=self.metrics, now=self.clock.now)
-        self.metrics.add_collector(self._collect_expiry)
+        self.metrics.add_collector(
+            lambda metrics: collect_gauges(metrics, self.cache.snapshot, self.clock.now())
+        )
         self.status_addr: tuple[str, int] | None = None
+        self.owner = SocketOwner(
+            config.socket_path, mode=config.socket_mode, group=config.socket_group
+        )
+        self._servers: list[grpc.aio.Server] = []
 
     async def issue(self) -> Svid:
         """New key, CSR, CA call, checked answer: one SVID."""
@@ -93,9 +100,11 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until `stop` is set, then shut down cleanly."""
         started = time.monotonic()
-        self._watch_files()
-        server = await self._start_grpc()
+        await self._watch_files()
+        self._check_socket_path()
+        self.owner.claim()
         try:
+            await self._start_grpc()
             if self.config.status_addr:
                 host, port = split_host_port(self.config.status_addr, what="status address")
                 try:
@@ -109,6 +118,7 @@ class Agent:
                 workers = [
                     tasks.create_task(self.watcher.run(), name="file-watcher"),
                     tasks.create_task(self._log_first_certificate(started)),
+                    tasks.create_task(self._keep_socket(), name="socket-keeper"),
                 ]
                 if not self.config.file_mounted_certs:
                     workers.append(tasks.create_task(self.rotator.run(), name="rotation"))
@@ -118,41 +128,69 @@ class Agent:
                 await stop.wait()
                 log.info("shutting down: closing %d subscription(s)", self.cache.subscriber_count)
                 self.cache.close()
-                await server.stop(SHUTDOWN_GRACE_S)
+                await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_S) for s in self._servers))
                 for worker in workers:
                     worker.cancel()
         finally:
             self.cache.close()
-            await server.stop(None)
+            await asyncio.gather(*(s.stop(None) for s in self._servers))
             await self.status.close()
-            with suppress(FileNotFoundError):
-                self.config.socket_path.unlink()
+            self.owner.release()
             log.info("agent stopped")
 
-    def _watch_files(self) -> None:
+    async def reload(self) -> None:
+        """SIGHUP: re-read every watched file now; retry a failed renewal with the new files."""
+        log.info("SIGHUP: re-reading watched files, the CA root and the token")
+        await self.watcher.poll(force=True)
+        self.ca.forget_refusals()
+        if self.rotator.failures and not self.config.file_mounted_certs:
+            self.rotator.retry_now()
+
+    async def _watch_files(self) -> None:
         config = self.config
         if config.file_mounted_certs:
-            self.files.watch_mounted_certs(config.file_mounted_dir)
+            await self.files.watch_mounted_certs(config.file_mounted_dir)
             return
         root = config.ca_root_candidates()[0]
         if str(root) != SYSTEM_ROOTS:
-            self.files.watch_root_file(root)
+            await self.files.watch_root_file(root)
 
-    async def _start_grpc(self) -> grpc.aio.Server:
-        path = self.config.socket_path
-        absolute = os.path.abspath(path)
+    def _check_socket_path(self) -> None:
+        absolute = str(self.owner.path)
         if len(absolute) > MAX_SOCKET_PATH:
             raise ConfigError(f"socket path {absolute} is longer than {MAX_SOCKET_PATH} bytes")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_socket(path)
+
+    async def _start_grpc(self) -> None:
+        """A gRPC server on the socket; earlier servers keep their open streams."""
         server = grpc.aio.server()
-        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(self.sds, server)
+        add_sds_to_server(self.sds, server)
         add_to_server(self.workload_api, server)
-        if server.add_insecure_port(f"unix:{absolute}") == 0:
-            raise ConfigError(f"cannot listen on unix socket {absolute}")
-        await server.start()
-        log.info("SDS and SPIFFE Workload API listening on unix:%s", absolute)
-        return server
+        with self.owner.binding() as target:
+            if server.add_insecure_port(target) == 0:
+                raise ConfigError(f"cannot listen on unix socket {self.owner.path}")
+            await server.start()
+        self._servers.append(server)
+        self.owner.created()
+        log.info("SDS and SPIFFE Workload API listening on unix:%s", self.owner.path)
+
+    async def _keep_socket(self) -> None:
+        """Recreate the socket (and its directory) if someone removes it while we run."""
+        interval = self.config.file_poll_interval.total_seconds()
+        last_error = ""
+        while True:
+            await asyncio.sleep(interval)
+            if self.owner.present():
+                continue
+            if not last_error:
+                log.warning("socket %s was removed; listening on it again", self.owner.path)
+            try:
+                self.owner.prepare_directory()
+                await self._start_grpc()
+                last_error = ""
+            except (ConfigError, OSError) as exc:
+                if str(exc) != last_error:  # once per distinct cause, not every poll
+                    log.error("cannot recreate socket %s: %s", self.owner.path, exc)
+                last_error = str(exc)
 
     def _write_ready_file(self) -> None:
         if self.config.ready_file is None:
@@ -182,33 +220,6 @@ class Agent:
         finally:
             self.cache.unsubscribe(box)
 
-    def _collect_expiry(self, metrics: AgentMetrics) -> None:
-        snapshot, now = self.cache.snapshot, self.clock.now()
-        metrics.clear("cert_expiry_seconds")
-        if snapshot.svid is not None:
-            metrics.set(
-                "cert_expiry_seconds", _left(snapshot.svid.not_after, now), resource_name="default"
-            )
-        roots = snapshot.roots
-        if roots is not None and roots.certs:
-            soonest = min(c.not_valid_after_utc for c in roots.certs)
-            metrics.set("cert_expiry_seconds", _left(soonest, now), resource_name="ROOTCA")
-
-
-def _left(when: datetime, now: datetime) -> float:
-    return round((when - now).total_seconds(), 3)
-
-
-def _remove_stale_socket(path: Path) -> None:
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"{path} exists and is not a socket; refusing to replace it")
-    log.info("removing stale socket %s", path)
-    path.unlink()
-
 
 def run_agent(config: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT; the process exit code."""
@@ -218,7 +229,16 @@ def run_agent(config: AgentConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(config).run(stop)
+        agent = Agent(config)
+        reloads: set[asyncio.Task[None]] = set()
+
+        def on_hangup() -> None:
+            task = loop.create_task(agent.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_hangup)
+        await agent.run(stop)
 
     code = 0
     try:

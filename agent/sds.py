@@ -22,13 +22,17 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import any_pb2
 
 from agent.cache import SecretCache, Snapshot
-from agent.errors import AgentError, SecretUnavailable
-from agent.files import FileSecrets
-from agent.grpc_util import abort_with, pump_requests
+from agent.errors import AgentError, SecretUnavailable, TooManyResources
+from agent.files import MAX_FILE_RESOURCES_PER_STREAM, FileSecrets
+from agent.grpc_util import abort_with, pump_requests, require_decoded, tolerant
+from agent.logs import LogBudget, printable
 from agent.metrics import AgentMetrics
 from agent.resources import SECRET_TYPE_URL, check_name, secret_for, version_of
 
 log = logging.getLogger(__name__)
+
+SDS_SERVICE = "envoy.service.secret.v3.SecretDiscoveryService"
+MAX_QUEUED_REQUESTS = 16
 
 
 def _nonce() -> str:
@@ -43,36 +47,50 @@ class StreamError(AgentError):
 class _Watch:
     """What one stream watches and which version of each resource it last sent."""
 
-    def __init__(self, files: FileSecrets, metrics: AgentMetrics) -> None:
+    def __init__(self, files: FileSecrets, metrics: AgentMetrics, budget: LogBudget) -> None:
         self.files = files
         self.metrics = metrics
+        self.budget = budget
         self.node_id = ""
         self.names: dict[str, None] = {}  # ordered set
         self.sent: dict[str, str] = {}
+        self.held: set[str] = set()  # file resources this stream holds a watch on
 
     def first(self, node_id: str, type_url: str) -> None:
         if not self.node_id:
             if not node_id:
                 raise StreamError("the first request on a stream must carry node.id")
-            self.node_id = node_id
+            self.node_id = printable(node_id)
         if type_url and type_url != SECRET_TYPE_URL:
             raise StreamError(f"type_url {type_url!r} is not served here; use {SECRET_TYPE_URL}")
 
     def nack(self, kind: str, error_message: str) -> None:
         self.metrics.inc("sds_nack_count")
+        dropped = self.budget.take()
+        if dropped is None:
+            return
         log.warning(
-            "SDS %s NACK from node %s for %s: %s",
+            "SDS %s NACK from node %s for %s: %s%s",
             kind,
             self.node_id,
-            ",".join(self.names) or "-",
-            error_message,
+            printable(",".join(self.names) or "-"),
+            printable(error_message),
+            f" ({dropped} similar lines dropped)" if dropped else "",
         )
 
-    def subscribe(self, names: Sequence[str]) -> list[str]:
+    async def subscribe(self, names: Sequence[str]) -> list[str]:
         """Start watching `names`; returns those that are new to this stream."""
-        for name in names:
-            check_name(name, self.files)
         new = [n for n in dict.fromkeys(names) if n not in self.names]
+        files = [n for n in new if check_name(n)]  # every name checked before any is watched
+        if len(self.held) + len(files) > MAX_FILE_RESOURCES_PER_STREAM:
+            raise TooManyResources(
+                f"one stream may watch at most {MAX_FILE_RESOURCES_PER_STREAM} file resources"
+            )
+        for name in files:
+            self.files.hold(name)
+            self.held.add(name)  # before any wait: a cancelled stream still releases it
+        for name in files:
+            await self.files.loaded(name)
         self.names.update(dict.fromkeys(new))
         return new
 
@@ -80,6 +98,15 @@ class _Watch:
         for name in names:
             self.names.pop(name, None)
             self.sent.pop(name, None)
+            if name in self.held:
+                self.held.discard(name)
+                self.files.release(name)
+
+    def release_all(self) -> None:
+        """The stream ended: give back every file watch it held."""
+        for name in list(self.held):
+            self.files.release(name)
+        self.held.clear()
 
     def due(self, snapshot: Snapshot, names: Sequence[str] | None = None) -> list[str]:
         """Watched names (or just `names`) that exist and differ from what was sent."""
@@ -111,19 +138,23 @@ class _Watch:
 class _SotwStream(_Watch):
     last_nonce = ""
 
-    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[str]:
+    async def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[str]:
         """Apply one request; returns the names to answer now (often none)."""
+        require_decoded(request)
         self.first(request.node.id, request.type_url)
         if request.response_nonce and request.response_nonce != self.last_nonce:
-            log.debug("SDS stale nonce %s from %s ignored", request.response_nonce, self.node_id)
+            log.debug(
+                "SDS stale nonce %s from %s ignored",
+                printable(request.response_nonce),
+                self.node_id,
+            )
             return []
         if request.HasField("error_detail"):
             self.nack("stream", request.error_detail.message)
             return []
         names = list(request.resource_names)
-        new = self.subscribe(names)
         self.unsubscribe([n for n in self.names if n not in names])
-        return new
+        return await self.subscribe(names)
 
     def response(
         self, snapshot: Snapshot, names: Sequence[str]
@@ -141,7 +172,8 @@ class _SotwStream(_Watch):
 
 
 class _DeltaStream(_Watch):
-    def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[str]:
+    async def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[str]:
+        require_decoded(request)
         first = not self.node_id
         self.first(request.node.id, request.type_url)
         if first:
@@ -150,7 +182,7 @@ class _DeltaStream(_Watch):
             self.nack("delta", request.error_detail.message)
             return []
         self.unsubscribe(list(request.resource_names_unsubscribe))
-        return self.subscribe(list(request.resource_names_subscribe))
+        return await self.subscribe(list(request.resource_names_subscribe))
 
     def response(
         self, snapshot: Snapshot, names: Sequence[str]
@@ -176,12 +208,13 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
         self._cache = cache
         self._files = files
         self._metrics = metrics
+        self._nack_budget = LogBudget()
 
     async def StreamSecrets(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
         async for response in self._serve(
-            _SotwStream(self._files, self._metrics), request_iterator, context
+            _SotwStream(self._files, self._metrics, self._nack_budget), request_iterator, context
         ):
             yield response
 
@@ -189,32 +222,36 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
         async for response in self._serve(
-            _DeltaStream(self._files, self._metrics), request_iterator, context
+            _DeltaStream(self._files, self._metrics, self._nack_budget), request_iterator, context
         ):
             yield response
 
     async def FetchSecrets(
         self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> discovery_pb2.DiscoveryResponse:
-        watch = _SotwStream(self._files, self._metrics)
+        watch = _SotwStream(self._files, self._metrics, self._nack_budget)
         try:
+            require_decoded(request)
             if request.type_url and request.type_url != SECRET_TYPE_URL:
                 raise StreamError(f"type_url {request.type_url!r} is not served here")
             if not request.resource_names:
                 raise StreamError("FetchSecrets needs at least one resource name")
-            names = watch.subscribe(list(request.resource_names))
+            names = await watch.subscribe(list(request.resource_names))
             snapshot = self._cache.snapshot
             missing = [n for n in names if version_of(snapshot, n) is None]
             if missing:
                 reasons = [snapshot.file_errors.get(n) or snapshot.svid_error for n in missing]
                 reason = "; ".join(dict.fromkeys(r for r in reasons if r)) or "not loaded yet"
-                raise SecretUnavailable(f"no secret {', '.join(missing)} yet: {reason}")
+                shown = ", ".join(printable(n) for n in missing)
+                raise SecretUnavailable(f"no secret {shown} yet: {reason}")
             response = watch.response(snapshot, names)
             assert response is not None
             return response
         except AgentError as exc:
             await abort_with(context, exc)
             raise AssertionError("abort_with always raises") from None
+        finally:
+            watch.release_all()  # a one-shot fetch holds no watch afterwards
 
     async def _serve(
         self,
@@ -222,7 +259,7 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
         request_iterator: AsyncIterator[Any],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Any]:
-        requests: asyncio.Queue[Any] = asyncio.Queue()
+        requests: asyncio.Queue[Any] = asyncio.Queue(MAX_QUEUED_REQUESTS)
         pump = asyncio.ensure_future(pump_requests(request_iterator, requests))
         box = self._cache.subscribe()
         next_request: asyncio.Future[Any] | None = None
@@ -239,7 +276,7 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
                     if request is None:
                         return  # the client closed its side
                     try:
-                        names = stream.on_request(request)
+                        names = await stream.on_request(request)
                     except AgentError as exc:
                         await abort_with(context, exc)
                     snapshot_now = self._cache.snapshot
@@ -256,6 +293,30 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
                             yield push
         finally:
             self._cache.unsubscribe(box)
+            stream.release_all()
             for future in (pump, next_request, next_snapshot):
                 if future is not None:
                     future.cancel()
+
+
+def add_sds_to_server(service: SdsService, server: grpc.aio.Server) -> None:
+    """Register SDS with deserializers that turn garbage into INVALID_ARGUMENT, not a traceback."""
+    request, delta = discovery_pb2.DiscoveryRequest, discovery_pb2.DeltaDiscoveryRequest
+    handlers = {
+        "StreamSecrets": grpc.stream_stream_rpc_method_handler(
+            service.StreamSecrets,
+            request_deserializer=tolerant(request),
+            response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+        ),
+        "DeltaSecrets": grpc.stream_stream_rpc_method_handler(
+            service.DeltaSecrets,
+            request_deserializer=tolerant(delta),
+            response_serializer=discovery_pb2.DeltaDiscoveryResponse.SerializeToString,
+        ),
+        "FetchSecrets": grpc.unary_unary_rpc_method_handler(
+            service.FetchSecrets,
+            request_deserializer=tolerant(request),
+            response_serializer=discovery_pb2.DiscoveryResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SDS_SERVICE, handlers),))

@@ -62,6 +62,33 @@ def debug_certs(snapshot: Snapshot, now: datetime) -> dict[str, Any]:
     return doc
 
 
+def not_ready_reason(snapshot: Snapshot, now: datetime) -> str:
+    """Empty when a valid certificate is served; else why not (an expired one counts as none)."""
+    svid = snapshot.svid
+    if svid is None:
+        return snapshot.svid_error or "no certificate yet"
+    if svid.not_after <= now:
+        detail = f" ({snapshot.svid_error})" if snapshot.svid_error else ""
+        return f"certificate {svid.serial} expired at {svid.not_after.isoformat()}{detail}"
+    return ""
+
+
+def collect_gauges(metrics: AgentMetrics, snapshot: Snapshot, now: datetime) -> None:
+    """Expiry gauges just before a scrape: seconds left and the absolute expiry time."""
+    metrics.clear("cert_expiry_seconds")
+    metrics.clear("cert_expiry_timestamp_seconds")
+    expiries = []
+    if snapshot.svid is not None:
+        expiries.append(("default", snapshot.svid.not_after))
+    roots = snapshot.roots
+    if roots is not None and roots.certs:
+        expiries.append(("ROOTCA", min(c.not_valid_after_utc for c in roots.certs)))
+    for name, when in expiries:
+        left = round((when - now).total_seconds(), 3)
+        metrics.set("cert_expiry_seconds", left, resource_name=name)
+        metrics.set("cert_expiry_timestamp_seconds", when.timestamp(), resource_name=name)
+
+
 class StatusServer:
     """Answers GETs; every connection carries one request (`Connection: close`)."""
 
@@ -89,9 +116,9 @@ class StatusServer:
         if method != "GET":
             return 405, "text/plain", b"only GET is served here\n"
         if path == "/healthz/ready":
-            if self._cache.snapshot.svid is not None:
+            reason = not_ready_reason(self._cache.snapshot, self._now())
+            if not reason:
                 return 200, "text/plain", b"ready\n"
-            reason = self._cache.snapshot.svid_error or "no certificate yet"
             return 503, "text/plain", f"not ready: {reason}\n".encode()
         if path == "/metrics":
             return 200, "text/plain; version=0.0.4", self._metrics.render().encode()

@@ -3,8 +3,9 @@
 `FetchX509SVID` and `FetchX509Bundles` stream the full state: the first
 message as soon as the agent holds a certificate, then one per change.
 Every call must carry `workload.spiffe.io: true`. JWT-SVIDs are not issued.
-Handlers are registered directly (not through `workload_pb2_grpc`) so the
-agent does not import the whole `spiffe` library; see `agent.workload_proto`.
+Handlers are registered directly under the standard's unqualified service
+name, with deserializers that turn a request that is not valid protobuf into
+INVALID_ARGUMENT (see `agent.workload_proto`, `agent.grpc_util.tolerant`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import grpc
 
 from agent.cache import SecretCache, Snapshot
 from agent.errors import AgentError
-from agent.grpc_util import abort_with
+from agent.grpc_util import abort_with, require_decoded, tolerant
 from agent.metrics import AgentMetrics
 from agent.workload_proto import SECURITY_HEADER, SERVICE, workload_pb2
 from certs.spiffe_id import TrustDomain
@@ -50,7 +51,7 @@ class WorkloadApiService:
         self._pb = workload_pb2()
 
     async def FetchX509SVID(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        await _check_header(context)
+        await _check_request(request, context)
         last: tuple[str, str] | None = None
         async for snapshot in self._snapshots():
             svid, roots = snapshot.svid, snapshot.roots
@@ -73,7 +74,7 @@ class WorkloadApiService:
             )
 
     async def FetchX509Bundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        await _check_header(context)
+        await _check_request(request, context)
         last = ""
         async for snapshot in self._snapshots():
             roots = snapshot.roots
@@ -87,16 +88,16 @@ class WorkloadApiService:
             yield self._pb.X509BundlesResponse(bundles={trust_domain.id: roots.der})
 
     async def FetchJWTSVID(self, request: Any, context: Context) -> Any:
-        await _check_header(context)
+        await _check_request(request, context)
         await abort_with(context, JwtNotSupported(_JWT_MESSAGE))
 
     async def FetchJWTBundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
-        await _check_header(context)
+        await _check_request(request, context)
         await abort_with(context, JwtNotSupported(_JWT_MESSAGE))
         yield None  # pragma: no cover (makes this an async generator, as the RPC streams)
 
     async def ValidateJWTSVID(self, request: Any, context: Context) -> Any:
-        await _check_header(context)
+        await _check_request(request, context)
         await abort_with(context, JwtNotSupported(_JWT_MESSAGE))
 
     async def _snapshots(self) -> AsyncIterator[Snapshot]:
@@ -106,6 +107,14 @@ class WorkloadApiService:
                 yield snapshot
         finally:
             self._cache.unsubscribe(box)
+
+
+async def _check_request(request: Any, context: Context) -> None:
+    try:
+        require_decoded(request)
+    except AgentError as exc:
+        await abort_with(context, exc)
+    await _check_header(context)
 
 
 async def _check_header(context: Context) -> None:
@@ -126,12 +135,12 @@ def add_to_server(service: WorkloadApiService, server: grpc.aio.Server) -> None:
 
     def stream(method: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_stream_rpc_method_handler(
-            method, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+            method, request_deserializer=tolerant(req), response_serializer=resp.SerializeToString
         )
 
     def unary(method: Any, req: Any, resp: Any) -> grpc.RpcMethodHandler:
         return grpc.unary_unary_rpc_method_handler(
-            method, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+            method, request_deserializer=tolerant(req), response_serializer=resp.SerializeToString
         )
 
     handlers = {

@@ -1,37 +1,21 @@
-"""The SPIFFE Workload API messages, taken from the `spiffe` package's generated stubs.
+"""The SPIFFE Workload API messages, from Bulwark's own generated stubs (`make protos`).
 
-Importing `spiffe._proto` runs `spiffe/__init__.py`, which pulls in the whole
-client library (pyjwt, pyasn1...) and costs the agent about 6 MB of resident
-memory. This module loads only the generated `workload_pb2.py` file. The
-descriptors are identical, so the upb descriptor pool shares them (and their
-message classes) with `spiffe._proto.workload_pb2` when a process loads both.
+`protos/spiffe/workload/workload.proto` carries the standard's messages; the
+agent used to load the `spiffe` package's private `_proto/workload_pb2.py` by
+file path, which an upgrade of that package could break. Importing `spiffe`
+itself would pull in the whole client library (about 6 MB of resident memory).
 """
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import ModuleType
 
-_MODULE = "agent._spiffe_workload_pb2"
-SERVICE = "SpiffeWorkloadAPI"
+SERVICE = "SpiffeWorkloadAPI"  # the standard's unqualified service name: /SpiffeWorkloadAPI/<rpc>
 SECURITY_HEADER = "workload.spiffe.io"
 
 
 def workload_pb2() -> ModuleType:
-    """The generated module of spiffe/spiffe `standards/workloadapi.proto`."""
-    loaded = sys.modules.get("spiffe._proto.workload_pb2") or sys.modules.get(_MODULE)
-    if loaded is not None:
-        return loaded
-    package = importlib.util.find_spec("spiffe")  # finds without importing the package
-    if package is None or not package.submodule_search_locations:
-        raise ImportError("the 'spiffe' package (Workload API stubs) is not installed")
-    path = Path(next(iter(package.submodule_search_locations))) / "_proto" / "workload_pb2.py"
-    spec = importlib.util.spec_from_file_location(_MODULE, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[_MODULE] = module
-    spec.loader.exec_module(module)
+    """The generated module of the Workload API messages."""
+    from protos.spiffe.workload import workload_pb2 as module
+
     return module

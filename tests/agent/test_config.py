@@ -32,7 +32,9 @@ def test_defaults_are_istios() -> None:
 def test_an_empty_status_address_turns_the_status_server_off() -> None:
     assert AgentConfig.from_env({}).status_addr == "127.0.0.1:15020"
     assert AgentConfig.from_env({"BULWARK_AGENT_STATUS_ADDR": ""}).status_addr == ""
-    assert AgentConfig.from_env({"BULWARK_AGENT_STATUS_ADDR": "0.0.0.0:1"}).status_addr == "0.0.0.0:1"
+    assert (
+        AgentConfig.from_env({"BULWARK_AGENT_STATUS_ADDR": "0.0.0.0:1"}).status_addr == "0.0.0.0:1"
+    )
 
 
 def test_environment_is_read() -> None:
