@@ -86,8 +86,6 @@ _HELP = {
 }
 
 
-
-
 def register(subparsers: Any) -> None:
     """Add `agent run` and `agent status` to the `bulwark` command line."""
     from certs.cli.output import add_output_flag
