@@ -12,12 +12,12 @@ from cryptography import x509
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from ca_server.admin_api.models import (
     CaInfo,
     CertificateDetail,
     CertificateList,
-    CertificateSummary,
     ChainBreakBody,
     ErrorBody,
     SpiffeBundle,
@@ -25,7 +25,7 @@ from ca_server.admin_api.models import (
     ca_info,
     detail_of,
     spiffe_key,
-    summary_fields,
+    summary_of,
 )
 from ca_server.ledger import (
     CertificatePage,
@@ -164,7 +164,7 @@ def _list_route(
             raise _invalid(exc) from exc
         except LedgerReadError as exc:
             raise _unavailable(exc) from exc
-        items = [CertificateSummary(**summary_fields(c, now)) for c in page.items]  # type: ignore[arg-type]
+        items = [summary_of(c, now) for c in page.items]
         return CertificateList(items=items, next_cursor=page.next_cursor)
 
 
@@ -184,7 +184,7 @@ def _get_route(
     )
     def get_certificate(
         serial: Annotated[str, Path(description="hex serial; case and colons ignored")],
-    ) -> CertificateDetail:
+    ) -> BaseModel:
         try:
             found = reader.get(serial)
         except InvalidQuery as exc:

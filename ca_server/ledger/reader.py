@@ -9,14 +9,8 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from ca_server.ledger.chain import VerifyReport, verify_rows
-from ca_server.ledger.database import (
-    HEAD_SELECT,
-    RecordUrl,
-    Session,
-    connect,
-    driver_errors,
-    head_from_row,
-)
+from ca_server.ledger.database import HEAD_SELECT, RecordUrl, Session, head_from_row
+from ca_server.ledger.dialects import connect, driver_errors
 from ca_server.ledger.errors import LedgerReadError
 from ca_server.ledger.query import CertificateQuery, normalise_serial
 from ca_server.ledger.recorder import prepare, utc_now
