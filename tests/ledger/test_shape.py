@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ca_server.admin_api.models import CertificateDetail, CertificateSummary
 from ca_server.ledger.chain import canonical
-from ca_server.ledger.database import parse_record_url
 from ca_server.ledger.dialects import connect
 from ca_server.ledger.recorder import prepare
 from ca_server.ledger.rows import StoredCertificate
@@ -25,7 +24,7 @@ def test_table_columns_are_the_definition(tmp_path: Path) -> None:
     finally:
         session.close()
     assert tuple(r[0] for r in rows) == ROW_COLUMNS
-    assert HASHED_COLUMNS == ("seq", *FIELDS, "recorded_at_us")
+    assert ("seq", *FIELDS, "recorded_at_us") == HASHED_COLUMNS
 
 
 def test_stored_row_and_api_models_carry_every_field() -> None:
