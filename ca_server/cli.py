@@ -103,6 +103,14 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
             from ca_server.kube.settings import add_flags as add_kube_flags
 
             add_kube_flags(group)
+        if title == "issuance record":
+            group.add_argument(
+                "--record-continue-after-damage",
+                action="store_true",
+                default=env_bool("BULWARK_RECORD_CONTINUE_AFTER_DAMAGE"),
+                help="on a damaged or missing record, continue on a new segment that records"
+                " the break instead of refusing to start",
+            )
         if title == "issuance policy":
             group.add_argument(
                 "--allow-ed25519",
@@ -170,6 +178,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         else parse_duration(args.record_retention),
         record_max_batch=int(args.record_max_batch),
         record_linger=timedelta(milliseconds=float(args.record_linger_ms)),
+        record_continue_after_damage=bool(args.record_continue_after_damage),
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
         material_check_interval=parse_duration(args.material_check_interval),
@@ -181,6 +190,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from ca_server.errors import ConfigError
+    from ca_server.ledger.integrity import RecordDamaged
     from ca_server.server import serve
     from certs.errors import InvalidSpiffeId
 
@@ -189,7 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         return serve(config, log_level=level)
-    except (ConfigError, InvalidSpiffeId, ValueError) as exc:
+    except (ConfigError, InvalidSpiffeId, ValueError, RecordDamaged) as exc:
         print(f"bulwark ca serve: {exc}", file=sys.stderr)
         return 2
 

@@ -61,12 +61,23 @@ class ChainBreakBody(BaseModel):
     reason: str
 
 
+class SegmentBreakBody(BaseModel):
+    first_seq: int = Field(description="first row of the segment the CA continued on")
+    prev_seq: int = Field(description="the row the segment chains from")
+    reason: str = Field(description="the damage found at start, when the operator continued")
+    started_at: datetime
+    damage: ChainBreakBody | None = Field(description="what the stretch before it shows now")
+
+
 class VerifyResult(BaseModel):
-    ok: bool
+    ok: bool = Field(description="the chain after the last segment break verifies")
     rows_checked: int
     anchor_seq: int = Field(description="last pruned row; the chain is verified from here")
     head_seq: int
     broken: ChainBreakBody | None
+    segments: list[SegmentBreakBody] = Field(
+        default_factory=list, description="where the record was continued after damage"
+    )
 
 
 class CaCertificateInfo(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,6 @@ from ca_server.admin_api.models import (
     CaInfo,
     CertificateDetail,
     CertificateList,
-    ChainBreakBody,
     ErrorBody,
     SpiffeBundle,
     VerifyResult,
@@ -209,16 +209,7 @@ def _verify_route(router: APIRouter, reader: CertificateReader, guard: DependsPa
             report = reader.verify()
         except LedgerReadError as exc:
             raise _unavailable(exc) from exc
-        broken = report.broken
-        return VerifyResult(
-            ok=report.ok,
-            rows_checked=report.rows_checked,
-            anchor_seq=report.anchor_seq,
-            head_seq=report.head_seq,
-            broken=ChainBreakBody(seq=broken.seq, serial=broken.serial, reason=broken.reason)
-            if broken
-            else None,
-        )
+        return VerifyResult.model_validate(dataclasses.asdict(report))
 
 
 def _ca_routes(

@@ -20,7 +20,9 @@ GENESIS_HASH = "0" * 64
 __all__ = [
     "GENESIS_HASH",
     "HASHED_COLUMNS",
+    "LATE_COLUMNS",
     "ChainBreak",
+    "SegmentBreak",
     "VerifyReport",
     "row_hash",
     "verify_rows",
@@ -60,14 +62,30 @@ class ChainBreak:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentBreak:
+    """Where the operator continued the chain after damage, and what the damage was."""
+
+    first_seq: int  # the new segment's first row
+    prev_seq: int  # the row it chains from
+    reason: str  # why the CA continued (recorded at start)
+    started_at: str  # RFC 3339
+    damage: ChainBreak | None = None  # what verifying the stretch before it found
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyReport:
-    """Outcome of recomputing the chain from the anchor to the head."""
+    """Outcome of recomputing the chain from the anchor to the head.
+
+    `ok` covers the stretch after the last segment break; each `segments` entry says
+    what the operator acknowledged when continuing (and what the stretch before it showed).
+    """
 
     ok: bool
     rows_checked: int
     anchor_seq: int
     head_seq: int
     broken: ChainBreak | None = None
+    segments: tuple[SegmentBreak, ...] = ()
 
 
 def verify_rows(

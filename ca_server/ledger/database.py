@@ -75,6 +75,10 @@ class Session(ABC):
     def close(self) -> None:
         """Close the connection; never raises."""
 
+    @abstractmethod
+    def has_table(self, name: str) -> bool:
+        """Whether the table `name` exists (an older record may lack a newer table)."""
+
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = self.query(sql, params)
         return rows[0] if rows else None
