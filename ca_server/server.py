@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 import uvicorn
 
-from ca_server.admin import create_admin_app
+from ca_server.admin_api.app import create_admin_app
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.errors import ConfigError
 from ca_server.material import (

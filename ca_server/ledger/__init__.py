@@ -20,7 +20,7 @@ from ca_server.ledger.errors import (
     RecordUrlError,
     SchemaError,
 )
-from ca_server.ledger.query import CertificateQuery, parse_duration
+from ca_server.ledger.query import CertificateQuery, parse_duration, parse_timestamp
 from ca_server.ledger.reader import CertificatePage, LedgerReader, open_reader
 from ca_server.ledger.recorder import ManagedRecorder, RecorderOptions, open_recorder
 from ca_server.ledger.retention import Pruner
@@ -47,4 +47,5 @@ __all__ = [
     "open_recorder",
     "parse_duration",
     "parse_record_url",
+    "parse_timestamp",
 ]
