@@ -70,7 +70,10 @@ def parse_timestamp(text: str, name: str) -> datetime:
         ) from None
     if value.tzinfo is None:
         raise InvalidQuery(f"{name} needs a UTC offset (Z or +hh:mm): {_shown(text)}")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+14:00 is before year 1 in UTC
+        raise InvalidQuery(f"{name} {_shown(text)} is out of range") from None
 
 
 def check_filter(name: str, value: str | None) -> None:
