@@ -177,3 +177,29 @@ def head_hash(url: str) -> str:
         return str(conn.execute("SELECT row_hash FROM chain_head").fetchone()[0])
     finally:
         conn.close()
+
+
+def test_an_altered_row_is_found_on_each_backend(record_url: str, tmp_path: Path) -> None:
+    """The tail check and the segment work alike on SQLite and PostgreSQL."""
+    from ca_server.ledger.database import parse_record_url
+    from ca_server.ledger.dialects import connect
+
+    recorder = open_recorder(record_url)
+    for _ in range(5):
+        recorder.record(make_entry())
+    recorder.close()
+    anchor_path = tmp_path / "ca" / ANCHOR_FILE
+    guard_record(record_url, anchor_path).stop()
+    session = connect(parse_record_url(record_url))
+    session.execute("UPDATE certificates SET peer = 'forged' WHERE seq = 3")
+    session.close()
+    with pytest.raises(RecordDamaged, match="hash chain broken at row 3"):
+        guard_record(record_url, anchor_path)
+    guard_record(record_url, anchor_path, continue_after_damage=True).stop()
+    reader = open_reader(record_url)
+    try:
+        report = reader.verify()
+    finally:
+        reader.close()
+    assert report.ok and report.segments[0].first_seq == 6
+    assert report.segments[0].damage is not None and report.segments[0].damage.seq == 3
