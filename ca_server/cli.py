@@ -118,6 +118,14 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
             from ca_server.kube.settings import add_flags as add_kube_flags
 
             add_kube_flags(group)
+        if title == "issuance record":
+            group.add_argument(
+                "--record-continue-after-damage",
+                action="store_true",
+                default=env_bool("BULWARK_RECORD_CONTINUE_AFTER_DAMAGE"),
+                help="on a damaged or missing record, continue on a new segment that records"
+                " the break instead of refusing to start",
+            )
         if title == "issuance policy":
             group.add_argument(
                 "--allow-ed25519",
@@ -195,6 +203,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         else _duration(args, "--record-retention"),
         record_max_batch=int(args.record_max_batch),
         record_linger=timedelta(milliseconds=float(args.record_linger_ms)),
+        record_continue_after_damage=bool(args.record_continue_after_damage),
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
         material_check_interval=_duration(args, "--material-check-interval"),
@@ -206,6 +215,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from ca_server.errors import ConfigError
+    from ca_server.ledger.integrity import RecordDamaged
     from ca_server.logs import configure as configure_logs
     from ca_server.server import serve
     from certs.errors import InvalidSpiffeId
@@ -215,7 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         return serve(config, log_level=level, log_format=args.log_format)
-    except (ConfigError, InvalidSpiffeId, ValueError) as exc:
+    except (ConfigError, InvalidSpiffeId, ValueError, RecordDamaged) as exc:
         print(f"bulwark ca serve: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"bulwark ca serve: {os_error(exc, 'check --data-dir and its parent')}", file=sys.stderr)

@@ -63,6 +63,7 @@ class CaConfig:
     )  # prune rows expired this long; None keeps all
     record_max_batch: int = 256  # certificates per record commit; 1 turns group commit off
     record_linger: timedelta = DEFAULT_RECORD_LINGER  # a busy worker's wait to grow a batch
+    record_continue_after_damage: bool = False  # start a new record segment instead of exit 2
     admin_token_file: Path | None = None
     ready_file: Path | None = None
     kubeconfig: Path | None = None

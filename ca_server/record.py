@@ -4,35 +4,51 @@ Implementations (SQLite, PostgreSQL, behind `AsyncRecorder`) live in
 `ca_server.ledger`. `await record(entry)` must return only once the entry is
 durably committed; if it raises, the CA answers INTERNAL and the certificate is
 never sent.
+
+`IssuedCertificate` is the one definition of a record's fields: the table's
+columns, the hashed columns (in this order), the stored row read back and the
+admin API's models are all derived from it. Adding a field is one edit here
+(with `since` set to the schema version that adds its column).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
+
+
+def recorded(description: str, *, summary: bool = False, since: int = 1) -> dict[str, Any]:
+    """Field metadata: its API description, whether listings show it, its schema version.
+
+    A field added after schema version 1 is hashed only when it is non-empty, so rows
+    written before it existed keep their hash.
+    """
+    return {"description": description, "summary": summary, "since": since}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IssuedCertificate:
     """One issued leaf, with everything an operator may ask about it later."""
 
-    serial: str  # lowercase hex
-    spiffe_id: str
-    namespace: str
-    service_account: str
-    not_before: datetime
-    not_after: datetime
-    public_key_sha256: str  # hex SHA-256 of the SPKI
-    authenticator: str
-    subject: str
-    pod_name: str
-    pod_uid: str
-    peer: str
-    cluster_id: str
-    csr_sha256: str
-    issuer_serial: str
-    certificate_pem: str
+    serial: str = field(metadata=recorded("lowercase hex serial number", summary=True))
+    spiffe_id: str = field(metadata=recorded("the SPIFFE ID the certificate names", summary=True))
+    namespace: str = field(metadata=recorded("the workload's Kubernetes namespace", summary=True))
+    service_account: str = field(metadata=recorded("the workload's service account", summary=True))
+    not_before: datetime = field(metadata=recorded("start of validity", summary=True))
+    not_after: datetime = field(metadata=recorded("end of validity", summary=True))
+    public_key_sha256: str = field(metadata=recorded("hex SHA-256 of the certified SPKI"))
+    authenticator: str = field(metadata=recorded("how the caller was authenticated", summary=True))
+    subject: str = field(
+        metadata=recorded("the authenticated caller (token subject or certificate identity)")
+    )
+    pod_name: str = field(metadata=recorded("the caller's pod, when its token names one"))
+    pod_uid: str = field(metadata=recorded("the caller's pod UID, when its token names one"))
+    peer: str = field(metadata=recorded("the caller's network address"))
+    cluster_id: str = field(metadata=recorded("the cluster the request named"))
+    csr_sha256: str = field(metadata=recorded("hex SHA-256 of the CSR"))
+    issuer_serial: str = field(metadata=recorded("serial of the signing CA certificate"))
+    certificate_pem: str = field(metadata=recorded("the issued certificate, PEM"))
 
 
 class Recorder(Protocol):

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 
 import uvicorn
 
-from ca_server.admin import create_admin_app
+from ca_server.admin_api.app import create_admin_app
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.errors import ConfigError
 from ca_server.material import (
@@ -205,7 +205,9 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
     _announce_local_issuer(config)
     from ca_server.admin_api import check_record
+    from ca_server.ledger.integrity import guard_record_of
 
+    anchor_keeper = guard_record_of(config)  # damaged/missing record: RecordDamaged (exit 2)
     check_record(config)  # a bad --record is a clear start-up error, before any worker starts
     controllers = None
     if config.kube is not None:
@@ -243,6 +245,7 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
     finally:
+        anchor_keeper.stop()
         if controllers is not None:
             controllers.stop()
         if supervisor is not None:

@@ -53,13 +53,15 @@ _UNIT_NS = {
 _PART = re.compile(r"(\d*)(?:\.(\d*))?([a-zµμ]+)")
 _SECONDS = re.compile(r"\d+(?:\.\d*)?|\.\d+")
 _PORT_MAX = 65535
+MAX_DURATION_NS = 2**63 - 1  # Go's time.Duration is int64 nanoseconds
 
 
 class InvalidValue(CertsError, ValueError):
     """A typed value does not follow its grammar; the message names the setting."""
 
     def __init__(self, what: str, expected: str, text: str) -> None:
-        super().__init__(f"{what} must be {expected}, got {text!r}")
+        shown = text if len(text) <= 64 else text[:64] + "..."
+        super().__init__(f"{what} must be {expected}, got {shown!r}")
         self.what = what
         self.text = text
 
@@ -68,14 +70,19 @@ def parse_duration(text: str, what: str = "duration") -> timedelta:
     """A Go duration (`1h30m`, `500ms`, `1.5h`), with `d` and `w`, or plain seconds (`90`)."""
     value = text.strip()
     if _SECONDS.fullmatch(value):
-        return timedelta(seconds=float(value))
-    if value.startswith("-") and value != "-0":
-        raise InvalidValue(what, "a duration that is not negative", text)
-    if value[:1] in "+-":
-        value = value[1:]
-    nanos = _go_duration_nanos(value)
-    if nanos is None:
-        raise InvalidValue(what, DURATION_EXAMPLES, text)
+        nanos = float(value) * 1e9
+    else:
+        if value.startswith("-") and value != "-0":
+            raise InvalidValue(what, "a duration that is not negative", text)
+        if value[:1] in "+-":
+            value = value[1:]
+        parsed = _go_duration_nanos(value)
+        if parsed is None:
+            raise InvalidValue(what, DURATION_EXAMPLES, text)
+        nanos = parsed
+    # Checked before timedelta() is built, which overflows near 10^14 s.
+    if nanos > MAX_DURATION_NS:
+        raise InvalidValue(what, "a duration of at most 2562047h (Go's limit)", text)
     return timedelta(microseconds=nanos / 1000)
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, create_model
 
 from ca_server.ledger import StoredCertificate
+from ca_server.ledger.shape import ENTRY_COLUMNS
 from certs.pem import serial_hex, sha256_fingerprint, to_pem
 
 
@@ -19,36 +20,38 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-class CertificateSummary(BaseModel):
-    seq: int = Field(description="position in the record's hash chain")
-    serial: str = Field(description="lowercase hex serial number")
-    spiffe_id: str
-    namespace: str
-    service_account: str
-    not_before: datetime
-    not_after: datetime
-    state: Literal["active", "expired"]
-    seconds_left: int = Field(description="seconds until not_after; negative once expired")
-    authenticator: str
-    recorded_at: datetime
+CertificateState = Literal["active", "expired"]
 
 
-class CertificateDetail(CertificateSummary):
-    public_key_sha256: str
-    subject: str
-    pod_name: str
-    pod_uid: str
-    peer: str
-    cluster_id: str
-    csr_sha256: str
-    issuer_serial: str
-    certificate_pem: str
-    prev_hash: str
-    row_hash: str
+def _entry_fields(*, summary: bool) -> dict[str, Any]:
+    """Pydantic field definitions of the record's columns shown in listings (or the rest)."""
+    return {
+        c.name: (datetime if c.kind == "epoch" else str, Field(description=c.description))
+        for c in ENTRY_COLUMNS
+        if c.summary == summary
+    }
+
+
+# Both models come from the one definition of a record's fields (`IssuedCertificate`).
+CertificateSummary: type[BaseModel] = create_model(
+    "CertificateSummary",
+    seq=(int, Field(description="position in the record's hash chain")),
+    **_entry_fields(summary=True),
+    state=(CertificateState, Field(description="active until not_after, then expired")),
+    seconds_left=(int, Field(description="seconds until not_after; negative once expired")),
+    recorded_at=(datetime, Field(description="when the record committed it")),
+)
+CertificateDetail: type[BaseModel] = create_model(
+    "CertificateDetail",
+    __base__=CertificateSummary,
+    **_entry_fields(summary=False),
+    prev_hash=(str, Field(description="row_hash of the previous row in the chain")),
+    row_hash=(str, Field(description="SHA-256 over prev_hash and this row's fields")),
+)
 
 
 class CertificateList(BaseModel):
-    items: list[CertificateSummary]
+    items: list[CertificateSummary]  # type: ignore[valid-type]
     next_cursor: str | None = Field(description="pass as `cursor` for the next page; null at end")
 
 
@@ -58,12 +61,23 @@ class ChainBreakBody(BaseModel):
     reason: str
 
 
+class SegmentBreakBody(BaseModel):
+    first_seq: int = Field(description="first row of the segment the CA continued on")
+    prev_seq: int = Field(description="the row the segment chains from")
+    reason: str = Field(description="the damage found at start, when the operator continued")
+    started_at: datetime
+    damage: ChainBreakBody | None = Field(description="what the stretch before it shows now")
+
+
 class VerifyResult(BaseModel):
-    ok: bool
+    ok: bool = Field(description="the chain after the last segment break verifies")
     rows_checked: int
     anchor_seq: int = Field(description="last pruned row; the chain is verified from here")
     head_seq: int
     broken: ChainBreakBody | None
+    segments: list[SegmentBreakBody] = Field(
+        default_factory=list, description="where the record was continued after damage"
+    )
 
 
 class CaCertificateInfo(BaseModel):
@@ -136,36 +150,26 @@ def spiffe_key(cert: x509.Certificate) -> SpiffeKey:
 
 
 def summary_fields(cert: StoredCertificate, now: datetime) -> dict[str, object]:
+    """The listing fields of `cert` as seen at `now`."""
     left = int((cert.not_after - now).total_seconds())
+    shown = {c.name: getattr(cert, c.name) for c in ENTRY_COLUMNS if c.summary}
     return {
         "seq": cert.seq,
-        "serial": cert.serial,
-        "spiffe_id": cert.spiffe_id,
-        "namespace": cert.namespace,
-        "service_account": cert.service_account,
-        "not_before": cert.not_before,
-        "not_after": cert.not_after,
+        **shown,
         "state": "active" if left > 0 else "expired",
         "seconds_left": left,
-        "authenticator": cert.authenticator,
         "recorded_at": cert.recorded_at,
     }
 
 
-def detail_of(cert: StoredCertificate, now: datetime) -> CertificateDetail:
+def summary_of(cert: StoredCertificate, now: datetime) -> BaseModel:
+    return CertificateSummary(**summary_fields(cert, now))
+
+
+def detail_of(cert: StoredCertificate, now: datetime) -> BaseModel:
+    rest = {c.name: getattr(cert, c.name) for c in ENTRY_COLUMNS if not c.summary}
     return CertificateDetail(
-        **summary_fields(cert, now),  # type: ignore[arg-type]
-        public_key_sha256=cert.public_key_sha256,
-        subject=cert.subject,
-        pod_name=cert.pod_name,
-        pod_uid=cert.pod_uid,
-        peer=cert.peer,
-        cluster_id=cert.cluster_id,
-        csr_sha256=cert.csr_sha256,
-        issuer_serial=cert.issuer_serial,
-        certificate_pem=cert.certificate_pem,
-        prev_hash=cert.prev_hash,
-        row_hash=cert.row_hash,
+        **summary_fields(cert, now), **rest, prev_hash=cert.prev_hash, row_hash=cert.row_hash
     )
 
 

@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
+import ipaddress
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal, Protocol
 
 from cryptography import x509
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.params import Depends as DependsParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 
 from ca_server.admin_api.models import (
     CaInfo,
     CertificateDetail,
     CertificateList,
-    CertificateSummary,
-    ChainBreakBody,
     ErrorBody,
     SpiffeBundle,
     VerifyResult,
     ca_info,
     detail_of,
     spiffe_key,
-    summary_fields,
+    summary_of,
 )
 from ca_server.ledger import (
     CertificatePage,
@@ -34,9 +36,10 @@ from ca_server.ledger import (
     LedgerReadError,
     StoredCertificate,
     VerifyReport,
+    parse_duration,
+    parse_timestamp,
 )
 from certs.pem import bundle_pem
-from certs.values import InvalidValue, parse_duration
 
 PEM_MEDIA_TYPE = "application/x-pem-file"
 DEFAULT_REFRESH_HINT = timedelta(minutes=5)
@@ -69,6 +72,48 @@ AUTH_RESPONSES: dict[int | str, dict[str, object]] = {
 _bearer = HTTPBearer(auto_error=False, description="contents of --admin-token-file")
 
 
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
+_IN_PATH = re.compile(r"\s+in\s+[^\s)]+")  # "local issuer in ./data"
+_PATH = re.compile(r"(?<![\w:/.])/[^\s),]*")
+
+
+def _host_name(header: str) -> str:
+    """The host of a Host header without its port (`[::1]:8080` -> `[::1]`)."""
+    if header.startswith("["):
+        return header.split("]", 1)[0] + "]"
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+def require_local_host(request: Request) -> None:
+    """On a connection to a loopback address, only a loopback Host is served.
+
+    A browser page whose DNS name was rebound to 127.0.0.1 sends its own name in Host;
+    refusing it keeps the admin API from being read through the browser (DNS rebinding).
+    """
+    server = request.scope.get("server")
+    if not server or not _is_loopback_address(str(server[0])):
+        return
+    host = request.headers.get("host", "")
+    if _host_name(host.strip().lower()) not in LOCAL_HOSTS:
+        raise HTTPException(
+            status_code=400,
+            detail="the admin API on a loopback address answers only Host localhost,"
+            " 127.0.0.1 or [::1] (DNS rebinding protection)",
+        )
+
+
+def _is_loopback_address(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def public_name(name: str) -> str:
+    """An authenticator's description without filesystem paths, for unauthenticated callers."""
+    return _PATH.sub("<path>", _IN_PATH.sub(" in <path>", name))
+
+
 def _admin_guard(
     admin_token: str | None, loopback: bool
 ) -> Callable[[HTTPAuthorizationCredentials | None], None]:
@@ -87,7 +132,11 @@ def _admin_guard(
     return require_admin
 
 
-def _invalid(exc: InvalidQuery | InvalidValue) -> HTTPException:
+def _stamp(text: str | None, name: str) -> datetime | None:
+    return parse_timestamp(text, name) if text is not None else None
+
+
+def _invalid(exc: InvalidQuery) -> HTTPException:
     return HTTPException(status_code=422, detail=str(exc))
 
 
@@ -107,7 +156,7 @@ def build_admin_router(
     refresh_hint: timedelta = DEFAULT_REFRESH_HINT,
 ) -> APIRouter:
     """The /v1 routes, bound to the given reader, CA material and access policy."""
-    router = APIRouter(prefix="/v1", tags=["v1"])
+    router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_local_host)])
     _record_routes(router, reader, Depends(_admin_guard(admin_token, loopback)), clock)
     _ca_routes(router, ca_certificates, csr_policy, list(authenticators), clock, refresh_hint)
     return router
@@ -143,6 +192,19 @@ def _list_route(
                 examples=["2h"],
             ),
         ] = None,
+        issued_since: Annotated[
+            str | None,
+            Query(
+                description="recorded at or after this RFC 3339 time",
+                examples=["2026-01-02T03:04:05Z"],
+            ),
+        ] = None,
+        issued_before: Annotated[
+            str | None,
+            Query(
+                description="recorded before this RFC 3339 time", examples=["2026-01-03T00:00:00Z"]
+            ),
+        ] = None,
         state: Literal["active", "expired"] | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
@@ -150,7 +212,7 @@ def _list_route(
         now = clock()
         try:
             within = (
-                parse_duration(expiring_within, "expiring_within")
+                parse_duration(expiring_within)
                 if expiring_within is not None
                 else None
             )
@@ -159,16 +221,18 @@ def _list_route(
                 service_account=service_account,
                 spiffe_id=spiffe_id,
                 expiring_within=within,
+                issued_since=_stamp(issued_since, "issued_since"),
+                issued_before=_stamp(issued_before, "issued_before"),
                 state=state,
                 limit=limit,
                 cursor=cursor,
             )
             page = reader.list(query)
-        except (InvalidQuery, InvalidValue) as exc:
+        except InvalidQuery as exc:
             raise _invalid(exc) from exc
         except LedgerReadError as exc:
             raise _unavailable(exc) from exc
-        items = [CertificateSummary(**summary_fields(c, now)) for c in page.items]  # type: ignore[arg-type]
+        items = [summary_of(c, now) for c in page.items]
         return CertificateList(items=items, next_cursor=page.next_cursor)
 
 
@@ -188,7 +252,7 @@ def _get_route(
     )
     def get_certificate(
         serial: Annotated[str, Path(description="hex serial; case and colons ignored")],
-    ) -> CertificateDetail:
+    ) -> BaseModel:
         try:
             found = reader.get(serial)
         except InvalidQuery as exc:
@@ -213,16 +277,7 @@ def _verify_route(router: APIRouter, reader: CertificateReader, guard: DependsPa
             report = reader.verify()
         except LedgerReadError as exc:
             raise _unavailable(exc) from exc
-        broken = report.broken
-        return VerifyResult(
-            ok=report.ok,
-            rows_checked=report.rows_checked,
-            anchor_seq=report.anchor_seq,
-            head_seq=report.head_seq,
-            broken=ChainBreakBody(seq=broken.seq, serial=broken.serial, reason=broken.reason)
-            if broken
-            else None,
-        )
+        return VerifyResult.model_validate(dataclasses.asdict(report))
 
 
 def _ca_routes(
@@ -261,5 +316,5 @@ def _ca_routes(
             roots=[ca_info(c, now) for c in material.roots],
             intermediates=[ca_info(c, now) for c in material.intermediates],
             csr_policy=csr_policy,
-            authenticators=names,
+            authenticators=[public_name(n) for n in names],
         )

@@ -22,7 +22,7 @@ from ca_server.ledger import (
     open_reader,
     parse_record_url,
 )
-from ca_server.ledger.database import driver_errors
+from ca_server.ledger.dialects import driver_errors
 from ca_server.ledger.recorder import prepare
 from ca_server.material import CaMaterial
 from certs.pem import sha256_fingerprint

@@ -5,7 +5,10 @@ interface. Concurrent `record()` calls are group-committed by whichever caller
 finds nobody committing (leader/follower, no writer thread); writers in any
 number of processes extend one linear SHA-256 hash chain under the database's
 write lock, so `verify` finds any edited, removed or reordered row. Old expired rows are pruned from the front of the
-chain, which stays verifiable from a kept anchor.
+chain, which stays verifiable from a kept anchor. A record's fields are defined once
+(`ca_server.record.IssuedCertificate`, columns in `shape.py`); drivers sit behind
+`dialects.py`. At start `integrity.guard_record` refuses a damaged record, or records a
+segment break when the operator continues.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from ca_server.ledger.errors import (
     RecordUrlError,
     SchemaError,
 )
-from ca_server.ledger.query import CertificateQuery, parse_duration
+from ca_server.ledger.query import CertificateQuery, parse_duration, parse_timestamp
 from ca_server.ledger.reader import CertificatePage, LedgerReader, open_reader
 from ca_server.ledger.recorder import ManagedRecorder, RecorderOptions, open_recorder
 from ca_server.ledger.retention import Pruner
@@ -47,4 +50,5 @@ __all__ = [
     "open_recorder",
     "parse_duration",
     "parse_record_url",
+    "parse_timestamp",
 ]

@@ -3,8 +3,8 @@
 Each row carries `prev_hash` (the previous row's `row_hash`, or the genesis
 hash) and `row_hash = SHA-256(prev_hash || canonical(row))`, where
 `canonical` is a sorted-key compact JSON encoding of every recorded field
-including `seq`. Pruning removes a prefix of the chain and keeps the last
-removed row's `(seq, row_hash)` as the anchor the remaining rows chain from.
+including `seq` (the fields are defined once, in `ca_server.record.IssuedCertificate`).
+Pruning removes a prefix of the chain and keeps the last removed row's `(seq, row_hash)` as the anchor the remaining rows chain from.
 """
 
 from __future__ import annotations
@@ -14,36 +14,33 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-GENESIS_HASH = "0" * 64
+from ca_server.ledger.shape import HASHED_COLUMNS, LATE_COLUMNS
 
-# Every column covered by the hash, in table order (prev_hash and row_hash are not).
-HASHED_COLUMNS: tuple[str, ...] = (
-    "seq",
-    "serial",
-    "spiffe_id",
-    "namespace",
-    "service_account",
-    "not_before",
-    "not_after",
-    "public_key_sha256",
-    "authenticator",
-    "subject",
-    "pod_name",
-    "pod_uid",
-    "peer",
-    "cluster_id",
-    "csr_sha256",
-    "issuer_serial",
-    "certificate_pem",
-    "recorded_at_us",
-)
-ROW_COLUMNS: tuple[str, ...] = (*HASHED_COLUMNS, "prev_hash", "row_hash")
+GENESIS_HASH = "0" * 64
+__all__ = [
+    "GENESIS_HASH",
+    "HASHED_COLUMNS",
+    "LATE_COLUMNS",
+    "ChainBreak",
+    "SegmentBreak",
+    "VerifyReport",
+    "row_hash",
+    "verify_rows",
+]
 
 
 def canonical(fields: Mapping[str, object]) -> bytes:
-    """The byte string hashed for one row: compact, sorted-key, ASCII JSON of HASHED_COLUMNS."""
+    """The byte string hashed for one row: compact, sorted-key, ASCII JSON of HASHED_COLUMNS.
+
+    A column added after the first schema is left out while it holds its empty value, so
+    rows written before it existed hash as they did.
+    """
     return json.dumps(
-        {name: fields[name] for name in HASHED_COLUMNS},
+        {
+            name: fields[name]
+            for name in HASHED_COLUMNS
+            if name not in LATE_COLUMNS or fields[name] != LATE_COLUMNS[name]
+        },
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=True,
@@ -65,14 +62,30 @@ class ChainBreak:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SegmentBreak:
+    """Where the operator continued the chain after damage, and what the damage was."""
+
+    first_seq: int  # the new segment's first row
+    prev_seq: int  # the row it chains from
+    reason: str  # why the CA continued (recorded at start)
+    started_at: str  # RFC 3339
+    damage: ChainBreak | None = None  # what verifying the stretch before it found
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyReport:
-    """Outcome of recomputing the chain from the anchor to the head."""
+    """Outcome of recomputing the chain from the anchor to the head.
+
+    `ok` covers the stretch after the last segment break; each `segments` entry says
+    what the operator acknowledged when continuing (and what the stretch before it showed).
+    """
 
     ok: bool
     rows_checked: int
     anchor_seq: int
     head_seq: int
     broken: ChainBreak | None = None
+    segments: tuple[SegmentBreak, ...] = ()
 
 
 def verify_rows(

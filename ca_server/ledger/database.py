@@ -2,7 +2,9 @@
 
 SQL is written once with `?` placeholders; each dialect's `Session` adapts it.
 Sessions run in autocommit mode and manage transactions with explicit
-`BEGIN`/`COMMIT`, so both databases behave alike.
+`BEGIN`/`COMMIT`, so both databases behave alike. The drivers (`sqlite.py`,
+`postgres.py`) implement `Session`; `dialects.py` picks one for a URL, so this
+module imports neither.
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ class Session(ABC):
     def close(self) -> None:
         """Close the connection; never raises."""
 
+    @abstractmethod
+    def has_table(self, name: str) -> bool:
+        """Whether the table `name` exists (an older record may lack a newer table)."""
+
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = self.query(sql, params)
         return rows[0] if rows else None
@@ -132,25 +138,3 @@ def parse_record_url(url: str) -> RecordUrl:
 def default_record_url(data_dir: Path) -> str:
     """The default record: a SQLite file in the CA's data directory."""
     return f"sqlite:///{(data_dir / RECORD_FILE_NAME).resolve()}"
-
-
-def driver_errors(url: RecordUrl) -> tuple[type[Exception], ...]:
-    """The exception classes of the driver `url` uses."""
-    if url.dialect == "postgresql":
-        from ca_server.ledger.postgres import PostgresSession
-
-        return PostgresSession.errors
-    from ca_server.ledger.sqlite import SqliteSession
-
-    return SqliteSession.errors
-
-
-def connect(url: RecordUrl) -> Session:
-    """Open one session to the database `url` names."""
-    if url.dialect == "postgresql":
-        from ca_server.ledger.postgres import PostgresSession
-
-        return PostgresSession.connect(url.target)
-    from ca_server.ledger.sqlite import SqliteSession
-
-    return SqliteSession.connect(url.target)

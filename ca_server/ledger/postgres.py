@@ -68,6 +68,10 @@ class PostgresSession(Session):
             cur.execute(_adapt(sql), tuple(params))
             return list(cur.fetchall())
 
+    def has_table(self, name: str) -> bool:
+        row = self.query_one("SELECT to_regclass(?) IS NOT NULL", (name,))
+        return bool(row and row[0])
+
     def begin_schema_change(self) -> None:
         self.execute("BEGIN")
         self.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))

@@ -4,23 +4,18 @@ from __future__ import annotations
 
 import queue
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-from ca_server.ledger.chain import VerifyReport, verify_rows
-from ca_server.ledger.database import (
-    HEAD_SELECT,
-    RecordUrl,
-    Session,
-    connect,
-    driver_errors,
-    head_from_row,
-)
+from ca_server.ledger.chain import SegmentBreak, VerifyReport, verify_rows
+from ca_server.ledger.database import HEAD_SELECT, RecordUrl, Session, head_from_row
+from ca_server.ledger.dialects import connect, driver_errors
 from ca_server.ledger.errors import LedgerReadError
 from ca_server.ledger.query import CertificateQuery, normalise_serial
 from ca_server.ledger.recorder import prepare, utc_now
 from ca_server.ledger.rows import SELECT_COLUMNS, StoredCertificate, row_mapping, stored_from_row
+from ca_server.ledger.segments import list_segments
 
 T = TypeVar("T")
 VERIFY_CHUNK = 2000
@@ -98,20 +93,50 @@ class LedgerReader:
     def _verify(self, session: Session) -> VerifyReport:
         session.begin_snapshot()
         head = head_from_row(session.query_one(HEAD_SELECT))
-        return verify_rows(
-            self._chunks(session, head.anchor_seq),
-            anchor_seq=head.anchor_seq,
-            anchor_hash=head.anchor_hash,
+        start_seq, start_hash, checked = head.anchor_seq, head.anchor_hash, 0
+        breaks: list[SegmentBreak] = []
+        for segment in list_segments(session):
+            if segment.prev_seq < start_seq:  # its stretch was pruned
+                continue
+            before = verify_rows(
+                self._chunks(session, start_seq, segment.prev_seq),
+                anchor_seq=start_seq,
+                anchor_hash=start_hash,
+                head_seq=segment.prev_seq,
+                head_hash=segment.prev_hash,
+            )
+            checked += before.rows_checked
+            breaks.append(
+                SegmentBreak(
+                    first_seq=segment.first_seq,
+                    prev_seq=segment.prev_seq,
+                    reason=segment.reason,
+                    started_at=segment.started_at.isoformat(),
+                    damage=before.broken,
+                )
+            )
+            start_seq, start_hash = segment.prev_seq, segment.prev_hash
+        last = verify_rows(
+            self._chunks(session, start_seq, head.seq),
+            anchor_seq=start_seq,
+            anchor_hash=start_hash,
             head_seq=head.seq,
             head_hash=head.row_hash,
         )
+        return replace(
+            last,
+            rows_checked=checked + last.rows_checked,
+            anchor_seq=head.anchor_seq,
+            segments=tuple(breaks),
+        )
 
     @staticmethod
-    def _chunks(session: Session, after: int) -> Iterator[dict[str, Any]]:
+    def _chunks(session: Session, after: int, until: int) -> Iterator[dict[str, Any]]:
         while True:
             rows = session.query(
-                f"SELECT {SELECT_COLUMNS} FROM certificates WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, VERIFY_CHUNK),
+                f"SELECT {SELECT_COLUMNS} FROM certificates WHERE seq > ? AND seq <= ?"
+                " ORDER BY seq LIMIT ?",
+                (after, until, VERIFY_CHUNK),
             )
             for row in rows:
                 yield row_mapping(row)

@@ -15,13 +15,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from ca_server.ledger.append import append_batch
-from ca_server.ledger.database import (
-    RecordUrl,
-    Session,
-    connect,
-    driver_errors,
-    parse_record_url,
-)
+from ca_server.ledger.database import RecordUrl, Session, parse_record_url
+from ca_server.ledger.dialects import connect, driver_errors
 from ca_server.ledger.errors import LedgerError, LedgerWriteError
 from ca_server.ledger.retention import Pruner
 from ca_server.ledger.schema import ensure_schema

@@ -14,7 +14,8 @@ import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from ca_server.ledger.database import RecordUrl, Session, connect
+from ca_server.ledger.database import RecordUrl, Session
+from ca_server.ledger.dialects import connect
 
 log = logging.getLogger(__name__)
 

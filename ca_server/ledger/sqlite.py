@@ -47,6 +47,10 @@ class SqliteSession(Session):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         return list(self._conn.execute(sql, tuple(params)).fetchall())
 
+    def has_table(self, name: str) -> bool:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return self.query_one(sql, (name,)) is not None
+
     def begin_schema_change(self) -> None:
         self._conn.execute("BEGIN IMMEDIATE")
 

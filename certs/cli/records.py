@@ -17,6 +17,7 @@ could not be asked (unreachable, refused, bad input).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -239,6 +240,13 @@ def _print_verify(report: dict[str, Any]) -> None:
         broken = report["broken"]
         serial = f"serial {broken['serial']}" if broken["serial"] else "no serial"
         print(f"record BROKEN at seq {broken['seq']} ({serial}): {broken['reason']}")
+    for segment in report.get("segments") or []:
+        damage = segment["damage"]
+        found = f"; before it: seq {damage['seq']} {damage['reason']}" if damage else ""
+        print(
+            f"segment break before seq {segment['first_seq']} ({segment['started_at']}):"
+            f" {segment['reason']}{found}"
+        )
 
 
 def _verify_direct(url: str) -> dict[str, Any]:
@@ -252,16 +260,7 @@ def _verify_direct(url: str) -> dict[str, Any]:
             reader.close()
     except LedgerError as exc:
         raise CliError(f"cannot verify the record: {exc}") from None
-    broken = report.broken
-    return {
-        "ok": report.ok,
-        "rows_checked": report.rows_checked,
-        "anchor_seq": report.anchor_seq,
-        "head_seq": report.head_seq,
-        "broken": None
-        if broken is None
-        else {"seq": broken.seq, "serial": broken.serial, "reason": broken.reason},
-    }
+    return dataclasses.asdict(report)
 
 
 Handler = Callable[[argparse.Namespace], int]

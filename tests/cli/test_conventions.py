@@ -141,7 +141,7 @@ def test_docs_need_no_internet_and_the_schema_stays() -> None:
     """#14.9: /docs loaded Swagger UI from a CDN; now it is off and /openapi.json kept."""
     from fastapi.testclient import TestClient
 
-    from ca_server.admin import create_admin_app
+    from ca_server.admin_api.app import create_admin_app
 
     app = create_admin_app(
         metrics_dir=".", material=lambda: None, readiness=lambda: (True, "ok")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ca_server.ledger import LedgerReader, VerifyReport, parse_record_url
-from ca_server.ledger.database import connect
+from ca_server.ledger.dialects import connect
 from tests.support.ca_process import REPO, RunningCa
 
 

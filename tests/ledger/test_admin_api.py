@@ -138,7 +138,14 @@ def test_cursor_is_bound_to_its_filters(local: str) -> None:
 
 def test_verify_endpoint(local: str) -> None:
     body = httpx.get(local + "/v1/record/verify").json()
-    assert body == {"ok": True, "rows_checked": 30, "anchor_seq": 0, "head_seq": 30, "broken": None}
+    assert body == {
+        "ok": True,
+        "rows_checked": 30,
+        "anchor_seq": 0,
+        "head_seq": 30,
+        "broken": None,
+        "segments": [],
+    }
 
 
 def test_trust_bundle_pem_and_spiffe(local: str) -> None:
@@ -182,6 +189,8 @@ def test_openapi_matches_the_responses(local: str) -> None:
         "service_account",
         "spiffe_id",
         "expiring_within",
+        "issued_since",
+        "issued_before",
         "state",
         "limit",
         "cursor",

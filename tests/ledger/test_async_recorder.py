@@ -14,7 +14,8 @@ import pytest
 
 from ca_server.ledger import LedgerWriteError, RecorderOptions, open_reader, open_recorder
 from ca_server.ledger.async_recorder import AsyncRecorder
-from ca_server.ledger.database import connect, parse_record_url
+from ca_server.ledger.database import parse_record_url
+from ca_server.ledger.dialects import connect
 from ca_server.ledger.recorder import ManagedRecorder
 from tests.ledger.entries import make_entry
 

@@ -20,7 +20,7 @@ from fastapi import FastAPI
 from ca_server.admin_api import CaCertificates, build_admin_router
 from ca_server.ledger import open_reader
 from ca_server.ledger.append import append_batch
-from ca_server.ledger.database import connect
+from ca_server.ledger.dialects import connect
 from ca_server.ledger.recorder import prepare
 from ca_server.record import IssuedCertificate
 from tests.ledger.ca_material import roots_and_intermediate

@@ -16,7 +16,8 @@ from ca_server.ledger import (
     open_reader,
     open_recorder,
 )
-from ca_server.ledger.database import connect, parse_record_url
+from ca_server.ledger.database import parse_record_url
+from ca_server.ledger.dialects import connect
 from tests.ledger.entries import make_entry
 from tests.support.postgres import PostgresCluster
 

@@ -6,7 +6,8 @@ import time
 from datetime import timedelta
 
 from ca_server.ledger import RecorderOptions, open_reader, open_recorder
-from ca_server.ledger.database import connect, parse_record_url
+from ca_server.ledger.database import parse_record_url
+from ca_server.ledger.dialects import connect
 from ca_server.ledger.retention import Pruner, prune_once
 from tests.ledger.entries import BASE_TIME, make_entry
 

@@ -1,13 +1,18 @@
-"""The admin HTTP app on the admin port: `/metrics`, `/healthz`, `/readyz` (and the /v1 API)."""
+"""The admin HTTP app on the admin port: `/metrics`, `/healthz`, `/readyz` (and the /v1 API).
+
+Every route, on a connection to a loopback address, answers only a loopback Host
+(DNS rebinding protection, `routes.require_local_host`).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, Depends, FastAPI, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from ca_server.admin_api.routes import require_local_host
 from ca_server.material import CaMaterial
 from ca_server.metrics import exposition
 
@@ -29,6 +34,7 @@ def create_admin_app(
         # reach: no half-working pages. The schema stays at /openapi.json for any local viewer.
         docs_url=None,
         redoc_url=None,
+        dependencies=[Depends(require_local_host)],
     )
 
     @app.get(
