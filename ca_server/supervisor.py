@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import multiprocessing
@@ -47,6 +48,29 @@ def bind_socket(host: str, port: int, *, option: int, what: str) -> socket.socke
         sock.close()
         raise ConfigError(f"cannot bind the {what} {host}:{port}: {exc.strerror}") from exc
     return sock
+
+
+def probe_free(host: str, port: int, *, what: str) -> None:
+    """Refuse a port another process listens on, before this CA makes its own SO_REUSEPORT group.
+
+    A plain bind (SO_REUSEADDR for TIME_WAIT leftovers, never SO_REUSEPORT) fails while any
+    other socket listens there, including another CA's workers, which a SO_REUSEPORT bind
+    would silently join.
+    """
+    if port == 0:
+        return
+    family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ConfigError(
+                    f"{what} {host}:{port} is already in use by another process; stop it or "
+                    f"choose another {what}"
+                ) from None
+            raise ConfigError(f"cannot bind {what} {host}:{port}: {exc.strerror}") from None
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
