@@ -140,9 +140,11 @@ class ReloadHealth:
         self.errors_total = 0
         self.last_success = started_at
         self.last_error: str | None = None
+        self.failing_checks = 0  # consecutive
 
     def failed(self, message: str) -> None:
         self.errors_total += 1
+        self.failing_checks += 1
         if message != self.last_error:
             log.error(
                 "CA material not reloaded, still serving the previous one (retrying every "
@@ -155,12 +157,18 @@ class ReloadHealth:
         if self.last_error is not None:
             log.info("CA material read again after %d failed check(s)", self.errors_total)
         self.last_error = None
+        self.failing_checks = 0
         self.last_success = now_ts
 
     def detail(self) -> str:
+        """For `/readyz`, which anyone reaching the admin port reads: no file paths (the log
+        names the file)."""
         if self.last_error is None:
             return "CA material current"
-        return f"CA material reload failing, serving the previous one: {self.last_error}"
+        return (
+            f"CA material reload failing ({self.failing_checks} check(s) in a row), serving "
+            "the previous one; the CA log names the file"
+        )
 
     def exposition(self) -> str:
         """The two series in Prometheus text format."""
