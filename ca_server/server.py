@@ -151,10 +151,19 @@ def _material_manager(
             store = key_store(config.kube)
         else:
             store = DirectoryKeyStore(config.data_dir / "ca")
-        kept = store
+        kept, in_kube = store, config.kube is not None
 
         def reload(now: datetime) -> CaMaterial:
-            return kept.load() or initial
+            stored = kept.load()
+            if stored is not None:
+                return stored
+            if in_kube:
+                return initial
+            # Not the initial material: after a renewal that would roll the root back.
+            raise ConfigError(
+                f"the CA key and root in {config.data_dir / 'ca'} are gone (still signing with "
+                "the copy in memory); restore them from a backup: a restart would make a new root"
+            )
 
     return MaterialManager(
         initial=initial,

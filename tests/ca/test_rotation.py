@@ -340,3 +340,24 @@ def test_deleted_or_altered_root_cert_pem_is_rewritten(tmp_path: Path) -> None:
                 time.sleep(0.05)
     finally:
         assert ca.stop() == 0
+
+
+def test_deleted_self_signed_material_is_an_error_not_a_rollback(tmp_path: Path) -> None:
+    """The refresher answered a deleted `ca/` with the material the CA started with, silently
+    rolling back a renewed root; now the check fails (counted and logged) and the current
+    material is kept."""
+    from ca_server.config import CaConfig
+    from ca_server.errors import ConfigError
+    from ca_server.server import _material_manager
+
+    store = DirectoryKeyStore(tmp_path / "ca")
+    first = load_or_create(store, TD, T0)
+    manager = _material_manager(CaConfig(data_dir=tmp_path), first)
+    late = T0 + timedelta(days=int(3650 * 0.85))
+    assert manager.refresh(late) is True, "renewed"
+    renewed = manager.current
+    for stored in (tmp_path / "ca").iterdir():
+        stored.unlink()
+    with pytest.raises(ConfigError, match="are gone"):
+        manager.refresh(late + timedelta(hours=1))
+    assert manager.current is renewed
