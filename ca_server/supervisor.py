@@ -13,10 +13,12 @@ import errno
 import ipaddress
 import logging
 import multiprocessing
+import os
 import socket
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 
 from ca_server.errors import ConfigError
 from ca_server.worker import KEYS_APPLIED, WorkerKeys, WorkerSpec, run_worker
@@ -66,11 +68,35 @@ def probe_free(host: str, port: int, *, what: str) -> None:
             sock.bind((host, port))
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
+                holder = port_holder(port)
+                who = f"another process ({holder})" if holder else "another process"
                 raise ConfigError(
-                    f"{what} {host}:{port} is already in use by another process; stop it or "
+                    f"{what} {host}:{port} is already in use by {who}; stop it or "
                     f"choose another {what}"
                 ) from None
             raise ConfigError(f"cannot bind {what} {host}:{port}: {exc.strerror}") from None
+
+
+def port_holder(port: int) -> str | None:
+    """`pid N (name)` of a process listening on TCP `port`, when /proc shows one (best effort)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in inodes:
+                    name = (proc / "comm").read_text().strip()
+                    return f"pid {proc.name} ({name})"
+    return None
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

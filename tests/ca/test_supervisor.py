@@ -140,6 +140,7 @@ def test_a_second_ca_on_a_port_in_use_exits_2(tmp_path: Path, flag: str) -> None
         assert result.returncode == 2, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
         assert f"{flag} {addr} is already in use" in result.stderr, result.stderr
+        assert "pid " in result.stderr, "the process holding the port is named"
         assert _listeners(port) == before, "the second CA joined the first one's listeners"
     finally:
         assert ca.stop() == 0
