@@ -215,7 +215,6 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 def _serve(args: argparse.Namespace) -> int:
     from ca_server.errors import ConfigError
-    from ca_server.ledger.integrity import RecordDamaged
     from ca_server.logs import configure as configure_logs
     from ca_server.server import serve
     from certs.errors import InvalidSpiffeId
@@ -225,7 +224,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         return serve(config, log_level=level, log_format=args.log_format)
-    except (ConfigError, InvalidSpiffeId, ValueError, RecordDamaged) as exc:
+    except (ConfigError, InvalidSpiffeId, ValueError) as exc:
         print(f"bulwark ca serve: {exc}", file=sys.stderr)
     except OSError as exc:
         print(f"bulwark ca serve: {os_error(exc, 'check --data-dir and its parent')}", file=sys.stderr)

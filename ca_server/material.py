@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -91,6 +92,7 @@ class DirectoryKeyStore:
 
     def replace(self, material: CaMaterial) -> None:
         """Store renewed material: the bundle first, so a crash never leaves a root unpublished."""
+        _private_directory(self.directory)
         write_atomic(self.directory / "root-bundle.pem", bundle_pem(material.roots).encode())
         write_atomic(
             self.directory / "ca-key.pem", private_key_pem(material.signing_key), mode=0o600
@@ -163,7 +165,7 @@ def _load_plugged(
     chain: list[x509.Certificate] = []
     if chain_name is not None:
         chain_path = directory / chain_name
-        raw = chain_path.read_bytes()
+        raw = _read(chain_path)
         if raw.strip():
             chain = _load_all(chain_path)
     # The chain sent after each leaf starts with the signing certificate and stops before the roots.
@@ -235,16 +237,35 @@ def _load_one(path: Path) -> x509.Certificate:
     return _load_all(path)[0]
 
 
-def _load_all(path: Path) -> list[x509.Certificate]:
+def _read(path: Path) -> bytes:
+    """A CA file's bytes, or a ConfigError naming the file and what to do about it."""
     try:
-        return load_certificates(path.read_bytes(), what=str(path))
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc.strerror or type(exc).__name__}; it must be a PEM file "
+            "this user can read"
+        ) from None
+
+
+def _private_directory(directory: Path) -> None:
+    """Create a key directory owner-only whatever the umask (mkdir's mode alone is masked)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+
+
+def _load_all(path: Path) -> list[x509.Certificate]:
+    raw = _read(path)
+    try:
+        return load_certificates(raw, what=str(path))
     except CertsError as exc:
         raise ConfigError(str(exc)) from exc
 
 
 def _load_key(path: Path) -> PrivateKey:
+    raw = _read(path)
     try:
-        return load_private_key(path.read_bytes())
+        return load_private_key(raw)
     except (ValueError, TypeError, CertsError) as exc:
         raise ConfigError(f"{path} does not hold a readable unencrypted private key") from exc
 

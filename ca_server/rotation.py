@@ -119,3 +119,64 @@ class MaterialManager:
 
     def _rotatable(self) -> bool:
         return self._store is not None and isinstance(self._store, RotatableKeyStore)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line saying what failed and where: our errors carry the path, OS errors name the file."""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"cannot use {exc.filename}: {exc.strerror or type(exc).__name__}"
+    text = " ".join(str(exc).split())
+    return text if text else type(exc).__name__
+
+
+class ReloadHealth:
+    """How re-reading the CA material goes: errors counted, each distinct one logged once.
+
+    Shown in `/readyz` detail and as `bulwark_ca_material_reload_errors_total` and
+    `bulwark_ca_material_last_success_timestamp_seconds` on `/metrics`.
+    """
+
+    def __init__(self, started_at: float) -> None:
+        self.errors_total = 0
+        self.last_success = started_at
+        self.last_error: str | None = None
+        self.failing_checks = 0  # consecutive
+
+    def failed(self, message: str) -> None:
+        self.errors_total += 1
+        self.failing_checks += 1
+        if message != self.last_error:
+            log.error(
+                "CA material not reloaded, still serving the previous one (retrying every "
+                "interval): %s",
+                message,
+            )
+        self.last_error = message
+
+    def succeeded(self, now_ts: float) -> None:
+        if self.last_error is not None:
+            log.info("CA material read again after %d failed check(s)", self.errors_total)
+        self.last_error = None
+        self.failing_checks = 0
+        self.last_success = now_ts
+
+    def detail(self) -> str:
+        """For `/readyz`, which anyone reaching the admin port reads: no file paths (the log
+        names the file)."""
+        if self.last_error is None:
+            return "CA material current"
+        return (
+            f"CA material reload failing ({self.failing_checks} check(s) in a row), serving "
+            "the previous one; the CA log names the file"
+        )
+
+    def exposition(self) -> str:
+        """The two series in Prometheus text format."""
+        errors = "bulwark_ca_material_reload_errors_total"
+        success = "bulwark_ca_material_last_success_timestamp_seconds"
+        return (
+            f"# HELP {errors} Failed checks of the CA material (read, renew, publish)\n"
+            f"# TYPE {errors} counter\n{errors} {self.errors_total}\n"
+            f"# HELP {success} When the CA material was last checked without error (unix seconds)\n"
+            f"# TYPE {success} gauge\n{success} {self.last_success:.3f}\n"
+        )

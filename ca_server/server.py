@@ -17,7 +17,9 @@ import os
 import shutil
 import signal
 import socket
+import sys
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +27,9 @@ import uvicorn
 
 from ca_server.admin_api.app import create_admin_app
 from ca_server.config import CaConfig, parse_hostport
+from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
 from ca_server.errors import ConfigError
+from ca_server.ledger.integrity import RecordDamaged, guard_record_of
 from ca_server.material import (
     CaMaterial,
     DirectoryKeyStore,
@@ -34,8 +38,8 @@ from ca_server.material import (
     load_or_create,
     write_root_bundle,
 )
-from ca_server.rotation import MaterialManager
-from ca_server.supervisor import Supervisor, bind_socket, reserve_port
+from ca_server.rotation import MaterialManager, ReloadHealth, describe_failure, fingerprint
+from ca_server.supervisor import Supervisor, bind_socket, probe_free, reserve_port
 from ca_server.token_issuer import LocalIssuer
 from ca_server.worker import MaterialPems, WorkerKeys, WorkerSpec
 from certs.errors import CertsError
@@ -47,10 +51,14 @@ from certs.profile import leaf_certificate
 log = logging.getLogger("ca_server")
 SERVING_CERT_TTL = timedelta(days=365)
 
+# The one place where a failure at start becomes exit 2 and a one-line message (no traceback).
+# Each type's message names the file or flag and the fix; a new typed start-up error is one
+# more entry here. OSError covers a file the CA could not use that no check caught first.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (ConfigError, RecordDamaged, OSError)
+
 
 def prepare_material(config: CaConfig, now: datetime) -> CaMaterial:
     """Plugged-in CA files when given, else the self-signed root of the data dir (created once)."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
     if config.cacerts_dir is not None:
         material = load_cacerts_dir(config.cacerts_dir, now)
     elif config.kube is not None:
@@ -89,8 +97,41 @@ def serve(config: CaConfig, *, log_level: int = logging.INFO, log_format: str = 
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         return asyncio.run(_serve(config, metrics_dir, log_level, log_format))
+    except STARTUP_ERRORS as exc:
+        print(f"bulwark ca serve: {startup_message(exc)}", file=sys.stderr)
+        return 2
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def startup_message(exc: BaseException) -> str:
+    """The one line a user sees for a start-up error."""
+    if isinstance(exc, (ConfigError, RecordDamaged)):
+        return " ".join(str(exc).split())
+    return describe_failure(exc)
+
+
+def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
+    """Own the data dir (0700, StrictModes, exclusive lock) and check every port is free.
+
+    The port probe runs before the CA creates its own SO_REUSEPORT group, which would
+    otherwise silently join another process's listeners.
+    """
+    prepare_data_dir(config.data_dir)
+    lock = lock_data_dir(config.data_dir)
+    try:
+        for flag, addr in (
+            ("--grpc-addr", config.grpc_addr),
+            ("--mtls-grpc-addr", config.mtls_grpc_addr),
+            ("--admin-addr", config.admin_addr),
+        ):
+            if addr is not None:
+                host, port = parse_hostport(addr, what=flag)
+                probe_free(host, port, what=flag)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _material_manager(
@@ -111,10 +152,19 @@ def _material_manager(
             store = key_store(config.kube)
         else:
             store = DirectoryKeyStore(config.data_dir / "ca")
-        kept = store
+        kept, in_kube = store, config.kube is not None
 
         def reload(now: datetime) -> CaMaterial:
-            return kept.load() or initial
+            stored = kept.load()
+            if stored is not None:
+                return stored
+            if in_kube:
+                return initial
+            # Not the initial material: after a renewal that would roll the root back.
+            raise ConfigError(
+                f"the CA key and root in {config.data_dir / 'ca'} are gone (still signing with "
+                "the copy in memory); restore them from a backup: a restart would make a new root"
+            )
 
     return MaterialManager(
         initial=initial,
@@ -156,20 +206,28 @@ def _worker_spec(
 
 
 async def _keep_material_current(
-    config: CaConfig, manager: MaterialManager, supervisor: Supervisor
+    config: CaConfig, manager: MaterialManager, supervisor: Supervisor, health: ReloadHealth
 ) -> None:
-    """Re-read material every interval; on a change publish the bundle and update the workers."""
+    """Every interval: re-read the material, (re)write root-cert.pem, update the workers.
+
+    No error stops this loop: the CA keeps serving what it has, and each failure is counted
+    and logged (once per distinct error) until a later check succeeds.
+    """
     interval = config.material_check_interval.total_seconds()
+    published = fingerprint(manager.current)  # what the workers sign with
     while True:
         await asyncio.sleep(interval)
         try:
-            changed = await asyncio.to_thread(manager.refresh, datetime.now(UTC))
-        except (ConfigError, CertsError) as exc:
-            log.error("CA material not reloaded, still serving the previous one: %s", exc)
-            continue
-        if changed:
-            write_root_bundle(config.root_cert_path, manager.current)
-            await supervisor.update(_worker_keys(config, manager.current))
+            await asyncio.to_thread(manager.refresh, datetime.now(UTC))
+            current = manager.current
+            await asyncio.to_thread(write_root_bundle, config.root_cert_path, current)
+            if fingerprint(current) != published:
+                await supervisor.update(_worker_keys(config, current))
+                published = fingerprint(current)
+        except Exception as exc:  # the refresher outlives every error: logged, counted, retried
+            health.failed(describe_failure(exc))
+        else:
+            health.succeeded(time.time())
 
 
 def _reserve_grpc_ports(
@@ -191,7 +249,14 @@ def _reserve_grpc_ports(
 
 def _announce_local_issuer(config: CaConfig) -> None:
     if config.uses_local_issuer:
-        issuer = LocalIssuer.load_or_create(config.data_dir)
+        private_dir(config.data_dir / "token-issuer", what="token issuer directory")
+        try:
+            issuer = LocalIssuer.load_or_create(config.data_dir)
+        except (ValueError, CertsError) as exc:
+            raise ConfigError(
+                f"the embedded token issuer in {config.data_dir / 'token-issuer'} is unusable "
+                f"({describe_failure(exc)}); remove key.pem and jwks.json there to make new ones"
+            ) from None
         log.warning(
             "no authenticator configured: trusting the embedded token issuer (JWKS %s); "
             "mint tokens with `bulwark token mint --data-dir %s`",
@@ -201,12 +266,20 @@ def _announce_local_issuer(config: CaConfig) -> None:
 
 
 async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
+    lock = _claim_data_dir_and_ports(config)
+    try:
+        return await _serve_locked(config, metrics_dir, log_level, log_format)
+    finally:
+        lock.release()
+
+
+async def _serve_locked(
+    config: CaConfig, metrics_dir: str, log_level: int, log_format: str
+) -> int:
     material = prepare_material(config, datetime.now(UTC))
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
     _announce_local_issuer(config)
     from ca_server.admin_api import check_record
-    from ca_server.ledger.integrity import guard_record_of
-
     anchor_keeper = guard_record_of(config)  # damaged/missing record: RecordDamaged (exit 2)
     check_record(config)  # a bad --record is a clear start-up error, before any worker starts
     controllers = None
@@ -237,9 +310,10 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
                 "client-certificate renewal on %s (client certificate required)",
                 addrs["mtls_grpc_addr"],
             )
-        keeper = asyncio.create_task(_keep_material_current(config, manager, supervisor))
+        health = ReloadHealth(time.time())
+        keeper = asyncio.create_task(_keep_material_current(config, manager, supervisor, health))
         try:
-            return await _run_admin(config, supervisor, metrics_dir, manager, addrs)
+            return await _run_admin(config, supervisor, metrics_dir, manager, health, addrs)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -254,11 +328,18 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
             sock.close()
 
 
+def _readiness(supervisor: Supervisor, health: ReloadHealth) -> tuple[bool, str]:
+    """Ready while every worker serves; the detail also says how the material checks go."""
+    ready, detail = supervisor.readiness()
+    return ready, f"{detail}; {health.detail()}"
+
+
 async def _run_admin(
     config: CaConfig,
     supervisor: Supervisor,
     metrics_dir: str,
     manager: MaterialManager,
+    health: ReloadHealth,
     addrs: dict[str, str],
 ) -> int:
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
@@ -270,8 +351,9 @@ async def _run_admin(
     app = create_admin_app(
         metrics_dir=metrics_dir,
         material=lambda: manager.current,
-        readiness=supervisor.readiness,
+        readiness=lambda: _readiness(supervisor, health),
         routers=[record_router],
+        extra_metrics=health.exposition,
     )
     sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"

@@ -8,6 +8,7 @@ authenticator can verify them exactly as it verifies a cluster's.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from datetime import timedelta
@@ -43,7 +44,10 @@ class LocalIssuer:
             if not isinstance(key, rsa.RSAPrivateKey):
                 raise ValueError(f"{key_path} must hold an RSA key")
         else:
+            created = [d for d in (data_dir, directory) if not d.exists()]
             directory.mkdir(parents=True, exist_ok=True)
+            for made in created:  # owner-only whatever the umask: it holds the issuer's key
+                os.chmod(made, 0o700)
             new_key = generate_key(KeyType.RSA_2048)
             assert isinstance(new_key, rsa.RSAPrivateKey)
             key = new_key

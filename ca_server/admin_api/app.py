@@ -25,6 +25,7 @@ def create_admin_app(
     material: Callable[[], CaMaterial | None],
     readiness: Callable[[], tuple[bool, str]],
     routers: Sequence[APIRouter] = (),
+    extra_metrics: Callable[[], str] = lambda: "",
 ) -> FastAPI:
     app = FastAPI(
         title="Bulwark CA admin API",
@@ -50,9 +51,8 @@ def create_admin_app(
 
     @app.get("/metrics", summary="Prometheus metrics (citadel_server_*)")
     def metrics() -> Response:
-        return Response(
-            exposition(metrics_dir, material(), time.time()), media_type=PROMETHEUS_TEXT
-        )
+        text = exposition(metrics_dir, material(), time.time()) + extra_metrics().encode()
+        return Response(text, media_type=PROMETHEUS_TEXT)
 
     for router in routers:
         app.include_router(router)

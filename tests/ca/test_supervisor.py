@@ -8,10 +8,12 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from certs.keys import generate_key
 from tests.support.broken import csr_pem
 from tests.support.ca_client import channel, create_certificate
-from tests.support.ca_process import start_ca
+from tests.support.ca_process import serve_once, start_ca
 
 ME = "spiffe://cluster.local/ns/demo/sa/frontend"
 
@@ -110,3 +112,50 @@ def test_admin_connections_are_accepted_with_nagle_off() -> None:
         return flags[0]
 
     assert asyncio.run(accepted_nodelay()) != 0
+
+
+def _listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:`port` (from /proc/net/tcp, state 0A)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and int(local.split(":")[1], 16) == port:
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("flag", ["--grpc-addr", "--mtls-grpc-addr", "--admin-addr"])
+def test_a_second_ca_on_a_port_in_use_exits_2(tmp_path: Path, flag: str) -> None:
+    """Issue #13 item 2: a second CA with another data dir on the same --grpc-addr joined the
+    live one's SO_REUSEPORT group (5 of 12 handshakes reached it); it only exited when the
+    admin port collided too. Now any port in use is exit 2 before anything binds."""
+    ca = start_ca(tmp_path / "first", workers=2)
+    try:
+        addr = {"--grpc-addr": ca.grpc_addr, "--mtls-grpc-addr": ca.mtls_addr}.get(
+            flag, ca.admin_addr
+        )
+        port = int(addr.rsplit(":", 1)[1])
+        before = _listeners(port)
+        result = serve_once(tmp_path / "second", "--mtls-grpc-addr", "127.0.0.1:0", flag, addr)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        assert f"{flag} {addr} is already in use" in result.stderr, result.stderr
+        assert "pid " in result.stderr, "the process holding the port is named"
+        assert _listeners(port) == before, "the second CA joined the first one's listeners"
+    finally:
+        assert ca.stop() == 0
+
+
+def test_a_second_ca_on_the_same_data_dir_exits_2_naming_the_first(tmp_path: Path) -> None:
+    """Issue #13 Build, exclusive ownership: two CAs shared one data dir (key, record)."""
+    ca = start_ca(tmp_path / "ca")
+    try:
+        assert ca.process is not None
+        result = serve_once(tmp_path / "ca")
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "Traceback" not in result.stderr
+        assert str(tmp_path / "ca") in result.stderr
+        assert f"pid {ca.process.pid}" in result.stderr, result.stderr
+    finally:
+        assert ca.stop() == 0
+    start_ca(tmp_path / "ca").stop()  # the lock goes with its holder
