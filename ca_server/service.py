@@ -17,7 +17,7 @@ import grpc
 
 from ca_server.authn import Authentication, IdentityExtractionError, workload_identity
 from ca_server.errors import AuthenticationError, CaError, ImpersonationRefused
-from ca_server.identity import Caller, RequestCredentials
+from ca_server.identity import Caller, RequestCredentials, bearer_token_of
 from ca_server.ledger.async_recorder import AsyncRecorder
 from ca_server.metrics import CaMetrics
 from ca_server.signer import CsrParseError, Signer
@@ -30,14 +30,10 @@ log = logging.getLogger(__name__)
 
 def credentials_of(context: grpc.aio.ServicerContext) -> RequestCredentials:
     """Bearer token, verified-or-not client certificate, `clusterid` header and peer of a call."""
-    token: str | None = None
+    token = bearer_token_of(context.invocation_metadata())  # one header, or AuthenticationError
     cluster_id = ""
     for key, value in context.invocation_metadata():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, rest = value.partition(" ")
-            if scheme.lower() == "bearer" and rest.strip():
-                token = rest.strip()
-        elif key == "clusterid" and isinstance(value, str):
+        if key == "clusterid" and isinstance(value, str):
             cluster_id = value
     client_pem: bytes | None = None
     auth = context.auth_context()
