@@ -17,15 +17,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from ca_server.errors import AuthenticationError
+from ca_server.errors import AuthenticationError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials, shown
-from ca_server.jwks import JwksSource
+from ca_server.jwks import JwksSource as JwksSource  # re-exported: worker builds it here
 from certs.errors import CertsError, InvalidSpiffeId
 from certs.pem import load_certificates
 from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
@@ -47,6 +47,15 @@ class Authenticator(Protocol):
         ...
 
 
+@runtime_checkable
+class ImpersonationAuthority(Protocol):
+    """An authenticator that can decide node-bound impersonation for callers it vouched for."""
+
+    name: str
+
+    def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None: ...
+
+
 class IdentityExtractionError(AuthenticationError):
     """The credential is valid but names no workload identity (counted separately)."""
 
@@ -64,6 +73,28 @@ class Authentication:
     def may_block(self, creds: RequestCredentials) -> bool:
         """Whether `authenticate(creds)` may wait on I/O (then run it off the event loop)."""
         return any(a.may_block(creds) for a in self.authenticators)
+
+    def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
+        """Whether a caller already in CA_TRUSTED_NODE_ACCOUNTS may act as `namespace/account`.
+
+        An authenticator that can bind a caller to a node (TokenReview: Kubernetes) decides,
+        as Istio's node authorizer does; when the CA uses Kubernetes, a caller vouched for by
+        any other authenticator is refused. Without Kubernetes the static list alone rules.
+        May call the API server: run it off the event loop.
+        """
+        deciders = {
+            a.name: a for a in self.authenticators if isinstance(a, ImpersonationAuthority)
+        }
+        if not deciders:
+            return
+        decider = deciders.get(caller.authenticator)
+        if decider is None:
+            raise ImpersonationRefused(
+                f"{caller.spiffe_id} may not impersonate: with Kubernetes, impersonation needs "
+                "a pod-bound service-account token (TokenReview), not a "
+                f"{caller.authenticator} credential"
+            )
+        decider.authorize_impersonation(caller, namespace, account)
 
     def authenticate(self, creds: RequestCredentials) -> Caller:
         reasons: list[str] = []

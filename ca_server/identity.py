@@ -20,6 +20,7 @@ class Caller:
     subject: str = ""  # token `sub` or client certificate URI
     pod_name: str = ""
     pod_uid: str = ""
+    node_name: str = ""  # the node the token is bound to, when the API server says
     cluster_id: str = ""
     peer: str = ""
     expires_at: float | None = None  # epoch seconds the credential stops being valid

@@ -81,7 +81,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         metrics = self._metrics
         metrics.csr_count.inc()
         try:
-            caller = self._impersonate(await self._authenticate(context), request)
+            caller = await self._impersonate(await self._authenticate(context), request)
         except IdentityExtractionError:
             metrics.id_errors.inc()
             metrics.auth_failures.inc()
@@ -119,7 +119,9 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             return await asyncio.to_thread(self._authn.authenticate, creds)
         return self._authn.authenticate(creds)
 
-    def _impersonate(self, caller: Caller, request: ca_pb2.IstioCertificateRequest) -> Caller:
+    async def _impersonate(
+        self, caller: Caller, request: ca_pb2.IstioCertificateRequest
+    ) -> Caller:
         fields = request.metadata.fields if request.HasField("metadata") else {}
         if "ImpersonatedIdentity" not in fields:
             return caller
@@ -140,6 +142,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             raise ImpersonationRefused(
                 f"ImpersonatedIdentity {target} is not a workload of this trust domain"
             )
+        await asyncio.to_thread(self._authn.authorize_impersonation, caller, *account)  # node-bound
         return replace(
             caller,
             spiffe_id=workload_identity(self._trust_domain, *account),
