@@ -4,6 +4,7 @@ own errors (CsrError / UnsupportedKey / ChainError), and a valid CSR parses back
 from __future__ import annotations
 
 import base64
+import contextlib
 from functools import cache
 
 from cryptography import x509
@@ -68,10 +69,8 @@ def mutated(der: bytes) -> st.SearchStrategy[bytes]:
 @given(st.one_of(st.binary(max_size=2000), st.text(max_size=500).map(str.encode)))
 def test_csr_garbage_raises_only_certs_errors(data: bytes) -> None:
     for body in (data, pem(data, "CERTIFICATE REQUEST")):
-        try:
+        with contextlib.suppress(CertsError):
             parse_csr(body)
-        except CertsError:
-            pass
 
 
 @given(st.data())
@@ -95,10 +94,8 @@ def test_csr_round_trip(kind: KeyType) -> None:
 @given(st.binary(max_size=2000))
 def test_pem_garbage_raises_only_chain_error(data: bytes) -> None:
     for body in (data, pem(data, "CERTIFICATE"), pem(data, "CERTIFICATE") + b"junk"):
-        try:
+        with contextlib.suppress(CertsError):
             load_certificates(body)
-        except CertsError:
-            pass
 
 
 @given(st.data())
