@@ -238,6 +238,8 @@ CSR_CASES = [
     csr_case("CSR not PEM", BAD, "not PEM", lambda: "hello, I am not a CSR"),
     csr_case("empty CSR", BAD, "not PEM", lambda: ""),
     csr_case("truncated DER", BAD, "valid PKCS#10", lambda: broken.truncated_csr(_good_csr().encode())),
+    # defect (found by tests/fuzz): x509.InvalidVersion escaped as INTERNAL with a traceback
+    csr_case("CSR version 27", BAD, "valid PKCS#10", lambda: broken.bad_version_csr(_good_csr().encode())),
     csr_case("bad CSR signature", BAD, "signature", lambda: broken.bad_signature_csr(_good_csr().encode())),
     # defect: these keys were signed
     csr_case("RSA-PSS SubjectPublicKeyInfo", BAD, "1.2.840.113549.1.1.10", lambda: broken.rsa_pss_csr(ME)),

@@ -50,3 +50,32 @@ def test_ed25519_only_when_enabled() -> None:
     with pytest.raises(UnsupportedKey, match="Ed25519"):
         parse_csr(csr)
     assert parse_csr(csr, allow_ed25519=True).uris == (ME,)
+
+
+def test_a_csr_of_an_undefined_version_is_a_csr_error() -> None:
+    """Defect found by tests/fuzz: cryptography's InvalidVersion is not a ValueError and
+    escaped parse_csr (INTERNAL at the CA, traceback in its log)."""
+    from certs.errors import CsrError
+
+    with pytest.raises(CsrError, match="valid PKCS#10"):
+        parse_csr(broken.bad_version_csr(csr_pem(generate_key(), uris=(ME,))))
+
+
+def test_a_certificate_of_an_undefined_version_is_a_chain_error() -> None:
+    import base64
+    from datetime import UTC, datetime
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from certs.errors import ChainError
+    from certs.pem import load_certificates
+    from certs.profile import self_signed_root
+    from certs.spiffe_id import TrustDomain
+
+    root = self_signed_root(key=generate_key(), trust_domain=TrustDomain("td"), now=datetime.now(UTC))
+    der = root.public_bytes(Encoding.DER)
+    at = der.index(b"\xa0\x03\x02\x01\x02")  # [0] EXPLICIT version INTEGER 2 (v3)
+    der = der[:at] + b"\xa0\x03\x02\x01\x09" + der[at + 5 :]
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    with pytest.raises(ChainError, match="cannot be parsed"):
+        load_certificates(pem)

@@ -214,3 +214,15 @@ def es256_token(kid: str, claims: dict[str, Any], bits: int = 256) -> str:
     return jwt.encode(
         claims, ec.generate_private_key(curve), algorithm=alg, headers={"kid": kid}
     )
+
+
+def bad_version_csr(good: bytes, version: int = 27) -> bytes:
+    """`good` with its CertificationRequestInfo version set to `version` (only 0 is defined):
+    cryptography raises InvalidVersion, which is not a ValueError."""
+    der = x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER)
+    at = der.index(b"\x02\x01\x00")
+    der = der[:at] + bytes([2, 1, version]) + der[at + 3 :]
+    body = base64.encodebytes(der).decode()
+    return (
+        f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n".encode()
+    )
