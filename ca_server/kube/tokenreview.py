@@ -36,6 +36,9 @@ POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 DEFAULT_CACHE_ENTRIES = 10_000
+# A reviewed token is trusted from the cache at most this long, whatever its `exp` (the API
+# server revokes tokens of deleted pods and accounts; extended tokens live a year).
+DEFAULT_CACHE_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,7 @@ class TokenReviewAuthenticator:
         audiences: Sequence[str] = ("istio-ca",),
         cluster_id: str = DEFAULT_CLUSTER_ID,
         max_cache_entries: int = DEFAULT_CACHE_ENTRIES,
-        max_cache_seconds: float | None = None,
+        max_cache_seconds: float | None = DEFAULT_CACHE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not audiences:

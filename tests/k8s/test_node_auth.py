@@ -128,3 +128,18 @@ def test_node_comes_from_the_bound_pod_when_the_api_server_gives_no_node_name(
     gone = replace(caller, pod_name="no-such-pod")
     with pytest.raises(ImpersonationRefused, match="no longer exists"):
         authorizer.node_of(gone)
+
+
+def test_a_reviewed_token_is_cached_at_most_five_minutes(
+    admin_client: Client, cluster: dict[str, str]
+) -> None:
+    """Defect (505d662): TokenReview answers were cached until the token's `exp` (a year for
+    extended tokens), so a deleted pod's or account's token kept working from the cache."""
+    import time
+
+    now = [time.time()]
+    auth = TokenReviewAuthenticator(admin_client, trust_domain=TD, clock=lambda: now[0])
+    assert auth.authenticate(creds(cluster["token"])) is not None
+    assert not auth.may_block(creds(cluster["token"]))  # answered from the cache
+    now[0] += 301
+    assert auth.may_block(creds(cluster["token"])), "the cache outlived its 300 s bound"
