@@ -176,6 +176,8 @@ def build_authentication(config: CaConfig, material: Callable[[], CaMaterial]) -
             audiences=config.audiences,
             algorithms=config.jwt_algorithms,
             trust_domain=config.trust_domain,
+            leeway_s=config.token_clock_skew.total_seconds(),
+            max_lifetime_s=config.max_token_lifetime.total_seconds(),
         )
     )
     return Authentication(authenticators)

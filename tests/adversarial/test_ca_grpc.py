@@ -131,3 +131,25 @@ def test_the_ca_log_holds_no_traceback(ca: RunningCa) -> None:
     """Runs after the table (file order): any input that reached an unexpected exception left a
     traceback through project code in the CA's log."""
     assert tracebacks_through_project(ca.log()) == []
+
+
+def test_leeway_and_lifetime_are_flags(tmp_path: Path, watched_logs: list[Path]) -> None:
+    """`--token-clock-skew` and `--max-token-lifetime` reach the JWT authenticator."""
+    import time
+
+    strict = start_ca(tmp_path / "ca", "--token-clock-skew", "0s", "--max-token-lifetime", "1h")
+    watched_logs.append(strict.log_path)
+    try:
+        forge = TokenForge(strict.data_dir)
+        csr = csr_pem(broken.good_key(), uris=(ME,)).decode()
+        ahead = int(time.time()) + 30
+        for claims, says in (
+            (sa_claims(iat=ahead, nbf=ahead, exp=ahead + 600), "not valid yet"),
+            (sa_claims(exp=int(time.time()) + 7200), "lifetime exceeds the maximum this CA accepts (3600s)"),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                send(strict, Call(csr, bearer(forge.sign(claims))))
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert says in (err.value.details() or "")
+    finally:
+        strict.stop()
