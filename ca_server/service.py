@@ -17,7 +17,7 @@ import grpc
 
 from ca_server.authn import Authentication, IdentityExtractionError, workload_identity
 from ca_server.errors import AuthenticationError, CaError, ImpersonationRefused
-from ca_server.identity import Caller, RequestCredentials, bearer_token_of
+from ca_server.identity import Caller, RequestCredentials, bearer_token_of, shown
 from ca_server.ledger.async_recorder import AsyncRecorder
 from ca_server.metrics import CaMetrics
 from ca_server.signer import CsrParseError, Signer
@@ -135,7 +135,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             wanted = SpiffeId.parse(target)
         except InvalidSpiffeId as exc:
             raise ImpersonationRefused(
-                f"ImpersonatedIdentity {target!r} is not a SPIFFE ID: {exc}"
+                f"ImpersonatedIdentity {shown(target)} is not a SPIFFE ID: {exc}"
             ) from exc
         account = wanted.service_account()
         if wanted.trust_domain != self._trust_domain or account is None:

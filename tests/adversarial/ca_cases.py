@@ -231,6 +231,7 @@ IMPERSONATION_CASES = [
     impersonation_case("target in another trust domain", "spiffe://evil.org/ns/demo/sa/x", "trust domain"),
     impersonation_case("target with a slash path", "spiffe://cluster.local/ns/demo/sa/a/sa/b", "not a workload"),
     impersonation_case("target not a SPIFFE ID", "backend", "SPIFFE ID"),
+    impersonation_case("6 KB target", "x" * 6000, "is not a SPIFFE ID"),  # defect: echoed whole
     impersonation_case("target namespace uppercase", "spiffe://cluster.local/ns/Demo/sa/x", "not a workload"),
 ]
 
