@@ -389,7 +389,7 @@ class JwtAuthenticator:
                 continue
             except jwt.PyJWTError as exc:
                 raise _decode_failure(exc, self._issuer, self._audiences) from exc
-            except (TypeError, ValueError) as exc:  # PyJWT on a claim of an unexpected type
+            except (TypeError, ValueError, OverflowError) as exc:  # PyJWT on odd claim values
                 raise AuthenticationError("token is malformed") from exc
         raise AuthenticationError("token signature does not verify with the issuer's keys")
 
