@@ -85,6 +85,7 @@ def test_target_with_a_pod_on_the_callers_node_is_allowed(
 ) -> None:
     caller = caller_of(authn, cluster["token"])
     assert caller.pod_name == cluster["pod"] and caller.pod_uid == cluster["uid"]
+    assert caller.node_name == "node-a", "kube-apiserver >= 1.32 names the bound pod's node"
     authn.authorize_impersonation(caller, cluster["app"], "backend")
 
 
@@ -143,3 +144,50 @@ def test_a_reviewed_token_is_cached_at_most_five_minutes(
     assert not auth.may_block(creds(cluster["token"]))  # answered from the cache
     now[0] += 301
     assert auth.may_block(creds(cluster["token"])), "the cache outlived its 300 s bound"
+
+
+def test_a_ca_process_with_the_deployed_rbac_enforces_the_node(
+    admin_client: Client,
+    ca_kubeconfig: object,
+    cluster: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """End to end: `python -m ca_server --kubeconfig` as istio-system/bulwark-ca with the RBAC of
+    deploy/base (which must let it read pods), ztunnel's pod-bound token, ImpersonatedIdentity."""
+    import grpc
+
+    from certs.csr import build_csr
+    from certs.keys import generate_key
+    from certs.pem import load_certificates
+    from certs.spiffe_id import SpiffeId
+    from certs.verify import spiffe_id_of
+    from tests.k8s.conftest import CA_NAMESPACE
+    from tests.support.ca_client import channel, create_certificate
+    from tests.support.ca_process import start_ca
+
+    ca = start_ca(
+        tmp_path_factory.mktemp("node-auth") / "ca",
+        "--kubeconfig", str(ca_kubeconfig), "--kube-namespace", CA_NAMESPACE,
+        "--trusted-node-accounts", f"{cluster['system']}/ztunnel",
+        env={"KUBECONFIG": ""},
+    )  # fmt: skip
+    try:
+        def impersonate(target: SpiffeId) -> list[str]:
+            with channel(ca.grpc_addr, ca.root_cert_path) as chan:
+                return create_certificate(
+                    chan,
+                    build_csr(generate_key(), target),
+                    token=cluster["token"],
+                    metadata_fields={"ImpersonatedIdentity": str(target)},
+                )
+
+        backend = SpiffeId.for_service_account(TD, cluster["app"], "backend")
+        chain = impersonate(backend)
+        assert spiffe_id_of(load_certificates(chain[0])[0]) == backend
+        with pytest.raises(grpc.RpcError) as err:
+            impersonate(SpiffeId.for_service_account(TD, cluster["app"], "lonely"))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "no pod on the caller's node" in (err.value.details() or "")
+    finally:
+        ca.stop()
+    assert "Traceback" not in ca.log()
