@@ -39,6 +39,12 @@ protos: $(STAMP)
 bench: $(STAMP)
 	$(PY) tests/bench/run.py
 
+# Property-based fuzzing of the parsers (tests/fuzz) with the long Hypothesis profile;
+# `make test` runs the same properties with a few examples each. BULWARK_FUZZ_EXAMPLES=N.
+.PHONY: fuzz
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/fuzz
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 

@@ -101,6 +101,8 @@ def _jwt_plan(config: CaConfig) -> PlannedAuthenticator | None:
             audiences=config.audiences,
             algorithms=config.jwt_algorithms,
             trust_domain=config.trust_domain,
+            leeway_s=config.token_clock_skew.total_seconds(),
+            max_lifetime_s=config.max_token_lifetime.total_seconds(),
         )
 
     return PlannedAuthenticator(name="jwt", description=description, build=build)

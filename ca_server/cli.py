@@ -89,6 +89,8 @@ _SERVE_FLAGS: tuple[tuple[str, tuple[_FlagSpec, ...]], ...] = (
         ("--jwt-issuer", "BULWARK_JWT_ISSUER", None, "expected token `iss`; alone, its OIDC discovery document gives the keys", {}),
         ("--audiences", "TOKEN_AUDIENCES", "istio-ca", "comma-separated accepted token audiences", {}),
         ("--kubeconfig", "KUBECONFIG", None, "use Kubernetes (TokenReview, CA Secret, root ConfigMaps)", {}),
+        ("--token-clock-skew", "BULWARK_TOKEN_CLOCK_SKEW", "60s", "leeway for token exp/nbf/iat against this host's clock", {}),
+        ("--max-token-lifetime", "BULWARK_MAX_TOKEN_LIFETIME", "24h", "refuse JWTs whose exp lies further than this after iat", {}),
     )),
     ("issuance policy", (
         ("--csr-san-policy", "BULWARK_CSR_SAN_POLICY", "strict", "strict: reject CSRs asking for another identity; override: Istio's behaviour", {"choices": ["strict", "override"]}),
@@ -190,6 +192,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         jwks_file=path(args.jwks_file),
         jwt_issuer=args.jwt_issuer or None,
         audiences=_csv(args.audiences),
+        token_clock_skew=parse_duration(args.token_clock_skew),
+        max_token_lifetime=parse_duration(args.max_token_lifetime),
         csr_san_policy=args.csr_san_policy,
         server_dns_names=_csv(args.server_dns_names),
         default_ttl=_duration(args, "--default-workload-cert-ttl"),

@@ -49,6 +49,8 @@ class CaConfig:
     jwt_issuer: str | None = None
     audiences: tuple[str, ...] = DEFAULT_AUDIENCES
     jwt_algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
+    token_clock_skew: timedelta = timedelta(seconds=60)  # leeway for exp/nbf/iat
+    max_token_lifetime: timedelta = timedelta(hours=24)  # longest exp - iat a JWT may have
     csr_san_policy: str = "strict"
     server_dns_names: tuple[str, ...] = DEFAULT_SERVER_DNS_NAMES
     default_ttl: timedelta = DEFAULT_WORKLOAD_CERT_TTL
@@ -91,6 +93,10 @@ class CaConfig:
             raise ConfigError("--record-max-batch must be at least 1 (1 turns group commit off)")
         if self.material_check_interval <= timedelta(0):
             raise ConfigError("--material-check-interval must be positive")
+        if not timedelta(0) <= self.token_clock_skew <= timedelta(minutes=10):
+            raise ConfigError("--token-clock-skew must be between 0s and 10m")
+        if self.max_token_lifetime <= timedelta(0):
+            raise ConfigError("--max-token-lifetime must be positive")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ca_server.errors import AuthenticationError
 from certs.spiffe_id import SpiffeId
 
 
@@ -18,6 +20,7 @@ class Caller:
     subject: str = ""  # token `sub` or client certificate URI
     pod_name: str = ""
     pod_uid: str = ""
+    node_name: str = ""  # the node the token is bound to, when the API server says
     cluster_id: str = ""
     peer: str = ""
     expires_at: float | None = None  # epoch seconds the credential stops being valid
@@ -31,3 +34,42 @@ class RequestCredentials:
     client_cert_pem: bytes | None
     cluster_id: str
     peer: str
+
+
+AUTHORIZATION_HEADER = "authorization"
+MAX_SHOWN_CHARS = 32
+
+
+def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
+    """A short, printable rendering of caller-supplied text for an error or log line: at most
+    `limit` characters of it, control and non-ASCII characters escaped, quoted."""
+    text = value if isinstance(value, str) else repr(value)
+    cut = text[:limit]
+    safe = cut.encode("ascii", "backslashreplace").decode("ascii")
+    safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in safe)
+    return repr(safe + ("..." if len(text) > limit else ""))
+
+
+def bearer_token_of(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
+    """The bearer token of a call's metadata; None when it has no `authorization` header.
+
+    Exactly one `authorization` header of the form `Bearer <token>` is accepted: a repeated
+    header (which one would win?) or another scheme is refused with `AuthenticationError`.
+    """
+    values = [value for key, value in metadata if key.lower() == AUTHORIZATION_HEADER]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise AuthenticationError(
+            f"{len(values)} 'authorization' headers: send exactly one 'Bearer <token>'"
+        )
+    value = values[0]
+    if not isinstance(value, str):
+        raise AuthenticationError("the 'authorization' header must be text")
+    scheme, _, rest = value.strip().partition(" ")
+    token = rest.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationError("the 'authorization' header must be 'Bearer <token>'")
+    if any(c.isspace() for c in token):
+        raise AuthenticationError("the bearer token must not contain whitespace")
+    return token

@@ -31,7 +31,7 @@ from ca_server.errors import (
     RecordWriteFailed,
     UpstreamUnavailable,
 )
-from ca_server.identity import Caller, RequestCredentials
+from ca_server.identity import Caller, RequestCredentials, bearer_token_of, shown
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 from ca_server.record import Recorder
@@ -51,6 +51,9 @@ class CallerAuthentication(Protocol):
     def may_block(self, creds: RequestCredentials) -> bool: ...
 
     def authenticate(self, creds: RequestCredentials) -> Caller: ...
+
+    def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
+        """Raise `ImpersonationRefused` unless `caller` may act as `namespace/account`."""
 
 
 class CsrSigner(Protocol):
@@ -97,14 +100,10 @@ def add_to_server(service: CertificateService, server: grpc.aio.Server) -> None:
 
 def credentials_of(context: grpc.aio.ServicerContext) -> RequestCredentials:
     """Bearer token, verified-or-not client certificate, `clusterid` header and peer of a call."""
-    token: str | None = None
+    token = bearer_token_of(context.invocation_metadata())  # one header, or AuthenticationError
     cluster_id = ""
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, rest = value.partition(" ")
-            if scheme.lower() == "bearer" and rest.strip():
-                token = rest.strip()
-        elif key == "clusterid" and isinstance(value, str):
+        if key == "clusterid" and isinstance(value, str):
             cluster_id = value
     client_pem: bytes | None = None
     auth = context.auth_context()
@@ -204,7 +203,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             raise InvalidRequest(request.reason)
         try:
             call.caller = await self._authenticate(context)
-            call.caller = caller = self._impersonate(call.caller, request)
+            call.caller = caller = await self._impersonate(call.caller, request)
         except IdentityExtractionError:
             metrics.id_errors.inc()
             metrics.auth_failures.inc()
@@ -240,7 +239,9 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             return await asyncio.to_thread(self._authn.authenticate, creds)
         return self._authn.authenticate(creds)
 
-    def _impersonate(self, caller: Caller, request: ca_pb2.IstioCertificateRequest) -> Caller:
+    async def _impersonate(
+        self, caller: Caller, request: ca_pb2.IstioCertificateRequest
+    ) -> Caller:
         fields = request.metadata.fields if request.HasField("metadata") else {}
         if "ImpersonatedIdentity" not in fields:
             return caller
@@ -254,13 +255,14 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             wanted = SpiffeId.parse(target)
         except InvalidSpiffeId as exc:
             raise ImpersonationRefused(
-                f"ImpersonatedIdentity {target!r} is not a SPIFFE ID: {exc}"
+                f"ImpersonatedIdentity {shown(target)} is not a SPIFFE ID: {exc}"
             ) from exc
         account = wanted.service_account()
         if wanted.trust_domain != self._trust_domain or account is None:
             raise ImpersonationRefused(
-                f"ImpersonatedIdentity {target} is not a workload of this trust domain"
+                f"ImpersonatedIdentity {shown(target)} is not a workload of this trust domain"
             )
+        await asyncio.to_thread(self._authn.authorize_impersonation, caller, *account)  # node-bound
         return replace(
             caller,
             spiffe_id=workload_identity(self._trust_domain, *account),

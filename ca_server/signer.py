@@ -160,14 +160,14 @@ class Signer:
         verify_svid([x509.load_der_x509_certificate(der), *material.chain], material.roots, now=now)
 
     def _ttl(self, validity_s: int) -> timedelta:
+        """The leaf lifetime for a requested `validity_duration`: range-checked as an integer
+        first, since `timedelta` overflows (OverflowError) for int64-sized values."""
         if validity_s <= 0:
             return self._policy.default_ttl
-        ttl = timedelta(seconds=validity_s)
-        if ttl > self._policy.max_ttl:
-            raise TtlTooLong(
-                f"requested TTL {validity_s}s exceeds the maximum of {int(self._policy.max_ttl.total_seconds())}s"
-            )
-        return ttl
+        max_s = int(self._policy.max_ttl.total_seconds())
+        if validity_s > max_s:
+            raise TtlTooLong(f"requested TTL {validity_s}s exceeds the maximum of {max_s}s")
+        return timedelta(seconds=validity_s)
 
     def _parse(self, csr_pem: str) -> ParsedCsr:
         try:

@@ -8,12 +8,20 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.x509.oid import ObjectIdentifier, PublicKeyAlgorithmOID
 
-from certs.errors import CsrError
+from certs.errors import CsrError, UnsupportedKey
 from certs.keys import PrivateKey, PublicKey, check_public_key, signature_hash
 from certs.spiffe_id import SpiffeId
 
 MAX_CSR_BYTES = 64 * 1024
+# SubjectPublicKeyInfo algorithms a CSR may carry (SPEC §1). An RSA key under the RSA-PSS
+# OID (1.2.840.113549.1.1.10) loads as an ordinary RSA key, so the OID is checked itself.
+_ALLOWED_SPKI_ALGORITHMS = {
+    PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5: "RSA",
+    PublicKeyAlgorithmOID.EC_PUBLIC_KEY: "ECDSA",
+}
+_ED25519_OID = PublicKeyAlgorithmOID.ED25519
 
 
 def build_csr(key: PrivateKey, spiffe_id: SpiffeId) -> bytes:
@@ -47,8 +55,10 @@ def parse_csr(pem: str | bytes, *, allow_ed25519: bool = False) -> ParsedCsr:
         raise CsrError("CSR is not PEM: expected a 'BEGIN CERTIFICATE REQUEST' block")
     try:
         csr = x509.load_pem_x509_csr(data)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError (found by fuzzing)
         raise CsrError("CSR PEM block does not hold a valid PKCS#10 request") from exc
+    algorithm: ObjectIdentifier = csr.public_key_algorithm_oid  # type: ignore[attr-defined]
+    _check_spki_algorithm(algorithm, allow_ed25519=allow_ed25519)
     try:
         public_key = csr.public_key()
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -88,4 +98,15 @@ def parse_csr(pem: str | bytes, *, allow_ed25519: bool = False) -> ParsedCsr:
         requests_ca=requests_ca,
         sha256=hashlib.sha256(data).hexdigest(),
         spki=public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
+    )
+
+
+def _check_spki_algorithm(oid: ObjectIdentifier, *, allow_ed25519: bool) -> None:
+    if oid in _ALLOWED_SPKI_ALGORITHMS or (allow_ed25519 and oid == _ED25519_OID):
+        return
+    if oid == _ED25519_OID:
+        raise UnsupportedKey("Ed25519 keys are not enabled on this CA")
+    raise UnsupportedKey(
+        f"CSR public key algorithm {oid.dotted_string} is not allowed "
+        "(use rsaEncryption or id-ecPublicKey: ECDSA P-256/P-384, RSA 2048-8192 with e=65537)"
     )

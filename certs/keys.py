@@ -16,6 +16,9 @@ PublicKey: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed
 
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
+# SPEC §1: RSA keys use e = 65537 only. Go refuses e > 2^31-1 and BoringSSL e over 33 bits,
+# so a certificate for a larger exponent would be unusable by Envoy and Go peers.
+RSA_PUBLIC_EXPONENT = 65537
 
 
 class KeyType(enum.Enum):
@@ -48,11 +51,17 @@ def check_public_key(key: object, *, allow_ed25519: bool = False) -> PublicKey:
             return key
         raise UnsupportedKey(f"ECDSA curve {key.curve.name} is not allowed (use P-256 or P-384)")
     if isinstance(key, rsa.RSAPublicKey):
-        if MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
-            return key
-        raise UnsupportedKey(
-            f"RSA key of {key.key_size} bits is not allowed (use {MIN_RSA_BITS} to {MAX_RSA_BITS})"
-        )
+        if not MIN_RSA_BITS <= key.key_size <= MAX_RSA_BITS:
+            raise UnsupportedKey(
+                f"RSA key of {key.key_size} bits is not allowed (use {MIN_RSA_BITS} to {MAX_RSA_BITS})"
+            )
+        exponent = key.public_numbers().e
+        if exponent != RSA_PUBLIC_EXPONENT:
+            raise UnsupportedKey(
+                f"RSA public exponent of {exponent.bit_length()} bits is not allowed "
+                f"(only {RSA_PUBLIC_EXPONENT})"
+            )
+        return key
     if isinstance(key, ed25519.Ed25519PublicKey):
         if allow_ed25519:
             return key

@@ -18,7 +18,7 @@ def load_certificates(data: bytes | str, *, what: str = "PEM data") -> list[x509
         raise ChainError(f"{what} holds no 'BEGIN CERTIFICATE' block")
     try:
         return x509.load_pem_x509_certificates(raw)
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError (fuzzing)
         raise ChainError(f"{what} holds a certificate that cannot be parsed") from exc
 
 

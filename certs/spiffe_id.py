@@ -1,4 +1,10 @@
-"""SPIFFE IDs and trust domains as validated, immutable values (SPEC §3)."""
+"""SPIFFE IDs and trust domains as validated, immutable values (SPEC §3).
+
+Every rule is a `re.fullmatch`: Python's `$` also matches before a trailing newline, so
+`"frontend\n"` passed a `^...$` check with `.match` and reached a certificate.
+Kubernetes names (namespace: DNS-1123 label; service account: DNS-1123 subdomain) are
+checked wherever an Istio-shaped identity `ns/<ns>/sa/<sa>` is built.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,15 @@ from dataclasses import dataclass
 
 from certs.errors import InvalidSpiffeId
 
-_TD_CHARS = re.compile(r"^[a-z0-9._-]+$")
-_SEGMENT_CHARS = re.compile(r"^[a-zA-Z0-9._-]+$")
+_TD_CHARS = re.compile(r"[a-z0-9._-]+")
+_SEGMENT_CHARS = re.compile(r"[a-zA-Z0-9._-]+")
+_DNS1123_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+_NAMESPACE = re.compile(_DNS1123_LABEL)
+_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(?:\.{_DNS1123_LABEL})*")
 MAX_TRUST_DOMAIN_BYTES = 255
 MAX_ID_BYTES = 2048
+MAX_NAMESPACE_CHARS = 63
+MAX_SERVICE_ACCOUNT_CHARS = 253
 _SCHEME = "spiffe://"
 
 
@@ -26,9 +37,9 @@ class TrustDomain:
             raise InvalidSpiffeId("trust domain is empty")
         if len(name.encode()) > MAX_TRUST_DOMAIN_BYTES:
             raise InvalidSpiffeId(f"trust domain is longer than {MAX_TRUST_DOMAIN_BYTES} bytes")
-        if not _TD_CHARS.match(name):
+        if not _TD_CHARS.fullmatch(name):
             raise InvalidSpiffeId(
-                f"trust domain {name!r} may only contain lowercase letters, digits, '.', '-', '_'"
+                f"trust domain {_shown(name)} may only contain lowercase letters, digits, '.', '-', '_'"
             )
 
     def __str__(self) -> str:
@@ -79,13 +90,18 @@ class SpiffeId:
     def for_service_account(
         cls, trust_domain: TrustDomain, namespace: str, account: str
     ) -> SpiffeId:
-        """The Istio workload identity `spiffe://<td>/ns/<ns>/sa/<sa>`."""
+        """The Istio workload identity `spiffe://<td>/ns/<ns>/sa/<sa>`; both names must be
+        valid Kubernetes names (`check_namespace`, `check_service_account`)."""
+        check_namespace(namespace)
+        check_service_account(account)
         return cls(trust_domain, f"/ns/{namespace}/sa/{account}")
 
     def service_account(self) -> tuple[str, str] | None:
-        """`(namespace, service account)` when the path is Istio-shaped, else None."""
+        """`(namespace, service account)` when the path is Istio-shaped with valid Kubernetes
+        names, else None."""
         parts = self.path.split("/")
-        if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
+        shaped = len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa"
+        if shaped and is_namespace(parts[2]) and is_service_account(parts[4]):
             return parts[2], parts[4]
         return None
 
@@ -98,7 +114,43 @@ def _check_segment(segment: str) -> None:
         raise InvalidSpiffeId("SPIFFE ID path has an empty segment (or a trailing '/')")
     if segment in (".", ".."):
         raise InvalidSpiffeId(f"SPIFFE ID path must not contain a {segment!r} segment")
-    if not _SEGMENT_CHARS.match(segment):
+    if not _SEGMENT_CHARS.fullmatch(segment):
         raise InvalidSpiffeId(
-            f"SPIFFE ID path segment {segment!r} may only contain letters, digits, '.', '-', '_'"
+            f"SPIFFE ID path segment {_shown(segment)} may only contain letters, digits, '.', '-', '_'"
         )
+
+
+def is_namespace(name: str) -> bool:
+    """Whether `name` is a Kubernetes namespace name (DNS-1123 label, at most 63 characters)."""
+    return len(name) <= MAX_NAMESPACE_CHARS and _NAMESPACE.fullmatch(name) is not None
+
+
+def is_service_account(name: str) -> bool:
+    """Whether `name` is a Kubernetes service-account name (DNS-1123 subdomain, at most 253)."""
+    return len(name) <= MAX_SERVICE_ACCOUNT_CHARS and _SUBDOMAIN.fullmatch(name) is not None
+
+
+def check_namespace(name: str) -> str:
+    """`name` if it is a valid namespace name, else `InvalidSpiffeId` saying why."""
+    if not is_namespace(name):
+        raise InvalidSpiffeId(
+            f"namespace {_shown(name)} is not a Kubernetes namespace name "
+            f"(lowercase letters, digits and '-', at most {MAX_NAMESPACE_CHARS} characters)"
+        )
+    return name
+
+
+def check_service_account(name: str) -> str:
+    """`name` if it is a valid service-account name, else `InvalidSpiffeId` saying why."""
+    if not is_service_account(name):
+        raise InvalidSpiffeId(
+            f"service account {_shown(name)} is not a Kubernetes name (lowercase letters, "
+            f"digits, '-' and '.', at most {MAX_SERVICE_ACCOUNT_CHARS} characters)"
+        )
+    return name
+
+
+def _shown(text: str, limit: int = 64) -> str:
+    """A short, escaped rendering of caller-supplied text for an error message."""
+    shown = text if len(text) <= limit else text[:limit] + "..."
+    return repr(shown)

@@ -24,16 +24,21 @@ from lightkube.models.authentication_v1 import TokenReviewSpec, UserInfo
 from lightkube.resources.authentication_v1 import TokenReview
 
 from ca_server.errors import AuthenticationError, UpstreamUnavailable
-from ca_server.identity import Caller, RequestCredentials
+from ca_server.identity import Caller, RequestCredentials, shown
+from ca_server.kube.node_auth import KubeNodeAuthorizer
 from ca_server.kube.settings import DEFAULT_CLUSTER_ID
 from certs.errors import InvalidSpiffeId
-from certs.spiffe_id import SpiffeId, TrustDomain
+from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
 
 SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"
 USERNAME_PREFIX = "system:serviceaccount:"
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+NODE_NAME_EXTRA = "authentication.kubernetes.io/node-name"
 DEFAULT_CACHE_ENTRIES = 10_000
+# A reviewed token is trusted from the cache at most this long, whatever its `exp` (the API
+# server revokes tokens of deleted pods and accounts; extended tokens live a year).
+DEFAULT_CACHE_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,7 @@ class TokenReviewAuthenticator:
         audiences: Sequence[str] = ("istio-ca",),
         cluster_id: str = DEFAULT_CLUSTER_ID,
         max_cache_entries: int = DEFAULT_CACHE_ENTRIES,
-        max_cache_seconds: float | None = None,
+        max_cache_seconds: float | None = DEFAULT_CACHE_SECONDS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not audiences:
@@ -73,6 +78,7 @@ class TokenReviewAuthenticator:
         self._clock = clock
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._lock = threading.Lock()
+        self._node_authorizer = KubeNodeAuthorizer(client)
 
     def authenticate(self, creds: RequestCredentials) -> Caller | None:
         token = creds.bearer_token
@@ -100,6 +106,11 @@ class TokenReviewAuthenticator:
         if not token:
             return False
         return self._cache_get(hashlib.sha256(token.encode()).hexdigest()) is None
+
+    def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
+        """Node-bound impersonation (kube/node_auth.py): `account` must have a pod on the
+        caller's node. Calls the API server, so run it off the event loop."""
+        self._node_authorizer.authorize(caller, namespace, account)
 
     def cache_size(self) -> int:
         with self._lock:
@@ -129,18 +140,13 @@ class TokenReviewAuthenticator:
         username = user.username or ""
         if SERVICE_ACCOUNTS_GROUP not in (user.groups or []):
             raise AuthenticationError(
-                f"token of {username!r} is not in group {SERVICE_ACCOUNTS_GROUP}"
+                f"token of {shown(username, 80)} is not in group {SERVICE_ACCOUNTS_GROUP}"
             )
-        parts = username.split(":")
-        if not username.startswith(USERNAME_PREFIX) or len(parts) != 4 or not all(parts[2:]):
-            raise AuthenticationError(
-                f"token user {username!r} is not system:serviceaccount:<ns>:<sa>"
-            )
-        namespace, account = parts[2], parts[3]
         try:
+            namespace, account = _service_account_of(username)
             spiffe_id = SpiffeId.for_service_account(self._trust_domain, namespace, account)
         except InvalidSpiffeId as exc:
-            raise AuthenticationError(f"service account {username!r}: {exc}") from exc
+            raise AuthenticationError(f"token user {shown(username, 80)}: {exc}") from exc
         extra = user.extra or {}
         return Caller(
             spiffe_id=spiffe_id,
@@ -150,6 +156,7 @@ class TokenReviewAuthenticator:
             subject=username,
             pod_name=_first(extra.get(POD_NAME_EXTRA)),
             pod_uid=_first(extra.get(POD_UID_EXTRA)),
+            node_name=_first(extra.get(NODE_NAME_EXTRA)),
         )
 
     def _cache_until(self, exp: float | None) -> float | None:
@@ -177,6 +184,14 @@ class TokenReviewAuthenticator:
             self._cache.move_to_end(key)
             while len(self._cache) > self._max_entries:
                 self._cache.popitem(last=False)
+
+
+def _service_account_of(username: str) -> tuple[str, str]:
+    """`system:serviceaccount:<ns>:<sa>` to valid Kubernetes names, or InvalidSpiffeId."""
+    parts = username.split(":")
+    if not username.startswith(USERNAME_PREFIX) or len(parts) != 4:
+        raise InvalidSpiffeId("not system:serviceaccount:<ns>:<sa>")
+    return check_namespace(parts[2]), check_service_account(parts[3])
 
 
 def _with_request(caller: Caller, creds: RequestCredentials) -> Caller:

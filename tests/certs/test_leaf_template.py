@@ -28,7 +28,7 @@ def test_template_matches_builder(issuer_kind: KeyType, leaf_kind: KeyType, ttl:
         key=issuer_key, trust_domain=TD, now=now, lifetime=timedelta(days=365 * 50)
     )
     leaf_key = generate_key(leaf_kind).public_key()
-    sid = SpiffeId.for_service_account(TD, "ns-" + "x" * 100, "sa")
+    sid = SpiffeId(TD, "/ns/ns-" + "x" * 100 + "/sa/sa")  # a long (non-Kubernetes) path
     built = leaf_certificate(
         spiffe_id=sid,
         public_key=leaf_key,

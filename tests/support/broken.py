@@ -149,3 +149,80 @@ def ed25519_key() -> ed25519.Ed25519PrivateKey:
 
 def good_key() -> Any:
     return generate_key()
+
+
+# --- keys outside SPEC §1 that cryptography's generators will not make -----------------
+
+
+def rsa_with_exponent(exponent: int, bits: int = 2048) -> rsa.RSAPrivateKey:
+    """An RSA key whose public exponent is `exponent` (primes borrowed from a fresh key)."""
+    import math
+
+    while True:
+        base = rsa.generate_private_key(public_exponent=65537, key_size=bits).private_numbers()
+        p, q = base.p, base.q
+        lam = (p - 1) * (q - 1) // math.gcd(p - 1, q - 1)
+        if math.gcd(exponent, lam) != 1:
+            continue
+        d = pow(exponent, -1, lam)
+        public = rsa.RSAPublicNumbers(exponent, p * q)
+        numbers = rsa.RSAPrivateNumbers(
+            p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), public
+        )
+        return numbers.private_key(unsafe_skip_rsa_key_validation=True)
+
+
+def huge_exponent(bits: int = 2040) -> int:
+    """An odd public exponent of exactly `bits` bits."""
+    import secrets
+
+    return secrets.randbits(bits) | (1 << (bits - 1)) | 1
+
+
+def rsa_pss_csr(spiffe_id: str) -> bytes:
+    """A CSR whose SubjectPublicKeyInfo is id-RSASSA-PSS (made by the real `openssl req`)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = subprocess.run(
+            [
+                "openssl", "req", "-new", "-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048",
+                "-nodes", "-keyout", f"{tmp}/key.pem", "-subj", "/O=pss",
+                "-addext", f"subjectAltName=critical,URI:{spiffe_id}",
+            ],
+            capture_output=True, check=True,
+        )  # fmt: skip
+    return out.stdout
+
+
+# --- tokens the JWT authenticator must refuse -------------------------------------------
+
+
+def raw_token(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"sig") -> str:
+    """A JWS compact token with any header and claims (an arbitrary signature)."""
+    return ".".join(
+        _b64(part)
+        for part in (json.dumps(header).encode(), json.dumps(claims).encode(), signature)
+    )
+
+
+def es256_token(kid: str, claims: dict[str, Any], bits: int = 256) -> str:
+    """ES256/ES384-signed with a fresh EC key, naming the issuer's RSA key id (alg confusion)."""
+    curve: ec.EllipticCurve = ec.SECP256R1() if bits == 256 else ec.SECP384R1()
+    alg = "ES256" if bits == 256 else "ES384"
+    return jwt.encode(
+        claims, ec.generate_private_key(curve), algorithm=alg, headers={"kid": kid}
+    )
+
+
+def bad_version_csr(good: bytes, version: int = 27) -> bytes:
+    """`good` with its CertificationRequestInfo version set to `version` (only 0 is defined):
+    cryptography raises InvalidVersion, which is not a ValueError."""
+    der = x509.load_pem_x509_csr(good).public_bytes(serialization.Encoding.DER)
+    at = der.index(b"\x02\x01\x00")
+    der = der[:at] + bytes([2, 1, version]) + der[at + 3 :]
+    body = base64.encodebytes(der).decode()
+    return (
+        f"-----BEGIN CERTIFICATE REQUEST-----\n{body}-----END CERTIFICATE REQUEST-----\n".encode()
+    )
