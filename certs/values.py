@@ -69,6 +69,8 @@ class InvalidValue(CertsError, ValueError):
 def parse_duration(text: str, what: str = "duration") -> timedelta:
     """A Go duration (`1h30m`, `500ms`, `1.5h`), with `d` and `w`, or plain seconds (`90`)."""
     value = text.strip()
+    if len(value) > 64:
+        raise InvalidValue(what, "a duration of at most 64 characters (too long)", text)
     if _SECONDS.fullmatch(value):
         nanos = float(value) * 1e9
     else:

@@ -212,7 +212,7 @@ def _list_route(
         now = clock()
         try:
             within = (
-                parse_duration(expiring_within)
+                parse_duration(expiring_within, "expiring_within")
                 if expiring_within is not None
                 else None
             )

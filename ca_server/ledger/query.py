@@ -27,14 +27,14 @@ MAX_FILTER_LENGTH = 2048  # a SPIFFE ID is at most 2048 bytes (SPIFFE-ID spec)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def parse_duration(text: str) -> timedelta:
+def parse_duration(text: str, name: str = "duration") -> timedelta:
     """The one duration grammar of `certs.values`, at most 36500d; `InvalidQuery` otherwise."""
     try:
-        value = values.parse_duration(text, "duration")
+        value = values.parse_duration(text, name)
     except values.InvalidValue as exc:
         raise InvalidQuery(str(exc)) from None
     if value > MAX_DURATION:
-        raise InvalidQuery(f"duration {_shown(text)} is longer than the limit of 36500d")
+        raise InvalidQuery(f"{name} {_shown(text)} is longer than the limit of 36500d")
     return value
 
 
