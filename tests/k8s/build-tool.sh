@@ -46,7 +46,14 @@ fi
 # Each project stamps its version through its own Makefile; do the same here so
 # `helm version` / `promtool --version` tell the truth.
 case "$name" in
-    helm) ldflags="-X helm.sh/helm/v3/internal/version.version=$version -X helm.sh/helm/v3/internal/version.metadata=" ;;
+    helm)
+        # Helm's default Kubernetes version (helm template, lint) comes from client-go's.
+        cg="$("$GO" list -m -f '{{.Version}}' k8s.io/client-go)"; cg="${cg#v}"
+        kmajor=$(( ${cg%%.*} + 1 )); kminor="${cg#*.}"; kminor="${kminor%%.*}"
+        ldflags="-X helm.sh/helm/v3/internal/version.version=$version"
+        for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+            ldflags+=" -X $p.k8sVersionMajor=$kmajor -X $p.k8sVersionMinor=$kminor"
+        done ;;
     kustomize) ldflags="-X sigs.k8s.io/kustomize/api/provenance.version=$version" ;;
     promtool) ldflags="-X github.com/prometheus/common/version.Version=${version#v0.}" ;;
 esac

@@ -97,7 +97,10 @@ def test_template_renders_every_documented_values_file(
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert "--admin-token-file=/etc/bulwark/admin/token" in container["args"]
-    assert one(docs, "PodDisruptionBudget") and one(docs, "NetworkPolicy")
+    assert one(docs, "PodDisruptionBudget")
+    policies = {d["metadata"]["name"]: d for d in docs if d["kind"] == "NetworkPolicy"}
+    ports = [p["port"] for rule in policies["bulwark-ca"]["spec"]["ingress"] for p in rule["ports"]]
+    assert sorted(ports) == [15012, 15013, 15014]
     env = {e["name"]: e for e in container["env"]}
     replicas = one(docs, "Deployment")["spec"]["replicas"]
     assert replicas == chosen.get("replicaCount", 1)
