@@ -76,9 +76,17 @@ def test_dashboard_covers_what_issue_15_asks() -> None:
     dash = json.loads(DASHBOARD.read_text())
     panels = [p for p in dash["panels"] if p["type"] != "row"]
     titles = " | ".join(p["title"].lower() for p in panels)
-    for topic in ("issuance rate", "refusals by reason", "p50 / p99", "record commit",
-                  "time to expiry", "root expiry", "signing chain", "agents' soonest",
-                  "rotation"):
+    for topic in (
+        "issuance rate",
+        "refusals by reason",
+        "p50 / p99",
+        "record commit",
+        "time to expiry",
+        "root expiry",
+        "signing chain",
+        "agents' soonest",
+        "rotation",
+    ):
         assert topic in titles, topic
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))

@@ -33,7 +33,9 @@ def tool(name: str) -> Path:
     return path
 
 
-def run(argv: list[str | Path], *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: list[str | Path], *, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run a tool with no inherited kubeconfig or Helm state (HOME-independent dirs)."""
     return subprocess.run(
         [str(a) for a in argv],

@@ -110,7 +110,7 @@ def test_template_renders_every_documented_values_file(
         assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
         assert pod["affinity"]["podAntiAffinity"]
     else:
-        data = [v for v in pod["volumes"] if v["name"] == "data"][0]
+        data = next(v for v in pod["volumes"] if v["name"] == "data")
         if "BULWARK_RECORD" not in env:
             assert data["persistentVolumeClaim"]["claimName"] == "bulwark-ca-data"
             assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "Recreate"
@@ -131,7 +131,15 @@ def test_template_renders_every_documented_values_file(
         (["--set", "podSecurityContext.runAsNonRoot=false"], "runAsNonRoot"),
         (["--set", "recrod.type=postgresql"], "recrod"),
     ],
-    ids=["replicas2-default-sqlite", "replicas3-sqlite", "pg-without-dsn", "zero", "mode", "root", "typo"],
+    ids=[
+        "replicas2-default-sqlite",
+        "replicas3-sqlite",
+        "pg-without-dsn",
+        "zero",
+        "mode",
+        "root",
+        "typo",
+    ],
 )
 def test_schema_refuses_unsafe_values(
     helm: Callable[..., str], args: list[str], complaint: str
@@ -144,8 +152,15 @@ def test_schema_refuses_unsafe_values(
 
 
 def test_ha_on_postgresql_is_accepted_by_the_schema(helm: Callable[..., str]) -> None:
-    docs = template(helm, "--set", "replicaCount=2", "--set", "record.type=postgresql",
-                    "--set", "record.postgresql.existingSecret=my-dsn")
+    docs = template(
+        helm,
+        "--set",
+        "replicaCount=2",
+        "--set",
+        "record.type=postgresql",
+        "--set",
+        "record.postgresql.existingSecret=my-dsn",
+    )
     ref = {e["name"]: e for e in ca_container(docs)["env"]}["BULWARK_RECORD"]
     assert ref["valueFrom"]["secretKeyRef"] == {"name": "my-dsn", "key": "url"}
 
@@ -184,9 +199,7 @@ def test_monitoring_embeds_every_alert_of_the_rules_file(helm: Callable[..., str
 
 
 @pytest.fixture(scope="module")
-def kube_helm(
-    helm: Callable[..., str], control_plane: ControlPlane
-) -> Callable[..., str]:
+def kube_helm(helm: Callable[..., str], control_plane: ControlPlane) -> Callable[..., str]:
     def call(*args: str | Path, ok: bool = True) -> str:
         return helm(*args, "--kubeconfig", control_plane.admin_kubeconfig, ok=ok)
 
@@ -254,7 +267,10 @@ def test_helm_install_evaluation_postgresql_and_sqlite_keeps_record(
     assert password is not None and dsn is not None
     pw = base64.b64decode(password["password"]).decode()
     url = base64.b64decode(dsn["url"]).decode()
-    assert url == f"postgresql://bulwark:{pw}@bulwark-ca-postgresql.{ns}.svc:5432/bulwark?sslmode=disable"
+    assert (
+        url
+        == f"postgresql://bulwark:{pw}@bulwark-ca-postgresql.{ns}.svc:5432/bulwark?sslmode=disable"
+    )
     kube_helm("upgrade", "bulwark", CHART, "-n", ns, "-f", values)
     again = admin_client.get(Secret, "bulwark-ca-record", namespace=ns).data
     assert again is not None and again["url"] == dsn["url"], "upgrade changed the database password"

@@ -43,8 +43,18 @@ def kustomize_build(directory: str) -> list[dict]:
 
 
 def chart_render(values: str) -> list[dict]:
-    proc = run([tool("helm"), "template", "bulwark", CHART, "-n", "istio-system",
-                "-f", CHART / "ci" / values])
+    proc = run(
+        [
+            tool("helm"),
+            "template",
+            "bulwark",
+            CHART,
+            "-n",
+            "istio-system",
+            "-f",
+            CHART / "ci" / values,
+        ]
+    )
     assert proc.returncode == 0, proc.stderr
     docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
     strip = _renderer()._strip_helm
@@ -54,8 +64,9 @@ def chart_render(values: str) -> list[dict]:
 
 
 def test_base_is_what_the_chart_renders() -> None:
-    proc = run(["python3", DEPLOY / "helm" / "render-kustomize.py", "--helm", tool("helm"),
-                "--check"])
+    proc = run(
+        ["python3", DEPLOY / "helm" / "render-kustomize.py", "--helm", tool("helm"), "--check"]
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -78,8 +89,9 @@ def test_no_namespace_object_and_admin_token_everywhere(directory: str) -> None:
     (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     assert "--admin-token-file=/etc/bulwark/admin/token" in container["args"]
-    (volume,) = [v for v in deploy["spec"]["template"]["spec"]["volumes"]
-                 if v["name"] == "admin-token"]
+    (volume,) = [
+        v for v in deploy["spec"]["template"]["spec"]["volumes"] if v["name"] == "admin-token"
+    ]
     assert volume["secret"]["secretName"] == "bulwark-admin-token"
 
 
