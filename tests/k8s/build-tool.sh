@@ -55,7 +55,10 @@ case "$name" in
             ldflags+=" -X $p.k8sVersionMajor=$kmajor -X $p.k8sVersionMinor=$kminor"
         done ;;
     kustomize) ldflags="-X sigs.k8s.io/kustomize/api/provenance.version=$version" ;;
-    promtool) ldflags="-X github.com/prometheus/common/version.Version=${version#v0.}" ;;
+    promtool)
+        # Prometheus v3.X.Y is published as Go module v0.3XX.Y.
+        num="${version#v0.}"; mm="${num%%.*}"
+        ldflags="-X github.com/prometheus/common/version.Version=$((mm / 100)).$((mm % 100)).${num#*.}" ;;
 esac
 
 tmp="$(mktemp -d "$cache_root/tools/$name/.build.XXXXXX")"
