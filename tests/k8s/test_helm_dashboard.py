@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 import grpc
 import yaml
+from spiffe._proto import workload_pb2, workload_pb2_grpc
 
 from certs.csr import build_csr
 from certs.keys import KeyType, generate_key
@@ -61,6 +63,14 @@ def _issue(ca: RunningCa) -> None:
             raise AssertionError("a garbage token was accepted")
 
 
+def _drain(stream: grpc.Future) -> None:
+    try:
+        for _ in stream:  # type: ignore[attr-defined]
+            pass
+    except grpc.RpcError:
+        pass  # the channel closed at the end of the test
+
+
 def _input_series(scrapes: list[dict[str, float]]) -> list[dict[str, str]]:
     names = sorted({name for scrape in scrapes for name in scrape})
     series = []
@@ -85,8 +95,14 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
     work = tmp_path / "agent"
     work.mkdir()
     agent = start_agent_process(ca, work, extra_env={"SECRET_TTL": "6s"})
+    chan = grpc.insecure_channel(f"unix://{agent.socket}")
     try:
         agent.wait_ready()
+        # A workload streaming its SVID over the Workload API: the agent pushes each rotation.
+        stream = workload_pb2_grpc.SpiffeWorkloadAPIStub(chan).FetchX509SVID(
+            workload_pb2.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),)
+        )
+        threading.Thread(target=_drain, args=(stream,), daemon=True).start()
         scrapes = []
         for _ in range(SCRAPES):
             _issue(ca)
@@ -95,6 +111,7 @@ def test_every_dashboard_query_returns_data(tmp_path: Path) -> None:
             merged |= _scrape(f"{agent.status_url}/metrics", AGENT_LABELS)
             scrapes.append(merged)
     finally:
+        chan.close()
         agent.stop()
         ca.stop()
 
