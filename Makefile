@@ -50,7 +50,9 @@ clean:
 
 # Kubernetes: real etcd + kube-apiserver + kubectl built from the Go module registry into
 # $${BULWARK_CACHE:-~/.cache/bulwark}/k8s/<versions>/ (cold ~5 min on 2 cores, warm: nothing).
+# helm, kustomize and promtool likewise (tests/k8s/build-tool.sh, cached in .../tools/<name>/).
 K8S_PEERS := bash tests/k8s/build-peers.sh
+TOOL := bash tests/k8s/build-tool.sh
 MANIFESTS := build/manifests
 
 .PHONY: k8s-peers test-k8s manifests
@@ -59,14 +61,18 @@ k8s-peers:
 	@$(K8S_PEERS)
 
 test-k8s: $(STAMP)
-	@bin=$$($(K8S_PEERS)) && \
-	BULWARK_K8S_TESTS=1 BULWARK_K8S_BIN="$$bin" $(PY) -m pytest -q -p no:cacheprovider tests/k8s
+	@bin=$$($(K8S_PEERS)) && helm=$$($(TOOL) helm) && kustomize=$$($(TOOL) kustomize) && \
+	promtool=$$($(TOOL) promtool) && \
+	BULWARK_K8S_TESTS=1 BULWARK_K8S_BIN="$$bin" BULWARK_HELM="$$helm" \
+	BULWARK_KUSTOMIZE="$$kustomize" BULWARK_PROMTOOL="$$promtool" \
+	$(PY) -m pytest -q -p no:cacheprovider tests/k8s
 
+# Renders with kustomize alone (a ~20 MB binary built once), not the API server's build.
 manifests:
-	@bin=$$($(K8S_PEERS)) && mkdir -p $(MANIFESTS) && \
-	for d in base overlays/production overlays/plugged-ca overlays/with-istio examples/workload; do \
+	@kustomize=$$($(TOOL) kustomize) && mkdir -p $(MANIFESTS) && \
+	for d in namespace base overlays/production overlays/plugged-ca overlays/with-istio examples/workload; do \
 		out=$(MANIFESTS)/$$(echo $$d | tr / -).yaml; \
-		"$$bin/kubectl" kustomize deploy/$$d > $$out && echo "rendered deploy/$$d -> $$out"; \
+		"$$kustomize" build deploy/$$d > $$out && echo "rendered deploy/$$d -> $$out"; \
 	done
 
 # Istio's own CA client and pilot-agent against Bulwark (tests/interop). The Go builds are

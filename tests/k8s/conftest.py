@@ -100,6 +100,10 @@ def render(control_plane: ControlPlane, directory: str) -> str:
 def deployed_base(control_plane: ControlPlane) -> str:
     """deploy/base applied for real: istio-system, the CA's ServiceAccount and its RBAC.
     (No controller-manager runs, so the Deployment makes no pods; the tests run the CA.)"""
+    # The Namespace is its own kustomization, so `kubectl delete -k` of base never deletes it.
+    namespace = render(control_plane, "namespace")
+    proc = control_plane.kubectl_run("apply", "--server-side", "-f", "-", stdin=namespace)
+    assert proc.returncode == 0, proc.stderr
     manifests = render(control_plane, "base")
     proc = control_plane.kubectl_run("apply", "--server-side", "-f", "-", stdin=manifests)
     assert proc.returncode == 0, proc.stderr

@@ -18,6 +18,7 @@ from tests.k8s.harness import ControlPlane
 @pytest.mark.parametrize(
     "directory",
     [
+        "namespace",
         "base",
         "overlays/production",
         "overlays/plugged-ca",
@@ -48,25 +49,29 @@ def test_base_has_what_the_issue_asks_for(deployed_base: str) -> None:
     docs = [d for d in yaml.safe_load_all(deployed_base) if d]
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
     for wanted in [
-        ("Namespace", "istio-system"),
         ("ServiceAccount", "bulwark-ca"),
-        ("ClusterRole", "bulwark-ca"),
-        ("ClusterRoleBinding", "bulwark-ca"),
+        ("ClusterRole", "bulwark-ca-istio-system"),
+        ("ClusterRoleBinding", "bulwark-ca-istio-system"),
         ("Role", "bulwark-ca"),
         ("RoleBinding", "bulwark-ca"),
         ("Deployment", "bulwark-ca"),
         ("Service", "istiod"),
         ("PodDisruptionBudget", "bulwark-ca"),
+        ("PersistentVolumeClaim", "bulwark-ca-data"),
+        ("NetworkPolicy", "bulwark-ca"),
     ]:
         assert wanted in kinds
+    # Issue #15: no Namespace in base (`kubectl delete -k` must not delete istio-system) and
+    # one replica, because its SQLite record cannot be shared (overlays/production: PostgreSQL).
+    assert "Namespace" not in {kind for kind, _ in kinds}
     (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
     spec = deploy["spec"]["template"]["spec"]
-    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["replicas"] == 1
     assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["affinity"]["podAntiAffinity"]
     (container,) = spec["containers"]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert {"requests", "limits"} <= set(container["resources"])
     (service,) = [d for d in docs if d["kind"] == "Service"]
@@ -120,9 +125,14 @@ def test_deployment_container_spec_runs_the_real_ca(
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     local = ("--data-dir", "--grpc-addr", "--admin-addr", "--mtls-grpc-addr")
     args: list[str] = []
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("t" * 48)
+    token_file.chmod(0o600)
     for arg in container["args"]:
         if arg == "--kube-in-cluster":
             args += ["--kubeconfig", str(ca_kubeconfig)]
+        elif arg.startswith("--admin-token-file="):  # the mounted Secret bulwark-admin-token
+            args.append(f"--admin-token-file={token_file}")
         elif not arg.startswith(local):
             args.append(arg)
     env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
