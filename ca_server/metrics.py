@@ -3,7 +3,9 @@
 Istio's series keep their names and meaning. Bulwark adds
 `bulwark_ca_refusals_total{reason,code}`: every call the CA refuses, whatever
 the status, with a bounded `reason` (`REFUSAL_REASONS`), so that refusals no
-`citadel_server_*` series counts (PERMISSION_DENIED, overload) are seen too.
+`citadel_server_*` series counts (PERMISSION_DENIED, overload) are seen too;
+and two histograms, `bulwark_ca_issue_duration_seconds` (every call) and
+`bulwark_ca_record_commit_duration_seconds` (every record batch).
 
 Workers write into `PROMETHEUS_MULTIPROC_DIR` (set by the supervisor before it
 starts them); the admin app aggregates with `MultiProcessCollector`.
@@ -11,7 +13,7 @@ starts them); the admin app aggregates with `MultiProcessCollector`.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ca_server.material import CaMaterial
@@ -25,6 +27,8 @@ REFUSAL_REASONS = (
     "record_failure",  # the issuance record could not be written
     "internal",  # CA not ready, signing failure, a bug
 )
+# Seconds; a certificate normally takes 1-50 ms, a record commit 1-20 ms.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class CaMetrics:
@@ -59,6 +63,19 @@ class CaMetrics:
             "Calls the CA refused, by reason and gRPC status",
             ("reason", "code"),
             registry=reg,
+        )
+
+        self.call_duration = Histogram(
+            "bulwark_ca_issue_duration_seconds",
+            "Time from a CreateCertificate call's arrival to its answer, issued or refused",
+            registry=reg,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.record_commit_duration = Histogram(
+            "bulwark_ca_record_commit_duration_seconds",
+            "Time one issuance-record batch took to commit",
+            registry=reg,
+            buckets=LATENCY_BUCKETS,
         )
 
     def refused(self, *, reason: str, code: str) -> None:

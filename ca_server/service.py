@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -169,6 +170,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> ca_pb2.IstioCertificateResponse:
         call = _Call(context.peer())
+        started = time.perf_counter()
         self._in_flight += 1
         try:
             if self._max_in_flight is not None and self._in_flight > self._max_in_flight:
@@ -183,6 +185,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA; see its log")
         finally:
             self._in_flight -= 1
+            self._metrics.call_duration.observe(time.perf_counter() - started)
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
 
     def _refused(self, code: grpc.StatusCode, reason: str, message: str, call: _Call) -> None:

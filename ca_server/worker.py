@@ -140,14 +140,18 @@ class LiveKeys:
         )
 
 
-def open_recorder(config: CaConfig) -> AsyncRecorder:
+def open_recorder(config: CaConfig, metrics: CaMetrics | None = None) -> AsyncRecorder:
     """The issuance record for this process (SQLite in the data dir unless --record)."""
     from ca_server import ledger
 
     url = config.record or f"sqlite:///{(config.data_dir / 'record.db').resolve()}"
     options = ledger.RecorderOptions(max_batch=config.record_max_batch)
     managed = ledger.open_recorder(url, options=options)
-    return AsyncRecorder(managed, linger_s=config.record_linger.total_seconds())
+    return AsyncRecorder(
+        managed,
+        linger_s=config.record_linger.total_seconds(),
+        on_commit=metrics.record_commit_duration.observe if metrics is not None else None,
+    )
 
 
 def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:
@@ -158,9 +162,10 @@ def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:
 
 async def _serve(spec: WorkerSpec, supervisor: Connection) -> None:
     keys = LiveKeys(spec.keys)
-    recorder = open_recorder(spec.config)
+    metrics = CaMetrics()
+    recorder = open_recorder(spec.config, metrics)
     events = CaEventLog()
-    server = _grpc_server(spec, keys, recorder, events)
+    server = _grpc_server(spec, keys, recorder, metrics, events)
     port = server.add_secure_port(
         f"{spec.host}:{spec.port}", keys.credentials(require_client_auth=False)
     )
@@ -225,10 +230,14 @@ def certificate_service(
 
 
 def _grpc_server(
-    spec: WorkerSpec, keys: LiveKeys, recorder: AsyncRecorder, events: CaEventLog
+    spec: WorkerSpec,
+    keys: LiveKeys,
+    recorder: AsyncRecorder,
+    metrics: CaMetrics,
+    events: CaEventLog,
 ) -> grpc.aio.Server:
     service = certificate_service(
-        spec.config, lambda: keys.material, recorder=recorder, metrics=CaMetrics(), events=events
+        spec.config, lambda: keys.material, recorder=recorder, metrics=metrics, events=events
     )
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     add_to_server(service, server)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from ca_server.ledger.errors import LedgerWriteError
@@ -27,8 +29,16 @@ class AsyncRecorder:
     """`await record(entry)` returns once `entry` is durably committed, or raises
     `LedgerWriteError`; use it from one event loop."""
 
-    def __init__(self, managed: ManagedRecorder, *, linger_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        managed: ManagedRecorder,
+        *,
+        linger_s: float = 0.0,
+        on_commit: Callable[[float], None] | None = None,
+    ) -> None:
+        """`on_commit(seconds)` is told how long each batch's commit took."""
         self._managed = managed
+        self._on_commit = on_commit
         self._writer = managed.writer
         self._max_batch = managed.options.max_batch
         self._timeout = managed.options.write_timeout.total_seconds()
@@ -75,16 +85,20 @@ class AsyncRecorder:
             return
         self._idle.clear()
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         flight = loop.run_in_executor(
             self._thread, self._writer.commit_batch, [entry for entry, _ in batch]
         )
-        flight.add_done_callback(lambda finished: self._finish(batch, finished))
+        flight.add_done_callback(lambda finished: self._finish(batch, finished, started))
 
     def _finish(
         self,
         batch: list[tuple[IssuedCertificate, asyncio.Future[None]]],
         finished: asyncio.Future[list[BaseException | None]],
+        started: float,
     ) -> None:
+        if self._on_commit is not None:
+            self._on_commit(time.perf_counter() - started)
         try:
             errors = finished.result()
         except BaseException as exc:  # nobody may take an unfinished commit for success
