@@ -30,6 +30,8 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy ca_server certs agent
 	@# every package the code imports is declared in pyproject.toml (not only arriving transitively)
 	$(VENV)/bin/deptry ca_server certs agent protos
+	@# layers point one way: certs imports neither ca_server nor agent; agent never imports ca_server
+	$(VENV)/bin/lint-imports
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. protos/istio/v1/auth/ca.proto

@@ -220,7 +220,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     from ca_server.errors import ConfigError
     from ca_server.logs import configure as configure_logs
-    from ca_server.server import serve
+    from ca_server.supervisor import serve
     from certs.errors import InvalidSpiffeId
 
     level = getattr(logging, str(args.log_level).upper())

@@ -1,230 +1,379 @@
-"""The CA's worker processes: start, watch, restart, and hand them new CA material.
+"""The CA supervisor process (`bulwark ca serve`): owns the data dir and ports, prepares
+the CA material, runs the worker pool and the admin app.
 
-Workers bind the same ports with SO_REUSEPORT. A material change is sent to the
-running workers over their pipes and applied in place, so no listening socket
-is closed (closing one would reset connections queued on it).
+supervisor (this process, asyncio)      workers (`worker_pool`, spawned, one per core)
+  - data-dir lock, port probe             - grpc.aio server, one event loop
+  - CA material, root-cert.pem            - authenticate, sign, record (ca_server.worker)
+  - serving certificate                   - metrics into PROMETHEUS_MULTIPROC_DIR
+  - admin app (uvicorn)
+  - material refresher (`material_refresh`): re-reads CA material, hands it to the pool
+Start-up failures (`STARTUP_ERRORS`) become one line on stderr and exit 2.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import ipaddress
+import json
 import logging
-import multiprocessing
 import os
+import shutil
+import signal
 import socket
-from dataclasses import dataclass, field, replace
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
-from pathlib import Path
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
+import uvicorn
+
+from ca_server.admin_api.app import create_admin_app
+from ca_server.config import CaConfig, parse_hostport
+from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
 from ca_server.errors import ConfigError
-from ca_server.worker import KEYS_APPLIED, WorkerKeys, WorkerSpec, run_worker
+from ca_server.ledger.integrity import RecordDamaged, guard_record_of
+from ca_server.material import (
+    CaMaterial,
+    DirectoryKeyStore,
+    KeyStore,
+    load_cacerts_dir,
+    load_or_create,
+    write_root_bundle,
+)
+from ca_server.material_refresh import MaterialManager, ReloadHealth, describe_failure, fingerprint
+from ca_server.token_issuer import LocalIssuer
+from ca_server.worker import MaterialPems, WorkerKeys, WorkerSpec
+from ca_server.worker_pool import WorkerPool, bind_socket, probe_free, reserve_port
+from certs.errors import CertsError
+from certs.files import write_atomic
+from certs.keys import KeyType, generate_key, private_key_pem
+from certs.pem import to_pem
+from certs.profile import leaf_certificate
 
 log = logging.getLogger("ca_server")
-WORKER_START_TIMEOUT_S = 30.0
-WORKER_STOP_TIMEOUT_S = 6.0
-KEYS_APPLY_TIMEOUT_S = 10.0
-RESTART_BACKOFF_S = 1.0
+SERVING_CERT_TTL = timedelta(days=365)
+
+# The one place where a failure at start becomes exit 2 and a one-line message (no traceback).
+# Each type's message names the file or flag and the fix; a new typed start-up error is one
+# more entry here. OSError covers a file the CA could not use that no check caught first.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (ConfigError, RecordDamaged, OSError)
 
 
-def is_ipv6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).version == 6
-    except ValueError:
-        return False
+def prepare_material(config: CaConfig, now: datetime) -> CaMaterial:
+    """Plugged-in CA files when given, else the self-signed root of the data dir (created once)."""
+    if config.cacerts_dir is not None:
+        material = load_cacerts_dir(config.cacerts_dir, now)
+    elif config.kube is not None:
+        from ca_server.kube.wiring import load_or_create_material
 
-
-def bind_socket(host: str, port: int, *, option: int, what: str) -> socket.socket:
-    """A TCP socket bound to host:port with `option` set; a ConfigError naming `what` if taken."""
-    family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
-    # and without it every kept-alive admin response waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, option, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot bind the {what} {host}:{port}: {exc.strerror}") from exc
-    return sock
-
-
-def probe_free(host: str, port: int, *, what: str) -> None:
-    """Refuse a port another process listens on, before this CA makes its own SO_REUSEPORT group.
-
-    A plain bind (SO_REUSEADDR for TIME_WAIT leftovers, never SO_REUSEPORT) fails while any
-    other socket listens there, including another CA's workers, which a SO_REUSEPORT bind
-    would silently join.
-    """
-    if port == 0:
-        return
-    family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                holder = port_holder(port)
-                who = f"another process ({holder})" if holder else "another process"
-                raise ConfigError(
-                    f"{what} {host}:{port} is already in use by {who}; stop it or "
-                    f"choose another {what}"
-                ) from None
-            raise ConfigError(f"cannot bind {what} {host}:{port}: {exc.strerror}") from None
-
-
-def port_holder(port: int) -> str | None:
-    """`pid N (name)` of a process listening on TCP `port`, when /proc shows one (best effort)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(f"socket:[{fields[9]}]")
-    if not inodes:
-        return None
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in inodes:
-                    name = (proc / "comm").read_text().strip()
-                    return f"pid {proc.name} ({name})"
-    return None
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) a SO_REUSEPORT socket so every worker can bind the same port."""
-    return bind_socket(host, port, option=socket.SO_REUSEPORT, what="gRPC address")
-
-
-@dataclass(frozen=True, slots=True)
-class Worker:
-    process: BaseProcess
-    pipe: Connection  # the supervisor's end: keys go out, acknowledgements come back
-
-
-@dataclass
-class Supervisor:
-    spec: WorkerSpec
-    count: int
-    workers: dict[int, Worker] = field(default_factory=dict)
-    starting: set[BaseProcess] = field(default_factory=set)  # spawned, not yet ready
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    def _spawn(self, index: int) -> Worker:
-        ctx = multiprocessing.get_context("spawn")
-        pipe, child = ctx.Pipe(duplex=True)
-        process = ctx.Process(
-            target=run_worker,
-            args=(replace(self.spec, index=index), child),
-            name=f"bulwark-ca-worker-{index}",
-            daemon=True,  # never outlive the supervisor, whatever path it exits by
+        material = load_or_create_material(config.kube, config.trust_domain, now)
+    else:
+        material = load_or_create(
+            DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now
         )
-        process.start()
-        self.starting.add(process)  # daemon=True covers the instant before this line
-        try:
-            child.close()
-            if not pipe.poll(WORKER_START_TIMEOUT_S):
-                process.kill()
-                raise ConfigError(
-                    f"CA worker {index} did not start within {WORKER_START_TIMEOUT_S:.0f}s; "
-                    "see its log"
-                )
-            try:
-                pipe.recv()
-            except EOFError as exc:
-                raise ConfigError(
-                    f"CA worker {index} exited during start-up; see the log above"
-                ) from exc
-        finally:
-            self.starting.discard(process)
-        return Worker(process, pipe)
-
-    async def start(self) -> None:
-        async with self._lock:
-            for index in range(self.count):
-                self.workers[index] = await asyncio.to_thread(self._spawn, index)
-
-    def readiness(self) -> tuple[bool, str]:
-        dead = [i for i, w in self.workers.items() if not w.process.is_alive()]
-        if dead or len(self.workers) < self.count:
-            return False, f"worker(s) {dead} not running"
-        return True, f"{len(self.workers)} worker(s) serving"
-
-    async def watch(self) -> None:
-        """Restart workers that die (a crash in one must not take the CA down)."""
-        while True:
-            await asyncio.sleep(RESTART_BACKOFF_S)
-            async with self._lock:
-                for index, worker in list(self.workers.items()):
-                    if worker.process.is_alive():
-                        continue
-                    log.error(
-                        "CA worker %d exited with code %s; restarting it",
-                        index,
-                        worker.process.exitcode,
-                    )
-                    _forget(worker)
-                    self.workers[index] = await asyncio.to_thread(self._spawn, index)
-
-    async def update(self, keys: WorkerKeys) -> None:
-        """Give every worker new keys; one that cannot take them is restarted with them."""
-        async with self._lock:
-            self.spec = replace(self.spec, keys=keys)
-            for index, worker in self.workers.items():
-                problem = await asyncio.to_thread(_send_keys, worker, keys)
-                if problem is not None:
-                    log.error(
-                        "CA worker %d %s; restarting it with the new material", index, problem
-                    )
-                    await asyncio.to_thread(_stop, worker.process)
-            log.info("%d CA worker(s) now sign with the new CA material", len(self.workers))
-
-    def stop(self) -> None:
-        """Terminate every worker, including one still starting."""
-        processes = [*(w.process for w in self.workers.values()), *self.starting]
-        for process in processes:
-            if process.is_alive():
-                process.terminate()
-        for process in processes:
-            _stop(process)
-        for worker in self.workers.values():
-            worker.pipe.close()
+    write_root_bundle(config.root_cert_path, material)
+    return material
 
 
-def _send_keys(worker: Worker, keys: WorkerKeys) -> str | None:
-    """Send `keys` and wait for the answer; None when applied, else what went wrong."""
+def serving_certificate(
+    config: CaConfig, material: CaMaterial, now: datetime
+) -> tuple[bytes, bytes]:
+    """A TLS certificate for port 15012 issued by the CA itself: (chain PEM, key PEM)."""
+    key = generate_key(KeyType.EC_P256)
+    cert = leaf_certificate(
+        spiffe_id=None,
+        public_key=key.public_key(),
+        issuer_cert=material.signing_cert,
+        issuer_key=material.signing_key,
+        now=now,
+        ttl=SERVING_CERT_TTL,
+        dns_names=config.server_dns_names,
+    )
+    chain = to_pem(cert) + "".join(to_pem(c) for c in material.chain)
+    return chain.encode(), private_key_pem(key)
+
+
+def serve(config: CaConfig, *, log_level: int = logging.INFO, log_format: str = "text") -> int:
+    """Run the CA until SIGTERM/SIGINT. Returns the process exit code."""
+    metrics_dir = tempfile.mkdtemp(prefix="bulwark-ca-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
-        worker.pipe.send(keys)
-        if not worker.pipe.poll(KEYS_APPLY_TIMEOUT_S):
-            return f"did not apply the new material within {KEYS_APPLY_TIMEOUT_S:.0f}s"
-        answer = worker.pipe.recv()
-    except (EOFError, OSError):
-        return "is gone"
-    return None if answer == KEYS_APPLIED else str(answer)
+        return asyncio.run(_serve(config, metrics_dir, log_level, log_format))
+    except STARTUP_ERRORS as exc:
+        print(f"bulwark ca serve: {startup_message(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def _stop(process: BaseProcess) -> None:
-    if process.is_alive():
-        process.terminate()
-    process.join(timeout=WORKER_STOP_TIMEOUT_S)
-    if process.is_alive():
-        process.kill()
-        process.join()
+def startup_message(exc: BaseException) -> str:
+    """The one line a user sees for a start-up error."""
+    if isinstance(exc, (ConfigError, RecordDamaged)):
+        return " ".join(str(exc).split())
+    return describe_failure(exc)
 
 
-def _forget(worker: Worker) -> None:
-    """Release a dead worker: its pipe, and its live gauges (its counters stay aggregated)."""
-    worker.pipe.close()
-    with contextlib.suppress(Exception):
-        from prometheus_client import multiprocess
+def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
+    """Own the data dir (0700, StrictModes, exclusive lock) and check every port is free.
 
-        if worker.process.pid is not None:
-            multiprocess.mark_process_dead(worker.process.pid)  # type: ignore[no-untyped-call]
+    The port probe runs before the CA creates its own SO_REUSEPORT group, which would
+    otherwise silently join another process's listeners.
+    """
+    prepare_data_dir(config.data_dir)
+    lock = lock_data_dir(config.data_dir)
+    try:
+        for flag, addr in (
+            ("--grpc-addr", config.grpc_addr),
+            ("--mtls-grpc-addr", config.mtls_grpc_addr),
+            ("--admin-addr", config.admin_addr),
+        ):
+            if addr is not None:
+                host, port = parse_hostport(addr, what=flag)
+                probe_free(host, port, what=flag)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _material_manager(
+    config: CaConfig, initial: CaMaterial, may_rotate: Callable[[], bool] = lambda: True
+) -> MaterialManager:
+    """Where material is re-read from, and whether this process may renew the root."""
+    store: KeyStore | None = None
+    if config.cacerts_dir is not None:
+        cacerts = config.cacerts_dir
+
+        def reload(now: datetime) -> CaMaterial:
+            return load_cacerts_dir(cacerts, now)
+
+    else:
+        if config.kube is not None:
+            from ca_server.kube.wiring import key_store
+
+            store = key_store(config.kube)
+        else:
+            store = DirectoryKeyStore(config.data_dir / "ca")
+        kept, in_kube = store, config.kube is not None
+
+        def reload(now: datetime) -> CaMaterial:
+            stored = kept.load()
+            if stored is not None:
+                return stored
+            if in_kube:
+                return initial
+            # Not the initial material: after a renewal that would roll the root back.
+            raise ConfigError(
+                f"the CA key and root in {config.data_dir / 'ca'} are gone (still signing with "
+                "the copy in memory); restore them from a backup: a restart would make a new root"
+            )
+
+    return MaterialManager(
+        initial=initial,
+        reload=reload,
+        store=store,
+        trust_domain=config.trust_domain,
+        may_rotate=may_rotate,
+    )
+
+
+def _worker_keys(config: CaConfig, material: CaMaterial) -> WorkerKeys:
+    serving_chain, serving_key = serving_certificate(config, material, datetime.now(UTC))
+    return WorkerKeys(
+        material=MaterialPems.of(material),
+        serving_chain_pem=serving_chain,
+        serving_key_pem=serving_key,
+    )
+
+
+def _worker_spec(
+    config: CaConfig,
+    material: CaMaterial,
+    binds: dict[str, tuple[str, int]],
+    log_level: int,
+    log_format: str,
+) -> WorkerSpec:
+    mtls = binds.get("mtls_grpc_addr")
+    return WorkerSpec(
+        config=config,
+        keys=_worker_keys(config, material),
+        host=binds["grpc_addr"][0],
+        port=binds["grpc_addr"][1],
+        mtls_host=mtls[0] if mtls else None,
+        mtls_port=mtls[1] if mtls else None,
+        index=0,
+        log_level=log_level,
+        log_format=log_format,
+    )
+
+
+async def _keep_material_current(
+    config: CaConfig, manager: MaterialManager, pool: WorkerPool, health: ReloadHealth
+) -> None:
+    """Every interval: re-read the material, (re)write root-cert.pem, update the workers.
+
+    No error stops this loop: the CA keeps serving what it has, and each failure is counted
+    and logged (once per distinct error) until a later check succeeds.
+    """
+    interval = config.material_check_interval.total_seconds()
+    published = fingerprint(manager.current)  # what the workers sign with
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(manager.refresh, datetime.now(UTC))
+            current = manager.current
+            await asyncio.to_thread(write_root_bundle, config.root_cert_path, current)
+            if fingerprint(current) != published:
+                await pool.update(_worker_keys(config, current))
+                published = fingerprint(current)
+        except Exception as exc:  # the refresher outlives every error: logged, counted, retried
+            health.failed(describe_failure(exc))
+        else:
+            health.succeeded(time.time())
+
+
+def _reserve_grpc_ports(
+    config: CaConfig, reserved: list[socket.socket]
+) -> dict[str, tuple[str, int]]:
+    """Reserve the gRPC ports (appending to `reserved`); name -> (host, bound port)."""
+    binds: dict[str, tuple[str, int]] = {}
+    for name, flag, addr in (
+        ("grpc_addr", "--grpc-addr", config.grpc_addr),
+        ("mtls_grpc_addr", "--mtls-grpc-addr", config.mtls_grpc_addr),
+    ):
+        if addr is None:
+            continue
+        host, port = parse_hostport(addr, what=flag)
+        reserved.append(reserve_port(host, port))
+        binds[name] = (host, reserved[-1].getsockname()[1])
+    return binds
+
+
+def _announce_local_issuer(config: CaConfig) -> None:
+    if config.uses_local_issuer:
+        private_dir(config.data_dir / "token-issuer", what="token issuer directory")
+        try:
+            issuer = LocalIssuer.load_or_create(config.data_dir)
+        except (ValueError, CertsError) as exc:
+            raise ConfigError(
+                f"the embedded token issuer in {config.data_dir / 'token-issuer'} is unusable "
+                f"({describe_failure(exc)}); remove key.pem and jwks.json there to make new ones"
+            ) from None
+        log.warning(
+            "no authenticator configured: trusting the embedded token issuer (JWKS %s); "
+            "mint tokens with `bulwark token mint --data-dir %s`",
+            issuer.jwks_path,
+            config.data_dir,
+        )
+
+
+async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
+    lock = _claim_data_dir_and_ports(config)
+    try:
+        return await _serve_locked(config, metrics_dir, log_level, log_format)
+    finally:
+        lock.release()
+
+
+async def _serve_locked(
+    config: CaConfig, metrics_dir: str, log_level: int, log_format: str
+) -> int:
+    material = prepare_material(config, datetime.now(UTC))
+    log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
+    _announce_local_issuer(config)
+    from ca_server.admin_api import check_record
+    anchor_keeper = guard_record_of(config)  # damaged/missing record: RecordDamaged (exit 2)
+    check_record(config)  # a bad --record is a clear start-up error, before any worker starts
+    controllers = None
+    if config.kube is not None:
+        from ca_server.kube.wiring import KubeControllers
+
+        # Leader-only writers (root ConfigMaps, root renewal); every replica serves CSRs.
+        controllers = KubeControllers(config.kube, root_pem=lambda: manager.current.root_bundle_pem)
+    manager = _material_manager(
+        config, material, controllers.is_leader if controllers else lambda: True
+    )
+    reserved: list[socket.socket] = []
+    pool: WorkerPool | None = None
+    try:
+        binds = _reserve_grpc_ports(config, reserved)
+        pool = WorkerPool(
+            spec=_worker_spec(config, material, binds, log_level, log_format), count=config.workers
+        )
+        if controllers is not None:
+            controllers.start()
+        await pool.start()
+        addrs = {name: f"{host}:{port}" for name, (host, port) in binds.items()}
+        log.info(
+            "gRPC IstioCertificateService on %s (%d worker(s))", addrs["grpc_addr"], config.workers
+        )
+        if "mtls_grpc_addr" in addrs:
+            log.info(
+                "client-certificate renewal on %s (client certificate required)",
+                addrs["mtls_grpc_addr"],
+            )
+        health = ReloadHealth(time.time())
+        keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health))
+        try:
+            return await _run_admin(config, pool, metrics_dir, manager, health, addrs)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+    finally:
+        anchor_keeper.stop()
+        if controllers is not None:
+            controllers.stop()
+        if pool is not None:
+            pool.stop()
+        for sock in reserved:
+            sock.close()
+
+
+def _readiness(pool: WorkerPool, health: ReloadHealth) -> tuple[bool, str]:
+    """Ready while every worker serves; the detail also says how the material checks go."""
+    ready, detail = pool.readiness()
+    return ready, f"{detail}; {health.detail()}"
+
+
+async def _run_admin(
+    config: CaConfig,
+    pool: WorkerPool,
+    metrics_dir: str,
+    manager: MaterialManager,
+    health: ReloadHealth,
+    addrs: dict[str, str],
+) -> int:
+    admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
+    from ca_server.admin_api import admin_router_for
+
+    record_router, close_record = admin_router_for(
+        config, lambda: manager.current, admin_host=admin_host
+    )
+    app = create_admin_app(
+        metrics_dir=metrics_dir,
+        material=lambda: manager.current,
+        readiness=lambda: _readiness(pool, health),
+        routers=[record_router],
+        extra_metrics=health.exposition,
+    )
+    sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
+    admin_addr = f"{admin_host}:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+    watcher = asyncio.create_task(pool.watch())
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    log.info("admin API on http://%s (metrics, healthz, readyz)", admin_addr)
+    if config.ready_file is not None:
+        ready = {**addrs, "admin_addr": admin_addr, "pid": os.getpid()}
+        write_atomic(config.ready_file, json.dumps(ready).encode())
+    await serving
+    watcher.cancel()
+    close_record()
+    log.info("shutting down")
+    return 0

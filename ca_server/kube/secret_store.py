@@ -1,6 +1,6 @@
 """Self-signed CA material in the Secret `istio-ca-secret` (SPEC §1 "CA key material").
 
-A `RotatableKeyStore` (see `ca_server.material`, `ca_server.rotation`): `load()` reads the
+A `RotatableKeyStore` (see `ca_server.material`, `ca_server.material_refresh`): `load()` reads the
 Secret, `save()` creates it only when absent, `replace()` stores a renewed root. Replicas starting together race on the create; the API server lets exactly one
 win and every loser reads the winner back, so all replicas end up on one root.
 """

@@ -1,11 +1,12 @@
 """The issuance record: every certificate the CA signs, committed before the caller sees it.
 
 SQLite (default, a WAL file in the data directory) or PostgreSQL behind one
-interface. Concurrent `record()` calls are group-committed by whichever caller
-finds nobody committing (leader/follower, no writer thread); writers in any
-number of processes extend one linear SHA-256 hash chain under the database's
-write lock, so `verify` finds any edited, removed or reordered row. Old expired rows are pruned from the front of the
-chain, which stays verifiable from a kept anchor. A record's fields are defined once
+interface. A CA worker's `AsyncRecorder` hands batches of entries to one record
+thread, which commits each batch as one transaction (`RecordWriter`); writers in
+any number of processes extend one linear SHA-256 hash chain under the database's
+write lock, so `verify` finds any edited, removed or reordered row. Old expired
+rows are pruned from the front of the chain, which stays verifiable from a kept
+anchor. A record's fields are defined once
 (`ca_server.record.IssuedCertificate`, columns in `shape.py`); drivers sit behind
 `dialects.py`. At start `integrity.guard_record` refuses a damaged record, or records a
 segment break when the operator continues.

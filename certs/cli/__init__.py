@@ -20,7 +20,7 @@ _COMMAND_MODULES = (
     "ca_server.cli",
     "certs.cli.inspect",
     "certs.cli.request",
-    "certs.cli.records",
+    "ca_server.record_cli",
     "agent.cli",
     "certs.cli.completion",
 )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ca_server.material import CaMaterial, DirectoryKeyStore, load_cacerts_dir, load_or_create
-from ca_server.rotation import MaterialManager, rotation_due
+from ca_server.material_refresh import MaterialManager, rotation_due
 from certs.keys import generate_key
 from certs.profile import leaf_certificate
 from certs.spiffe_id import SpiffeId, TrustDomain
@@ -348,7 +348,7 @@ def test_deleted_self_signed_material_is_an_error_not_a_rollback(tmp_path: Path)
     material is kept."""
     from ca_server.config import CaConfig
     from ca_server.errors import ConfigError
-    from ca_server.server import _material_manager
+    from ca_server.supervisor import _material_manager
 
     store = DirectoryKeyStore(tmp_path / "ca")
     first = load_or_create(store, TD, T0)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from ca_server.record_cli import _filters, admin_base_url, print_table
 from certs.cli import build_parser, main
 from certs.cli.completion import script
 from certs.cli.output import table
-from certs.cli.records import _filters, admin_base_url, print_table
 from certs.values import InvalidValue
 from tests.support.ca_process import REPO
 

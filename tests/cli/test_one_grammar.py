@@ -21,8 +21,8 @@ from agent.errors import ConfigError as AgentConfigError
 from ca_server.cli import config_from_args
 from ca_server.config import parse_hostport
 from ca_server.errors import ConfigError as CaConfigError
+from ca_server.record_cli import _filters, admin_base_url
 from certs.cli import build_parser
-from certs.cli.records import _filters, admin_base_url
 from certs.values import parse_host_port
 
 ERRORS = (ValueError, CaConfigError, AgentConfigError)
