@@ -12,6 +12,7 @@ socket only if it is still the one this agent created.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -51,7 +52,12 @@ class SocketOwner:
                 self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600
             )
         except OSError as exc:
-            raise ConfigError(f"cannot open lock file {self.lock_path}: {exc.strerror}") from None
+            reason = exc.strerror
+            if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+                reason = "a file is in the way where a directory is needed"
+            raise ConfigError(
+                f"cannot open lock file {self.lock_path}: {reason} (check --socket)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

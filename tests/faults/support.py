@@ -5,80 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 from tests.ledger.processes import recorded_serials, verify
-from tests.support.ca_process import REPO, RunningCa
+from tests.support.ca_process import RunningCa
+from tests.support.load import Load
 from tests.support.postgres import POSTGRES_USER, PostgresCluster
-
-
-@dataclass(frozen=True)
-class Answer:
-    at: float
-    code: str  # "OK" or a gRPC status name
-    serial: str | None
-
-
-class Load:
-    """`tests.faults.load_driver` in a subprocess against one CA."""
-
-    def __init__(self, ca: RunningCa, workdir: Path, *, threads: int = 4) -> None:
-        token_file = workdir / f"{ca.data_dir.name}-token"
-        token_file.write_text(ca.mint_token("load", "driver", ttl_s=3600))
-        token_file.chmod(0o600)
-        self.out = workdir / f"{ca.data_dir.name}-answers.txt"
-        self.out.touch()
-        argv = [ca.grpc_addr, str(ca.root_cert_path), str(token_file), str(self.out), str(threads)]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.faults.load_driver", *argv], cwd=REPO
-        )
-
-    def answers(self) -> list[Answer]:
-        found = []
-        for line in self.out.read_text().split("\n")[:-1]:  # complete lines only
-            at, code, *rest = line.split()
-            found.append(Answer(float(at), code, rest[0] if rest else None))
-        return found
-
-    def received(self) -> list[str]:
-        return [a.serial for a in self.answers() if a.serial is not None]
-
-    def wait_for_ok(self, count: int, *, after: float = 0.0, timeout: float = 60.0) -> float:
-        """Wait until `count` certificates arrived after `after`; the time of the first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            oks = [a.at for a in self.answers() if a.code == "OK" and a.at >= after]
-            if len(oks) >= count:
-                return oks[0]
-            assert self.process.poll() is None, "load driver died"
-            assert time.monotonic() < deadline, f"only {len(oks)} of {count} issued"
-            time.sleep(0.02)
-
-    def wait_for_error(self, code: str, *, after: float, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not any(a.code == code and a.at >= after for a in self.answers()):
-            assert time.monotonic() < deadline, f"no {code} seen: {self.codes(after)}"
-            time.sleep(0.02)
-
-    def codes(self, after: float = 0.0, before: float = float("inf")) -> dict[str, int]:
-        return dict(Counter(a.code for a in self.answers() if after <= a.at < before))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def nothing_lost(url: str, load: Load, label: str) -> int:

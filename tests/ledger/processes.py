@@ -1,18 +1,16 @@
-"""Process helpers for end-to-end record tests: kill a CA's whole tree, run the load driver."""
+"""Process helpers for end-to-end record tests: kill a CA's whole tree, read its record."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from ca_server.ledger import LedgerReader, VerifyReport, parse_record_url
 from ca_server.ledger.dialects import connect
-from tests.support.ca_process import REPO, RunningCa
+from tests.support.ca_process import RunningCa
 
 
 def descendants(pid: int) -> list[int]:
@@ -55,50 +53,6 @@ def sigkill_ca(ca: RunningCa) -> None:
     while any(_alive(p) for p in victims[1:]):
         assert time.monotonic() < deadline, "CA workers survived SIGKILL"
         time.sleep(0.02)
-
-
-class LoadDriver:
-    """`tests.ledger.load_driver` in a subprocess against one CA."""
-
-    def __init__(self, ca: RunningCa, workdir: Path, *, threads: int = 6) -> None:
-        token_file = workdir / f"{ca.data_dir.name}-token"
-        token_file.write_text(ca.mint_token("load", "driver", ttl_s=3600))
-        token_file.chmod(0o600)
-        self.out = workdir / f"{ca.data_dir.name}-received.txt"
-        self.out.touch()
-        self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.ledger.load_driver",
-                ca.grpc_addr,
-                str(ca.root_cert_path),
-                str(token_file),
-                str(self.out),
-                str(threads),
-            ],
-            cwd=REPO,
-        )
-
-    def received(self) -> list[str]:
-        """Serials received so far (complete lines only)."""
-        return self.out.read_text().split("\n")[:-1]
-
-    def wait_for(self, count: int, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.received()) < count:
-            assert self.process.poll() is None, "load driver died"
-            assert time.monotonic() < deadline, f"only {len(self.received())} of {count} issued"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def recorded_serials(url: str) -> list[str]:

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.ledger.processes import LoadDriver, recorded_serials, sigkill_ca, verify
+from tests.ledger.processes import recorded_serials, sigkill_ca, verify
 from tests.support.ca_process import start_ca
+from tests.support.load import Load
 from tests.support.postgres import PostgresCluster
 
 KILLS = 5
 
 
-def check_record(url: str, driver: LoadDriver, label: str) -> int:
+def check_record(url: str, driver: Load, label: str) -> int:
     received = driver.received()
     recorded = recorded_serials(url)
     missing = set(received) - set(recorded)
@@ -50,7 +51,7 @@ def test_sigkill_under_load_loses_no_issued_certificate(
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     ca = start_ca(tmp_path / "ca", "--record", url, workers=2)
-    driver = LoadDriver(ca, tmp_path)
+    driver = Load(ca, tmp_path)
     try:
         issued = 0
         for kill in range(KILLS):

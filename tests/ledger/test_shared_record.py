@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ca_server.ledger.database import parse_record_url
 from ca_server.ledger.dialects import connect
-from tests.ledger.processes import LoadDriver, verify
+from tests.ledger.processes import verify
 from tests.support.ca_process import start_ca
+from tests.support.load import Load
 from tests.support.postgres import PostgresCluster
 
 
@@ -18,7 +19,7 @@ def test_two_cas_share_one_postgres_record(
 ) -> None:
     url = postgres_cluster.database("shared")
     cas = [start_ca(tmp_path / f"ca{i}", "--record", url, workers=2) for i in range(2)]
-    drivers = [LoadDriver(ca, tmp_path, threads=6) for ca in cas]
+    drivers = [Load(ca, tmp_path, threads=6) for ca in cas]
     try:
         for driver in drivers:
             driver.wait_for(200)
