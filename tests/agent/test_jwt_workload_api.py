@@ -24,6 +24,7 @@ from certs.keys import KeyType, generate_key
 from certs.pem import load_certificates
 from certs.profile import self_signed_root
 from certs.spiffe_id import TrustDomain
+from tests.agent.agent_process import start_agent_process
 from tests.agent.support import NODE, LiveAgent, SdsStream, agent_config, running_agent, secrets_of
 from tests.support.ca_process import RunningCa
 from tests.support.jwt_ca_stub import Domain, JwtCaStub, new_key, sign_jwt
@@ -209,7 +210,7 @@ async def test_validate_jwt_svid_own_and_federated_tokens(
     assert (await validate(foreign_token, "backend")).spiffe_id == foreign_id
     # signed by a key nobody published, under a published kid: bad signature
     forged = sign_jwt(new_key("k1"), {"sub": ME, "aud": ["backend"], "exp": now + 60})
-    assert "Signature" in await refused(validate(forged, "backend"))
+    assert "signature does not verify" in await refused(validate(forged, "backend"))
     for garbage in ("", "x", "a.b.c", "..", "e30.e30.", "\x00" * 100, "A" * 20_000):
         await refused(validate(garbage, "backend"))
     await refused(validate(token, ""))
@@ -292,3 +293,34 @@ async def test_py_spiffe_jwt_source_fetches_and_validates(live: LiveAgent) -> No
 
     fetched, validated, keys = await asyncio.to_thread(use_source)
     assert fetched == validated == ME and keys == 1
+
+
+async def test_jwt_rpcs_in_a_real_agent_process_without_python_ssl(
+    stub: JwtCaStub, shared_ca: RunningCa, work: Path
+) -> None:
+    """Defect: PyJWT imports `ssl` (urllib.request), which `python -m agent` blocks to save
+    memory, so the first ValidateJWTSVID of a real agent failed with UNKNOWN. The validator
+    now stands on `cryptography` alone; the process still maps no libssl afterwards."""
+    env = {"CA_ADDR": stub.addr, "BULWARK_TRUST_BUNDLE_REFRESH": "200ms"}
+    proc = await asyncio.to_thread(start_agent_process, shared_ca, work, extra_env=env)
+    try:
+        await asyncio.to_thread(proc.wait_ready)
+        async with grpc.aio.insecure_channel(f"unix:{proc.socket}") as channel:
+            api = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+            token = await fetch_jwt(api, "backend")
+            checked = await api.ValidateJWTSVID(
+                workload_pb2.ValidateJWTSVIDRequest(audience="backend", svid=token),
+                metadata=HEADER,
+            )
+            assert checked.spiffe_id == ME
+            await refused(
+                api.ValidateJWTSVID(
+                    workload_pb2.ValidateJWTSVIDRequest(audience="other", svid=token),
+                    metadata=HEADER,
+                )
+            )
+        maps = Path(f"/proc/{proc.process.pid}/maps").read_text()
+        assert "libssl" not in maps
+        assert proc.process.poll() is None
+    finally:
+        proc.stop()
