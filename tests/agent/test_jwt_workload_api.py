@@ -324,3 +324,30 @@ async def test_jwt_rpcs_in_a_real_agent_process_without_python_ssl(
         assert proc.process.poll() is None
     finally:
         proc.stop()
+
+
+async def test_bundles_of_a_ca_in_another_trust_domain_are_not_used(
+    shared_ca: RunningCa, work: Path
+) -> None:
+    """A CA answering for another trust domain: its bundles never reach workloads; validation
+    says there are none yet (UNAVAILABLE) instead of trusting them."""
+    stub = JwtCaStub(shared_ca, trust_domain="other.example")
+    await stub.start()
+    config = agent_config(
+        shared_ca, work, ca_addr=stub.addr, trust_bundle_refresh=timedelta(milliseconds=100)
+    )
+    try:
+        async with running_agent(config) as live, grpc.aio.insecure_channel(live.socket) as ch:
+            await until(lambda: stub.bundle_calls >= 2)
+            assert live.agent.cache.snapshot.bundles is None
+            api = workload_pb2_grpc.SpiffeWorkloadAPIStub(ch)
+            details = await refused(
+                api.ValidateJWTSVID(
+                    workload_pb2.ValidateJWTSVIDRequest(audience="a", svid="x.y.z"),
+                    metadata=HEADER,
+                ),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            assert "no JWT bundles" in details
+    finally:
+        await stub.stop()
