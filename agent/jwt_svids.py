@@ -67,8 +67,14 @@ class JwtSvidCache:
         if pending is None:
             pending = asyncio.ensure_future(self._mint_and_keep(key))
             self._pending[key] = pending
-            pending.add_done_callback(lambda _: self._pending.pop(key, None))
+            pending.add_done_callback(lambda done: self._settle(key, done))
         return await asyncio.shield(pending)
+
+    def _settle(self, key: AudienceKey, done: asyncio.Future[MintedJwt]) -> None:
+        """The call ended: the next caller asks again; a failure nobody awaited is not logged."""
+        self._pending.pop(key, None)
+        if not done.cancelled():
+            done.exception()
 
     def forget(self) -> None:
         """Drop every cached token (the agent's identity or CA changed)."""

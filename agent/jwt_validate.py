@@ -91,6 +91,8 @@ def _split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:
         signature = _b64(parts[2])
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidJwt(f"not a JWT: {printable(str(exc))}") from None
+    except RecursionError:
+        raise InvalidJwt("not a JWT: JSON nested too deeply") from None
     if not isinstance(header, dict) or not isinstance(claims, dict):
         raise InvalidJwt("not a JWT: header and claims must be JSON objects")
     return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature

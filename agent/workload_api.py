@@ -125,7 +125,7 @@ class WorkloadApiService:
 
     async def ValidateJWTSVID(self, request: Any, context: Context) -> Any:
         await _check_request(request, context)
-        from agent.jwt_validate import validate_jwt_svid  # PyJWT only once JWTs are used
+        from agent.jwt_validate import validate_jwt_svid  # loaded by the first validation
 
         bundles = self._cache.snapshot.bundles
         try:
@@ -135,7 +135,10 @@ class WorkloadApiService:
         except AgentError as exc:
             await abort_with(context, exc)
         response = self._pb.ValidateJWTSVIDResponse(spiffe_id=str(spiffe_id))
-        response.claims.update(claims)
+        try:
+            response.claims.update(claims)
+        except (ValueError, TypeError, OverflowError):
+            await abort_with(context, BadRequest("the JWT-SVID's claims do not fit a Struct"))
         return response
 
     def _check_entitled(self, requested: str) -> None:

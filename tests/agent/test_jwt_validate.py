@@ -103,6 +103,16 @@ REFUSED = [
     ("no sub", es256(claims(sub=None)), "no 'sub'"),
     ("foreign trust domain", es256(claims(sub="spiffe://elsewhere.example/w")), "no bundle"),
     ("not a JWT", "garbage", "not a JWT"),
+    (
+        "deeply nested claims",
+        "e30." + base64.urlsafe_b64encode(b"[" * 11000).decode().rstrip("=") + ".c2ln",
+        "not a JWT",
+    ),
+    (
+        "huge number",
+        "e30." + base64.urlsafe_b64encode(b"1" * 5000).decode().rstrip("=") + ".c2ln",
+        "not a JWT",
+    ),
     ("huge", "a" * 20_000, "longer than"),
     ("empty", "", "required"),
 ]
