@@ -35,7 +35,8 @@ def bundles() -> TrustBundles:
 
 def claims(**changes: Any) -> dict[str, Any]:
     now = int(time.time())
-    out: dict[str, Any] = {"sub": ME, "aud": ["backend"], "exp": now + 60, "iat": now}
+    # an hour: the table is built at collection, maybe minutes before its rows run
+    out: dict[str, Any] = {"sub": ME, "aud": ["backend"], "exp": now + 3600, "iat": now}
     out.update(changes)
     return {k: v for k, v in out.items() if v is not None}
 
@@ -91,7 +92,7 @@ REFUSED = [
         "signature does not verify",
     ),
     ("expired", es256(claims(exp=int(time.time()) - 5)), "expired"),
-    ("not yet valid", es256(claims(nbf=int(time.time()) + 60)), "not valid yet"),
+    ("not yet valid", es256(claims(nbf=int(time.time()) + 1800)), "not valid yet"),
     ("short signature", es256(claims())[:-20], "signature does not verify"),
     ("PS256 signature relabelled RS256", relabelled("RS256"), "signature does not verify"),
     ("header not JSON", "bm90IGpzb24.e30.c2ln", "not a JWT"),
