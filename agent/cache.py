@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from agent.svid import RootBundle, Svid
+from agent.trust_bundles import TrustBundles
 
 _EMPTY: Mapping[str, FileSecret] = MappingProxyType({})
 _NO_ERRORS: Mapping[str, str] = MappingProxyType({})
@@ -47,12 +48,20 @@ class Snapshot:
     files: Mapping[str, FileSecret] = field(default_factory=lambda: _EMPTY)
     svid_error: str = ""  # why there is no (new) certificate, for status pages
     file_errors: Mapping[str, str] = field(default_factory=lambda: _NO_ERRORS)
+    bundles: TrustBundles | None = None  # the CA's trust bundles (own and federated)
     roots: RootBundle | None = None  # derived: file roots then the CA's, set by the cache
+    # derived: `roots` plus every federated trust domain's roots (the SDS ROOTCA)
+    validation_roots: RootBundle | None = None
 
     def with_roots(self) -> Snapshot:
         """This snapshot with `roots` recomputed from the root file and the SVID's roots."""
         groups = [b.certs for b in (self.file_roots, self.svid.roots if self.svid else None) if b]
-        return replace(self, roots=RootBundle.of(*groups) if groups else None)
+        roots = RootBundle.of(*groups) if groups else None
+        federated = [b.x509_roots for b in self.bundles.federated] if self.bundles else []
+        validation = roots
+        if roots is not None and any(federated):
+            validation = RootBundle.of(roots.certs, *federated)
+        return replace(self, roots=roots, validation_roots=validation)
 
 
 class Mailbox:
@@ -146,6 +155,12 @@ class SecretCache:
         else:
             files[name] = secret
         self._publish(files=MappingProxyType(files))
+
+    def set_trust_bundles(self, bundles: TrustBundles) -> None:
+        """The CA's trust bundles; subscribers hear of it only when their content changed."""
+        current = self._snapshot.bundles
+        if current is None or current.version != bundles.version:
+            self._publish(bundles=bundles)
 
     def close(self) -> None:
         """End every subscription: streams finish cleanly on shutdown."""

@@ -141,6 +141,19 @@ class CaClient:
             return list(response.cert_chain)
         raise AssertionError("unreachable: the loop returns or raises")
 
+    def open_channel(self) -> aio.Channel:
+        """A fresh channel to the CA with the CSR's TLS and client certificate (the caller
+        closes it); `CaRequestFailed` when there is no root to verify the CA with."""
+        return self._channel()
+
+    def call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The CSR's headers (token re-read, cluster ID, CA_HEADER_*), for other CA calls."""
+        return self._metadata()
+
+    async def explain(self, code: grpc.StatusCode, details: str) -> str:
+        """A hint on why the CA refused (diagnosed once per distinct error)."""
+        return await self._hint(code, details)
+
     async def _hint(self, code: grpc.StatusCode, details: str) -> str:
         key = f"{code.name}:{details}"
         if key not in self._explained:

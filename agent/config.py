@@ -26,6 +26,7 @@ SOCKET_DIR = Path("./var/run/secrets/workload-spiffe-uds")
 DEFAULT_SOCKET_FILE = "socket"
 FILE_MOUNTED_DIR = Path("./etc/certs")
 DEFAULT_SECRET_TTL = timedelta(hours=24)
+DEFAULT_TRUST_BUNDLE_REFRESH = timedelta(seconds=30)
 DEFAULT_STATUS_ADDR = "127.0.0.1:15020"
 DEFAULT_SOCKET_MODE = 0o600
 DEFAULT_FILE_RESOURCE_MAX_BYTES = 1 << 20
@@ -72,6 +73,8 @@ class AgentConfig:
     file_resource_max_bytes: int = DEFAULT_FILE_RESOURCE_MAX_BYTES
     file_poll_interval: timedelta = timedelta(seconds=1)
     ca_request_timeout: timedelta = timedelta(seconds=10)
+    # Longest wait between two FetchTrustBundles polls (the bundle's refresh hint may be shorter).
+    trust_bundle_refresh: timedelta = DEFAULT_TRUST_BUNDLE_REFRESH
     spiffe_id: SpiffeId = field(init=False)
 
     def __post_init__(self) -> None:
@@ -109,6 +112,8 @@ class AgentConfig:
             raise ConfigError("the file poll interval must be positive")
         if self.ca_request_timeout <= timedelta(0):
             raise ConfigError("the CA request timeout must be positive")
+        if not timedelta(0) < self.trust_bundle_refresh <= timedelta(days=1):
+            raise ConfigError("BULWARK_TRUST_BUNDLE_REFRESH must be positive and at most 1 day")
         if self.socket_mode & ~0o660 or not self.socket_mode & 0o600 == 0o600:
             raise ConfigError(
                 f"BULWARK_SOCKET_MODE {self.socket_mode:04o} must be 0600 or 0660 "
@@ -198,6 +203,10 @@ class AgentConfig:
             kw["file_mounted_certs"] = parse_bool(env["FILE_MOUNTED_CERTS"], "FILE_MOUNTED_CERTS")
         if env.get("SECRET_TTL"):
             kw["secret_ttl"] = parse_duration(env["SECRET_TTL"], "SECRET_TTL")
+        if env.get("BULWARK_TRUST_BUNDLE_REFRESH"):
+            kw["trust_bundle_refresh"] = parse_duration(
+                env["BULWARK_TRUST_BUNDLE_REFRESH"], "BULWARK_TRUST_BUNDLE_REFRESH"
+            )
         for name, attr in (
             ("SECRET_GRACE_PERIOD_RATIO", "grace_ratio"),
             ("SECRET_GRACE_PERIOD_RATIO_JITTER", "grace_jitter"),

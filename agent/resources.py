@@ -35,7 +35,7 @@ def version_of(snapshot: Snapshot, name: str) -> str | None:
     if name == DEFAULT:
         return snapshot.svid.version if snapshot.svid else None
     if name == ROOTCA:
-        roots = snapshot.roots
+        roots = snapshot.validation_roots
         return roots.version if roots else None
     secret = snapshot.files.get(name)
     return secret.version if secret else None
@@ -48,7 +48,10 @@ def secret_for(snapshot: Snapshot, name: str) -> secret_pb2.Secret | None:
             return None
         return _tls_secret(name, snapshot.svid.chain_pem, snapshot.svid.key_pem)
     if name == ROOTCA:
-        roots = snapshot.roots
+        # Own roots and every federated trust domain's, in one `trusted_ca`: Envoy checks a
+        # peer's chain against this one bundle (as Istio does with meshConfig.caCertificates
+        # and trustDomainAliases); the exact SAN match still names the peer's trust domain.
+        roots = snapshot.validation_roots
         return _validation_secret(name, roots.pem) if roots else None
     secret = snapshot.files.get(name)
     if secret is None:

@@ -19,11 +19,14 @@ import time
 
 import grpc
 
+from agent.bundle_poller import BundlePoller
 from agent.cache import SecretCache
 from agent.caclient import SYSTEM_ROOTS, CaClient
 from agent.config import AgentConfig, split_host_port
 from agent.errors import AgentError, ConfigError
 from agent.files import FileSecrets, OutputWriter
+from agent.identity_client import IdentityClient
+from agent.jwt_svids import JwtSvidCache
 from agent.metrics import AgentMetrics
 from agent.rotation import Clock, RotationPolicy, Rotator, SystemClock
 from agent.sds import SdsService, add_sds_to_server
@@ -70,8 +73,27 @@ class Agent:
             metrics=self.metrics,
         )
         self.sds = SdsService(cache=self.cache, files=self.files, metrics=self.metrics)
+        # JWT-SVIDs and trust bundles: the CA's WorkloadIdentityService, over the CSR's connection
+        self.identity = IdentityClient(
+            self.ca,
+            expected=config.spiffe_id,
+            timeout=config.ca_request_timeout,
+            metrics=self.metrics,
+            ca_addr=config.ca_addr,
+        )
+        self.jwt_svids = JwtSvidCache(self.identity.mint_jwt)
+        self.bundle_poller = BundlePoller(
+            self.identity,
+            self.cache,
+            trust_domain=TrustDomain(config.trust_domain),
+            max_interval=config.trust_bundle_refresh,
+        )
         self.workload_api = WorkloadApiService(
-            cache=self.cache, metrics=self.metrics, trust_domain=TrustDomain(config.trust_domain)
+            cache=self.cache,
+            metrics=self.metrics,
+            trust_domain=TrustDomain(config.trust_domain),
+            spiffe_id=config.spiffe_id,
+            jwt_svids=self.jwt_svids,
         )
         self.status = StatusServer(cache=self.cache, metrics=self.metrics, now=self.clock.now)
         self.metrics.add_collector(
@@ -122,6 +144,9 @@ class Agent:
                 ]
                 if not self.config.file_mounted_certs:
                     workers.append(tasks.create_task(self.rotator.run(), name="rotation"))
+                    workers.append(
+                        tasks.create_task(self.bundle_poller.run(), name="trust-bundles")
+                    )
                 if self.config.output_certs_dir is not None:
                     writer = OutputWriter(self.config.output_certs_dir)
                     workers.append(tasks.create_task(writer.run(self.cache), name="output-certs"))
@@ -143,6 +168,7 @@ class Agent:
         log.info("SIGHUP: re-reading watched files, the CA root and the token")
         await self.watcher.poll(force=True)
         self.ca.forget_refusals()
+        self.bundle_poller.poll_now()
         if self.rotator.failures and not self.config.file_mounted_certs:
             self.rotator.retry_now()
 

@@ -85,24 +85,6 @@ async def test_missing_security_header_is_invalid_argument(live: LiveAgent) -> N
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_jwt_rpcs_are_unimplemented_and_say_why(live: LiveAgent) -> None:
-    header = (("workload.spiffe.io", "true"),)
-    async with grpc.aio.insecure_channel(live.socket) as channel:
-        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["x"]), metadata=header)
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        assert "JWT-SVIDs are not issued" in (err.value.details() or "")
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=header).read()
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await stub.ValidateJWTSVID(
-                workload_pb2.ValidateJWTSVIDRequest(audience="x", svid="y"), metadata=header
-            )
-        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_stream_sends_full_state_at_once_and_on_rotation(live: LiveAgent) -> None:
     header = (("workload.spiffe.io", "true"),)
     async with grpc.aio.insecure_channel(live.socket) as channel:
