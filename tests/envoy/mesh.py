@@ -51,13 +51,21 @@ class Mesh:
         )
         return self._envoy(f"{service_account}-server", bootstrap)
 
-    def client(self, service_account: str, *, server: EnvoyProcess, server_sa: str) -> EnvoyProcess:
+    def client(
+        self,
+        service_account: str,
+        *,
+        server: EnvoyProcess,
+        server_sa: str,
+        fresh_connections: bool = False,
+    ) -> EnvoyProcess:
         """A client Envoy on `service_account`'s agent calling `server`, expecting `server_sa`."""
         bootstrap = client_bootstrap(
             node=service_account,
             socket=self.agents[service_account].socket,
             server_port=server.port,
             server_spiffe_id=spiffe_id(server_sa),
+            fresh_connections=fresh_connections,
         )
         return self._envoy(f"{service_account}-client-to-{server_sa}", bootstrap)
 

@@ -216,10 +216,16 @@ def server_bootstrap(
 
 
 def client_bootstrap(
-    *, node: str, socket: Path, server_port: int, server_spiffe_id: str
+    *,
+    node: str,
+    socket: Path,
+    server_port: int,
+    server_spiffe_id: str,
+    fresh_connections: bool = False,
 ) -> dict[str, Any]:
     """Listener `outbound`: plain HTTP in; cluster `server`: mTLS to 127.0.0.1:`server_port`,
-    whose certificate must carry URI SAN `server_spiffe_id`."""
+    whose certificate must carry URI SAN `server_spiffe_id`. With `fresh_connections`, every
+    request is a new connection (a new handshake, with the certificates of that moment)."""
     tls = {
         "name": TLS_SOCKET,
         "typed_config": {
@@ -228,7 +234,16 @@ def client_bootstrap(
         },
     }
     listener = _listener("outbound", [_http_manager("outbound", "server")], None)
-    return _bootstrap(node, socket, listener, [_static_cluster("server", server_port, tls)])
+    cluster = _static_cluster("server", server_port, tls)
+    if fresh_connections:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": f"{TYPES}.upstreams.http.v3.HttpProtocolOptions",
+                "common_http_protocol_options": {"max_requests_per_connection": 1},
+                "explicit_http_config": {"http_protocol_options": {}},
+            }
+        }
+    return _bootstrap(node, socket, listener, [cluster])
 
 
 # --- the process and its admin API ----------------------------------------------------------
