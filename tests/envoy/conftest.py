@@ -20,7 +20,21 @@ def work() -> Iterator[Path]:
         yield path
 
 
+@pytest.fixture(params=["GRPC", "DELTA_GRPC"])
+def sds_api(request: pytest.FixtureRequest) -> str:
+    """Envoy's SDS flavour: StreamSecrets (Istio's choice) or DeltaSecrets."""
+    return str(request.param)
+
+
 @pytest.fixture
 def mesh(shared_ca: RunningCa, work: Path) -> Iterator[Mesh]:
+    """Agents of the module's shared CA; Envoys speak StreamSecrets as Istio's do."""
     with ExitStack() as stack:
         yield Mesh(shared_ca, work, stack)
+
+
+@pytest.fixture
+def any_sds_mesh(shared_ca: RunningCa, work: Path, sds_api: str) -> Iterator[Mesh]:
+    """As `mesh`, once with StreamSecrets and once with DeltaSecrets."""
+    with ExitStack() as stack:
+        yield Mesh(shared_ca, work, stack, sds_api)

@@ -25,18 +25,23 @@ def spiffe_id(service_account: str) -> str:
 class Mesh:
     """Real agents (processes) for `ca` and real Envoys on their sockets, under `work`."""
 
-    def __init__(self, ca: RunningCa, work: Path, stack: ExitStack) -> None:
-        self.ca, self.work, self._stack = ca, work, stack
+    def __init__(self, ca: RunningCa, work: Path, stack: ExitStack, sds_api: str = "GRPC") -> None:
+        self.ca, self.work, self._stack, self.sds_api = ca, work, stack, sds_api
         self.agents: dict[str, AgentProcess] = {}
+        # False: `server`/`client` return once Envoy's admin API is up, before its secrets.
+        self.wait_for_envoy = True
 
-    def agent(self, service_account: str, *, ttl: str = "1h") -> AgentProcess:
-        """An agent for demo/`service_account` (EC keys, `SECRET_TTL`=`ttl`), ready."""
+    def agent(self, service_account: str, *, ttl: str = "1h", ready: bool = True) -> AgentProcess:
+        """An agent for demo/`service_account` (EC keys, `SECRET_TTL`=`ttl`) on
+        `<work>/<service_account>.sock`; with `ready`, once it holds a certificate."""
+        (self.work / f"ready-{service_account}.json").unlink(missing_ok=True)  # a previous run's
         env = {"ECC_SIGNATURE_ALGORITHM": "ECDSA", "SECRET_TTL": ttl}
         agent = start_agent_process(
             self.ca, self.work, namespace=NAMESPACE, service_account=service_account, extra_env=env
         )
         self._stack.callback(agent.stop)
-        agent.wait_ready()
+        if ready:
+            agent.wait_ready()
         self.agents[service_account] = agent
         return agent
 
@@ -48,6 +53,7 @@ class Mesh:
             socket=self.agents[service_account].socket,
             upstream_port=port,
             client_spiffe_id=spiffe_id(client),
+            sds_api=self.sds_api,
         )
         return self._envoy(f"{service_account}-server", bootstrap)
 
@@ -66,8 +72,13 @@ class Mesh:
             server_port=server.port,
             server_spiffe_id=spiffe_id(server_sa),
             fresh_connections=fresh_connections,
+            sds_api=self.sds_api,
         )
         return self._envoy(f"{service_account}-client-to-{server_sa}", bootstrap)
 
     def _envoy(self, name: str, bootstrap: dict[str, object]) -> EnvoyProcess:
+        if not self.wait_for_envoy:
+            envoy = EnvoyProcess(name, self.work, bootstrap)
+            self._stack.callback(envoy.stop)
+            return envoy.spawn()
         return self._stack.enter_context(running_envoy(name, self.work, bootstrap))

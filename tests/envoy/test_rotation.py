@@ -15,7 +15,8 @@ def _serial(envoy: EnvoyProcess) -> int:
     return int(envoy.served_certificate()["serial_number"], 16)
 
 
-def test_rotation_is_picked_up_without_restart_and_no_request_fails(mesh: Mesh) -> None:
+def test_rotation_is_picked_up_without_restart_and_no_request_fails(any_sds_mesh: Mesh) -> None:
+    mesh = any_sds_mesh
     mesh.agent("backend", ttl=TTL)
     mesh.agent("frontend", ttl=TTL)
     server = mesh.server("backend", client="frontend")

@@ -9,7 +9,8 @@ from tests.envoy.mesh import Mesh, spiffe_id
 from tests.support.envoy import uri_sans
 
 
-def test_envoy_serves_the_agents_certificate_and_trusts_the_cas_root(mesh: Mesh) -> None:
+def test_envoy_serves_the_agents_certificate_and_trusts_the_cas_root(any_sds_mesh: Mesh) -> None:
+    mesh = any_sds_mesh
     agent = mesh.agent("backend")
     server = mesh.server("backend", client="frontend")
     served = json.loads(agent.get("/debug/certs"))["default"]
@@ -30,4 +31,6 @@ def test_envoy_serves_the_agents_certificate_and_trusts_the_cas_root(mesh: Mesh)
         assert stats[f"sds.{secret}.update_success"] >= 1, secret
         assert stats[f"sds.{secret}.update_rejected"] == 0, secret
         assert stats[f"sds.{secret}.control_plane.connected_state"] == 1, secret
+    method = {"GRPC": "StreamSecrets", "DELTA_GRPC": "DeltaSecrets"}[mesh.sds_api]
+    assert server.sds_methods() == {method}
     assert server.stop() == 0, server.log()[-2000:]

@@ -21,6 +21,7 @@ import http.server
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -63,11 +64,12 @@ def envoy_binary() -> Path:
 # --- bootstrap rendering (Istio's shapes) -------------------------------------------------
 
 
-def sds_config() -> dict[str, Any]:
-    """Where a secret comes from: gRPC SDS over the `sds-grpc` cluster (Istio's)."""
+def sds_config(api_type: str = "GRPC") -> dict[str, Any]:
+    """Where a secret comes from: SDS over the `sds-grpc` cluster. `GRPC` (StreamSecrets) is
+    Istio's; `DELTA_GRPC` makes Envoy use DeltaSecrets instead."""
     return {
         "api_config_source": {
-            "api_type": "GRPC",
+            "api_type": api_type,
             "grpc_services": [{"envoy_grpc": {"cluster_name": SDS_CLUSTER}}],
             "set_node_on_first_message_only": True,
             "transport_api_version": "V3",
@@ -97,18 +99,23 @@ def sds_cluster(socket: Path) -> dict[str, Any]:
     }
 
 
-def common_tls_context(peer_spiffe_id: str) -> dict[str, Any]:
+def common_tls_context(peer_spiffe_id: str, sds_api: str = "GRPC") -> dict[str, Any]:
     """`default` as our certificate, `ROOTCA` as trust, the peer's URI SAN matched exactly."""
     return {
         "tls_params": {"tls_minimum_protocol_version": "TLSv1_2"},
-        "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": sds_config()}],
+        "tls_certificate_sds_secret_configs": [
+            {"name": "default", "sds_config": sds_config(sds_api)}
+        ],
         "combined_validation_context": {
             "default_validation_context": {
                 "match_typed_subject_alt_names": [
                     {"san_type": "URI", "matcher": {"exact": peer_spiffe_id}}
                 ]
             },
-            "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": sds_config()},
+            "validation_context_sds_secret_config": {
+                "name": "ROOTCA",
+                "sds_config": sds_config(sds_api),
+            },
         },
     }
 
@@ -193,7 +200,7 @@ def _bootstrap(
 
 
 def server_bootstrap(
-    *, node: str, socket: Path, upstream_port: int, client_spiffe_id: str
+    *, node: str, socket: Path, upstream_port: int, client_spiffe_id: str, sds_api: str = "GRPC"
 ) -> dict[str, Any]:
     """Listener `inbound`: mTLS, client certificate required with URI SAN `client_spiffe_id`;
     requests go to 127.0.0.1:`upstream_port` with the client's URI in x-forwarded-client-cert."""
@@ -202,7 +209,7 @@ def server_bootstrap(
         "typed_config": {
             "@type": f"{TYPES}.transport_sockets.tls.v3.DownstreamTlsContext",
             "require_client_certificate": True,
-            "common_tls_context": common_tls_context(client_spiffe_id),
+            "common_tls_context": common_tls_context(client_spiffe_id, sds_api),
         },
     }
     manager = _http_manager(
@@ -222,6 +229,7 @@ def client_bootstrap(
     server_port: int,
     server_spiffe_id: str,
     fresh_connections: bool = False,
+    sds_api: str = "GRPC",
 ) -> dict[str, Any]:
     """Listener `outbound`: plain HTTP in; cluster `server`: mTLS to 127.0.0.1:`server_port`,
     whose certificate must carry URI SAN `server_spiffe_id`. With `fresh_connections`, every
@@ -230,7 +238,7 @@ def client_bootstrap(
         "name": TLS_SOCKET,
         "typed_config": {
             "@type": f"{TYPES}.transport_sockets.tls.v3.UpstreamTlsContext",
-            "common_tls_context": common_tls_context(server_spiffe_id),
+            "common_tls_context": common_tls_context(server_spiffe_id, sds_api),
         },
     }
     listener = _listener("outbound", [_http_manager("outbound", "server")], None)
@@ -268,6 +276,14 @@ class EnvoyProcess:
         return self.work / f"envoy-{self.name}.log"
 
     def start(self, timeout: float = START_TIMEOUT_S) -> EnvoyProcess:
+        """Spawn and wait until ready: secrets received, listener bound (`port` set)."""
+        deadline = time.monotonic() + timeout
+        self.spawn(timeout)
+        self.wait_ready(deadline)
+        return self
+
+    def spawn(self, timeout: float = START_TIMEOUT_S) -> EnvoyProcess:
+        """Start the process and wait for its admin API only (it may still wait for secrets)."""
         config = self.work / f"envoy-{self.name}.json"
         config.write_text(json.dumps(self.bootstrap, indent=1))
         admin_file = self.work / f"envoy-{self.name}.admin"
@@ -275,7 +291,8 @@ class EnvoyProcess:
         cmd = [
             str(envoy_binary()), "-c", str(config), "--base-id", str(self.base_id),
             "--disable-hot-restart", "--admin-address-path", str(admin_file),
-            "--concurrency", "1", "--log-level", "info", "--drain-time-s", "0",
+            "--concurrency", "1", "--log-level", "info", "--component-log-level", "config:debug",
+            "--drain-time-s", "0",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(cmd, cwd=self.work, stdout=log, stderr=log)
@@ -284,8 +301,6 @@ class EnvoyProcess:
             self._check_alive(deadline, "write its admin address")
             time.sleep(0.02)
         self.admin_url = "http://" + admin_file.read_text().strip()
-        self.wait_ready(deadline)
-        self.port = self.listener_port()
         return self
 
     def _check_alive(self, deadline: float, doing: str) -> None:
@@ -296,22 +311,25 @@ class EnvoyProcess:
             self.stop()
             raise RuntimeError(f"envoy {self.name} did not {doing} in time:\n{self.log()[-4000:]}")
 
+    def is_ready(self) -> bool:
+        """/ready says LIVE and no listener or cluster is still warming (waiting for SDS)."""
+        try:
+            stats = self.stats()
+            return (
+                self.admin("/ready").strip() == "LIVE"
+                and stats.get("listener_manager.total_listeners_warming", 1) == 0
+                and stats.get("listener_manager.total_listeners_active", 0) >= 1
+                and stats.get("cluster_manager.warming_clusters", 1) == 0
+            )
+        except OSError:
+            return False
+
     def wait_ready(self, deadline: float) -> None:
-        """Until /ready says LIVE and no listener or cluster is still warming (waiting for SDS)."""
-        while True:
-            try:
-                stats = self.stats()
-                if (
-                    self.admin("/ready").strip() == "LIVE"
-                    and stats.get("listener_manager.total_listeners_warming", 1) == 0
-                    and stats.get("listener_manager.total_listeners_active", 0) >= 1
-                    and stats.get("cluster_manager.warming_clusters", 1) == 0
-                ):
-                    return
-            except OSError:
-                pass
+        """Until `is_ready`; then `port` is the listener's bound port."""
+        while not self.is_ready():
             self._check_alive(deadline, "become ready (secrets from the agent)")
             time.sleep(0.05)
+        self.port = self.listener_port()
 
     def admin(self, path: str) -> str:
         try:
@@ -364,6 +382,10 @@ class EnvoyProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def sds_methods(self) -> set[str]:
+        """The SDS RPCs Envoy opened (`StreamSecrets`, `DeltaSecrets`), from its config:debug log."""
+        return set(re.findall(r"gRPC bidi stream to sds-grpc for rpc (\w+)\(", self.log()))
 
 
 def uri_sans(cert: dict[str, Any]) -> list[str]:
