@@ -8,7 +8,7 @@ import time
 from tests.envoy.mesh import Mesh
 from tests.support.envoy import EnvoyProcess, http_get
 
-TTL = "4s"  # the agent renews at half the lifetime: a new certificate every ~2 s
+TTL = "6s"  # the agent renews at half the lifetime: a new certificate every ~3 s
 
 
 def _serial(envoy: EnvoyProcess) -> int:
