@@ -267,6 +267,8 @@ class EnvoyProcess:
     process: subprocess.Popen[bytes] | None = None
     admin_url: str = ""
     port: int = 0
+    # Distinct per instance (as the brief for parallel runs asks); with --disable-hot-restart
+    # Envoy allocates no shared memory, so a clash with another process would be harmless.
     base_id: int = field(
         default_factory=lambda: (os.getpid() % 100_000) * 100 + next(_instances) % 100
     )
