@@ -296,7 +296,11 @@ async def _serve_locked(
         from ca_server.kube.wiring import KubeControllers
 
         # Leader-only writers (root ConfigMaps, root renewal); every replica serves CSRs.
-        controllers = KubeControllers(config.kube, root_pem=lambda: manager.current.root_bundle_pem)
+        controllers = KubeControllers(
+            config.kube,
+            root_pem=lambda: manager.current.root_bundle_pem,
+            material=lambda: manager.current,  # istiod's serving certificate, when configured
+        )
     manager = _material_manager(
         config, material, controllers.is_leader if controllers else lambda: True
     )
