@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from lightkube import ApiError, Client, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
@@ -221,3 +222,27 @@ def test_ca_process_with_the_charts_rbac_keeps_istiod_tls(
         assert "Traceback" not in ca.log()
     finally:
         ca.stop()
+
+
+def test_chart_value_is_for_with_istio_only_and_grants_one_secret() -> None:
+    refused = run([tool("helm"), "template", "b", CHART, "--set", "istiodCert.enabled=true"])
+    assert refused.returncode != 0 and "with-istio" in refused.stderr
+    proc = run(
+        [tool("helm"), "template", "b", CHART, "-n", CA_NAMESPACE, "--set", "mode=with-istio",
+         "--set", "istiodCert.enabled=true", "--set", f"istiodCert.extraDnsNames={{{EXTRA}}}"]
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value")
+        for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["BULWARK_ISTIOD_CERT_SECRET"] == "istio-system/istiod-tls"
+    assert env["BULWARK_ISTIOD_CERT_DNS_NAMES"] == EXTRA
+    (role,) = [
+        d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("istiod-cert")
+    ]
+    named = [r for r in role["rules"] if "get" in r["verbs"]]
+    assert named == [{"apiGroups": [""], "resources": ["secrets"],
+                      "resourceNames": ["istiod-tls"], "verbs": ["get", "update"]}]  # fmt: skip
