@@ -103,7 +103,7 @@ def timeline_svg(identities: Sequence[Identity], now: datetime) -> str:
         return '<p class="empty">Nothing to draw: no active certificates.</p>'
     start = min(min(i.not_before for i in shown), now)
     end = max(max(i.not_after for i in shown), now + timedelta(minutes=1))
-    label_w, row_h, top = 300, 20, 24
+    label_w, row_h, top = 200, 20, 24
     span = (end - start).total_seconds()
     plot = WIDTH - label_w - 16
 

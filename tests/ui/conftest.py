@@ -56,6 +56,8 @@ def viewed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ViewedCa]:
     ca = start_ca(root / "ca", "--admin-addr", "0.0.0.0:0", "--admin-token-file", str(token_file))
     try:
         serials = dict(issue(ca, *w) for w in WORKLOADS)
+        # shop/web renews: its newer certificate is the current one, two are active
+        spiffe_id, serials[spiffe_id] = issue(ca, "shop", "web", 2 * 86400)
         refuse_once(ca)
         port = ca.admin_addr.rsplit(":", 1)[1]
         yield ViewedCa(ca, token, f"http://127.0.0.1:{port}", serials)

@@ -48,7 +48,12 @@ def test_dom_shows_identities_timeline_activity_and_ca(viewed: ViewedCa, tmp_pat
     assert bars == set(viewed.serials.values())  # one timeline bar per current certificate
     assert page.having("svg", id="expiry-timeline") and page.having("line", **{"class": "now"})
     issued = re.search(r'<span id="issued-total">(\d+)</span>', dom)
-    assert issued is not None and int(issued.group(1)) == len(WORKLOADS)
+    assert issued is not None and int(issued.group(1)) == len(WORKLOADS) + 1  # and a renewal
+    renewed = re.search(r'data-spiffe-id="spiffe://cluster.local/ns/shop/sa/web">.*?</tr>', dom)
+    assert renewed is not None and viewed.serials[
+        "spiffe://cluster.local/ns/shop/sa/web"
+    ] in renewed.group(0)
+    assert '<td class="num">2</td>' in renewed.group(0)  # both of its certificates are active
     refused = re.search(
         r'<tr data-reason="authentication"><td>authentication</td><td class="num">(\d+)<', dom
     )
