@@ -23,6 +23,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	@# The issuance-record tests start a throwaway PostgreSQL cluster from the Debian package.
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (echo "installing postgresql (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
+	@# The web view tests (tests/ui) load /ui in headless Chromium from the Debian package.
+	@test -x /usr/bin/chromium || (echo "installing chromium (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

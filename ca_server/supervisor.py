@@ -42,6 +42,7 @@ from ca_server.material import (
     write_root_bundle,
 )
 from ca_server.material_refresh import MaterialManager, ReloadHealth, describe_failure, fingerprint
+from ca_server.record_lock import lock_sqlite_record
 from ca_server.token_issuer import LocalIssuer
 from ca_server.worker import MaterialPems, WorkerKeys, WorkerSpec
 from ca_server.worker_pool import WorkerPool, bind_socket, probe_free, reserve_port
@@ -271,7 +272,12 @@ def _announce_local_issuer(config: CaConfig) -> None:
 async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
     lock = _claim_data_dir_and_ports(config)
     try:
-        return await _serve_locked(config, metrics_dir, log_level, log_format)
+        record_lock = lock_sqlite_record(config)  # an SQLite record is never shared
+        try:
+            return await _serve_locked(config, metrics_dir, log_level, log_format)
+        finally:
+            if record_lock is not None:
+                record_lock.release()
     finally:
         lock.release()
 
@@ -290,7 +296,11 @@ async def _serve_locked(
         from ca_server.kube.wiring import KubeControllers
 
         # Leader-only writers (root ConfigMaps, root renewal); every replica serves CSRs.
-        controllers = KubeControllers(config.kube, root_pem=lambda: manager.current.root_bundle_pem)
+        controllers = KubeControllers(
+            config.kube,
+            root_pem=lambda: manager.current.root_bundle_pem,
+            material=lambda: manager.current,  # istiod's serving certificate, when configured
+        )
     manager = _material_manager(
         config, material, controllers.is_leader if controllers else lambda: True
     )

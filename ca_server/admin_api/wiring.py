@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from fastapi import APIRouter
 
 from ca_server.admin_api.routes import CaCertificates, build_admin_router
+from ca_server.admin_api.ui import build_ui_router, refusal_counts
 from ca_server.authn_plan import authenticator_plan
 from ca_server.config import CaConfig
 from ca_server.errors import ConfigError
@@ -111,13 +113,25 @@ def admin_router_for(
         log.warning(
             "admin API on %s without --admin-token-file: record routes refuse all", admin_host
         )
-    router = build_admin_router(
-        reader=reader,
-        ca_certificates=lambda: ca_certificates_of(material()),
-        csr_policy=config.csr_san_policy,
-        authenticators=authenticator_names(config),
-        admin_token=token,
-        loopback=loopback,
+    router = APIRouter()
+    router.include_router(
+        build_admin_router(
+            reader=reader,
+            ca_certificates=lambda: ca_certificates_of(material()),
+            csr_policy=config.csr_san_policy,
+            authenticators=authenticator_names(config),
+            admin_token=token,
+            loopback=loopback,
+        )
+    )
+    router.include_router(  # the web view: same reader, material and token as /v1
+        build_ui_router(
+            reader=reader,
+            ca_certificates=lambda: ca_certificates_of(material()),
+            refusals=lambda: refusal_counts(os.environ.get("PROMETHEUS_MULTIPROC_DIR")),
+            admin_token=token,
+            loopback=loopback,
+        )
     )
 
     def close() -> None:

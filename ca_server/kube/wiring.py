@@ -2,6 +2,7 @@
 
 supervisor: load_or_create_material(...)   -> self-signed root kept in `istio-ca-secret`
             KubeControllers(settings, ...) -> Lease elector + root ConfigMap publisher
+                                              (+ istiod's serving certificate Secret)
 workers:    tokenreview_authenticator(cfg) -> TokenReviewAuthenticator (one per process)
 """
 
@@ -17,6 +18,7 @@ from lightkube import Client
 from ca_server.errors import ConfigError
 from ca_server.kube.client import load_config, make_client
 from ca_server.kube.errors import KubeError
+from ca_server.kube.istiod_cert import IstiodCertWriter
 from ca_server.kube.leader import LeaderElector
 from ca_server.kube.rootcm import RootCertPublisher
 from ca_server.kube.secret_store import SecretKeyStore
@@ -76,9 +78,16 @@ def tokenreview_authenticator(config: CaConfig) -> TokenReviewAuthenticator:
 
 
 class KubeControllers:
-    """The leader-only writers of one CA replica: Lease election plus the root publisher."""
+    """The leader-only writers of one CA replica: Lease election, the root publisher and,
+    with `--istiod-cert-secret`, istiod's serving certificate."""
 
-    def __init__(self, settings: KubeSettings, *, root_pem: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        settings: KubeSettings,
+        *,
+        root_pem: Callable[[], str],
+        material: Callable[[], CaMaterial] | None = None,
+    ) -> None:
         make = client_factory(settings)
         self.elector = LeaderElector(
             make(),
@@ -94,13 +103,22 @@ class KubeControllers:
             name=settings.root_configmap_name,
             resync_seconds=settings.resync_seconds,
         )
+        self.istiod_cert: IstiodCertWriter | None = None
+        if settings.istiod_cert is not None and material is not None:
+            self.istiod_cert = IstiodCertWriter(
+                make(), settings.istiod_cert, material=material, is_leader=self.elector.is_leader
+            )
 
     def start(self) -> None:
         self.elector.start()
         self.publisher.start()
+        if self.istiod_cert is not None:
+            self.istiod_cert.start()
         log.info("Kubernetes: campaigning for lease as %s", self.elector.identity)
 
     def stop(self) -> None:
+        if self.istiod_cert is not None:
+            self.istiod_cert.stop()
         self.publisher.stop()
         self.elector.stop(release=True)
 
