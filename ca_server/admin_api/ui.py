@@ -1,6 +1,6 @@
 """The web view on the admin port: `/ui`, read-only, behind the admin API's token.
 
-Pages are rendered on the server (stdlib `string.Template`, templates and CSS in `ui/`)
+Pages are rendered on the server (stdlib `string.Template`, templates and CSS in `ui_templates/`)
 with inline SVG charts; nothing is loaded from anywhere (CSP `default-src 'none'`, no
 script). What it shows:
 - identities and their current certificates (active rows of the issuance record);
