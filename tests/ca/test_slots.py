@@ -44,6 +44,8 @@ def root(now: datetime = T0, life: timedelta = LIFE) -> Authority:
 
 
 OLD, NEW = root(), root(T0 + timedelta(days=80))
+
+
 # The moment the active root has used `f` of its life (its NotBefore is backdated).
 def at(f: float) -> datetime:
     return T0 - LEAF_BACKDATE + (LIFE + LEAF_BACKDATE) * f
