@@ -31,9 +31,11 @@ def register(sub: Any) -> None:
     )
     _serve_flags(serve)
     serve.set_defaults(handler=_serve)
+    from ca_server.intermediate_cli import register_intermediate
     from ca_server.rotate_cli import register_rotate
 
     register_rotate(ca_sub)
+    register_intermediate(ca_sub)
 
     token = sub.add_parser(
         "token",
