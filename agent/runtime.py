@@ -122,6 +122,9 @@ class Agent:
                 ]
                 if not self.config.file_mounted_certs:
                     workers.append(tasks.create_task(self.rotator.run(), name="rotation"))
+                    workers.append(
+                        tasks.create_task(self.rotator.follow_roots(), name="root-follower")
+                    )
                 if self.config.output_certs_dir is not None:
                     writer = OutputWriter(self.config.output_certs_dir)
                     workers.append(tasks.create_task(writer.run(self.cache), name="output-certs"))
