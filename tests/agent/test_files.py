@@ -1,4 +1,9 @@
-"""FILE_MOUNTED_CERTS mode and the file-cert:/file-root: SDS resources, served from watched files."""
+"""FILE_MOUNTED_CERTS mode and the file-cert:/file-root: SDS resources, served from watched files.
+
+An xds-protos client stands in for Envoy: these cases check refusals (unreadable files, too many
+file resources) by gRPC status and message, which Envoy only logs; tests/envoy/ covers Envoy
+itself on `default` and `ROOTCA`.
+"""
 
 from __future__ import annotations
 

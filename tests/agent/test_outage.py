@@ -1,4 +1,9 @@
-"""CA outage across a rotation, and root bundle changes pushed without a restart."""
+"""CA outage across a rotation, and root bundle changes pushed without a restart.
+
+An xds-protos client stands in for Envoy to see each push exactly (which names, versions,
+that nothing else was pushed) and the agent's metrics during the outage; Envoy's view of the
+same events (secrets kept through an outage, ROOTCA pushed on a root change) is in tests/envoy/.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""SDS conformance against an in-process agent and a real CA, with an xds-protos client."""
+"""SDS conformance against an in-process agent and a real CA, with an xds-protos client.
+
+This client stands in for Envoy on purpose: the cases here are wire behaviour a real Envoy
+never produces on demand (a first request without node.id, unknown names, NACKs, stale
+nonces, ACK silence, DeltaSecrets' initial_resource_versions, FetchSecrets, wrong type URLs).
+A real Envoy over both StreamSecrets and DeltaSecrets is in tests/envoy/.
+"""
 
 from __future__ import annotations
 
