@@ -8,6 +8,7 @@ from ca_server.slot_store import DirectorySlotStore, SlotStore
 from ca_server.slots import RotationPolicy
 
 CACERTS_SLOTS_DIR = "cacerts-slots"  # a plugged-in CA's slots, apart from a self-signed one's
+CACERTS_SLOTS_SECRET = "bulwark-cacerts-slots"  # the same with Kubernetes, shared by replicas
 
 
 def policy_of(config: CaConfig) -> RotationPolicy:
@@ -19,13 +20,20 @@ def policy_of(config: CaConfig) -> RotationPolicy:
 
 
 def slot_store(config: CaConfig) -> SlotStore:
-    """The Secret `istio-ca-secret` with Kubernetes (self-signed), else the data dir."""
+    """With Kubernetes a Secret every replica reads (`istio-ca-secret` for a self-signed CA,
+    `bulwark-cacerts-slots` for a plugged-in one), else the data dir."""
+    if config.kube is not None:
+        from ca_server.kube import SecretKeyStore
+        from ca_server.kube.wiring import client_factory, key_store
+
+        if config.cacerts_dir is None:
+            return key_store(config.kube)
+        client = client_factory(config.kube)()
+        return SecretKeyStore(
+            client, namespace=config.kube.namespace, name=CACERTS_SLOTS_SECRET, mirror=False
+        )
     if config.cacerts_dir is not None:
         return DirectorySlotStore(config.data_dir / CACERTS_SLOTS_DIR)
-    if config.kube is not None:
-        from ca_server.kube.wiring import key_store
-
-        return key_store(config.kube)
     return DirectorySlotStore(config.data_dir / "ca")
 
 

@@ -43,7 +43,10 @@ class SecretKeyStore:
     """CA material in one Secret of the CA's namespace; the key never leaves it unencrypted
     except over the API server's TLS."""
 
-    def __init__(self, client: Client, *, namespace: str, name: str = CA_SECRET_NAME) -> None:
+    def __init__(
+        self, client: Client, *, namespace: str, name: str = CA_SECRET_NAME, mirror: bool = True
+    ) -> None:
+        self._mirror = mirror  # False: a Secret holding only the slots of a plugged-in CA
         self._client = client
         self._namespace = namespace
         self._name = name
@@ -126,17 +129,28 @@ class SecretKeyStore:
             raise KubeMaterialError(str(exc)) from exc
 
     def save_state(self, state: SlotState) -> None:
-        """Store the slots and mirror the active CA into the classic keys, in one update (the
-        leader only; the resourceVersion makes a concurrent writer fail, not overwrite)."""
+        """Store the slots (and, for the self-signed CA's Secret, mirror the active CA into the
+        classic keys) in one write; the resourceVersion makes a concurrent writer fail, not
+        overwrite. A slots-only Secret (`mirror=False`) is created on first use."""
         blobs, record = encode_state(state)
+        slots = {SLOTS_PREFIX + k: _b64(v) for k, v in blobs.items()}
+        slots[SLOTS_PREFIX + STATE_NAME] = _b64(record)
         try:
-            secret = self._client.get(Secret, self._name, namespace=self._namespace)
+            try:
+                secret = self._client.get(Secret, self._name, namespace=self._namespace)
+            except ApiError as exc:
+                if exc.status.code != 404 or self._mirror:
+                    raise
+                meta = ObjectMeta(name=self._name, namespace=self._namespace)
+                self._client.create(
+                    Secret(metadata=meta, type="Opaque", data=slots), namespace=self._namespace
+                )
+                return
             kept = {
                 k: v for k, v in (secret.data or {}).items() if not k.startswith(SLOTS_PREFIX)
             }
-            slots = {SLOTS_PREFIX + k: _b64(v) for k, v in blobs.items()}
-            slots[SLOTS_PREFIX + STATE_NAME] = _b64(record)
-            secret.data = {**kept, **_secret_data(state.material("self-signed")), **slots}
+            mirror = _secret_data(state.material("self-signed")) if self._mirror else {}
+            secret.data = {**kept, **mirror, **slots}
             self._client.replace(secret)
         except ApiError as exc:
             raise KubeApiError(f"updating {self.location}: {_status(exc)}") from exc

@@ -144,3 +144,31 @@ def test_leader_hand_over_in_the_middle_of_a_rotation(
     finally:
         for ca in replicas.values():
             ca.stop()
+
+
+def test_plugged_in_slots_secret_is_created_then_updated(
+    admin_client: Client, make_namespace: Callable[[str], str]
+) -> None:
+    """A plugged-in CA's slots go to their own Secret (no classic keys), shared by replicas."""
+    from datetime import UTC, datetime
+
+    from ca_server.kube import SecretKeyStore
+    from ca_server.material import create_self_signed
+    from ca_server.slot_wiring import CACERTS_SLOTS_SECRET
+    from ca_server.slots import Authority, Slot, SlotState
+    from certs.spiffe_id import TrustDomain
+
+    ns = make_namespace("cslots")
+    store = SecretKeyStore(admin_client, namespace=ns, name=CACERTS_SLOTS_SECRET, mirror=False)
+    assert store.load_state() is None
+    now = datetime.now(UTC)
+    one = Authority.of(create_self_signed(TrustDomain("cluster.local"), now))
+    two = Authority.of(create_self_signed(TrustDomain("cluster.local"), now))
+    first = SlotState(active=Slot(authority=one, since=now))
+    store.save_state(first)
+    assert store.load_state() == first
+    second = SlotState(active=Slot(authority=one, since=now), prepared=Slot(authority=two, since=now))
+    store.save_state(second)
+    assert store.load_state() == second
+    data = admin_client.get(Secret, CACERTS_SLOTS_SECRET, namespace=ns).data or {}
+    assert all(k.startswith("bulwark-") for k in data), sorted(data)
