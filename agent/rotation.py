@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from agent.cache import SecretCache
 from agent.errors import AgentError, CaRequestFailed
@@ -54,6 +57,10 @@ class RotationPolicy:
     backoff_min: timedelta = timedelta(milliseconds=500)
     backoff_max: timedelta = timedelta(seconds=60)
     backoff_jitter: float = 0.2
+    # When the root file stops trusting the current certificate's root (a CA dropped early,
+    # e.g. after a compromise), renew at a random moment within this window: soon, but
+    # without every agent of the mesh asking the CA in the same second.
+    root_loss_window: timedelta = timedelta(seconds=30)
 
     def renew_at(self, svid: Svid, rng: random.Random) -> datetime:
         """`expiry - r * lifetime`, lifetime counted from receipt as Istio does."""
@@ -66,6 +73,36 @@ class RotationPolicy:
         base = min(high, low * 2 ** min(failures - 1, 32))
         jittered = base * (1.0 + rng.uniform(-self.backoff_jitter, self.backoff_jitter))
         return timedelta(seconds=min(high, max(low, jittered)))
+
+
+def anchored(svid: Svid, roots: Sequence[x509.Certificate]) -> bool:
+    """The SVID's chain ends at one of `roots`: its topmost certificate is one of them or is
+    signed by one of them."""
+    top = [c for c in svid.chain if c.subject != c.issuer][-1:] or list(svid.chain[:1])
+    for root in roots:
+        if root in top:
+            return True
+        try:
+            top[0].verify_directly_issued_by(root)
+        except (InvalidSignature, ValueError, TypeError):
+            continue
+        return True
+    return False
+
+
+def renew_for_roots(
+    svid: Svid,
+    roots: Sequence[x509.Certificate],
+    now: datetime,
+    window: timedelta,
+    rng: random.Random,
+) -> datetime | None:
+    """When to renew because `roots` (the published bundle) no longer anchor `svid`; None
+    while they do. A random point of `window`, never past the certificate's expiry."""
+    if anchored(svid, roots):
+        return None
+    span = max(timedelta(0), min(window, svid.not_after - now))
+    return now + span * rng.random()
 
 
 class Rotator:
@@ -194,6 +231,33 @@ class Rotator:
             exc.public_message,
         )
         return wait
+
+    async def follow_roots(self) -> None:
+        """Renew early (jittered) when the root file drops the current certificate's root.
+
+        Only a root that *left* counts: a certificate the root file never anchored (a root
+        file of another CA) is renewed on its normal schedule, not every window."""
+        box = self._cache.subscribe()
+        trusted: tuple[str, bool] = ("", False)  # (serial, anchored by the last root file)
+        try:
+            while (snapshot := await box.get()) is not None:
+                roots, svid = snapshot.file_roots, snapshot.svid
+                if roots is None or svid is None:
+                    continue
+                was = trusted[1] if trusted[0] == svid.serial else False
+                when = renew_for_roots(
+                    svid, roots.certs, self._clock.now(), self._policy.root_loss_window, self._rng
+                )
+                trusted = (svid.serial, when is None)
+                if was and when is not None and when < self._due:
+                    log.warning(
+                        "the root of certificate %s left the trust bundle; renewing at %s",
+                        svid.serial,
+                        when.isoformat(),
+                    )
+                    self._schedule(when)
+        finally:
+            self._cache.unsubscribe(box)
 
     def _serving(self) -> str:
         svid = self._cache.snapshot.svid

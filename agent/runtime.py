@@ -147,6 +147,9 @@ class Agent:
                     workers.append(
                         tasks.create_task(self.bundle_poller.run(), name="trust-bundles")
                     )
+                    workers.append(
+                        tasks.create_task(self.rotator.follow_roots(), name="root-follower")
+                    )
                 if self.config.output_certs_dir is not None:
                     writer = OutputWriter(self.config.output_certs_dir)
                     workers.append(tasks.create_task(writer.run(self.cache), name="output-certs"))

@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
     )
     _serve_flags(serve)
     serve.set_defaults(handler=_serve)
+    from ca_server.intermediate_cli import register_intermediate
+    from ca_server.rotate_cli import register_rotate
+
+    register_rotate(ca_sub)
+    register_intermediate(ca_sub)
 
     token = sub.add_parser(
         "token",
@@ -83,6 +88,9 @@ _SERVE_FLAGS: tuple[tuple[str, tuple[_FlagSpec, ...]], ...] = (
         ("--cacerts-dir", "BULWARK_CACERTS_DIR", None, "plugged-in CA directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem or tls.crt, tls.key, ca.crt)", {}),
         ("--server-dns-names", "BULWARK_SERVER_DNS_NAMES", "istiod.istio-system.svc", "comma-separated DNS SANs of the CA's serving certificate", {}),
         ("--material-check-interval", "BULWARK_MATERIAL_CHECK_INTERVAL", "10s", "how often plugged-in CA files are re-read and self-signed root renewal is checked", {}),
+        ("--ca-rotation", "BULWARK_CA_ROTATION", "same-key", "same-key: renew the root with its key, swap plugged-in files at once; new-key: prepared/active/retired CA slots (docs/ROTATION.md)", {"choices": ["same-key", "new-key"]}),
+        ("--ca-prepare-at", "BULWARK_CA_PREPARE_AT", 0.8, "new-key: prepare the next root at this fraction of the active root's life", {"type": float}),
+        ("--ca-propagation-delay", "BULWARK_CA_PROPAGATION_DELAY", "24h", "new-key: a prepared CA is in the bundle this long before it signs", {}),
     )),
     ("authentication (none given: the embedded token issuer of --data-dir)", (
         ("--jwks-file", "BULWARK_JWKS_FILE", None, "static JWKS of the token issuer (needs --jwt-issuer)", {}),
@@ -211,6 +219,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
         admin_token_file=path(args.admin_token_file),
         ready_file=path(args.ready_file),
         material_check_interval=_duration(args, "--material-check-interval"),
+        ca_rotation=args.ca_rotation,
+        ca_prepare_at=float(args.ca_prepare_at),
+        ca_propagation_delay=_duration(args, "--ca-propagation-delay"),
         kubeconfig=path(args.kubeconfig),
         kube=settings_from_args(args),
         **extra,

@@ -72,6 +72,11 @@ class CaConfig:
     # How often CA material is re-read (plugged-in files, the stored root) and renewal checked.
     material_check_interval: timedelta = timedelta(seconds=10)
     kube: KubeSettings | None = None  # set by --kubeconfig or --kube-in-cluster
+    # CA rotation (ca_server.slots): same-key renewal (Istio's), or prepared/active/retired
+    # slots moving to a new key.
+    ca_rotation: str = "same-key"
+    ca_prepare_at: float = 0.8  # fraction of the active CA's life
+    ca_propagation_delay: timedelta = timedelta(hours=24)
 
     def __post_init__(self) -> None:
         parse_hostport(self.grpc_addr, what="--grpc-addr")
@@ -97,6 +102,14 @@ class CaConfig:
             raise ConfigError("--token-clock-skew must be between 0s and 10m")
         if self.max_token_lifetime <= timedelta(0):
             raise ConfigError("--max-token-lifetime must be positive")
+        if self.ca_rotation not in ("same-key", "new-key"):
+            raise ConfigError(
+                f"--ca-rotation must be same-key or new-key, got {self.ca_rotation!r}"
+            )
+        if not 0.0 < self.ca_prepare_at <= 1.0:
+            raise ConfigError("--ca-prepare-at must be a fraction of the CA's life in (0, 1]")
+        if self.ca_propagation_delay < timedelta(0):
+            raise ConfigError("--ca-propagation-delay cannot be negative")
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:

@@ -14,12 +14,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ca_server.material import CaMaterial, KeyStore
 from certs.pem import bundle_pem, sha256_fingerprint
 from certs.profile import ROOT_LIFETIME, self_signed_root
 from certs.spiffe_id import TrustDomain
+
+if TYPE_CHECKING:
+    from ca_server.slot_rotator import SlotRotator
 
 log = logging.getLogger(__name__)
 ROTATION_THRESHOLD = 0.2
@@ -70,7 +73,8 @@ class MaterialManager:
 
     Listeners run after every change (publish root-cert.pem, re-issue the serving certificate
     and replace the workers, update ConfigMaps). `may_rotate` is false on replicas that do not
-    hold the leader lease: they only pick up what the leader stored.
+    hold the leader lease: they only pick up what the leader stored. With a `rotator`
+    (`--ca-rotation new-key`) the CA slots decide what signs and what the bundle holds.
     """
 
     def __init__(
@@ -82,7 +86,9 @@ class MaterialManager:
         trust_domain: TrustDomain,
         may_rotate: Callable[[], bool] = lambda: True,
         threshold: float = ROTATION_THRESHOLD,
+        rotator: SlotRotator | None = None,
     ) -> None:
+        self.rotator = rotator
         self.current = initial
         self._reload = reload
         self._store = store
@@ -97,7 +103,9 @@ class MaterialManager:
     def refresh(self, now: datetime) -> bool:
         """Reload and maybe renew; returns True when the material changed."""
         candidate = self._reload(now)
-        if (
+        if self.rotator is not None:
+            candidate = self.rotator.step(candidate, now, may_act=self._may_rotate())
+        elif (
             self._rotatable()
             and rotation_due(candidate, now, self._threshold)
             and self._may_rotate()

@@ -43,6 +43,8 @@ from ca_server.material import (
 )
 from ca_server.material_refresh import MaterialManager, ReloadHealth, describe_failure, fingerprint
 from ca_server.record_lock import lock_sqlite_record
+from ca_server.slot_rotator import SlotRotator
+from ca_server.slot_wiring import build_rotator
 from ca_server.token_issuer import LocalIssuer
 from ca_server.worker import MaterialPems, WorkerKeys, WorkerSpec
 from ca_server.worker_pool import WorkerPool, bind_socket, probe_free, reserve_port
@@ -61,8 +63,13 @@ SERVING_CERT_TTL = timedelta(days=365)
 STARTUP_ERRORS: tuple[type[Exception], ...] = (ConfigError, RecordDamaged, OSError)
 
 
-def prepare_material(config: CaConfig, now: datetime) -> CaMaterial:
-    """Plugged-in CA files when given, else the self-signed root of the data dir (created once)."""
+def prepare_material(
+    config: CaConfig, now: datetime, rotator: SlotRotator | None = None
+) -> CaMaterial:
+    """Plugged-in CA files when given, else the self-signed root of the data dir (created once).
+
+    With CA slots (`rotator`) the stored slots win: a restart mid-rotation keeps signing with
+    the active CA even when the `cacerts` files already hold the next one."""
     if config.cacerts_dir is not None:
         material = load_cacerts_dir(config.cacerts_dir, now)
     elif config.kube is not None:
@@ -73,6 +80,8 @@ def prepare_material(config: CaConfig, now: datetime) -> CaMaterial:
         material = load_or_create(
             DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now
         )
+    if rotator is not None:
+        material = rotator.step(material, now, may_act=config.kube is None)
     write_root_bundle(config.root_cert_path, material)
     return material
 
@@ -139,7 +148,10 @@ def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
 
 
 def _material_manager(
-    config: CaConfig, initial: CaMaterial, may_rotate: Callable[[], bool] = lambda: True
+    config: CaConfig,
+    initial: CaMaterial,
+    may_rotate: Callable[[], bool] = lambda: True,
+    rotator: SlotRotator | None = None,
 ) -> MaterialManager:
     """Where material is re-read from, and whether this process may renew the root."""
     store: KeyStore | None = None
@@ -176,6 +188,7 @@ def _material_manager(
         store=store,
         trust_domain=config.trust_domain,
         may_rotate=may_rotate,
+        rotator=rotator,
     )
 
 
@@ -210,9 +223,14 @@ def _worker_spec(
 
 
 async def _keep_material_current(
-    config: CaConfig, manager: MaterialManager, pool: WorkerPool, health: ReloadHealth
+    config: CaConfig,
+    manager: MaterialManager,
+    pool: WorkerPool,
+    health: ReloadHealth,
+    wake: asyncio.Event,
 ) -> None:
-    """Every interval: re-read the material, (re)write root-cert.pem, update the workers.
+    """Every interval (or at once when `wake` is set, after an operator's rotation verb):
+    re-read the material, (re)write root-cert.pem, update the workers.
 
     No error stops this loop: the CA keeps serving what it has, and each failure is counted
     and logged (once per distinct error) until a later check succeeds.
@@ -220,7 +238,9 @@ async def _keep_material_current(
     interval = config.material_check_interval.total_seconds()
     published = fingerprint(manager.current)  # what the workers sign with
     while True:
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), interval)
+        wake.clear()
         try:
             await asyncio.to_thread(manager.refresh, datetime.now(UTC))
             current = manager.current
@@ -285,7 +305,8 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
 async def _serve_locked(
     config: CaConfig, metrics_dir: str, log_level: int, log_format: str
 ) -> int:
-    material = prepare_material(config, datetime.now(UTC))
+    rotator = build_rotator(config)
+    material = prepare_material(config, datetime.now(UTC), rotator)
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
     _announce_local_issuer(config)
     from ca_server.admin_api import check_record
@@ -302,7 +323,7 @@ async def _serve_locked(
             material=lambda: manager.current,  # istiod's serving certificate, when configured
         )
     manager = _material_manager(
-        config, material, controllers.is_leader if controllers else lambda: True
+        config, material, controllers.is_leader if controllers else lambda: True, rotator
     )
     reserved: list[socket.socket] = []
     pool: WorkerPool | None = None
@@ -324,9 +345,12 @@ async def _serve_locked(
                 addrs["mtls_grpc_addr"],
             )
         health = ReloadHealth(time.time())
-        keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health))
+        wake = asyncio.Event()
+        keeper = asyncio.create_task(
+            _keep_material_current(config, manager, pool, health, wake)
+        )
         try:
-            return await _run_admin(config, pool, metrics_dir, manager, health, addrs)
+            return await _run_admin(config, pool, metrics_dir, manager, health, addrs, wake)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -354,24 +378,33 @@ async def _run_admin(
     manager: MaterialManager,
     health: ReloadHealth,
     addrs: dict[str, str],
+    wake: asyncio.Event,
 ) -> int:
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin_api import admin_router_for
+    from ca_server.admin_api.wiring import rotation_router_for
 
     record_router, close_record = admin_router_for(
         config, lambda: manager.current, admin_host=admin_host
+    )
+    loop = asyncio.get_running_loop()
+
+    def changed() -> None:  # called from the route's thread
+        loop.call_soon_threadsafe(wake.set)
+
+    rotation_router = rotation_router_for(
+        config, manager.rotator, admin_host=admin_host, changed=changed
     )
     app = create_admin_app(
         metrics_dir=metrics_dir,
         material=lambda: manager.current,
         readiness=lambda: _readiness(pool, health),
-        routers=[record_router],
+        routers=[record_router, rotation_router],
         extra_metrics=health.exposition,
     )
     sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
     watcher = asyncio.create_task(pool.watch())

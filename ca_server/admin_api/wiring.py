@@ -27,6 +27,7 @@ from ca_server.ledger import (
 from ca_server.ledger.dialects import driver_errors
 from ca_server.ledger.recorder import prepare
 from ca_server.material import CaMaterial
+from ca_server.slot_rotator import SlotRotator
 from certs.pem import sha256_fingerprint
 
 log = logging.getLogger(__name__)
@@ -140,3 +141,21 @@ def admin_router_for(
         reader.close()
 
     return router, close
+
+
+def rotation_router_for(
+    config: CaConfig,
+    rotator: SlotRotator | None,
+    *,
+    admin_host: str,
+    changed: Callable[[], None],
+) -> APIRouter:
+    """The /v1/ca/rotation routes (`ca_server.admin_api.rotation_routes`)."""
+    from ca_server.admin_api.rotation_routes import build_rotation_router
+
+    return build_rotation_router(
+        rotator,
+        admin_token=read_admin_token(config.admin_token_file),
+        loopback=is_loopback(admin_host),
+        changed=changed,
+    )

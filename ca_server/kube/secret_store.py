@@ -1,5 +1,9 @@
 """Self-signed CA material in the Secret `istio-ca-secret` (SPEC §1 "CA key material").
 
+Also a `SlotStore` (`ca_server.slot_store`): the CA slots of `--ca-rotation new-key` live
+in extra `bulwark-` keys of the same Secret, so every replica follows the leader's
+transitions and a restarted leader resumes mid-rotation.
+
 A `RotatableKeyStore` (see `ca_server.material`, `ca_server.material_refresh`): `load()` reads the
 Secret, `save()` creates it only when absent, `replace()` stores a renewed root. Replicas starting together race on the create; the API server lets exactly one
 win and every loser reads the winner back, so all replicas end up on one root.
@@ -16,9 +20,12 @@ from lightkube import ApiError, Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
+from ca_server.errors import ConfigError
 from ca_server.kube.errors import KubeApiError, KubeMaterialError
 from ca_server.kube.settings import CA_SECRET_NAME
 from ca_server.material import CaMaterial
+from ca_server.slot_store import PREFIX, STATE_NAME, decode_state, encode_state
+from ca_server.slots import SlotState
 from certs.errors import CertsError
 from certs.keys import load_private_key, private_key_pem, spki_der
 from certs.pem import load_certificates, to_pem
@@ -29,13 +36,17 @@ CA_KEY_KEY = "ca-key.pem"
 ROOT_CERT_KEY = "root-cert.pem"
 CERT_CHAIN_KEY = "cert-chain.pem"
 PRIVATE_KEY_KEY = "key.pem"
+SLOTS_PREFIX = "bulwark-"  # extra keys holding the CA slots (ca_server.slot_store)
 
 
 class SecretKeyStore:
     """CA material in one Secret of the CA's namespace; the key never leaves it unencrypted
     except over the API server's TLS."""
 
-    def __init__(self, client: Client, *, namespace: str, name: str = CA_SECRET_NAME) -> None:
+    def __init__(
+        self, client: Client, *, namespace: str, name: str = CA_SECRET_NAME, mirror: bool = True
+    ) -> None:
+        self._mirror = mirror  # False: a Secret holding only the slots of a plugged-in CA
         self._client = client
         self._namespace = namespace
         self._name = name
@@ -83,6 +94,63 @@ class SecretKeyStore:
         try:
             secret = self._client.get(Secret, self._name, namespace=self._namespace)
             secret.data = {**(secret.data or {}), **_secret_data(material)}
+            self._client.replace(secret)
+        except ApiError as exc:
+            raise KubeApiError(f"updating {self.location}: {_status(exc)}") from exc
+        except httpx2.HTTPError as exc:
+            raise KubeApiError(f"updating {self.location}: {type(exc).__name__}") from exc
+
+    def load_state(self) -> SlotState | None:
+        """The CA slots (`--ca-rotation new-key`) from the Secret's `bulwark-` keys, if any."""
+        try:
+            secret = self._client.get(Secret, self._name, namespace=self._namespace)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise KubeApiError(f"reading {self.location}: {_status(exc)}") from exc
+        except httpx2.HTTPError as exc:
+            raise KubeApiError(f"reading {self.location}: {type(exc).__name__}") from exc
+        data = secret.data or {}
+        record = data.get(SLOTS_PREFIX + STATE_NAME)
+        if not record:
+            return None
+        try:
+            blobs = {
+                k[len(SLOTS_PREFIX) :]: _unb64(v)
+                for k, v in data.items()
+                if k.startswith(SLOTS_PREFIX + PREFIX)
+            }
+            raw = _unb64(record)
+        except (binascii.Error, ValueError) as exc:
+            raise KubeMaterialError(f"{self.location} holds data that is not base64") from exc
+        try:
+            return decode_state(raw, blobs, self.location)
+        except ConfigError as exc:
+            raise KubeMaterialError(str(exc)) from exc
+
+    def save_state(self, state: SlotState) -> None:
+        """Store the slots (and, for the self-signed CA's Secret, mirror the active CA into the
+        classic keys) in one write; the resourceVersion makes a concurrent writer fail, not
+        overwrite. A slots-only Secret (`mirror=False`) is created on first use."""
+        blobs, record = encode_state(state)
+        slots = {SLOTS_PREFIX + k: _b64(v) for k, v in blobs.items()}
+        slots[SLOTS_PREFIX + STATE_NAME] = _b64(record)
+        try:
+            try:
+                secret = self._client.get(Secret, self._name, namespace=self._namespace)
+            except ApiError as exc:
+                if exc.status.code != 404 or self._mirror:
+                    raise
+                meta = ObjectMeta(name=self._name, namespace=self._namespace)
+                self._client.create(
+                    Secret(metadata=meta, type="Opaque", data=slots), namespace=self._namespace
+                )
+                return
+            kept = {
+                k: v for k, v in (secret.data or {}).items() if not k.startswith(SLOTS_PREFIX)
+            }
+            mirror = _secret_data(state.material("self-signed")) if self._mirror else {}
+            secret.data = {**kept, **mirror, **slots}
             self._client.replace(secret)
         except ApiError as exc:
             raise KubeApiError(f"updating {self.location}: {_status(exc)}") from exc

@@ -60,12 +60,23 @@ def _bad_values(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "agent run": (["--secret-ttl", "forever"], "--secret-ttl"),
         "agent status": (["-o", "xml"], "--output"),
         "completion": (["tcsh"], "shell"),
+        "ca rotate status": (["--admin-url", "ftp://h:1"], "--admin-url"),
+        "ca rotate prepare": (["--admin-url", "h:99999"], "--admin-url"),
+        "ca rotate activate": (["--force", "-o", "xml"], "--output"),
+        "ca rotate retire": (["--admin-url", "h:0"], "--admin-url"),
+        "ca intermediate csr": (["--key-dir", str(tmp / "token")], "token"),
+        "ca intermediate install": (
+            ["--key-dir", str(tmp), "--cert", "c", "--root", "r", "--cacerts-dir", "d"],
+            "does not exist",
+        ),
     }
 
 
 BAD_VALUES = {
     "ca serve", "token mint", "inspect", "cert request", "certs list", "certs show",
     "certs expiring", "certs verify-log", "agent run", "agent status", "completion",
+    "ca rotate status", "ca rotate prepare", "ca rotate activate", "ca rotate retire",
+    "ca intermediate csr", "ca intermediate install",
 }  # fmt: skip
 
 
