@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
 
@@ -88,7 +89,12 @@ def check_record(config: CaConfig) -> None:
 
 
 def admin_router_for(
-    config: CaConfig, material: Callable[[], CaMaterial], *, admin_host: str
+    config: CaConfig,
+    material: Callable[[], CaMaterial],
+    *,
+    admin_host: str,
+    spiffe_bundle: Callable[[], dict[str, Any]] | None = None,
+    federated_bundles: Callable[[], dict[str, bytes]] = dict,
 ) -> tuple[APIRouter, Callable[[], None]]:
     """The supervisor's glue: open the record reader and pruner, build the /v1 router.
 
@@ -118,6 +124,8 @@ def admin_router_for(
         authenticators=authenticator_names(config),
         admin_token=token,
         loopback=loopback,
+        spiffe_bundle=spiffe_bundle,
+        federated_bundles=federated_bundles,
     )
 
     def close() -> None:
