@@ -126,9 +126,7 @@ class CaConfig:
 
     def _check_jwt_and_bundle(self) -> None:
         if not timedelta(0) < self.jwt_svid_default_ttl <= self.jwt_svid_max_ttl:
-            raise ConfigError(
-                "--jwt-svid-ttl must be positive and at most --jwt-svid-max-ttl"
-            )
+            raise ConfigError("--jwt-svid-ttl must be positive and at most --jwt-svid-max-ttl")
         if self.jwt_key_active_life < timedelta(seconds=1):
             raise ConfigError("--jwt-key-active-life must be at least 1s")
         if self.bundle_endpoint_addr is not None:

@@ -54,7 +54,9 @@ def lifetime(requested_s: int, *, default: timedelta, maximum: timedelta) -> tim
     """The token's lifetime: the default for 0 or less, else the request capped at `maximum`."""
     if requested_s <= 0:
         return default
-    return min(timedelta(seconds=requested_s), maximum)
+    if requested_s >= maximum.total_seconds():  # also before timedelta() could overflow
+        return maximum
+    return timedelta(seconds=requested_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

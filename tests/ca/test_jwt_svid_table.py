@@ -171,9 +171,11 @@ def test_mints_a_jwt_svid_for_the_caller_and_records_its_hash(ca: JwtCa) -> None
 
 
 @pytest.mark.parametrize(
-    ("ttl_s", "lifetime"), [(0, 300), (-5, 300), (30, 30), (3600, 3600), (10 * 3600, 3600)]
+    ("ttl_s", "lifetime"),
+    [(0, 300), (-5, 300), (30, 30), (3600, 3600), (10 * 3600, 3600), (2**63 - 1, 3600)],
 )
 def test_ttl_default_and_cap(ca: JwtCa, ttl_s: int, lifetime: int) -> None:
+    """The int64 maximum once overflowed timedelta: INTERNAL for a request's value."""
     response = asyncio.run(ca.mint(ttl_s=ttl_s, token=ca.base.mint()))
     claims = jwt.decode(response.token, options={"verify_signature": False})
     assert claims["exp"] - claims["iat"] == lifetime
