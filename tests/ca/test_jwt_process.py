@@ -98,12 +98,22 @@ def test_mint_validate_and_record_by_hash(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as err:
             stub(ca).MintJWTSVID(identity_pb2.MintJWTSVIDRequest(audience=[AUD]), timeout=10)
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # Bytes that are no request: INVALID_ARGUMENT from the deserializer, not UNKNOWN.
+        raw = channel(ca.grpc_addr, ca.root_cert_path).unary_unary(
+            "/bulwark.v1.WorkloadIdentityService/MintJWTSVID",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            raw(b"\xff\xff\xff", timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         ca.stop()
     record = (tmp_path / "data" / "record.db").read_bytes()
     signature = response.token.rsplit(".", 1)[1].encode()
     assert signature not in record and response.token.encode() not in record
     log = (tmp_path / "data-ca.log").read_text()
+    assert "Traceback" not in log
     assert "PRIVATE KEY" not in log and response.token not in log and signature.decode() not in log
 
 
