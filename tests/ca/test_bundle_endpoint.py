@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography import x509
 
 from ca_server.federation import FederationPeer, fetch_bundle
@@ -128,7 +129,9 @@ def web_pki(tmp_path: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def test_https_web_presents_the_operator_certificate(tmp_path: Path) -> None:
+def test_https_web_presents_the_operator_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     web_ca, cert, key = web_pki(tmp_path)
     ca = start_ca(
         tmp_path / "data", "--bundle-endpoint-addr", "127.0.0.1:0",
@@ -144,6 +147,16 @@ def test_https_web_presents_the_operator_certificate(tmp_path: Path) -> None:
             x509.load_pem_x509_certificate(cert.read_bytes()).serial_number
         )
         assert json.loads(body) == admin_bundle(ca)
+        # The federation client of the https_web profile: WebPKI trust (here SSL_CERT_FILE).
+        peer = FederationPeer(
+            trust_domain=TrustDomain("web.test"),
+            url=f"https://localhost:{port}/",
+            profile="https_web",
+        )
+        with pytest.raises(FetchFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            fetch_bundle(peer, None)  # the web CA is not trusted yet
+        monkeypatch.setenv("SSL_CERT_FILE", str(web_ca))
+        assert fetch_bundle(peer, None) == admin_bundle(ca)
     finally:
         ca.stop()
 
