@@ -22,6 +22,7 @@ from typing import Any
 
 from cryptography import x509
 
+from ca_server.errors import ConfigError
 from ca_server.federation.peers import FederationPeer
 from ca_server.federation.store import (
     BadBundle,
@@ -125,8 +126,6 @@ class Federator:
             try:
                 doc = parse_bundle(peer.bundle_file.read_bytes())
             except (OSError, BadBundle) as exc:
-                from ca_server.errors import ConfigError
-
                 raise ConfigError(
                     f"--federate-with {peer.trust_domain}: bundle file {peer.bundle_file}: {exc}"
                 ) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 import urllib.request
 from datetime import UTC, datetime, timedelta
@@ -68,6 +69,10 @@ def test_https_spiffe_presents_the_endpoint_svid_and_serves_the_bundle(tmp_path:
         assert doc == admin_bundle(ca)  # one builder
         assert {k["use"] for k in doc["keys"]} == {"x509-svid", "jwt-svid"}
         assert get(host, port, ctx, "POST")[0] == 405
+        with socket.create_connection((host, port), timeout=10) as plain:  # no TLS at all
+            plain.sendall(b"GET / HTTP/1.1\r\n\r\n")
+            answer = plain.recv(100)
+            assert answer == b"" or answer[0] == 0x15  # closed, or a TLS alert record
         # Our federation client accepts it with the right ID and the CA's bundle...
         peer = FederationPeer(
             trust_domain=TrustDomain("cluster.local"),
@@ -97,6 +102,7 @@ def test_https_spiffe_presents_the_endpoint_svid_and_serves_the_bundle(tmp_path:
             assert "CERTIFICATE_VERIFY_FAILED" in str(exc)
     finally:
         ca.stop()
+    assert "Traceback" not in ca.log()
 
 
 def _b64der(cert: x509.Certificate) -> str:
