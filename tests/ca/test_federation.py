@@ -19,7 +19,7 @@ from ca_server.federation import parse_peers
 from certs.spiffe_id import TrustDomain
 from protos.bulwark.v1 import identity_pb2, identity_pb2_grpc
 from tests.support.ca_client import channel
-from tests.support.ca_process import RunningCa
+from tests.support.ca_process import RunningCa, serve_once
 
 FAST = ("--jwt-key-active-life", "8s", "--workers", "1")  # refresh hint 2 s
 
@@ -164,3 +164,32 @@ def test_federate_with_parses_options_and_refuses_duplicates() -> None:
     assert str(web.expected_endpoint_id) == "spiffe://web.test/bulwark/bundle-endpoint"
     with pytest.raises(ConfigError, match="more than once"):
         parse_peers(("w.test=https://h/,profile=https_web",) * 2, own=OWN)
+
+
+SERVE_ERRORS = [
+    ("federate-flag", ("--federate-with", "other.test"), {}, "TRUST_DOMAIN=URL"),
+    ("federate-env", (), {"BULWARK_FEDERATE_WITH": "x.test=https://h/;x.test=https://h/"}, "needs bundle=FILE"),
+    ("initial-bundle-missing", ("--federate-with", "o.test=https://h/,bundle=/nonexistent.json"), {}, "/nonexistent.json"),
+    ("jwt-ttl-over-max", ("--jwt-svid-ttl", "2h"), {}, "at most --jwt-svid-max-ttl"),
+    ("key-life-zero", ("--jwt-key-active-life", "0s"), {}, "--jwt-key-active-life"),
+    ("jwt-ttl-garbage", ("--jwt-svid-ttl", "soon"), {}, "--jwt-svid-ttl"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "env", "words"), SERVE_ERRORS, ids=[e[0] for e in SERVE_ERRORS]
+)
+def test_bad_jwt_and_federation_settings_are_one_line_start_up_errors(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    args: tuple[str, ...],
+    env: dict[str, str],
+    words: str,
+) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    done = serve_once(tmp_path / "data", *args)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert words in done.stderr.strip().splitlines()[-1], done.stderr
