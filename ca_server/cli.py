@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -106,6 +107,15 @@ _SERVE_FLAGS: tuple[tuple[str, tuple[_FlagSpec, ...]], ...] = (
         ("--default-workload-cert-ttl", "DEFAULT_WORKLOAD_CERT_TTL", "24h", "TTL when the request asks for none", {}),
         ("--trusted-node-accounts", "CA_TRUSTED_NODE_ACCOUNTS", "", "comma-separated NS/SA allowed to use ImpersonatedIdentity", {}),
     )),
+    ("JWT-SVIDs, bundle endpoint, federation (docs/JWT-SVID.md)", (
+        ("--jwt-svid-ttl", "BULWARK_JWT_SVID_TTL", "5m", "JWT-SVID lifetime when MintJWTSVID asks for none", {}),
+        ("--jwt-svid-max-ttl", "BULWARK_JWT_SVID_MAX_TTL", "1h", "longest JWT-SVID lifetime (longer requests are capped)", {}),
+        ("--jwt-key-active-life", "BULWARK_JWT_KEY_ACTIVE_LIFE", "24h", "how long one JWT signing key signs; the next is published at half of it", {}),
+        ("--bundle-endpoint-addr", "BULWARK_BUNDLE_ENDPOINT_ADDR", None, "serve the SPIFFE bundle endpoint (HTTPS) here; off when unset", {}),
+        ("--bundle-endpoint-profile", "BULWARK_BUNDLE_ENDPOINT_PROFILE", "https_spiffe", "https_spiffe: present an X.509-SVID spiffe://TD/bulwark/bundle-endpoint; https_web: --bundle-endpoint-cert/--bundle-endpoint-key", {"choices": ["https_spiffe", "https_web"]}),
+        ("--bundle-endpoint-cert", "BULWARK_BUNDLE_ENDPOINT_CERT", None, "https_web: PEM certificate chain the bundle endpoint presents", {}),
+        ("--bundle-endpoint-key", "BULWARK_BUNDLE_ENDPOINT_KEY", None, "https_web: PEM private key of that certificate", {}),
+    )),
     ("capacity", (
         ("--workers", "BULWARK_WORKERS", None, "gRPC worker processes (default: one per core)", {"type": int}),
         ("--max-concurrent-rpcs", "BULWARK_MAX_CONCURRENT_RPCS", 2000, "per worker; beyond it callers get RESOURCE_EXHAUSTED", {"type": int}),
@@ -135,6 +145,15 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                 default=env_bool("BULWARK_RECORD_CONTINUE_AFTER_DAMAGE"),
                 help="on a damaged or missing record, continue on a new segment that records"
                 " the break instead of refusing to start",
+            )
+        if title.startswith("JWT-SVIDs"):
+            group.add_argument(
+                "--federate-with",
+                action="append",
+                default=list(_csv_items(os.environ.get("BULWARK_FEDERATE_WITH", ""), ";")),
+                metavar="TD=URL[,profile=P][,bundle=FILE][,endpoint-spiffe-id=ID]",
+                help="federate with a foreign trust domain, repeatable (env BULWARK_FEDERATE_WITH, "
+                "';'-separated); https_spiffe (the default) needs bundle=FILE",
             )
         if title == "issuance policy":
             group.add_argument(
@@ -176,7 +195,11 @@ def _duration(args: argparse.Namespace, flag: str) -> timedelta:
 
 
 def _csv(text: str | None) -> tuple[str, ...]:
-    return tuple(x.strip() for x in (text or "").split(",") if x.strip())
+    return _csv_items(text, ",")
+
+
+def _csv_items(text: str | None, sep: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (text or "").split(sep) if x.strip())
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
@@ -187,7 +210,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     def path(value: str | None) -> Path | None:
         return Path(value) if value else None
 
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = _jwt_and_federation(args)
     if args.workers is not None:
         extra["workers"] = int(args.workers)
     return CaConfig(
@@ -226,6 +249,27 @@ def config_from_args(args: argparse.Namespace) -> Any:
         kube=settings_from_args(args),
         **extra,
     )
+
+
+def _jwt_and_federation(args: argparse.Namespace) -> dict[str, Any]:
+    from ca_server.federation.peers import parse_peers
+    from certs.spiffe_id import TrustDomain
+
+    def path(value: str | None) -> Path | None:
+        return Path(value) if value else None
+
+    return {
+        "jwt_svid_default_ttl": _duration(args, "--jwt-svid-ttl"),
+        "jwt_svid_max_ttl": _duration(args, "--jwt-svid-max-ttl"),
+        "jwt_key_active_life": _duration(args, "--jwt-key-active-life"),
+        "bundle_endpoint_addr": args.bundle_endpoint_addr or None,
+        "bundle_endpoint_profile": args.bundle_endpoint_profile,
+        "bundle_endpoint_cert": path(args.bundle_endpoint_cert),
+        "bundle_endpoint_key": path(args.bundle_endpoint_key),
+        "federate_with": parse_peers(
+            tuple(args.federate_with or ()), own=TrustDomain(args.trust_domain)
+        ),
+    }
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ from certs.spiffe_id import TrustDomain
 from certs.values import InvalidValue, parse_host_port
 
 if TYPE_CHECKING:
+    from ca_server.federation.peers import FederationPeer
+    from ca_server.jwtsvid.keyset import RotationPolicy
     from ca_server.kube.settings import KubeSettings
 
 DEFAULT_WORKLOAD_CERT_TTL = timedelta(hours=24)
@@ -23,6 +25,10 @@ DEFAULT_AUDIENCES = ("istio-ca",)
 DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
 
 DEFAULT_RECORD_LINGER = timedelta(milliseconds=5)
+DEFAULT_JWT_SVID_TTL = timedelta(minutes=5)
+DEFAULT_JWT_SVID_MAX_TTL = timedelta(hours=1)
+DEFAULT_JWT_KEY_ACTIVE_LIFE = timedelta(hours=24)
+BUNDLE_ENDPOINT_PROFILES = ("https_spiffe", "https_web")
 
 
 def parse_hostport(text: str, *, what: str) -> tuple[str, int]:
@@ -77,6 +83,16 @@ class CaConfig:
     ca_rotation: str = "same-key"
     ca_prepare_at: float = 0.8  # fraction of the active CA's life
     ca_propagation_delay: timedelta = timedelta(hours=24)
+    # JWT-SVIDs (docs/JWT-SVID.md): token lifetimes and how long one signing key signs.
+    jwt_svid_default_ttl: timedelta = DEFAULT_JWT_SVID_TTL
+    jwt_svid_max_ttl: timedelta = DEFAULT_JWT_SVID_MAX_TTL
+    jwt_key_active_life: timedelta = DEFAULT_JWT_KEY_ACTIVE_LIFE
+    # The SPIFFE bundle endpoint (off unless an address is given).
+    bundle_endpoint_addr: str | None = None
+    bundle_endpoint_profile: str = "https_spiffe"
+    bundle_endpoint_cert: Path | None = None  # https_web: operator-provided chain and key
+    bundle_endpoint_key: Path | None = None
+    federate_with: tuple[FederationPeer, ...] = ()
 
     def __post_init__(self) -> None:
         parse_hostport(self.grpc_addr, what="--grpc-addr")
@@ -114,11 +130,48 @@ class CaConfig:
             raise ConfigError("--workers must be at least 1")
         if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:
             raise ConfigError("the default workload TTL must be positive and at most the maximum")
+        self._check_jwt_and_bundle()
         for account in self.trusted_node_accounts:
             if account.count("/") != 1:
                 raise ConfigError(
                     f"trusted node account {account!r} must be NAMESPACE/SERVICEACCOUNT"
                 )
+
+    def _check_jwt_and_bundle(self) -> None:
+        if not timedelta(0) < self.jwt_svid_default_ttl <= self.jwt_svid_max_ttl:
+            raise ConfigError("--jwt-svid-ttl must be positive and at most --jwt-svid-max-ttl")
+        if self.jwt_key_active_life < timedelta(seconds=1):
+            raise ConfigError("--jwt-key-active-life must be at least 1s")
+        if self.bundle_endpoint_addr is not None:
+            parse_hostport(self.bundle_endpoint_addr, what="--bundle-endpoint-addr")
+        if self.bundle_endpoint_profile not in BUNDLE_ENDPOINT_PROFILES:
+            raise ConfigError(
+                f"--bundle-endpoint-profile must be one of {', '.join(BUNDLE_ENDPOINT_PROFILES)}"
+            )
+        web_files = (self.bundle_endpoint_cert, self.bundle_endpoint_key)
+        if self.bundle_endpoint_profile == "https_web" and None in web_files:
+            raise ConfigError(
+                "--bundle-endpoint-profile https_web needs --bundle-endpoint-cert and "
+                "--bundle-endpoint-key (the WebPKI certificate chain and key it presents)"
+            )
+
+    @property
+    def jwt_rotation(self) -> RotationPolicy:
+        from ca_server.jwtsvid.keyset import RotationPolicy
+
+        return RotationPolicy(
+            active_life=self.jwt_key_active_life, max_token_ttl=self.jwt_svid_max_ttl
+        )
+
+    @property
+    def jwt_key_dir(self) -> Path:
+        """The JWT-SVID signing keys (0700; keys.json 0600), written by the supervisor only."""
+        return self.data_dir / "jwt-svid"
+
+    @property
+    def federation_dir(self) -> Path:
+        """Kept bundles of federated trust domains, one JSON file each."""
+        return self.data_dir / "federation"
 
     @property
     def root_cert_path(self) -> Path:

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+X509_SVID: Final = "x509-svid"
+JWT_SVID: Final = "jwt-svid"
 
 
 def recorded(description: str, *, summary: bool = False, since: int = 1) -> dict[str, Any]:
@@ -29,7 +32,8 @@ def recorded(description: str, *, summary: bool = False, since: int = 1) -> dict
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class IssuedCertificate:
-    """One issued leaf, with everything an operator may ask about it later."""
+    """One issued SVID (an X.509 leaf or a JWT-SVID), with everything an operator may ask
+    about it later."""
 
     serial: str = field(metadata=recorded("lowercase hex serial number", summary=True))
     spiffe_id: str = field(metadata=recorded("the SPIFFE ID the certificate names", summary=True))
@@ -49,6 +53,25 @@ class IssuedCertificate:
     csr_sha256: str = field(metadata=recorded("hex SHA-256 of the CSR"))
     issuer_serial: str = field(metadata=recorded("serial of the signing CA certificate"))
     certificate_pem: str = field(metadata=recorded("the issued certificate, PEM"))
+    # Schema 3: JWT-SVIDs share the record. A JWT-SVID row has `serial` = its `jti`, no
+    # certificate_pem/csr_sha256/public_key_sha256, and never the token itself: only its hash.
+    kind: str = field(
+        default="",
+        metadata=recorded(
+            "x509-svid or jwt-svid (empty on rows written before schema 3: x509-svid)",
+            summary=True,
+            since=3,
+        ),
+    )
+    audiences: str = field(
+        default="", metadata=recorded("a JWT-SVID's `aud`, comma-separated", since=3)
+    )
+    token_sha256: str = field(
+        default="", metadata=recorded("hex SHA-256 of the JWT-SVID (never the token)", since=3)
+    )
+    key_id: str = field(
+        default="", metadata=recorded("`kid` of the key that signed the JWT-SVID", since=3)
+    )
 
 
 class Recorder(Protocol):

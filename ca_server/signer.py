@@ -23,7 +23,7 @@ from ca_server.errors import (
 )
 from ca_server.identity import Caller
 from ca_server.material import CaMaterial
-from ca_server.record import IssuedCertificate
+from ca_server.record import X509_SVID, IssuedCertificate
 from certs.csr import ParsedCsr, parse_csr
 from certs.errors import CertsError, CsrError, InvalidSpiffeId, UnsupportedKey
 from certs.keys import generate_key, spki_der
@@ -224,4 +224,5 @@ def _entry(
         csr_sha256=parsed.sha256,
         issuer_serial=issuer_serial,
         certificate_pem=leaf_pem,
+        kind=X509_SVID,
     )

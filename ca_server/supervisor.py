@@ -45,6 +45,7 @@ from ca_server.material_refresh import MaterialManager, ReloadHealth, describe_f
 from ca_server.record_lock import lock_sqlite_record
 from ca_server.slot_rotator import SlotRotator
 from ca_server.slot_wiring import build_rotator
+from ca_server.spiffe_services import SpiffeServices
 from ca_server.token_issuer import LocalIssuer
 from ca_server.worker import MaterialPems, WorkerKeys, WorkerSpec
 from ca_server.worker_pool import WorkerPool, bind_socket, probe_free, reserve_port
@@ -325,6 +326,8 @@ async def _serve_locked(
     manager = _material_manager(
         config, material, controllers.is_leader if controllers else lambda: True, rotator
     )
+    spiffe = SpiffeServices(config, lambda: manager.current)
+    spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
     pool: WorkerPool | None = None
     try:
@@ -344,17 +347,24 @@ async def _serve_locked(
                 "client-certificate renewal on %s (client certificate required)",
                 addrs["mtls_grpc_addr"],
             )
+        endpoint_addr = await spiffe.start()
+        if endpoint_addr is not None:
+            addrs["bundle_endpoint_addr"] = endpoint_addr
         health = ReloadHealth(time.time())
         wake = asyncio.Event()
         keeper = asyncio.create_task(
             _keep_material_current(config, manager, pool, health, wake)
         )
+        spiffe_task = asyncio.create_task(spiffe.run())
         try:
-            return await _run_admin(config, pool, metrics_dir, manager, health, addrs, wake)
+            return await _run_admin(
+                config, pool, metrics_dir, manager, health, addrs, wake, spiffe
+            )
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for task in (keeper, spiffe_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         anchor_keeper.stop()
         if controllers is not None:
@@ -379,13 +389,18 @@ async def _run_admin(
     health: ReloadHealth,
     addrs: dict[str, str],
     wake: asyncio.Event,
+    spiffe: SpiffeServices,
 ) -> int:
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin_api import admin_router_for
     from ca_server.admin_api.wiring import rotation_router_for
 
     record_router, close_record = admin_router_for(
-        config, lambda: manager.current, admin_host=admin_host
+        config,
+        lambda: manager.current,
+        admin_host=admin_host,
+        spiffe_bundle=spiffe.spiffe_bundle,
+        federated_bundles=spiffe.federated,
     )
     loop = asyncio.get_running_loop()
 
@@ -400,7 +415,7 @@ async def _run_admin(
         material=lambda: manager.current,
         readiness=lambda: _readiness(pool, health),
         routers=[record_router, rotation_router],
-        extra_metrics=health.exposition,
+        extra_metrics=lambda: health.exposition() + spiffe.exposition(),
     )
     sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"

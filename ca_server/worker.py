@@ -30,8 +30,14 @@ from multiprocessing.connection import Connection
 
 import grpc
 
+from ca_server.authn import Authentication
 from ca_server.authn_plan import build_authentication
+from ca_server.bundle import BundleSource
 from ca_server.config import CaConfig
+from ca_server.federation.store import FederationStore
+from ca_server.jwtsvid.keyset import KeyFile
+from ca_server.jwtsvid.service import WorkloadIdentityService
+from ca_server.jwtsvid.service import add_to_server as add_identity_service
 from ca_server.ledger.async_recorder import AsyncRecorder
 from ca_server.logs import CaEventLog
 from ca_server.logs import configure as configure_logs
@@ -214,10 +220,11 @@ def certificate_service(
     recorder: Recorder | None,
     metrics: CaMetrics,
     events: CaEventLog,
+    authentication: Authentication | None = None,
 ) -> CertificateService:
     """The servicer of a worker: the planned authenticators, the signer, the record."""
     return CertificateService(
-        authentication=build_authentication(config, material),
+        authentication=authentication or build_authentication(config, material),
         signer=signer_for(config, material),
         recorder=recorder,
         metrics=metrics,
@@ -236,12 +243,62 @@ def _grpc_server(
     metrics: CaMetrics,
     events: CaEventLog,
 ) -> grpc.aio.Server:
+    authentication = build_authentication(spec.config, lambda: keys.material)
     service = certificate_service(
-        spec.config, lambda: keys.material, recorder=recorder, metrics=metrics, events=events
+        spec.config,
+        lambda: keys.material,
+        recorder=recorder,
+        metrics=metrics,
+        events=events,
+        authentication=authentication,
     )
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
     add_to_server(service, server)
+    # bulwark.v1.WorkloadIdentityService on the same ports, with the same authentication.
+    identity = identity_service(
+        spec.config,
+        lambda: keys.material,
+        authentication=authentication,
+        recorder=recorder,
+        metrics=metrics,
+        events=events,
+    )
+    add_identity_service(identity, server)
     return server
+
+
+def identity_service(
+    config: CaConfig,
+    material: Callable[[], CaMaterial],
+    *,
+    authentication: Authentication,
+    recorder: Recorder | None,
+    metrics: CaMetrics,
+    events: CaEventLog,
+) -> WorkloadIdentityService:
+    """JWT-SVIDs and trust bundles, from the shared key file and the federation store."""
+    key_file = KeyFile(config.jwt_key_dir)
+    own = BundleSource(
+        roots=lambda: material().roots,
+        key_file=key_file,
+        refresh_hint=config.jwt_rotation.refresh_hint,
+    )
+    federated = FederationStore(config.federation_dir)
+
+    def bundles() -> dict[str, bytes]:
+        return {**federated.all(), str(config.trust_domain): own.json_bytes()}
+
+    return WorkloadIdentityService(
+        authentication=authentication,
+        key_file=key_file,
+        bundles=bundles,
+        trust_domain=str(config.trust_domain),
+        recorder=recorder,
+        metrics=metrics,
+        events=events,
+        default_ttl=config.jwt_svid_default_ttl,
+        max_ttl=config.jwt_svid_max_ttl,
+    )
 
 
 def _follow_supervisor(supervisor: Connection, keys: LiveKeys, stop: threading.Event) -> None:

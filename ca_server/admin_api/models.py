@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any, Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from pydantic import BaseModel, Field, create_model
 
+from ca_server.bundle import x509_authority
 from ca_server.ledger import StoredCertificate
 from ca_server.ledger.shape import ENTRY_COLUMNS
 from certs.pem import serial_hex, sha256_fingerprint, to_pem
@@ -98,55 +96,26 @@ class CaInfo(BaseModel):
 
 
 class SpiffeKey(BaseModel):
-    use: Literal["x509-svid"] = "x509-svid"
+    use: Literal["x509-svid", "jwt-svid"] = "x509-svid"
     kty: str
     crv: str | None = None
     x: str | None = None
     y: str | None = None
     n: str | None = None
     e: str | None = None
-    x5c: list[str]
+    kid: str | None = None  # jwt-svid keys
+    x5c: list[str] | None = None  # x509-svid keys: the root's DER
 
 
 class SpiffeBundle(BaseModel):
     keys: list[SpiffeKey]
+    spiffe_sequence: int | None = None
     spiffe_refresh_hint: int
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _int_bytes(value: int, size: int | None = None) -> bytes:
-    return value.to_bytes(size or max(1, (value.bit_length() + 7) // 8), "big")
-
-
 def spiffe_key(cert: x509.Certificate) -> SpiffeKey:
-    """One root as a JWK of the SPIFFE bundle format, with its DER in `x5c`."""
-    der = base64.b64encode(cert.public_bytes(Encoding.DER)).decode("ascii")
-    key = cert.public_key()
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        numbers, size = key.public_numbers(), (key.curve.key_size + 7) // 8
-        crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}[key.curve.name]
-        return SpiffeKey(
-            kty="EC",
-            crv=crv,
-            x=_b64url(_int_bytes(numbers.x, size)),
-            y=_b64url(_int_bytes(numbers.y, size)),
-            x5c=[der],
-        )
-    if isinstance(key, rsa.RSAPublicKey):
-        rsa_numbers = key.public_numbers()
-        return SpiffeKey(
-            kty="RSA",
-            n=_b64url(_int_bytes(rsa_numbers.n)),
-            e=_b64url(_int_bytes(rsa_numbers.e)),
-            x5c=[der],
-        )
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return SpiffeKey(kty="OKP", crv="Ed25519", x=_b64url(raw), x5c=[der])
-    raise ValueError(f"root key type {type(key).__name__} has no JWK form here")
+    """One root as a JWK of the SPIFFE bundle format (`ca_server.bundle` builds it)."""
+    return SpiffeKey.model_validate(x509_authority(cert))
 
 
 def summary_fields(cert: StoredCertificate, now: datetime) -> dict[str, object]:

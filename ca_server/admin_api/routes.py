@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import ipaddress
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from cryptography import x509
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
@@ -26,9 +27,9 @@ from ca_server.admin_api.models import (
     VerifyResult,
     ca_info,
     detail_of,
-    spiffe_key,
     summary_of,
 )
+from ca_server.bundle import build_bundle
 from ca_server.ledger import (
     CertificatePage,
     CertificateQuery,
@@ -154,12 +155,37 @@ def build_admin_router(
     loopback: bool,
     clock: Clock = lambda: datetime.now(UTC),
     refresh_hint: timedelta = DEFAULT_REFRESH_HINT,
+    spiffe_bundle: Callable[[], dict[str, Any]] | None = None,
+    federated_bundles: Callable[[], dict[str, bytes]] = dict,
 ) -> APIRouter:
-    """The /v1 routes, bound to the given reader, CA material and access policy."""
+    """The /v1 routes, bound to the given reader, CA material and access policy.
+
+    `spiffe_bundle` is the CA's bundle document (`ca_server.bundle.BundleSource`, with the
+    JWT keys); without it the bundle holds the roots only, built by the same builder.
+    """
     router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_local_host)])
     _record_routes(router, reader, Depends(_admin_guard(admin_token, loopback)), clock)
-    _ca_routes(router, ca_certificates, csr_policy, list(authenticators), clock, refresh_hint)
+    if spiffe_bundle is None:
+
+        def roots_only() -> dict[str, Any]:
+            roots = ca_certificates().roots
+            return build_bundle(roots=roots, jwt_keys=(), sequence=0, refresh_hint=refresh_hint)
+
+        spiffe_bundle = roots_only
+    _ca_routes(router, ca_certificates, csr_policy, list(authenticators), clock, spiffe_bundle)
+    _federation_route(router, federated_bundles)
     return router
+
+
+def _federation_route(router: APIRouter, bundles: Callable[[], dict[str, bytes]]) -> None:
+    @router.get(
+        "/federated-bundles",
+        response_model=dict[str, dict[str, Any]],
+        summary="The kept bundle of every federated trust domain, by trust domain name",
+    )
+    def federated() -> dict[str, dict[str, Any]]:
+        # As the foreign domain published it (checked when fetched), not re-modelled here.
+        return {td: json.loads(doc) for td, doc in bundles().items()}
 
 
 def _record_routes(
@@ -286,7 +312,7 @@ def _ca_routes(
     csr_policy: str,
     names: list[str],
     clock: Clock,
-    refresh_hint: timedelta,
+    spiffe_bundle: Callable[[], dict[str, Any]],
 ) -> None:
     @router.get(
         "/trust-bundle",
@@ -304,10 +330,7 @@ def _ca_routes(
         roots = ca_certificates().roots
         if format == "pem":
             return Response(content=bundle_pem(roots), media_type=PEM_MEDIA_TYPE)
-        return SpiffeBundle(
-            keys=[spiffe_key(r) for r in roots],
-            spiffe_refresh_hint=int(refresh_hint.total_seconds()),
-        )
+        return SpiffeBundle.model_validate(spiffe_bundle())
 
     @router.get("/ca", response_model=CaInfo, summary="Roots, intermediates and CA policy")
     def ca_state() -> CaInfo:

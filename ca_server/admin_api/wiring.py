@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter
 
@@ -91,7 +92,12 @@ def check_record(config: CaConfig) -> None:
 
 
 def admin_router_for(
-    config: CaConfig, material: Callable[[], CaMaterial], *, admin_host: str
+    config: CaConfig,
+    material: Callable[[], CaMaterial],
+    *,
+    admin_host: str,
+    spiffe_bundle: Callable[[], dict[str, Any]] | None = None,
+    federated_bundles: Callable[[], dict[str, bytes]] = dict,
 ) -> tuple[APIRouter, Callable[[], None]]:
     """The supervisor's glue: open the record reader and pruner, build the /v1 router.
 
@@ -123,6 +129,8 @@ def admin_router_for(
             authenticators=authenticator_names(config),
             admin_token=token,
             loopback=loopback,
+            spiffe_bundle=spiffe_bundle,
+            federated_bundles=federated_bundles,
         )
     )
     router.include_router(  # the web view: same reader, material and token as /v1

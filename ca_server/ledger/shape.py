@@ -62,7 +62,8 @@ def _columns() -> tuple[Column, ...]:
 
 
 ENTRY_COLUMNS: tuple[Column, ...] = _columns()
-# Every column covered by the hash, in table order (prev_hash and row_hash are not).
+# Every column covered by the hash, in definition order (prev_hash and row_hash are not);
+# the table holds late columns (since > 1) after row_hash, where ALTER TABLE adds them.
 HASHED_COLUMNS: tuple[str, ...] = ("seq", *(c.name for c in ENTRY_COLUMNS), "recorded_at_us")
 ROW_COLUMNS: tuple[str, ...] = (*HASHED_COLUMNS, "prev_hash", "row_hash")
 # Columns added after the first schema: hashed only when non-empty (old rows keep their hash).
