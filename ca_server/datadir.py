@@ -17,6 +17,7 @@ import errno
 import fcntl
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,7 +114,21 @@ class DataDirLock:
 
 def lock_data_dir(data_dir: Path) -> DataDirLock:
     """Take `<data-dir>/ca.lock`; a ConfigError naming the holder's pid if another CA has it."""
-    path = data_dir / LOCK_NAME
+    return exclusive_lock(
+        data_dir / LOCK_NAME,
+        in_use=lambda who, path: (
+            f"--data-dir {data_dir} is in use by another CA ({who}, lock {path}); "
+            "stop it or give this CA its own --data-dir"
+        ),
+    )
+
+
+def exclusive_lock(path: Path, *, in_use: Callable[[str, Path], str]) -> DataDirLock:
+    """Hold an flock on `path` (0600, our pid written in it) for this process's life.
+
+    When another process holds it, a `ConfigError` with `in_use(who, path)`, where `who`
+    names the holder's pid when it wrote one.
+    """
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
@@ -126,10 +141,7 @@ def lock_data_dir(data_dir: Path) -> DataDirLock:
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise ConfigError(f"cannot lock {path}: {exc.strerror}") from None
         who = f"pid {holder}" if holder else "another process"
-        raise ConfigError(
-            f"--data-dir {data_dir} is in use by another CA ({who}, lock {path}); "
-            "stop it or give this CA its own --data-dir"
-        ) from None
+        raise ConfigError(in_use(who, path)) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return DataDirLock(path, fd)

@@ -278,8 +278,9 @@ def _guarded(handler: Handler) -> Handler:
     return run
 
 
-def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
-    """The flags every `certs` command shares, and the identity filters."""
+def admin_client_flags(*, token_help: str) -> argparse.ArgumentParser:
+    """A parent parser with what every admin API client command takes: `--admin-url`,
+    `--token-file` and `-o`."""
     common = argparse.ArgumentParser(add_help=False)
     env_flag(
         common,
@@ -288,13 +289,16 @@ def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         default=DEFAULT_ADMIN_URL,
         help="the CA's admin API (HOST:PORT alone means http://)",
     )
-    env_flag(
-        common,
-        "--token-file",
-        "BULWARK_ADMIN_TOKEN_FILE",
-        help="file holding the admin bearer token (needed unless the admin port is loopback)",
-    )
+    env_flag(common, "--token-file", "BULWARK_ADMIN_TOKEN_FILE", help=token_help)
     add_output_flag(common)
+    return common
+
+
+def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The flags every `certs` command shares, and the identity filters."""
+    common = admin_client_flags(
+        token_help="file holding the admin bearer token (needed unless the admin port is loopback)"
+    )
     filters = argparse.ArgumentParser(add_help=False)
     filters.add_argument("--namespace", "-n", help="only this Kubernetes namespace")
     filters.add_argument("--service-account", "-s", help="only this service account")

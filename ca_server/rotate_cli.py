@@ -19,9 +19,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ca_server.record_cli import DEFAULT_ADMIN_URL, CliError, admin_base_url
-from certs.cli.envflags import env_flag
-from certs.cli.output import add_output_flag, emit
+from ca_server.record_cli import CliError, admin_base_url, admin_client_flags
+from certs.cli.output import emit
 from certs.values import InvalidValue
 
 TIMEOUT_S = 30.0
@@ -106,21 +105,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def register_rotate(ca_sub: Any) -> None:
     """Add `rotate status|prepare|activate|retire` under `bulwark ca`."""
-    common = argparse.ArgumentParser(add_help=False)
-    env_flag(
-        common,
-        "--admin-url",
-        "BULWARK_ADMIN_URL",
-        default=DEFAULT_ADMIN_URL,
-        help="the CA's admin API (HOST:PORT alone means http://)",
+    common = admin_client_flags(
+        token_help="file holding the admin bearer token (required for every verb but status)"
     )
-    env_flag(
-        common,
-        "--token-file",
-        "BULWARK_ADMIN_TOKEN_FILE",
-        help="file holding the admin bearer token (required for every verb but status)",
-    )
-    add_output_flag(common)
     rotate = ca_sub.add_parser(
         "rotate",
         help="rotate the CA to a new key (prepared/active/retired slots)",
