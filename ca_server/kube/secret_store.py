@@ -56,6 +56,11 @@ class SecretKeyStore:
         return f"secret {self._namespace}/{self._name}"
 
     def load(self) -> CaMaterial | None:
+        data = self._read()
+        return None if data is None else self._parse(data)
+
+    def _read(self) -> dict[str, str] | None:
+        """The Secret's data, or None when there is no Secret."""
         try:
             secret = self._client.get(Secret, self._name, namespace=self._namespace)
         except ApiError as exc:
@@ -64,7 +69,7 @@ class SecretKeyStore:
             raise KubeApiError(f"reading {self.location}: {_status(exc)}") from exc
         except httpx2.HTTPError as exc:
             raise KubeApiError(f"reading {self.location}: {type(exc).__name__}") from exc
-        return self._parse(secret.data or {})
+        return dict(secret.data or {})
 
     def save(self, material: CaMaterial) -> CaMaterial:
         """Create the Secret unless it exists; return whatever the Secret holds afterwards."""
@@ -102,15 +107,9 @@ class SecretKeyStore:
 
     def load_state(self) -> SlotState | None:
         """The CA slots (`--ca-rotation new-key`) from the Secret's `bulwark-` keys, if any."""
-        try:
-            secret = self._client.get(Secret, self._name, namespace=self._namespace)
-        except ApiError as exc:
-            if exc.status.code == 404:
-                return None
-            raise KubeApiError(f"reading {self.location}: {_status(exc)}") from exc
-        except httpx2.HTTPError as exc:
-            raise KubeApiError(f"reading {self.location}: {type(exc).__name__}") from exc
-        data = secret.data or {}
+        data = self._read()
+        if data is None:
+            return None
         record = data.get(SLOTS_PREFIX + STATE_NAME)
         if not record:
             return None
