@@ -176,3 +176,17 @@ def test_jwks_served_holds_jwt_keys_only_and_bad_documents_are_left_out() -> Non
     )
     assert set(parsed.domains) == {"cluster.local"}
     assert parsed.jwt_bundles() == {"spiffe://cluster.local": good.jwks}
+
+
+def test_refresh_hint_is_the_shortest_of_own_and_federated() -> None:
+    """Defect: only the own bundle's hint counted, so a faster-rotating federated domain's
+    new keys reached workloads late (end to end: tests/federation/test_refresh_hint.py)."""
+    own = bundle_document([KEY], sequence=1, refresh_hint=300)
+    fast = bundle_document([new_key("f")], sequence=1, refresh_hint=7)
+    silent = json.dumps({"keys": []}).encode()
+    td = TrustDomain("cluster.local")
+    both = parse_trust_bundles(td, {"cluster.local": own, "fast.example": fast})
+    assert both.refresh_hint is not None and both.refresh_hint.total_seconds() == 7
+    alone = parse_trust_bundles(td, {"cluster.local": own, "silent.example": silent})
+    assert alone.refresh_hint is not None and alone.refresh_hint.total_seconds() == 300
+    assert parse_trust_bundles(td, {}).refresh_hint is None

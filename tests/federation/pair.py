@@ -70,11 +70,13 @@ class FederatedPair:
         return self.a if trust_domain == A else self.b
 
 
-def _start(data: Path, td: str, port: int, *federate: str) -> RunningCa:
+def _start(
+    data: Path, td: str, port: int, *federate: str, extra: tuple[str, ...] = ()
+) -> RunningCa:
     args = ["--trust-domain", td, "--bundle-endpoint-addr", f"127.0.0.1:{port}", "--workers", "1"]
     for value in federate:
         args += ["--federate-with", value]
-    return RunningCa(data_dir=data, args=tuple(args), env={}).start()
+    return RunningCa(data_dir=data, args=(*args, *extra), env={}).start()
 
 
 def _federated(ca: RunningCa, other: RunningCa, td: str) -> bool:
@@ -86,21 +88,24 @@ def _federated(ca: RunningCa, other: RunningCa, td: str) -> bool:
 
 
 @contextmanager
-def federated_pair(work: Path, timeout: float = 30.0) -> Iterator[FederatedPair]:
-    """A (a.test) and B (b.test), each federating with the other; yields once both fetched.
+def federated_pair(
+    work: Path, *, a_flags: tuple[str, ...] = (), timeout: float = 30.0
+) -> Iterator[FederatedPair]:
+    """A (a.test, with `a_flags` besides) and B (b.test), each federating with the other;
+    yields once both fetched.
 
     A's root exists only once A ran, and B's likewise, so A starts alone first and is
     restarted (same data dir and port) with `--federate-with b.test` once B's root exists."""
     ports = {A: free_port(), B: free_port()}
     url = {td: f"https://127.0.0.1:{port}/" for td, port in ports.items()}
-    a = _start(work / "a", A, ports[A])
+    a = _start(work / "a", A, ports[A], extra=a_flags)
     b: RunningCa | None = None
     try:
         a_initial = initial_bundle(a, work / "a-initial.json")
         b = _start(work / "b", B, ports[B], f"{A}={url[A]},bundle={a_initial}")
         b_initial = initial_bundle(b, work / "b-initial.json")
         a.stop()
-        a = _start(work / "a", A, ports[A], f"{B}={url[B]},bundle={b_initial}")
+        a = _start(work / "a", A, ports[A], f"{B}={url[B]},bundle={b_initial}", extra=a_flags)
         pair = FederatedPair(a, b, ports)
         deadline = time.monotonic() + timeout
         while not (_federated(b, a, A) and _federated(a, b, B)):
