@@ -128,7 +128,13 @@ async def test_jwt_svid_minted_for_a_validates_at_b_for_its_audience_only(mesh: 
     assert refused.code == 1 and "audience" in refused.err.lower(), refused.err
 
 
-async def test_mtls_across_trust_domains_with_exact_id_authorization(mesh: Mesh) -> None:
+@pytest.mark.parametrize("trust", ["x509-source", "bundle-source"])
+async def test_mtls_across_trust_domains_with_exact_id_authorization(
+    mesh: Mesh, trust: str
+) -> None:
+    """A (a.test) dials B (b.test), each authorizing exactly the other's foreign ID and
+    verifying it with the federated bundle: from the X509Source's bundle set, or from a
+    separate `NewBundleSource`."""
     socket = str(mesh.backend.agent.config.socket_path.resolve())
     server = await asyncio.create_subprocess_exec(
         str(mesh.binary),
@@ -137,6 +143,8 @@ async def test_mtls_across_trust_domains_with_exact_id_authorization(mesh: Mesh)
         socket,
         "-allow",
         FRONTEND,
+        "-trust",
+        trust,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -145,7 +153,9 @@ async def test_mtls_across_trust_domains_with_exact_id_authorization(mesh: Mesh)
         line = (await asyncio.wait_for(server.stdout.readline(), 40)).decode()
         assert line.startswith("listening "), line
         addr = line.split()[1]
-        ok = await mesh.run(mesh.frontend, "dial", "-addr", addr, "-expect", BACKEND)
+        ok = await mesh.run(
+            mesh.frontend, "dial", "-addr", addr, "-expect", BACKEND, "-trust", trust
+        )
         assert ok.code == 0, ok.err
         assert ok.out == {"answer": f"hello {FRONTEND}"}
         # the client insists on another server identity: refused by go-spiffe's authorizer
