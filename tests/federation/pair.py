@@ -17,6 +17,7 @@ and tests/interop/test_gospiffe.py (make test-interop, go-spiffe).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tests.agent.support import LiveAgent
 from tests.support.ca_process import RunningCa
 
 A, B = "a.test", "b.test"
@@ -120,3 +122,13 @@ def federated_pair(
         a.stop()
         if b is not None:
             b.stop()
+
+
+async def until_federated(agent: LiveAgent, td: str, timeout: float = 15.0) -> None:
+    """Until the in-process `agent` holds a bundle of `td` (its first polls of its CA)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            bundles = agent.agent.cache.snapshot.bundles
+            if bundles is not None and bundles.for_trust_domain(td) is not None:
+                return
+            await asyncio.sleep(0.05)

@@ -24,7 +24,15 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 from agent.resources import ROOTCA
 from certs.pem import load_certificates
 from tests.agent.support import NODE, LiveAgent, SdsStream, agent_config, running_agent, secrets_of
-from tests.federation.pair import A, B, FederatedPair, admin, jwt_kids, spiffe_id
+from tests.federation.pair import (
+    A,
+    B,
+    FederatedPair,
+    admin,
+    jwt_kids,
+    spiffe_id,
+    until_federated,
+)
 
 HEADER = (("workload.spiffe.io", "true"),)
 FRONTEND, BACKEND = spiffe_id(A, "frontend"), spiffe_id(B, "backend")
@@ -39,15 +47,6 @@ class Agents:
 def root_der(pair: FederatedPair, td: str) -> bytes:
     cert = load_certificates(pair.ca(td).root_cert_path.read_bytes())[0]
     return cert.public_bytes(Encoding.DER)
-
-
-async def until_federated(agent: LiveAgent, td: str, timeout: float = 15.0) -> None:
-    async with asyncio.timeout(timeout):
-        while True:
-            bundles = agent.agent.cache.snapshot.bundles
-            if bundles is not None and bundles.for_trust_domain(td) is not None:
-                return
-            await asyncio.sleep(0.05)
 
 
 @pytest.fixture

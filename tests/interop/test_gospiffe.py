@@ -22,7 +22,16 @@ from typing import Any
 import pytest
 
 from tests.agent.support import LiveAgent, agent_config, running_agent, short_dir
-from tests.federation.pair import A, B, FederatedPair, admin, federated_pair, jwt_kids, spiffe_id
+from tests.federation.pair import (
+    A,
+    B,
+    FederatedPair,
+    admin,
+    federated_pair,
+    jwt_kids,
+    spiffe_id,
+    until_federated,
+)
 from tests.support.gobuild import built_binaries
 
 HERE = Path(__file__).resolve().parent
@@ -87,8 +96,8 @@ async def mesh(pair: FederatedPair, gospiffe: Path) -> AsyncIterator[Mesh]:
             pair.b, b, trust_domain=B, service_account="backend", trust_bundle_refresh=refresh
         )
         async with running_agent(front) as frontend, running_agent(back) as backend:
-            await _until_federated(frontend, B)
-            await _until_federated(backend, A)
+            await until_federated(frontend, B)
+            await until_federated(backend, A)
             yield Mesh(pair, frontend, backend, gospiffe)
 
 
@@ -167,12 +176,3 @@ async def test_mtls_across_trust_domains_with_exact_id_authorization(
     finally:
         server.kill()
         await server.wait()
-
-
-async def _until_federated(agent: LiveAgent, td: str) -> None:
-    async with asyncio.timeout(15):
-        while True:
-            bundles = agent.agent.cache.snapshot.bundles
-            if bundles is not None and bundles.for_trust_domain(td) is not None:
-                return
-            await asyncio.sleep(0.05)
