@@ -180,7 +180,7 @@ def test_jwks_served_holds_jwt_keys_only_and_bad_documents_are_left_out() -> Non
 
 def test_refresh_hint_is_the_shortest_of_own_and_federated() -> None:
     """Defect: only the own bundle's hint counted, so a faster-rotating federated domain's
-    new keys reached workloads late (end to end: tests/federation/test_refresh_hint.py)."""
+    new keys reached workloads late (end to end: tests/federation/test_foreign_changes.py)."""
     own = bundle_document([KEY], sequence=1, refresh_hint=300)
     fast = bundle_document([new_key("f")], sequence=1, refresh_hint=7)
     silent = json.dumps({"keys": []}).encode()
