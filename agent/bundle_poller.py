@@ -1,6 +1,7 @@
 """Keeps the cache's trust bundles current: `FetchTrustBundles` every refresh hint.
 
-The interval is the own bundle's `spiffe_refresh_hint`, capped by
+The interval is the shortest `spiffe_refresh_hint` of the bundles held (own or
+federated: a foreign domain may rotate faster than ours), capped by
 `BULWARK_TRUST_BUNDLE_REFRESH`; the cache publishes only a changed bundle, so
 a JWT key rotation or a federated root change reaches the Workload API streams
 and the SDS `ROOTCA` within one interval, and an unchanged poll pushes nothing.

@@ -97,8 +97,11 @@ class TrustBundles:
 
     @property
     def refresh_hint(self) -> timedelta | None:
-        own = self.own
-        return own.refresh_hint if own else None
+        """The shortest hint of any bundle held (whole seconds, at least 1): a federated domain
+        rotating faster than ours is followed at its pace, or its new keys would reach
+        workloads only after they began to sign."""
+        hints = [b.refresh_hint for b in self.domains.values() if b.refresh_hint is not None]
+        return min(hints, default=None)
 
     @property
     def x509_version(self) -> str:

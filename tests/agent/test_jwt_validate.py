@@ -5,17 +5,44 @@ from __future__ import annotations
 import base64
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from jwt.algorithms import RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from agent.jwt_validate import InvalidJwt, validate_jwt_svid
 from agent.trust_bundles import TrustBundles, parse_bundle, parse_trust_bundles
 from certs.spiffe_id import TrustDomain
-from tests.support.jwt_ca_stub import Domain, SigningKey, bundle_document, jwk_of, new_key
+
+
+@dataclass
+class SigningKey:
+    kid: str
+    key: ec.EllipticCurvePrivateKey
+
+
+def new_key(kid: str) -> SigningKey:
+    return SigningKey(kid, ec.generate_private_key(ec.SECP256R1()))
+
+
+def jwk_of(key: SigningKey) -> dict[str, Any]:
+    jwk: dict[str, Any] = ECAlgorithm.to_jwk(key.key.public_key(), as_dict=True)
+    jwk.update(kid=key.kid, use="jwt-svid", alg="ES256")
+    return jwk
+
+
+def bundle_document(keys: list[SigningKey], *, sequence: int, refresh_hint: int) -> bytes:
+    """A SPIFFE bundle with these JWT keys only (the shape the CA's builder writes)."""
+    doc = {
+        "keys": [jwk_of(k) for k in keys],
+        "spiffe_sequence": sequence,
+        "spiffe_refresh_hint": refresh_hint,
+    }
+    return json.dumps(doc).encode()
+
 
 ME = "spiffe://cluster.local/ns/demo/sa/frontend"
 KEY = new_key("k1")
@@ -24,7 +51,7 @@ P384 = SigningKey("p384", ec.generate_private_key(ec.SECP384R1()))
 
 
 def bundles() -> TrustBundles:
-    doc = json.loads(bundle_document(Domain(keys=[KEY]), sequence=1, refresh_hint=5))
+    doc = json.loads(bundle_document([KEY], sequence=1, refresh_hint=5))
     rsa_jwk: dict[str, Any] = RSAAlgorithm.to_jwk(RSA_KEY.public_key(), as_dict=True)
     p384: dict[str, Any] = jwk_of(P384)
     doc["keys"] += [rsa_jwk | {"kid": "rsa", "use": "jwt-svid"}, p384]
@@ -132,7 +159,7 @@ def test_empty_audience_is_refused() -> None:
 
 
 def test_jwks_served_holds_jwt_keys_only_and_bad_documents_are_left_out() -> None:
-    cert_doc = bundle_document(Domain(keys=[KEY]), sequence=3, refresh_hint=7)
+    cert_doc = bundle_document([KEY], sequence=3, refresh_hint=7)
     good = parse_bundle("cluster.local", cert_doc)
     assert good.sequence == 3 and good.refresh_hint is not None
     assert [k["kid"] for k in json.loads(good.jwks)["keys"]] == ["k1"]
@@ -149,3 +176,17 @@ def test_jwks_served_holds_jwt_keys_only_and_bad_documents_are_left_out() -> Non
     )
     assert set(parsed.domains) == {"cluster.local"}
     assert parsed.jwt_bundles() == {"spiffe://cluster.local": good.jwks}
+
+
+def test_refresh_hint_is_the_shortest_of_own_and_federated() -> None:
+    """Defect: only the own bundle's hint counted, so a faster-rotating federated domain's
+    new keys reached workloads late (end to end: tests/federation/test_foreign_changes.py)."""
+    own = bundle_document([KEY], sequence=1, refresh_hint=300)
+    fast = bundle_document([new_key("f")], sequence=1, refresh_hint=7)
+    silent = json.dumps({"keys": []}).encode()
+    td = TrustDomain("cluster.local")
+    both = parse_trust_bundles(td, {"cluster.local": own, "fast.example": fast})
+    assert both.refresh_hint is not None and both.refresh_hint.total_seconds() == 7
+    alone = parse_trust_bundles(td, {"cluster.local": own, "silent.example": silent})
+    assert alone.refresh_hint is not None and alone.refresh_hint.total_seconds() == 300
+    assert parse_trust_bundles(td, {}).refresh_hint is None

@@ -1,54 +1,53 @@
-"""The agent's JWT Workload API and federated bundles over its real socket.
+"""The agent's JWT Workload API over its real socket, against the real CA's JWT service.
 
-The agent runs in-process against the real CA for its certificates; the CA's
-`WorkloadIdentityService` is `tests/support/jwt_ca_stub.py` (a test-only
-stand-in until the CA serves it), reached over the same TLS address.
+The agent runs in-process; the CA is a real `python -m ca_server` process (module scope)
+whose `WorkloadIdentityService` mints the JWT-SVIDs and publishes the bundle. Its tokens
+live 6 s and each signing key signs for 6 s, so a half-life renewal and a key rotation both
+happen within a test. Federated trust domains are in tests/federation/ (two real CAs).
+The one stand-in left (`tests/support/jwt_ca_stub.py`) plays a CA *without* the service.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import os
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import jwt
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from spiffe import JwtSource, WorkloadApiClient
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from agent.resources import ROOTCA
-from certs.keys import KeyType, generate_key
-from certs.pem import load_certificates
-from certs.profile import self_signed_root
-from certs.spiffe_id import TrustDomain
 from tests.agent.agent_process import start_agent_process
-from tests.agent.support import NODE, LiveAgent, SdsStream, agent_config, running_agent, secrets_of
-from tests.support.ca_process import RunningCa
-from tests.support.jwt_ca_stub import Domain, JwtCaStub, new_key, sign_jwt
+from tests.agent.support import LiveAgent, agent_config, running_agent
+from tests.support.ca_process import RunningCa, started_ca
+from tests.support.jwt_ca_stub import IstioOnlyCa
 
 HEADER = (("workload.spiffe.io", "true"),)
 ME = "spiffe://cluster.local/ns/demo/sa/frontend"
-FOREIGN = "federated.example"
+TTL_S = 6
 
 
-@pytest.fixture
-async def stub(shared_ca: RunningCa) -> AsyncIterator[JwtCaStub]:
-    ca = JwtCaStub(shared_ca)
-    await ca.start()
-    try:
+@pytest.fixture(scope="module")
+def jwt_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCa]:
+    """A real CA minting 6 s JWT-SVIDs with keys that sign for 6 s (refresh hint 1 s)."""
+    data = tmp_path_factory.mktemp("jwt") / "ca"
+    flags = ("--jwt-svid-ttl", f"{TTL_S}s", "--jwt-key-active-life", f"{TTL_S}s")
+    with started_ca(data, *flags) as ca:
         yield ca
-    finally:
-        await ca.stop()
 
 
 @pytest.fixture
-async def live(stub: JwtCaStub, shared_ca: RunningCa, work: Path) -> AsyncIterator[LiveAgent]:
-    config = agent_config(
-        shared_ca, work, ca_addr=stub.addr, trust_bundle_refresh=timedelta(milliseconds=200)
-    )
+async def live(jwt_ca: RunningCa, work: Path) -> AsyncIterator[LiveAgent]:
+    config = agent_config(jwt_ca, work, trust_bundle_refresh=timedelta(milliseconds=200))
     async with running_agent(config) as agent:
         yield agent
 
@@ -59,12 +58,21 @@ async def api(live: LiveAgent) -> AsyncIterator[workload_pb2_grpc.SpiffeWorkload
         yield workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
 
 
-def foreign_domain() -> Domain:
-    now = datetime.now(UTC)
-    root = self_signed_root(
-        key=generate_key(KeyType.EC_P256), trust_domain=TrustDomain(FOREIGN), now=now
-    )
-    return Domain(roots=[root], keys=[new_key("foreign-1")])
+def admin(ca: RunningCa, path: str) -> Any:
+    with urllib.request.urlopen(f"{ca.admin_url}{path}", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def ca_kids(ca: RunningCa) -> set[str]:
+    """The JWT keys the CA publishes right now (its admin API: the same bundle builder)."""
+    doc = admin(ca, "/v1/trust-bundle?format=spiffe")
+    return {k["kid"] for k in doc["keys"] if k["use"] == "jwt-svid"}
+
+
+def minted_at_ca(ca: RunningCa) -> list[str]:
+    """The `jti` of every JWT-SVID the CA recorded for ME, newest first."""
+    items = admin(ca, f"/v1/certificates?spiffe_id={ME}&limit=1000")["items"]
+    return [row["serial"] for row in items if row["kind"] == "jwt-svid"]
 
 
 async def until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -88,31 +96,41 @@ async def refused(call, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
     return err.value.details() or ""
 
 
-async def test_fetch_jwt_svid_mints_for_the_agent_identity_and_caches_per_audience_set(
-    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, stub: JwtCaStub
+def unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    return jwt.get_unverified_header(token), jwt.decode(token, options={"verify_signature": False})
+
+
+async def test_fetch_jwt_svid_mints_at_the_ca_and_caches_per_audience_set(
+    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, jwt_ca: RunningCa
 ) -> None:
+    before = minted_at_ca(jwt_ca)
     token = await fetch_jwt(api, "backend", "audit")
-    claims = jwt.decode(token, options={"verify_signature": False})
+    header, claims = unverified(token)
     assert claims["sub"] == ME and sorted(claims["aud"]) == ["audit", "backend"]
-    assert jwt.get_unverified_header(token)["kid"] == stub.signing_key.kid
-    # the CA call carried the CSR's credentials: the bearer token
-    assert len(stub.mint_calls) == 1 and "authorization" in stub.mint_calls[0][1].split(",")
+    assert header["alg"] == "ES256" and header["typ"] == "JWT"
+    assert header["kid"] in ca_kids(jwt_ca)  # signed with a key the CA publishes
+    assert claims["exp"] - claims["iat"] == TTL_S  # the CA's --jwt-svid-ttl
+    # the CA recorded exactly this token (by hash, never the token itself)
+    assert minted_at_ca(jwt_ca) == [claims["jti"], *before]
+    row = admin(jwt_ca, f"/v1/certificates/{claims['jti']}")
+    assert row["kind"] == "jwt-svid" and row["audiences"] == "audit,backend"
     # same set in another order, with a duplicate: the cached token, no second CA call
     assert await fetch_jwt(api, "audit", "backend", "audit") == token
-    assert len(stub.mint_calls) == 1
+    assert len(minted_at_ca(jwt_ca)) == len(before) + 1
     other = await fetch_jwt(api, "backend")
-    assert other != token and len(stub.mint_calls) == 2
+    assert other != token and len(minted_at_ca(jwt_ca)) == len(before) + 2
 
 
 async def test_jwt_svid_is_renewed_at_half_life(
-    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, stub: JwtCaStub
+    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, jwt_ca: RunningCa
 ) -> None:
-    stub.jwt_ttl = timedelta(seconds=3)
-    first = await fetch_jwt(api, "backend")
-    assert await fetch_jwt(api, "backend") == first
-    await asyncio.sleep(1.7)
-    assert await fetch_jwt(api, "backend") != first
-    assert len(stub.mint_calls) == 2
+    first = await fetch_jwt(api, "renewal")
+    assert await fetch_jwt(api, "renewal") == first
+    await asyncio.sleep(TTL_S / 2 + 0.3)
+    second = await fetch_jwt(api, "renewal")
+    assert second != first
+    jtis = {unverified(t)[1]["jti"] for t in (first, second)}
+    assert jtis <= set(minted_at_ca(jwt_ca))
 
 
 async def test_header_rule_on_every_jwt_rpc(api: workload_pb2_grpc.SpiffeWorkloadAPIStub) -> None:
@@ -132,11 +150,12 @@ async def test_header_rule_on_every_jwt_rpc(api: workload_pb2_grpc.SpiffeWorkloa
 
 
 async def test_fetch_jwt_svid_bad_inputs_are_refused_and_the_agent_lives_on(
-    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, live: LiveAgent, stub: JwtCaStub
+    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, live: LiveAgent, jwt_ca: RunningCa
 ) -> None:
     def request(**fields):  # type: ignore[no-untyped-def]
         return api.FetchJWTSVID(workload_pb2.JWTSVIDRequest(**fields), metadata=HEADER)
 
+    before = minted_at_ca(jwt_ca)
     assert "audience is required" in await refused(request())
     assert "at most 32" in await refused(request(audience=[f"a{i}" for i in range(5000)]))
     assert "longer than 512" in await refused(request(audience=["x" * 100_000]))
@@ -148,11 +167,10 @@ async def test_fetch_jwt_svid_bad_inputs_are_refused_and_the_agent_lives_on(
         request(audience=["a"], spiffe_id=other), grpc.StatusCode.PERMISSION_DENIED
     )
     assert other in details
-    garbage = live.socket
-    async with grpc.aio.insecure_channel(garbage) as channel:
+    async with grpc.aio.insecure_channel(live.socket) as channel:
         raw = channel.unary_unary("/SpiffeWorkloadAPI/FetchJWTSVID")
         await refused(raw(b"\xff\xff\xff\xff", metadata=HEADER))
-    assert stub.mint_calls == []  # nothing reached the CA
+    assert minted_at_ca(jwt_ca) == before  # nothing reached the CA
     # the own ID, named explicitly, is fine; the agent still answers
     response = await api.FetchJWTSVID(
         workload_pb2.JWTSVIDRequest(audience=["a"], spiffe_id=ME), metadata=HEADER
@@ -161,32 +179,33 @@ async def test_fetch_jwt_svid_bad_inputs_are_refused_and_the_agent_lives_on(
     assert not live.task.done()
 
 
-async def test_jwt_bundles_stream_first_message_at_once_then_every_key_change(
-    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, stub: JwtCaStub
-) -> None:
-    import json
+def stream_kids(message: Any) -> list[str]:
+    return [k["kid"] for k in json.loads(message.bundles["spiffe://cluster.local"])["keys"]]
 
+
+async def test_jwt_bundles_stream_the_cas_keys_and_push_its_rotation(
+    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, jwt_ca: RunningCa
+) -> None:
+    """The CA prepares a new key every 6 s; the stream's first message holds the CA's keys,
+    the next one the new key, and no message repeats the previous one (polls every 200 ms)."""
     call = api.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=HEADER)
     first = await asyncio.wait_for(call.read(), 10)
-    keys = json.loads(first.bundles["spiffe://cluster.local"])["keys"]
-    assert [k["kid"] for k in keys] == ["k1"] and all(k["use"] == "jwt-svid" for k in keys)
-    # polls keep happening (every 200 ms) but nothing changed: no message
-    calls = stub.bundle_calls
-    pending = asyncio.ensure_future(call.read())
-    done, _ = await asyncio.wait({pending}, timeout=0.8)
-    assert not done and stub.bundle_calls > calls
-    stub.rotate_key("k2")
-    second = await asyncio.wait_for(pending, 10)
-    kids = [k["kid"] for k in json.loads(second.bundles["spiffe://cluster.local"])["keys"]]
-    assert kids == ["k1", "k2"]
-    stub.federate(FOREIGN, foreign_domain())
-    third = await asyncio.wait_for(call.read(), 10)
-    assert set(third.bundles) == {"spiffe://cluster.local", f"spiffe://{FOREIGN}"}
+    assert set(first.bundles) == {"spiffe://cluster.local"}
+    kids = stream_kids(first)
+    assert kids and set(kids) <= ca_kids(jwt_ca)  # retired keys stay published for 1 h
+    messages = [first]
+    async with asyncio.timeout(3 * TTL_S):
+        while set(stream_kids(messages[-1])) <= set(kids):
+            messages.append(await call.read())
+    new = set(stream_kids(messages[-1])) - set(kids)
+    assert new and new <= ca_kids(jwt_ca)
+    for earlier, later in itertools.pairwise(messages):
+        assert earlier.bundles != later.bundles, "an unchanged bundle was pushed again"
     call.cancel()
 
 
-async def test_validate_jwt_svid_own_and_federated_tokens(
-    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, stub: JwtCaStub, live: LiveAgent
+async def test_validate_jwt_svid_of_the_real_ca(
+    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, live: LiveAgent
 ) -> None:
     def validate(token: str, audience: str):  # type: ignore[no-untyped-def]
         return api.ValidateJWTSVID(
@@ -198,18 +217,11 @@ async def test_validate_jwt_svid_own_and_federated_tokens(
     assert ok.spiffe_id == ME and ok.claims["sub"] == ME
     assert list(ok.claims["aud"]) == ["backend"]
     assert "aud does not include" in await refused(validate(token, "somebody-else"))
-    # a token of the federated trust domain validates once its bundle is known
-    domain = foreign_domain()
-    now = int(datetime.now(UTC).timestamp())
-    foreign_id = f"spiffe://{FOREIGN}/ns/x/sa/y"
-    claims = {"sub": foreign_id, "aud": ["backend"], "exp": now + 60, "iat": now}
-    foreign_token = sign_jwt(domain.keys[0], claims)
-    assert FOREIGN in await refused(validate(foreign_token, "backend"))
-    stub.federate(FOREIGN, domain)
-    await until(lambda: live.agent.cache.snapshot.bundles.for_trust_domain(FOREIGN) is not None)  # type: ignore[union-attr]
-    assert (await validate(foreign_token, "backend")).spiffe_id == foreign_id
-    # signed by a key nobody published, under a published kid: bad signature
-    forged = sign_jwt(new_key("k1"), {"sub": ME, "aud": ["backend"], "exp": now + 60})
+    # signed by a key nobody published, under the CA's published kid: bad signature
+    header, claims = unverified(token)
+    forged = jwt.encode(
+        claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers=header
+    )
     assert "signature does not verify" in await refused(validate(forged, "backend"))
     for garbage in ("", "x", "a.b.c", "..", "e30.e30.", "\x00" * 100, "A" * 20_000):
         await refused(validate(garbage, "backend"))
@@ -218,67 +230,36 @@ async def test_validate_jwt_svid_own_and_federated_tokens(
     assert (await validate(token, "backend")).spiffe_id == ME
 
 
-async def test_federated_roots_in_x509_svid_bundles_and_sds_rootca(
-    api: workload_pb2_grpc.SpiffeWorkloadAPIStub, stub: JwtCaStub, live: LiveAgent
-) -> None:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    svids = api.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER)
-    bundles = api.FetchX509Bundles(workload_pb2.X509BundlesRequest(), metadata=HEADER)
-    first = await asyncio.wait_for(svids.read(), 10)
-    await until(lambda: live.agent.cache.snapshot.bundles is not None)
-    own_bundle = (await asyncio.wait_for(bundles.read(), 10)).bundles
-    assert set(own_bundle) == {"spiffe://cluster.local"}
-    async with grpc.aio.insecure_channel(live.socket) as channel:
-        sds = SdsStream(channel)
-        await sds.send(node=NODE, resource_names=[ROOTCA])
-        before = secrets_of(await sds.next())[ROOTCA].validation_context.trusted_ca.inline_bytes
-        domain = foreign_domain()
-        foreign_der = domain.roots[0].public_bytes(Encoding.DER)
-        stub.federate(FOREIGN, domain)
-        pushed = secrets_of(await sds.next())[ROOTCA].validation_context.trusted_ca.inline_bytes
-        roots = load_certificates(pushed)
-        assert len(roots) == 2 and load_certificates(before)[0] in roots
-        assert domain.roots[0] in roots
-        sds.cancel()
-    # FetchX509SVID: the same SVID again, now with the federated bundle
-    if first.federated_bundles:
-        raise AssertionError("no federation configured yet, but federated_bundles were sent")
-    second = await asyncio.wait_for(svids.read(), 10)
-    assert dict(second.federated_bundles) == {f"spiffe://{FOREIGN}": foreign_der}
-    assert second.svids[0].bundle == first.svids[0].bundle  # own bundle: own roots only
-    both = (await asyncio.wait_for(bundles.read(), 10)).bundles
-    assert both[f"spiffe://{FOREIGN}"] == foreign_der and "spiffe://cluster.local" in both
-    svids.cancel()
-    bundles.cancel()
-
-
-async def test_ca_without_the_identity_service(
-    shared_ca: RunningCa, stub: JwtCaStub, work: Path
-) -> None:
+async def test_ca_without_the_identity_service(jwt_ca: RunningCa, work: Path) -> None:
     """A CA that answers UNIMPLEMENTED (Istio's): JWT bundle streams still answer (own trust
     domain, no keys) so go-spiffe's sources return; FetchJWTSVID says what the CA said."""
-    stub.serve_identity = False
+    istio_only = IstioOnlyCa(jwt_ca)
+    await istio_only.start()
     config = agent_config(
-        shared_ca, work, ca_addr=stub.addr, trust_bundle_refresh=timedelta(milliseconds=200)
+        jwt_ca, work, ca_addr=istio_only.addr, trust_bundle_refresh=timedelta(milliseconds=200)
     )
-    async with running_agent(config) as live, grpc.aio.insecure_channel(live.socket) as channel:
-        api = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
-        call = api.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=HEADER)
-        message = await asyncio.wait_for(call.read(), 10)
-        assert dict(message.bundles) == {"spiffe://cluster.local": b'{"keys":[]}'}
-        call.cancel()
-        details = await refused(
-            api.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=HEADER),
-            grpc.StatusCode.UNAVAILABLE,
-        )
-        assert "UNIMPLEMENTED" in details
+    try:
+        async with running_agent(config) as live, grpc.aio.insecure_channel(live.socket) as ch:
+            api = workload_pb2_grpc.SpiffeWorkloadAPIStub(ch)
+            call = api.FetchJWTBundles(workload_pb2.JWTBundlesRequest(), metadata=HEADER)
+            message = await asyncio.wait_for(call.read(), 10)
+            assert dict(message.bundles) == {"spiffe://cluster.local": b'{"keys":[]}'}
+            call.cancel()
+            details = await refused(
+                api.FetchJWTSVID(workload_pb2.JWTSVIDRequest(audience=["a"]), metadata=HEADER),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            assert "UNIMPLEMENTED" in details
+    finally:
+        await istio_only.stop()
 
 
-async def test_py_spiffe_jwt_source_fetches_and_validates(live: LiveAgent) -> None:
+async def test_py_spiffe_jwt_source_fetches_and_validates(
+    live: LiveAgent, jwt_ca: RunningCa
+) -> None:
     endpoint = f"unix://{os.path.abspath(live.agent.config.socket_path)}"
 
-    def use_source() -> tuple[str, str, int]:
+    def use_source() -> tuple[str, str, set[str], str]:
         source = JwtSource(socket_path=endpoint, timeout_in_seconds=15)
         client = WorkloadApiClient(socket_path=endpoint)
         try:
@@ -286,23 +267,25 @@ async def test_py_spiffe_jwt_source_fetches_and_validates(live: LiveAgent) -> No
             bundle = source.get_bundle_for_trust_domain(svid.spiffe_id.trust_domain)
             assert bundle is not None
             checked = client.validate_jwt_svid(svid.token, "backend")
-            return str(svid.spiffe_id), str(checked.spiffe_id), len(bundle.jwt_authorities)
+            kid = jwt.get_unverified_header(svid.token)["kid"]
+            return str(svid.spiffe_id), str(checked.spiffe_id), set(bundle.jwt_authorities), kid
         finally:
             client.close()
             source.close()
 
-    fetched, validated, keys = await asyncio.to_thread(use_source)
-    assert fetched == validated == ME and keys == 1
+    fetched, validated, kids, kid = await asyncio.to_thread(use_source)
+    assert fetched == validated == ME
+    assert kid in kids and kids <= ca_kids(jwt_ca)
 
 
 async def test_jwt_rpcs_in_a_real_agent_process_without_python_ssl(
-    stub: JwtCaStub, shared_ca: RunningCa, work: Path
+    jwt_ca: RunningCa, work: Path
 ) -> None:
     """Defect: PyJWT imports `ssl` (urllib.request), which `python -m agent` blocks to save
     memory, so the first ValidateJWTSVID of a real agent failed with UNKNOWN. The validator
     now stands on `cryptography` alone; the process still maps no libssl afterwards."""
-    env = {"CA_ADDR": stub.addr, "BULWARK_TRUST_BUNDLE_REFRESH": "200ms"}
-    proc = await asyncio.to_thread(start_agent_process, shared_ca, work, extra_env=env)
+    env = {"BULWARK_TRUST_BUNDLE_REFRESH": "200ms"}
+    proc = await asyncio.to_thread(start_agent_process, jwt_ca, work, extra_env=env)
     try:
         await asyncio.to_thread(proc.wait_ready)
         async with grpc.aio.insecure_channel(f"unix:{proc.socket}") as channel:
@@ -327,19 +310,21 @@ async def test_jwt_rpcs_in_a_real_agent_process_without_python_ssl(
 
 
 async def test_bundles_of_a_ca_in_another_trust_domain_are_not_used(
-    shared_ca: RunningCa, work: Path
+    jwt_ca: RunningCa, work: Path
 ) -> None:
-    """A CA answering for another trust domain: its bundles never reach workloads; validation
-    says there are none yet (UNAVAILABLE) instead of trusting them."""
-    stub = JwtCaStub(shared_ca, trust_domain="other.example")
-    await stub.start()
+    """The real CA (cluster.local) seen by an agent of `other.example`: its bundles never
+    reach workloads; validation says there are none yet (UNAVAILABLE) instead of trusting them."""
     config = agent_config(
-        shared_ca, work, ca_addr=stub.addr, trust_bundle_refresh=timedelta(milliseconds=100)
+        jwt_ca,
+        work,
+        trust_domain="other.example",
+        trust_bundle_refresh=timedelta(milliseconds=100),
     )
-    try:
-        async with running_agent(config) as live, grpc.aio.insecure_channel(live.socket) as ch:
-            await until(lambda: stub.bundle_calls >= 2)
-            assert live.agent.cache.snapshot.bundles is None
+    async with running_agent(config, wait_svid=False) as live:
+        metrics = live.agent.metrics
+        await until(lambda: metrics.value("num_outgoing_requests", request_type="bundles") >= 2)
+        assert live.agent.cache.snapshot.bundles is None
+        async with grpc.aio.insecure_channel(live.socket) as ch:
             api = workload_pb2_grpc.SpiffeWorkloadAPIStub(ch)
             details = await refused(
                 api.ValidateJWTSVID(
@@ -349,5 +334,3 @@ async def test_bundles_of_a_ca_in_another_trust_domain_are_not_used(
                 grpc.StatusCode.UNAVAILABLE,
             )
             assert "no JWT bundles" in details
-    finally:
-        await stub.stop()

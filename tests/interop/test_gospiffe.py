@@ -1,38 +1,42 @@
-"""go-spiffe v2 (github.com/spiffe/go-spiffe/v2, pinned in gospiffe/go.mod) against the agent.
+"""go-spiffe v2 (github.com/spiffe/go-spiffe/v2, pinned in gospiffe/go.mod) across two trust domains.
 
-`gospiffe-check` (gospiffe/main.go, built by build-gospiffe.sh) runs one
-go-spiffe feature per call: `X509Source` with `x509svid.Verify`, `JWTSource`,
-`BundleSource` (each must return: they hung while the JWT RPCs were
-UNIMPLEMENTED), mTLS with exact-ID authorization between two agents, and a
-JWT-SVID minted for A validated at B. The agents run against the real CA for
-certificates; the CA's WorkloadIdentityService is the test-only stand-in
-`tests/support/jwt_ca_stub.py` until the CA serves it.
+`gospiffe-check` (gospiffe/main.go, built by build-gospiffe.sh) runs one go-spiffe feature
+per call: `X509Source` with `x509svid.Verify`, `JWTSource`, `BundleSource` (each must return:
+they hung while the JWT RPCs were UNIMPLEMENTED), mTLS with exact-ID authorization, and a
+JWT-SVID minted for A validated at B. Two real CAs of different trust domains (a.test, b.test)
+federate through their bundle endpoints (tests/federation/pair.py); agent A
+(spiffe://a.test/ns/demo/sa/frontend) and agent B (spiffe://b.test/ns/demo/sa/backend) each
+ask their own CA. Nothing here is a stand-in.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from certs.keys import KeyType, generate_key
-from certs.profile import self_signed_root
-from certs.spiffe_id import TrustDomain
 from tests.agent.support import LiveAgent, agent_config, running_agent, short_dir
-from tests.support.ca_process import RunningCa
+from tests.federation.pair import (
+    A,
+    B,
+    FederatedPair,
+    admin,
+    federated_pair,
+    jwt_kids,
+    spiffe_id,
+    until_federated,
+)
 from tests.support.gobuild import built_binaries
-from tests.support.jwt_ca_stub import Domain, JwtCaStub, new_key
 
 HERE = Path(__file__).resolve().parent
-FRONTEND = "spiffe://cluster.local/ns/demo/sa/frontend"
-BACKEND = "spiffe://cluster.local/ns/demo/sa/backend"
-FOREIGN = "federated.example"
+FRONTEND = spiffe_id(A, "frontend")
+BACKEND = spiffe_id(B, "backend")
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +57,7 @@ class Run:
 
 @dataclass
 class Mesh:
-    stub: JwtCaStub
+    pair: FederatedPair
     frontend: LiveAgent
     backend: LiveAgent
     binary: Path
@@ -75,25 +79,26 @@ class Mesh:
         return Run(proc.returncode, json.loads(text) if proc.returncode == 0 else {}, err.decode())
 
 
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatedPair]:
+    with federated_pair(tmp_path_factory.mktemp("federation")) as cas:
+        yield cas
+
+
 @pytest.fixture
-async def mesh(shared_ca: RunningCa, gospiffe: Path) -> AsyncIterator[Mesh]:
-    stub = JwtCaStub(shared_ca)
-    await stub.start()
+async def mesh(pair: FederatedPair, gospiffe: Path) -> AsyncIterator[Mesh]:
     refresh = timedelta(milliseconds=200)
-    try:
-        with short_dir() as a, short_dir() as b:
-            front = agent_config(shared_ca, a, ca_addr=stub.addr, trust_bundle_refresh=refresh)
-            back = agent_config(
-                shared_ca,
-                b,
-                ca_addr=stub.addr,
-                trust_bundle_refresh=refresh,
-                service_account="backend",
-            )
-            async with running_agent(front) as frontend, running_agent(back) as backend:
-                yield Mesh(stub, frontend, backend, gospiffe)
-    finally:
-        await stub.stop()
+    with short_dir() as a, short_dir() as b:
+        front = agent_config(
+            pair.a, a, trust_domain=A, service_account="frontend", trust_bundle_refresh=refresh
+        )
+        back = agent_config(
+            pair.b, b, trust_domain=B, service_account="backend", trust_bundle_refresh=refresh
+        )
+        async with running_agent(front) as frontend, running_agent(back) as backend:
+            await until_federated(frontend, B)
+            await until_federated(backend, A)
+            yield Mesh(pair, frontend, backend, gospiffe)
 
 
 async def test_x509_source_returns_and_the_svid_verifies(mesh: Mesh) -> None:
@@ -105,32 +110,40 @@ async def test_x509_source_returns_and_the_svid_verifies(mesh: Mesh) -> None:
 
 
 async def test_bundle_source_returns_with_own_and_federated_authorities(mesh: Mesh) -> None:
-    root = self_signed_root(
-        key=generate_key(KeyType.EC_P256), trust_domain=TrustDomain(FOREIGN), now=datetime.now(UTC)
-    )
-    mesh.stub.federate(FOREIGN, Domain(roots=[root], keys=[new_key("f1"), new_key("f2")]))
-    await _until_federated(mesh.frontend)
-    run = await mesh.run(mesh.frontend, "bundles", "-td", f"cluster.local,{FOREIGN}")
+    run = await mesh.run(mesh.frontend, "bundles", "-td", f"{A},{B}")
     assert run.code == 0, run.err
-    assert run.out == {
-        "cluster.local": {"x509_authorities": 1, "jwt_authorities": 1},
-        FOREIGN: {"x509_authorities": 1, "jwt_authorities": 2},
+    kids = {
+        td: jwt_kids(admin(mesh.pair.ca(td), "/v1/trust-bundle?format=spiffe")) for td in (A, B)
     }
+    assert run.out == {
+        A: {"x509_authorities": 1, "jwt_authorities": len(kids[A])},
+        B: {"x509_authorities": 1, "jwt_authorities": len(kids[B])},
+    }
+    assert all(kids.values())
 
 
 async def test_jwt_svid_minted_for_a_validates_at_b_for_its_audience_only(mesh: Mesh) -> None:
-    minted = await mesh.run(mesh.frontend, "jwt", "-audience", "backend")
+    """Minted by CA A for A's workload; B's agent and go-spiffe at B check it with a.test's JWT
+    keys, which CA B fetched from CA A's bundle endpoint (the initial bundle had none)."""
+    minted = await mesh.run(mesh.frontend, "jwt", "-audience", BACKEND)
     assert minted.code == 0, minted.err
-    assert minted.out["spiffe_id"] == FRONTEND and minted.out["audience"] == ["backend"]
+    assert minted.out["spiffe_id"] == FRONTEND and minted.out["audience"] == [BACKEND]
     token = minted.out["token"]
-    ok = await mesh.run(mesh.backend, "validate", "-audience", "backend", "-token", token)
+    ok = await mesh.run(mesh.backend, "validate", "-audience", BACKEND, "-token", token)
     assert ok.code == 0, ok.err
     assert ok.out == {"local": FRONTEND, "agent": FRONTEND}
-    refused = await mesh.run(mesh.backend, "validate", "-audience", "payments", "-token", token)
+    other = spiffe_id(B, "payments")
+    refused = await mesh.run(mesh.backend, "validate", "-audience", other, "-token", token)
     assert refused.code == 1 and "audience" in refused.err.lower(), refused.err
 
 
-async def test_mtls_between_two_agents_with_exact_id_authorization(mesh: Mesh) -> None:
+@pytest.mark.parametrize("trust", ["x509-source", "bundle-source"])
+async def test_mtls_across_trust_domains_with_exact_id_authorization(
+    mesh: Mesh, trust: str
+) -> None:
+    """A (a.test) dials B (b.test), each authorizing exactly the other's foreign ID and
+    verifying it with the federated bundle: from the X509Source's bundle set, or from a
+    separate `NewBundleSource`."""
     socket = str(mesh.backend.agent.config.socket_path.resolve())
     server = await asyncio.create_subprocess_exec(
         str(mesh.binary),
@@ -139,6 +152,8 @@ async def test_mtls_between_two_agents_with_exact_id_authorization(mesh: Mesh) -
         socket,
         "-allow",
         FRONTEND,
+        "-trust",
+        trust,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -147,13 +162,13 @@ async def test_mtls_between_two_agents_with_exact_id_authorization(mesh: Mesh) -
         line = (await asyncio.wait_for(server.stdout.readline(), 40)).decode()
         assert line.startswith("listening "), line
         addr = line.split()[1]
-        ok = await mesh.run(mesh.frontend, "dial", "-addr", addr, "-expect", BACKEND)
+        ok = await mesh.run(
+            mesh.frontend, "dial", "-addr", addr, "-expect", BACKEND, "-trust", trust
+        )
         assert ok.code == 0, ok.err
         assert ok.out == {"answer": f"hello {FRONTEND}"}
         # the client insists on another server identity: refused by go-spiffe's authorizer
-        wrong = await mesh.run(
-            mesh.frontend, "dial", "-addr", addr, "-expect", "spiffe://cluster.local/ns/demo/sa/x"
-        )
+        wrong = await mesh.run(mesh.frontend, "dial", "-addr", addr, "-expect", spiffe_id(B, "x"))
         assert wrong.code == 1 and "unexpected ID" in wrong.err, wrong.err
         # the server allows only the frontend: the backend's own SVID is refused
         other = await mesh.run(mesh.backend, "dial", "-addr", addr, "-expect", BACKEND)
@@ -161,12 +176,3 @@ async def test_mtls_between_two_agents_with_exact_id_authorization(mesh: Mesh) -
     finally:
         server.kill()
         await server.wait()
-
-
-async def _until_federated(agent: LiveAgent) -> None:
-    async with asyncio.timeout(10):
-        while True:
-            bundles = agent.agent.cache.snapshot.bundles
-            if bundles is not None and bundles.for_trust_domain(FOREIGN) is not None:
-                return
-            await asyncio.sleep(0.05)

@@ -11,6 +11,9 @@
 //	                                         agent's ValidateJWTSVID
 //	serve    -socket S -listen H:P -allow ID  mTLS server authorizing exactly ID
 //	dial     -socket S -addr H:P -expect ID   mTLS client authorizing exactly ID
+//
+// serve and dial trust the X509Source's own bundle set by default; with -trust bundle-source
+// they verify the peer with a separate NewBundleSource instead (federated bundles included).
 package main
 
 import (
@@ -26,6 +29,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
@@ -34,8 +38,8 @@ import (
 )
 
 type options struct {
-	socket, audience, token, tds, listen, addr, peer string
-	timeout                                          time.Duration
+	socket, audience, token, tds, listen, addr, peer, trust string
+	timeout                                                 time.Duration
 }
 
 func main() {
@@ -53,6 +57,7 @@ func main() {
 	fs.StringVar(&o.addr, "addr", "", "dial: server address")
 	fs.StringVar(&o.peer, "allow", "", "serve: the one client SPIFFE ID allowed")
 	fs.StringVar(&o.peer, "expect", "", "dial: the one server SPIFFE ID allowed")
+	fs.StringVar(&o.trust, "trust", "x509-source", "serve/dial: x509-source or bundle-source")
 	fs.DurationVar(&o.timeout, "timeout", 20*time.Second, "give up after")
 	_ = fs.Parse(os.Args[2:])
 	ctx, cancel := context.WithTimeout(context.Background(), o.timeout)
@@ -72,9 +77,9 @@ func main() {
 		out, err = validate(ctx, addr, o)
 	case "serve":
 		cancel() // a server runs until killed
-		err = serve(context.Background(), clientOpt, o)
+		err = serve(context.Background(), clientOpt, addr, o)
 	case "dial":
-		out, err = dial(ctx, clientOpt, o)
+		out, err = dial(ctx, clientOpt, addr, o)
 	default:
 		err = fmt.Errorf("unknown subcommand %q", cmd)
 	}
@@ -165,7 +170,22 @@ func validate(ctx context.Context, opt workloadapi.ClientOption, o options) (any
 	return map[string]any{"local": local.ID.String(), "agent": remote.ID.String()}, nil
 }
 
-func serve(ctx context.Context, opt workloadapi.X509SourceOption, o options) error {
+// trustSource: the bundles a peer is verified with, per -trust; the closer releases it.
+func trustSource(ctx context.Context, svids *workloadapi.X509Source, addr workloadapi.ClientOption, o options) (x509bundle.Source, func(), error) {
+	switch o.trust {
+	case "x509-source":
+		return svids, func() {}, nil
+	case "bundle-source":
+		bundles, err := workloadapi.NewBundleSource(ctx, workloadapi.WithClientOptions(addr))
+		if err != nil {
+			return nil, nil, fmt.Errorf("NewBundleSource: %w", err)
+		}
+		return bundles, func() { _ = bundles.Close() }, nil
+	}
+	return nil, nil, fmt.Errorf("unknown -trust %q", o.trust)
+}
+
+func serve(ctx context.Context, opt workloadapi.X509SourceOption, addr workloadapi.ClientOption, o options) error {
 	allowed, err := spiffeid.FromString(o.peer)
 	if err != nil {
 		return err
@@ -175,7 +195,12 @@ func serve(ctx context.Context, opt workloadapi.X509SourceOption, o options) err
 		return fmt.Errorf("NewX509Source: %w", err)
 	}
 	defer source.Close()
-	config := tlsconfig.MTLSServerConfig(source, source, tlsconfig.AuthorizeID(allowed))
+	trust, release, err := trustSource(ctx, source, addr, o)
+	if err != nil {
+		return err
+	}
+	defer release()
+	config := tlsconfig.MTLSServerConfig(source, trust, tlsconfig.AuthorizeID(allowed))
 	listener, err := tls.Listen("tcp", o.listen, config)
 	if err != nil {
 		return err
@@ -203,7 +228,7 @@ func answer(conn *tls.Conn) {
 	fmt.Fprintf(conn, "hello %s\n", peer)
 }
 
-func dial(ctx context.Context, opt workloadapi.X509SourceOption, o options) (any, error) {
+func dial(ctx context.Context, opt workloadapi.X509SourceOption, addr workloadapi.ClientOption, o options) (any, error) {
 	expected, err := spiffeid.FromString(o.peer)
 	if err != nil {
 		return nil, err
@@ -213,7 +238,12 @@ func dial(ctx context.Context, opt workloadapi.X509SourceOption, o options) (any
 		return nil, fmt.Errorf("NewX509Source: %w", err)
 	}
 	defer source.Close()
-	config := tlsconfig.MTLSClientConfig(source, source, tlsconfig.AuthorizeID(expected))
+	trust, release, err := trustSource(ctx, source, addr, o)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	config := tlsconfig.MTLSClientConfig(source, trust, tlsconfig.AuthorizeID(expected))
 	dialer := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: config}
 	conn, err := dialer.DialContext(ctx, "tcp", o.addr)
 	if err != nil {

@@ -1,0 +1,25 @@
+"""Fixtures of the federation suite: one federated pair of real CAs (a.test, b.test) for the
+whole package, short per-test directories for agent sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent.support import short_dir
+from tests.federation.pair import FederatedPair, federated_pair
+
+
+@pytest.fixture(scope="package")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FederatedPair]:
+    with federated_pair(tmp_path_factory.mktemp("federation")) as cas:
+        yield cas
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """A per-test directory with a short path, for unix sockets."""
+    with short_dir() as path:
+        yield path
