@@ -65,6 +65,14 @@ class Authentication:
 
     def __init__(self, authenticators: Sequence[Authenticator]) -> None:
         self.authenticators = tuple(authenticators)
+        self._deciders = {
+            a.name: a for a in self.authenticators if isinstance(a, ImpersonationAuthority)
+        }
+
+    @property
+    def impersonation_may_block(self) -> bool:
+        """Whether `authorize_impersonation` may call the API server (then run it off the loop)."""
+        return bool(self._deciders)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -82,12 +90,9 @@ class Authentication:
         any other authenticator is refused. Without Kubernetes the static list alone rules.
         May call the API server: run it off the event loop.
         """
-        deciders = {
-            a.name: a for a in self.authenticators if isinstance(a, ImpersonationAuthority)
-        }
-        if not deciders:
+        if not self._deciders:
             return
-        decider = deciders.get(caller.authenticator)
+        decider = self._deciders.get(caller.authenticator)
         if decider is None:
             raise ImpersonationRefused(
                 f"{caller.spiffe_id} may not impersonate: with Kubernetes, impersonation needs "

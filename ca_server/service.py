@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
-from typing import Protocol
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol, TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 from ca_server.authn import IdentityExtractionError, workload_identity
 from ca_server.errors import (
@@ -43,6 +44,9 @@ from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
+M = TypeVar("M", bound=Message)
+# What a caller is told about an exception no CaError describes (a bug): its text stays in our log.
+UNEXPECTED = CaError("internal error in the CA; see its log")
 
 
 class CallerAuthentication(Protocol):
@@ -55,6 +59,10 @@ class CallerAuthentication(Protocol):
 
     def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
         """Raise `ImpersonationRefused` unless `caller` may act as `namespace/account`."""
+
+    @property
+    def impersonation_may_block(self) -> bool:
+        """Whether `authorize_impersonation` may wait on I/O."""
 
 
 class CsrSigner(Protocol):
@@ -69,22 +77,22 @@ class Overloaded(CaError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-@dataclass(frozen=True, slots=True)
-class UndecodableRequest:
-    """What the request deserializer hands the servicer for bytes that are no request."""
-
-    reason: str
+class UndecodableRequest(InvalidRequest):
+    """What a request deserializer hands the servicer for bytes that are no request;
+    the servicer raises it (INVALID_ARGUMENT)."""
 
 
-def decode_request(data: bytes) -> ca_pb2.IstioCertificateRequest | UndecodableRequest:
-    """Request deserializer that never raises: grpc would answer UNKNOWN and log a traceback."""
-    try:
-        return ca_pb2.IstioCertificateRequest.FromString(data)
-    except DecodeError:
-        # upb says "Error parsing message" for both bad wire data and a non-UTF-8 `csr`
-        return UndecodableRequest(
-            "request is not a valid IstioCertificateRequest (bad protobuf or a csr that is not UTF-8)"
-        )
+def never_raising_decoder(message: type[M], what: str) -> Callable[[bytes], M | UndecodableRequest]:
+    """A request deserializer that never raises (grpc would answer UNKNOWN and log a traceback)."""
+
+    def decode(data: bytes) -> M | UndecodableRequest:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            # upb says "Error parsing message" for bad wire data and for a non-UTF-8 string
+            return UndecodableRequest(f"request is not a valid {what}")
+
+    return decode
 
 
 def add_to_server(service: CertificateService, server: grpc.aio.Server) -> None:
@@ -92,11 +100,40 @@ def add_to_server(service: CertificateService, server: grpc.aio.Server) -> None:
     handlers = {
         "CreateCertificate": grpc.unary_unary_rpc_method_handler(
             service.CreateCertificate,
-            request_deserializer=decode_request,
+            request_deserializer=never_raising_decoder(
+                ca_pb2.IstioCertificateRequest,
+                "IstioCertificateRequest (bad protobuf or a csr that is not UTF-8)",
+            ),
             response_serializer=ca_pb2.IstioCertificateResponse.SerializeToString,
         )
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+async def authenticate_call(
+    authn: CallerAuthentication, context: grpc.aio.ServicerContext
+) -> Caller:
+    """The caller of a call: on the event loop when no I/O is needed, else in a thread."""
+    creds = credentials_of(context)
+    if authn.may_block(creds):
+        return await asyncio.to_thread(authn.authenticate, creds)
+    return authn.authenticate(creds)
+
+
+def note_refusal(
+    metrics: CaMetrics,
+    events: CaEventLog,
+    exc: CaError,
+    *,
+    caller: Caller | None,
+    peer: str,
+) -> None:
+    """Count and log one refused call (the same for every service of the CA)."""
+    reason = refusal_reason(exc)
+    metrics.refused(reason=reason, code=exc.code.name)
+    events.refused(
+        code=exc.code.name, reason=reason, message=exc.public_message, caller=caller, peer=peer
+    )
 
 
 def credentials_of(context: grpc.aio.ServicerContext) -> RequestCredentials:
@@ -177,22 +214,18 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
                 raise Overloaded("the CA is at its limit of concurrent requests; retry shortly")
             chain = await self._create(request, context, call)
         except CaError as exc:
-            self._refused(exc.code, refusal_reason(exc), exc.public_message, call)
+            note_refusal(self._metrics, self._events, exc, caller=call.caller, peer=call.peer)
             await context.abort(exc.code, exc.public_message)
         except Exception:
             log.exception("unexpected error in CreateCertificate")
-            self._refused(grpc.StatusCode.INTERNAL, "internal", "unexpected error", call)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA; see its log")
+            note_refusal(
+                self._metrics, self._events, UNEXPECTED, caller=call.caller, peer=call.peer
+            )
+            await context.abort(UNEXPECTED.code, UNEXPECTED.public_message)
         finally:
             self._in_flight -= 1
             self._metrics.call_duration.observe(time.perf_counter() - started)
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
-
-    def _refused(self, code: grpc.StatusCode, reason: str, message: str, call: _Call) -> None:
-        self._metrics.refused(reason=reason, code=code.name)
-        self._events.refused(
-            code=code.name, reason=reason, message=message, caller=call.caller, peer=call.peer
-        )
 
     async def _create(
         self,
@@ -203,7 +236,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         metrics = self._metrics
         metrics.csr_count.inc()
         if isinstance(request, UndecodableRequest):
-            raise InvalidRequest(request.reason)
+            raise request
         try:
             call.caller = await self._authenticate(context)
             call.caller = caller = await self._impersonate(call.caller, request)
@@ -237,10 +270,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             raise
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
-        creds = credentials_of(context)
-        if self._authn.may_block(creds):
-            return await asyncio.to_thread(self._authn.authenticate, creds)
-        return self._authn.authenticate(creds)
+        return await authenticate_call(self._authn, context)
 
     async def _impersonate(
         self, caller: Caller, request: ca_pb2.IstioCertificateRequest
@@ -265,7 +295,10 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             raise ImpersonationRefused(
                 f"ImpersonatedIdentity {shown(target)} is not a workload of this trust domain"
             )
-        await asyncio.to_thread(self._authn.authorize_impersonation, caller, *account)  # node-bound
+        if self._authn.impersonation_may_block:  # node-bound: asks the API server
+            await asyncio.to_thread(self._authn.authorize_impersonation, caller, *account)
+        else:
+            self._authn.authorize_impersonation(caller, *account)
         return replace(
             caller,
             spiffe_id=workload_identity(self._trust_domain, *account),

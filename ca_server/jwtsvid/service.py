@@ -9,23 +9,29 @@ recorded before it is returned, and an error in the record sends nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
 import grpc
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
-from ca_server.errors import AuthenticationError, CaError, InvalidRequest, UpstreamUnavailable
+from ca_server.errors import AuthenticationError, CaError, UpstreamUnavailable
 from ca_server.identity import Caller
 from ca_server.jwtsvid.keyset import KeyFile, signing_key
 from ca_server.jwtsvid.minter import check_audiences, lifetime, mint
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 from ca_server.record import Recorder
-from ca_server.service import CallerAuthentication, credentials_of, refusal_reason
+from ca_server.service import (
+    UNEXPECTED,
+    CallerAuthentication,
+    UndecodableRequest,
+    authenticate_call,
+    never_raising_decoder,
+    note_refusal,
+)
 from protos.bulwark.v1 import identity_pb2
 
 log = logging.getLogger(__name__)
@@ -34,18 +40,7 @@ M = TypeVar("M", bound=Message)
 Clock = Callable[[], datetime]
 
 
-class Undecodable(InvalidRequest):
-    """The request bytes are not the method's request message."""
-
-
-def _decoder(message: type[M]) -> Callable[[bytes], M | Undecodable]:
-    def decode(data: bytes) -> M | Undecodable:
-        try:
-            return message.FromString(data)
-        except DecodeError:
-            return Undecodable(f"request is not a valid {message.DESCRIPTOR.name}")
-
-    return decode
+Undecodable = UndecodableRequest  # what the request decoders hand over for bytes that are none
 
 
 class WorkloadIdentityService:
@@ -96,12 +91,12 @@ class WorkloadIdentityService:
             if self._recorder is not None:
                 await self._recorder.record(minted.entry)  # failure: INTERNAL, nothing sent
         except CaError as exc:
-            self._refused(exc.code, refusal_reason(exc), exc.public_message, caller, context)
+            self._refused(exc, caller, context)
             await context.abort(exc.code, exc.public_message)
         except Exception:
             log.exception("unexpected error in MintJWTSVID")
-            self._refused(grpc.StatusCode.INTERNAL, "internal", "unexpected error", caller, context)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA; see its log")
+            self._refused(UNEXPECTED, caller, context)
+            await context.abort(UNEXPECTED.code, UNEXPECTED.public_message)
         self._events.issued(minted.entry, peer=context.peer())
         return identity_pb2.MintJWTSVIDResponse(
             spiffe_id=minted.entry.spiffe_id,
@@ -121,38 +116,27 @@ class WorkloadIdentityService:
             caller = await self._authenticate(context)
             bundles = dict(self._bundles())
         except CaError as exc:
-            self._refused(exc.code, refusal_reason(exc), exc.public_message, caller, context)
+            self._refused(exc, caller, context)
             await context.abort(exc.code, exc.public_message)
         except Exception:
             log.exception("unexpected error in FetchTrustBundles")
-            self._refused(grpc.StatusCode.INTERNAL, "internal", "unexpected error", caller, context)
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the CA; see its log")
+            self._refused(UNEXPECTED, caller, context)
+            await context.abort(UNEXPECTED.code, UNEXPECTED.public_message)
         return identity_pb2.FetchTrustBundlesResponse(
             trust_domain=self._trust_domain, bundles=bundles
         )
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         try:
-            creds = credentials_of(context)
-            if self._authn.may_block(creds):
-                return await asyncio.to_thread(self._authn.authenticate, creds)
-            return self._authn.authenticate(creds)
+            return await authenticate_call(self._authn, context)
         except AuthenticationError:
             self._metrics.auth_failures.inc()
             raise
 
     def _refused(
-        self,
-        code: grpc.StatusCode,
-        reason: str,
-        message: str,
-        caller: Caller | None,
-        context: grpc.aio.ServicerContext,
+        self, exc: CaError, caller: Caller | None, context: grpc.aio.ServicerContext
     ) -> None:
-        self._metrics.refused(reason=reason, code=code.name)
-        self._events.refused(
-            code=code.name, reason=reason, message=message, caller=caller, peer=context.peer()
-        )
+        note_refusal(self._metrics, self._events, exc, caller=caller, peer=context.peer())
 
 
 def add_to_server(service: WorkloadIdentityService, server: grpc.aio.Server) -> None:
@@ -160,12 +144,16 @@ def add_to_server(service: WorkloadIdentityService, server: grpc.aio.Server) -> 
     handlers = {
         "MintJWTSVID": grpc.unary_unary_rpc_method_handler(
             service.MintJWTSVID,
-            request_deserializer=_decoder(identity_pb2.MintJWTSVIDRequest),
+            request_deserializer=never_raising_decoder(
+                identity_pb2.MintJWTSVIDRequest, "MintJWTSVIDRequest"
+            ),
             response_serializer=identity_pb2.MintJWTSVIDResponse.SerializeToString,
         ),
         "FetchTrustBundles": grpc.unary_unary_rpc_method_handler(
             service.FetchTrustBundles,
-            request_deserializer=_decoder(identity_pb2.FetchTrustBundlesRequest),
+            request_deserializer=never_raising_decoder(
+                identity_pb2.FetchTrustBundlesRequest, "FetchTrustBundlesRequest"
+            ),
             response_serializer=identity_pb2.FetchTrustBundlesResponse.SerializeToString,
         ),
     }
