@@ -6,14 +6,12 @@ keys carry a `kid`). The agent serves them in two forms: X.509 roots (DER)
 for `FetchX509SVID.federated_bundles`, `FetchX509Bundles` and the SDS
 `ROOTCA`, and a JWKS of the JWT keys alone for `FetchJWTBundles` (go-spiffe's
 `jwtbundle.Parse` refuses a key without `kid`, so X.509 entries stay out).
-Only `json`, `base64` and the already loaded X.509 parser are used here: the
+Documents are read by `certs.spiffe_bundle` (json, base64, the already loaded X.509 parser): the
 JWT library is loaded by the first JWT RPC, not at start.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import logging
@@ -27,12 +25,12 @@ from cryptography import x509
 
 from agent.errors import AgentError
 from agent.logs import printable
-from certs.errors import InvalidSpiffeId
+from certs.errors import InvalidBundle, InvalidSpiffeId
+from certs.spiffe_bundle import bundle_document, x509_authorities
 from certs.spiffe_id import TrustDomain
 
 log = logging.getLogger(__name__)
 
-MAX_BUNDLE_BYTES = 1 << 20  # one trust domain's document
 MAX_TRUST_DOMAINS = 64
 EMPTY_JWKS = b'{"keys":[]}'
 
@@ -142,24 +140,14 @@ def parse_bundle(name: str, document: bytes) -> DomainBundle:
         td = TrustDomain(name.removeprefix("spiffe://"))
     except InvalidSpiffeId as exc:
         raise BundleInvalid(f"trust domain name: {exc}") from None
-    if len(document) > MAX_BUNDLE_BYTES:
-        raise BundleInvalid(f"document of {len(document)} bytes exceeds {MAX_BUNDLE_BYTES}")
     try:
-        doc = json.loads(document)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleInvalid(f"not JSON: {exc}") from None
-    keys = doc.get("keys") if isinstance(doc, dict) else None
-    if not isinstance(keys, list):
-        raise BundleInvalid("no 'keys' list")
-    roots: list[x509.Certificate] = []
+        doc = bundle_document(document)
+        roots = x509_authorities(doc)
+    except InvalidBundle as exc:
+        raise BundleInvalid(str(exc)) from None
     jwt_keys: list[Mapping[str, Any]] = []
-    for key in keys:
-        if not isinstance(key, dict):
-            raise BundleInvalid("a key is not a JSON object")
-        use = key.get("use")
-        if use == "x509-svid":
-            roots.append(_x5c_certificate(key))
-        elif use == "jwt-svid":
+    for key in doc["keys"]:
+        if key.get("use") == "jwt-svid":
             if not isinstance(key.get("kid"), str) or not key["kid"]:
                 raise BundleInvalid("a jwt-svid key has no 'kid'")
             jwt_keys.append(MappingProxyType(dict(key)))
@@ -170,16 +158,6 @@ def parse_bundle(name: str, document: bytes) -> DomainBundle:
         sequence=_int_or_none(doc.get("spiffe_sequence")),
         refresh_hint=_hint(doc.get("spiffe_refresh_hint")),
     )
-
-
-def _x5c_certificate(key: Mapping[str, Any]) -> x509.Certificate:
-    chain = key.get("x5c")
-    if not isinstance(chain, list) or len(chain) != 1 or not isinstance(chain[0], str):
-        raise BundleInvalid("an x509-svid key must carry exactly one certificate in 'x5c'")
-    try:
-        return x509.load_der_x509_certificate(base64.b64decode(chain[0], validate=True))
-    except (binascii.Error, ValueError) as exc:
-        raise BundleInvalid(f"an x509-svid certificate does not parse: {exc}") from None
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -5,7 +5,8 @@ CertsError
 ├── UnsupportedKey       key type or size outside the allow-list
 ├── CsrError             CSR unparsable, oversized, badly signed or asking for CA powers
 ├── ChainError           a chain does not verify against the given roots
-└── SvidError            a certificate breaks the X.509-SVID rules
+├── SvidError            a certificate breaks the X.509-SVID rules
+└── InvalidBundle        a SPIFFE bundle document cannot be read
 """
 
 from __future__ import annotations
@@ -37,3 +38,7 @@ class SvidError(CertsError):
     def __init__(self, violations: list[str]) -> None:
         super().__init__("; ".join(violations))
         self.violations = violations
+
+
+class InvalidBundle(CertsError):
+    """A SPIFFE bundle document is not JSON, has no keys list, or holds a bad authority."""

@@ -6,8 +6,6 @@ identity. A bundle is only ever replaced by a valid one: a failed or bad fetch k
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 from pathlib import Path
@@ -15,11 +13,11 @@ from typing import Any
 
 from cryptography import x509
 
+from certs.errors import InvalidBundle
 from certs.files import write_atomic
 from certs.pem import bundle_pem
+from certs.spiffe_bundle import bundle_document, x509_authorities
 from certs.spiffe_id import TrustDomain
-
-MAX_BUNDLE_BYTES = 1 << 20
 
 
 class BadBundle(ValueError):
@@ -27,17 +25,16 @@ class BadBundle(ValueError):
 
 
 def parse_bundle(data: bytes) -> dict[str, Any]:
-    """The bundle document of `data`; `BadBundle` unless it is a JWKS with at least one key."""
-    if len(data) > MAX_BUNDLE_BYTES:
-        raise BadBundle(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+    """The bundle document of `data`; `BadBundle` unless it is a JWKS with at least one key,
+    each of a known `use`."""
     try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadBundle(f"bundle is not JSON ({type(exc).__name__})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list) or not doc["keys"]:
+        doc = bundle_document(data)
+    except InvalidBundle as exc:
+        raise BadBundle(str(exc)) from None
+    if not doc["keys"]:
         raise BadBundle("bundle has no `keys`")
     for key in doc["keys"]:
-        if not isinstance(key, dict) or key.get("use") not in ("x509-svid", "jwt-svid"):
+        if key.get("use") not in ("x509-svid", "jwt-svid"):
             raise BadBundle("every bundle key needs `use` x509-svid or jwt-svid")
     x509_roots(doc)  # every x509-svid key must hold one certificate
     return doc
@@ -45,18 +42,10 @@ def parse_bundle(data: bytes) -> dict[str, Any]:
 
 def x509_roots(doc: dict[str, Any]) -> list[x509.Certificate]:
     """The X.509 authorities of a bundle document."""
-    roots = []
-    for key in doc["keys"]:
-        if key.get("use") != "x509-svid":
-            continue
-        x5c = key.get("x5c")
-        if not isinstance(x5c, list) or len(x5c) != 1 or not isinstance(x5c[0], str):
-            raise BadBundle("an x509-svid key must have exactly one certificate in `x5c`")
-        try:
-            roots.append(x509.load_der_x509_certificate(base64.b64decode(x5c[0], validate=True)))
-        except (ValueError, binascii.Error) as exc:
-            raise BadBundle(f"an x509-svid key's certificate does not parse: {exc}") from None
-    return roots
+    try:
+        return x509_authorities(doc)
+    except InvalidBundle as exc:
+        raise BadBundle(str(exc)) from None
 
 
 def sequence_of(doc: dict[str, Any]) -> int:
