@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from ca_server.errors import AuthenticationError
 from certs.spiffe_id import SpiffeId
@@ -24,6 +25,34 @@ class Caller:
     cluster_id: str = ""
     peer: str = ""
     expires_at: float | None = None  # epoch seconds the credential stops being valid
+
+    def record_fields(self) -> CallerRecord:
+        """What the issuance record keeps of the caller, for any kind of issued credential."""
+        return CallerRecord(
+            spiffe_id=str(self.spiffe_id),
+            namespace=self.namespace,
+            service_account=self.service_account,
+            authenticator=self.authenticator,
+            subject=self.subject,
+            pod_name=self.pod_name,
+            pod_uid=self.pod_uid,
+            peer=self.peer,
+            cluster_id=self.cluster_id,
+        )
+
+
+class CallerRecord(TypedDict):
+    """The caller's columns of `ca_server.record.IssuedCertificate`."""
+
+    spiffe_id: str
+    namespace: str
+    service_account: str
+    authenticator: str
+    subject: str
+    pod_name: str
+    pod_uid: str
+    peer: str
+    cluster_id: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
