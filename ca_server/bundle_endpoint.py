@@ -27,9 +27,7 @@ from ca_server.datadir import private_dir
 from ca_server.federation.peers import bundle_endpoint_id
 from ca_server.material import CaMaterial
 from certs.files import write_atomic
-from certs.keys import KeyType, generate_key, private_key_pem
-from certs.pem import sha256_fingerprint, to_pem
-from certs.profile import leaf_certificate
+from certs.pem import sha256_fingerprint
 from certs.spiffe_id import TrustDomain
 
 log = logging.getLogger(__name__)
@@ -77,22 +75,15 @@ class ServingIdentity:
         if stamp == self._loaded and now < self._renew_at:
             return
         private_dir(self._dir, what="bundle endpoint directory")
-        key = generate_key(KeyType.EC_P256)
-        leaf = leaf_certificate(
-            spiffe_id=bundle_endpoint_id(self._td),
-            public_key=key.public_key(),
-            issuer_cert=material.signing_cert,
-            issuer_key=material.signing_key,
-            now=now,
-            ttl=ENDPOINT_SVID_TTL,
+        issued = material.issue_server_certificate(
+            now=now, ttl=ENDPOINT_SVID_TTL, spiffe_id=bundle_endpoint_id(self._td)
         )
-        chain = to_pem(leaf) + "".join(to_pem(c) for c in material.chain)
         cert_path, key_path = self._dir / "svid.pem", self._dir / "svid-key.pem"
-        write_atomic(key_path, private_key_pem(key), mode=0o600)
-        write_atomic(cert_path, chain.encode(), mode=0o600)
+        write_atomic(key_path, issued.key_pem, mode=0o600)
+        write_atomic(cert_path, issued.chain_pem, mode=0o600)
         self.context.load_cert_chain(cert_path, key_path)
         self._loaded = stamp
-        self._renew_at = now + (leaf.not_valid_after_utc - now) / 2
+        self._renew_at = now + (issued.leaf.not_valid_after_utc - now) / 2
 
 
 def _response(status: str, body: bytes, content_type: str = "application/json") -> bytes:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -24,8 +24,8 @@ from certs.keys import (
     spki_der,
 )
 from certs.pem import bundle_pem, load_certificates, to_pem
-from certs.profile import self_signed_root
-from certs.spiffe_id import TrustDomain
+from certs.profile import leaf_certificate, self_signed_root
+from certs.spiffe_id import SpiffeId, TrustDomain
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +45,38 @@ class CaMaterial:
     def response_tail(self) -> list[str]:
         """What follows the leaf in every response: each chain cert, then the roots as one element."""
         return [to_pem(c) for c in self.chain] + [self.root_bundle_pem]
+
+    def issue_server_certificate(
+        self,
+        *,
+        now: datetime,
+        ttl: timedelta,
+        dns_names: tuple[str, ...] = (),
+        spiffe_id: SpiffeId | None = None,
+    ) -> ServerCertificate:
+        """A fresh P-256 key and a TLS certificate for one of the CA's own servers (its gRPC
+        port, istiod, the bundle endpoint), signed by this material, with the chain after it."""
+        key = generate_key(KeyType.EC_P256)
+        leaf = leaf_certificate(
+            spiffe_id=spiffe_id,
+            public_key=key.public_key(),
+            issuer_cert=self.signing_cert,
+            issuer_key=self.signing_key,
+            now=now,
+            ttl=ttl,
+            dns_names=dns_names,
+        )
+        chain = to_pem(leaf) + "".join(to_pem(c) for c in self.chain)
+        return ServerCertificate(leaf=leaf, chain_pem=chain.encode(), key_pem=private_key_pem(key))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCertificate:
+    """What `CaMaterial.issue_server_certificate` returns; `key_pem` is a secret."""
+
+    leaf: x509.Certificate
+    chain_pem: bytes
+    key_pem: bytes
 
 
 class KeyStore(Protocol):

@@ -51,9 +51,6 @@ from ca_server.worker import MaterialPems, WorkerKeys, WorkerSpec
 from ca_server.worker_pool import WorkerPool, bind_socket, probe_free, reserve_port
 from certs.errors import CertsError
 from certs.files import write_atomic
-from certs.keys import KeyType, generate_key, private_key_pem
-from certs.pem import to_pem
-from certs.profile import leaf_certificate
 
 log = logging.getLogger("ca_server")
 SERVING_CERT_TTL = timedelta(days=365)
@@ -91,18 +88,10 @@ def serving_certificate(
     config: CaConfig, material: CaMaterial, now: datetime
 ) -> tuple[bytes, bytes]:
     """A TLS certificate for port 15012 issued by the CA itself: (chain PEM, key PEM)."""
-    key = generate_key(KeyType.EC_P256)
-    cert = leaf_certificate(
-        spiffe_id=None,
-        public_key=key.public_key(),
-        issuer_cert=material.signing_cert,
-        issuer_key=material.signing_key,
-        now=now,
-        ttl=SERVING_CERT_TTL,
-        dns_names=config.server_dns_names,
+    issued = material.issue_server_certificate(
+        now=now, ttl=SERVING_CERT_TTL, dns_names=config.server_dns_names
     )
-    chain = to_pem(cert) + "".join(to_pem(c) for c in material.chain)
-    return chain.encode(), private_key_pem(key)
+    return issued.chain_pem, issued.key_pem
 
 
 def serve(config: CaConfig, *, log_level: int = logging.INFO, log_format: str = "text") -> int:

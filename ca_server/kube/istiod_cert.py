@@ -31,9 +31,8 @@ from lightkube.resources.core_v1 import Secret
 from ca_server.kube.settings import IstiodCertSettings
 from ca_server.material import CaMaterial
 from certs.errors import CertsError
-from certs.keys import KeyType, generate_key, load_private_key, private_key_pem, spki_der
-from certs.pem import load_certificates, to_pem
-from certs.profile import leaf_certificate
+from certs.keys import load_private_key, spki_der
+from certs.pem import load_certificates
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +76,10 @@ def issue(
     material: CaMaterial, dns_names: tuple[str, ...], ttl: timedelta, now: datetime
 ) -> dict[str, str]:
     """A fresh key and serving certificate for istiod, as the Secret's base64 data."""
-    key = generate_key(KeyType.EC_P256)
-    leaf = leaf_certificate(
-        spiffe_id=None,
-        public_key=key.public_key(),
-        issuer_cert=material.signing_cert,
-        issuer_key=material.signing_key,
-        now=now,
-        ttl=ttl,
-        dns_names=dns_names,
-    )
-    chain = to_pem(leaf) + "".join(to_pem(c) for c in material.chain)
+    issued = material.issue_server_certificate(now=now, ttl=ttl, dns_names=dns_names)
     return {
-        "tls.crt": _b64(chain.encode()),
-        "tls.key": _b64(private_key_pem(key)),
+        "tls.crt": _b64(issued.chain_pem),
+        "tls.key": _b64(issued.key_pem),
         "ca.crt": _b64(material.root_bundle_pem.encode()),
     }
 
