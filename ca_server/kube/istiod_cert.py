@@ -111,18 +111,23 @@ class IstiodCertWriter:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._client.close()
+        if self._thread is None:
+            self._client.close()
+            return
+        # The thread closes the client as it ends: never under a request it is making.
+        self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            leader = self._is_leader()
-            if leader:
-                self._check_logged()
-            # A follower looks again soon, so a new leader writes within seconds.
-            interval = self._settings.interval_seconds
-            self._stop.wait(interval if leader else min(interval, FOLLOWER_POLL_SECONDS))
+        try:
+            while not self._stop.is_set():
+                leader = self._is_leader()
+                if leader:
+                    self._check_logged()
+                # A follower looks again soon, so a new leader writes within seconds.
+                interval = self._settings.interval_seconds
+                self._stop.wait(interval if leader else min(interval, FOLLOWER_POLL_SECONDS))
+        finally:
+            self._client.close()
 
     def _check_logged(self) -> None:
         try:

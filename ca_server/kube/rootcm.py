@@ -81,7 +81,6 @@ class RootCertPublisher:
         self._queue = _NamespaceQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._watch_clients: list[Client] = []
 
     def start(self) -> None:
         targets: list[tuple[str, Callable[[Client], None]]] = [
@@ -89,20 +88,21 @@ class RootCertPublisher:
             ("rootcm-cm-watch", self._watch_configmaps),
         ]
         for thread_name, watch in targets:
-            client = self._make_client()
-            self._watch_clients.append(client)
-            self._spawn(thread_name, self._watch_forever, watch, client)
+            self._spawn(thread_name, self._watch_forever, watch, self._make_client())
         self._spawn("rootcm-worker", self._work)
 
     def stop(self) -> None:
-        """Stop writing at once. Watch threads (daemons) notice within `watch_seconds`: their
-        clients are closed, so the next re-issued watch request fails and the thread ends."""
+        """Stop writing at once.
+
+        Each thread closes its own client when it ends: closing a client under a thread that
+        is blocked reading from it frees the socket's descriptor number while the blocked
+        read still polls it, so the next connection that gets that number (another client's
+        watch) loses bytes to the dead thread and stalls. The worker ends within a tick;
+        a watch thread (a daemon) ends at its stream's next event or error."""
         self._stop.set()
-        for client in self._watch_clients:
-            client.close()
         for thread in self._threads:
-            thread.join(timeout=0 if thread.name.endswith("watch") else 5)
-        self._client.close()
+            if thread.name == "rootcm-worker":
+                thread.join(timeout=5)
 
     def queue_all(self) -> bool:
         """Check every namespace soon (root changed, leadership gained, resync, watch gap).
@@ -127,14 +127,17 @@ class RootCertPublisher:
     # -- watches ---------------------------------------------------------------------------
 
     def _watch_forever(self, watch: Callable[[Client], None], client: Client) -> None:
-        while not self._stop.is_set():
-            try:
-                watch(client)
-            except (ApiError, httpx2.HTTPError, RuntimeError) as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("watch ended (%s); restarting", _describe(exc))
-            self._stop.wait(1.0)
+        try:
+            while not self._stop.is_set():
+                try:
+                    watch(client)
+                except (ApiError, httpx2.HTTPError, RuntimeError) as exc:
+                    if self._stop.is_set():
+                        return
+                    log.warning("watch ended (%s); restarting", _describe(exc))
+                self._stop.wait(1.0)
+        finally:
+            client.close()
 
     def _on_watch_error(self, exc: Exception, count: int) -> OnErrorResult:
         if self._stop.is_set():
@@ -183,6 +186,12 @@ class RootCertPublisher:
     # -- worker ----------------------------------------------------------------------------
 
     def _work(self) -> None:
+        try:
+            self._work_until_stopped()
+        finally:
+            self._client.close()
+
+    def _work_until_stopped(self) -> None:
         leading = False
         root = ""
         last_resync = time.monotonic()
