@@ -86,7 +86,16 @@ def formatter(log_format: str, *, process: str = "") -> logging.Formatter:
 
 
 def configure(level: int, log_format: str = "text", *, process: str = "") -> None:
-    """Send every log record of this process to stderr in `log_format` at `level`."""
+    """Send every log record of this process to stderr in `log_format` at `level`.
+
+    Neither format shows a record's source line, thread or process id, so they are not
+    collected (the logging HOWTO's "Optimization"): a worker logs a line per certificate,
+    and finding the caller's frame was the dearest part of it (issue #18).
+    """
+    logging._srcfile = None  # no findCaller frame walk
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(log_format, process=process))
     root = logging.getLogger()

@@ -111,10 +111,10 @@ def add_to_server(service: CertificateService, server: grpc.aio.Server) -> None:
 
 
 async def authenticate_call(
-    authn: CallerAuthentication, context: grpc.aio.ServicerContext
+    authn: CallerAuthentication, context: grpc.aio.ServicerContext, peer: str | None = None
 ) -> Caller:
     """The caller of a call: on the event loop when no I/O is needed, else in a thread."""
-    creds = credentials_of(context)
+    creds = credentials_of(context, peer)
     if authn.may_block(creds):
         return await asyncio.to_thread(authn.authenticate, creds)
     return authn.authenticate(creds)
@@ -136,11 +136,15 @@ def note_refusal(
     )
 
 
-def credentials_of(context: grpc.aio.ServicerContext) -> RequestCredentials:
-    """Bearer token, verified-or-not client certificate, `clusterid` header and peer of a call."""
-    token = bearer_token_of(context.invocation_metadata())  # one header, or AuthenticationError
+def credentials_of(
+    context: grpc.aio.ServicerContext, peer: str | None = None
+) -> RequestCredentials:
+    """Bearer token, verified-or-not client certificate, `clusterid` header and peer of a call
+    (`peer`: the call's peer when the caller has it already)."""
+    metadata = context.invocation_metadata() or ()
+    token = bearer_token_of(metadata)  # one header, or AuthenticationError
     cluster_id = ""
-    for key, value in context.invocation_metadata() or ():
+    for key, value in metadata:
         if key == "clusterid" and isinstance(value, str):
             cluster_id = value
     client_pem: bytes | None = None
@@ -149,7 +153,10 @@ def credentials_of(context: grpc.aio.ServicerContext) -> RequestCredentials:
         # The verified leaf first, then whatever chain the peer sent (in any order).
         client_pem = auth["x509_pem_cert"][0] + b"".join(auth.get("x509_pem_cert_chain", []))
     return RequestCredentials(
-        bearer_token=token, client_cert_pem=client_pem, cluster_id=cluster_id, peer=context.peer()
+        bearer_token=token,
+        client_cert_pem=client_pem,
+        cluster_id=cluster_id,
+        peer=context.peer() if peer is None else peer,
     )
 
 
@@ -238,7 +245,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         if isinstance(request, UndecodableRequest):
             raise request
         try:
-            call.caller = await self._authenticate(context)
+            call.caller = await authenticate_call(self._authn, context, call.peer)
             call.caller = caller = await self._impersonate(call.caller, request)
         except IdentityExtractionError:
             metrics.id_errors.inc()
@@ -269,12 +276,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
                 metrics.sign_errors.labels(error=exc.sign_error).inc()
             raise
 
-    async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
-        return await authenticate_call(self._authn, context)
-
-    async def _impersonate(
-        self, caller: Caller, request: ca_pb2.IstioCertificateRequest
-    ) -> Caller:
+    async def _impersonate(self, caller: Caller, request: ca_pb2.IstioCertificateRequest) -> Caller:
         fields = request.metadata.fields if request.HasField("metadata") else {}
         if "ImpersonatedIdentity" not in fields:
             return caller

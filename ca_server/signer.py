@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from ca_server.errors import (
     CaNotReady,
@@ -27,10 +28,10 @@ from ca_server.record import X509_SVID, IssuedCertificate
 from certs.csr import ParsedCsr, parse_csr
 from certs.errors import CertsError, CsrError, InvalidSpiffeId, UnsupportedKey
 from certs.keys import generate_key, spki_der
-from certs.pem import serial_hex, to_pem
+from certs.pem import der_to_pem, serial_hex, to_pem
 from certs.profile import LeafTemplate, leaf_certificate, random_serial
 from certs.spiffe_id import SpiffeId
-from certs.verify import verify_issued, verify_svid
+from certs.verify import verify_svid
 
 log = logging.getLogger(__name__)
 _PROBE_ID = SpiffeId.parse("spiffe://probe.invalid/ns/probe/sa/probe")
@@ -94,35 +95,62 @@ class Signer:
         try:
             prepared = self._prepare(material, now)
             # an expired chain takes the builder path, whose full verifier says so
-            template = prepared.template if now.timestamp() < prepared.chain_not_after else None
-            if template is not None:
-                # Fast path: DER template, then the issuer's signature and the SVID rules are
-                # checked on the exact bytes (the issuer's path to the roots was verified once).
-                der = template.leaf_der(
-                    spiffe_id=caller.spiffe_id,
-                    spki=parsed.spki,
-                    now=now,
-                    ttl=ttl,
-                    serial=random_serial(),
+            if prepared.template is not None and now.timestamp() < prepared.chain_not_after:
+                return self._sign_from_template(
+                    prepared, prepared.template, parsed, caller, now, ttl
                 )
-                leaf, _ = verify_issued(
-                    der, material.signing_cert, now=now, issuer_key=template.issuer_public_key
-                )
-            else:
-                leaf = leaf_certificate(
-                    spiffe_id=caller.spiffe_id,
-                    public_key=parsed.public_key,
-                    issuer_cert=material.signing_cert,
-                    issuer_key=material.signing_key,
-                    now=now,
-                    ttl=ttl,
-                )
-                verify_svid([leaf, *material.chain], material.roots, now=now)
-        except (CertsError, ValueError, TypeError) as exc:
+            leaf = leaf_certificate(
+                spiffe_id=caller.spiffe_id,
+                public_key=parsed.public_key,
+                issuer_cert=material.signing_cert,
+                issuer_key=material.signing_key,
+                now=now,
+                ttl=ttl,
+            )
+            verify_svid([leaf, *material.chain], material.roots, now=now)
+        except (CertsError, ValueError, TypeError, InvalidSignature) as exc:
             log.error("issued certificate failed its own checks: %s", exc)
             raise SigningFailed("the CA could not produce a valid certificate") from exc
         leaf_pem = to_pem(leaf)
-        entry = _entry(leaf, leaf_pem, parsed, caller, prepared.issuer_serial)
+        entry = _entry(
+            parsed,
+            caller,
+            prepared.issuer_serial,
+            serial=leaf.serial_number,
+            not_before=leaf.not_valid_before_utc,
+            not_after=leaf.not_valid_after_utc,
+            pem=leaf_pem,
+        )
+        return Issued([leaf_pem, *prepared.response_tail], entry)
+
+    @staticmethod
+    def _sign_from_template(
+        prepared: _Prepared,
+        template: LeafTemplate,
+        parsed: ParsedCsr,
+        caller: Caller,
+        now: datetime,
+        ttl: timedelta,
+    ) -> Issued:
+        """The fast path: the leaf is spliced from the DER template and never re-parsed; its
+        PEM and record entry come from the values the template encoded. The one self-check
+        is the issuer's signature over the TBS (docs/PERFORMANCE.md says why only that one):
+        the profile and the issuer's path to the roots were verified once, on a probe leaf,
+        when this material was first seen."""
+        leaf = template.issue(
+            spiffe_id=caller.spiffe_id, spki=parsed.spki, now=now, ttl=ttl, serial=random_serial()
+        )
+        template.check_signature(leaf)  # InvalidSignature: the signer produced a bad signature
+        leaf_pem = der_to_pem(leaf.der)
+        entry = _entry(
+            parsed,
+            caller,
+            prepared.issuer_serial,
+            serial=leaf.serial,
+            not_before=leaf.not_before,
+            not_after=leaf.not_after,
+            pem=leaf_pem,
+        )
         return Issued([leaf_pem, *prepared.response_tail], entry)
 
     def _prepare(self, material: CaMaterial, now: datetime) -> _Prepared:
@@ -205,16 +233,23 @@ class Signer:
 
 
 def _entry(
-    leaf: x509.Certificate, leaf_pem: str, parsed: ParsedCsr, caller: Caller, issuer_serial: str
+    parsed: ParsedCsr,
+    caller: Caller,
+    issuer_serial: str,
+    *,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+    pem: str,
 ) -> IssuedCertificate:
     return IssuedCertificate(
-        serial=serial_hex(leaf),
+        serial=format(serial, "x"),
         **caller.record_fields(),
-        not_before=leaf.not_valid_before_utc,
-        not_after=leaf.not_valid_after_utc,
+        not_before=not_before,
+        not_after=not_after,
         public_key_sha256=hashlib.sha256(parsed.spki).hexdigest(),
         csr_sha256=parsed.sha256,
         issuer_serial=issuer_serial,
-        certificate_pem=leaf_pem,
+        certificate_pem=pem,
         kind=X509_SVID,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Iterable
 
@@ -39,3 +40,10 @@ def sha256_fingerprint(cert: x509.Certificate) -> str:
 def serial_hex(cert: x509.Certificate) -> str:
     """The serial number as lowercase hex, the form the record and the CLI use."""
     return format(cert.serial_number, "x")
+
+
+def der_to_pem(der: bytes) -> str:
+    """A DER certificate as PEM, exactly as `to_pem` writes it, without parsing it."""
+    text = base64.b64encode(der).decode("ascii")
+    lines = "\n".join(text[i : i + 64] for i in range(0, len(text), 64))
+    return f"-----BEGIN CERTIFICATE-----\n{lines}\n-----END CERTIFICATE-----\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -196,6 +197,18 @@ def _spki_key_bits(spki: bytes) -> bytes:
     return spki[bits_start + 1 : bits_start + bits_len]  # skip the unused-bits octet
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TemplateLeaf:
+    """A leaf `LeafTemplate.issue` made: its DER and the values it encodes."""
+
+    der: bytes
+    tbs: bytes
+    signature: bytes
+    serial: int
+    not_before: datetime  # whole seconds, as encoded
+    not_after: datetime
+
+
 class LeafTemplate:
     """Pre-encoded workload leaf profile for one ECDSA issuer (P-256 with SHA-256, P-384 with
     SHA-384); `supports` says whether an issuer key can use it."""
@@ -256,19 +269,39 @@ class LeafTemplate:
 
     def sign(self, tbs: bytes) -> bytes:
         """The DER certificate: `tbs`, the signature algorithm and the issuer's signature."""
+        return self._signed(tbs)[0]
+
+    def _signed(self, tbs: bytes) -> tuple[bytes, bytes]:
         signature = self._key.sign(tbs, self._algorithm)
-        return _tlv(0x30, tbs + self._sig_alg + _tlv(0x03, b"\x00" + signature))
+        return _tlv(0x30, tbs + self._sig_alg + _tlv(0x03, b"\x00" + signature)), signature
+
+    def issue(
+        self, *, spiffe_id: SpiffeId, spki: bytes, now: datetime, ttl: timedelta, serial: int
+    ) -> TemplateLeaf:
+        """`leaf_der` plus the values encoded in it (validity in whole seconds, as the DER
+        holds it), so the caller needs no parse of the certificate it has just made."""
+        not_before = (now - LEAF_BACKDATE).replace(microsecond=0)
+        not_after = min(now + ttl, self.issuer_not_after).replace(microsecond=0)
+        tbs = self.tbs(
+            serial=serial, spki=spki, uri=str(spiffe_id), not_before=not_before, not_after=not_after
+        )
+        der, signature = self._signed(tbs)
+        return TemplateLeaf(
+            der=der,
+            tbs=tbs,
+            signature=signature,
+            serial=serial,
+            not_before=not_before,
+            not_after=not_after,
+        )
+
+    def check_signature(self, leaf: TemplateLeaf) -> None:
+        """Verify `leaf`'s signature over its TBS with the issuer's public key (the self-check
+        Go's x509.CreateCertificate makes); raises `InvalidSignature` on a faulty signature."""
+        self.issuer_public_key.verify(leaf.signature, leaf.tbs, self._algorithm)
 
     def leaf_der(
         self, *, spiffe_id: SpiffeId, spki: bytes, now: datetime, ttl: timedelta, serial: int
     ) -> bytes:
         """What `leaf_certificate` builds for a workload, as DER, at a fraction of its cost."""
-        not_after = min(now + ttl, self.issuer_not_after)
-        tbs = self.tbs(
-            serial=serial,
-            spki=spki,
-            uri=str(spiffe_id),
-            not_before=now - LEAF_BACKDATE,
-            not_after=not_after,
-        )
-        return self.sign(tbs)
+        return self.issue(spiffe_id=spiffe_id, spki=spki, now=now, ttl=ttl, serial=serial).der

@@ -7,7 +7,9 @@ recorder is loaded (its last commit carried several entries, or more were
 waiting when it ended) a batch starts only after `linger_s` or once it is full,
 so a busy worker commits fewer, larger batches. The event loop never
 waits on the database, and there is one thread hand-off per transaction
-instead of one per certificate.
+instead of one per certificate. Write timeouts share one timer too: it is armed for
+the oldest waiting entry's deadline and, when it fires, fails whatever is overdue
+and re-arms for the next (issue #18: no timer per certificate).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -44,6 +47,9 @@ class AsyncRecorder:
         self._timeout = managed.options.write_timeout.total_seconds()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
         self._queue: list[tuple[IssuedCertificate, asyncio.Future[None]]] = []
+        # every entry not yet answered, oldest first, with its deadline (loop time)
+        self._waiting: deque[tuple[float, IssuedCertificate, asyncio.Future[None]]] = deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._linger = linger_s
         self._lingering: asyncio.TimerHandle | None = None
         self._loaded = False  # the last commit had company: the next batch may linger
@@ -57,23 +63,29 @@ class AsyncRecorder:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
         self._queue.append((entry, done))
+        deadline = loop.time() + self._timeout
+        self._waiting.append((deadline, entry, done))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._expire_overdue)
         if self._idle.is_set():
             self._next()
         elif self._lingering is not None and len(self._queue) >= self._max_batch:
             self._lingering.cancel()  # the batch is full: no reason to wait
             self._start()
-        timer = loop.call_later(self._timeout, self._expire, entry, done)
-        try:
-            await done
-        finally:
-            timer.cancel()
+        await done
 
-    @staticmethod
-    def _expire(entry: IssuedCertificate, done: asyncio.Future[None]) -> None:
-        if not done.done():
-            # Its batch may still commit later; the certificate is not sent either way.
-            log.error("recording serial %s timed out", entry.serial)
-            done.set_exception(LedgerWriteError())
+    def _expire_overdue(self) -> None:
+        """The one write-timeout timer: fail every entry past its deadline, re-arm for the next."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        waiting = self._waiting
+        while waiting and (waiting[0][2].done() or waiting[0][0] <= now):
+            _, entry, done = waiting.popleft()
+            if not done.done():
+                # Its batch may still commit later; the certificate is not sent either way.
+                log.error("recording serial %s timed out", entry.serial)
+                done.set_exception(LedgerWriteError())
+        self._watchdog = loop.call_at(waiting[0][0], self._expire_overdue) if waiting else None
 
     def _start(self) -> None:
         self._lingering = None
@@ -110,6 +122,9 @@ class AsyncRecorder:
                 done.set_result(None)
             else:
                 done.set_exception(LedgerWriteError.of(error))
+        waiting = self._waiting
+        while waiting and waiting[0][2].done():  # answered: the timer needs them no more
+            waiting.popleft()
         self._loaded = len(batch) > 1 or bool(self._queue)
         self._next()
 
@@ -136,6 +151,9 @@ class AsyncRecorder:
             self._lingering.cancel()
             self._start()
         await self._idle.wait()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         await asyncio.to_thread(self._managed.close)
         self._thread.shutdown(wait=False)
         log.info("issuance record: %d rows in %d commits", self._writer.rows, self._writer.commits)

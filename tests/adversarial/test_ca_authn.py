@@ -101,6 +101,10 @@ def test_a_private_jwk_is_never_used_to_verify(tmp_path: Path) -> None:
         ([("authorization", "Basic x")], "Bearer <token>"),
         ([("authorization", "Bearer")], "Bearer <token>"),
         ([("authorization", "Bearer a b")], "whitespace"),
+        # the whitespace check is str.split's now (issue #18): every str.isspace character
+        ([("authorization", "Bearer a\tb")], "whitespace"),
+        ([("authorization", "Bearer a\u2003b")], "whitespace"),
+        ([("authorization", "Bearer a\x1cb")], "whitespace"),
         ([("authorization", b"Bearer a")], "must be text"),
     ],
 )

@@ -194,6 +194,34 @@ def test_a_caller_that_times_out_before_its_batch_starts_is_not_recorded(
     reader.close()
 
 
+def test_each_waiting_caller_times_out_at_its_own_deadline(record_url: str) -> None:
+    """Issue #18: one write-timeout timer serves every waiting entry (none per certificate);
+    it must fail the oldest at its deadline and re-arm for the younger, not fail them early
+    or forget them."""
+
+    async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
+        lock = await ChainLock(record_url).take()
+        loop = asyncio.get_running_loop()
+        older = asyncio.create_task(recorder.record(make_entry()))
+        await eventually(lambda: managed.writer.busy, "a commit is running")
+        started = loop.time()
+        await asyncio.sleep(0.6)
+        younger = [asyncio.create_task(recorder.record(make_entry())) for _ in range(20)]
+        with pytest.raises(LedgerWriteError):
+            await older
+        assert not any(t.done() for t in younger), "a younger entry failed at the older deadline"
+        for task in younger:
+            with pytest.raises(LedgerWriteError):
+                await task
+        assert loop.time() - started >= 1.5  # 0.6 s later + its own 1 s timeout
+        await lock.release()
+
+    run(record_url, test, options=RecorderOptions(write_timeout=timedelta(seconds=1)))
+    reader = open_reader(record_url)
+    assert reader.verify().head_seq <= 1  # only the started batch may have landed
+    reader.close()
+
+
 def test_grouping_off_commits_one_by_one(record_url: str) -> None:
     async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
         async def caller() -> None:
