@@ -135,10 +135,15 @@ def verdicts(r: dict[str, Any]) -> list[Verdict]:
     return [judge(g, r) for g in GOALS]
 
 
-def fmt(x: float | None, digits: int = 0) -> str:
+def fmt(x: float | None, digits: int = 0, unit: str = "") -> str:
+    """`x` with its unit, or "n/a" (no unit) when it was not measured."""
     if x is None:
         return "n/a"
-    return f"{x:,.{digits}f}"
+    return f"{x:,.{digits}f}" + (f" {unit}" if unit else "")
+
+
+def _ratio(v: Verdict) -> str:
+    return f"{v.ratio:.2f}x" if v.ratio is not None else "n/a"
 
 
 def table(r: dict[str, Any]) -> list[str]:
@@ -149,23 +154,23 @@ def table(r: dict[str, Any]) -> list[str]:
     ]
     for v in verdicts(r):
         g = v.goal
-        unit = f" {g.unit}" if g.unit else ""
-        peer = f"{g.peer_label} {fmt(v.peer_value, g.digits)}{unit}" if g.peer else ""
-        ratio = f"{fmt(v.ratio, 2)}x" if g.peer else ""
+        peer = f"{g.peer_label} {fmt(v.peer_value, g.digits, g.unit)}" if g.peer else ""
+        ratio = _ratio(v) if g.peer else ""
         lines.append(
-            f"| {g.name} | {fmt(v.value, g.digits)}{unit} | {peer} | {ratio} | {g.bound} | "
+            f"| {g.name} | {fmt(v.value, g.digits, g.unit)} | {peer} | {ratio} | {g.bound} | "
             f"{v.status} |"
         )
     return lines
 
 
 def console(r: dict[str, Any]) -> str:
-    """One line per goal for the terminal."""
+    """One line per goal for the terminal: status, value, ratio to the peer, bound."""
     out = []
     for v in verdicts(r):
         g = v.goal
-        ratio = f" = {fmt(v.ratio, 2)}x {g.peer_label}" if g.peer and v.ratio is not None else ""
+        status = {True: "met", False: "NOT MET", None: "not measured"}[v.met]
+        ratio = f" = {_ratio(v)} {g.peer_label}" if g.peer else ""
         out.append(
-            f"{v.status:>14}  {g.name}: {fmt(v.value, g.digits)} {g.unit}{ratio} (goal {g.bound})"
+            f"{status:>12}  {g.name}: {fmt(v.value, g.digits, g.unit)}{ratio} (goal {g.bound})"
         )
     return "\n".join(out)

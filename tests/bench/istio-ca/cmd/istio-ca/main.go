@@ -4,9 +4,11 @@
 //     loaded with ca.NewPluggedCertIstioCAOptions and ca.NewIstioCA (istiod's plugged-cert CA);
 //   - the IstioCertificateService from security/pkg/server/ca.New;
 //   - istiod's gRPC server options (pilot/pkg/grpc.ServerOptions with istiod's keepalive
-//     defaults and its prometheus interceptor) and TLS as istiod's secure gRPC port sets it up,
-//     with a serving certificate signed by that root for istiod.istio-system.svc;
-//   - authenticate.JwtAuthenticator (istiod's out-of-cluster JWT rule) given an issuer,
+//     defaults, its prometheus interceptor and handling-time histogram) and TLS as istiod's
+//     secure gRPC port sets it up, serving a certificate that root signs for
+//     istiod.istio-system.svc;
+//   - istiod's authenticators in istiod's order: the ClientCertAuthenticator, then
+//     authenticate.JwtAuthenticator (istiod's out-of-cluster JWT rule) given an issuer,
 //     an audience and a JWKS URL, which it reads over HTTP.
 //
 // Only the flag parsing, the file writing and the "listening" line are ours.
@@ -68,11 +70,14 @@ func main() {
 	if err != nil {
 		fail("JWT authenticator", err)
 	}
-	caSrv, err := caserver.New(istioCA, 24*time.Hour, []security.Authenticator{jwtAuth}, nil)
+	// istiod's order: the client certificate authenticator first, then the JWT rule's.
+	authenticators := []security.Authenticator{&authenticate.ClientCertAuthenticator{}, jwtAuth}
+	caSrv, err := caserver.New(istioCA, 24*time.Hour, authenticators, nil)
 	if err != nil {
 		fail("CA server", err)
 	}
 
+	grpcprom.EnableHandlingTimeHistogram() // as istiod's NewServer does
 	opts := istiogrpc.ServerOptions(istiokeepalive.DefaultOption(), xdspkg.RecordRecvSize,
 		grpcprom.UnaryServerInterceptor)
 	opts = append(opts, grpc.Creds(credentials.NewTLS(servingTLS(rootCert, rootKey, *serverName))))
