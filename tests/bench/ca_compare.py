@@ -60,6 +60,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "concurrency": runs[0]["concurrency"],
         "rounds": len(runs),
         "certs": sum(r["certs"] for r in runs),
+        "elapsed_s": sum(r["elapsed_s"] for r in runs),
+        "server_cpu_s": sum(r["server_cpu_s"] for r in runs),
         "failures": sum(r["failures"] for r in runs),
         "failures_warmup": sum(r["failures_warmup"] for r in runs),
         "spread": {},
