@@ -41,6 +41,8 @@ protos: $(STAMP)
 	@# The Workload API: messages only; agent/workload_api.py registers /SpiffeWorkloadAPI/* itself.
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protos/spiffe/workload/workload.proto
 
+# Bulwark vs Istio's CA, cfssl and pilot-agent in one run (tests/bench/run.py says how).
+# BENCH_ONLY=ca|agent|fleet runs one phase; BENCH_QUICK=1 tries the harness quickly.
 bench: $(STAMP)
 	$(PY) tests/bench/run.py
 

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from tests.bench import procstat
 from tests.support.ca_process import RunningCa, tree_env
 
 ISTIOD_SAN = "istiod.istio-system.svc"
+# Another agent started the same way: (CA, proxy port, start index) -> its figures of one start.
+Peer = Callable[[RunningCa, int, int], Awaitable[dict[str, float]]]
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 
@@ -124,7 +127,7 @@ class SdsStream:
             await self.queue.put(resp)
 
 
-async def _wait_socket(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+async def wait_socket(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not sock.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -139,7 +142,7 @@ async def first_cert(
 
     proc, sock, started = spawn_agent(ca, work, port, f"start-{i}", {})
     try:
-        await _wait_socket(sock, proc)
+        await wait_socket(sock, proc)
         async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
             first = asyncio.Event()
             stream = SdsStream(ch)
@@ -174,7 +177,7 @@ async def push_latency(
 
     proc, sock, _ = spawn_agent(ca, work, port, "push", {"SECRET_TTL": f"{ttl_s}s"})
     try:
-        await _wait_socket(sock, proc)
+        await wait_socket(sock, proc)
         async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
             subs = [SdsStream(ch) for _ in range(streams)]
             tasks = [asyncio.create_task(s.run()) for s in subs]
@@ -200,21 +203,33 @@ async def push_latency(
 
 
 async def _bench(
-    ca: RunningCa, work: Path, starts: int, idle_s: float, ttl_s: int, watch_s: float
+    ca: RunningCa,
+    work: Path,
+    starts: int,
+    idle_s: float,
+    ttl_s: int,
+    watch_s: float,
+    peer: Peer | None = None,
 ) -> dict[str, Any]:
     host, port = ca.grpc_addr.rsplit(":", 1)
     proxy = Proxy((host, int(port)))
     proxy_port = await proxy.start()
-    runs = [
-        await first_cert(ca, work, proxy, proxy_port, i, idle_s if i == 0 else 0.0)
-        for i in range(starts)
-    ]
+    runs: list[dict[str, float]] = []
+    peer_runs: list[dict[str, float]] = []
+    for i in range(starts):
+        # Interleaved with the peer's starts, the order alternating, so noise touches both.
+        if peer is not None and i % 2:
+            peer_runs.append(await peer(ca, proxy_port, i))
+        runs.append(await first_cert(ca, work, proxy, proxy_port, i, idle_s if i == 0 else 0.0))
+        if peer is not None and not i % 2:
+            peer_runs.append(await peer(ca, proxy_port, i))
     pushes = await push_latency(ca, work, proxy, proxy_port, ttl_s, watch_s)
     assert proxy.server is not None
     proxy.server.close()
     firsts = sorted(r["first_cert_s"] for r in runs)
     pushes.sort()
     return {
+        "peer_runs": peer_runs,
         "starts": len(runs),
         "first_cert_s": firsts,
         "first_cert_s_p50": firsts[len(firsts) // 2],
@@ -254,9 +269,12 @@ def bench_agent(
     idle_s: float = 10.0,
     ttl_s: int = 8,
     watch_s: float = 30.0,
+    peer: Peer | None = None,
 ) -> dict[str, Any]:
+    """Our agent's figures; with `peer` (e.g. pilot-agent) its starts interleaved with ours,
+    their raw results under "peer_runs"."""
     work.mkdir(parents=True, exist_ok=True)
-    result = asyncio.run(_bench(ca, work, starts, idle_s, ttl_s, watch_s))
+    result = asyncio.run(_bench(ca, work, starts, idle_s, ttl_s, watch_s, peer))
     floor = library_floor(ca, work)
     result["floor_rss_mb"] = floor["rss_mb"]
     result["floor_anon_mb"] = floor["anon_mb"]

@@ -92,3 +92,9 @@ def anonymous_bytes(pid: int) -> int:
         if line.startswith("Anonymous:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of `pid` alone (not its children)."""
+    fields = _stat_fields(pid)
+    return int(fields[21]) * PAGE if fields is not None else 0
