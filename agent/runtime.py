@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 
 MAX_SOCKET_PATH = 107
 SHUTDOWN_GRACE_S = 2.0
-# What serves the socket, loaded while the first CSR is in flight (see `Agent.run`); the
-# status port's module only when it is enabled or first used.
-SERVING_MODULES = ("agent.sds", "agent.workload_api", "agent.bundle_poller")
 
 
 class Agent:
@@ -86,8 +83,8 @@ class Agent:
         )
         self._servers: list[grpc.aio.Server] = []
 
-    # The serving side is built on first use: `run` loads its modules while the first CSR is
-    # in flight, and a process that never serves (`issue` alone) never loads them.
+    # The serving side is built on first use: a process that never serves (`issue` alone)
+    # never loads it, and an agent without a status port never loads the status module.
     @cached_property
     def sds(self) -> SdsService:
         from agent.sds import SdsService
@@ -164,37 +161,28 @@ class Agent:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Serve until `stop` is set, then shut down cleanly.
-
-        The first CSR leaves as soon as the socket is ours: the serving modules load and the
-        gRPC server starts while the CA answers (grpc's own threads carry the call)."""
+        """Serve until `stop` is set, then shut down cleanly."""
         started = time.monotonic()
         await self._watch_files()
         self._check_socket_path()
         self.owner.claim()
-        rotation: asyncio.Task[None] | None = None
         try:
             if not self.config.file_mounted_certs:
-                rotation = asyncio.ensure_future(self.rotator.run())
-            await asyncio.to_thread(_load_modules, SERVING_MODULES)
+                self.ca.preconnect()  # the CA's TLS handshake overlaps the gRPC server's start
             await self._start_grpc()
             await self._start_status()
             self._write_ready_file()
-            await self._serve(stop, started, rotation)
+            await self._serve(stop, started)
         finally:
-            if rotation is not None:
-                rotation.cancel()
-                await asyncio.gather(rotation, return_exceptions=True)
             self.cache.close()
+            await self.ca.close()
             await asyncio.gather(*(s.stop(None) for s in self._servers))
-            if "status" in self.__dict__:
+            if "status" in self.__dict__:  # built only when enabled or looked at
                 await self.status.close()
             self.owner.release()
             log.info("agent stopped")
 
-    async def _serve(
-        self, stop: asyncio.Event, started: float, rotation: asyncio.Task[None] | None
-    ) -> None:
+    async def _serve(self, stop: asyncio.Event, started: float) -> None:
         """Every background task in one group until `stop`; streams end with OK."""
         async with asyncio.TaskGroup() as tasks:
             workers = [
@@ -202,8 +190,8 @@ class Agent:
                 tasks.create_task(self._log_first_certificate(started)),
                 tasks.create_task(self._keep_socket(), name="socket-keeper"),
             ]
-            if rotation is not None:
-                workers.append(tasks.create_task(_join(rotation), name="rotation"))
+            if not self.config.file_mounted_certs:
+                workers.append(tasks.create_task(self.rotator.run(), name="rotation"))
                 workers.append(tasks.create_task(self.bundle_poller.run(), name="trust-bundles"))
                 workers.append(tasks.create_task(self.rotator.follow_roots(), name="root-follower"))
             if self.config.output_certs_dir is not None:
@@ -312,17 +300,6 @@ class Agent:
                     return
         finally:
             self.cache.unsubscribe(box)
-
-
-def _load_modules(names: tuple[str, ...]) -> None:
-    """Import `names` (run in a thread: the event loop meanwhile drives the first CSR)."""
-    for name in names:
-        __import__(name)  # not importlib.import_module: `-X importtime` reports only these
-
-
-async def _join(task: asyncio.Task[None]) -> None:
-    """Wait for a task started before the task group; cancelling this cancels it."""
-    await task
 
 
 def run_agent(config: AgentConfig) -> int:
