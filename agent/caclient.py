@@ -79,6 +79,7 @@ class CaClient:
         self._root_problem = ""
         self._token_missing = False
         self._explained: dict[str, str] = {}  # CA error -> hint, so a diagnosis runs once
+        self._warm: aio.Channel | None = None  # opened by `preconnect`, used by the next CSR
 
     def forget_refusals(self) -> None:
         """Diagnose errors afresh (SIGHUP: the operator may have changed something)."""
@@ -96,7 +97,7 @@ class CaClient:
         self._metrics.inc("num_outgoing_requests", request_type="csr")
         started = time.monotonic()
         try:
-            channel = self._channel()
+            channel = self._take_warm() or self._channel()
         except CaRequestFailed:
             self._metrics.inc("num_failed_outgoing_requests", request_type="csr")
             raise
@@ -140,6 +141,27 @@ class CaClient:
             self._metrics.set("ca_reachable", 1.0)
             return list(response.cert_chain)
         raise AssertionError("unreachable: the loop returns or raises")
+
+    def preconnect(self) -> None:
+        """Open the next CSR's channel now: grpc's threads make the TCP and TLS handshake while
+        the agent goes on starting (loading the SDS stubs, binding the socket), and the first
+        CSR does not wait for them. Problems (no root) are left for `sign` to report."""
+        if self._warm is None:
+            try:
+                self._warm = self._channel()
+            except CaRequestFailed:
+                return
+            self._warm.get_state(try_to_connect=True)
+
+    async def close(self) -> None:
+        """Close a channel `preconnect` opened that no CSR used."""
+        if self._warm is not None:
+            await self._warm.close()
+            self._warm = None
+
+    def _take_warm(self) -> aio.Channel | None:
+        channel, self._warm = self._warm, None
+        return channel
 
     def open_channel(self) -> aio.Channel:
         """A fresh channel to the CA with the CSR's TLS and client certificate (the caller

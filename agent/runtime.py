@@ -16,29 +16,33 @@ import os
 import random
 import signal
 import time
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 import grpc
 
-from agent.bundle_poller import BundlePoller
 from agent.cache import SecretCache
 from agent.caclient import SYSTEM_ROOTS, CaClient
 from agent.config import AgentConfig, split_host_port
 from agent.errors import AgentError, ConfigError
 from agent.files import FileSecrets, OutputWriter
-from agent.identity_client import IdentityClient
-from agent.jwt_svids import JwtSvidCache
 from agent.metrics import AgentMetrics
 from agent.rotation import Clock, RotationPolicy, Rotator, SystemClock
-from agent.sds import SdsService, add_sds_to_server
 from agent.socket_owner import SocketOwner
-from agent.status import StatusServer, collect_gauges
 from agent.svid import Svid, svid_from_response
 from agent.watch import FileWatcher
-from agent.workload_api import WorkloadApiService, add_to_server
 from certs.csr import build_csr
 from certs.errors import CertsError
 from certs.keys import generate_key
 from certs.spiffe_id import TrustDomain
+
+if TYPE_CHECKING:
+    from agent.bundle_poller import BundlePoller
+    from agent.identity_client import IdentityClient
+    from agent.jwt_svids import JwtSvidCache
+    from agent.sds import SdsService
+    from agent.status import StatusServer
+    from agent.workload_api import WorkloadApiService
 
 log = logging.getLogger(__name__)
 
@@ -72,38 +76,75 @@ class Agent:
             policy=RotationPolicy(grace_ratio=config.grace_ratio, grace_jitter=config.grace_jitter),
             metrics=self.metrics,
         )
-        self.sds = SdsService(cache=self.cache, files=self.files, metrics=self.metrics)
-        # JWT-SVIDs and trust bundles: the CA's WorkloadIdentityService, over the CSR's connection
-        self.identity = IdentityClient(
+        self.metrics.add_collector(self._collect_gauges)
+        self.status_addr: tuple[str, int] | None = None
+        self.owner = SocketOwner(
+            config.socket_path, mode=config.socket_mode, group=config.socket_group
+        )
+        self._servers: list[grpc.aio.Server] = []
+
+    # The serving side is built on first use: a process that never serves (`issue` alone)
+    # never loads it, and an agent without a status port never loads the status module.
+    @cached_property
+    def sds(self) -> SdsService:
+        from agent.sds import SdsService
+
+        return SdsService(cache=self.cache, files=self.files, metrics=self.metrics)
+
+    @cached_property
+    def identity(self) -> IdentityClient:
+        """JWT-SVIDs and trust bundles: the CA's WorkloadIdentityService, over the CSR's
+        connection."""
+        from agent.identity_client import IdentityClient
+
+        config = self.config
+        return IdentityClient(
             self.ca,
             expected=config.spiffe_id,
             timeout=config.ca_request_timeout,
             metrics=self.metrics,
             ca_addr=config.ca_addr,
         )
-        self.jwt_svids = JwtSvidCache(self.identity.mint_jwt)
-        self.bundle_poller = BundlePoller(
+
+    @cached_property
+    def jwt_svids(self) -> JwtSvidCache:
+        from agent.jwt_svids import JwtSvidCache
+
+        return JwtSvidCache(self.identity.mint_jwt)
+
+    @cached_property
+    def bundle_poller(self) -> BundlePoller:
+        from agent.bundle_poller import BundlePoller
+
+        return BundlePoller(
             self.identity,
             self.cache,
-            trust_domain=TrustDomain(config.trust_domain),
-            max_interval=config.trust_bundle_refresh,
+            trust_domain=TrustDomain(self.config.trust_domain),
+            max_interval=self.config.trust_bundle_refresh,
         )
-        self.workload_api = WorkloadApiService(
+
+    @cached_property
+    def workload_api(self) -> WorkloadApiService:
+        from agent.workload_api import WorkloadApiService
+
+        return WorkloadApiService(
             cache=self.cache,
             metrics=self.metrics,
-            trust_domain=TrustDomain(config.trust_domain),
-            spiffe_id=config.spiffe_id,
+            trust_domain=TrustDomain(self.config.trust_domain),
+            spiffe_id=self.config.spiffe_id,
             jwt_svids=self.jwt_svids,
         )
-        self.status = StatusServer(cache=self.cache, metrics=self.metrics, now=self.clock.now)
-        self.metrics.add_collector(
-            lambda metrics: collect_gauges(metrics, self.cache.snapshot, self.clock.now())
-        )
-        self.status_addr: tuple[str, int] | None = None
-        self.owner = SocketOwner(
-            config.socket_path, mode=config.socket_mode, group=config.socket_group
-        )
-        self._servers: list[grpc.aio.Server] = []
+
+    @cached_property
+    def status(self) -> StatusServer:
+        from agent.status import StatusServer
+
+        return StatusServer(cache=self.cache, metrics=self.metrics, now=self.clock.now)
+
+    def _collect_gauges(self, metrics: AgentMetrics) -> None:
+        from agent.status import collect_gauges  # scraped only through the status port
+
+        collect_gauges(metrics, self.cache.snapshot, self.clock.now())
 
     async def issue(self) -> Svid:
         """New key, CSR, CA call, checked answer: one SVID."""
@@ -126,45 +167,53 @@ class Agent:
         self._check_socket_path()
         self.owner.claim()
         try:
+            if not self.config.file_mounted_certs:
+                self.ca.preconnect()  # the CA's TLS handshake overlaps the gRPC server's start
             await self._start_grpc()
-            if self.config.status_addr:
-                host, port = split_host_port(self.config.status_addr, what="status address")
-                try:
-                    self.status_addr = await self.status.start(host, port)
-                except OSError as exc:
-                    raise ConfigError(
-                        f"cannot listen on status address {self.config.status_addr}: {exc.strerror}"
-                    ) from None
+            await self._start_status()
             self._write_ready_file()
-            async with asyncio.TaskGroup() as tasks:
-                workers = [
-                    tasks.create_task(self.watcher.run(), name="file-watcher"),
-                    tasks.create_task(self._log_first_certificate(started)),
-                    tasks.create_task(self._keep_socket(), name="socket-keeper"),
-                ]
-                if not self.config.file_mounted_certs:
-                    workers.append(tasks.create_task(self.rotator.run(), name="rotation"))
-                    workers.append(
-                        tasks.create_task(self.bundle_poller.run(), name="trust-bundles")
-                    )
-                    workers.append(
-                        tasks.create_task(self.rotator.follow_roots(), name="root-follower")
-                    )
-                if self.config.output_certs_dir is not None:
-                    writer = OutputWriter(self.config.output_certs_dir)
-                    workers.append(tasks.create_task(writer.run(self.cache), name="output-certs"))
-                await stop.wait()
-                log.info("shutting down: closing %d subscription(s)", self.cache.subscriber_count)
-                self.cache.close()
-                await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_S) for s in self._servers))
-                for worker in workers:
-                    worker.cancel()
+            await self._serve(stop, started)
         finally:
             self.cache.close()
+            await self.ca.close()
             await asyncio.gather(*(s.stop(None) for s in self._servers))
-            await self.status.close()
+            if "status" in self.__dict__:  # built only when enabled or looked at
+                await self.status.close()
             self.owner.release()
             log.info("agent stopped")
+
+    async def _serve(self, stop: asyncio.Event, started: float) -> None:
+        """Every background task in one group until `stop`; streams end with OK."""
+        async with asyncio.TaskGroup() as tasks:
+            workers = [
+                tasks.create_task(self.watcher.run(), name="file-watcher"),
+                tasks.create_task(self._log_first_certificate(started)),
+                tasks.create_task(self._keep_socket(), name="socket-keeper"),
+            ]
+            if not self.config.file_mounted_certs:
+                workers.append(tasks.create_task(self.rotator.run(), name="rotation"))
+                workers.append(tasks.create_task(self.bundle_poller.run(), name="trust-bundles"))
+                workers.append(tasks.create_task(self.rotator.follow_roots(), name="root-follower"))
+            if self.config.output_certs_dir is not None:
+                writer = OutputWriter(self.config.output_certs_dir)
+                workers.append(tasks.create_task(writer.run(self.cache), name="output-certs"))
+            await stop.wait()
+            log.info("shutting down: closing %d subscription(s)", self.cache.subscriber_count)
+            self.cache.close()
+            await asyncio.gather(*(s.stop(SHUTDOWN_GRACE_S) for s in self._servers))
+            for worker in workers:
+                worker.cancel()
+
+    async def _start_status(self) -> None:
+        if not self.config.status_addr:
+            return
+        host, port = split_host_port(self.config.status_addr, what="status address")
+        try:
+            self.status_addr = await self.status.start(host, port)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen on status address {self.config.status_addr}: {exc.strerror}"
+            ) from None
 
     async def reload(self) -> None:
         """SIGHUP: re-read every watched file now; retry a failed renewal with the new files."""
@@ -191,6 +240,9 @@ class Agent:
 
     async def _start_grpc(self) -> None:
         """A gRPC server on the socket; earlier servers keep their open streams."""
+        from agent.sds import add_sds_to_server
+        from agent.workload_api import add_to_server
+
         server = grpc.aio.server()
         add_sds_to_server(self.sds, server)
         add_to_server(self.workload_api, server)

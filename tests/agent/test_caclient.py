@@ -238,3 +238,34 @@ def _fields(config: AgentConfig) -> dict[str, Any]:
     from dataclasses import fields
 
     return {f.name: getattr(config, f.name) for f in fields(config) if f.init}
+
+
+async def test_preconnected_channel_carries_only_the_next_csr(
+    shared_ca: RunningCa, work: Path
+) -> None:
+    """#18.4: the start opens the first CSR's channel early (its TLS handshake overlaps the
+    gRPC server's start); that channel serves exactly one CSR, later ones open their own."""
+    agent = Agent(agent_config(shared_ca, work))
+    agent.ca.preconnect()
+    warm = agent.ca._warm
+    assert warm is not None
+    agent.ca.preconnect()  # a second call keeps the channel already opening
+    assert agent.ca._warm is warm
+    first = await agent.issue()
+    assert agent.ca._warm is None
+    assert warm.get_state() == grpc.ChannelConnectivity.SHUTDOWN  # closed after its CSR
+    second = await agent.issue()
+    assert first.serial != second.serial and first.spiffe_id == second.spiffe_id
+    agent.ca.preconnect()
+    await agent.ca.close()  # an unused one is closed on shutdown
+    assert agent.ca._warm is None
+
+
+async def test_preconnect_without_a_root_leaves_the_error_to_the_csr(tmp_path: Path) -> None:
+    """#18.4: preconnecting never raises; the CSR reports the missing root as before."""
+    config = AgentConfig(ca_addr="127.0.0.1:1", ca_root_ca=tmp_path / "nope.pem")
+    client, metrics = client_for(config)
+    client.preconnect()
+    with pytest.raises(CaRequestFailed, match=r"nope\.pem"):
+        await client.sign(csr(), timedelta(hours=1))
+    assert metrics.value("num_failed_outgoing_requests", request_type="csr") == 1

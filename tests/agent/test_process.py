@@ -161,3 +161,52 @@ def test_stale_socket_is_replaced_and_bad_config_exits_2(shared_ca: RunningCa, w
     )
     assert bad.returncode == 2
     assert "--secret-ttl" in bad.stderr
+
+
+# Modules an agent without a status port must not load to reach its first certificate: the
+# status port's, the CA's certificate profiles, the HTTP frameworks and libraries the agent
+# avoids on purpose (docs/AGENT.md, "Footprint"), and what only a failure or a JWT needs.
+NOT_BEFORE_FIRST_CERT = (
+    "agent.status",
+    "certs.profile",
+    "agent.ca_diagnosis",
+    "agent.jwt_validate",
+    "agent.inspect_socket",
+    "fastapi",
+    "pydantic",
+    "uvicorn",
+    "starlette",
+    "prometheus_client",
+    "spiffe",
+    "_ssl",
+)
+
+
+def test_first_certificate_loads_only_what_it_needs(shared_ca: RunningCa, work: Path) -> None:
+    """#18.4: the agent loaded its status port (and the CA's certificate profiles through
+    `certs/__init__`) even when the status port was disabled. The module list comes from
+    Python's own `-X importtime` report of a real `python -m agent` up to its first certificate."""
+    agent = start_agent_process(
+        shared_ca,
+        work,
+        extra_env={"PYTHONPROFILEIMPORTTIME": "1", "BULWARK_AGENT_STATUS_ADDR": ""},
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while "first certificate" not in agent.log():
+            assert agent.process.poll() is None and time.monotonic() < deadline, agent.log()
+            time.sleep(0.02)
+    finally:
+        assert agent.stop() == 0
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in agent.log().splitlines()
+        if line.startswith("import time:") and "cumulative" not in line
+    }
+    assert {"agent.runtime", "agent.sds", "agent.workload_api"} <= imported  # the report works
+    loaded = sorted(
+        name
+        for name in imported
+        if any(name == top or name.startswith(top + ".") for top in NOT_BEFORE_FIRST_CERT)
+    )
+    assert loaded == [], f"loaded before the first certificate: {loaded}"
