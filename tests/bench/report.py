@@ -166,6 +166,7 @@ def _information(r: dict[str, Any]) -> list[str]:
         floor = r.get("agent_floor_rss_mb")
         lines += [
             f"| agent RSS vs library floor (grpcio, cryptography, protobuf doing the agent's work) | {_f(r['agent_rss_mb'], 1)} MB | floor {_f(floor, 1)} MB | {_ratio(r['agent_rss_mb'], floor)} |",
+            f"| agent start to first certificate vs library floor (the floor's is to its verified certificate, before any SDS client) | {_f(r.get('agent_first_cert_s_p50'), 3)} s | floor {_f(r.get('agent_floor_first_cert_s_p50'), 3)} s | {_ratio(r.get('agent_first_cert_s_p50'), r.get('agent_floor_first_cert_s_p50'))} |",
             f"| agent idle CPU | {_f(r.get('agent_idle_cpu_pct'), 2)} % of a core | | |",
         ]
     lines += _fleet(r)
