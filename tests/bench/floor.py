@@ -2,6 +2,10 @@
 
 - `grpc_floor`: a bare grpcio server (same process model: 2 spawned workers, SO_REUSEPORT,
   `grpc.aio` server, TLS) answering CreateCertificate with a fixed response, same load;
+- the required-work floor: the same server doing, per call, only what any CA on this stack
+  must: look the bearer token up in a verified-token cache, parse the CSR and check its
+  signature (cryptography), ECDSA-sign a certificate-sized body; then the same fixed answer.
+  With `record_us` added it is the least this stack can cost per certificate;
 - `inprocess_issue_us`: the CA's own request path (service, cached-token authentication,
   CSR check, template signing, signature and SVID check) called directly on one event
   loop, no transport and no record;
@@ -25,22 +29,51 @@ from typing import Any
 from tests.bench.workloads import Workload
 
 
-def _serve(port: int, key_pem: bytes, chain_pem: bytes, root_pem: bytes, ready: Any) -> None:
-    asyncio.run(_serve_fixed(port, key_pem, chain_pem, root_pem, ready))
+def _serve(
+    port: int, key_pem: bytes, chain_pem: bytes, root_pem: bytes, ready: Any, work: bool
+) -> None:
+    asyncio.run(_serve_fixed(port, key_pem, chain_pem, root_pem, ready, work))
+
+
+def _required_work(key_pem: bytes) -> Any:
+    """The per-call work no CA on this stack can skip: cached-token lookup, CSR parse and
+    signature check, one ECDSA signature over a leaf-sized body."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    tbs = os.urandom(420)  # the size of a workload leaf's TBSCertificate
+    verified: dict[str, bool] = {}
+
+    def work(request: Any, metadata: Any) -> bool:
+        token = dict(metadata).get("authorization", "")
+        verified.setdefault(token, True)
+        csr = x509.load_pem_x509_csr(request.csr.encode())
+        if not csr.is_signature_valid:
+            return False
+        key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+        return True
+
+    return work
 
 
 async def _serve_fixed(
-    port: int, key_pem: bytes, chain_pem: bytes, root_pem: bytes, ready: Any
+    port: int, key_pem: bytes, chain_pem: bytes, root_pem: bytes, ready: Any, work: bool
 ) -> None:
     import grpc
 
     from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
     response = ca_pb2.IstioCertificateResponse(cert_chain=[chain_pem.decode(), root_pem.decode()])
+    required = _required_work(key_pem) if work else None
 
     class Fixed(ca_pb2_grpc.IstioCertificateServiceServicer):
         async def CreateCertificate(self, request: Any, context: Any) -> Any:
-            context.invocation_metadata()
+            metadata = context.invocation_metadata()
+            if required is not None and not required(request, metadata):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad CSR signature")
             return response
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
@@ -51,7 +84,7 @@ async def _serve_fixed(
     await server.wait_for_termination()
 
 
-def _bare_main(work: Path) -> None:
+def _bare_main(work: Path, required_work: bool) -> None:
     """Two bare worker processes on one port; writes `addr` and the root PEM into `work`."""
     from certs.keys import generate_key, private_key_pem
     from certs.pem import to_pem
@@ -89,6 +122,7 @@ def _bare_main(work: Path) -> None:
                 to_pem(leaf).encode(),
                 to_pem(root).encode(),
                 ready,
+                required_work,
             ),
             daemon=True,
         )
@@ -101,12 +135,21 @@ def _bare_main(work: Path) -> None:
         p.join()
 
 
-def start_bare_grpc(work: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
-    """The bare server as one process tree (so /proc accounting sees only it)."""
+def start_bare_grpc(
+    work: Path, *, required_work: bool = False
+) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """The bare server as one process tree (so /proc accounting sees only it); with
+    `required_work`, each call first does the work no CA on this stack can skip."""
     addr_file = work / "bare-addr"
     addr_file.unlink(missing_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.floor", str(work)],
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.floor",
+            str(work),
+            *(["work"] if required_work else []),
+        ],
         cwd=Path(__file__).resolve().parents[2],
     )
     deadline = time.monotonic() + 60
@@ -237,4 +280,4 @@ def record_us(writers: int = 16, count: int = 4000) -> float:
 
 
 if __name__ == "__main__":
-    _bare_main(Path(sys.argv[1]))
+    _bare_main(Path(sys.argv[1]), sys.argv[2:] == ["work"])

@@ -222,6 +222,18 @@ def _per_concurrency(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _required_floor(f: dict[str, Any], istio: float | None) -> list[str]:
+    """The least this stack costs per certificate, and that floor as a ratio to Istio's CA."""
+    work = f.get("required_work_us_per_call")
+    if work is None:
+        return []
+    least = work + f["record_us"]
+    return [
+        f"| required-work floor: the bare server doing only a cached-token lookup, CSR parse and signature check and one ECDSA signature per call ({_f(f.get('required_work_calls_per_s'))} calls/s) | {_f(work)} |",
+        f"| least this stack can cost per certificate: required-work floor + record alone (vs Istio's CA {_f(istio)} us) | {_f(least)} ({_ratio(least, istio)}) |",
+    ]
+
+
 def _floor(r: dict[str, Any]) -> list[str]:
     f, ca, lines = r.get("floor"), r.get("ca_cpu_us_per_cert"), []
     if f:
@@ -238,6 +250,7 @@ def _floor(r: dict[str, Any]) -> list[str]:
             f"| issuance record alone (SQLite, AsyncRecorder, 16 concurrent callers) | {_f(f['record_us'])} |",
             f"| sum of the parts | {_f(parts)} |",
             f"| remainder: the parts interfering inside a worker (grpc's threads handing each call to the event loop) | {_f(ca - parts if ca else None)} |",
+            *_required_floor(f, r.get("istio_ca_cpu_us_per_cert")),
             "",
             "py-spy flame graph of one CA worker under the same load: `ca-worker-profile.svg`.",
         ]

@@ -113,13 +113,13 @@ def cfssl_binary() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def breakdown(work: Path, wl_file: Path, workloads: list[Any]) -> dict[str, Any]:
+def _bare_server_run(work: Path, wl_file: Path, *, required_work: bool) -> dict[str, Any]:
     from tests.bench import ca_bench, floor, procstat
     from tests.bench.ca_compare import summarize
 
-    proc, addr, root = floor.start_bare_grpc(work)
+    proc, addr, root = floor.start_bare_grpc(work, required_work=required_work)
     try:
-        bare = summarize(
+        return summarize(
             ca_bench.run_loadgen(
                 "grpc",
                 addr,
@@ -135,10 +135,19 @@ def breakdown(work: Path, wl_file: Path, workloads: list[Any]) -> dict[str, Any]
             os.kill(pid, signal.SIGKILL)
         proc.kill()
         proc.wait()
+
+
+def breakdown(work: Path, wl_file: Path, workloads: list[Any]) -> dict[str, Any]:
+    from tests.bench import floor
+
+    bare = _bare_server_run(work, wl_file, required_work=False)
+    required = _bare_server_run(work, wl_file, required_work=True)
     return {
         "bare_grpc_us_per_call": bare["server_cpu_us_per_cert"],
         "bare_grpc_calls_per_s": bare["certs_per_s"],
         "bare_grpc_switches_per_call": bare["server_switches_per_cert"],
+        "required_work_us_per_call": required["server_cpu_us_per_cert"],
+        "required_work_calls_per_s": required["certs_per_s"],
         "inprocess_issue_us": floor.inprocess_issue_us(workloads, work / "bulwark"),
         "record_us": floor.record_us(),
     }

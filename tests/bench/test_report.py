@@ -231,3 +231,22 @@ def test_quick_or_partial_runs_never_write_the_committed_results(
     monkeypatch.setattr(run, "QUICK", False)
     assert run.output_dir(["ca", "agent", "fleet"]) == run.RESULTS
     assert run.output_dir(["agent"]) != run.RESULTS
+
+
+def test_required_work_floor_is_shown_as_a_ratio_to_istio() -> None:
+    """The least this stack costs per certificate (required-work server + record) is set
+    against Istio's CA, so a goal out of reach shows its floor in the same run."""
+    r = full_run()
+    r["floor"] = {
+        "bare_grpc_us_per_call": 300.0,
+        "bare_grpc_calls_per_s": 3000.0,
+        "bare_grpc_switches_per_call": 14.0,
+        "required_work_us_per_call": 520.0,
+        "required_work_calls_per_s": 2000.0,
+        "inprocess_issue_us": 250.0,
+        "record_us": 80.0,
+    }
+    md = report.markdown(r)
+    assert "| 600 (1.20x) |" in md
+    del r["floor"]["required_work_us_per_call"]
+    assert "required-work floor" not in report.markdown(r)
