@@ -211,22 +211,6 @@ def start_cfssl(binary: Path, work: Path) -> tuple[subprocess.Popen[bytes], str]
     raise RuntimeError(f"cfssl did not start: {(work / 'cfssl.log').read_text()}")
 
 
-def bench_cfssl(
-    binary: Path, work: Path, workloads: list[Workload], concurrencies: list[int], duration_s: float
-) -> list[dict[str, Any]]:
-    wl_file = work / "workloads.json"
-    save(workloads, wl_file)
-    proc, addr = start_cfssl(binary, work)
-    try:
-        return [
-            run_loadgen("cfssl", addr, proc.pid, wl_file, concurrency=c, duration_s=duration_s)
-            for c in concurrencies
-        ]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 if __name__ == "__main__":
     from tests.bench.workloads import make_workloads
 
