@@ -406,7 +406,9 @@ def _decode_failure(exc: jwt.PyJWTError, issuer: str, audiences: list[str]) -> A
     if isinstance(exc, jwt.ImmatureSignatureError):
         return AuthenticationError("token is not valid yet (nbf/iat in the future)")
     if isinstance(exc, jwt.InvalidAudienceError):
-        return AuthenticationError(f"token audience does not include any of: {', '.join(audiences)}")
+        return AuthenticationError(
+            f"token audience does not include any of: {', '.join(audiences)}"
+        )
     if isinstance(exc, jwt.InvalidIssuerError):
         return AuthenticationError(f"token issuer is not {issuer!r}")
     if isinstance(exc, jwt.MissingRequiredClaimError):

@@ -286,7 +286,9 @@ def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, InvalidSpiffeId, ValueError) as exc:
         print(f"bulwark ca serve: {exc}", file=sys.stderr)
     except OSError as exc:
-        print(f"bulwark ca serve: {os_error(exc, 'check --data-dir and its parent')}", file=sys.stderr)
+        print(
+            f"bulwark ca serve: {os_error(exc, 'check --data-dir and its parent')}", file=sys.stderr
+        )
     return 2
 
 

@@ -292,14 +292,13 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
         lock.release()
 
 
-async def _serve_locked(
-    config: CaConfig, metrics_dir: str, log_level: int, log_format: str
-) -> int:
+async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
     rotator = build_rotator(config)
     material = prepare_material(config, datetime.now(UTC), rotator)
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
     _announce_local_issuer(config)
     from ca_server.admin_api import check_record
+
     anchor_keeper = guard_record_of(config)  # damaged/missing record: RecordDamaged (exit 2)
     check_record(config)  # a bad --record is a clear start-up error, before any worker starts
     controllers = None
@@ -341,14 +340,10 @@ async def _serve_locked(
             addrs["bundle_endpoint_addr"] = endpoint_addr
         health = ReloadHealth(time.time())
         wake = asyncio.Event()
-        keeper = asyncio.create_task(
-            _keep_material_current(config, manager, pool, health, wake)
-        )
+        keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
         spiffe_task = asyncio.create_task(spiffe.run())
         try:
-            return await _run_admin(
-                config, pool, metrics_dir, manager, health, addrs, wake, spiffe
-            )
+            return await _run_admin(config, pool, metrics_dir, manager, health, addrs, wake, spiffe)
         finally:
             for task in (keeper, spiffe_task):
                 task.cancel()

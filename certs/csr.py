@@ -55,7 +55,10 @@ def parse_csr(pem: str | bytes, *, allow_ed25519: bool = False) -> ParsedCsr:
         raise CsrError("CSR is not PEM: expected a 'BEGIN CERTIFICATE REQUEST' block")
     try:
         csr = x509.load_pem_x509_csr(data)
-    except (ValueError, x509.InvalidVersion) as exc:  # InvalidVersion is no ValueError (found by fuzzing)
+    except (
+        ValueError,
+        x509.InvalidVersion,
+    ) as exc:  # InvalidVersion is no ValueError (found by fuzzing)
         raise CsrError("CSR PEM block does not hold a valid PKCS#10 request") from exc
     algorithm: ObjectIdentifier = csr.public_key_algorithm_oid  # type: ignore[attr-defined]
     _check_spki_algorithm(algorithm, allow_ed25519=allow_ed25519)

@@ -35,11 +35,15 @@ class Identity:
 
 
 def template(name: str) -> Template:
-    return Template((resources.files("ca_server.admin_api") / "ui_templates" / name).read_text("utf-8"))
+    return Template(
+        (resources.files("ca_server.admin_api") / "ui_templates" / name).read_text("utf-8")
+    )
 
 
 def style() -> str:
-    return (resources.files("ca_server.admin_api") / "ui_templates" / "style.css").read_text("utf-8")
+    return (resources.files("ca_server.admin_api") / "ui_templates" / "style.css").read_text(
+        "utf-8"
+    )
 
 
 def stamp(when: datetime) -> str:

@@ -145,9 +145,7 @@ class SecretKeyStore:
                     Secret(metadata=meta, type="Opaque", data=slots), namespace=self._namespace
                 )
                 return
-            kept = {
-                k: v for k, v in (secret.data or {}).items() if not k.startswith(SLOTS_PREFIX)
-            }
+            kept = {k: v for k, v in (secret.data or {}).items() if not k.startswith(SLOTS_PREFIX)}
             mirror = _secret_data(state.material("self-signed")) if self._mirror else {}
             secret.data = {**kept, **mirror, **slots}
             self._client.replace(secret)

@@ -73,7 +73,9 @@ def _note_junk(out: Contents, data: bytes, start: int, end: int, what: str) -> N
     first = start + len(segment) - len(segment.lstrip())
     line = data.count(b"\n", 0, first) + 1
     sample = junk[:40].decode(errors="replace").splitlines()[0]
-    out.warnings.append(f"{what}: line {line}: {len(junk)} byte(s) outside any PEM block ({sample!r})")
+    out.warnings.append(
+        f"{what}: line {line}: {len(junk)} byte(s) outside any PEM block ({sample!r})"
+    )
 
 
 def _read_der(data: bytes, what: str) -> Contents:

@@ -44,7 +44,11 @@ def key_usage(exts: x509.Extensions) -> list[str]:
     usage = found.value
     names = [_camel(f) for f in _KU_FLAGS if getattr(usage, f)]
     if usage.key_agreement:
-        names += [n for n, f in (("encipherOnly", "encipher_only"), ("decipherOnly", "decipher_only")) if getattr(usage, f)]
+        names += [
+            n
+            for n, f in (("encipherOnly", "encipher_only"), ("decipherOnly", "decipher_only"))
+            if getattr(usage, f)
+        ]
     return names + (["(critical)"] if found.critical else [])
 
 
@@ -66,7 +70,11 @@ def _sans(exts: x509.Extensions) -> tuple[list[str], list[str], list[str]]:
         return [], [], []
     san = found.value
     ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return san.get_values_for_type(x509.UniformResourceIdentifier), san.get_values_for_type(x509.DNSName), ips
+    return (
+        san.get_values_for_type(x509.UniformResourceIdentifier),
+        san.get_values_for_type(x509.DNSName),
+        ips,
+    )
 
 
 def _signature_algorithm(obj: x509.Certificate | x509.CertificateSigningRequest) -> str:

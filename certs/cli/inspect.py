@@ -32,7 +32,9 @@ def register(sub: Any) -> None:
         "file", nargs="?", default="-", help="PEM or DER file, or - for standard input (default)"
     )
     p.add_argument("--root", help="PEM or DER file with the trusted root(s) to verify against")
-    p.add_argument("--connect", metavar="HOST:PORT", help="inspect the chain this TLS server serves")
+    p.add_argument(
+        "--connect", metavar="HOST:PORT", help="inspect the chain this TLS server serves"
+    )
     p.add_argument(
         "--servername", help="TLS server name (SNI) to send with --connect (default: the host)"
     )
@@ -181,7 +183,9 @@ def _print_csr(csr: dict[str, Any]) -> None:
     _line("DNS SANs", csr["dns_sans"])
     _line("subject", csr["subject"] or "(empty)")
     _line("key", csr["key"])
-    _line("signature", f"{csr['signature_algorithm']} ({'valid' if csr['signature_valid'] else 'INVALID'})")
+    _line(
+        "signature",
+        f"{csr['signature_algorithm']} ({'valid' if csr['signature_valid'] else 'INVALID'})",
+    )
     _line("key usage", csr["key_usage"])
     _line("ext usage", csr["extended_key_usage"])
-

@@ -70,6 +70,7 @@ def suggestion(parser: argparse.ArgumentParser, message: str) -> str:
 
 def _nearest(word: str, options: Sequence[str]) -> str:
     import difflib  # only on a mistake: keeps the agent's start lean
+
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 

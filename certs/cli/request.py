@@ -43,7 +43,9 @@ def register(sub: Any) -> None:
         ),
     )
     env_flag(p, "--ca-addr", "CA_ADDR", default="127.0.0.1:15012", help="the CA's gRPC address")
-    env_flag(p, "--root", "CA_ROOT_CA", help="root certificate(s) that verify the CA (PEM); required")
+    env_flag(
+        p, "--root", "CA_ROOT_CA", help="root certificate(s) that verify the CA (PEM); required"
+    )
     env_flag(
         p,
         "--server-name",

@@ -114,9 +114,7 @@ def _call(plan: Plan, creds: _Credentials, csr_pem: str) -> list[str]:
     with grpc.secure_channel(plan.ca_addr, channel_creds, options=options) as channel:
         stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
         try:
-            response = stub.CreateCertificate(
-                request, metadata=creds.metadata, timeout=TIMEOUT_S
-            )
+            response = stub.CreateCertificate(request, metadata=creds.metadata, timeout=TIMEOUT_S)
         except grpc.RpcError as exc:
             raise RequestError(_rpc_message(plan, exc)) from None
     return list(response.cert_chain)
@@ -147,7 +145,9 @@ def _check(
     now: datetime,
 ) -> list[x509.Certificate]:
     if len(pem_chain) < 2:
-        raise RequestError(f"the CA answered with {len(pem_chain)} certificate(s); at least 2 expected")
+        raise RequestError(
+            f"the CA answered with {len(pem_chain)} certificate(s); at least 2 expected"
+        )
     chain = [c for pem in pem_chain for c in load_certificates(pem, what="the CA's answer")]
     try:
         got = verify_svid(chain, roots, now=now)
@@ -164,7 +164,11 @@ def _check(
 
 
 def _write(
-    out: Path, key: PrivateKey, chain: list[x509.Certificate], roots: list[x509.Certificate], now: datetime
+    out: Path,
+    key: PrivateKey,
+    chain: list[x509.Certificate],
+    roots: list[x509.Certificate],
+    now: datetime,
 ) -> dict[str, Any]:
     """key.pem (0600) first, so a chain on disk always has its key; the root last."""
     issued = [c for c in chain if c not in roots] or chain[:1]

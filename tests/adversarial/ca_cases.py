@@ -76,7 +76,9 @@ def sub_case(name: str, sub: str, says: str) -> Case:
     return claims_case(name, says, sub=sub)
 
 
-def header_case(name: str, says: str, headers: Callable[[TokenForge], list[tuple[str, str]]]) -> Case:
+def header_case(
+    name: str, says: str, headers: Callable[[TokenForge], list[tuple[str, str]]]
+) -> Case:
     return Case(name, U, says, lambda ca, f: Call(_good_csr(), headers(f)))
 
 
@@ -158,17 +160,28 @@ TOKEN_CASES = [
     token_case("garbage token", "not a JWT", lambda f: "garbage.token.value"),
     token_case("two-part token", "not a JWT", lambda f: "abc.def"),
     token_case("alg none", "'none' is not allowed", lambda f: f.alg_none(sa_claims())),
-    token_case("HS256 keyed with the RSA public key", "'HS256' is not allowed",
-               lambda f: f.hs256_with_public_key(sa_claims())),
+    token_case(
+        "HS256 keyed with the RSA public key",
+        "'HS256' is not allowed",
+        lambda f: f.hs256_with_public_key(sa_claims()),
+    ),
     # defect: PyJWT raised TypeError -> INTERNAL
-    token_case("ES256 header, issuer key is RSA", "does not match the issuer's key",
-               lambda f: broken.es256_token(f.kid, sa_claims())),
-    token_case("ES384 header, issuer key is RSA", "does not match the issuer's key",
-               lambda f: broken.es256_token(f.kid, sa_claims(), bits=384)),
+    token_case(
+        "ES256 header, issuer key is RSA",
+        "does not match the issuer's key",
+        lambda f: broken.es256_token(f.kid, sa_claims()),
+    ),
+    token_case(
+        "ES384 header, issuer key is RSA",
+        "does not match the issuer's key",
+        lambda f: broken.es256_token(f.kid, sa_claims(), bits=384),
+    ),
     # defect: PS256 was accepted for a JWK that says RS256
     token_case("PS256 with a key published for RS256", "does not match", _pss),
     token_case("RS384 with a key published for RS256", "does not match", _rs384),
-    claims_case("exp as a numeric string", "'exp' must be a number", exp=str(_now() + 3600)),  # defect
+    claims_case(
+        "exp as a numeric string", "'exp' must be a number", exp=str(_now() + 3600)
+    ),  # defect
     claims_case("nbf as a string", "must be a number", nbf=str(_now())),
     claims_case("iat as a string", "must be a number", iat=str(_now())),
     claims_case("exp as a boolean", "", exp=True),
@@ -182,27 +195,47 @@ TOKEN_CASES = [
     claims_case("missing exp", "'exp'", exp=None),
     claims_case("missing sub", "'sub'", sub=None),
     claims_case("sub a number", "", sub=42),
-    token_case("unknown kid", "key id", lambda f: f.sign(sa_claims(), kid="nope", key=f.other_key())),
-    token_case("known kid, another key", "signature", lambda f: f.sign(sa_claims(), key=f.other_key())),
+    token_case(
+        "unknown kid", "key id", lambda f: f.sign(sa_claims(), kid="nope", key=f.other_key())
+    ),
+    token_case(
+        "known kid, another key", "signature", lambda f: f.sign(sa_claims(), key=f.other_key())
+    ),
     # defect: a 6 KB kid was echoed (4.5 KB shows the same)
-    token_case("4.5 KB kid", "key id", lambda f: f.sign(sa_claims(), kid=LONG_KID, key=f.other_key())),
+    token_case(
+        "4.5 KB kid", "key id", lambda f: f.sign(sa_claims(), kid=LONG_KID, key=f.other_key())
+    ),
     token_case("kid a number", "not a JWT", lambda f: raw_token(_header(f, kid=7), sa_claims())),
-    token_case("kid with control characters", "key id",
-               lambda f: f.sign(sa_claims(), kid="a\nFORGED LOG LINE\x1b[31m", key=f.other_key())),
+    token_case(
+        "kid with control characters",
+        "key id",
+        lambda f: f.sign(sa_claims(), kid="a\nFORGED LOG LINE\x1b[31m", key=f.other_key()),
+    ),
     token_case("signature stripped", "", lambda f: f.sign(sa_claims()).rsplit(".", 1)[0] + "."),
     token_case("header is a JSON array", "not a JWT", lambda f: raw_token([1], sa_claims())),  # type: ignore[arg-type]
     token_case("payload is a JSON array", "", lambda f: raw_token(_header(f), [1])),  # type: ignore[arg-type]
-    token_case("alg with a trailing space", "not allowed",
-               lambda f: raw_token(_header(f, alg="RS256 "), sa_claims())),
-    token_case("embedded jwk header, signed by that key", "signature",
-               lambda f: f.sign(sa_claims(), key=f.other_key())),
-    token_case("jku header pointing elsewhere", "",
-               lambda f: raw_token(_header(f, jku="http://127.0.0.1:1/keys"), sa_claims())),
+    token_case(
+        "alg with a trailing space",
+        "not allowed",
+        lambda f: raw_token(_header(f, alg="RS256 "), sa_claims()),
+    ),
+    token_case(
+        "embedded jwk header, signed by that key",
+        "signature",
+        lambda f: f.sign(sa_claims(), key=f.other_key()),
+    ),
+    token_case(
+        "jku header pointing elsewhere",
+        "",
+        lambda f: raw_token(_header(f, jku="http://127.0.0.1:1/keys"), sa_claims()),
+    ),
 ]
 
 SUBJECT_CASES = [
     # defect: each of these was issued a malformed SPIFFE ID
-    sub_case("sub with a trailing newline", "system:serviceaccount:demo:frontend\n", "service account"),
+    sub_case(
+        "sub with a trailing newline", "system:serviceaccount:demo:frontend\n", "service account"
+    ),
     sub_case("newline in the namespace", "system:serviceaccount:de\nmo:frontend", "namespace"),
     sub_case("slash path in the account", "system:serviceaccount:demo:a/sa/b", "service account"),
     sub_case("uppercase namespace", "system:serviceaccount:Demo:frontend", "namespace"),
@@ -217,56 +250,134 @@ SUBJECT_CASES = [
 
 HEADER_CASES = [
     # defect: the last authorization header won
-    header_case("two authorization headers", "2 'authorization' headers",
-                lambda f: bearer(f.sign(sa_claims(sa="backend"))) + bearer(f.sign(sa_claims()))),
-    header_case("the same authorization header twice", "2 'authorization' headers",
-                lambda f: bearer(f.sign(sa_claims())) * 2),
-    header_case("Basic scheme", "must be 'Bearer <token>'", lambda f: [("authorization", "Basic dXNlcjpwdw==")]),
-    header_case("Bearer without a token", "must be 'Bearer <token>'", lambda f: [("authorization", "Bearer ")]),
-    header_case("two tokens in one header", "whitespace",
-                lambda f: [("authorization", f"Bearer {f.sign(sa_claims())} {f.sign(sa_claims())}")]),
+    header_case(
+        "two authorization headers",
+        "2 'authorization' headers",
+        lambda f: bearer(f.sign(sa_claims(sa="backend"))) + bearer(f.sign(sa_claims())),
+    ),
+    header_case(
+        "the same authorization header twice",
+        "2 'authorization' headers",
+        lambda f: bearer(f.sign(sa_claims())) * 2,
+    ),
+    header_case(
+        "Basic scheme",
+        "must be 'Bearer <token>'",
+        lambda f: [("authorization", "Basic dXNlcjpwdw==")],
+    ),
+    header_case(
+        "Bearer without a token",
+        "must be 'Bearer <token>'",
+        lambda f: [("authorization", "Bearer ")],
+    ),
+    header_case(
+        "two tokens in one header",
+        "whitespace",
+        lambda f: [("authorization", f"Bearer {f.sign(sa_claims())} {f.sign(sa_claims())}")],
+    ),
 ]
 
 IMPERSONATION_CASES = [
     impersonation_case("untrusted caller", OTHER, "CA_TRUSTED_NODE_ACCOUNTS", caller="frontend"),
     impersonation_case("target with a trailing newline", OTHER + "\n", "SPIFFE ID"),  # defect
-    impersonation_case("target in another trust domain", "spiffe://evil.org/ns/demo/sa/x", "trust domain"),
-    impersonation_case("target with a slash path", "spiffe://cluster.local/ns/demo/sa/a/sa/b", "not a workload"),
+    impersonation_case(
+        "target in another trust domain", "spiffe://evil.org/ns/demo/sa/x", "trust domain"
+    ),
+    impersonation_case(
+        "target with a slash path", "spiffe://cluster.local/ns/demo/sa/a/sa/b", "not a workload"
+    ),
     impersonation_case("target not a SPIFFE ID", "backend", "SPIFFE ID"),
     impersonation_case("6 KB target", "x" * 6000, "is not a SPIFFE ID"),  # defect: echoed whole
-    impersonation_case("target namespace uppercase", "spiffe://cluster.local/ns/Demo/sa/x", "not a workload"),
+    impersonation_case(
+        "target namespace uppercase", "spiffe://cluster.local/ns/Demo/sa/x", "not a workload"
+    ),
 ]
 
 CSR_CASES = [
     csr_case("CSR not PEM", BAD, "not PEM", lambda: "hello, I am not a CSR"),
     csr_case("empty CSR", BAD, "not PEM", lambda: ""),
-    csr_case("truncated DER", BAD, "valid PKCS#10", lambda: broken.truncated_csr(_good_csr().encode())),
+    csr_case(
+        "truncated DER", BAD, "valid PKCS#10", lambda: broken.truncated_csr(_good_csr().encode())
+    ),
     # defect (found by tests/fuzz): x509.InvalidVersion escaped as INTERNAL with a traceback
-    csr_case("CSR version 27", BAD, "valid PKCS#10", lambda: broken.bad_version_csr(_good_csr().encode())),
-    csr_case("bad CSR signature", BAD, "signature", lambda: broken.bad_signature_csr(_good_csr().encode())),
+    csr_case(
+        "CSR version 27", BAD, "valid PKCS#10", lambda: broken.bad_version_csr(_good_csr().encode())
+    ),
+    csr_case(
+        "bad CSR signature",
+        BAD,
+        "signature",
+        lambda: broken.bad_signature_csr(_good_csr().encode()),
+    ),
     # defect: these keys were signed
-    csr_case("RSA-PSS SubjectPublicKeyInfo", BAD, "1.2.840.113549.1.1.10", lambda: broken.rsa_pss_csr(ME)),
-    csr_case("RSA e = 2^40+15", BAD, "exponent", lambda: csr_pem(broken.rsa_with_exponent(2**40 + 15), uris=(ME,))),
-    csr_case("RSA 2040-bit exponent", BAD, "exponent",
-             lambda: csr_pem(broken.rsa_with_exponent(broken.huge_exponent()), uris=(ME,))),
-    csr_case("RSA e = 3", BAD, "exponent", lambda: csr_pem(broken.rsa_with_exponent(3), uris=(ME,))),
+    csr_case(
+        "RSA-PSS SubjectPublicKeyInfo", BAD, "1.2.840.113549.1.1.10", lambda: broken.rsa_pss_csr(ME)
+    ),
+    csr_case(
+        "RSA e = 2^40+15",
+        BAD,
+        "exponent",
+        lambda: csr_pem(broken.rsa_with_exponent(2**40 + 15), uris=(ME,)),
+    ),
+    csr_case(
+        "RSA 2040-bit exponent",
+        BAD,
+        "exponent",
+        lambda: csr_pem(broken.rsa_with_exponent(broken.huge_exponent()), uris=(ME,)),
+    ),
+    csr_case(
+        "RSA e = 3", BAD, "exponent", lambda: csr_pem(broken.rsa_with_exponent(3), uris=(ME,))
+    ),
     csr_case("RSA-1024", BAD, "1024 bits", lambda: csr_pem(broken.rsa_1024(), uris=(ME,))),
     csr_case("P-521", BAD, "secp521r1", lambda: csr_pem(broken.p521(), uris=(ME,))),
-    csr_case("Ed25519 while disabled", BAD, "Ed25519", lambda: csr_pem(broken.ed25519_key(), uris=(ME,))),
+    csr_case(
+        "Ed25519 while disabled", BAD, "Ed25519", lambda: csr_pem(broken.ed25519_key(), uris=(ME,))
+    ),
     csr_case("CA:true", BAD, "CA powers", lambda: csr_pem(broken.good_key(), uris=(ME,), ca=True)),
-    csr_case("keyCertSign", BAD, "CA powers", lambda: csr_pem(broken.good_key(), uris=(ME,), key_cert_sign=True)),
-    csr_case("CSR over 64 KiB", BAD, "limit is 65536",
-             lambda: csr_pem(broken.good_key(), uris=(ME,), padding_bytes=60000)),
-    csr_case("URI SAN with a trailing newline", BAD, "not a valid SPIFFE ID", lambda: _good_csr(ME + "\n")),
+    csr_case(
+        "keyCertSign",
+        BAD,
+        "CA powers",
+        lambda: csr_pem(broken.good_key(), uris=(ME,), key_cert_sign=True),
+    ),
+    csr_case(
+        "CSR over 64 KiB",
+        BAD,
+        "limit is 65536",
+        lambda: csr_pem(broken.good_key(), uris=(ME,), padding_bytes=60000),
+    ),
+    csr_case(
+        "URI SAN with a trailing newline",
+        BAD,
+        "not a valid SPIFFE ID",
+        lambda: _good_csr(ME + "\n"),
+    ),
     csr_case("URI SAN with a query", BAD, "query", lambda: _good_csr(ME + "?x=1")),
-    csr_case("URI SAN with '..'", BAD, "'..'", lambda: _good_csr("spiffe://cluster.local/ns/demo/../sa/x")),
+    csr_case(
+        "URI SAN with '..'",
+        BAD,
+        "'..'",
+        lambda: _good_csr("spiffe://cluster.local/ns/demo/../sa/x"),
+    ),
     csr_case("URI SAN for a deeper path", P, "but the caller is", lambda: _good_csr(ME + "/sa/x")),
-    csr_case("CSR for another namespace", P, "but the caller is",
-             lambda: _good_csr("spiffe://cluster.local/ns/other/sa/frontend")),
-    csr_case("extra DNS SAN", P, "DNS:x.demo.svc",
-             lambda: csr_pem(broken.good_key(), uris=(ME,), dns=("x.demo.svc",))),
-    csr_case("email SAN", P, "only the caller's identity",
-             lambda: csr_pem(broken.good_key(), emails=("a@example.org",))),
+    csr_case(
+        "CSR for another namespace",
+        P,
+        "but the caller is",
+        lambda: _good_csr("spiffe://cluster.local/ns/other/sa/frontend"),
+    ),
+    csr_case(
+        "extra DNS SAN",
+        P,
+        "DNS:x.demo.svc",
+        lambda: csr_pem(broken.good_key(), uris=(ME,), dns=("x.demo.svc",)),
+    ),
+    csr_case(
+        "email SAN",
+        P,
+        "only the caller's identity",
+        lambda: csr_pem(broken.good_key(), emails=("a@example.org",)),
+    ),
 ]
 
 TTL_CASES = [
@@ -277,17 +388,41 @@ TTL_CASES = [
 ]
 
 RENEWAL_CASES = [
-    renewal_case("renewal: CSR for another identity", P, "but the caller is", csr=lambda: _good_csr(OTHER)),
-    renewal_case("renewal: impersonation without trust", U, "CA_TRUSTED_NODE_ACCOUNTS",
-                 fields={"ImpersonatedIdentity": OTHER}),
-    renewal_case("renewal: certificate not ns/sa shaped", U, "not ns/NS/sa/SA",
-                 identity="spiffe://cluster.local/x/y", csr=lambda: _good_csr("spiffe://cluster.local/x/y")),
+    renewal_case(
+        "renewal: CSR for another identity", P, "but the caller is", csr=lambda: _good_csr(OTHER)
+    ),
+    renewal_case(
+        "renewal: impersonation without trust",
+        U,
+        "CA_TRUSTED_NODE_ACCOUNTS",
+        fields={"ImpersonatedIdentity": OTHER},
+    ),
+    renewal_case(
+        "renewal: certificate not ns/sa shaped",
+        U,
+        "not ns/NS/sa/SA",
+        identity="spiffe://cluster.local/x/y",
+        csr=lambda: _good_csr("spiffe://cluster.local/x/y"),
+    ),
     renewal_case("renewal: TTL int64 max", BAD, "exceeds the maximum", ttl=INT64_MAX),
-    renewal_case("renewal: RSA-PSS key", BAD, "1.2.840.113549.1.1.10", csr=lambda: broken.rsa_pss_csr(ME).decode()),
-    renewal_case("renewal: RSA e = 2^40+15", BAD, "exponent",
-                 csr=lambda: csr_pem(broken.rsa_with_exponent(2**40 + 15), uris=(ME,)).decode()),
-    renewal_case("renewal: duplicate authorization headers", U, "2 'authorization' headers",
-                 headers=[("authorization", "Bearer a"), ("authorization", "Bearer b")]),
+    renewal_case(
+        "renewal: RSA-PSS key",
+        BAD,
+        "1.2.840.113549.1.1.10",
+        csr=lambda: broken.rsa_pss_csr(ME).decode(),
+    ),
+    renewal_case(
+        "renewal: RSA e = 2^40+15",
+        BAD,
+        "exponent",
+        csr=lambda: csr_pem(broken.rsa_with_exponent(2**40 + 15), uris=(ME,)).decode(),
+    ),
+    renewal_case(
+        "renewal: duplicate authorization headers",
+        U,
+        "2 'authorization' headers",
+        headers=[("authorization", "Bearer a"), ("authorization", "Bearer b")],
+    ),
     renewal_case("renewal: certificate from a stranger CA", UNAVAILABLE, "", foreign=True),
 ]
 

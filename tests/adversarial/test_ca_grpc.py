@@ -82,7 +82,9 @@ def test_the_table_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_attack_is_refused_and_changes_nothing(ca: RunningCa, forge: TokenForge, case: Case) -> None:
+def test_attack_is_refused_and_changes_nothing(
+    ca: RunningCa, forge: TokenForge, case: Case
+) -> None:
     call = case.build(ca, forge)
     rows, issued = record_rows(ca), metric(ca, "citadel_server_success_cert_issuance_count")
     with pytest.raises(grpc.RpcError) as err:
@@ -145,7 +147,10 @@ def test_leeway_and_lifetime_are_flags(tmp_path: Path, watched_logs: list[Path])
         ahead = int(time.time()) + 30
         for claims, says in (
             (sa_claims(iat=ahead, nbf=ahead, exp=ahead + 600), "not valid yet"),
-            (sa_claims(exp=int(time.time()) + 7200), "lifetime exceeds the maximum this CA accepts (3600s)"),
+            (
+                sa_claims(exp=int(time.time()) + 7200),
+                "lifetime exceeds the maximum this CA accepts (3600s)",
+            ),
         ):
             with pytest.raises(grpc.RpcError) as err:
                 send(strict, Call(csr, bearer(forge.sign(claims))))

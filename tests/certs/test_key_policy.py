@@ -72,10 +72,14 @@ def test_a_certificate_of_an_undefined_version_is_a_chain_error() -> None:
     from certs.profile import self_signed_root
     from certs.spiffe_id import TrustDomain
 
-    root = self_signed_root(key=generate_key(), trust_domain=TrustDomain("td"), now=datetime.now(UTC))
+    root = self_signed_root(
+        key=generate_key(), trust_domain=TrustDomain("td"), now=datetime.now(UTC)
+    )
     der = root.public_bytes(Encoding.DER)
     at = der.index(b"\xa0\x03\x02\x01\x02")  # [0] EXPLICIT version INTEGER 2 (v3)
     der = der[:at] + b"\xa0\x03\x02\x01\x09" + der[at + 5 :]
-    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    pem = (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    )
     with pytest.raises(ChainError, match="cannot be parsed"):
         load_certificates(pem)

@@ -145,4 +145,3 @@ def test_verify_issued_checks_signature_time_and_svid(root) -> None:
         verify_issued(der, cert, now=NOW, issuer_key=other_key.public_key())
     with pytest.raises(ChainError, match="not signed by its issuer"):
         verify_issued(b"not DER", cert, now=NOW)
-

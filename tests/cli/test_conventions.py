@@ -61,7 +61,9 @@ def test_bash_completion_completes_commands_flags_and_choices(tmp_path: Path) ->
     def complete(*words: str) -> list[str]:
         cmd = (f"source {tmp_path / 'c.sh'}; COMP_WORDS=(bulwark {' '.join(repr(w) for w in words)}); "
                f"COMP_CWORD={len(words)}; _bulwark; echo \"${{COMPREPLY[@]}}\"")  # fmt: skip
-        return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=True).stdout.split()
+        return subprocess.run(
+            ["bash", "-c", cmd], capture_output=True, text=True, check=True
+        ).stdout.split()
 
     assert complete("cer") == ["cert", "certs"]
     assert "--issued-since" in complete("certs", "list", "--")
@@ -72,7 +74,9 @@ def test_bash_completion_completes_commands_flags_and_choices(tmp_path: Path) ->
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
 def test_other_shells_get_a_script(shell: str) -> None:
     text = script(build_parser(), shell)
-    assert "inspect" in text and "--issued-since" in text.replace("-l issued-since", "--issued-since")
+    assert "inspect" in text and "--issued-since" in text.replace(
+        "-l issued-since", "--issued-since"
+    )
     checker = shutil.which(shell)
     if checker:  # the shell itself checks the syntax where it is installed
         subprocess.run([checker, "-n"], input=text, text=True, check=True)
@@ -143,9 +147,7 @@ def test_docs_need_no_internet_and_the_schema_stays() -> None:
 
     from ca_server.admin_api.app import create_admin_app
 
-    app = create_admin_app(
-        metrics_dir=".", material=lambda: None, readiness=lambda: (True, "ok")
-    )
+    app = create_admin_app(metrics_dir=".", material=lambda: None, readiness=lambda: (True, "ok"))
     client = TestClient(app)
     assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
     assert client.get("/openapi.json").json()["info"]["title"] == "Bulwark CA admin API"

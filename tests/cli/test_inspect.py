@@ -33,7 +33,14 @@ class Pki:
         self.leaf_key = generate_key()
         self.leaf = self.issue(ME, timedelta(hours=1))
 
-    def issue(self, sid: SpiffeId | None, ttl: timedelta, *, dns: tuple[str, ...] = (), now: datetime = NOW):  # type: ignore[no-untyped-def]
+    def issue(
+        self,
+        sid: SpiffeId | None,
+        ttl: timedelta,
+        *,
+        dns: tuple[str, ...] = (),
+        now: datetime = NOW,
+    ):  # type: ignore[no-untyped-def]
         return leaf_certificate(
             spiffe_id=sid, public_key=self.leaf_key.public_key(), issuer_cert=self.root,
             issuer_key=self.key, now=now, ttl=ttl, dns_names=dns,
@@ -132,21 +139,34 @@ def test_a_wrong_root_is_explained_in_words(
     """Defect #14.3: a wrong root said `candidates exhausted: ... exceeds max depth`."""
     chain = write(tmp_path / "chain.pem", bundle_pem([pki.leaf]))
     other = Pki("other.example")
-    code, out, _ = inspect(capsys, chain, "--root", write(tmp_path / "o.pem", bundle_pem([other.root])))
+    code, out, _ = inspect(
+        capsys, chain, "--root", write(tmp_path / "o.pem", bundle_pem([other.root]))
+    )
     assert code == 1
-    assert "wrong root: the chain ends at spiffe://cluster.local/ns/demo/sa/frontend, issued by " \
+    assert (
+        "wrong root: the chain ends at spiffe://cluster.local/ns/demo/sa/frontend, issued by "
         "'O=cluster.local', but the given root(s) are 'O=other.example'" in out
+    )
     assert "candidates exhausted" not in out
     same_name = Pki()  # a root regenerated under the same name
-    code, out, _ = inspect(capsys, chain, "--root", write(tmp_path / "s.pem", bundle_pem([same_name.root])))
+    code, out, _ = inspect(
+        capsys, chain, "--root", write(tmp_path / "s.pem", bundle_pem([same_name.root]))
+    )
     assert code == 1 and "its key did not sign" in out
 
 
-def test_an_expired_leaf_is_named(pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_expired_leaf_is_named(
+    pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     old = pki.issue(ME, timedelta(minutes=1), now=NOW - timedelta(hours=2))
     chain = write(tmp_path / "old.pem", bundle_pem([old]))
-    code, out, _ = inspect(capsys, chain, "--root", write(tmp_path / "r.pem", bundle_pem([pki.root])))
-    assert code == 1 and "FAILED: the leaf (spiffe://cluster.local/ns/demo/sa/frontend) expired at" in out
+    code, out, _ = inspect(
+        capsys, chain, "--root", write(tmp_path / "r.pem", bundle_pem([pki.root]))
+    )
+    assert (
+        code == 1
+        and "FAILED: the leaf (spiffe://cluster.local/ns/demo/sa/frontend) expired at" in out
+    )
     assert re.search(r"\(-\d+h(\d+m)? EXPIRED\)", out)  # the one time-left format: negative
 
 

@@ -39,7 +39,11 @@ def test_help_has_a_description_and_shows_defaults(
     assert node.description and " ".join(node.description.split())[:40] in flat
     for action in node._actions:
         default = action.default
-        if action.option_strings and isinstance(default, str) and default not in ("", "==SUPPRESS=="):
+        if (
+            action.option_strings
+            and isinstance(default, str)
+            and default not in ("", "==SUPPRESS==")
+        ):
             assert f"default: {default}" in flat, action.option_strings
 
 
@@ -98,7 +102,9 @@ def test_a_bad_value_is_one_line_naming_it(
         assert len(lines) == 1, err
 
 
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [BULWARK, *args], cwd=cwd, env=tree_env(env or {"PATH": "/usr/bin:/bin"}),
         capture_output=True, text=True, timeout=120,
@@ -120,11 +126,23 @@ SERVE = ("ca", "serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1
         (("agent", "run"), {"BULWARK_LOG_LEVEL": "verbose"}, "'verbose' is not a log level"),
         (SERVE, {"BULWARK_ALLOW_ED25519": "yes"}, "BULWARK_ALLOW_ED25519 must be a boolean"),
         (("agent", "run"), {"FILE_MOUNTED_CERTS": "maybe"}, "FILE_MOUNTED_CERTS must be a boolean"),
-        (("agent", "run", "--socket", "afile/sock", "--status-addr", "127.0.0.1:0"), {},
-         "afile/sock.lock: a file is in the way where a directory is needed (check --socket)"),
+        (
+            ("agent", "run", "--socket", "afile/sock", "--status-addr", "127.0.0.1:0"),
+            {},
+            "afile/sock.lock: a file is in the way where a directory is needed (check --socket)",
+        ),
     ],
-    ids=["data-dir-file", "data-dir-under-file", "mint-data-dir", "mint-audience", "agent-level",
-         "agent-level-env", "ca-bool-env", "agent-bool-env", "agent-socket-dir-file"],
+    ids=[
+        "data-dir-file",
+        "data-dir-under-file",
+        "mint-data-dir",
+        "mint-audience",
+        "agent-level",
+        "agent-level-env",
+        "ca-bool-env",
+        "agent-bool-env",
+        "agent-socket-dir-file",
+    ],
 )
 def test_startup_errors_are_one_line_in_a_real_process(
     tmp_path: Path, args: tuple[str, ...], env: dict[str, str], needle: str | None

@@ -49,7 +49,8 @@ def test_go_durations_with_days_and_weeks(text: str, expected: timedelta) -> Non
 
 
 @pytest.mark.parametrize(
-    "text", ["", "h", "1", "1x", "1H", "1hm", "1h 30m", "-1h", "1.2.3s", ".s", "1e3s", "soon", "5 m"]
+    "text",
+    ["", "h", "1", "1x", "1H", "1hm", "1h 30m", "-1h", "1.2.3s", ".s", "1e3s", "soon", "5 m"],
 )
 def test_bad_durations_name_the_setting_and_the_grammar(text: str) -> None:
     if text == "1":
@@ -77,8 +78,22 @@ def test_host_port(text: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["nonsense", "host", ":80", "host:", "host:65536", "host:-1", "host:http", "::1:80", "[::1]",
-     "[::1]80", "[]:80", "[host]:80", "host:\uff18\uff10", "a:b:c"],
+    [
+        "nonsense",
+        "host",
+        ":80",
+        "host:",
+        "host:65536",
+        "host:-1",
+        "host:http",
+        "::1:80",
+        "[::1]",
+        "[::1]80",
+        "[]:80",
+        "[host]:80",
+        "host:\uff18\uff10",
+        "a:b:c",
+    ],
 )
 def test_bad_host_port(text: str) -> None:
     """Defect #11.6: the agent accepted `:80` and the CA `host:99999`."""
@@ -123,8 +138,17 @@ def test_times_ago_or_rfc3339() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(86399, "23h59m"), (3 * 86400 + 7200, "3d2h"), (86400, "1d"), (3600, "1h"), (330, "5m30s"),
-     (42, "42s"), (0, "0s"), (-3720, "-1h2m"), (-5, "-5s")],
+    [
+        (86399, "23h59m"),
+        (3 * 86400 + 7200, "3d2h"),
+        (86400, "1d"),
+        (3600, "1h"),
+        (330, "5m30s"),
+        (42, "42s"),
+        (0, "0s"),
+        (-3720, "-1h2m"),
+        (-5, "-5s"),
+    ],
 )
 def test_one_time_left_format(seconds: int, text: str) -> None:
     """Defect #14.1: time left was printed five ways; one helper now, parseable back."""

@@ -92,9 +92,23 @@ def test_cert_request_renews_over_mtls_in_each_format(
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
-        (["--token-file", "TOKEN", "-n", "demo", "-s", "frontend"], "did not accept the --token-file"),
-        (["--token-file", "GOOD", "-n", "demo", "-s", "frontend", "--server-name", "wrong.example"],
-         "does not carry --server-name 'wrong.example'"),
+        (
+            ["--token-file", "TOKEN", "-n", "demo", "-s", "frontend"],
+            "did not accept the --token-file",
+        ),
+        (
+            [
+                "--token-file",
+                "GOOD",
+                "-n",
+                "demo",
+                "-s",
+                "frontend",
+                "--server-name",
+                "wrong.example",
+            ],
+            "does not carry --server-name 'wrong.example'",
+        ),
         (["--token-file", "GOOD", "-n", "demo", "-s", "backend"], "PERMISSION_DENIED"),
         (["--token-file", "GOOD"], "say which identity"),
     ],
@@ -197,7 +211,10 @@ def test_agent_status_in_each_format(
 
 
 def test_agent_status_defaults_to_the_agents_socket(
-    agent: AgentProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    agent: AgentProcess,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Defect #14.1: `agent status` required --socket though the agent has a default."""
     where = tmp_path / "var/run/secrets/workload-spiffe-uds"

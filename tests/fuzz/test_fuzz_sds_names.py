@@ -12,9 +12,11 @@ from agent.errors import AgentError
 from agent.files import FILE_CERT_PREFIX, FILE_ROOT_PREFIX, file_resource_paths
 
 PATH = st.lists(st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True), min_size=1, max_size=5).map(
-    lambda parts: "/" + "/".join(p for p in parts if p not in (".", "..")) if any(
-        p not in (".", "..") for p in parts
-    ) else "/x"
+    lambda parts: (
+        "/" + "/".join(p for p in parts if p not in (".", ".."))
+        if any(p not in (".", "..") for p in parts)
+        else "/x"
+    )
 )
 NAMES = st.one_of(
     st.text(max_size=200),

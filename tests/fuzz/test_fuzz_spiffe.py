@@ -12,7 +12,9 @@ from certs.spiffe_id import SpiffeId, TrustDomain, is_namespace, is_service_acco
 LABEL = st.from_regex(r"[a-z0-9]([-a-z0-9]{0,20}[a-z0-9])?", fullmatch=True)
 NAMESPACE = LABEL
 ACCOUNT = st.lists(LABEL, min_size=1, max_size=4).map(".".join)
-SEGMENT = st.from_regex(r"[a-zA-Z0-9._-]{1,20}", fullmatch=True).filter(lambda s: s not in (".", ".."))
+SEGMENT = st.from_regex(r"[a-zA-Z0-9._-]{1,20}", fullmatch=True).filter(
+    lambda s: s not in (".", "..")
+)
 TD = st.from_regex(r"[a-z0-9._-]{1,40}", fullmatch=True)
 NEAR_MISS = st.text(alphabet="spife:/.-_aA0\n\r\t %?#@~\x00é", max_size=60)
 

@@ -24,11 +24,15 @@ from certs.spiffe_id import TrustDomain
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 ALGS = st.sampled_from(["RS256", "PS256", "ES256", "ES384", "HS256", "none", "EdDSA", "RS512"])
-HEADER = st.fixed_dictionaries({"alg": ALGS | JSON}, optional={"kid": JSON, "typ": JSON, "jku": JSON})
+HEADER = st.fixed_dictionaries(
+    {"alg": ALGS | JSON}, optional={"kid": JSON, "typ": JSON, "jku": JSON}
+)
 NOW = int(time.time())
 CLAIM_VALUE = {
     "iss": st.just(LOCAL_ISSUER) | JSON,

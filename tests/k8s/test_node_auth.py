@@ -55,7 +55,11 @@ def cluster(admin_client: Client) -> Iterator[dict[str, str]]:
     names = {"system": f"sys-{suffix}", "app": f"app-{suffix}"}
     for ns in names.values():
         admin_client.create(Namespace(metadata=ObjectMeta(name=ns)))
-    for ns, account in ((names["system"], "ztunnel"), (names["app"], "backend"), (names["app"], "lonely")):
+    for ns, account in (
+        (names["system"], "ztunnel"),
+        (names["app"], "backend"),
+        (names["app"], "lonely"),
+    ):
         try:
             create_service_account(admin_client, ns, account)
         except ApiError as exc:
@@ -172,6 +176,7 @@ def test_a_ca_process_with_the_deployed_rbac_enforces_the_node(
         env={"KUBECONFIG": ""},
     )  # fmt: skip
     try:
+
         def impersonate(target: SpiffeId) -> list[str]:
             with channel(ca.grpc_addr, ca.root_cert_path) as chan:
                 return create_certificate(

@@ -167,7 +167,9 @@ def test_plugged_in_slots_secret_is_created_then_updated(
     first = SlotState(active=Slot(authority=one, since=now))
     store.save_state(first)
     assert store.load_state() == first
-    second = SlotState(active=Slot(authority=one, since=now), prepared=Slot(authority=two, since=now))
+    second = SlotState(
+        active=Slot(authority=one, since=now), prepared=Slot(authority=two, since=now)
+    )
     store.save_state(second)
     assert store.load_state() == second
     data = admin_client.get(Secret, CACERTS_SLOTS_SECRET, namespace=ns).data or {}

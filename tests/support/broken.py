@@ -166,9 +166,7 @@ def rsa_with_exponent(exponent: int, bits: int = 2048) -> rsa.RSAPrivateKey:
             continue
         d = pow(exponent, -1, lam)
         public = rsa.RSAPublicNumbers(exponent, p * q)
-        numbers = rsa.RSAPrivateNumbers(
-            p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), public
-        )
+        numbers = rsa.RSAPrivateNumbers(p, q, d, d % (p - 1), d % (q - 1), pow(q, -1, p), public)
         return numbers.private_key(unsafe_skip_rsa_key_validation=True)
 
 
@@ -202,8 +200,7 @@ def rsa_pss_csr(spiffe_id: str) -> bytes:
 def raw_token(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"sig") -> str:
     """A JWS compact token with any header and claims (an arbitrary signature)."""
     return ".".join(
-        _b64(part)
-        for part in (json.dumps(header).encode(), json.dumps(claims).encode(), signature)
+        _b64(part) for part in (json.dumps(header).encode(), json.dumps(claims).encode(), signature)
     )
 
 
@@ -211,9 +208,7 @@ def es256_token(kid: str, claims: dict[str, Any], bits: int = 256) -> str:
     """ES256/ES384-signed with a fresh EC key, naming the issuer's RSA key id (alg confusion)."""
     curve: ec.EllipticCurve = ec.SECP256R1() if bits == 256 else ec.SECP384R1()
     alg = "ES256" if bits == 256 else "ES384"
-    return jwt.encode(
-        claims, ec.generate_private_key(curve), algorithm=alg, headers={"kid": kid}
-    )
+    return jwt.encode(claims, ec.generate_private_key(curve), algorithm=alg, headers={"kid": kid})
 
 
 def bad_version_csr(good: bytes, version: int = 27) -> bytes:
