@@ -111,17 +111,15 @@ class Signer:
         except (CertsError, ValueError, TypeError, InvalidSignature) as exc:
             log.error("issued certificate failed its own checks: %s", exc)
             raise SigningFailed("the CA could not produce a valid certificate") from exc
-        leaf_pem = to_pem(leaf)
-        entry = _entry(
+        return _issued(
+            prepared,
             parsed,
             caller,
-            prepared.issuer_serial,
             serial=leaf.serial_number,
             not_before=leaf.not_valid_before_utc,
             not_after=leaf.not_valid_after_utc,
-            pem=leaf_pem,
+            pem=to_pem(leaf),
         )
-        return Issued([leaf_pem, *prepared.response_tail], entry)
 
     @staticmethod
     def _sign_from_template(
@@ -141,17 +139,15 @@ class Signer:
             spiffe_id=caller.spiffe_id, spki=parsed.spki, now=now, ttl=ttl, serial=random_serial()
         )
         template.check_signature(leaf)  # InvalidSignature: the signer produced a bad signature
-        leaf_pem = der_to_pem(leaf.der)
-        entry = _entry(
+        return _issued(
+            prepared,
             parsed,
             caller,
-            prepared.issuer_serial,
             serial=leaf.serial,
             not_before=leaf.not_before,
             not_after=leaf.not_after,
-            pem=leaf_pem,
+            pem=der_to_pem(leaf.der),
         )
-        return Issued([leaf_pem, *prepared.response_tail], entry)
 
     def _prepare(self, material: CaMaterial, now: datetime) -> _Prepared:
         """The per-material state, made when `material` is first seen: the DER template
@@ -232,24 +228,26 @@ class Signer:
             )
 
 
-def _entry(
+def _issued(
+    prepared: _Prepared,
     parsed: ParsedCsr,
     caller: Caller,
-    issuer_serial: str,
     *,
     serial: int,
     not_before: datetime,
     not_after: datetime,
     pem: str,
-) -> IssuedCertificate:
-    return IssuedCertificate(
+) -> Issued:
+    """The response chain and the record entry of a leaf, from its values and PEM."""
+    entry = IssuedCertificate(
         serial=format(serial, "x"),
         **caller.record_fields(),
         not_before=not_before,
         not_after=not_after,
         public_key_sha256=hashlib.sha256(parsed.spki).hexdigest(),
         csr_sha256=parsed.sha256,
-        issuer_serial=issuer_serial,
+        issuer_serial=prepared.issuer_serial,
         certificate_pem=pem,
         kind=X509_SVID,
     )
+    return Issued([pem, *prepared.response_tail], entry)
