@@ -38,7 +38,7 @@ lint: $(STAMP)
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. protos/istio/v1/auth/ca.proto
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. protos/bulwark/v1/identity.proto
-	@# The Workload API: messages only; agent/workload_api.py registers /SpiffeWorkloadAPI/* itself.
+	@# The Workload API: messages only; agent/endpoints/workload_api.py registers /SpiffeWorkloadAPI/* itself.
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protos/spiffe/workload/workload.proto
 
 # Bulwark vs Istio's CA, cfssl and pilot-agent in one run (tests/bench/run.py says how).

@@ -16,6 +16,6 @@ for _name in ("ssl", "_hashlib"):
     if _name not in sys.modules:
         sys.modules[_name] = None  # type: ignore[assignment]
 
-from agent.cli import main  # noqa: E402
+from agent.cli.commands import main  # noqa: E402
 
 sys.exit(main())

@@ -21,28 +21,28 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from agent.cache import SecretCache
-from agent.caclient import SYSTEM_ROOTS, CaClient
 from agent.config import AgentConfig, split_host_port
+from agent.endpoints.socket_owner import SocketOwner
 from agent.errors import AgentError, ConfigError
-from agent.files import FileSecrets, OutputWriter
+from agent.files.secrets import FileSecrets, OutputWriter
+from agent.files.watch import FileWatcher
 from agent.metrics import AgentMetrics
-from agent.rotation import Clock, RotationPolicy, Rotator, SystemClock
-from agent.socket_owner import SocketOwner
-from agent.svid import Svid, svid_from_response
-from agent.watch import FileWatcher
+from agent.state.cache import SecretCache
+from agent.state.renewal import Clock, RotationPolicy, Rotator, SystemClock
+from agent.state.svid import Svid, svid_from_response
+from agent.upstream.caclient import SYSTEM_ROOTS, CaClient
 from certs.csr import build_csr
 from certs.errors import CertsError
 from certs.keys import generate_key
 from certs.spiffe_id import TrustDomain
 
 if TYPE_CHECKING:
-    from agent.bundle_poller import BundlePoller
-    from agent.identity_client import IdentityClient
-    from agent.jwt_svids import JwtSvidCache
-    from agent.sds import SdsService
-    from agent.status import StatusServer
-    from agent.workload_api import WorkloadApiService
+    from agent.endpoints.sds import SdsService
+    from agent.endpoints.status import StatusServer
+    from agent.endpoints.workload_api import WorkloadApiService
+    from agent.state.jwt_cache import JwtSvidCache
+    from agent.upstream.bundle_poller import BundlePoller
+    from agent.upstream.identity_client import IdentityClient
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Agent:
     # never loads it, and an agent without a status port never loads the status module.
     @cached_property
     def sds(self) -> SdsService:
-        from agent.sds import SdsService
+        from agent.endpoints.sds import SdsService
 
         return SdsService(cache=self.cache, files=self.files, metrics=self.metrics)
 
@@ -95,7 +95,7 @@ class Agent:
     def identity(self) -> IdentityClient:
         """JWT-SVIDs and trust bundles: the CA's WorkloadIdentityService, over the CSR's
         connection."""
-        from agent.identity_client import IdentityClient
+        from agent.upstream.identity_client import IdentityClient
 
         config = self.config
         return IdentityClient(
@@ -108,13 +108,13 @@ class Agent:
 
     @cached_property
     def jwt_svids(self) -> JwtSvidCache:
-        from agent.jwt_svids import JwtSvidCache
+        from agent.state.jwt_cache import JwtSvidCache
 
         return JwtSvidCache(self.identity.mint_jwt)
 
     @cached_property
     def bundle_poller(self) -> BundlePoller:
-        from agent.bundle_poller import BundlePoller
+        from agent.upstream.bundle_poller import BundlePoller
 
         return BundlePoller(
             self.identity,
@@ -125,7 +125,7 @@ class Agent:
 
     @cached_property
     def workload_api(self) -> WorkloadApiService:
-        from agent.workload_api import WorkloadApiService
+        from agent.endpoints.workload_api import WorkloadApiService
 
         return WorkloadApiService(
             cache=self.cache,
@@ -137,12 +137,12 @@ class Agent:
 
     @cached_property
     def status(self) -> StatusServer:
-        from agent.status import StatusServer
+        from agent.endpoints.status import StatusServer
 
         return StatusServer(cache=self.cache, metrics=self.metrics, now=self.clock.now)
 
     def _collect_gauges(self, metrics: AgentMetrics) -> None:
-        from agent.status import collect_gauges  # scraped only through the status port
+        from agent.endpoints.status import collect_gauges  # scraped only through the status port
 
         collect_gauges(metrics, self.cache.snapshot, self.clock.now())
 
@@ -240,8 +240,8 @@ class Agent:
 
     async def _start_grpc(self) -> None:
         """A gRPC server on the socket; earlier servers keep their open streams."""
-        from agent.sds import add_sds_to_server
-        from agent.workload_api import add_to_server
+        from agent.endpoints.sds import add_sds_to_server
+        from agent.endpoints.workload_api import add_to_server
 
         server = grpc.aio.server()
         add_sds_to_server(self.sds, server)

@@ -1,4 +1,4 @@
-"""CA server configuration: one frozen dataclass, built from flags and environment in `ca_server.cli`."""
+"""CA server configuration: one frozen dataclass, built from flags and environment in `ca_server.cli.serve`."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from certs.spiffe_id import TrustDomain
 from certs.values import InvalidValue, parse_host_port
 
 if TYPE_CHECKING:
-    from ca_server.federation.peers import FederationPeer
-    from ca_server.jwtsvid.keyset import RotationPolicy
     from ca_server.kube.settings import KubeSettings
+    from ca_server.spiffe.federation.peers import FederationPeer
+    from ca_server.spiffe.jwtsvid.keyset import RotationPolicy
 
 DEFAULT_WORKLOAD_CERT_TTL = timedelta(hours=24)
 MAX_WORKLOAD_CERT_TTL = timedelta(days=90)
@@ -78,7 +78,7 @@ class CaConfig:
     # How often CA material is re-read (plugged-in files, the stored root) and renewal checked.
     material_check_interval: timedelta = timedelta(seconds=10)
     kube: KubeSettings | None = None  # set by --kubeconfig or --kube-in-cluster
-    # CA rotation (ca_server.slots): same-key renewal (Istio's), or prepared/active/retired
+    # CA rotation (ca_server.authority.slots.model): same-key renewal (Istio's), or prepared/active/retired
     # slots moving to a new key.
     ca_rotation: str = "same-key"
     ca_prepare_at: float = 0.8  # fraction of the active CA's life
@@ -157,7 +157,7 @@ class CaConfig:
 
     @property
     def jwt_rotation(self) -> RotationPolicy:
-        from ca_server.jwtsvid.keyset import RotationPolicy
+        from ca_server.spiffe.jwtsvid.keyset import RotationPolicy
 
         return RotationPolicy(
             active_life=self.jwt_key_active_life, max_token_ttl=self.jwt_svid_max_ttl

@@ -42,7 +42,7 @@ class Caller:
 
 
 class CallerRecord(TypedDict):
-    """The caller's columns of `ca_server.record.IssuedCertificate`."""
+    """The caller's columns of `ca_server.record.entry.IssuedCertificate`."""
 
     spiffe_id: str
     namespace: str

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ca_server.identity import Caller
-from ca_server.record import IssuedCertificate
+from ca_server.record.entry import IssuedCertificate
 
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s {process}%(levelname)s %(name)s: %(message)s"

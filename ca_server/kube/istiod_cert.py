@@ -28,8 +28,8 @@ from lightkube import ApiError, Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
+from ca_server.authority.material import CaMaterial
 from ca_server.kube.settings import IstiodCertSettings
-from ca_server.material import CaMaterial
 from certs.errors import CertsError
 from certs.keys import load_private_key, spki_der
 from certs.pem import load_certificates

@@ -1,10 +1,10 @@
 """Self-signed CA material in the Secret `istio-ca-secret` (SPEC §1 "CA key material").
 
-Also a `SlotStore` (`ca_server.slot_store`): the CA slots of `--ca-rotation new-key` live
+Also a `SlotStore` (`ca_server.authority.slots.store`): the CA slots of `--ca-rotation new-key` live
 in extra `bulwark-` keys of the same Secret, so every replica follows the leader's
 transitions and a restarted leader resumes mid-rotation.
 
-A `RotatableKeyStore` (see `ca_server.material`, `ca_server.material_refresh`): `load()` reads the
+A `RotatableKeyStore` (see `ca_server.authority.material`, `ca_server.authority.refresh`): `load()` reads the
 Secret, `save()` creates it only when absent, `replace()` stores a renewed root. Replicas starting together race on the create; the API server lets exactly one
 win and every loser reads the winner back, so all replicas end up on one root.
 """
@@ -20,12 +20,12 @@ from lightkube import ApiError, Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
+from ca_server.authority.material import CaMaterial
+from ca_server.authority.slots.model import SlotState
+from ca_server.authority.slots.store import PREFIX, STATE_NAME, decode_state, encode_state
 from ca_server.errors import ConfigError
 from ca_server.kube.errors import KubeApiError, KubeMaterialError
 from ca_server.kube.settings import CA_SECRET_NAME
-from ca_server.material import CaMaterial
-from ca_server.slot_store import PREFIX, STATE_NAME, decode_state, encode_state
-from ca_server.slots import SlotState
 from certs.errors import CertsError
 from certs.keys import load_private_key, private_key_pem, spki_der
 from certs.pem import load_certificates, to_pem
@@ -36,7 +36,7 @@ CA_KEY_KEY = "ca-key.pem"
 ROOT_CERT_KEY = "root-cert.pem"
 CERT_CHAIN_KEY = "cert-chain.pem"
 PRIVATE_KEY_KEY = "key.pem"
-SLOTS_PREFIX = "bulwark-"  # extra keys holding the CA slots (ca_server.slot_store)
+SLOTS_PREFIX = "bulwark-"  # extra keys holding the CA slots (ca_server.authority.slots.store)
 
 
 class SecretKeyStore:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from lightkube import Client
 
+from ca_server.authority.material import CaMaterial, load_or_create
 from ca_server.errors import ConfigError
 from ca_server.kube.client import load_config, make_client
 from ca_server.kube.errors import KubeError
@@ -24,7 +25,6 @@ from ca_server.kube.rootcm import RootCertPublisher
 from ca_server.kube.secret_store import SecretKeyStore
 from ca_server.kube.settings import KubeSettings
 from ca_server.kube.tokenreview import TokenReviewAuthenticator
-from ca_server.material import CaMaterial, load_or_create
 from certs.spiffe_id import TrustDomain
 
 if TYPE_CHECKING:

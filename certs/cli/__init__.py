@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from certs.cli.parser import BulwarkParser, fill_descriptions
 
 _COMMAND_MODULES = (
-    "ca_server.cli",
+    "ca_server.cli.serve",
     "certs.cli.inspect",
     "certs.cli.request",
-    "ca_server.record_cli",
-    "agent.cli",
+    "ca_server.cli.records",
+    "agent.cli.commands",
     "certs.cli.completion",
 )
 EXIT_USAGE = 2

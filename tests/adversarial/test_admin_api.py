@@ -21,8 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ca_server.admin_api import CaCertificates, build_admin_router, create_admin_app
-from ca_server.ledger import CertificateQuery, open_reader, open_recorder
+from ca_server.admin import CaCertificates, build_admin_router, create_admin_app
+from ca_server.record.ledger import CertificateQuery, open_reader, open_recorder
 from tests.ledger.ca_material import roots_and_intermediate
 from tests.ledger.entries import BASE_TIME, make_entry
 from tests.ledger.http_server import serve

@@ -12,10 +12,15 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ca_server.authn import Authentication, JwksSource, JwtAuthenticator, key_fits_algorithm
+from ca_server.authn.authenticators import (
+    Authentication,
+    JwksSource,
+    JwtAuthenticator,
+    key_fits_algorithm,
+)
+from ca_server.authn.local_issuer import LOCAL_ISSUER, LocalIssuer
 from ca_server.errors import AuthenticationError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials, bearer_token_of, shown
-from ca_server.token_issuer import LOCAL_ISSUER, LocalIssuer
 from certs.spiffe_id import SpiffeId, TrustDomain
 from tests.support.broken import sa_claims
 

@@ -19,9 +19,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from agent.config import AgentConfig
-from agent.resources import SECRET_TYPE_URL
+from agent.endpoints.resources import SECRET_TYPE_URL
 from agent.runtime import Agent
-from agent.svid import RootBundle, Svid
+from agent.state.svid import RootBundle, Svid
 from certs.keys import KeyType, generate_key
 from certs.pem import load_certificates
 from certs.profile import leaf_certificate, self_signed_root

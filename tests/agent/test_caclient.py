@@ -16,11 +16,11 @@ from typing import Any
 import grpc
 import pytest
 
-from agent.caclient import CaClient, RetryPolicy
 from agent.config import AgentConfig
 from agent.errors import CaRequestFailed
 from agent.metrics import AgentMetrics
 from agent.runtime import Agent
+from agent.upstream.caclient import CaClient, RetryPolicy
 from certs.csr import build_csr
 from certs.keys import KeyType, generate_key, private_key_pem
 from certs.pem import to_pem

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
+import agent.cli.commands as cli
 from agent.config import AgentConfig, parse_duration
 from agent.errors import ConfigError
 from certs.keys import KeyType

@@ -17,7 +17,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from agent.config import AgentConfig
-from agent.resources import SECRET_TYPE_URL
+from agent.endpoints.resources import SECRET_TYPE_URL
 from tests.agent.support import (
     NODE,
     SdsStream,
@@ -137,7 +137,7 @@ async def test_file_cert_and_file_root_resources(shared_ca: RunningCa, work: Pat
 
 
 async def test_file_resources_are_capped(shared_ca: RunningCa, work: Path) -> None:
-    from agent.files import MAX_FILE_RESOURCES
+    from agent.files.secrets import MAX_FILE_RESOURCES
 
     async with (
         running_agent(agent_config(shared_ca, work)) as live,

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
+from agent.endpoints.resources import check_name
 from agent.errors import ConfigError, UnknownResource
+from agent.files.watch import UnusableFile, read_regular_file
 from agent.logs import JsonFormatter, LogBudget, TextFormatter, printable
-from agent.resources import check_name
-from agent.watch import UnusableFile, read_regular_file
 from tests.agent.agent_process import REPO
 from tests.agent.support import agent_config, running_agent
 from tests.support.ca_process import RunningCa, tree_env
@@ -58,7 +58,7 @@ def test_printable_escapes_control_characters() -> None:
 def test_formatters_write_one_line_per_event() -> None:
     """#12.6: a newline in a client's value cannot start a new log line, in text or JSON."""
     record = logging.LogRecord(
-        "agent.sds", logging.WARNING, __file__, 1, "NACK: %s", ("a\nb",), None
+        "agent.endpoints.sds", logging.WARNING, __file__, 1, "NACK: %s", ("a\nb",), None
     )
     text = TextFormatter().format(record)
     assert "\n" not in text and "a\\nb" in text
@@ -147,8 +147,8 @@ def test_json_log_format_writes_json_lines(work: Path) -> None:
 def test_workload_api_stubs_are_ours_and_wire_compatible() -> None:
     """#11.9: the agent loaded spiffe/_proto/workload_pb2.py by file path from another package."""
     code = (
-        "import sys; import agent.workload_api, agent.inspect_socket; "
-        "from agent.workload_proto import workload_pb2; m = workload_pb2(); "
+        "import sys; import agent.endpoints.workload_api, agent.cli.status; "
+        "from agent.endpoints.workload_proto import workload_pb2; m = workload_pb2(); "
         "print(m.__name__, any(k == 'spiffe' or k.startswith('spiffe.') for k in sys.modules))"
     )
     out = subprocess.run(
@@ -158,7 +158,7 @@ def test_workload_api_stubs_are_ours_and_wire_compatible() -> None:
 
     from spiffe._proto import workload_pb2 as theirs
 
-    from agent.workload_proto import workload_pb2
+    from agent.endpoints.workload_proto import workload_pb2
 
     ours = workload_pb2()
     for name, message in theirs.DESCRIPTOR.message_types_by_name.items():

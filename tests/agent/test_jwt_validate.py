@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from agent.jwt_validate import InvalidJwt, validate_jwt_svid
-from agent.trust_bundles import TrustBundles, parse_bundle, parse_trust_bundles
+from agent.state.jwt_validate import InvalidJwt, validate_jwt_svid
+from agent.state.trust_bundles import TrustBundles, parse_bundle, parse_trust_bundles
 from certs.spiffe_id import TrustDomain
 
 

@@ -167,11 +167,11 @@ def test_stale_socket_is_replaced_and_bad_config_exits_2(shared_ca: RunningCa, w
 # status port's, the CA's certificate profiles, the HTTP frameworks and libraries the agent
 # avoids on purpose (docs/AGENT.md, "Footprint"), and what only a failure or a JWT needs.
 NOT_BEFORE_FIRST_CERT = (
-    "agent.status",
+    "agent.endpoints.status",
     "certs.profile",
-    "agent.ca_diagnosis",
-    "agent.jwt_validate",
-    "agent.inspect_socket",
+    "agent.upstream.diagnosis",
+    "agent.state.jwt_validate",
+    "agent.cli.status",
     "fastapi",
     "pydantic",
     "uvicorn",
@@ -203,7 +203,11 @@ def test_first_certificate_loads_only_what_it_needs(shared_ca: RunningCa, work: 
         for line in agent.log().splitlines()
         if line.startswith("import time:") and "cumulative" not in line
     }
-    assert {"agent.runtime", "agent.sds", "agent.workload_api"} <= imported  # the report works
+    assert {
+        "agent.runtime",
+        "agent.endpoints.sds",
+        "agent.endpoints.workload_api",
+    } <= imported  # the report works
     loaded = sorted(
         name
         for name in imported

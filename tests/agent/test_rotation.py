@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.cache import SecretCache
 from agent.errors import CaRequestFailed
-from agent.rotation import RotationPolicy, Rotator
-from agent.svid import Svid
+from agent.state.cache import SecretCache
+from agent.state.renewal import RotationPolicy, Rotator
+from agent.state.svid import Svid
 from tests.agent.support import make_svid
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

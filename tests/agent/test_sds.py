@@ -19,7 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.rpc import status_pb2
 
-from agent.resources import SECRET_TYPE_URL
+from agent.endpoints.resources import SECRET_TYPE_URL
 from tests.agent.support import (
     NODE,
     LiveAgent,

@@ -163,12 +163,12 @@ def start_bare_grpc(
 
 def inprocess_issue_us(workloads: list[Workload], data_dir: Path) -> float:
     """CPU per certificate of the CA's request path without transport and record."""
-    from ca_server.authn import Authentication, JwksSource, JwtAuthenticator
-    from ca_server.material import DirectoryKeyStore, load_or_create
+    from ca_server.authn.authenticators import Authentication, JwksSource, JwtAuthenticator
+    from ca_server.authn.local_issuer import LOCAL_ISSUER
+    from ca_server.authority.material import DirectoryKeyStore, load_or_create
+    from ca_server.issuance.service import CertificateService
+    from ca_server.issuance.signer import Signer, SigningPolicy
     from ca_server.metrics import CaMetrics
-    from ca_server.service import CertificateService
-    from ca_server.signer import Signer, SigningPolicy
-    from ca_server.token_issuer import LOCAL_ISSUER
     from certs.spiffe_id import TrustDomain
     from protos.istio.v1.auth import ca_pb2
 
@@ -235,9 +235,9 @@ def inprocess_issue_us(workloads: list[Workload], data_dir: Path) -> float:
 
 def record_us(writers: int = 16, count: int = 4000) -> float:
     """CPU per certificate of the SQLite issuance record with concurrent writers."""
-    from ca_server.ledger import open_recorder
-    from ca_server.ledger.async_recorder import AsyncRecorder
-    from ca_server.record import IssuedCertificate
+    from ca_server.record.entry import IssuedCertificate
+    from ca_server.record.ledger import open_recorder
+    from ca_server.record.ledger.async_recorder import AsyncRecorder
 
     managed = open_recorder(f"sqlite:///{tempfile.mkdtemp()}/record.db")
     now = datetime.now(UTC)

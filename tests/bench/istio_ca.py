@@ -77,7 +77,7 @@ class IstioCa:
 
 def start_istio_ca(binary: Path, work: Path, issuer_dir: Path) -> IstioCa:
     """Istio's CA on 127.0.0.1:<free port>, trusting the token issuer of `issuer_dir`."""
-    from ca_server.token_issuer import LOCAL_ISSUER, LocalIssuer
+    from ca_server.authn.local_issuer import LOCAL_ISSUER, LocalIssuer
 
     issuer = LocalIssuer.load_or_create(issuer_dir)
     jwks = _JwksServer(issuer.jwks_path.read_bytes())

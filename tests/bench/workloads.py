@@ -28,7 +28,7 @@ class Workload:
 
 
 def _make(args: tuple[str, int, int, int]) -> list[tuple[str, str, str]]:
-    from ca_server.token_issuer import LocalIssuer
+    from ca_server.authn.local_issuer import LocalIssuer
     from certs.csr import build_csr
     from certs.keys import generate_key
     from certs.spiffe_id import SpiffeId, TrustDomain
@@ -50,7 +50,7 @@ def _make(args: tuple[str, int, int, int]) -> list[tuple[str, str, str]]:
 
 def make_workloads(data_dir: Path, count: int, *, token_ttl_s: int = 7200) -> list[Workload]:
     """`count` workloads whose tokens the CA of `data_dir` trusts (its embedded issuer)."""
-    from ca_server.token_issuer import LocalIssuer
+    from ca_server.authn.local_issuer import LocalIssuer
 
     LocalIssuer.load_or_create(data_dir)  # create the key once, before the pool races
     step = 500

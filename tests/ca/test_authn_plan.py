@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from ca_server.admin_api.wiring import authenticator_names
-from ca_server.authn_plan import authenticator_plan, build_authentication
-from ca_server.cli import config_from_args
+from ca_server.admin.wiring import authenticator_names
+from ca_server.authn.local_issuer import LocalIssuer
+from ca_server.authn.plan import authenticator_plan, build_authentication
+from ca_server.authority.material import create_self_signed
+from ca_server.cli.serve import config_from_args
 from ca_server.config import CaConfig
-from ca_server.material import create_self_signed
-from ca_server.token_issuer import LocalIssuer
 from certs.cli import build_parser
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from ca_server.federation import FederationPeer, fetch_bundle
-from ca_server.federation.fetcher import FetchFailed
+from ca_server.spiffe.federation import FederationPeer, fetch_bundle
+from ca_server.spiffe.federation.fetcher import FetchFailed
 from certs.files import write_atomic
 from certs.keys import generate_key, private_key_pem
 from certs.pem import to_pem

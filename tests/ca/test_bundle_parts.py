@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ca_server.bundle_endpoint import ServingIdentity
-from ca_server.federation import BadBundle, FederationStore, parse_bundle
-from ca_server.material import create_self_signed
+from ca_server.authority.material import create_self_signed
+from ca_server.spiffe.endpoint import ServingIdentity
+from ca_server.spiffe.federation import BadBundle, FederationStore, parse_bundle
 from certs.pem import load_certificates
 from certs.spiffe_id import TrustDomain
 from certs.verify import spiffe_id_of

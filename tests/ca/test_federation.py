@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from ca_server.errors import ConfigError
-from ca_server.federation import parse_peers
+from ca_server.spiffe.federation import parse_peers
 from certs.spiffe_id import TrustDomain
 from protos.bulwark.v1 import identity_pb2, identity_pb2_grpc
 from tests.support.ca_client import channel

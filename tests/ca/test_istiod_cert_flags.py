@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ca_server.authority.material import DirectoryKeyStore, load_or_create
 from ca_server.kube.istiod_cert import issue, renewal_reason
 from ca_server.kube.settings import ISTIOD_SERVICE_NAMES
-from ca_server.material import DirectoryKeyStore, load_or_create
 from certs.spiffe_id import TrustDomain
 from tests.support.ca_process import serve_once
 

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from ca_server.authority.material import create_self_signed
 from ca_server.config import CaConfig
-from ca_server.jwtsvid.keyset import (
+from ca_server.spiffe.jwtsvid.keyset import (
     KeyFile,
     KeySet,
     RotationPolicy,
@@ -21,8 +22,7 @@ from ca_server.jwtsvid.keyset import (
     published,
     signing_key,
 )
-from ca_server.material import create_self_signed
-from ca_server.spiffe_services import SpiffeServices
+from ca_server.spiffe.services import SpiffeServices
 from certs.spiffe_id import TrustDomain
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)

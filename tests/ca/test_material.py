@@ -128,7 +128,7 @@ def test_unreadable_ca_key_at_start_is_exit_2_naming_the_file(tmp_path: Path, ki
         source = make_cacerts(tmp_path / "pki")
         args: tuple[str, ...] = ("--cacerts-dir", str(source))
     else:
-        from ca_server.material import DirectoryKeyStore, load_or_create
+        from ca_server.authority.material import DirectoryKeyStore, load_or_create
         from certs.spiffe_id import TrustDomain
 
         source = tmp_path / "ca" / "ca"
@@ -186,8 +186,8 @@ def test_unsafe_key_directories_stop_the_ca(tmp_path: Path, where: str, fault: s
     """Issue #12 (files): the data dir, ca/ and token-issuer/ followed the umask (0777 under
     umask 000) and another local user replaced jwks.json. Now, like sshd's StrictModes, a
     directory others may write to, or owned by another user, stops the CA with exit 2."""
-    from ca_server.material import DirectoryKeyStore, load_or_create
-    from ca_server.token_issuer import LocalIssuer
+    from ca_server.authn.local_issuer import LocalIssuer
+    from ca_server.authority.material import DirectoryKeyStore, load_or_create
     from certs.spiffe_id import TrustDomain
 
     data_dir = tmp_path / "ca"

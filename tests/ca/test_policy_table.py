@@ -16,8 +16,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ca_server.material import create_self_signed
-from ca_server.service import UndecodableRequest
+from ca_server.authority.material import create_self_signed
+from ca_server.issuance.service import UndecodableRequest
 from certs.pem import load_certificates
 from certs.spiffe_id import TrustDomain
 from certs.verify import spiffe_id_of

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from ca_server.material import CaMaterial, DirectoryKeyStore, load_cacerts_dir, load_or_create
-from ca_server.material_refresh import MaterialManager, rotation_due
+from ca_server.authority.material import (
+    CaMaterial,
+    DirectoryKeyStore,
+    load_cacerts_dir,
+    load_or_create,
+)
+from ca_server.authority.refresh import MaterialManager, rotation_due
 from certs.keys import generate_key
 from certs.profile import leaf_certificate
 from certs.spiffe_id import SpiffeId, TrustDomain
@@ -234,7 +239,7 @@ def _install_new_set(kind: str, tmp_path: Path, source: Path) -> bytes:
         for name in ("cert-chain.pem", "ca-cert.pem", "root-cert.pem", "ca-key.pem"):
             (source / name).write_bytes((other / name).read_bytes())
         return (other / "root-cert.pem").read_bytes()
-    from ca_server.material import create_self_signed
+    from ca_server.authority.material import create_self_signed
     from certs.pem import to_pem
 
     fresh = create_self_signed(TD, datetime.now(UTC))
@@ -348,7 +353,7 @@ def test_deleted_self_signed_material_is_an_error_not_a_rollback(tmp_path: Path)
     material is kept."""
     from ca_server.config import CaConfig
     from ca_server.errors import ConfigError
-    from ca_server.supervisor import _material_manager
+    from ca_server.process.supervisor import _material_manager
 
     store = DirectoryKeyStore(tmp_path / "ca")
     first = load_or_create(store, TD, T0)

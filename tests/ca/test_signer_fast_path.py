@@ -14,13 +14,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-import ca_server.signer as signer_module
+import ca_server.issuance.signer as signer_module
 import certs.profile as profile_module
+from ca_server.authority.material import create_self_signed
 from ca_server.errors import SigningFailed
 from ca_server.identity import Caller
-from ca_server.material import create_self_signed
-from ca_server.record import X509_SVID
-from ca_server.signer import Signer, SigningPolicy
+from ca_server.issuance.signer import Signer, SigningPolicy
+from ca_server.record.entry import X509_SVID
 from certs.csr import build_csr, parse_csr
 from certs.keys import KeyType, generate_key
 from certs.pem import der_to_pem, serial_hex, to_pem

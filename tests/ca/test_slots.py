@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 
-from ca_server.slots import (
+from ca_server.authority.slots.model import (
     Authority,
     RotationPolicy,
     Slot,

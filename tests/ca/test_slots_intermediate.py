@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ca_server.material import CaMaterial, load_cacerts_dir
-from ca_server.slot_rotator import SlotRotator
-from ca_server.slot_store import DirectorySlotStore
-from ca_server.slots import RotationPolicy
+from ca_server.authority.material import CaMaterial, load_cacerts_dir
+from ca_server.authority.slots.model import RotationPolicy
+from ca_server.authority.slots.rotator import SlotRotator
+from ca_server.authority.slots.store import DirectorySlotStore
 from certs.cli import main as bulwark
 from certs.keys import generate_key
 from certs.pem import load_certificates

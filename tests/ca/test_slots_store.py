@@ -8,12 +8,17 @@ from pathlib import Path
 
 import pytest
 
+from ca_server.authority.material import DirectoryKeyStore, load_cacerts_dir, load_or_create
+from ca_server.authority.refresh import MaterialManager
+from ca_server.authority.slots.model import Authority, RotationPolicy, Slot, SlotError, SlotState
+from ca_server.authority.slots.rotator import SlotRotator
+from ca_server.authority.slots.store import (
+    STATE_NAME,
+    DirectorySlotStore,
+    decode_state,
+    encode_state,
+)
 from ca_server.errors import ConfigError
-from ca_server.material import DirectoryKeyStore, load_cacerts_dir, load_or_create
-from ca_server.material_refresh import MaterialManager
-from ca_server.slot_rotator import SlotRotator
-from ca_server.slot_store import STATE_NAME, DirectorySlotStore, decode_state, encode_state
-from ca_server.slots import Authority, RotationPolicy, Slot, SlotError, SlotState
 from certs.keys import generate_key
 from certs.profile import self_signed_root
 from certs.spiffe_id import TrustDomain

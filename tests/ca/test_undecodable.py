@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ca_server.service import SERVICE_NAME, add_to_server
+from ca_server.issuance.service import SERVICE_NAME, add_to_server
 from tests.support.testca import TestCa
 
 # field 1 (csr), length-delimited, two bytes that are not UTF-8

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ca_server.record_cli import _filters, admin_base_url, print_table
+from ca_server.cli.records import _filters, admin_base_url, print_table
 from certs.cli import build_parser, main
 from certs.cli.completion import script
 from certs.cli.output import table
@@ -145,7 +145,7 @@ def test_docs_need_no_internet_and_the_schema_stays() -> None:
     """#14.9: /docs loaded Swagger UI from a CDN; now it is off and /openapi.json kept."""
     from fastapi.testclient import TestClient
 
-    from ca_server.admin_api.app import create_admin_app
+    from ca_server.admin.app import create_admin_app
 
     app = create_admin_app(metrics_dir=".", material=lambda: None, readiness=lambda: (True, "ok"))
     client = TestClient(app)

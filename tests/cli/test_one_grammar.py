@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from agent.cli import config_from
+from agent.cli.commands import config_from
 from agent.errors import ConfigError as AgentConfigError
-from ca_server.cli import config_from_args
+from ca_server.cli.records import _filters, admin_base_url
+from ca_server.cli.serve import config_from_args
 from ca_server.config import parse_hostport
 from ca_server.errors import ConfigError as CaConfigError
-from ca_server.record_cli import _filters, admin_base_url
 from certs.cli import build_parser
 from certs.values import parse_host_port
 

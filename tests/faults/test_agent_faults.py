@@ -24,10 +24,10 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
+from agent.endpoints.resources import SECRET_TYPE_URL
+from agent.endpoints.status import StatusServer
 from agent.errors import CaRequestFailed
-from agent.resources import SECRET_TYPE_URL
 from agent.runtime import Agent
-from agent.status import StatusServer
 from tests.agent.agent_process import AgentProcess, start_agent_process
 from tests.agent.support import NODE, agent_config, running_agent, short_dir
 from tests.support.ca_process import RunningCa, start_ca, tree_env
@@ -236,7 +236,7 @@ async def test_trust_domain_mismatch_says_both_and_stops_hammering(
     """#14.8: a trust-domain mismatch hinted at --csr-san-policy and was retried forever."""
     agent = Agent(agent_config(ca, work, trust_domain="other.local"))
     rotator = agent.rotator
-    with caplog.at_level(logging.INFO, logger="agent.rotation"):
+    with caplog.at_level(logging.INFO, logger="agent.state.renewal"):
         for _ in range(3):
             await rotator.fire(rotator.generation)
             wait = (rotator.due - agent.clock.now()).total_seconds()

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from spiffe import JwtSource, TrustDomain, WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from agent.resources import ROOTCA
+from agent.endpoints.resources import ROOTCA
 from certs.pem import load_certificates
 from tests.agent.support import NODE, LiveAgent, SdsStream, agent_config, running_agent, secrets_of
 from tests.federation.pair import (

@@ -1,4 +1,4 @@
-"""Fuzzing the agent's SDS resource-name parser (agent/files.py `file_resource_paths`, used as
+"""Fuzzing the agent's SDS resource-name parser (agent/files/secrets.py `file_resource_paths`, used as
 is): only UnknownResource escapes, and file names round-trip to their paths."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import AgentError
-from agent.files import FILE_CERT_PREFIX, FILE_ROOT_PREFIX, file_resource_paths
+from agent.files.secrets import FILE_CERT_PREFIX, FILE_ROOT_PREFIX, file_resource_paths
 
 PATH = st.lists(st.from_regex(r"[A-Za-z0-9._-]{1,12}", fullmatch=True), min_size=1, max_size=5).map(
     lambda parts: (

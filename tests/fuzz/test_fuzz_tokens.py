@@ -16,10 +16,10 @@ import jwt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ca_server.authn import JwksSource, JwtAuthenticator
+from ca_server.authn.authenticators import JwksSource, JwtAuthenticator
+from ca_server.authn.local_issuer import LOCAL_ISSUER, LocalIssuer
 from ca_server.errors import AuthenticationError
 from ca_server.identity import RequestCredentials
-from ca_server.token_issuer import LOCAL_ISSUER, LocalIssuer
 from certs.spiffe_id import TrustDomain
 
 JSON = st.recursive(

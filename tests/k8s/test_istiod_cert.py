@@ -22,9 +22,9 @@ from lightkube import ApiError, Client, KubeConfig
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
+from ca_server.authority.material import CaMaterial, DirectoryKeyStore, load_or_create
 from ca_server.kube.istiod_cert import IstiodCertSecretError, IstiodCertWriter
 from ca_server.kube.settings import ISTIOD_SERVICE_NAMES, IstiodCertSettings
-from ca_server.material import CaMaterial, DirectoryKeyStore, load_or_create
 from certs.pem import load_certificates
 from certs.spiffe_id import TrustDomain
 from tests.deploy.tools import CHART, run, tool

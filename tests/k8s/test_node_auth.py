@@ -16,7 +16,7 @@ from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod
 
-from ca_server.authn import Authentication
+from ca_server.authn.authenticators import Authentication
 from ca_server.errors import ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials
 from ca_server.kube import TokenReviewAuthenticator

@@ -15,8 +15,8 @@ from cryptography import x509
 from lightkube import ApiError, Client
 from lightkube.resources.core_v1 import ConfigMap, Secret
 
+from ca_server.authority.material import CaMaterial, load_or_create
 from ca_server.kube import SecretKeyStore
-from ca_server.material import CaMaterial, load_or_create
 from certs.pem import load_certificates
 from certs.spiffe_id import TrustDomain
 from tests.k8s.harness import ControlPlane

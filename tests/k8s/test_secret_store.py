@@ -12,8 +12,8 @@ from lightkube import Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
+from ca_server.authority.material import CaMaterial, create_self_signed, load_or_create
 from ca_server.kube import KubeMaterialError, SecretKeyStore
-from ca_server.material import CaMaterial, create_self_signed, load_or_create
 from certs.pem import sha256_fingerprint
 from certs.spiffe_id import TrustDomain
 
@@ -101,7 +101,7 @@ def test_malformed_secret_is_an_error_not_a_new_root(
 def test_renewed_root_replaces_the_stored_one_and_keeps_the_old_in_the_bundle(
     admin_client: Client, make_namespace: Callable[[str], str]
 ) -> None:
-    from ca_server.material_refresh import RotatableKeyStore, renewed_root
+    from ca_server.authority.refresh import RotatableKeyStore, renewed_root
 
     ns = make_namespace("rot")
     store = SecretKeyStore(admin_client, namespace=ns)

@@ -152,10 +152,10 @@ def test_plugged_in_slots_secret_is_created_then_updated(
     """A plugged-in CA's slots go to their own Secret (no classic keys), shared by replicas."""
     from datetime import UTC, datetime
 
+    from ca_server.authority.material import create_self_signed
+    from ca_server.authority.slots.model import Authority, Slot, SlotState
     from ca_server.kube import SecretKeyStore
-    from ca_server.material import create_self_signed
-    from ca_server.slot_wiring import CACERTS_SLOTS_SECRET
-    from ca_server.slots import Authority, Slot, SlotState
+    from ca_server.process.slots import CACERTS_SLOTS_SECRET
     from certs.spiffe_id import TrustDomain
 
     ns = make_namespace("cslots")

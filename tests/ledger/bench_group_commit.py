@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from ca_server.config import DEFAULT_RECORD_LINGER
-from ca_server.ledger import RecorderOptions, open_reader, open_recorder
-from ca_server.ledger.async_recorder import AsyncRecorder
-from ca_server.record import IssuedCertificate
+from ca_server.record.entry import IssuedCertificate
+from ca_server.record.ledger import RecorderOptions, open_reader, open_recorder
+from ca_server.record.ledger.async_recorder import AsyncRecorder
 from tests.ledger.entries import make_entry
 from tests.support.postgres import start_postgres
 

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ca_server.record import IssuedCertificate
+from ca_server.record.entry import IssuedCertificate
 from certs.pem import to_pem
 
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)

@@ -8,8 +8,8 @@ import signal
 import time
 from pathlib import Path
 
-from ca_server.ledger import LedgerReader, VerifyReport, parse_record_url
-from ca_server.ledger.dialects import connect
+from ca_server.record.ledger import LedgerReader, VerifyReport, parse_record_url
+from ca_server.record.ledger.dialects import connect
 from tests.support.ca_process import RunningCa
 
 

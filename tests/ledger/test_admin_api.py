@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import FastAPI
 
-from ca_server.admin_api import CaCertificates, build_admin_router, is_loopback
-from ca_server.ledger import open_reader, open_recorder
+from ca_server.admin import CaCertificates, build_admin_router, is_loopback
+from ca_server.record.ledger import open_reader, open_recorder
 from certs.pem import load_certificates
 from tests.ledger.ca_material import roots_and_intermediate
 from tests.ledger.entries import BASE_TIME, make_entry

@@ -12,11 +12,11 @@ from datetime import timedelta
 
 import pytest
 
-from ca_server.ledger import LedgerWriteError, RecorderOptions, open_reader, open_recorder
-from ca_server.ledger.async_recorder import AsyncRecorder
-from ca_server.ledger.database import parse_record_url
-from ca_server.ledger.dialects import connect
-from ca_server.ledger.recorder import ManagedRecorder
+from ca_server.record.ledger import LedgerWriteError, RecorderOptions, open_reader, open_recorder
+from ca_server.record.ledger.async_recorder import AsyncRecorder
+from ca_server.record.ledger.database import parse_record_url
+from ca_server.record.ledger.dialects import connect
+from ca_server.record.ledger.recorder import ManagedRecorder
 from tests.ledger.entries import make_entry
 
 WAIT_S = 60.0  # how long a condition may take before the test fails (never a measurement)

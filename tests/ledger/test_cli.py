@@ -15,7 +15,7 @@ import grpc
 import httpx
 import pytest
 
-from ca_server.record_cli import print_table
+from ca_server.cli.records import print_table
 from certs.csr import build_csr
 from certs.keys import generate_key
 from certs.pem import load_certificates, serial_hex

@@ -11,9 +11,9 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from ca_server.ledger import open_reader
-from ca_server.ledger.recorder import RecordWriter, prepare
-from ca_server.record import IssuedCertificate
+from ca_server.record.entry import IssuedCertificate
+from ca_server.record.ledger import open_reader
+from ca_server.record.ledger.recorder import RecordWriter, prepare
 
 GOLDEN_DB = Path(__file__).parent / "golden" / "record-v1.db"
 BASE = datetime(2026, 1, 1, tzinfo=UTC)

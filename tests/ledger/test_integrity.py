@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ca_server.ledger import open_reader, open_recorder
-from ca_server.ledger.integrity import (
+from ca_server.record.ledger import open_reader, open_recorder
+from ca_server.record.ledger.integrity import (
     ANCHOR_FILE,
     Anchor,
     RecordDamaged,
@@ -181,8 +181,8 @@ def head_hash(url: str) -> str:
 
 def test_an_altered_row_is_found_on_each_backend(record_url: str, tmp_path: Path) -> None:
     """The tail check and the segment work alike on SQLite and PostgreSQL."""
-    from ca_server.ledger.database import parse_record_url
-    from ca_server.ledger.dialects import connect
+    from ca_server.record.ledger.database import parse_record_url
+    from ca_server.record.ledger.dialects import connect
 
     recorder = open_recorder(record_url)
     for _ in range(5):

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ca_server.ledger import open_recorder
+from ca_server.record.ledger import open_recorder
 from tests.ledger.entries import make_entry
 from tests.ledger.test_cli import bulwark
 from tests.ledger.test_integrity import ROWS, alter_row, checkpoint, corrupt_middle

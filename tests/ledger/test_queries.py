@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from ca_server.admin_api import CaCertificates, build_admin_router
-from ca_server.ledger import open_reader
-from ca_server.ledger.append import append_batch
-from ca_server.ledger.dialects import connect
-from ca_server.ledger.recorder import prepare
-from ca_server.record import IssuedCertificate
+from ca_server.admin import CaCertificates, build_admin_router
+from ca_server.record.entry import IssuedCertificate
+from ca_server.record.ledger import open_reader
+from ca_server.record.ledger.append import append_batch
+from ca_server.record.ledger.dialects import connect
+from ca_server.record.ledger.recorder import prepare
 from tests.ledger.ca_material import roots_and_intermediate
 from tests.ledger.entries import BASE_TIME, make_entry
 from tests.ledger.http_server import serve

@@ -9,15 +9,15 @@ from datetime import timedelta
 import pytest
 
 from ca_server.errors import RecordWriteFailed
-from ca_server.ledger import (
+from ca_server.record.ledger import (
     LedgerWriteError,
     RecorderOptions,
     SchemaError,
     open_reader,
     open_recorder,
 )
-from ca_server.ledger.database import parse_record_url
-from ca_server.ledger.dialects import connect
+from ca_server.record.ledger.database import parse_record_url
+from ca_server.record.ledger.dialects import connect
 from tests.ledger.entries import make_entry
 from tests.support.postgres import PostgresCluster
 
@@ -235,7 +235,7 @@ def test_a_postgresql_statement_stuck_on_the_chain_lock_ends_in_an_error(
     # A commit waiting on another writer's chain lock must not hold the record thread forever.
     import psycopg
 
-    from ca_server.ledger.postgres import PostgresSession
+    from ca_server.record.ledger.postgres import PostgresSession
 
     url = request.getfixturevalue("postgres_cluster").database("stuck")
     open_recorder(url).close()  # creates the schema
@@ -259,7 +259,7 @@ def test_postgresql_sessions_give_up_on_a_silent_database(
 ) -> None:
     # A partition cannot be staged here (no packet filter), so check what bounds it: TCP
     # keepalives and a user timeout on every session, unless the DSN sets its own.
-    from ca_server.ledger.postgres import PostgresSession
+    from ca_server.record.ledger.postgres import PostgresSession
 
     url = request.getfixturevalue("postgres_cluster").database("silent")
     session = PostgresSession.connect(url)

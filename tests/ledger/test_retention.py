@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from datetime import timedelta
 
-from ca_server.ledger import RecorderOptions, open_reader, open_recorder
-from ca_server.ledger.database import parse_record_url
-from ca_server.ledger.dialects import connect
-from ca_server.ledger.retention import Pruner, prune_once
+from ca_server.record.ledger import RecorderOptions, open_reader, open_recorder
+from ca_server.record.ledger.database import parse_record_url
+from ca_server.record.ledger.dialects import connect
+from ca_server.record.ledger.retention import Pruner, prune_once
 from tests.ledger.entries import BASE_TIME, make_entry
 
 NOW = BASE_TIME + timedelta(days=60)

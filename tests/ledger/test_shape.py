@@ -5,13 +5,13 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ca_server.admin_api.models import CertificateDetail, CertificateSummary
-from ca_server.ledger.chain import canonical
-from ca_server.ledger.dialects import connect
-from ca_server.ledger.recorder import prepare
-from ca_server.ledger.rows import StoredCertificate
-from ca_server.ledger.shape import HASHED_COLUMNS, LATE_COLUMNS, ROW_COLUMNS
-from ca_server.record import IssuedCertificate
+from ca_server.admin.models import CertificateDetail, CertificateSummary
+from ca_server.record.entry import IssuedCertificate
+from ca_server.record.ledger.chain import canonical
+from ca_server.record.ledger.dialects import connect
+from ca_server.record.ledger.recorder import prepare
+from ca_server.record.ledger.rows import StoredCertificate
+from ca_server.record.ledger.shape import HASHED_COLUMNS, LATE_COLUMNS, ROW_COLUMNS
 
 FIELDS = [f.name for f in dataclasses.fields(IssuedCertificate)]
 
@@ -49,7 +49,7 @@ def test_stored_row_and_api_models_carry_every_field() -> None:
 
 def test_a_late_column_is_hashed_only_when_set(monkeypatch: object) -> None:
     """A field added by a later schema leaves old rows' canonical bytes (and hashes) as they were."""
-    import ca_server.ledger.chain as chain
+    import ca_server.record.ledger.chain as chain
 
     row = dict.fromkeys(HASHED_COLUMNS, "x")
     before = canonical(row)

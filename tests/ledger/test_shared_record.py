@@ -6,8 +6,8 @@ import itertools
 from collections import Counter
 from pathlib import Path
 
-from ca_server.ledger.database import parse_record_url
-from ca_server.ledger.dialects import connect
+from ca_server.record.ledger.database import parse_record_url
+from ca_server.record.ledger.dialects import connect
 from tests.ledger.processes import verify
 from tests.support.ca_process import start_ca
 from tests.support.load import Load

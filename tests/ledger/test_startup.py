@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ca_server.ledger import parse_record_url
+from ca_server.record.ledger import parse_record_url
 from tests.support.ca_process import REPO, serve_once
 
 

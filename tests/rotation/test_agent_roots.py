@@ -8,8 +8,8 @@ import asyncio
 import random
 from datetime import timedelta
 
-from agent.rotation import RotationPolicy, anchored, renew_for_roots
-from agent.svid import RootBundle
+from agent.state.renewal import RotationPolicy, anchored, renew_for_roots
+from agent.state.svid import RootBundle
 from tests.agent.support import make_svid
 from tests.agent.test_rotation import T0, FakeClock, Issuer, rotator_for, settle
 

@@ -10,11 +10,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from ca_server.admin_api.rotation_routes import build_rotation_router
-from ca_server.material import DirectoryKeyStore, load_or_create
-from ca_server.slot_rotator import SlotRotator
-from ca_server.slot_store import STATE_NAME, DirectorySlotStore
-from ca_server.slots import RotationPolicy
+from ca_server.admin.rotation_routes import build_rotation_router
+from ca_server.authority.material import DirectoryKeyStore, load_or_create
+from ca_server.authority.slots.model import RotationPolicy
+from ca_server.authority.slots.rotator import SlotRotator
+from ca_server.authority.slots.store import STATE_NAME, DirectorySlotStore
 from certs.spiffe_id import TrustDomain
 
 TD = TrustDomain("cluster.local")

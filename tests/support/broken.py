@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ObjectIdentifier
 
-from ca_server.token_issuer import LOCAL_ISSUER
+from ca_server.authn.local_issuer import LOCAL_ISSUER
 from certs.keys import generate_key, load_private_key
 
 

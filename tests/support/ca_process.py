@@ -136,7 +136,7 @@ class RunningCa:
     def mint_token(
         self, namespace: str, service_account: str, *, audience: str = "istio-ca", ttl_s: int = 3600
     ) -> str:
-        from ca_server.token_issuer import LocalIssuer
+        from ca_server.authn.local_issuer import LocalIssuer
 
         issuer = LocalIssuer.load_or_create(self.data_dir)
         return issuer.mint(

@@ -1,0 +1,80 @@
+"""SDS resource names and the Envoy `Secret` each one becomes (SPEC §2)."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
+
+from agent.errors import UnknownResource
+from agent.files.secrets import FILE_ROOT_PREFIX, file_resource_paths
+from agent.logs import printable
+from agent.state.cache import Snapshot
+
+SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+DEFAULT = "default"
+ROOTCA = "ROOTCA"
+
+
+def check_name(name: str) -> bool:
+    """Whether `name` is a file resource (True) or the SVID/roots (False); else `UnknownResource`.
+
+    Only a check: watching the files of a file resource is `FileSecrets.acquire`'s job.
+    """
+    if name in (DEFAULT, ROOTCA):
+        return False
+    if file_resource_paths(name) is not None:
+        return True
+    raise UnknownResource(
+        f"unknown resource name {printable(name)!r}: the agent serves {DEFAULT!r}, {ROOTCA!r}, "
+        "'file-cert:<cert>~<key>' and 'file-root:<path>'"
+    )
+
+
+def version_of(snapshot: Snapshot, name: str) -> str | None:
+    """The version of `name` in `snapshot`, or None while it does not exist."""
+    if name == DEFAULT:
+        return snapshot.svid.version if snapshot.svid else None
+    if name == ROOTCA:
+        roots = snapshot.validation_roots
+        return roots.version if roots else None
+    secret = snapshot.files.get(name)
+    return secret.version if secret else None
+
+
+def secret_for(snapshot: Snapshot, name: str) -> secret_pb2.Secret | None:
+    """The Envoy `Secret` named `name`, or None while it does not exist."""
+    if name == DEFAULT:
+        if snapshot.svid is None:
+            return None
+        return _tls_secret(name, snapshot.svid.chain_pem, snapshot.svid.key_pem)
+    if name == ROOTCA:
+        # Own roots and every federated trust domain's, in one `trusted_ca`: Envoy checks a
+        # peer's chain against this one bundle (as Istio does with meshConfig.caCertificates
+        # and trustDomainAliases); the exact SAN match still names the peer's trust domain.
+        roots = snapshot.validation_roots
+        return _validation_secret(name, roots.pem) if roots else None
+    secret = snapshot.files.get(name)
+    if secret is None:
+        return None
+    if name.startswith(FILE_ROOT_PREFIX):
+        return _validation_secret(name, secret.trusted_ca)
+    return _tls_secret(name, secret.certificate_chain, secret.private_key)
+
+
+def _tls_secret(name: str, chain: bytes, key: bytes) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        name=name,
+        tls_certificate=common_pb2.TlsCertificate(
+            certificate_chain=base_pb2.DataSource(inline_bytes=chain),
+            private_key=base_pb2.DataSource(inline_bytes=key),
+        ),
+    )
+
+
+def _validation_secret(name: str, roots: bytes) -> secret_pb2.Secret:
+    return secret_pb2.Secret(
+        name=name,
+        validation_context=common_pb2.CertificateValidationContext(
+            trusted_ca=base_pb2.DataSource(inline_bytes=roots)
+        ),
+    )

@@ -1,0 +1,426 @@
+"""Authenticators: each turns a request's credentials into a `Caller`, or declines.
+
+`authenticate(creds)` returns None when the request carries nothing this
+authenticator understands, returns a `Caller` when it vouches for the request,
+and raises `AuthenticationError` when the credential it understands is bad.
+`Authentication` tries them in order; the first `Caller` wins (SPEC §1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+import jwt
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from ca_server.authn.jwks import JwksSource as JwksSource  # re-exported: worker builds it here
+from ca_server.errors import AuthenticationError, ImpersonationRefused
+from ca_server.identity import Caller, RequestCredentials, shown
+from certs.errors import CertsError, InvalidSpiffeId
+from certs.pem import load_certificates
+from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
+from certs.verify import verify_svid
+
+log = logging.getLogger(__name__)
+
+SA_PREFIX = "system:serviceaccount:"
+
+
+class Authenticator(Protocol):
+    name: str
+
+    def authenticate(self, creds: RequestCredentials) -> Caller | None: ...
+
+    def may_block(self, creds: RequestCredentials) -> bool:
+        """Whether `authenticate(creds)` may wait on I/O (an API call, a key fetch); when
+        not, an event loop may call it directly."""
+        ...
+
+
+@runtime_checkable
+class ImpersonationAuthority(Protocol):
+    """An authenticator that can decide node-bound impersonation for callers it vouched for."""
+
+    name: str
+
+    def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None: ...
+
+
+class IdentityExtractionError(AuthenticationError):
+    """The credential is valid but names no workload identity (counted separately)."""
+
+
+class Authentication:
+    """Tries authenticators in order; reports every reason when all fail."""
+
+    def __init__(self, authenticators: Sequence[Authenticator]) -> None:
+        self.authenticators = tuple(authenticators)
+        self._deciders = {
+            a.name: a for a in self.authenticators if isinstance(a, ImpersonationAuthority)
+        }
+
+    @property
+    def impersonation_may_block(self) -> bool:
+        """Whether `authorize_impersonation` may call the API server (then run it off the loop)."""
+        return bool(self._deciders)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.authenticators)
+
+    def may_block(self, creds: RequestCredentials) -> bool:
+        """Whether `authenticate(creds)` may wait on I/O (then run it off the event loop)."""
+        return any(a.may_block(creds) for a in self.authenticators)
+
+    def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
+        """Whether a caller already in CA_TRUSTED_NODE_ACCOUNTS may act as `namespace/account`.
+
+        An authenticator that can bind a caller to a node (TokenReview: Kubernetes) decides,
+        as Istio's node authorizer does; when the CA uses Kubernetes, a caller vouched for by
+        any other authenticator is refused. Without Kubernetes the static list alone rules.
+        May call the API server: run it off the event loop.
+        """
+        if not self._deciders:
+            return
+        decider = self._deciders.get(caller.authenticator)
+        if decider is None:
+            raise ImpersonationRefused(
+                f"{caller.spiffe_id} may not impersonate: with Kubernetes, impersonation needs "
+                "a pod-bound service-account token (TokenReview), not a "
+                f"{caller.authenticator} credential"
+            )
+        decider.authorize_impersonation(caller, namespace, account)
+
+    def authenticate(self, creds: RequestCredentials) -> Caller:
+        reasons: list[str] = []
+        extraction_failed: IdentityExtractionError | None = None
+        for authenticator in self.authenticators:
+            try:
+                caller = authenticator.authenticate(creds)
+            except IdentityExtractionError as exc:
+                extraction_failed = exc
+                reasons.append(f"{authenticator.name}: {exc.public_message}")
+                continue
+            except AuthenticationError as exc:
+                reasons.append(f"{authenticator.name}: {exc.public_message}")
+                continue
+            if caller is not None:
+                return caller
+        if not reasons:
+            raise AuthenticationError(
+                "no credential: send 'authorization: Bearer <service-account token>' "
+                "or a client certificate issued by this CA"
+            )
+        error_cls = (
+            IdentityExtractionError
+            if extraction_failed and len(reasons) == 1
+            else AuthenticationError
+        )
+        raise error_cls("authentication failed: " + "; ".join(reasons))
+
+
+def split_service_account(subject: str) -> tuple[str, str]:
+    """`system:serviceaccount:<ns>:<sa>` to `(ns, sa)` with both names valid Kubernetes names
+    (full match: no newline, '/' or ':' inside), or IdentityExtractionError."""
+    if not subject.startswith(SA_PREFIX):
+        raise IdentityExtractionError(
+            f"token subject {shown(subject)} is not a Kubernetes service account (system:serviceaccount:NS:SA)"
+        )
+    parts = subject[len(SA_PREFIX) :].split(":")
+    if len(parts) != 2 or not all(parts):
+        raise IdentityExtractionError(
+            f"token subject {shown(subject)} is not system:serviceaccount:NS:SA"
+        )
+    try:
+        return check_namespace(parts[0]), check_service_account(parts[1])
+    except InvalidSpiffeId as exc:
+        raise IdentityExtractionError(f"token subject: {exc}") from exc
+
+
+def workload_identity(trust_domain: TrustDomain, namespace: str, account: str) -> SpiffeId:
+    try:
+        return SpiffeId.for_service_account(trust_domain, namespace, account)
+    except InvalidSpiffeId as exc:
+        raise IdentityExtractionError(f"not a valid workload identity: {exc}") from exc
+
+
+class ClientCertAuthenticator:
+    """Renewal over mTLS: the SPIFFE ID of a client leaf that chains to our roots."""
+
+    name = "client-cert"
+
+    def __init__(
+        self,
+        *,
+        trust_domain: TrustDomain,
+        trust_anchors: Callable[[], tuple[list[x509.Certificate], list[x509.Certificate]]],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._trust_domain = trust_domain
+        self._anchors = trust_anchors  # -> (intermediates, roots)
+        self._clock = clock
+
+    def may_block(self, creds: RequestCredentials) -> bool:
+        return False  # CPU only
+
+    def authenticate(self, creds: RequestCredentials) -> Caller | None:
+        if not creds.client_cert_pem:
+            return None
+        try:
+            chain = load_certificates(creds.client_cert_pem, what="client certificate")
+            intermediates, roots = self._anchors()
+            leaf = chain[0]
+            presented = [c for c in chain[1:] if c != leaf and c not in roots]
+            spiffe_id = verify_svid([leaf, *presented, *intermediates], roots, now=self._clock())
+        except CertsError as exc:
+            raise AuthenticationError(f"client certificate rejected: {exc}") from exc
+        if spiffe_id.trust_domain != self._trust_domain:
+            raise IdentityExtractionError(
+                f"client certificate is for another trust domain: {spiffe_id}"
+            )
+        account = spiffe_id.service_account()
+        if account is None:
+            raise IdentityExtractionError(
+                f"client certificate identity {spiffe_id} is not ns/NS/sa/SA"
+            )
+        return Caller(
+            spiffe_id=spiffe_id,
+            namespace=account[0],
+            service_account=account[1],
+            authenticator=self.name,
+            subject=str(spiffe_id),
+            cluster_id=creds.cluster_id,
+            peer=creds.peer,
+            expires_at=leaf.not_valid_after_utc.timestamp(),
+        )
+
+
+DEFAULT_LEEWAY_S = 60.0
+# Kubernetes projected tokens for istio-ca live 1 h (kubelet default) to 12 h (Istio's
+# istio-token, expirationSeconds 43200); 24 h admits both with room and still refuses the
+# year-long "extended" legacy tokens and forged far-future `exp` values.
+DEFAULT_MAX_TOKEN_LIFETIME_S = 24 * 3600.0
+# A verified token is trusted from the cache at most this long, whatever its `exp` says.
+DEFAULT_CACHE_SECONDS = 300.0
+MAX_TOKEN_CHARS = 16 * 1024
+
+_RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
+_EC_CURVE_OF_ALG: dict[str, type[ec.EllipticCurve]] = {
+    "ES256": ec.SECP256R1,
+    "ES384": ec.SECP384R1,
+    "ES512": ec.SECP521R1,
+}
+
+
+def key_fits_algorithm(key: jwt.PyJWK, alg: str) -> bool:
+    """Whether a token signed with `alg` may be checked with `key`: the key's type (and
+    curve) must be the algorithm's, and the JWK's own `alg`, when it states one, must be `alg`
+    (a PS256 token is not checked with a key published for RS256)."""
+    stated = key._jwk_data.get("alg")  # PyJWK fills `algorithm_name` in when absent
+    if stated is not None and stated != alg:
+        return False
+    public = key.key
+    if alg in _RSA_ALGS:
+        return isinstance(public, rsa.RSAPublicKey)
+    if alg in _EC_CURVE_OF_ALG:
+        return isinstance(public, ec.EllipticCurvePublicKey) and isinstance(
+            public.curve, _EC_CURVE_OF_ALG[alg]
+        )
+    if alg == "EdDSA":
+        return isinstance(public, ed25519.Ed25519PublicKey)
+    return False
+
+
+def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
+    """A NumericDate claim (RFC 7519 §2): a JSON number, never a string or a boolean."""
+    if name not in claims:
+        return None
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AuthenticationError(f"token claim {name!r} must be a number (seconds since 1970)")
+    return float(value)
+
+
+class JwtAuthenticator:
+    """OIDC/JWKS service-account tokens: signature with a key of the token's algorithm, `iss`,
+    `aud` overlap, numeric `exp`/`nbf`/`iat` within a clock-skew leeway, a bounded lifetime,
+    and a Kubernetes service-account `sub`. Verified tokens are cached for a bounded time."""
+
+    name = "jwt"
+
+    def __init__(
+        self,
+        *,
+        keys: JwksSource,
+        issuer: str,
+        audiences: Sequence[str],
+        algorithms: Sequence[str],
+        trust_domain: TrustDomain,
+        cache_size: int = 20_000,
+        leeway_s: float = DEFAULT_LEEWAY_S,
+        max_lifetime_s: float = DEFAULT_MAX_TOKEN_LIFETIME_S,
+        cache_seconds: float = DEFAULT_CACHE_SECONDS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._keys = keys
+        self._issuer = issuer
+        self._audiences = list(audiences)
+        self._algorithms = list(algorithms)
+        self._trust_domain = trust_domain
+        self._cache: OrderedDict[bytes, tuple[Caller, float]] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+        self._leeway = leeway_s
+        self._max_lifetime = max_lifetime_s
+        self._cache_seconds = cache_seconds
+        self._clock = clock
+
+    def authenticate(self, creds: RequestCredentials) -> Caller | None:
+        token = creds.bearer_token
+        if not token:
+            return None
+        digest = hashlib.sha256(token.encode()).digest()
+        cached = self._cached(digest)
+        if cached is not None:
+            return _with_request(cached, creds)
+        caller = self._verify(token, creds)
+        until = self._clock() + self._cache_seconds
+        if caller.expires_at is not None:
+            until = min(until, caller.expires_at)
+        with self._cache_lock:
+            self._cache[digest] = (caller, until)
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return caller
+
+    def may_block(self, creds: RequestCredentials) -> bool:
+        """A token not verified before may need the issuer's keys fetched over the network."""
+        token = creds.bearer_token
+        if not token or not self._keys.remote:
+            return False
+        return self._cached(hashlib.sha256(token.encode()).digest()) is None
+
+    def _cached(self, digest: bytes) -> Caller | None:
+        with self._cache_lock:
+            entry = self._cache.get(digest)
+            if entry is None:
+                return None
+            if entry[1] <= self._clock():
+                del self._cache[digest]
+                return None
+            self._cache.move_to_end(digest)
+            return entry[0]
+
+    def _verify(self, token: str, creds: RequestCredentials) -> Caller:
+        if len(token) > MAX_TOKEN_CHARS:
+            raise AuthenticationError(f"bearer token is longer than {MAX_TOKEN_CHARS} characters")
+        try:
+            header = jwt.get_unverified_header(token)
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise AuthenticationError("bearer token is not a JWT") from exc
+        alg, kid = header.get("alg"), header.get("kid")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise AuthenticationError(
+                f"token algorithm {shown(alg)} is not allowed (allowed: {', '.join(self._algorithms)})"
+            )
+        if kid is not None and not isinstance(kid, str):
+            raise AuthenticationError("token key id ('kid') must be a string")
+        claims = self._decode(token, kid, alg)
+        expires_at = self._check_lifetime(claims)
+        subject = claims.get("sub")
+        if not isinstance(subject, str):
+            raise IdentityExtractionError("token subject ('sub') must be a string")
+        namespace, account = split_service_account(subject)
+        k8s = claims.get("kubernetes.io")
+        pod = k8s.get("pod") if isinstance(k8s, dict) else None
+        pod = pod if isinstance(pod, dict) else {}
+        return Caller(
+            spiffe_id=workload_identity(self._trust_domain, namespace, account),
+            namespace=namespace,
+            service_account=account,
+            authenticator=self.name,
+            subject=subject,
+            pod_name=_text(pod.get("name")),
+            pod_uid=_text(pod.get("uid")),
+            cluster_id=creds.cluster_id,
+            peer=creds.peer,
+            expires_at=expires_at,
+        )
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> float:
+        """`exp`, after checking every date is numeric and the lifetime within the maximum."""
+        exp = _numeric_date(claims, "exp")
+        iat = _numeric_date(claims, "iat")
+        nbf = _numeric_date(claims, "nbf")
+        assert exp is not None  # required by decode
+        now = self._clock()
+        start = min(now, iat if iat is not None else nbf if nbf is not None else now)
+        if exp - start > self._max_lifetime:
+            raise AuthenticationError(
+                f"token lifetime exceeds the maximum this CA accepts ({int(self._max_lifetime)}s)"
+            )
+        return exp
+
+    def _decode(self, token: str, kid: str | None, alg: str) -> dict[str, Any]:
+        keys = [k for k in self._keys.key_for(kid) if key_fits_algorithm(k, alg)]
+        if not keys:
+            raise AuthenticationError(
+                f"token algorithm {alg} does not match the issuer's key"
+                + (f" {shown(kid)}" if kid else "s")
+            )
+        for key in keys:
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token,
+                    key=key.key,
+                    algorithms=[alg],
+                    audience=self._audiences,
+                    issuer=self._issuer,
+                    leeway=self._leeway,
+                    options={"require": ["exp", "iss", "sub", "aud"]},
+                )
+                return claims
+            except jwt.InvalidSignatureError:
+                continue
+            except jwt.PyJWTError as exc:
+                raise _decode_failure(exc, self._issuer, self._audiences) from exc
+            except (TypeError, ValueError, OverflowError) as exc:  # PyJWT on odd claim values
+                raise AuthenticationError("token is malformed") from exc
+        raise AuthenticationError("token signature does not verify with the issuer's keys")
+
+
+def _decode_failure(exc: jwt.PyJWTError, issuer: str, audiences: list[str]) -> AuthenticationError:
+    """The public message for one of PyJWT's verification errors (nothing of the token)."""
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return AuthenticationError("token has expired")
+    if isinstance(exc, jwt.ImmatureSignatureError):
+        return AuthenticationError("token is not valid yet (nbf/iat in the future)")
+    if isinstance(exc, jwt.InvalidAudienceError):
+        return AuthenticationError(
+            f"token audience does not include any of: {', '.join(audiences)}"
+        )
+    if isinstance(exc, jwt.InvalidIssuerError):
+        return AuthenticationError(f"token issuer is not {issuer!r}")
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        return AuthenticationError(f"token lacks the {exc.claim!r} claim")
+    return AuthenticationError("token is malformed or its signature does not verify")
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _with_request(caller: Caller, creds: RequestCredentials) -> Caller:
+    if caller.peer == creds.peer and caller.cluster_id == creds.cluster_id:
+        return caller
+    return replace(caller, peer=creds.peer, cluster_id=creds.cluster_id)

@@ -1,0 +1,1 @@
+"""The CA's own keys and certificates: material (self-signed or plugged in) behind the `KeyStore` protocol, its refresh and same-key root renewal, the serving certificate, and new-key rotation in `slots/`."""

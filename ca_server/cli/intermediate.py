@@ -1,0 +1,164 @@
+"""`bulwark ca intermediate`: run Bulwark as an intermediate CA under an offline root.
+
+    bulwark ca intermediate csr --key-dir DIR [--trust-domain TD] [--out FILE]
+        a new key (DIR/pending-key.pem, 0600) and a CSR for the offline root to sign
+    bulwark ca intermediate install --key-dir DIR --cert SIGNED.pem --root ROOT.pem
+                                    --cacerts-dir CACERTS [--chain MORE.pem]
+        check the signed certificate (matches the pending key, is a CA, chains to the root)
+        and write a complete plugged-in set into CACERTS, the directory `ca serve
+        --cacerts-dir` reads. With `--ca-rotation new-key` the CA takes the new set as its
+        *prepared* CA and activates it after the propagation delay.
+
+Exit 0 done, 2 on any refusal (one line naming the file and the problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from ca_server.authority.material import load_cacerts_dir
+from ca_server.errors import ConfigError
+from certs.errors import CertsError
+from certs.files import write_atomic
+from certs.keys import KeyType, generate_key, load_private_key, private_key_pem, spki_der
+from certs.pem import bundle_pem, load_certificates, to_pem
+
+PENDING_KEY = "pending-key.pem"
+
+
+def make_csr(key_dir: Path, trust_domain: str) -> bytes:
+    """A new P-256 key kept in `key_dir` and a CA CSR (O = trust domain) for it."""
+    key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = generate_key(KeyType.EC_P256)
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"Bulwark intermediate CA {trust_domain}"),
+        ]
+    )
+    usage = x509.KeyUsage(
+        digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+        encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(name)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(usage, critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    write_atomic(key_dir / PENDING_KEY, private_key_pem(key), mode=0o600)
+    return csr.public_bytes(Encoding.PEM)
+
+
+def install(
+    key_dir: Path, cert_path: Path, root_path: Path, cacerts: Path, chain_path: Path | None
+) -> str:
+    """Write the signed intermediate, its pending key, the chain and the root into `cacerts`;
+    returns the new certificate's subject. Refuses (ConfigError) anything inconsistent."""
+    try:
+        key = load_private_key((key_dir / PENDING_KEY).read_bytes())
+        cert = load_certificates(cert_path.read_bytes(), what=str(cert_path))[0]
+        roots = load_certificates(root_path.read_bytes(), what=str(root_path))
+        more = load_certificates(chain_path.read_bytes()) if chain_path else []
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{exc.filename} does not exist") from None
+    except (CertsError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    if spki_der(key.public_key()) != spki_der(cert.public_key()):  # type: ignore[arg-type]
+        raise ConfigError(f"{cert_path} was not issued for the key of {key_dir / PENDING_KEY}")
+    staging = cacerts.parent / f".{cacerts.name}.staging"
+    staging.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(staging / "ca-key.pem", private_key_pem(key), mode=0o600)
+    write_atomic(staging / "ca-cert.pem", to_pem(cert).encode())
+    write_atomic(staging / "cert-chain.pem", bundle_pem([cert, *more]).encode())
+    write_atomic(staging / "root-cert.pem", bundle_pem(roots).encode())
+    load_cacerts_dir(staging, datetime.now(UTC))  # the CA's own checks, before it sees them
+    cacerts.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Root and chain first: until the key and certificate follow, the CA sees a mismatch and
+    # keeps what it has; the key before the certificate for the same reason.
+    for name in ("root-cert.pem", "cert-chain.pem", "ca-key.pem", "ca-cert.pem"):
+        mode = 0o600 if name == "ca-key.pem" else 0o644
+        write_atomic(cacerts / name, (staging / name).read_bytes(), mode=mode)
+        (staging / name).unlink()
+    staging.rmdir()
+    (key_dir / PENDING_KEY).unlink()
+    return cert.subject.rfc4514_string()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        if args.intermediate_command == "csr":
+            pem = make_csr(Path(args.key_dir), args.trust_domain)
+            if args.out:
+                write_atomic(Path(args.out), pem)
+            else:
+                sys.stdout.write(pem.decode())
+            return 0
+        subject = install(
+            Path(args.key_dir),
+            Path(args.cert),
+            Path(args.root),
+            Path(args.cacerts_dir),
+            Path(args.chain) if args.chain else None,
+        )
+    except ConfigError as exc:
+        print(f"bulwark ca intermediate {args.intermediate_command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"bulwark ca intermediate {args.intermediate_command}: cannot use{where}: {reason}",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"installed {subject} into {args.cacerts_dir}")
+    return 0
+
+
+def register_intermediate(ca_sub: Any) -> None:
+    """Add `intermediate csr|install` under `bulwark ca`."""
+    top = ca_sub.add_parser(
+        "intermediate",
+        help="run under an offline root: make a CSR, install the signed intermediate",
+        description=(
+            "Make a key and CSR for an offline root to sign, then install the signed "
+            "intermediate into the plugged-in CA directory the CA serves."
+        ),
+    )
+    sub = top.add_subparsers(dest="intermediate_command", metavar="ACTION", required=True)
+    csr = sub.add_parser(
+        "csr",
+        help="new key and CSR",
+        description="Make a new intermediate key (0600) and print its CSR.",
+    )
+    csr.add_argument("--key-dir", required=True, help="where the pending key is kept (0700)")
+    csr.add_argument("--trust-domain", default="cluster.local", help="O of the CSR subject")
+    csr.add_argument("--out", help="write the CSR here instead of stdout")
+    inst = sub.add_parser(
+        "install",
+        help="install the signed intermediate",
+        description="Check the signed intermediate and write it, with its key, the chain "
+        "and the root, into --cacerts-dir.",
+    )
+    inst.add_argument("--key-dir", required=True, help="the --key-dir given to csr")
+    inst.add_argument("--cert", required=True, help="the intermediate the offline root signed")
+    inst.add_argument("--root", required=True, help="the offline root (the trust bundle)")
+    inst.add_argument("--chain", help="certificates between the intermediate and the root")
+    inst.add_argument("--cacerts-dir", required=True, help="the CA's --cacerts-dir")
+    for p in (csr, inst):
+        p.set_defaults(handler=_run)
+
+
+__all__ = ["install", "make_csr", "register_intermediate"]

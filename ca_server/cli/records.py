@@ -1,0 +1,368 @@
+"""`bulwark certs`: query the CA's issuance record through its admin API.
+
+    bulwark certs list [--namespace NS] [--service-account SA] [--spiffe-id ID]
+                       [--state active|expired] [--expiring-within 2h]
+                       [--issued-since 24h|RFC3339] [--issued-before ...] [-o table|json|yaml]
+    bulwark certs show SERIAL [-o table|json|yaml]
+    bulwark certs expiring --within 2h        exit 1 when any certificate matches
+    bulwark certs verify-log [--record URL]   exit 1 when the hash chain is broken
+
+All talk to `--admin-url` (env BULWARK_ADMIN_URL; HOST:PORT alone means http://) with the bearer token in
+`--token-file` (env BULWARK_ADMIN_TOKEN_FILE). `verify-log` asks the admin API
+(`GET /v1/record/verify`) unless `--record URL` names the database to read
+directly, which works while the CA is down. Exit code 2 means the question
+could not be asked (unreachable, refused, bad input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from certs.cli.envflags import env_flag
+from certs.cli.output import add_output_flag, emit, table
+from certs.values import (
+    InvalidValue,
+    format_seconds,
+    parse_duration,
+    parse_host_port,
+    parse_time_or_ago,
+    time_left,
+)
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:15014"
+PAGE_SIZE = 1000
+TIMEOUT_S = 30.0
+EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
+
+
+class CliError(Exception):
+    """A failure to report on stderr with exit code 2."""
+
+
+class AdminClient:
+    """GETs JSON from the admin API with stdlib urllib (no third-party HTTP at runtime)."""
+
+    def __init__(self, base_url: str, token: str | None) -> None:
+        self._base = base_url.rstrip("/")
+        self._token = token
+
+    def get(self, path: str, params: dict[str, str | None] | None = None) -> Any:
+        query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
+        url = f"{self._base}{path}" + (f"?{query}" if query else "")
+        request = urllib.request.Request(url, headers={"Accept": "application/json"})
+        if self._token is not None:
+            request.add_header("Authorization", f"Bearer {self._token}")
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise CliError(_http_error(exc)) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise CliError(
+                f"cannot reach the admin API at {self._base}: {reason}: "
+                "is the CA running? check --admin-url (env BULWARK_ADMIN_URL)"
+            ) from None
+        except json.JSONDecodeError:
+            raise CliError(f"the admin API at {self._base} did not answer JSON") from None
+
+
+def _http_error(exc: urllib.error.HTTPError) -> str:
+    try:
+        detail = json.loads(exc.read()).get("detail")
+    except (json.JSONDecodeError, AttributeError, OSError):
+        detail = None
+    if isinstance(detail, list):  # FastAPI validation errors
+        detail = "; ".join(
+            f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" for d in detail
+        )
+    if exc.code == 401:
+        return "the admin API refused the request (401): pass a valid --token-file"
+    return f"admin API error {exc.code}: {detail or exc.reason}"
+
+
+def _client(args: argparse.Namespace) -> AdminClient:
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise CliError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
+    return AdminClient(admin_base_url(args.admin_url), token)
+
+
+def admin_base_url(text: str) -> str:
+    """`--admin-url` checked: http(s)://HOST[:PORT][/prefix], or HOST:PORT meaning http://."""
+    what = "--admin-url (env BULWARK_ADMIN_URL)"
+    value = text.strip()
+    if "://" not in value:
+        parse_host_port(value, what, allow_port_zero=False)
+        return f"http://{value}"
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidValue(what, "an http:// or https:// URL, or HOST:PORT", text)
+    if parts.port is None and parts.netloc.endswith(":"):
+        raise InvalidValue(what, "a URL with a port 1-65535", text)
+    return value.rstrip("/")
+
+
+def _filters(args: argparse.Namespace, now: datetime | None = None) -> dict[str, str]:
+    """The admin API query parameters of the filter flags, each value checked here first."""
+    when = now or datetime.now(UTC)
+    params = {
+        "namespace": args.namespace,
+        "service_account": args.service_account,
+        "spiffe_id": args.spiffe_id,
+        "state": args.state,
+    }
+    if args.expiring_within is not None:
+        within = parse_duration(args.expiring_within, "--expiring-within")
+        params["expiring_within"] = format_seconds(within)
+    for flag in ("issued_since", "issued_before"):
+        text = getattr(args, flag, None)
+        if text is not None:
+            moment = parse_time_or_ago(text, "--" + flag.replace("_", "-"), now=when)
+            params[flag] = moment.isoformat().replace("+00:00", "Z")
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def fetch_all(
+    client: AdminClient, params: dict[str, str], limit: int | None
+) -> list[dict[str, Any]]:
+    """Follow next_cursor until the end (or `limit` items)."""
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while limit is None or len(items) < limit:
+        page_size = PAGE_SIZE if limit is None else min(PAGE_SIZE, limit - len(items))
+        page = client.get("/v1/certificates", {**params, "limit": str(page_size), "cursor": cursor})
+        items.extend(page["items"])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    return items
+
+
+def _colour(seconds: int) -> str:
+    if seconds <= 3600:
+        return RED
+    return YELLOW if seconds <= 6 * 3600 else GREEN
+
+
+def print_table(items: list[dict[str, Any]], out: TextIO) -> None:
+    """SPIFFE ID, serial, time left (coloured on a terminal), authenticator: 100 columns."""
+    colour = out.isatty() and "NO_COLOR" not in os.environ
+    header = ("SPIFFE ID", "SERIAL", "TIME LEFT", "AUTHENTICATOR")
+    rows = [
+        (i["spiffe_id"], i["serial"], time_left(int(i["seconds_left"])), i["authenticator"])
+        for i in items
+    ]
+    lines = table(header, rows, shrink=(0, 3))
+    out.write(lines[0] + "\n")
+    left_at = lines[0].index("TIME LEFT")  # columns are aligned: every row's cell starts here
+    for line, row, item in zip(lines[1:], rows, items, strict=True):
+        if colour:
+            end = left_at + len(row[2])
+            tint = _colour(int(item["seconds_left"]))
+            line = f"{line[:left_at]}{tint}{row[2]}{RESET}{line[end:]}"
+        out.write(line + "\n")
+
+
+def _list(args: argparse.Namespace) -> int:
+    items = fetch_all(_client(args), _filters(args), args.limit)
+
+    def human() -> None:
+        if items:
+            print_table(items, sys.stdout)
+        else:
+            print("no certificates match", file=sys.stderr)
+
+    emit(items, args.output, human)
+    return EXIT_OK
+
+
+def _expiring(args: argparse.Namespace) -> int:
+    parse_duration(args.within, "--within")  # named as the user typed it
+    args.expiring_within, args.state = args.within, None
+    items = fetch_all(_client(args), _filters(args), None)
+
+    def human() -> None:
+        if items:
+            print_table(items, sys.stdout)
+        else:
+            print(f"no active certificate expires within {args.within}")
+
+    emit(items, args.output, human)
+    return EXIT_FOUND if items else EXIT_OK
+
+
+def _show(args: argparse.Namespace) -> int:
+    serial = urllib.parse.quote(args.serial.strip(), safe="")
+    detail = _client(args).get(f"/v1/certificates/{serial}")
+
+    def human() -> None:
+        pem = detail.pop("certificate_pem")
+        detail["time_left"] = time_left(int(detail["seconds_left"]))
+        width = max(len(k) for k in detail)
+        for key, value in detail.items():
+            print(f"{key.ljust(width)}  {value if value != '' else '-'}")
+        print()
+        print(pem, end="" if pem.endswith("\n") else "\n")
+
+    emit(detail, args.output, human)
+    return EXIT_OK
+
+
+def _verify_log(args: argparse.Namespace) -> int:
+    report = _verify_direct(args.record) if args.record else _client(args).get("/v1/record/verify")
+    emit(report, args.output, lambda: _print_verify(report))
+    return EXIT_OK if report["ok"] else EXIT_FOUND
+
+
+def _print_verify(report: dict[str, Any]) -> None:
+    if report["ok"]:
+        print(
+            f"record intact: {report['rows_checked']} row(s) verified"
+            f" (seq {report['anchor_seq'] + 1}..{report['head_seq']})"
+        )
+    else:
+        broken = report["broken"]
+        serial = f"serial {broken['serial']}" if broken["serial"] else "no serial"
+        print(f"record BROKEN at seq {broken['seq']} ({serial}): {broken['reason']}")
+    for segment in report.get("segments") or []:
+        damage = segment["damage"]
+        found = f"; before it: seq {damage['seq']} {damage['reason']}" if damage else ""
+        print(
+            f"segment break before seq {segment['first_seq']} ({segment['started_at']}):"
+            f" {segment['reason']}{found}"
+        )
+
+
+def _verify_direct(url: str) -> dict[str, Any]:
+    from ca_server.record.ledger import LedgerError, LedgerReader, parse_record_url
+
+    try:
+        reader = LedgerReader(parse_record_url(url))  # no schema creation: read only
+        try:
+            report = reader.verify()
+        finally:
+            reader.close()
+    except LedgerError as exc:
+        raise CliError(f"cannot verify the record: {exc}") from None
+    return dataclasses.asdict(report)
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _guarded(handler: Handler) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        try:
+            code: int = handler(args)
+        except (CliError, InvalidValue) as exc:
+            print(f"bulwark certs: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+        return code
+
+    return run
+
+
+def admin_client_flags(*, token_help: str) -> argparse.ArgumentParser:
+    """A parent parser with what every admin API client command takes: `--admin-url`,
+    `--token-file` and `-o`."""
+    common = argparse.ArgumentParser(add_help=False)
+    env_flag(
+        common,
+        "--admin-url",
+        "BULWARK_ADMIN_URL",
+        default=DEFAULT_ADMIN_URL,
+        help="the CA's admin API (HOST:PORT alone means http://)",
+    )
+    env_flag(common, "--token-file", "BULWARK_ADMIN_TOKEN_FILE", help=token_help)
+    add_output_flag(common)
+    return common
+
+
+def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The flags every `certs` command shares, and the identity filters."""
+    common = admin_client_flags(
+        token_help="file holding the admin bearer token (needed unless the admin port is loopback)"
+    )
+    filters = argparse.ArgumentParser(add_help=False)
+    filters.add_argument("--namespace", "-n", help="only this Kubernetes namespace")
+    filters.add_argument("--service-account", "-s", help="only this service account")
+    filters.add_argument("--spiffe-id", help="only this exact SPIFFE ID")
+    return common, filters
+
+
+def _add_list(sub: Any, parents: list[argparse.ArgumentParser]) -> None:
+    listing = sub.add_parser("list", parents=parents, help="list recorded certificates")
+    listing.add_argument("--state", choices=["active", "expired"], help="only active or expired")
+    listing.add_argument(
+        "--expiring-within",
+        metavar="DURATION",
+        help="only active ones expiring within this duration (2h, 30m, 1h30m, 7d)",
+    )
+    listing.add_argument(
+        "--issued-since",
+        metavar="WHEN",
+        help="only those issued at or after WHEN: a duration ago (24h, 7d) or RFC 3339",
+    )
+    listing.add_argument(
+        "--issued-before",
+        metavar="WHEN",
+        help="only those issued before WHEN: a duration ago (1h) or RFC 3339",
+    )
+    listing.add_argument("--limit", type=int, help="at most this many (default: all)")
+    listing.set_defaults(handler=_guarded(_list))
+
+
+def register(subparsers: Any) -> None:
+    """Add `certs list|show|expiring|verify-log` to the `bulwark` command line."""
+    common, filters = _parents()
+    certs = subparsers.add_parser(
+        "certs",
+        help="query the CA's record of issued certificates",
+        description=(
+            "Query the CA's record of issued certificates through its admin API. "
+            "Exit 2 when the question cannot be asked (CA unreachable, refused, bad value)."
+        ),
+    )
+    sub = certs.add_subparsers(dest="certs_command", metavar="ACTION", required=True)
+    _add_list(sub, [common, filters])
+
+    show = sub.add_parser("show", parents=[common], help="one certificate in full, with its PEM")
+    show.add_argument("serial", metavar="SERIAL", help="hex serial (case and colons ignored)")
+    show.set_defaults(handler=_guarded(_show))
+
+    expiring = sub.add_parser(
+        "expiring",
+        parents=[common, filters],
+        help="active certificates expiring soon; exit 1 when any",
+    )
+    expiring.add_argument(
+        "--within", required=True, metavar="DURATION", help="a duration: 2h, 30m, 1h30m, 7d"
+    )
+    expiring.set_defaults(handler=_guarded(_expiring))
+
+    verify = sub.add_parser(
+        "verify-log", parents=[common], help="recompute the record's hash chain; exit 1 when broken"
+    )
+    env_flag(
+        verify,
+        "--record",
+        "BULWARK_RECORD",
+        help="read this record URL directly instead of asking the admin API",
+    )
+    verify.set_defaults(handler=_guarded(_verify_log))

@@ -1,0 +1,310 @@
+"""`istio.v1.auth.IstioCertificateService` on a `grpc.aio` server.
+
+The servicer depends only on three small protocols, as Istio's `server.go` does:
+something that authenticates a call (`CallerAuthentication`), something that
+signs a CSR for a caller (`CsrSigner`) and an async issuance record
+(`ca_server.record.entry.Recorder`). It authenticates (on the event loop when no I/O
+is needed, else in a thread), applies impersonation rules, has the signer sign
+on the loop, awaits the record's commit and only then answers.
+`CreateCertificate` is the one place where `CaError`s become gRPC statuses,
+unexpected exceptions a generic INTERNAL, and where every answer is logged and
+counted (`ca_server.logs.CaEventLog`, `CaMetrics.refused`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Protocol, TypeVar
+
+import grpc
+from google.protobuf.message import DecodeError, Message
+
+from ca_server.authn.authenticators import IdentityExtractionError, workload_identity
+from ca_server.errors import (
+    AuthenticationError,
+    CaError,
+    IdentityMismatch,
+    ImpersonationRefused,
+    InvalidRequest,
+    RecordWriteFailed,
+    UpstreamUnavailable,
+)
+from ca_server.identity import Caller, RequestCredentials, bearer_token_of, shown
+from ca_server.issuance.signer import CsrParseError, Issued
+from ca_server.logs import CaEventLog
+from ca_server.metrics import CaMetrics
+from ca_server.record.entry import Recorder
+from certs.errors import InvalidSpiffeId
+from certs.spiffe_id import SpiffeId, TrustDomain
+from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
+M = TypeVar("M", bound=Message)
+# What a caller is told about an exception no CaError describes (a bug): its text stays in our log.
+UNEXPECTED = CaError("internal error in the CA; see its log")
+
+
+class CallerAuthentication(Protocol):
+    """Turns a call's credentials into a `Caller` or raises `AuthenticationError`
+    (`ca_server.authn.authenticators.Authentication` tries an ordered list of authenticators)."""
+
+    def may_block(self, creds: RequestCredentials) -> bool: ...
+
+    def authenticate(self, creds: RequestCredentials) -> Caller: ...
+
+    def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
+        """Raise `ImpersonationRefused` unless `caller` may act as `namespace/account`."""
+
+    @property
+    def impersonation_may_block(self) -> bool:
+        """Whether `authorize_impersonation` may wait on I/O."""
+
+
+class CsrSigner(Protocol):
+    """Signs a CSR for an authenticated caller or raises a `CaError` saying why not."""
+
+    def sign(self, *, csr_pem: str, validity_s: int, caller: Caller) -> Issued: ...
+
+
+class Overloaded(CaError):
+    """More calls in flight than --max-concurrent-rpcs allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UndecodableRequest(InvalidRequest):
+    """What a request deserializer hands the servicer for bytes that are no request;
+    the servicer raises it (INVALID_ARGUMENT)."""
+
+
+def never_raising_decoder(message: type[M], what: str) -> Callable[[bytes], M | UndecodableRequest]:
+    """A request deserializer that never raises (grpc would answer UNKNOWN and log a traceback)."""
+
+    def decode(data: bytes) -> M | UndecodableRequest:
+        try:
+            return message.FromString(data)
+        except DecodeError:
+            # upb says "Error parsing message" for bad wire data and for a non-UTF-8 string
+            return UndecodableRequest(f"request is not a valid {what}")
+
+    return decode
+
+
+def add_to_server(service: CertificateService, server: grpc.aio.Server) -> None:
+    """Register `service` with the never-raising request deserializer."""
+    handlers = {
+        "CreateCertificate": grpc.unary_unary_rpc_method_handler(
+            service.CreateCertificate,
+            request_deserializer=never_raising_decoder(
+                ca_pb2.IstioCertificateRequest,
+                "IstioCertificateRequest (bad protobuf or a csr that is not UTF-8)",
+            ),
+            response_serializer=ca_pb2.IstioCertificateResponse.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+
+
+async def authenticate_call(
+    authn: CallerAuthentication, context: grpc.aio.ServicerContext, peer: str | None = None
+) -> Caller:
+    """The caller of a call: on the event loop when no I/O is needed, else in a thread."""
+    creds = credentials_of(context, peer)
+    if authn.may_block(creds):
+        return await asyncio.to_thread(authn.authenticate, creds)
+    return authn.authenticate(creds)
+
+
+def note_refusal(
+    metrics: CaMetrics,
+    events: CaEventLog,
+    exc: CaError,
+    *,
+    caller: Caller | None,
+    peer: str,
+) -> None:
+    """Count and log one refused call (the same for every service of the CA)."""
+    reason = refusal_reason(exc)
+    metrics.refused(reason=reason, code=exc.code.name)
+    events.refused(
+        code=exc.code.name, reason=reason, message=exc.public_message, caller=caller, peer=peer
+    )
+
+
+def credentials_of(
+    context: grpc.aio.ServicerContext, peer: str | None = None
+) -> RequestCredentials:
+    """Bearer token, verified-or-not client certificate, `clusterid` header and peer of a call
+    (`peer`: the call's peer when the caller has it already)."""
+    metadata = context.invocation_metadata() or ()
+    token = bearer_token_of(metadata)  # one header, or AuthenticationError
+    cluster_id = ""
+    for key, value in metadata:
+        if key == "clusterid" and isinstance(value, str):
+            cluster_id = value
+    client_pem: bytes | None = None
+    auth = context.auth_context()
+    if auth.get("x509_pem_cert"):
+        # The verified leaf first, then whatever chain the peer sent (in any order).
+        client_pem = auth["x509_pem_cert"][0] + b"".join(auth.get("x509_pem_cert_chain", []))
+    return RequestCredentials(
+        bearer_token=token,
+        client_cert_pem=client_pem,
+        cluster_id=cluster_id,
+        peer=context.peer() if peer is None else peer,
+    )
+
+
+def refusal_reason(exc: CaError) -> str:
+    """The bounded `reason` label of a refusal (metrics and refusal log lines)."""
+    if isinstance(exc, Overloaded):
+        return "overload"
+    if isinstance(exc, AuthenticationError | UpstreamUnavailable):
+        return "authentication"
+    if isinstance(exc, IdentityMismatch | CsrParseError) or exc.sign_error == "CSR_ERROR":
+        return "csr_policy"
+    if isinstance(exc, InvalidRequest):
+        return "bad_request"
+    if isinstance(exc, RecordWriteFailed):
+        return "record_failure"
+    return "internal"
+
+
+class _Call:
+    """What one call has established so far, for its log line."""
+
+    __slots__ = ("caller", "peer")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.caller: Caller | None = None
+
+
+class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
+    def __init__(
+        self,
+        *,
+        authentication: CallerAuthentication,
+        signer: CsrSigner,
+        recorder: Recorder | None,
+        metrics: CaMetrics,
+        trust_domain: TrustDomain,
+        trusted_node_accounts: tuple[str, ...],
+        events: CaEventLog | None = None,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self._authn = authentication
+        self._signer = signer
+        self._recorder = recorder
+        self._metrics = metrics
+        self._events = events if events is not None else CaEventLog()
+        self._trust_domain = trust_domain
+        self._trusted = frozenset(trusted_node_accounts)
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+
+    async def CreateCertificate(
+        self,
+        request: ca_pb2.IstioCertificateRequest | UndecodableRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> ca_pb2.IstioCertificateResponse:
+        call = _Call(context.peer())
+        started = time.perf_counter()
+        self._in_flight += 1
+        try:
+            if self._max_in_flight is not None and self._in_flight > self._max_in_flight:
+                raise Overloaded("the CA is at its limit of concurrent requests; retry shortly")
+            chain = await self._create(request, context, call)
+        except CaError as exc:
+            note_refusal(self._metrics, self._events, exc, caller=call.caller, peer=call.peer)
+            await context.abort(exc.code, exc.public_message)
+        except Exception:
+            log.exception("unexpected error in CreateCertificate")
+            note_refusal(
+                self._metrics, self._events, UNEXPECTED, caller=call.caller, peer=call.peer
+            )
+            await context.abort(UNEXPECTED.code, UNEXPECTED.public_message)
+        finally:
+            self._in_flight -= 1
+            self._metrics.call_duration.observe(time.perf_counter() - started)
+        return ca_pb2.IstioCertificateResponse(cert_chain=chain)
+
+    async def _create(
+        self,
+        request: ca_pb2.IstioCertificateRequest | UndecodableRequest,
+        context: grpc.aio.ServicerContext,
+        call: _Call,
+    ) -> list[str]:
+        metrics = self._metrics
+        metrics.csr_count.inc()
+        if isinstance(request, UndecodableRequest):
+            raise request
+        try:
+            call.caller = await authenticate_call(self._authn, context, call.peer)
+            call.caller = caller = await self._impersonate(call.caller, request)
+        except IdentityExtractionError:
+            metrics.id_errors.inc()
+            metrics.auth_failures.inc()
+            raise
+        except AuthenticationError:
+            metrics.auth_failures.inc()
+            raise
+        issued = self._sign(request, caller)
+        if self._recorder is not None:
+            await self._recorder.record(issued.entry)  # a failure answers INTERNAL, sends nothing
+        metrics.success.inc()
+        self._events.issued(issued.entry, peer=call.peer)
+        return issued.chain
+
+    def _sign(self, request: ca_pb2.IstioCertificateRequest, caller: Caller) -> Issued:
+        metrics = self._metrics
+        try:
+            return self._signer.sign(
+                csr_pem=request.csr, validity_s=request.validity_duration, caller=caller
+            )
+        except CsrParseError:
+            metrics.parse_errors.inc()
+            metrics.sign_errors.labels(error="CSR_ERROR").inc()
+            raise
+        except CaError as exc:
+            if exc.sign_error:
+                metrics.sign_errors.labels(error=exc.sign_error).inc()
+            raise
+
+    async def _impersonate(self, caller: Caller, request: ca_pb2.IstioCertificateRequest) -> Caller:
+        fields = request.metadata.fields if request.HasField("metadata") else {}
+        if "ImpersonatedIdentity" not in fields:
+            return caller
+        target = fields["ImpersonatedIdentity"].string_value
+        if f"{caller.namespace}/{caller.service_account}" not in self._trusted:
+            raise ImpersonationRefused(
+                f"{caller.spiffe_id} may not request certificates for another identity "
+                "(not in CA_TRUSTED_NODE_ACCOUNTS)"
+            )
+        try:
+            wanted = SpiffeId.parse(target)
+        except InvalidSpiffeId as exc:
+            raise ImpersonationRefused(
+                f"ImpersonatedIdentity {shown(target)} is not a SPIFFE ID: {exc}"
+            ) from exc
+        account = wanted.service_account()
+        if wanted.trust_domain != self._trust_domain or account is None:
+            raise ImpersonationRefused(
+                f"ImpersonatedIdentity {shown(target)} is not a workload of this trust domain"
+            )
+        if self._authn.impersonation_may_block:  # node-bound: asks the API server
+            await asyncio.to_thread(self._authn.authorize_impersonation, caller, *account)
+        else:
+            self._authn.authorize_impersonation(caller, *account)
+        return replace(
+            caller,
+            spiffe_id=workload_identity(self._trust_domain, *account),
+            namespace=account[0],
+            service_account=account[1],
+            subject=f"{caller.subject} as {wanted}",
+        )

@@ -1,0 +1,52 @@
+"""Glue between `CaConfig` and the CA slots: which store holds them, and the rotation policy."""
+
+from __future__ import annotations
+
+from ca_server.authority.slots.model import RotationPolicy
+from ca_server.authority.slots.rotator import SlotRotator
+from ca_server.authority.slots.store import DirectorySlotStore, SlotStore
+from ca_server.config import CaConfig
+
+CACERTS_SLOTS_DIR = "cacerts-slots"  # a plugged-in CA's slots, apart from a self-signed one's
+CACERTS_SLOTS_SECRET = "bulwark-cacerts-slots"  # the same with Kubernetes, shared by replicas
+
+
+def policy_of(config: CaConfig) -> RotationPolicy:
+    return RotationPolicy(
+        prepare_at=config.ca_prepare_at,
+        propagation_delay=config.ca_propagation_delay,
+        max_ttl=config.max_ttl,
+    )
+
+
+def slot_store(config: CaConfig) -> SlotStore:
+    """With Kubernetes a Secret every replica reads (`istio-ca-secret` for a self-signed CA,
+    `bulwark-cacerts-slots` for a plugged-in one), else the data dir."""
+    if config.kube is not None:
+        from ca_server.kube import SecretKeyStore
+        from ca_server.kube.wiring import client_factory, key_store
+
+        if config.cacerts_dir is None:
+            return key_store(config.kube)
+        client = client_factory(config.kube)()
+        return SecretKeyStore(
+            client, namespace=config.kube.namespace, name=CACERTS_SLOTS_SECRET, mirror=False
+        )
+    if config.cacerts_dir is not None:
+        return DirectorySlotStore(config.data_dir / CACERTS_SLOTS_DIR)
+    return DirectorySlotStore(config.data_dir / "ca")
+
+
+def build_rotator(config: CaConfig) -> SlotRotator | None:
+    """A rotator for `--ca-rotation new-key`; None keeps same-key renewal."""
+    if config.ca_rotation != "new-key":
+        return None
+    return SlotRotator(
+        store=slot_store(config),
+        policy=policy_of(config),
+        trust_domain=config.trust_domain,
+        self_signed=config.cacerts_dir is None,
+    )
+
+
+__all__ = ["build_rotator", "policy_of", "slot_store"]

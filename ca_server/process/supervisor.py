@@ -1,0 +1,421 @@
+"""The CA supervisor process (`bulwark ca serve`): owns the data dir and ports, prepares
+the CA material, runs the worker pool and the admin app.
+
+supervisor (this process, asyncio)      workers (`worker_pool`, spawned, one per core)
+  - data-dir lock, port probe             - grpc.aio server, one event loop
+  - CA material, root-cert.pem            - authenticate, sign, record (ca_server.process.worker)
+  - serving certificate                   - metrics into PROMETHEUS_MULTIPROC_DIR
+  - admin app (uvicorn)
+  - material refresher (`material_refresh`): re-reads CA material, hands it to the pool
+Start-up failures (`STARTUP_ERRORS`) become one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import uvicorn
+
+from ca_server.admin.app import create_admin_app
+from ca_server.authn.local_issuer import LocalIssuer
+from ca_server.authority.material import (
+    CaMaterial,
+    DirectoryKeyStore,
+    KeyStore,
+    load_cacerts_dir,
+    load_or_create,
+    write_root_bundle,
+)
+from ca_server.authority.refresh import MaterialManager, ReloadHealth, describe_failure, fingerprint
+from ca_server.authority.slots.rotator import SlotRotator
+from ca_server.config import CaConfig, parse_hostport
+from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
+from ca_server.errors import ConfigError
+from ca_server.process.pool import WorkerPool, bind_socket, probe_free, reserve_port
+from ca_server.process.slots import build_rotator
+from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec
+from ca_server.record.ledger.integrity import RecordDamaged, guard_record_of
+from ca_server.record.lock import lock_sqlite_record
+from ca_server.spiffe.services import SpiffeServices
+from certs.errors import CertsError
+from certs.files import write_atomic
+
+log = logging.getLogger("ca_server")
+SERVING_CERT_TTL = timedelta(days=365)
+
+# The one place where a failure at start becomes exit 2 and a one-line message (no traceback).
+# Each type's message names the file or flag and the fix; a new typed start-up error is one
+# more entry here. OSError covers a file the CA could not use that no check caught first.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (ConfigError, RecordDamaged, OSError)
+
+
+def prepare_material(
+    config: CaConfig, now: datetime, rotator: SlotRotator | None = None
+) -> CaMaterial:
+    """Plugged-in CA files when given, else the self-signed root of the data dir (created once).
+
+    With CA slots (`rotator`) the stored slots win: a restart mid-rotation keeps signing with
+    the active CA even when the `cacerts` files already hold the next one."""
+    if config.cacerts_dir is not None:
+        material = load_cacerts_dir(config.cacerts_dir, now)
+    elif config.kube is not None:
+        from ca_server.kube.wiring import load_or_create_material
+
+        material = load_or_create_material(config.kube, config.trust_domain, now)
+    else:
+        material = load_or_create(
+            DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now
+        )
+    if rotator is not None:
+        material = rotator.step(material, now, may_act=config.kube is None)
+    write_root_bundle(config.root_cert_path, material)
+    return material
+
+
+def serving_certificate(
+    config: CaConfig, material: CaMaterial, now: datetime
+) -> tuple[bytes, bytes]:
+    """A TLS certificate for port 15012 issued by the CA itself: (chain PEM, key PEM)."""
+    issued = material.issue_server_certificate(
+        now=now, ttl=SERVING_CERT_TTL, dns_names=config.server_dns_names
+    )
+    return issued.chain_pem, issued.key_pem
+
+
+def serve(config: CaConfig, *, log_level: int = logging.INFO, log_format: str = "text") -> int:
+    """Run the CA until SIGTERM/SIGINT. Returns the process exit code."""
+    metrics_dir = tempfile.mkdtemp(prefix="bulwark-ca-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        return asyncio.run(_serve(config, metrics_dir, log_level, log_format))
+    except STARTUP_ERRORS as exc:
+        print(f"bulwark ca serve: {startup_message(exc)}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def startup_message(exc: BaseException) -> str:
+    """The one line a user sees for a start-up error."""
+    if isinstance(exc, (ConfigError, RecordDamaged)):
+        return " ".join(str(exc).split())
+    return describe_failure(exc)
+
+
+def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
+    """Own the data dir (0700, StrictModes, exclusive lock) and check every port is free.
+
+    The port probe runs before the CA creates its own SO_REUSEPORT group, which would
+    otherwise silently join another process's listeners.
+    """
+    prepare_data_dir(config.data_dir)
+    lock = lock_data_dir(config.data_dir)
+    try:
+        for flag, addr in (
+            ("--grpc-addr", config.grpc_addr),
+            ("--mtls-grpc-addr", config.mtls_grpc_addr),
+            ("--admin-addr", config.admin_addr),
+        ):
+            if addr is not None:
+                host, port = parse_hostport(addr, what=flag)
+                probe_free(host, port, what=flag)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _material_manager(
+    config: CaConfig,
+    initial: CaMaterial,
+    may_rotate: Callable[[], bool] = lambda: True,
+    rotator: SlotRotator | None = None,
+) -> MaterialManager:
+    """Where material is re-read from, and whether this process may renew the root."""
+    store: KeyStore | None = None
+    if config.cacerts_dir is not None:
+        cacerts = config.cacerts_dir
+
+        def reload(now: datetime) -> CaMaterial:
+            return load_cacerts_dir(cacerts, now)
+
+    else:
+        if config.kube is not None:
+            from ca_server.kube.wiring import key_store
+
+            store = key_store(config.kube)
+        else:
+            store = DirectoryKeyStore(config.data_dir / "ca")
+        kept, in_kube = store, config.kube is not None
+
+        def reload(now: datetime) -> CaMaterial:
+            stored = kept.load()
+            if stored is not None:
+                return stored
+            if in_kube:
+                return initial
+            # Not the initial material: after a renewal that would roll the root back.
+            raise ConfigError(
+                f"the CA key and root in {config.data_dir / 'ca'} are gone (still signing with "
+                "the copy in memory); restore them from a backup: a restart would make a new root"
+            )
+
+    return MaterialManager(
+        initial=initial,
+        reload=reload,
+        store=store,
+        trust_domain=config.trust_domain,
+        may_rotate=may_rotate,
+        rotator=rotator,
+    )
+
+
+def _worker_keys(config: CaConfig, material: CaMaterial) -> WorkerKeys:
+    serving_chain, serving_key = serving_certificate(config, material, datetime.now(UTC))
+    return WorkerKeys(
+        material=MaterialPems.of(material),
+        serving_chain_pem=serving_chain,
+        serving_key_pem=serving_key,
+    )
+
+
+def _worker_spec(
+    config: CaConfig,
+    material: CaMaterial,
+    binds: dict[str, tuple[str, int]],
+    log_level: int,
+    log_format: str,
+) -> WorkerSpec:
+    mtls = binds.get("mtls_grpc_addr")
+    return WorkerSpec(
+        config=config,
+        keys=_worker_keys(config, material),
+        host=binds["grpc_addr"][0],
+        port=binds["grpc_addr"][1],
+        mtls_host=mtls[0] if mtls else None,
+        mtls_port=mtls[1] if mtls else None,
+        index=0,
+        log_level=log_level,
+        log_format=log_format,
+    )
+
+
+async def _keep_material_current(
+    config: CaConfig,
+    manager: MaterialManager,
+    pool: WorkerPool,
+    health: ReloadHealth,
+    wake: asyncio.Event,
+) -> None:
+    """Every interval (or at once when `wake` is set, after an operator's rotation verb):
+    re-read the material, (re)write root-cert.pem, update the workers.
+
+    No error stops this loop: the CA keeps serving what it has, and each failure is counted
+    and logged (once per distinct error) until a later check succeeds.
+    """
+    interval = config.material_check_interval.total_seconds()
+    published = fingerprint(manager.current)  # what the workers sign with
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), interval)
+        wake.clear()
+        try:
+            await asyncio.to_thread(manager.refresh, datetime.now(UTC))
+            current = manager.current
+            await asyncio.to_thread(write_root_bundle, config.root_cert_path, current)
+            if fingerprint(current) != published:
+                await pool.update(_worker_keys(config, current))
+                published = fingerprint(current)
+        except Exception as exc:  # the refresher outlives every error: logged, counted, retried
+            health.failed(describe_failure(exc))
+        else:
+            health.succeeded(time.time())
+
+
+def _reserve_grpc_ports(
+    config: CaConfig, reserved: list[socket.socket]
+) -> dict[str, tuple[str, int]]:
+    """Reserve the gRPC ports (appending to `reserved`); name -> (host, bound port)."""
+    binds: dict[str, tuple[str, int]] = {}
+    for name, flag, addr in (
+        ("grpc_addr", "--grpc-addr", config.grpc_addr),
+        ("mtls_grpc_addr", "--mtls-grpc-addr", config.mtls_grpc_addr),
+    ):
+        if addr is None:
+            continue
+        host, port = parse_hostport(addr, what=flag)
+        reserved.append(reserve_port(host, port))
+        binds[name] = (host, reserved[-1].getsockname()[1])
+    return binds
+
+
+def _announce_local_issuer(config: CaConfig) -> None:
+    if config.uses_local_issuer:
+        private_dir(config.data_dir / "token-issuer", what="token issuer directory")
+        try:
+            issuer = LocalIssuer.load_or_create(config.data_dir)
+        except (ValueError, CertsError) as exc:
+            raise ConfigError(
+                f"the embedded token issuer in {config.data_dir / 'token-issuer'} is unusable "
+                f"({describe_failure(exc)}); remove key.pem and jwks.json there to make new ones"
+            ) from None
+        log.warning(
+            "no authenticator configured: trusting the embedded token issuer (JWKS %s); "
+            "mint tokens with `bulwark token mint --data-dir %s`",
+            issuer.jwks_path,
+            config.data_dir,
+        )
+
+
+async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
+    lock = _claim_data_dir_and_ports(config)
+    try:
+        record_lock = lock_sqlite_record(config)  # an SQLite record is never shared
+        try:
+            return await _serve_locked(config, metrics_dir, log_level, log_format)
+        finally:
+            if record_lock is not None:
+                record_lock.release()
+    finally:
+        lock.release()
+
+
+async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
+    rotator = build_rotator(config)
+    material = prepare_material(config, datetime.now(UTC), rotator)
+    log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
+    _announce_local_issuer(config)
+    from ca_server.admin import check_record
+
+    anchor_keeper = guard_record_of(config)  # damaged/missing record: RecordDamaged (exit 2)
+    check_record(config)  # a bad --record is a clear start-up error, before any worker starts
+    controllers = None
+    if config.kube is not None:
+        from ca_server.kube.wiring import KubeControllers
+
+        # Leader-only writers (root ConfigMaps, root renewal); every replica serves CSRs.
+        controllers = KubeControllers(
+            config.kube,
+            root_pem=lambda: manager.current.root_bundle_pem,
+            material=lambda: manager.current,  # istiod's serving certificate, when configured
+        )
+    manager = _material_manager(
+        config, material, controllers.is_leader if controllers else lambda: True, rotator
+    )
+    spiffe = SpiffeServices(config, lambda: manager.current)
+    spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
+    reserved: list[socket.socket] = []
+    pool: WorkerPool | None = None
+    try:
+        binds = _reserve_grpc_ports(config, reserved)
+        pool = WorkerPool(
+            spec=_worker_spec(config, material, binds, log_level, log_format), count=config.workers
+        )
+        if controllers is not None:
+            controllers.start()
+        await pool.start()
+        addrs = {name: f"{host}:{port}" for name, (host, port) in binds.items()}
+        log.info(
+            "gRPC IstioCertificateService on %s (%d worker(s))", addrs["grpc_addr"], config.workers
+        )
+        if "mtls_grpc_addr" in addrs:
+            log.info(
+                "client-certificate renewal on %s (client certificate required)",
+                addrs["mtls_grpc_addr"],
+            )
+        endpoint_addr = await spiffe.start()
+        if endpoint_addr is not None:
+            addrs["bundle_endpoint_addr"] = endpoint_addr
+        health = ReloadHealth(time.time())
+        wake = asyncio.Event()
+        keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
+        spiffe_task = asyncio.create_task(spiffe.run())
+        try:
+            return await _run_admin(config, pool, metrics_dir, manager, health, addrs, wake, spiffe)
+        finally:
+            for task in (keeper, spiffe_task):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        anchor_keeper.stop()
+        if controllers is not None:
+            controllers.stop()
+        if pool is not None:
+            pool.stop()
+        for sock in reserved:
+            sock.close()
+
+
+def _readiness(pool: WorkerPool, health: ReloadHealth) -> tuple[bool, str]:
+    """Ready while every worker serves; the detail also says how the material checks go."""
+    ready, detail = pool.readiness()
+    return ready, f"{detail}; {health.detail()}"
+
+
+async def _run_admin(
+    config: CaConfig,
+    pool: WorkerPool,
+    metrics_dir: str,
+    manager: MaterialManager,
+    health: ReloadHealth,
+    addrs: dict[str, str],
+    wake: asyncio.Event,
+    spiffe: SpiffeServices,
+) -> int:
+    admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
+    from ca_server.admin import admin_router_for
+    from ca_server.admin.wiring import rotation_router_for
+
+    record_router, close_record = admin_router_for(
+        config,
+        lambda: manager.current,
+        admin_host=admin_host,
+        spiffe_bundle=spiffe.spiffe_bundle,
+        federated_bundles=spiffe.federated,
+    )
+    loop = asyncio.get_running_loop()
+
+    def changed() -> None:  # called from the route's thread
+        loop.call_soon_threadsafe(wake.set)
+
+    rotation_router = rotation_router_for(
+        config, manager.rotator, admin_host=admin_host, changed=changed
+    )
+    app = create_admin_app(
+        metrics_dir=metrics_dir,
+        material=lambda: manager.current,
+        readiness=lambda: _readiness(pool, health),
+        routers=[record_router, rotation_router],
+        extra_metrics=lambda: health.exposition() + spiffe.exposition(),
+    )
+    sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
+    admin_addr = f"{admin_host}:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda: setattr(server, "should_exit", True))
+    watcher = asyncio.create_task(pool.watch())
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    log.info("admin API on http://%s (metrics, healthz, readyz)", admin_addr)
+    if config.ready_file is not None:
+        ready = {**addrs, "admin_addr": admin_addr, "pid": os.getpid()}
+        write_atomic(config.ready_file, json.dumps(ready).encode())
+    await serving
+    watcher.cancel()
+    close_record()
+    log.info("shutting down")
+    return 0

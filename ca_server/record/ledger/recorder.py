@@ -1,0 +1,208 @@
+"""The write side: `RecordWriter` appends batches of certificates to the chain.
+
+A batch is one transaction and one fsync. If it fails, its entries are retried
+one by one, so a bad entry fails only itself. The CA's workers batch through
+`AsyncRecorder` (async_recorder.py), which hands `commit_batch` one batch at a
+time on its own thread; tools and tests may call `record()` from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from ca_server.record.entry import IssuedCertificate
+from ca_server.record.ledger.append import append_batch
+from ca_server.record.ledger.database import RecordUrl, Session, parse_record_url
+from ca_server.record.ledger.dialects import connect, driver_errors
+from ca_server.record.ledger.errors import LedgerError, LedgerWriteError
+from ca_server.record.ledger.retention import Pruner
+from ca_server.record.ledger.schema import ensure_schema
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BATCH = 256
+DEFAULT_WRITE_TIMEOUT = timedelta(seconds=30)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecorderOptions:
+    """How the recorder groups commits and whether it prunes."""
+
+    max_batch: int = DEFAULT_MAX_BATCH  # most entries per commit; 1 turns group commit off
+    write_timeout: timedelta = DEFAULT_WRITE_TIMEOUT  # how long a caller waits for its commit
+    retention: timedelta | None = None  # prune rows expired longer than this; None keeps all
+    prune_interval: timedelta = timedelta(minutes=10)
+    prune_batch: int = 1000
+    clock: Callable[[], datetime] = field(default=utc_now)
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
+        if self.write_timeout <= timedelta(0):
+            raise ValueError("write_timeout must be positive")
+        if self.retention is not None and self.retention < timedelta(0):
+            raise ValueError("retention must not be negative")
+        if self.prune_batch < 1 or self.prune_interval <= timedelta(0):
+            raise ValueError("prune_batch and prune_interval must be positive")
+
+
+class _Pending:
+    """One entry of a batch and, once it is known, why it was not committed."""
+
+    __slots__ = ("entry", "error")
+
+    def __init__(self, entry: IssuedCertificate) -> None:
+        self.entry = entry
+        self.error: BaseException | None = None
+
+
+class RecordWriter:
+    """Appends certificates to the chain through one database session, one batch at a time.
+
+    A stale session (database restarted, failover) is replaced once per batch; a batch
+    that still fails is retried entry by entry. Each database call is bounded by the
+    backend (SQLite's busy timeout, PostgreSQL's statement_timeout: 30 s each).
+    """
+
+    def __init__(self, url: RecordUrl, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self._url = url
+        self._clock = clock
+        self._lock = threading.Lock()  # one batch at a time on the session
+        self._busy = False
+        self._closed = False
+        self._session: Session | None = None
+        self._errors: tuple[type[Exception], ...] = (LedgerError, OSError, *driver_errors(url))
+        self.commits = 0  # transactions committed, for measurements
+        self.rows = 0  # certificates committed
+
+    @property
+    def busy(self) -> bool:
+        """Whether a batch is being committed, for tests and measurements."""
+        return self._busy
+
+    def record(self, entry: IssuedCertificate) -> None:
+        """Commit `entry` durably on its own, or raise `LedgerWriteError`."""
+        (error,) = self.commit_batch([entry])
+        if error is not None:
+            raise LedgerWriteError.of(error)
+
+    def commit_batch(self, entries: list[IssuedCertificate]) -> list[BaseException | None]:
+        """Commit `entries` in one transaction (one by one if it fails); say per entry why
+        it was not committed (None: committed). Calls from several threads take turns."""
+        batch = [_Pending(entry) for entry in entries]
+        with self._lock:
+            if self._closed:
+                raise LedgerWriteError("the issuance record is closed")
+            self._busy = True
+            try:
+                self._commit_guarded(batch)
+            finally:
+                self._busy = False
+        return [pending.error for pending in batch]
+
+    def close(self) -> None:
+        """Release the session once the batch being committed (if any) is done."""
+        with self._lock:
+            self._closed = True
+            self._drop_session()
+
+    def _commit_guarded(self, batch: list[_Pending]) -> None:
+        try:
+            self._commit(batch)
+        except Exception as exc:  # a bug, not a database error: fail these entries, keep going
+            log.exception("issuance record writer failed")
+            self._drop_session()
+            for pending in batch:
+                if pending.error is None:
+                    pending.error = exc
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            self._write(batch)
+        except self._errors as exc:
+            self._drop_session()
+            if len(batch) > 1:
+                # Retry one by one, so a single bad entry fails only its own caller.
+                for pending in batch:
+                    self._commit([pending])
+                return
+            log.error("recording serial %s failed: %s", batch[0].entry.serial, exc)
+            batch[0].error = exc
+
+    def _write(self, batch: list[_Pending]) -> None:
+        if self._session is not None:
+            try:
+                self._append(batch)
+                return
+            except self._errors:
+                # The connection may have gone stale (database restarted, failover):
+                # try once more on a fresh one. A row committed just before the error
+                # cannot be written twice: serials are unique.
+                self._drop_session()
+        self._session = connect(self._url)
+        self._append(batch)
+
+    def _append(self, batch: list[_Pending]) -> None:
+        assert self._session is not None
+        append_batch(self._session, [p.entry for p in batch], recorded_at=self._clock())
+        self.commits += 1
+        self.rows += len(batch)
+
+    def _drop_session(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+
+class ManagedRecorder:
+    """What `open_recorder` returns: the writer plus optional background pruning."""
+
+    def __init__(
+        self, writer: RecordWriter, options: RecorderOptions, pruner: Pruner | None
+    ) -> None:
+        self.writer = writer
+        self.options = options
+        self._pruner = pruner
+
+    def record(self, entry: IssuedCertificate) -> None:
+        self.writer.record(entry)
+
+    def close(self) -> None:
+        if self._pruner is not None:
+            self._pruner.stop()
+        self.writer.close()
+
+
+def prepare(url: str) -> RecordUrl:
+    """Parse `url` and create or migrate the schema there."""
+    parsed = parse_record_url(url)
+    session = connect(parsed)
+    try:
+        ensure_schema(session)
+    finally:
+        session.close()
+    return parsed
+
+
+def open_recorder(url: str, *, options: RecorderOptions | None = None) -> ManagedRecorder:
+    """Open the issuance record at `url` (sqlite path/URL or postgresql:// DSN) for writing."""
+    options = options or RecorderOptions()
+    parsed = prepare(url)
+    pruner = None
+    if options.retention is not None:
+        pruner = Pruner(
+            parsed,
+            max_age=options.retention,
+            interval=options.prune_interval,
+            batch_size=options.prune_batch,
+            clock=options.clock,
+        ).start()
+    return ManagedRecorder(RecordWriter(parsed, clock=options.clock), options, pruner)

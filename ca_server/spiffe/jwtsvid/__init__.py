@@ -1,0 +1,24 @@
+"""JWT-SVIDs at the CA: ES256 signing keys that rotate (`keyset`), minting one token and its
+record entry (`minter`) and the `bulwark.v1.WorkloadIdentityService` servicer (`service`)."""
+
+from ca_server.spiffe.jwtsvid.keyset import (
+    JwtKey,
+    KeyFile,
+    KeySet,
+    RotationPolicy,
+    plan,
+    signing_key,
+)
+from ca_server.spiffe.jwtsvid.minter import DEFAULT_JWT_SVID_TTL, MAX_JWT_SVID_TTL, check_audiences
+
+__all__ = [
+    "DEFAULT_JWT_SVID_TTL",
+    "MAX_JWT_SVID_TTL",
+    "JwtKey",
+    "KeyFile",
+    "KeySet",
+    "RotationPolicy",
+    "check_audiences",
+    "plan",
+    "signing_key",
+]

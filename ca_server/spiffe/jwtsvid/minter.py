@@ -1,0 +1,106 @@
+"""Minting one JWT-SVID (SPIFFE JWT-SVID spec) and the record entry that stands for it.
+
+Header `alg: ES256`, `kid`, `typ: JWT`; claims `sub` (the caller's SPIFFE ID), `aud`
+(the requested audiences), `iat`, `exp` and a random `jti` (the record's serial). The
+record keeps the token's SHA-256, never the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import jwt
+
+from ca_server.errors import InvalidRequest
+from ca_server.identity import Caller, shown
+from ca_server.record.entry import JWT_SVID, IssuedCertificate
+from ca_server.spiffe.jwtsvid.keyset import JwtKey
+
+MAX_AUDIENCES = 16
+MAX_AUDIENCE_CHARS = 255
+DEFAULT_JWT_SVID_TTL = timedelta(minutes=5)
+MAX_JWT_SVID_TTL = timedelta(hours=1)
+
+
+class BadAudience(InvalidRequest):
+    """The request's audiences are missing, too many, too long or not printable ASCII."""
+
+
+def check_audiences(audiences: Sequence[str]) -> tuple[str, ...]:
+    """The audiences, duplicates dropped in order; `BadAudience` saying what is wrong."""
+    if not audiences:
+        raise BadAudience("audience is required: name one or more audiences for the JWT-SVID")
+    if len(audiences) > MAX_AUDIENCES:
+        raise BadAudience(f"{len(audiences)} audiences; at most {MAX_AUDIENCES} are allowed")
+    for audience in audiences:
+        if not audience:
+            raise BadAudience("an audience is empty")
+        if len(audience) > MAX_AUDIENCE_CHARS:
+            raise BadAudience(
+                f"audience {shown(audience)} is longer than {MAX_AUDIENCE_CHARS} characters"
+            )
+        if "," in audience:  # the record keeps audiences comma-separated
+            raise BadAudience(f"audience {shown(audience)} must not contain a comma")
+        if not all("!" <= c <= "~" for c in audience):
+            raise BadAudience(f"audience {shown(audience)} must be printable ASCII without spaces")
+    return tuple(dict.fromkeys(audiences))
+
+
+def lifetime(requested_s: int, *, default: timedelta, maximum: timedelta) -> timedelta:
+    """The token's lifetime: the default for 0 or less, else the request capped at `maximum`."""
+    if requested_s <= 0:
+        return default
+    if requested_s >= maximum.total_seconds():  # also before timedelta() could overflow
+        return maximum
+    return timedelta(seconds=requested_s)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MintedSvid:
+    token: str
+    expires_at: datetime
+    entry: IssuedCertificate
+
+
+def mint(
+    *,
+    key: JwtKey,
+    caller: Caller,
+    audiences: tuple[str, ...],
+    ttl: timedelta,
+    now: datetime,
+) -> MintedSvid:
+    """Sign a JWT-SVID for `caller`; `exp` never outlives the key's publication."""
+    issued_at = now.replace(microsecond=0)
+    expires = min(issued_at + ttl, key.published_until.replace(microsecond=0))
+    # 128 random bits, top bit set: hex without a leading zero, as the record keys serials
+    jti = format(secrets.randbits(128) | (1 << 127), "x")
+    claims = {
+        "sub": str(caller.spiffe_id),
+        "aud": list(audiences),
+        "iat": int(issued_at.timestamp()),
+        "exp": int(expires.timestamp()),
+        "jti": jti,
+    }
+    token = jwt.encode(
+        claims, key.private_key(), algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
+    )
+    entry = IssuedCertificate(
+        serial=jti,
+        **caller.record_fields(),
+        not_before=issued_at,
+        not_after=expires,
+        public_key_sha256="",
+        csr_sha256="",
+        issuer_serial="",
+        certificate_pem="",
+        kind=JWT_SVID,
+        audiences=",".join(audiences),
+        token_sha256=hashlib.sha256(token.encode("ascii")).hexdigest(),
+        key_id=key.kid,
+    )
+    return MintedSvid(token=token, expires_at=expires, entry=entry)
