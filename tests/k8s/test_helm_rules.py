@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import yaml
 
-from tests.deploy.tools import REPO, run, tool
+from tests.support.deploy_tools import REPO, run, tool
 
 RULES = REPO / "deploy" / "prometheus" / "bulwark.rules.yaml"
 TESTS = REPO / "tests" / "deploy" / "bulwark.rules.test.yaml"
