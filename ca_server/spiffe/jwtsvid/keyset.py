@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca_server.config import CaConfig
 from certs.files import write_atomic
 from certs.keys import KeyType, generate_key, load_private_key, private_key_pem
 
@@ -59,6 +60,14 @@ class RotationPolicy:
     def refresh_hint(self) -> timedelta:
         """How often relying parties should re-fetch: well inside the prepare lead time."""
         return max(timedelta(seconds=1), min(timedelta(minutes=5), self.active_life / 4))
+
+
+def key_policy(config: CaConfig) -> RotationPolicy:
+    """The policy of `bulwark ca serve`: --jwt-key-active-life, published for
+    --jwt-svid-max-ttl after a key's last signature."""
+    return RotationPolicy(
+        active_life=config.jwt_key_active_life, max_token_ttl=config.jwt_svid_max_ttl
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
