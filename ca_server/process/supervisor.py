@@ -142,10 +142,11 @@ def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
 def _material_manager(
     config: CaConfig,
     initial: CaMaterial,
-    may_rotate: Callable[[], bool] = lambda: True,
+    may_act: Callable[[], bool] = lambda: True,
     rotator: SlotRotator | None = None,
 ) -> MaterialManager:
-    """Where material is re-read from, and whether this process may renew the root."""
+    """Where material is re-read from, and whether this process may renew the root or move
+    the CA slots."""
     store: KeyStore | None = None
     if config.cacerts_dir is not None:
         cacerts = config.cacerts_dir
@@ -179,7 +180,7 @@ def _material_manager(
         reload=reload,
         store=store,
         trust_domain=config.trust_domain,
-        may_rotate=may_rotate,
+        may_act=may_act,
         rotator=rotator,
     )
 
