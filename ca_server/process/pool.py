@@ -43,7 +43,8 @@ class Worker:
 
 @dataclass
 class WorkerPool(Generic[Spec, Keys]):
-    """`count` processes each running `target(spec, keys, index, pipe)`; must be picklable."""
+    """`count` processes each running `target(spec, keys, index, pipe)`; the three values
+    must pickle (workers are spawned)."""
 
     target: Callable[[Spec, Keys, int, Connection], None]
     spec: Spec
