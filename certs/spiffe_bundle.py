@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -101,11 +100,6 @@ class SpiffeBundle:
     def roots_pem(self) -> str:
         return "".join(c.public_bytes(Encoding.PEM).decode() for c in self.x509_authorities)
 
-    @property
-    def digest(self) -> str:
-        """A hash of the content (not of its JSON spelling)."""
-        return hashlib.sha256(self.to_json()).hexdigest()
-
 
 def x509_authority(cert: x509.Certificate) -> dict[str, Any]:
     """One root as a bundle JWK (`use: x509-svid`, its public key, its DER in `x5c`)."""
@@ -179,7 +173,7 @@ def parse_bundle(data: bytes, *, max_bytes: int = MAX_BUNDLE_BYTES) -> SpiffeBun
         x509_authorities=tuple(roots),
         jwt_authorities=tuple(jwt_keys),
         sequence=_count(doc, "spiffe_sequence", minimum=0),
-        refresh_hint=_count(doc, "spiffe_refresh_hint", minimum=1),
+        refresh_hint=_count(doc, "spiffe_refresh_hint", minimum=0) or None,  # 0: no hint
     )
 
 

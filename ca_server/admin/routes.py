@@ -185,7 +185,7 @@ def _federation_route(router: APIRouter, bundles: Callable[[], dict[str, bytes]]
         summary="The kept bundle of every federated trust domain, by trust domain name",
     )
     def federated() -> dict[str, dict[str, Any]]:
-        # As the foreign domain published it (checked when fetched), not re-modelled here.
+        # As kept: checked when fetched and written by certs.spiffe_bundle, not re-modelled here.
         return {td: json.loads(doc) for td, doc in bundles().items()}
 
 

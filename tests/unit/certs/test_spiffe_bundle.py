@@ -99,7 +99,7 @@ BAD_FIELDS = [
     ("sequence negative", {"spiffe_sequence": -1}, "spiffe_sequence"),
     ("sequence a boolean", {"spiffe_sequence": True}, "spiffe_sequence"),
     ("hint a fraction", {"spiffe_refresh_hint": 1.5}, "spiffe_refresh_hint"),
-    ("hint zero", {"spiffe_refresh_hint": 0}, "spiffe_refresh_hint"),
+    ("hint negative", {"spiffe_refresh_hint": -5}, "spiffe_refresh_hint"),
 ]
 
 
@@ -120,6 +120,7 @@ def test_a_good_bundle_round_trips_through_the_one_writer() -> None:
     assert [k["kid"] for k in json.loads(parsed.jwks)["keys"]] == ["k1"]
     assert parsed.document() == json.loads(data)  # our writer spells it as it was read
     assert parse_bundle(parsed.to_json()) == parsed
+    assert parse_bundle(bundle([JWT], sequence=1, hint=0)).refresh_hint is None
     assert parsed.jwt_key("k1") == JWT and parsed.jwt_key("nope") is None
 
 
