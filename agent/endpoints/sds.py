@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -28,7 +28,9 @@ from agent.files.secrets import MAX_FILE_RESOURCES_PER_STREAM, FileSecrets
 from agent.logs import LogBudget, printable
 from agent.metrics import AgentMetrics
 from agent.state.cache import Snapshot
-from agent.state.identity import StateLookup
+
+if TYPE_CHECKING:
+    from agent.state.identity import StateLookup
 
 log = logging.getLogger(__name__)
 

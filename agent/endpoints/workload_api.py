@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -26,11 +26,13 @@ from agent.errors import AgentError, BadRequest, SecretUnavailable
 from agent.logs import printable
 from agent.metrics import AgentMetrics
 from agent.state.cache import SecretCache, Snapshot
-from agent.state.identity import StateLookup
 from agent.state.jwt_cache import NotEntitled, audience_key
 from agent.state.trust_bundles import TrustBundles
 from certs.errors import InvalidSpiffeId
 from certs.spiffe_id import SpiffeId
+
+if TYPE_CHECKING:
+    from agent.state.identity import StateLookup
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -19,10 +19,13 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 from agent.endpoints.workload_api import WorkloadApiService, add_to_server
 from agent.metrics import AgentMetrics
 from agent.state.cache import SecretCache
-from agent.state.identity import IdentityState, StateLookup, single
+from agent.state.identity import IdentityState, single
 from agent.state.jwt_cache import AudienceKey, JwtSvidCache
 from agent.upstream.identity_client import MintedJwt
 from certs.spiffe_id import SpiffeId
+
+if TYPE_CHECKING:
+    from agent.state.identity import StateLookup
 
 WORKLOAD = ("workload.spiffe.io", "true")
 
@@ -42,7 +45,7 @@ def identity(account: str) -> IdentityState:
 
 
 def by_header(states: dict[str, IdentityState]) -> StateLookup:
-    def lookup(context: grpc.aio.ServicerContext[Any, Any], /) -> IdentityState:
+    def lookup(context: grpc.aio.ServicerContext[Any, Any]) -> IdentityState:
         return states[dict(context.invocation_metadata() or ())["x-account"]]
 
     return lookup
