@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -396,6 +397,7 @@ SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 
 
+@cache  # asked once per row when --help is built, at every start
 def config_defaults() -> Mapping[str, Any]:
     """Each `AgentConfig` field's default."""
     return {f.name: f.default for f in dataclasses.fields(AgentConfig) if f.init}
