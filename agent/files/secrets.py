@@ -1,4 +1,10 @@
-"""The agent and the file system: OUTPUT_CERTS, FILE_MOUNTED_CERTS, root file, file-* secrets."""
+"""The agent and the file system: OUTPUT_CERTS, FILE_MOUNTED_CERTS, root file, file-* secrets.
+
+`FileSecrets` loads watched files into a secret cache: the root file (part of
+ROOTCA) and the `file-cert:`/`file-root:` resources, which any identity may be
+served, and with FILE_MOUNTED_CERTS the SVID itself, which is one identity's.
+`OutputWriter` writes one cache's SVID out; it is given that cache to follow.
+"""
 
 from __future__ import annotations
 
