@@ -13,14 +13,14 @@ from datetime import timedelta
 from pathlib import Path
 
 from agent.errors import ConfigError
-from certs import values
+from certs import istio_files, values
 from certs.errors import InvalidSpiffeId
 from certs.keys import KeyType
 from certs.spiffe_id import SpiffeId, TrustDomain
 
 DEFAULT_CA_ADDR = "istiod.istio-system.svc:15012"
 PLAINTEXT_CA_PORT = "15010"
-DEFAULT_ROOT_CERT = Path("./var/run/secrets/istio/root-cert.pem")
+DEFAULT_ROOT_CERT = Path("./var/run/secrets/istio") / istio_files.ROOT_CERT
 DEFAULT_TOKEN_PATH = Path("./var/run/secrets/tokens/istio-token")
 SOCKET_DIR = Path("./var/run/secrets/workload-spiffe-uds")
 DEFAULT_SOCKET_FILE = "socket"
@@ -159,7 +159,7 @@ class AgentConfig:
             return (self.ca_root_ca,)
         paths = [DEFAULT_ROOT_CERT]
         if self.prov_cert_dir is not None:
-            paths.append(self.prov_cert_dir / "root-cert.pem")
+            paths.append(self.prov_cert_dir / istio_files.ROOT_CERT)
         return tuple(paths)
 
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 from agent.config import AgentConfig, parse_bool, parse_duration, parse_mode
 from agent.errors import ConfigError
 from agent.logs import FORMATS, configure, parse_level
+from certs import istio_files
 
 # flag -> (AgentConfig field, converter); each overrides the env var of the same meaning
 _OVERRIDES: dict[str, tuple[str, Any]] = {
@@ -53,6 +54,7 @@ _OVERRIDES: dict[str, tuple[str, Any]] = {
     "socket_group": ("socket_group", str),
     "file_resource_max_bytes": ("file_resource_max_bytes", int),
 }
+_KEY, _CHAIN, _ROOT = istio_files.KEY, istio_files.CERT_CHAIN, istio_files.ROOT_CERT
 _HELP = {
     "trust_domain": "TRUST_DOMAIN (cluster.local)",
     "namespace": "POD_NAMESPACE",
@@ -61,8 +63,8 @@ _HELP = {
     "mtls_ca_addr": "BULWARK_MTLS_CA_ADDR: the CA's client-certificate port, used while PROV_CERT is valid",
     "ca_root_ca": "CA_ROOT_CA: root that verifies the CA (SYSTEM for system roots)",
     "istiod_san": "ISTIOD_SAN: name the CA certificate must carry",
-    "prov_cert": "PROV_CERT: directory with cert-chain.pem, key.pem, root-cert.pem for mTLS",
-    "output_certs": "OUTPUT_CERTS: directory to write key.pem, cert-chain.pem, root-cert.pem",
+    "prov_cert": f"PROV_CERT: directory with {_CHAIN}, {_KEY}, {_ROOT} for mTLS",
+    "output_certs": f"OUTPUT_CERTS: directory to write {_KEY}, {_CHAIN}, {_ROOT}",
     "file_mounted_certs": "FILE_MOUNTED_CERTS: serve ./etc/certs instead of asking a CA",
     "file_mounted_dir": "directory of FILE_MOUNTED_CERTS (./etc/certs)",
     "secret_ttl": "SECRET_TTL (24h)",
