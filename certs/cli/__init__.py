@@ -18,6 +18,7 @@ from certs.cli.parser import BulwarkParser, fill_descriptions
 
 _COMMAND_MODULES = (
     "ca_server.cli.serve",
+    "ca_server.cli.token",
     "certs.cli.inspect",
     "certs.cli.request",
     "ca_server.cli.records",

@@ -22,8 +22,6 @@ from ca_server.spiffe.jwtsvid.keyset import JwtKey
 
 MAX_AUDIENCES = 16
 MAX_AUDIENCE_CHARS = 255
-DEFAULT_JWT_SVID_TTL = timedelta(minutes=5)
-MAX_JWT_SVID_TTL = timedelta(hours=1)
 
 
 class BadAudience(InvalidRequest):
