@@ -94,6 +94,9 @@ CA_OPTIONS: dict[str, Option] = {
         help="use Kubernetes (TokenReview, CA Secret, root ConfigMaps)"),
     "token_clock_skew": Option(group=AUTHENTICATION, flag="--token-clock-skew", env="BULWARK_TOKEN_CLOCK_SKEW", default="60s", convert=duration,
         help="leeway for token exp/nbf/iat against this host's clock"),
+    # Kubernetes projected tokens for istio-ca live 1 h (kubelet default) to 12 h (Istio's
+    # istio-token, expirationSeconds 43200); 24 h admits both with room and still refuses the
+    # year-long "extended" legacy tokens and forged far-future `exp` values.
     "max_token_lifetime": Option(group=AUTHENTICATION, flag="--max-token-lifetime", env="BULWARK_MAX_TOKEN_LIFETIME", default="24h", convert=duration,
         help="refuse JWTs whose exp lies further than this after iat"),
 
