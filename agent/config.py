@@ -22,14 +22,14 @@ from typing import Any, NamedTuple
 
 from agent.errors import ConfigError
 from agent.logs import FORMATS, parse_level
-from certs import values
+from certs import istio_files, values
 from certs.errors import InvalidSpiffeId
 from certs.keys import KeyType
 from certs.spiffe_id import SpiffeId, TrustDomain
 
 DEFAULT_CA_ADDR = "istiod.istio-system.svc:15012"
 PLAINTEXT_CA_PORT = "15010"
-DEFAULT_ROOT_CERT = Path("./var/run/secrets/istio/root-cert.pem")
+DEFAULT_ROOT_CERT = Path("./var/run/secrets/istio") / istio_files.ROOT_CERT
 DEFAULT_TOKEN_PATH = Path("./var/run/secrets/tokens/istio-token")
 SOCKET_DIR = Path("./var/run/secrets/workload-spiffe-uds")
 DEFAULT_SOCKET_FILE = "socket"
@@ -172,7 +172,7 @@ class AgentConfig:
             return (self.ca_root_ca,)
         paths = [DEFAULT_ROOT_CERT]
         if self.prov_cert_dir is not None:
-            paths.append(self.prov_cert_dir / "root-cert.pem")
+            paths.append(self.prov_cert_dir / istio_files.ROOT_CERT)
         return tuple(paths)
 
     @classmethod
@@ -355,6 +355,7 @@ class Setting(NamedTuple):
 
 # Istio's variable names where Istio has the setting (SPEC §2), BULWARK_* for Bulwark's own.
 # CA_HEADER_<NAME> and --ca-header are a family of names, read by `AgentConfig.from_env`.
+_FILES = ", ".join((istio_files.CERT_CHAIN, istio_files.KEY, istio_files.ROOT_CERT))
 SETTINGS: tuple[Setting, ...] = (
     # who the workload is
     Setting("trust_domain", TEXT, "SPIFFE trust domain", env="TRUST_DOMAIN", flag="--trust-domain"),
@@ -365,7 +366,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("mtls_ca_addr", TEXT, "the CA's client-certificate port, used while PROV_CERT is valid", env="BULWARK_MTLS_CA_ADDR", flag="--mtls-ca-addr"),
     Setting("ca_root_ca", PATH, "root that verifies the CA (SYSTEM for system roots)", env="CA_ROOT_CA", flag="--ca-root-ca"),
     Setting("istiod_san", TEXT, "name the CA certificate must carry (else the host of CA_ADDR)", env="ISTIOD_SAN", flag="--istiod-san"),
-    Setting("prov_cert_dir", PATH, "directory with cert-chain.pem, key.pem, root-cert.pem for mTLS to the CA", env="PROV_CERT", flag="--prov-cert"),
+    Setting("prov_cert_dir", PATH, f"directory with {_FILES} for mTLS to the CA", env="PROV_CERT", flag="--prov-cert"),
     Setting("token_path", PATH, "token file, re-read before every CSR", env="BULWARK_TOKEN_PATH", flag="--token-path"),
     Setting("cluster_id", TEXT, "ClusterID header of every CSR", env="ISTIO_META_CLUSTER_ID", flag="--cluster-id"),
     Setting("cert_signer", TEXT, "CertSigner metadata of every CSR", env="ISTIO_META_CERT_SIGNER", flag="--cert-signer"),
@@ -379,7 +380,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ecc_signature_algorithm", TEXT, "ECDSA for EC keys", env="ECC_SIGNATURE_ALGORITHM", flag="--ecc-signature-algorithm"),
     Setting("ecc_curve", TEXT, "P256 or P384", env="ECC_CURVE", flag="--ecc-curve"),
     # certificates as files
-    Setting("output_certs_dir", PATH, "directory to write key.pem, cert-chain.pem, root-cert.pem to", env="OUTPUT_CERTS", flag="--output-certs"),
+    Setting("output_certs_dir", PATH, f"directory to write {_FILES} to", env="OUTPUT_CERTS", flag="--output-certs"),
     Setting("file_mounted_certs", BOOL, "serve the files of --file-mounted-dir instead of asking a CA", env="FILE_MOUNTED_CERTS", flag="--file-mounted-certs"),
     Setting("file_mounted_dir", PATH, "directory of FILE_MOUNTED_CERTS", flag="--file-mounted-dir"),
     Setting("file_poll_interval", DURATION, "how often watched files are checked", flag="--file-poll-interval"),
