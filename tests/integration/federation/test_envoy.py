@@ -20,8 +20,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
-from certs.keys import KeyType, generate_key
+from certs.keys import KeyType, PrivateKey, generate_key
 from certs.pem import load_certificates
 from certs.profile import leaf_certificate, self_signed_root
 from certs.spiffe_id import SpiffeId, TrustDomain
@@ -107,7 +108,9 @@ def test_a_calls_b_across_trust_domains_through_envoy(cross: CrossMesh) -> None:
     assert stats["listener.inbound.ssl.fail_verify_san"] == 0
 
 
-def _leaf_files(work: Path, name: str, issuer_cert, issuer_key) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+def _leaf_files(
+    work: Path, name: str, issuer_cert: x509.Certificate, issuer_key: PrivateKey
+) -> tuple[Path, Path]:
     """A certificate for FRONTEND (exactly the admitted ID) signed by `issuer`, as PEM files."""
     from cryptography.hazmat.primitives.serialization import (
         Encoding,
