@@ -1,9 +1,9 @@
 """The CA supervisor process (`bulwark ca serve`): owns the data dir and ports, prepares
 the CA material, runs the worker pool and the admin app.
 
-supervisor (this process, asyncio)      workers (`worker_pool`, spawned, one per core)
+supervisor (this process, asyncio)      workers (`pool`, spawned, one per core)
   - data-dir lock, port probe             - grpc.aio server, one event loop
-  - CA material, root-cert.pem            - authenticate, sign, record (ca_server.process.worker)
+  - CA material, root-cert.pem            - authenticate, sign, record (`ca_server.assembly`)
   - serving certificate                   - metrics into PROMETHEUS_MULTIPROC_DIR
   - admin app (uvicorn)
   - material refresher (`material_refresh`): re-reads CA material, hands it to the pool
@@ -43,9 +43,10 @@ from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
 from ca_server.errors import ConfigError
-from ca_server.process.pool import WorkerPool, bind_socket, probe_free, reserve_port
+from ca_server.process.pool import WorkerPool
+from ca_server.process.ports import bind_socket, probe_free, reserve_port
 from ca_server.process.slots import build_rotator
-from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec
+from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
 from ca_server.record.ledger.integrity import RecordDamaged, guard_record_of
 from ca_server.record.lock import lock_sqlite_record
 from ca_server.spiffe.services import SpiffeServices
@@ -53,6 +54,7 @@ from certs.errors import CertsError
 from certs.files import write_atomic
 
 log = logging.getLogger("ca_server")
+CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
 SERVING_CERT_TTL = timedelta(days=365)
 
 # The one place where a failure at start becomes exit 2 and a one-line message (no traceback).
@@ -140,10 +142,11 @@ def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
 def _material_manager(
     config: CaConfig,
     initial: CaMaterial,
-    may_rotate: Callable[[], bool] = lambda: True,
+    may_act: Callable[[], bool] = lambda: True,
     rotator: SlotRotator | None = None,
 ) -> MaterialManager:
-    """Where material is re-read from, and whether this process may renew the root."""
+    """Where material is re-read from, and whether this process may renew the root or move
+    the CA slots."""
     store: KeyStore | None = None
     if config.cacerts_dir is not None:
         cacerts = config.cacerts_dir
@@ -177,7 +180,7 @@ def _material_manager(
         reload=reload,
         store=store,
         trust_domain=config.trust_domain,
-        may_rotate=may_rotate,
+        may_act=may_act,
         rotator=rotator,
     )
 
@@ -193,7 +196,6 @@ def _worker_keys(config: CaConfig, material: CaMaterial) -> WorkerKeys:
 
 def _worker_spec(
     config: CaConfig,
-    material: CaMaterial,
     binds: dict[str, tuple[str, int]],
     log_level: int,
     log_format: str,
@@ -201,12 +203,10 @@ def _worker_spec(
     mtls = binds.get("mtls_grpc_addr")
     return WorkerSpec(
         config=config,
-        keys=_worker_keys(config, material),
         host=binds["grpc_addr"][0],
         port=binds["grpc_addr"][1],
         mtls_host=mtls[0] if mtls else None,
         mtls_port=mtls[1] if mtls else None,
-        index=0,
         log_level=log_level,
         log_format=log_format,
     )
@@ -215,7 +215,7 @@ def _worker_spec(
 async def _keep_material_current(
     config: CaConfig,
     manager: MaterialManager,
-    pool: WorkerPool,
+    pool: CaPool,
     health: ReloadHealth,
     wake: asyncio.Event,
 ) -> None:
@@ -317,11 +317,14 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
     spiffe = SpiffeServices(config, lambda: manager.current)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
-    pool: WorkerPool | None = None
+    pool: CaPool | None = None
     try:
         binds = _reserve_grpc_ports(config, reserved)
         pool = WorkerPool(
-            spec=_worker_spec(config, material, binds, log_level, log_format), count=config.workers
+            target=run_worker,
+            spec=_worker_spec(config, binds, log_level, log_format),
+            keys=_worker_keys(config, material),
+            count=config.workers,
         )
         if controllers is not None:
             controllers.start()
@@ -359,7 +362,7 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             sock.close()
 
 
-def _readiness(pool: WorkerPool, health: ReloadHealth) -> tuple[bool, str]:
+def _readiness(pool: CaPool, health: ReloadHealth) -> tuple[bool, str]:
     """Ready while every worker serves; the detail also says how the material checks go."""
     ready, detail = pool.readiness()
     return ready, f"{detail}; {health.detail()}"
@@ -367,7 +370,7 @@ def _readiness(pool: WorkerPool, health: ReloadHealth) -> tuple[bool, str]:
 
 async def _run_admin(
     config: CaConfig,
-    pool: WorkerPool,
+    pool: CaPool,
     metrics_dir: str,
     manager: MaterialManager,
     health: ReloadHealth,

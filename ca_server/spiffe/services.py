@@ -21,7 +21,7 @@ from ca_server.datadir import private_dir
 from ca_server.spiffe.bundle import BundleSource, contents_digest
 from ca_server.spiffe.endpoint import BundleEndpoint, ServingIdentity
 from ca_server.spiffe.federation import FederationStore, Federator
-from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, plan
+from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, key_policy, plan
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -47,7 +47,7 @@ class SpiffeServices:
         self.bundle = BundleSource(
             roots=lambda: material().roots,
             key_file=self.key_file,
-            refresh_hint=config.jwt_rotation.refresh_hint,
+            refresh_hint=key_policy(config).refresh_hint,
             clock=clock,
         )
         self.federation = FederationStore(config.federation_dir)
@@ -67,7 +67,7 @@ class SpiffeServices:
         `spiffe_sequence` when the published bundle changes. Writes only on a change."""
         now = self._clock()
         before = self.key_file.load()
-        keys = plan(before.keys, now, self._config.jwt_rotation)
+        keys = plan(before.keys, now, key_policy(self._config))
         after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
         after = after.with_bundle(contents_digest(self._material().roots, after, now))
         if after != before:
