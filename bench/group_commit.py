@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ca_server.options import default
@@ -64,7 +65,7 @@ def main() -> None:
     cluster = start_postgres()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            backends = {
+            backends: dict[str, Callable[[int], str]] = {
                 "sqlite": lambda i: f"sqlite:///{Path(tmp) / f'bench{i}.db'}",
                 "postgresql": lambda i: cluster.database("bench"),
             }

@@ -118,7 +118,7 @@ class CaClient:
         request: ca_pb2.IstioCertificateRequest,
         metadata: tuple[tuple[str, str], ...],
     ) -> list[str]:
-        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
         timeout = self._config.ca_request_timeout.total_seconds()
         for attempt in range(1, self._retry.max_attempts + 1):
             if attempt > 1:

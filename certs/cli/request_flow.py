@@ -114,7 +114,7 @@ def _call(plan: Plan, creds: _Credentials, csr_pem: str) -> list[str]:
         csr=csr_pem, validity_duration=int(plan.ttl.total_seconds())
     )
     with grpc.secure_channel(plan.ca_addr, channel_creds, options=options) as channel:
-        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
         try:
             response = stub.CreateCertificate(request, metadata=creds.metadata, timeout=TIMEOUT_S)
         except grpc.RpcError as exc:
