@@ -1,0 +1,171 @@
+"""Certificates for the node's workloads: keys made ahead of time, CSRs the CA gets together.
+
+The node agent authenticates to the CA as itself (its own token, re-read for every call) and
+asks for each workload's certificate with Istio's `ImpersonatedIdentity` metadata, as ztunnel
+does (docs/COMPATIBILITY.md §4); the CA allows it only for a node account and, with
+Kubernetes, only for service accounts with a pod on the node agent's own node. CSRs asked for
+in the same moment (a node that just rebooted, many pods starting) leave together, and a
+`KeyPool` of keys generated ahead of time means a new identity's first certificate waits for
+one CA round trip, not for key generation. The channel to the CA is kept open between calls
+and opened afresh after a failure or `CHANNEL_MAX_AGE`, so a replaced CA root is picked up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from grpc import aio
+
+from agent.config import AgentConfig
+from agent.errors import AgentError
+from agent.state.svid import Svid, svid_from_response
+from agent.upstream.caclient import CaClient
+from certs.csr import build_csr
+from certs.keys import KeyType, PrivateKey, generate_key
+from certs.spiffe_id import SpiffeId
+
+log = logging.getLogger(__name__)
+
+CHANNEL_MAX_AGE_S = 300.0
+
+
+class KeyPool:
+    """Up to `size` keys ready to take; taking one starts making its replacement."""
+
+    def __init__(self, kind: KeyType, size: int) -> None:
+        self._kind = kind
+        self._size = size
+        self._ready: list[PrivateKey] = []
+        self._filling: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> int:
+        return len(self._ready)
+
+    async def take(self) -> PrivateKey:
+        key = self._ready.pop() if self._ready else await self._make()
+        self.refill()
+        return key
+
+    def refill(self) -> None:
+        """Make keys up to the pool size in the background (one task at a time)."""
+        if self._filling is None and len(self._ready) < self._size:
+            self._filling = asyncio.ensure_future(self._fill())
+            self._filling.add_done_callback(self._filled)
+
+    async def _fill(self) -> None:
+        while len(self._ready) < self._size:
+            self._ready.append(await self._make())
+
+    def _filled(self, task: asyncio.Task[None]) -> None:
+        self._filling = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("key pool: cannot generate a %s key: %s", self._kind.value, task.exception())
+
+    async def _make(self) -> PrivateKey:
+        if self._kind.value.startswith("rsa-"):
+            return await asyncio.to_thread(generate_key, self._kind)  # 50 ms and more
+        return generate_key(self._kind)
+
+    def close(self) -> None:
+        if self._filling is not None:
+            self._filling.cancel()
+
+
+class NodeIssuer:
+    """`issue(spiffe_id)`: a new key from the pool, a CSR, the CA's checked answer."""
+
+    def __init__(
+        self,
+        *,
+        ca: CaClient,
+        config: AgentConfig,
+        keys: KeyPool,
+        now: Callable[[], datetime],
+    ) -> None:
+        self._ca = ca
+        self._config = config
+        self._keys = keys
+        self._now = now
+        self._channel: aio.Channel | None = None
+        self._opened = 0.0
+        self._pending: list[tuple[SpiffeId, bytes, asyncio.Future[list[str]]]] = []
+        self._tasks: set[asyncio.Future[None]] = set()  # sends and channel closes in flight
+        self.calls = 0  # CA round trips made (each may carry several certificates)
+
+    def warm(self) -> None:
+        """Fill the key pool in the background (a first identity then waits only for the CA)."""
+        self._keys.refill()
+
+    async def issue(self, spiffe_id: SpiffeId) -> Svid:
+        key = await self._keys.take()
+        csr = build_csr(key, spiffe_id)
+        chain = await self._sign(spiffe_id, csr)
+        return svid_from_response(chain_pems=chain, key=key, expected=spiffe_id, now=self._now())
+
+    async def _sign(self, spiffe_id: SpiffeId, csr: bytes) -> list[str]:
+        """Queue the CSR; every CSR queued before the loop turns leaves in one flush."""
+        future: asyncio.Future[list[str]] = asyncio.get_running_loop().create_future()
+        if not self._pending:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._pending.append((spiffe_id, csr, future))
+        return await future
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        task = asyncio.ensure_future(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[SpiffeId, bytes, asyncio.Future[list[str]]]]) -> None:
+        self.calls += 1
+        try:
+            channel = self._open()
+        except AgentError as exc:
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+
+        async def one(spiffe_id: SpiffeId, csr: bytes, future: asyncio.Future[list[str]]) -> None:
+            try:
+                chain = await self._ca.sign(
+                    csr, self._config.secret_ttl, impersonate=str(spiffe_id), channel=channel
+                )
+            except AgentError as exc:
+                self._discard(channel)
+                if not future.done():
+                    future.set_exception(exc)
+                return
+            if not future.done():
+                future.set_result(chain)
+
+        await asyncio.gather(*(one(*item) for item in batch))
+
+    def _open(self) -> aio.Channel:
+        """The kept channel, or a fresh one when there is none or it is old."""
+        if self._channel is not None and time.monotonic() - self._opened > CHANNEL_MAX_AGE_S:
+            self._discard(self._channel)
+        if self._channel is None:
+            self._channel = self._ca.open_channel()
+            self._opened = time.monotonic()
+        return self._channel
+
+    def _discard(self, channel: aio.Channel) -> None:
+        """Stop using `channel` (a failed call may mean a dead connection or a new root)."""
+        if id(self._channel) != id(channel):
+            return  # already replaced
+        self._channel = None
+        closing = asyncio.ensure_future(channel.close(grace=1.0))
+        self._tasks.add(closing)
+        closing.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        self._keys.close()
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
