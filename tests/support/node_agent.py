@@ -104,16 +104,19 @@ def start_node_agent(
     unix_identities: Path | None = None,
     args: Sequence[str] = (),
     extra_env: dict[str, str] | None = None,
+    token: str | None = None,
+    namespace: str = NODE_NAMESPACE,
 ) -> NodeAgentProcess:
     """Spawn a node agent; returns once its socket is served and its status port answers.
 
     `work` is opened to other users (0755) so that callers of other uids reach the socket;
-    the node agent's token in it stays 0600."""
+    the node agent's token in it stays 0600. `token`: the node agent's own token for the CA
+    (default: one the CA's embedded issuer mints for bulwark-system/node-agent)."""
     work.chmod(0o755)
-    token = work / "node-agent-token"
-    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    token_path = work / "node-agent-token"
+    fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        out.write(ca.mint_token(NODE_NAMESPACE, NODE_ACCOUNT))
+        out.write(token or ca.mint_token(namespace, NODE_ACCOUNT))
     ready = work / "node-ready.json"
     ready.unlink(missing_ok=True)
     socket = work / "node" / "socket"
@@ -122,7 +125,7 @@ def start_node_agent(
         sys.executable, "-m", "agent", "run", "--mode", "node", "--attestor", attestor,
         "--socket", str(socket), "--ca-addr", ca.grpc_addr, "--mtls-ca-addr", ca.mtls_addr,
         "--ca-root-ca", str(ca.root_cert_path), "--istiod-san", ISTIOD_SAN,
-        "--token-path", str(token), "--namespace", NODE_NAMESPACE,
+        "--token-path", str(token_path), "--namespace", namespace,
         "--service-account", NODE_ACCOUNT, "--status-addr", "127.0.0.1:0",
         "--ready-file", str(ready), "--ecc-signature-algorithm", "ECDSA",
     ]  # fmt: skip
