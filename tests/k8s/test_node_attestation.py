@@ -38,7 +38,7 @@ from tests.support.envoy import (
 from tests.support.kube_harness import API_AUDIENCE, ControlPlane
 from tests.support.node_agent import NodeAgentProcess, fetch_command, start_node_agent
 from tests.support.openssl import openssl
-from tests.support.pod_cgroups import PodProcesses, NodePod
+from tests.support.pod_cgroups import NodePod, PodProcesses
 
 NODE = "node-a"
 OTHER_NODE = "node-b"
