@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FDS_PER_CONNECTION = 3  # the caller's socket, the relayed one, the pidfd
+FDS_PER_CONNECTION = 4  # the caller's socket, both ends of the relay, the pidfd
 _SERIES = (
     ("node_identities", "gauge", "Identities a node agent serves now."),
     ("node_connections", "gauge", "Open connections to a node agent's socket."),

@@ -4,7 +4,8 @@ WHAT: `x509` (the `spiffe` package's `WorkloadApiClient.fetch_x509_svid`: SPIFFE
 and bundle in PEM), `jwt AUDIENCE` (`fetch_jwt_svid`), `raw-x509` (the Workload API's
 generated stub: the refusal's exact status code and details), `sds NAME` (an Envoy-style SDS
 `FetchSecrets` of NAME), `hold SECONDS` (open a FetchX509SVID stream, print each SVID's serial
-as it comes, until the stream ends or SECONDS pass). Run as another user by the tests
+as it comes, until the stream ends or SECONDS pass), `switch-uid UID` (one call, then change
+user and call again on the same connection). Run as another user by the tests
 (`tests.support.node_agent.run_as`) to be a caller of that uid on a node agent's socket.
 """
 
@@ -98,6 +99,32 @@ def _hold(socket: str, seconds: float) -> dict[str, Any]:
     return {"serials": serials, "ended": "OK"}
 
 
+def _switch_uid(socket: str, uid: int) -> dict[str, Any]:
+    """One FetchX509SVID as this process's user, then setresuid(uid) and a second call on the
+    same connection: a caller that changes user after connecting."""
+    import os
+
+    from spiffe._proto import workload_pb2, workload_pb2_grpc
+
+    header = [("workload.spiffe.io", "true")]
+    with grpc.insecure_channel(f"unix:{socket}") as channel:
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel)
+        first = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=header, timeout=20)
+        before = next(first).svids[0].spiffe_id
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        try:
+            again = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=header, timeout=20)
+            after = {"spiffe_id": next(again).svids[0].spiffe_id}
+        except grpc.RpcError as exc:
+            after = {"code": exc.code().name, "error": exc.details()}
+        try:
+            ended = next(first).svids[0].spiffe_id
+        except grpc.RpcError as exc:
+            ended = exc.code().name
+    return {"before": before, "after": after, "first_stream": ended}
+
+
 def main(argv: list[str]) -> int:
     import warnings
 
@@ -116,6 +143,8 @@ def main(argv: list[str]) -> int:
             result = _sds(socket, rest[0])
         elif what == "hold":
             result = _hold(socket, float(rest[0]))
+        elif what == "switch-uid":
+            result = _switch_uid(socket, int(rest[0]))
         else:
             raise SystemExit(f"unknown request {what!r}")
     except grpc.RpcError as exc:
