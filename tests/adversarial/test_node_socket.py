@@ -114,7 +114,7 @@ def sds_fetch(socket_path: Path, *names: str, raw: bytes | None = None) -> grpc.
 
 def refusal(result: object) -> tuple[grpc.StatusCode, str]:
     assert isinstance(result, grpc.RpcError), result
-    return result.code(), result.details() or ""  # type: ignore[attr-defined]
+    return result.code(), result.details() or ""
 
 
 @pytest.mark.parametrize(
