@@ -56,11 +56,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"{'; QUICK run (short windows: not for results)' if r.get('quick') else ''}"
         f"{'; only ' + r['only'] if r.get('only') else ''}.",
         "",
-        f"Goals (issue 18), each against figures of this same run, c={r.get('headline_concurrency')}:",
+        f"Goals (issues 18, 23), each against figures of this same run, c={r.get('headline_concurrency')}:",
         "",
         *goals.table(r),
         *_ca_peers(r),
         *_agent_peers(r),
+        *_node_agent(r),
         *_information(r),
         *_per_concurrency(r),
         *_floor(r),
@@ -140,6 +141,25 @@ def _agent_peers(r: dict[str, Any]) -> list[str]:
             f"| {label} | {_f(ours, digits)} | {_f(theirs, digits)} | {_ratio(ours, theirs)} |"
         )
     return lines
+
+
+def _node_agent(r: dict[str, Any]) -> list[str]:
+    node = r.get("node_agent")
+    if not node:
+        return []
+    return [
+        "",
+        f"The node agent ({node.get('attestor')} attestor, one Bulwark CA): {node.get('pods')} pods "
+        f"of {node.get('accounts')} accounts held {node.get('connections')} connections and "
+        f"{node.get('identities')} identities.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| RSS with 100 pods held (MB) | {_f(node.get('rss_mb_100pods'), 1)} |",
+        f"| just started, 100 pods connecting at once: all served after (s) | {_f(node.get('reboot_100pods_s'), 2)} |",
+        f"| new pod, new account (one CA round trip), p50 (ms) | {_f(node.get('first_cert_ms_p50'), 1)} |",
+        f"| new pod, account already served, p50 (ms) | {_f(node.get('first_cert_shared_ms_p50'), 1)} |",
+    ]
 
 
 def _information(r: dict[str, Any]) -> list[str]:

@@ -253,6 +253,8 @@ class NodeFront:
                     continue
                 try:
                     self._attestor.recheck(conn.peer, conn.attestation)
+                except CallerGone:
+                    conn.close()  # the process or its pod is gone: nothing to report
                 except AgentError as exc:
                     log.warning(
                         "closing a connection of %s: %s",
