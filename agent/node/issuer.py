@@ -1,7 +1,8 @@
 """Certificates for the node's workloads: keys made ahead of time, CSRs the CA gets together.
 
-The node agent authenticates to the CA as itself (its own token, re-read for every call) and
-asks for each workload's certificate with Istio's `ImpersonatedIdentity` metadata, as ztunnel
+The node agent authenticates to the CA as itself (`agent.node.own`: its own token, re-read
+for every call, then outside Kubernetes its own certificate) and asks for each workload's
+certificate with Istio's `ImpersonatedIdentity` metadata, as ztunnel
 does (docs/COMPATIBILITY.md §4); the CA allows it only for a node account and, with
 Kubernetes, only for service accounts with a pod on the node agent's own node. CSRs asked for
 in the same moment (a node that just rebooted, many pods starting) leave together, and a
@@ -22,6 +23,7 @@ from grpc import aio
 
 from agent.config import AgentConfig
 from agent.errors import AgentError
+from agent.node.own import Credential
 from agent.state.svid import Svid, svid_from_response
 from agent.upstream.caclient import CaClient
 from certs.csr import build_csr
@@ -86,12 +88,15 @@ class NodeIssuer:
         config: AgentConfig,
         keys: KeyPool,
         now: Callable[[], datetime],
+        credential: Callable[[], Credential | None] = lambda: None,
     ) -> None:
         self._ca = ca
         self._config = config
         self._keys = keys
         self._now = now
+        self._credential = credential  # the node agent's own certificate, when it has one
         self._channel: aio.Channel | None = None
+        self._channel_serial = ""  # "" when the kept channel authenticates with the token
         self._opened = 0.0
         self._pending: list[tuple[SpiffeId, bytes, asyncio.Future[list[str]]]] = []
         self._tasks: set[asyncio.Future[None]] = set()  # sends and channel closes in flight
@@ -125,6 +130,7 @@ class NodeIssuer:
         self.calls += 1
         try:
             channel = self._open()
+            token = not self._channel_serial
         except AgentError as exc:
             for _, _, future in batch:
                 if not future.done():
@@ -134,7 +140,11 @@ class NodeIssuer:
         async def one(spiffe_id: SpiffeId, csr: bytes, future: asyncio.Future[list[str]]) -> None:
             try:
                 chain = await self._ca.sign(
-                    csr, self._config.secret_ttl, impersonate=str(spiffe_id), channel=channel
+                    csr,
+                    self._config.secret_ttl,
+                    impersonate=str(spiffe_id),
+                    channel=channel,
+                    token=token,
                 )
             except AgentError as exc:
                 self._discard(channel)
@@ -147,11 +157,22 @@ class NodeIssuer:
         await asyncio.gather(*(one(*item) for item in batch))
 
     def _open(self) -> aio.Channel:
-        """The kept channel, or a fresh one when there is none or it is old."""
-        if self._channel is not None and time.monotonic() - self._opened > CHANNEL_MAX_AGE_S:
+        """The kept channel, or a fresh one when there is none, it is old, or the node agent's
+        own certificate changed (renewed, expiring: then the token again)."""
+        credential = self._credential()
+        serial = credential.serial if credential is not None else ""
+        if self._channel is not None and (
+            time.monotonic() - self._opened > CHANNEL_MAX_AGE_S or serial != self._channel_serial
+        ):
             self._discard(self._channel)
         if self._channel is None:
-            self._channel = self._ca.open_channel()
+            if credential is None:
+                self._channel = self._ca.open_channel()
+            else:
+                self._channel = self._ca.open_channel(
+                    client=(credential.key_pem, credential.chain_pem)
+                )
+            self._channel_serial = serial
             self._opened = time.monotonic()
         return self._channel
 

@@ -101,8 +101,10 @@ class PeerProcess:
         """Real, effective, saved and filesystem uid, from /proc/<pid>/status."""
         return _status_ids(self.read("status"), b"Uid:")
 
-    def gids(self) -> tuple[int, ...]:
-        return _status_ids(self.read("status"), b"Gid:")
+    def ids(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """(uids, gids) as `uids` gives them, from one read of /proc/<pid>/status."""
+        status = self.read("status")
+        return _status_ids(status, b"Uid:"), _status_ids(status, b"Gid:")
 
     def exe_path(self) -> str:
         """The executable's path as the kernel links it (` (deleted)` when replaced)."""

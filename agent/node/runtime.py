@@ -27,6 +27,7 @@ from agent.metrics import AgentMetrics
 from agent.node.front import Limits, NodeFront
 from agent.node.issuer import KeyPool, NodeIssuer
 from agent.node.jwt import jwt_minter
+from agent.node.own import OwnIdentity
 from agent.node.registry import IdentityRegistry
 from agent.node.resources import node_names
 from agent.node.status import NodeStatusServer
@@ -72,11 +73,15 @@ class NodeAgent:
             cache=self.shared, watcher=self.watcher, metrics=self.metrics, now=self.clock.now
         )
         self.ca = CaClient(config, metrics=self.metrics, now=self.clock.now, rng=self.rng)
+        self.own = OwnIdentity(
+            ca=self.ca, config=config, clock=self.clock, rng=self.rng, metrics=self.metrics
+        )
         self.issuer = NodeIssuer(
             ca=self.ca,
             config=config,
             keys=KeyPool(config.key_type(), config.key_pool),
             now=self.clock.now,
+            credential=self.own.credential,
         )
         self.registry = IdentityRegistry(
             issue=self.issuer.issue,
@@ -132,6 +137,7 @@ class NodeAgent:
             now=self.clock.now,
             not_ready=self._not_ready,
             attestor=config.attestor,
+            own=self.own,
         )
         self.metrics.add_collector(self._collect_gauges)
         self.status_addr: tuple[str, int] | None = None
@@ -193,6 +199,7 @@ class NodeAgent:
                 tasks.create_task(self.bundle_poller.run(), name="trust-bundles"),
                 tasks.create_task(self.registry.run(), name="identities"),
                 tasks.create_task(self.front.sweep(), name="node-sweep"),
+                tasks.create_task(self.own.run(), name="own-identity"),
             ]
             workers.append(tasks.create_task(self.attestor.run(), name="attestor"))
             self.issuer.warm()
@@ -203,6 +210,7 @@ class NodeAgent:
                 self.front.connection_count,
             )
             self.registry.close()
+            self.own.cache.close()
             if self._server is not None:
                 await self._server.stop(SHUTDOWN_GRACE_S)
             for worker in workers:

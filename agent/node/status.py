@@ -18,6 +18,7 @@ from agent.endpoints.status import StatusServer, describe_cert
 if TYPE_CHECKING:
     from agent.metrics import AgentMetrics
     from agent.node.front import NodeFront
+    from agent.node.own import OwnIdentity
     from agent.node.registry import IdentityRegistry
     from agent.state.cache import SecretCache
 
@@ -37,6 +38,7 @@ class NodeStatusServer(StatusServer):
         now: Callable[[], datetime],
         not_ready: Callable[[], str],
         attestor: str,
+        own: OwnIdentity,
     ) -> None:
         super().__init__(cache=shared, metrics=metrics, now=now)
         self._shared = shared
@@ -44,6 +46,7 @@ class NodeStatusServer(StatusServer):
         self._front = front
         self._not_ready = not_ready
         self._attestor = attestor
+        self._own = own
 
     def document(self) -> dict[str, Any]:
         now = self._now()
@@ -54,7 +57,19 @@ class NodeStatusServer(StatusServer):
             "socket": str(self._front.owner.path),
             "connections": self._front.connection_count,
             "identities": self._registry.describe(now),
+            "own": self._own_document(now),
             "roots": [describe_cert(c, now) for c in roots.certs] if roots else [],
+        }
+
+    def _own_document(self, now: datetime) -> dict[str, Any]:
+        """How the node agent authenticates to the CA now, and its own certificate if any."""
+        svid = self._own.cache.snapshot.svid
+        credential = self._own.credential()
+        return {
+            "authenticates_with": "certificate" if credential is not None else "token",
+            "serial": svid.serial if svid else None,
+            "seconds_left": int((svid.not_after - now).total_seconds()) if svid else None,
+            "error": self._own.cache.snapshot.svid_error or None,
         }
 
     def route(self, method: str, path: str) -> tuple[int, str, bytes]:

@@ -261,7 +261,7 @@ class UnixAttestor:
         )
 
     def recheck(self, peer: PeerProcess, attestation: Attestation) -> None:
-        uids, gids = peer.uids(), peer.gids()
+        uids, gids = peer.ids()
         uid, gid = int(attestation.facts[0]), int(attestation.facts[1])
         if (len(uids) > 1 and uids[1] != uid) or (len(gids) > 1 and gids[1] != gid):
             raise CallerChanged(

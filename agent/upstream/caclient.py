@@ -94,12 +94,14 @@ class CaClient:
         *,
         impersonate: str = "",
         channel: aio.Channel | None = None,
+        token: bool = True,
     ) -> list[str]:
         """The CA's chain (leaf first, root last) for `csr_pem`, or `CaRequestFailed`.
 
         `impersonate`: a node agent asks for that workload's certificate with Istio's
         `ImpersonatedIdentity` metadata, as ztunnel does (docs/COMPATIBILITY.md §4).
-        `channel`: send it there (the caller keeps and closes it) instead of on a fresh one."""
+        `channel`: send it there (the caller keeps and closes it) instead of on a fresh one;
+        `token=False` when that channel authenticates with a client certificate."""
         request = ca_pb2.IstioCertificateRequest(
             csr=csr_pem.decode(), validity_duration=max(1, int(ttl.total_seconds()))
         )
@@ -107,7 +109,7 @@ class CaClient:
             request.metadata.update({"CertSigner": self._config.cert_signer})
         if impersonate:
             request.metadata.update({"ImpersonatedIdentity": impersonate})
-        metadata = self._metadata()
+        metadata = self.call_metadata(token=token)
         self._metrics.inc("num_outgoing_requests", request_type="csr")
         started = time.monotonic()
         owned = channel is None

@@ -197,3 +197,24 @@ def test_a_bad_identities_file_stops_the_agent_naming_each_line(ca: RunningCa, w
     assert "line 4 (entry 2): uid 'nope'" in done.stderr
     assert "line 6 (entry 3): identity 'a/b/c'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_then_the_node_agent_authenticates_with_its_own_certificate(
+    ca: RunningCa, work: Path
+) -> None:
+    """Its token first (its own certificate asked for with it), then that certificate on the
+    CA's client-certificate port: with the token gone, workloads still get theirs."""
+    identities = write_unix_identities(work / "ids.yaml", [({"uid": 4102}, "demo/backend")])
+    agent = start_node_agent(ca, work, unix_identities=identities)
+    try:
+        agent.wait_until(
+            lambda: agent.get("/debug/identities")["own"]["authenticates_with"] == "certificate",
+            what="the node agent's own certificate",
+        )
+        own = agent.get("/debug/identities")["own"]
+        assert own["seconds_left"] > 0 and own["serial"]
+        (work / "node-agent-token").unlink()
+        assert fetch_as(4102, 4102, agent.socket, "x509").get("spiffe_id") == BACKEND
+        assert "no such file" not in agent.log().lower()
+    finally:
+        assert agent.stop() == 0
