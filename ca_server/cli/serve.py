@@ -32,11 +32,13 @@ def register(sub: Any) -> None:
     )
     _serve_flags(serve)
     serve.set_defaults(handler=_serve)
+    from ca_server.cli.hsm import register_hsm
     from ca_server.cli.intermediate import register_intermediate
     from ca_server.cli.rotate import register_rotate
 
     register_rotate(ca_sub)
     register_intermediate(ca_sub)
+    register_hsm(ca_sub)
 
     token = sub.add_parser(
         "token",
@@ -162,6 +164,9 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
                 default=env_bool("BULWARK_ALLOW_ED25519"),
                 help="accept Ed25519 workload keys (env BULWARK_ALLOW_ED25519)",
             )
+    from ca_server.cli.hsm import add_pkcs11_flags
+
+    add_pkcs11_flags(p)
     env_flag(
         p,
         "--log-level",
@@ -203,6 +208,7 @@ def _csv_items(text: str | None, sep: str) -> tuple[str, ...]:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
+    from ca_server.cli.hsm import settings_from_args as pkcs11_settings
     from ca_server.config import CaConfig
     from ca_server.kube.settings import settings_from_args
     from certs.spiffe_id import TrustDomain
@@ -247,6 +253,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         ca_propagation_delay=_duration(args, "--ca-propagation-delay"),
         kubeconfig=path(args.kubeconfig),
         kube=settings_from_args(args),
+        pkcs11=pkcs11_settings(args),
         **extra,
     )
 

@@ -32,8 +32,16 @@ import grpc
 
 from ca_server.authn.authenticators import Authentication
 from ca_server.authn.plan import build_authentication
+from ca_server.authority.custody import (
+    FILE_CUSTODY,
+    PEM_SUFFIX,
+    URI_SUFFIX,
+    KeyCustody,
+    certificate_key,
+)
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
+from ca_server.errors import ConfigError
 from ca_server.issuance.service import CertificateService, add_to_server
 from ca_server.issuance.signer import Signer, SigningPolicy
 from ca_server.logs import CaEventLog
@@ -47,7 +55,6 @@ from ca_server.spiffe.jwtsvid.keyset import KeyFile
 from ca_server.spiffe.jwtsvid.service import WorkloadIdentityService
 from ca_server.spiffe.jwtsvid.service import add_to_server as add_identity_service
 from certs.errors import CertsError
-from certs.keys import load_private_key
 from certs.pem import bundle_pem, load_certificates, to_pem
 
 log = logging.getLogger(__name__)
@@ -57,7 +64,9 @@ SHUTDOWN_GRACE_S = 4.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MaterialPems:
-    """CA material as bytes, so it crosses the process boundary without pickling key objects."""
+    """CA material as bytes, so it crosses the process boundary without pickling key objects.
+    `signing_key` is the key's PEM, or with an HSM key its `pkcs11:` URI: the worker signs
+    through its own session, and no key byte crosses the pipe."""
 
     signing_cert: bytes
     signing_key: bytes
@@ -67,20 +76,31 @@ class MaterialPems:
 
     @classmethod
     def of(cls, material: CaMaterial) -> MaterialPems:
+        from ca_server.hsm.keys import HsmEcKey, HsmRsaKey
         from certs.keys import private_key_pem
 
+        key = material.signing_key
+        if isinstance(key, (HsmEcKey, HsmRsaKey)):
+            key_blob = str(key.uri).encode()
+        else:
+            key_blob = private_key_pem(key)
         return cls(
             signing_cert=to_pem(material.signing_cert).encode(),
-            signing_key=private_key_pem(material.signing_key),
+            signing_key=key_blob,
             chain=bundle_pem(material.chain).encode(),
             roots=bundle_pem(material.roots).encode(),
             source=material.source,
         )
 
-    def load(self) -> CaMaterial:
+    def load(self, custody: KeyCustody = FILE_CUSTODY) -> CaMaterial:
+        cert = load_certificates(self.signing_cert)[0]
+        suffix = URI_SUFFIX if self.signing_key.startswith(b"pkcs11:") else PEM_SUFFIX
+        key = custody.decode(
+            {f"key{suffix}": self.signing_key}, "key", certificate_key(cert), "the CA supervisor"
+        )
         return CaMaterial(
-            signing_cert=load_certificates(self.signing_cert)[0],
-            signing_key=load_private_key(self.signing_key),
+            signing_cert=cert,
+            signing_key=key,
             chain=tuple(load_certificates(self.chain)) if self.chain.strip() else (),
             roots=tuple(load_certificates(self.roots)),
             source=self.source,
@@ -118,8 +138,9 @@ class WorkerSpec:
 class LiveKeys:
     """A worker's current keys, replaced in place; readers always see one consistent set."""
 
-    def __init__(self, keys: WorkerKeys) -> None:
-        self._current = (keys.material.load(), keys.tls_configuration())
+    def __init__(self, keys: WorkerKeys, custody: KeyCustody = FILE_CUSTODY) -> None:
+        self._custody = custody
+        self._current = (keys.material.load(custody), keys.tls_configuration())
 
     @property
     def material(self) -> CaMaterial:
@@ -127,7 +148,7 @@ class LiveKeys:
 
     def replace(self, keys: WorkerKeys) -> None:
         """Load `keys` (raising if they do not load) and make them current in one assignment."""
-        self._current = (keys.material.load(), keys.tls_configuration())
+        self._current = (keys.material.load(self._custody), keys.tls_configuration())
 
     def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
         """TLS credentials whose next handshake uses whatever keys are current by then."""
@@ -167,7 +188,16 @@ def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:
 
 
 async def _serve(spec: WorkerSpec, supervisor: Connection) -> None:
-    keys = LiveKeys(spec.keys)
+    from ca_server.process.custody import close_custody, open_custody
+
+    custody = open_custody(spec.config, worker=True)  # its own HSM session, if any
+    try:
+        await _serve_with(spec, supervisor, LiveKeys(spec.keys, custody))
+    finally:
+        close_custody(custody)
+
+
+async def _serve_with(spec: WorkerSpec, supervisor: Connection, keys: LiveKeys) -> None:
     metrics = CaMetrics()
     recorder = open_recorder(spec.config, metrics)
     events = CaEventLog()
@@ -313,7 +343,7 @@ def _follow_supervisor(supervisor: Connection, keys: LiveKeys, stop: threading.E
             return
         try:
             keys.replace(update)
-        except (CertsError, ValueError) as exc:
+        except (CertsError, ValueError, ConfigError) as exc:
             log.error("new CA material not applied, still signing with the previous: %s", exc)
             supervisor.send(f"not applied: {exc}")
             continue
