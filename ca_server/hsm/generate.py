@@ -99,9 +99,29 @@ def _refuse_taken(session: Any, uri: Pkcs11Uri) -> None:
             )
 
 
+def destroy_key(token: HsmToken, uri: Pkcs11Uri) -> None:
+    """Destroy the key pair `uri` names (both halves); a key already gone is no error."""
+    from pkcs11 import Attribute
+    from pkcs11 import exceptions as p11e
+
+    def destroy(session: Any) -> None:
+        attrs: dict[Any, Any] = {}
+        if uri.object is not None:
+            attrs[Attribute.LABEL] = uri.object
+        if uri.id is not None:
+            attrs[Attribute.ID] = uri.id
+        for obj in list(session.get_objects(attrs)):
+            obj.destroy()
+
+    try:
+        token.rw_call(destroy)
+    except p11e.PKCS11Error as exc:
+        raise HsmConfigError(f"the HSM did not destroy {uri}: {describe(exc)}") from None
+
+
 def rotation_label(base: str, now: datetime) -> str:
     """The label of a key made by new-key rotation: the configured label and a UTC stamp."""
     return f"{base}-{now.strftime('%Y%m%dT%H%M%SZ')}"
 
 
-__all__ = ["HSM_KEY_TYPES", "generate_keypair", "rotation_label"]
+__all__ = ["HSM_KEY_TYPES", "destroy_key", "generate_keypair", "rotation_label"]

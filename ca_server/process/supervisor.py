@@ -332,7 +332,7 @@ async def _serve_with_custody(
     manager = _material_manager(
         config, material, controllers.is_leader if controllers else lambda: True, rotator, custody
     )
-    spiffe = SpiffeServices(config, lambda: manager.current)
+    spiffe = SpiffeServices(config, lambda: manager.current, custody=custody)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
     pool: WorkerPool | None = None

@@ -38,6 +38,7 @@ from ca_server.authority.custody import (
     URI_SUFFIX,
     KeyCustody,
     certificate_key,
+    jwt_key_resolver,
 )
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
@@ -51,7 +52,7 @@ from ca_server.record.entry import Recorder
 from ca_server.record.ledger.async_recorder import AsyncRecorder
 from ca_server.spiffe.bundle import BundleSource
 from ca_server.spiffe.federation.store import FederationStore
-from ca_server.spiffe.jwtsvid.keyset import KeyFile
+from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeyResolver, resolve_pem
 from ca_server.spiffe.jwtsvid.service import WorkloadIdentityService
 from ca_server.spiffe.jwtsvid.service import add_to_server as add_identity_service
 from certs.errors import CertsError
@@ -139,7 +140,7 @@ class LiveKeys:
     """A worker's current keys, replaced in place; readers always see one consistent set."""
 
     def __init__(self, keys: WorkerKeys, custody: KeyCustody = FILE_CUSTODY) -> None:
-        self._custody = custody
+        self.custody = custody
         self._current = (keys.material.load(custody), keys.tls_configuration())
 
     @property
@@ -148,7 +149,7 @@ class LiveKeys:
 
     def replace(self, keys: WorkerKeys) -> None:
         """Load `keys` (raising if they do not load) and make them current in one assignment."""
-        self._current = (keys.material.load(self._custody), keys.tls_configuration())
+        self._current = (keys.material.load(self.custody), keys.tls_configuration())
 
     def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
         """TLS credentials whose next handshake uses whatever keys are current by then."""
@@ -288,6 +289,7 @@ def _grpc_server(
     identity = identity_service(
         spec.config,
         lambda: keys.material,
+        resolve=jwt_key_resolver(keys.custody),
         authentication=authentication,
         recorder=recorder,
         metrics=metrics,
@@ -305,6 +307,7 @@ def identity_service(
     recorder: Recorder | None,
     metrics: CaMetrics,
     events: CaEventLog,
+    resolve: KeyResolver = resolve_pem,
 ) -> WorkloadIdentityService:
     """JWT-SVIDs and trust bundles, from the shared key file and the federation store."""
     key_file = KeyFile(config.jwt_key_dir)
@@ -328,6 +331,7 @@ def identity_service(
         events=events,
         default_ttl=config.jwt_svid_default_ttl,
         max_ttl=config.jwt_svid_max_ttl,
+        resolve=resolve,
     )
 
 
