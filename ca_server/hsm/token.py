@@ -199,28 +199,27 @@ class HsmToken:
             outage = self._outage
             if outage is not None and self._clock() < outage.retry_at:
                 raise HsmUnavailable()
-            failure: Exception | None = None
+            failures: list[str] = []
             for attempt in range(2):
                 if self._session is None or attempt == 1 or outage is not None:
                     try:
                         self._connect()
                     except HsmConfigError as exc:
-                        failure = exc
+                        failures.append(f"reconnecting: {describe(exc)}")
                         break
                     outage = None
                 try:
                     result = fn(self._session)
                 except (p11e.PKCS11Error, HsmConfigError) as exc:
-                    failure = exc
+                    failures.append(describe(exc))
                     continue
                 self._recovered()
                 return result
-            self._failed(failure)
+            self._failed("; ".join(failures))
             raise HsmUnavailable() from None
 
-    def _failed(self, failure: Exception | None) -> None:
+    def _failed(self, reason: str) -> None:
         now = self._clock()
-        reason = describe(failure) if failure is not None else "unknown failure"
         outage = self._outage
         if outage is None:
             self._outage = _Outage(
