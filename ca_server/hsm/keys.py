@@ -19,7 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 
 from ca_server.hsm.errors import HsmConfigError
-from ca_server.hsm.token import HsmToken, describe, find_private_key, find_public_key
+from ca_server.hsm.token import (
+    HsmToken,
+    binding,
+    describe,
+    find_private_key,
+    find_public_key,
+)
 from ca_server.hsm.uri import Pkcs11Uri
 from certs.keys import describe_key
 
@@ -43,6 +49,7 @@ class HsmEcKey(ec.EllipticCurvePrivateKey):
     def __init__(self, token: HsmToken, uri: Pkcs11Uri, public: ec.EllipticCurvePublicKey) -> None:
         self.token = token
         self.uri = uri
+        self._name = str(uri)
         self._public = public
 
     @property
@@ -66,7 +73,9 @@ class HsmEcKey(ec.EllipticCurvePrivateKey):
             hasher = hashes.Hash(algorithm)
             hasher.update(bytes(data))
             digest = hasher.finalize()
-        raw = self.token.call(lambda s: _ecdsa(self.token.key_object(s, self.uri), digest))
+        raw = self.token.call(
+            lambda s: _ecdsa(self.token.key_object(s, self.uri, self._name), digest)
+        )
         half = len(raw) // 2
         return utils.encode_dss_signature(
             int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
@@ -100,6 +109,7 @@ class HsmRsaKey(rsa.RSAPrivateKey):
     def __init__(self, token: HsmToken, uri: Pkcs11Uri, public: rsa.RSAPublicKey) -> None:
         self.token = token
         self.uri = uri
+        self._name = str(uri)
         self._public = public
 
     @property
@@ -118,7 +128,9 @@ class HsmRsaKey(rsa.RSAPrivateKey):
         mechanism = _rsa_mechanism(padding, algorithm)
         payload = bytes(data)
         return self.token.call(
-            lambda s: bytes(self.token.key_object(s, self.uri).sign(payload, mechanism=mechanism))
+            lambda s: bytes(
+                self.token.key_object(s, self.uri, self._name).sign(payload, mechanism=mechanism)
+            )
         )
 
     def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
@@ -147,14 +159,11 @@ HsmKey = HsmEcKey | HsmRsaKey
 
 
 def _ecdsa(key: Any, digest: bytes) -> bytes:
-    from pkcs11 import Mechanism
-
-    return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
+    return bytes(key.sign(digest, mechanism=binding().Mechanism.ECDSA))
 
 
 def _rsa_mechanism(pad: AsymmetricPadding, algorithm: object) -> Any:
-    from pkcs11 import Mechanism
-
+    Mechanism = binding().Mechanism
     if not isinstance(pad, padding.PKCS1v15):
         raise TypeError("an HSM RSA key signs with PKCS#1 v1.5 padding only")
     by_hash = {

@@ -15,12 +15,16 @@ once (`outage_level`: the supervisor logs at ERROR, workers at DEBUG, so an outa
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ca_server.hsm.errors import HsmConfigError, HsmUnavailable
@@ -78,7 +82,10 @@ class HsmToken:
     def open(self) -> None:
         """Load the module, find the token and log in; an `HsmConfigError` says what failed."""
         with self._lock:
-            self._connect()
+            try:
+                self._connect()
+            finally:
+                clear_openssl_errors()
 
     def close(self) -> None:
         """Log out and finalise the module (the next `open` starts afresh)."""
@@ -87,6 +94,7 @@ class HsmToken:
             if self._lib is not None:
                 _quietly(self._lib.finalize)
                 self._lib = None
+            clear_openssl_errors()
 
     def _connect(self) -> None:
         self._drop_session()
@@ -173,50 +181,62 @@ class HsmToken:
         """Run `fn(session)` once, connecting first if needed; errors pass through, for
         start-up and commands, where a precise message beats a retry."""
         with self._lock:
-            if self._session is None:
-                self._connect()
-            return fn(self._session)
+            try:
+                if self._session is None:
+                    self._connect()
+                return fn(self._session)
+            finally:
+                clear_openssl_errors()
 
     def rw_call(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(rw_session)` on a read-write session of the logged-in token (key
         generation), closed afterwards."""
         with self._lock:
-            if self._session is None:
-                self._connect()
-            session = self._session.token.open(rw=True)
             try:
-                return fn(session)
+                if self._session is None:
+                    self._connect()
+                session = self._session.token.open(rw=True)
+                try:
+                    return fn(session)
+                finally:
+                    _quietly(session.close)
             finally:
-                _quietly(session.close)
+                clear_openssl_errors()
 
     # --- serving: retry once, then back off ------------------------------------------------
 
     def call(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(session)` under the lock; a lost session becomes `HsmUnavailable`."""
-        from pkcs11 import exceptions as p11e
-
+        p11e = binding().exceptions
         with self._lock:
-            outage = self._outage
-            if outage is not None and self._clock() < outage.retry_at:
-                raise HsmUnavailable()
-            failures: list[str] = []
-            for attempt in range(2):
-                if self._session is None or attempt == 1 or outage is not None:
-                    try:
-                        self._connect()
-                    except HsmConfigError as exc:
-                        failures.append(f"reconnecting: {describe(exc)}")
-                        break
-                    outage = None
+            try:
+                return self._call(fn, p11e)
+            finally:
+                clear_openssl_errors()
+
+    def _call(self, fn: Callable[[Any], T], p11e: Any) -> T:
+        """One call with the lock held: retried once on a fresh session, else an outage."""
+        outage = self._outage
+        if outage is not None and self._clock() < outage.retry_at:
+            raise HsmUnavailable()
+        failures: list[str] = []
+        for attempt in range(2):
+            if self._session is None or attempt == 1 or outage is not None:
                 try:
-                    result = fn(self._session)
-                except (p11e.PKCS11Error, HsmConfigError) as exc:
-                    failures.append(describe(exc))
-                    continue
-                self._recovered()
-                return result
-            self._failed("; ".join(failures))
-            raise HsmUnavailable() from None
+                    self._connect()
+                except HsmConfigError as exc:
+                    failures.append(f"reconnecting: {describe(exc)}")
+                    break
+                outage = None
+            try:
+                result = fn(self._session)
+            except (p11e.PKCS11Error, HsmConfigError) as exc:
+                failures.append(describe(exc))
+                continue
+            self._recovered()
+            return result
+        self._failed("; ".join(failures))
+        raise HsmUnavailable() from None
 
     def _failed(self, reason: str) -> None:
         now = self._clock()
@@ -256,14 +276,47 @@ class HsmToken:
         outage = self._outage
         return outage.reason if outage is not None else None
 
-    def key_object(self, session: Any, uri: Pkcs11Uri) -> Any:
-        """The private key object `uri` names, found once per session (inside `call`)."""
-        name = str(uri)
+    def key_object(self, session: Any, uri: Pkcs11Uri, name: str) -> Any:
+        """The private key object `uri` (canonical text `name`) names, found once per session
+        (inside `call`)."""
         key = self._keys.get(name)
         if key is None:
             key = find_private_key(session, uri)
             self._keys[name] = key
         return key
+
+
+@functools.cache
+def _err_clear_error() -> Callable[[], None] | None:
+    """The process's libcrypto `ERR_clear_error`, if one is loaded under the usual name."""
+    name = ctypes.util.find_library("crypto")
+    if name is None:
+        return None
+    try:
+        clear: Callable[[], None] = ctypes.CDLL(name).ERR_clear_error
+    except (OSError, AttributeError):
+        return None
+    return clear
+
+
+def clear_openssl_errors() -> None:
+    """Drop what the module left on this thread's OpenSSL error queue.
+
+    Modules built on the system's OpenSSL (SoftHSM2 among them) leave errors there, e.g. a
+    failed `ENGINE_by_id` at `C_Initialize`; Python's `ssl` shares that libcrypto and would
+    report the stale error on the thread's next TLS read (the Kubernetes client's, say).
+    """
+    clear = _err_clear_error()
+    if clear is not None:
+        clear()
+
+
+@functools.cache
+def binding() -> ModuleType:
+    """python-pkcs11, imported on first use (a CA with file keys never loads it)."""
+    import pkcs11
+
+    return pkcs11
 
 
 def find_private_key(session: pkcs11.Session | Any, uri: Pkcs11Uri) -> Any:
@@ -324,4 +377,11 @@ def _quietly(fn: Callable[[], object]) -> None:
         log.debug("PKCS#11 clean-up: %s", describe(exc))
 
 
-__all__ = ["SOFTHSM_MODULE", "HsmToken", "describe", "find_private_key", "find_public_key"]
+__all__ = [
+    "SOFTHSM_MODULE",
+    "HsmToken",
+    "binding",
+    "describe",
+    "find_private_key",
+    "find_public_key",
+]

@@ -14,6 +14,8 @@ from pathlib import Path
 import jwt
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_server.authority.custody import FILE_CUSTODY, HsmCustody
 from ca_server.authority.material import DirectoryKeyStore, create_self_signed, load_or_create
@@ -189,9 +191,6 @@ def test_outage_backs_off_then_recovers_without_a_restart(
 ) -> None:
     key = _key(token, "root")
     data = b"tbs"
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     algorithm = ec.ECDSA(hashes.SHA256())
     key.sign(data, algorithm)
     caplog.set_level(logging.DEBUG, logger="ca_server.hsm.token")
@@ -217,9 +216,6 @@ def test_backoff_grows_while_the_token_stays_away(
     token: HsmToken, softhsm: SoftHsm, clock: Clock
 ) -> None:
     key = _key(token, "root")
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     delays = []
     with softhsm.moved_away():
         for _ in range(6):
@@ -245,3 +241,26 @@ def test_jwt_keys_made_in_the_token_sign_tokens_and_are_destroyed(token: HsmToke
     custody.destroy_jwt_key(entry)
     with pytest.raises(ConfigError, match="no private key matches"):
         read_key_info(token, parse(entry.private_pem.decode()))
+
+
+def test_no_openssl_error_left_for_the_next_tls_read(softhsm: SoftHsm) -> None:
+    """SoftHSM2's C_Initialize leaves a failed ENGINE lookup on this thread's OpenSSL error
+    queue, which Python's ssl (same libcrypto) would raise on the thread's next TLS read (seen
+    as `[ENGINE: NO_SUCH_ENGINE]` from the Kubernetes client): every token call clears it."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("crypto")
+    assert name is not None
+    libcrypto = ctypes.CDLL(name)
+    libcrypto.ERR_clear_error()
+    opened = HsmToken(module=MODULE, token_label=softhsm.label, pin=Pin(USER_PIN, "t"))
+    opened.open()
+    try:
+        key = _key(opened, "root")
+        assert libcrypto.ERR_peek_error() == 0
+        key.sign(b"x", ec.ECDSA(hashes.SHA256()))
+        assert libcrypto.ERR_peek_error() == 0
+    finally:
+        opened.close()
+    assert libcrypto.ERR_peek_error() == 0
