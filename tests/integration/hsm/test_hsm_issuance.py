@@ -7,6 +7,7 @@ twice: with python-pkcs11 directly and with OpenSC's pkcs11-tool."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tests.support.hsm_ca import (
     start_hsm_ca,
 )
 from tests.support.openssl import key_and_csr, openssl
-from tests.support.softhsm import SoftHsm
+from tests.support.softhsm import USER_PIN, SoftHsm
 
 FRONTEND = "spiffe://cluster.local/ns/demo/sa/frontend"
 BACKEND = "spiffe://cluster.local/ns/demo/sa/backend"
@@ -68,6 +69,11 @@ def test_each_key_type_signs_certificates_openssl_accepts(
             "id": made["id"],
             "key_type": made["key_type"],
         }
+        shown = bulwark(softhsm, "inspect", "--ca", ca.admin_addr)
+        assert "in an HSM (PKCS#11)" in shown.stdout and f"object      {CA_LABEL}" in shown.stdout
+        as_json = json.loads(bulwark(softhsm, "inspect", "--ca", ca.admin_url, "-o", "json").stdout)
+        assert as_json["signing_key"] == location and len(as_json["certificates"]) == 1
+        assert USER_PIN not in shown.stdout + ca.log()
     finally:
         ca.stop()
     assert private_keys_under(tmp_path / "ca") == []
