@@ -31,7 +31,7 @@ import uvicorn
 
 from ca_server.admin.app import create_admin_app
 from ca_server.authn.local_issuer import LocalIssuer
-from ca_server.authority.custody import FILE_CUSTODY, KeyCustody
+from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody, key_location
 from ca_server.authority.material import (
     CaMaterial,
     DirectoryKeyStore,
@@ -314,6 +314,15 @@ async def _serve_with_custody(
     rotator = build_rotator(config, custody)
     material = prepare_material(config, datetime.now(UTC), rotator, custody)
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
+    if isinstance(custody, HsmCustody):
+        where = key_location(material.signing_key)
+        log.info(
+            "CA key in the HSM: token %s, object %s (%s), module %s",
+            where["token"],
+            where["object"],
+            where["key_type"],
+            custody.token.module,
+        )
     _announce_local_issuer(config)
     from ca_server.admin import check_record
 
