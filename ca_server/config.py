@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from ca_server.hsm.settings import Pkcs11Settings
     from ca_server.kube.settings import KubeSettings
     from ca_server.spiffe.federation.peers import FederationPeer
-    from ca_server.spiffe.jwtsvid.keyset import RotationPolicy
 
 DEFAULT_WORKLOAD_CERT_TTL = timedelta(hours=24)
 MAX_WORKLOAD_CERT_TTL = timedelta(days=90)
@@ -157,14 +156,6 @@ class CaConfig:
                 "--bundle-endpoint-profile https_web needs --bundle-endpoint-cert and "
                 "--bundle-endpoint-key (the WebPKI certificate chain and key it presents)"
             )
-
-    @property
-    def jwt_rotation(self) -> RotationPolicy:
-        from ca_server.spiffe.jwtsvid.keyset import RotationPolicy
-
-        return RotationPolicy(
-            active_life=self.jwt_key_active_life, max_token_ttl=self.jwt_svid_max_ttl
-        )
 
     @property
     def jwt_key_dir(self) -> Path:

@@ -41,7 +41,7 @@ class MintedJwt:
     received_at: float
 
     def fresh(self, now: float) -> bool:
-        """Still worth handing out: before half its lifetime (the agent's rotation rule)."""
+        """Still worth handing out: before half its lifetime (the agent's renewal rule)."""
         return now < self.received_at + (self.expires_at - self.received_at) / 2
 
 

@@ -13,8 +13,8 @@ holds certificates and URIs, never a key.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -34,15 +34,10 @@ from certs.keys import (
 )
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
     from ca_server.hsm.keys import KeyInfo
     from ca_server.hsm.token import HsmToken
     from ca_server.hsm.uri import Pkcs11Uri
-    from ca_server.spiffe.jwtsvid.keyset import JwtKey
-    from ca_server.spiffe.jwtsvid.keyset import RotationPolicy as JwtRotationPolicy
 
-JWT_LABEL = "bulwark-jwt-"
 PEM_SUFFIX = ".pem"
 URI_SUFFIX = ".uri"
 
@@ -200,40 +195,6 @@ class HsmCustody:
         info = self.info(self.configured)
         return hsm_key(self.token, info.uri, info.public_key)
 
-    def jwt_key(self, entry: JwtKey) -> ec.EllipticCurvePrivateKey:
-        """The signing key of a JWT key-file entry: its PEM, or its key in this token."""
-        from ca_server.hsm.keys import HsmEcKey, hsm_key
-        from ca_server.hsm.uri import parse
-
-        if not entry.in_hsm:
-            return entry.private_key()
-        uri = parse(entry.private_pem.decode("ascii"))
-        key = hsm_key(self.token, uri, entry.public_key())
-        assert isinstance(key, HsmEcKey)
-        return key
-
-    def new_jwt_key(self, active_from: datetime, policy: JwtRotationPolicy) -> JwtKey:
-        """A JWT-SVID key (ES256) made inside this token, labelled `bulwark-jwt-<kid>`."""
-        from ca_server.hsm.generate import generate_keypair
-        from ca_server.hsm.uri import Pkcs11Uri
-        from ca_server.spiffe.jwtsvid.keyset import new_key
-        from certs.keys import public_key_pem
-
-        made = new_key(active_from, policy)  # its kid and timeline; its software key is dropped
-        uri = Pkcs11Uri(token=self.configured.token, object=f"{JWT_LABEL}{made.kid}")
-        info = generate_keypair(self.token, uri, KeyType.EC_P256)
-        return replace(
-            made, private_pem=str(info.uri).encode(), public_pem=public_key_pem(info.public_key)
-        )
-
-    def destroy_jwt_key(self, entry: JwtKey) -> None:
-        """Remove a JWT key this CA made in the token once no bundle carries it any more."""
-        from ca_server.hsm.generate import destroy_key
-        from ca_server.hsm.uri import parse
-
-        if entry.in_hsm:
-            destroy_key(self.token, parse(entry.private_pem.decode("ascii")))
-
     def new_key(self, now: datetime) -> PrivateKey:
         from ca_server.hsm.generate import generate_keypair, rotation_label
         from ca_server.hsm.keys import hsm_key
@@ -262,15 +223,6 @@ def _check_match(key: PrivateKey, public_key: PublicKey, what: str) -> None:
 def _check_match_spki(have: bytes, want: bytes, what: str) -> None:
     if have != want:
         raise ConfigError(f"{what} does not match the public key of its certificate")
-
-
-def jwt_key_resolver(custody: KeyCustody) -> Callable[[JwtKey], ec.EllipticCurvePrivateKey]:
-    """How this process turns a JWT key-file entry into the key that signs it."""
-    from ca_server.spiffe.jwtsvid.keyset import resolve_pem
-
-    if not isinstance(custody, HsmCustody):
-        return resolve_pem
-    return custody.jwt_key
 
 
 def certificate_key(cert: x509.Certificate) -> PublicKey:
@@ -308,6 +260,5 @@ __all__ = [
     "KeyCustody",
     "StoredKey",
     "certificate_key",
-    "jwt_key_resolver",
     "key_location",
 ]

@@ -25,6 +25,7 @@ class HsmConfigError(HsmError, ConfigError):
 class HsmUnavailable(HsmError, UpstreamUnavailable):
     """The HSM does not answer now; the CA reconnects with backoff."""
 
+    reason = "internal"  # the CA cannot sign now; not the caller's authentication
     sign_error = "CA_NOT_READY"
 
     def __init__(

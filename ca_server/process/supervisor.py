@@ -1,9 +1,9 @@
 """The CA supervisor process (`bulwark ca serve`): owns the data dir and ports, prepares
 the CA material, runs the worker pool and the admin app.
 
-supervisor (this process, asyncio)      workers (`worker_pool`, spawned, one per core)
+supervisor (this process, asyncio)      workers (`pool`, spawned, one per core)
   - data-dir lock, port probe             - grpc.aio server, one event loop
-  - CA material, root-cert.pem            - authenticate, sign, record (ca_server.process.worker)
+  - CA material, root-cert.pem            - authenticate, sign, record (`ca_server.assembly`)
   - serving certificate                   - metrics into PROMETHEUS_MULTIPROC_DIR
   - admin app (uvicorn)
   - material refresher (`material_refresh`): re-reads CA material, hands it to the pool
@@ -47,9 +47,10 @@ from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, priv
 from ca_server.errors import ConfigError
 from ca_server.hsm.readiness import HsmReadiness
 from ca_server.process.custody import close_custody, open_custody
-from ca_server.process.pool import WorkerPool, bind_socket, probe_free, reserve_port
+from ca_server.process.pool import WorkerPool
+from ca_server.process.ports import bind_socket, probe_free, reserve_port
 from ca_server.process.slots import build_rotator
-from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec
+from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
 from ca_server.record.ledger.integrity import RecordDamaged, guard_record_of
 from ca_server.record.lock import lock_sqlite_record
 from ca_server.spiffe.services import SpiffeServices
@@ -57,6 +58,7 @@ from certs.errors import CertsError
 from certs.files import write_atomic
 
 log = logging.getLogger("ca_server")
+CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
 SERVING_CERT_TTL = timedelta(days=365)
 
 # The one place where a failure at start becomes exit 2 and a one-line message (no traceback).
@@ -147,11 +149,12 @@ def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
 def _material_manager(
     config: CaConfig,
     initial: CaMaterial,
-    may_rotate: Callable[[], bool] = lambda: True,
+    may_act: Callable[[], bool] = lambda: True,
     rotator: SlotRotator | None = None,
     custody: KeyCustody = FILE_CUSTODY,
 ) -> MaterialManager:
-    """Where material is re-read from, and whether this process may renew the root."""
+    """Where material is re-read from, and whether this process may renew the root or move
+    the CA slots."""
     store: KeyStore | None = None
     if config.cacerts_dir is not None:
         cacerts = config.cacerts_dir
@@ -185,7 +188,7 @@ def _material_manager(
         reload=reload,
         store=store,
         trust_domain=config.trust_domain,
-        may_rotate=may_rotate,
+        may_act=may_act,
         rotator=rotator,
     )
 
@@ -201,7 +204,6 @@ def _worker_keys(config: CaConfig, material: CaMaterial) -> WorkerKeys:
 
 def _worker_spec(
     config: CaConfig,
-    material: CaMaterial,
     binds: dict[str, tuple[str, int]],
     log_level: int,
     log_format: str,
@@ -209,12 +211,10 @@ def _worker_spec(
     mtls = binds.get("mtls_grpc_addr")
     return WorkerSpec(
         config=config,
-        keys=_worker_keys(config, material),
         host=binds["grpc_addr"][0],
         port=binds["grpc_addr"][1],
         mtls_host=mtls[0] if mtls else None,
         mtls_port=mtls[1] if mtls else None,
-        index=0,
         log_level=log_level,
         log_format=log_format,
     )
@@ -223,7 +223,7 @@ def _worker_spec(
 async def _keep_material_current(
     config: CaConfig,
     manager: MaterialManager,
-    pool: WorkerPool,
+    pool: CaPool,
     health: ReloadHealth,
     wake: asyncio.Event,
 ) -> None:
@@ -344,11 +344,14 @@ async def _serve_with_custody(
     spiffe = SpiffeServices(config, lambda: manager.current, custody=custody)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
-    pool: WorkerPool | None = None
+    pool: CaPool | None = None
     try:
         binds = _reserve_grpc_ports(config, reserved)
         pool = WorkerPool(
-            spec=_worker_spec(config, material, binds, log_level, log_format), count=config.workers
+            target=run_worker,
+            spec=_worker_spec(config, binds, log_level, log_format),
+            keys=_worker_keys(config, material),
+            count=config.workers,
         )
         if controllers is not None:
             controllers.start()
@@ -393,7 +396,7 @@ async def _serve_with_custody(
 class Readiness:
     """What `/readyz` asks: the workers, the material checks and an HSM-held key."""
 
-    pool: WorkerPool
+    pool: CaPool
     health: ReloadHealth
     hsm: HsmReadiness
 

@@ -22,7 +22,8 @@ from ca_server.datadir import private_dir
 from ca_server.spiffe.bundle import BundleSource, contents_digest
 from ca_server.spiffe.endpoint import BundleEndpoint, ServingIdentity
 from ca_server.spiffe.federation import FederationStore, Federator
-from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, new_key, plan
+from ca_server.spiffe.jwtsvid import custody as jwt_custody
+from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, key_policy, new_key, plan
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -54,7 +55,7 @@ class SpiffeServices:
         self.bundle = BundleSource(
             roots=lambda: material().roots,
             key_file=self.key_file,
-            refresh_hint=config.jwt_rotation.refresh_hint,
+            refresh_hint=key_policy(config).refresh_hint,
             clock=clock,
         )
         self.federation = FederationStore(config.federation_dir)
@@ -74,8 +75,8 @@ class SpiffeServices:
         `spiffe_sequence` when the published bundle changes. Writes only on a change."""
         now = self._clock()
         before = self.key_file.load()
-        make = self._hsm.new_jwt_key if self._hsm is not None else new_key
-        keys = plan(before.keys, now, self._config.jwt_rotation, make)
+        make = jwt_custody.maker(self._hsm) if self._hsm is not None else new_key
+        keys = plan(before.keys, now, key_policy(self._config), make)
         after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
         after = after.with_bundle(contents_digest(self._material().roots, after, now))
         if after != before:
@@ -94,7 +95,7 @@ class SpiffeServices:
             if self._hsm is not None:
                 for key in before.keys:
                     if key.kid in dropped:
-                        self._hsm.destroy_jwt_key(key)
+                        jwt_custody.destroy(self._hsm, key)
         return after
 
     def federated(self) -> dict[str, bytes]:

@@ -31,7 +31,8 @@ from ca_server.hsm.uri import parse
 from ca_server.identity import Caller
 from ca_server.issuance.signer import Signer, SigningPolicy
 from ca_server.process.worker import MaterialPems
-from ca_server.spiffe.jwtsvid.keyset import KeySet, RotationPolicy, decode, encode
+from ca_server.spiffe.jwtsvid import custody as jwt_custody
+from ca_server.spiffe.jwtsvid.keyset import JwtKeyPolicy, KeySet, decode, encode
 from certs.csr import build_csr
 from certs.keys import KeyType, generate_key, private_key_pem
 from certs.spiffe_id import SpiffeId, TrustDomain
@@ -231,14 +232,14 @@ def test_backoff_grows_while_the_token_stays_away(
 def test_jwt_keys_made_in_the_token_sign_tokens_and_are_destroyed(token: HsmToken) -> None:
     key = _key(token, "root")
     custody = HsmCustody(token, key.uri)
-    policy = RotationPolicy(active_life=timedelta(hours=1), max_token_ttl=timedelta(minutes=5))
-    entry = custody.new_jwt_key(NOW, policy)
+    policy = JwtKeyPolicy(active_life=timedelta(hours=1), max_token_ttl=timedelta(minutes=5))
+    entry = jwt_custody.maker(custody)(NOW, policy)
     assert entry.in_hsm and entry.public_pem.startswith(b"-----BEGIN PUBLIC KEY")
     assert decode(encode(KeySet(keys=(entry,)))).keys == (entry,)
     assert b"PRIVATE KEY" not in encode(KeySet(keys=(entry,)))
-    signed = jwt.encode({"sub": "x"}, custody.jwt_key(entry), algorithm="ES256")
+    signed = jwt.encode({"sub": "x"}, jwt_custody.resolver(custody)(entry), algorithm="ES256")
     assert jwt.decode(signed, entry.public_key(), algorithms=["ES256"]) == {"sub": "x"}
-    custody.destroy_jwt_key(entry)
+    jwt_custody.destroy(custody, entry)
     with pytest.raises(ConfigError, match="no private key matches"):
         read_key_info(token, parse(entry.private_pem.decode()))
 
