@@ -142,6 +142,7 @@ class HsmCustody:
     def decode(
         self, blobs: Mapping[str, bytes], stem: str, public_key: PublicKey, where: str
     ) -> PrivateKey:
+        from ca_server.hsm.errors import HsmConfigError
         from ca_server.hsm.uri import parse
 
         if stem + PEM_SUFFIX in blobs:
@@ -151,7 +152,12 @@ class HsmCustody:
                 f"remove {stem}{PEM_SUFFIX} (and use a CA made with the HSM key)"
             )
         raw = blobs.get(stem + URI_SUFFIX)
-        uri = parse(raw.decode("utf-8", "replace").strip()) if raw else self.configured
+        try:
+            uri = parse(raw.decode("utf-8", "replace").strip()) if raw else self.configured
+        except HsmConfigError as exc:
+            raise HsmConfigError(
+                f"{where} {stem}{URI_SUFFIX} does not hold a usable key URI: {exc}"
+            ) from None
         if uri.token != self.configured.token:
             raise ConfigError(
                 f"{where} names a key on token {uri.token!r} but --ca-key names token "

@@ -269,6 +269,18 @@ def _reserve_grpc_ports(
     return binds
 
 
+def _announce_key(custody: KeyCustody, material: CaMaterial) -> None:
+    if isinstance(custody, HsmCustody):
+        where = key_location(material.signing_key)
+        log.info(
+            "CA key in the HSM: token %s, object %s (%s), module %s",
+            where["token"],
+            where["object"],
+            where["key_type"],
+            custody.token.module,
+        )
+
+
 def _announce_local_issuer(config: CaConfig) -> None:
     if config.uses_local_issuer:
         private_dir(config.data_dir / "token-issuer", what="token issuer directory")
@@ -314,15 +326,7 @@ async def _serve_with_custody(
     rotator = build_rotator(config, custody)
     material = prepare_material(config, datetime.now(UTC), rotator, custody)
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
-    if isinstance(custody, HsmCustody):
-        where = key_location(material.signing_key)
-        log.info(
-            "CA key in the HSM: token %s, object %s (%s), module %s",
-            where["token"],
-            where["object"],
-            where["key_type"],
-            custody.token.module,
-        )
+    _announce_key(custody, material)
     _announce_local_issuer(config)
     from ca_server.admin import check_record
 
@@ -368,20 +372,7 @@ async def _serve_with_custody(
         endpoint_addr = await spiffe.start()
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
-        health = ReloadHealth(time.time())
-        wake = asyncio.Event()
-        keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
-        spiffe_task = asyncio.create_task(spiffe.run())
-        hsm = HsmReadiness(lambda: manager.current.signing_key)
-        hsm_task = asyncio.create_task(hsm.run())
-        checks = Readiness(pool=pool, health=health, hsm=hsm)
-        try:
-            return await _run_admin(config, checks, metrics_dir, manager, addrs, wake, spiffe)
-        finally:
-            for task in (keeper, spiffe_task, hsm_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        return await _serve_until_stopped(config, pool, manager, spiffe, metrics_dir, addrs)
     finally:
         anchor_keeper.stop()
         if controllers is not None:
@@ -390,6 +381,36 @@ async def _serve_with_custody(
             pool.stop()
         for sock in reserved:
             sock.close()
+
+
+async def _serve_until_stopped(
+    config: CaConfig,
+    pool: CaPool,
+    manager: MaterialManager,
+    spiffe: SpiffeServices,
+    metrics_dir: str,
+    addrs: dict[str, str],
+) -> int:
+    """The admin API beside the supervisor's tasks (material refresher, SPIFFE duties, the HSM
+    probe) until SIGTERM/SIGINT."""
+    checks = Readiness(
+        pool=pool,
+        health=ReloadHealth(time.time()),
+        hsm=HsmReadiness(lambda: manager.current.signing_key),
+    )
+    wake = asyncio.Event()
+    tasks = [
+        asyncio.create_task(_keep_material_current(config, manager, pool, checks.health, wake)),
+        asyncio.create_task(spiffe.run()),
+        asyncio.create_task(checks.hsm.run()),
+    ]
+    try:
+        return await _run_admin(config, checks, metrics_dir, manager, addrs, wake, spiffe)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
