@@ -151,10 +151,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def _init(settings: Pkcs11Settings, key_type: str) -> KeyInfo:
     from ca_server.hsm.generate import generate_keypair
-    from ca_server.hsm.token import HsmToken
     from certs.keys import KeyType
 
-    token = HsmToken(module=settings.module, token_label=settings.key.token, pin=settings.pin)
+    token = settings.token()
     try:
         token.open()
         return generate_keypair(token, settings.key, KeyType(key_type))
@@ -164,9 +163,8 @@ def _init(settings: Pkcs11Settings, key_type: str) -> KeyInfo:
 
 def _show(settings: Pkcs11Settings) -> KeyInfo:
     from ca_server.hsm.keys import read_key_info
-    from ca_server.hsm.token import HsmToken
 
-    token = HsmToken(module=settings.module, token_label=settings.key.token, pin=settings.pin)
+    token = settings.token()
     try:
         token.open()
         return read_key_info(token, settings.key)

@@ -197,9 +197,7 @@ def _custody(args: argparse.Namespace) -> KeyCustody:
         return FILE_CUSTODY
     if args.key_dir:
         raise ConfigError("give --key-dir (a key file) or --ca-key (a key in an HSM), not both")
-    from ca_server.hsm.token import HsmToken
-
-    token = HsmToken(module=settings.module, token_label=settings.key.token, pin=settings.pin)
+    token = settings.token()
     token.open()
     return HsmCustody(token, settings.key)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from ca_server.hsm.errors import HsmConfigError
 from ca_server.hsm.pin import Pin
+from ca_server.hsm.token import HsmToken
 from ca_server.hsm.uri import Pkcs11Uri
 
 
@@ -20,6 +22,16 @@ class Pkcs11Settings:
     key: Pkcs11Uri
     pin: Pin
     jwt_keys: bool = False
+
+    def token(self, *, outage_level: int = logging.ERROR) -> HsmToken:
+        """A (not yet opened) session on the key's token; messages name the key's URI."""
+        return HsmToken(
+            module=self.module,
+            token_label=self.key.token,
+            pin=self.pin,
+            key_uri=self.key,
+            outage_level=outage_level,
+        )
 
     def __post_init__(self) -> None:
         if self.key.type not in (None, "private"):

@@ -58,10 +58,12 @@ class HsmToken:
         module: Path,
         token_label: str,
         pin: Pin,
+        key_uri: Pkcs11Uri | None = None,
         outage_level: int = logging.ERROR,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.module = module
+        self._key_uri = key_uri
         self.token_label = token_label
         self._pin = pin
         self._outage_level = outage_level
@@ -74,8 +76,8 @@ class HsmToken:
 
     @property
     def where(self) -> str:
-        """The token as messages name it (a URI without a key)."""
-        return token_uri(self.token_label)
+        """What messages name: the configured key's URI, else the token's."""
+        return str(self._key_uri) if self._key_uri is not None else token_uri(self.token_label)
 
     # --- start-up: precise errors ----------------------------------------------------------
 

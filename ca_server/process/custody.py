@@ -18,14 +18,8 @@ def open_custody(config: CaConfig, *, worker: bool = False) -> KeyCustody:
     if settings is None:
         return FILE_CUSTODY
     from ca_server.hsm.errors import HsmConfigError
-    from ca_server.hsm.token import HsmToken
 
-    token = HsmToken(
-        module=settings.module,
-        token_label=settings.key.token,
-        pin=settings.pin,
-        outage_level=logging.DEBUG if worker else logging.ERROR,
-    )
+    token = settings.token(outage_level=logging.DEBUG if worker else logging.ERROR)
     if not worker:
         token.open()
         custody = HsmCustody(token, settings.key)

@@ -112,7 +112,8 @@ def test_wrong_pin_stops_the_ca_with_one_line(tmp_path: Path, softhsm: SoftHsm) 
     bad.write_text("wrong-pin\n")
     bad.chmod(0o600)
     line = _refusal(tmp_path, softhsm, *_flags(softhsm, **{"--pkcs11-pin-file": str(bad)}))
-    assert "wrong PIN" in line and "pkcs11:token=bulwark" in line and str(bad) in line
+    assert "wrong PIN" in line and str(bad) in line
+    assert "pkcs11:token=bulwark;object=root-2026" in line  # the URI, never the PIN
 
 
 @pytest.mark.parametrize(
@@ -128,6 +129,7 @@ def test_wrong_module_stops_the_ca(
     hsm_init(softhsm)
     line = _refusal(tmp_path, softhsm, *_flags(softhsm, **{"--pkcs11-module": module}))
     assert says in line and module in line and "--pkcs11-module" in line
+    assert "pkcs11:token=bulwark;object=root-2026" in line
 
 
 def test_missing_key_stops_the_ca(tmp_path: Path, softhsm: SoftHsm) -> None:
