@@ -121,6 +121,7 @@ class Agent:
             self.cache,
             trust_domain=TrustDomain(self.config.trust_domain),
             max_interval=self.config.trust_bundle_refresh,
+            metrics=self.metrics,
         )
 
     @cached_property
