@@ -4,7 +4,8 @@
 A PIN file is checked like the data dir (sshd's StrictModes): one that other users can read,
 or that group or others can write, is refused. Group read stays allowed because a Kubernetes
 Secret volume with an `fsGroup` is mounted group-readable. The `Pin` value hides itself from
-`repr`, logs and tracebacks.
+`repr`, logs and tracebacks, and never crosses a process boundary: pickled (into a spawned
+worker's configuration) it carries only where it came from, and the worker reads it there.
 """
 
 from __future__ import annotations
@@ -26,12 +27,28 @@ class Pin:
 
     value: str = field(repr=False)
     source: str
+    path: Path | None = None  # a PIN file; None: the environment variable
 
     def __repr__(self) -> str:
         return f"Pin(source={self.source!r})"
 
     def __str__(self) -> str:
         return f"the PIN from {self.source}"
+
+    def __reduce__(self) -> tuple[object, tuple[Path | None]]:
+        """Pickle where the PIN is, not the PIN: the receiving process reads it itself."""
+        return (_read_again, (self.path,))
+
+
+def _read_again(path: Path | None) -> Pin:
+    """A pickled `Pin` in the receiving process: the same file, or the same variable (a spawned
+    worker inherits the supervisor's environment)."""
+    if path is not None:
+        return pin_from_file(path)
+    pin = pin_from_env(os.environ)
+    if pin is None:
+        raise HsmConfigError(f"{PIN_ENV} is not set in this process")
+    return pin
 
 
 def pin_from_file(path: Path) -> Pin:
@@ -56,7 +73,8 @@ def pin_from_file(path: Path) -> Pin:
         raise HsmConfigError(
             f"cannot read --pkcs11-pin-file {path}: {exc.strerror or type(exc).__name__}"
         ) from None
-    return Pin(_pin_text(raw, f"--pkcs11-pin-file {path}"), f"--pkcs11-pin-file {path}")
+    where = f"--pkcs11-pin-file {path}"
+    return Pin(_pin_text(raw, where), where, path)
 
 
 def pin_from_env(environ: os._Environ[str] | dict[str, str]) -> Pin | None:

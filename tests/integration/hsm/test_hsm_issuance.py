@@ -226,3 +226,27 @@ def test_intermediate_csr_and_install_with_the_key_in_the_hsm(
     assert ": OK" in _strict_verify(tmp_path, chain, root_cert)
     assert private_keys_under(cacerts) == []
     assert private_keys_under(tmp_path / "ca") == []
+
+
+def test_pin_from_the_environment_reaches_every_worker(tmp_path: Path, softhsm: SoftHsm) -> None:
+    """BULWARK_PKCS11_PIN instead of a PIN file: the supervisor and both workers log in."""
+    from tests.support.ca_process import start_ca
+    from tests.support.softhsm import MODULE
+
+    hsm_init(softhsm)
+    issuer = TokenIssuer(tmp_path / "issuer")
+    flags = ["--ca-key", softhsm.uri(CA_LABEL), "--pkcs11-module", str(MODULE)]
+    env = {**softhsm.env, "BULWARK_PKCS11_PIN": USER_PIN}
+    ca = start_ca(tmp_path / "ca", *flags, *issuer.flags, env=env, workers=2)
+    try:
+        for _ in range(4):  # connections spread over both workers
+            _, csr = key_and_csr(tmp_path, FRONTEND)
+            chain = create_certificate(
+                channel(ca.grpc_addr, ca.root_cert_path),
+                csr.read_bytes(),
+                token=issuer.mint("demo", "frontend"),
+            )
+            assert ": OK" in _strict_verify(tmp_path, chain, ca.root_cert_path)
+    finally:
+        ca.stop()
+    assert USER_PIN not in ca.log() and "Traceback" not in ca.log()

@@ -134,3 +134,22 @@ def test_file_key_ca_never_loads_the_pkcs11_binding() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_a_pickled_pin_carries_where_it_is_not_the_pin(
+    pin_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's configuration is pickled to a spawned process: the PIN stays behind and
+    the worker reads it from the same file or variable."""
+    import pickle
+
+    from ca_server.hsm.pin import pin_from_env
+
+    data = pickle.dumps(pin_from_file(pin_file))
+    assert b"1234" not in data
+    assert pickle.loads(data).value == "1234"
+    monkeypatch.setenv("BULWARK_PKCS11_PIN", "8642")
+    from_env = pin_from_env({"BULWARK_PKCS11_PIN": "8642"})
+    assert from_env is not None
+    data = pickle.dumps(from_env)
+    assert b"8642" not in data and pickle.loads(data).value == "8642"
