@@ -20,6 +20,7 @@ from ca_server.authority.custody import (
     certificate_key,
 )
 from ca_server.errors import ConfigError
+from certs import istio_files
 from certs.errors import CertsError
 from certs.files import write_atomic
 from certs.keys import (
@@ -77,7 +78,7 @@ class CaMaterial:
         return ServerCertificate(leaf=leaf, chain_pem=chain.encode(), key_pem=private_key_pem(key))
 
 
-KEY_STEM = "ca-key"  # ca-key.pem, or ca-key.uri with an HSM key
+KEY_STEM = istio_files.CA_KEY.removesuffix(".pem")  # ca-key.pem, or ca-key.uri with an HSM key
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,18 +108,18 @@ class DirectoryKeyStore:
         self.custody = custody
 
     def load(self) -> CaMaterial | None:
-        cert_path = self.directory / "ca-cert.pem"
+        cert_path = self.directory / istio_files.CA_CERT
         key_names = [f"{KEY_STEM}{PEM_SUFFIX}", f"{KEY_STEM}{URI_SUFFIX}"]
         keys = {n: self.directory / n for n in key_names if (self.directory / n).exists()}
         if not cert_path.exists() and not keys:
             return None
         if not cert_path.exists():
             raise ConfigError(
-                f"CA material in {self.directory} is incomplete: ca-cert.pem is missing"
+                f"CA material in {self.directory} is incomplete: {istio_files.CA_CERT} is missing"
             )
         if not keys and self.custody.kind == "file":
             raise ConfigError(
-                f"CA material in {self.directory} is incomplete: ca-key.pem is missing"
+                f"CA material in {self.directory} is incomplete: {istio_files.CA_KEY} is missing"
             )
         cert = _load_one(cert_path)
         key = self.custody.decode(
@@ -148,7 +149,7 @@ class DirectoryKeyStore:
         write_atomic(self.directory / "root-bundle.pem", bundle_pem(material.roots).encode())
         stored = self.custody.encode(material.signing_key)
         write_atomic(self.directory / (KEY_STEM + stored.suffix), stored.data, mode=stored.mode)
-        write_atomic(self.directory / "ca-cert.pem", to_pem(material.signing_cert).encode())
+        write_atomic(self.directory / istio_files.CA_CERT, to_pem(material.signing_cert).encode())
 
 
 def create_self_signed(
@@ -173,12 +174,6 @@ def load_or_create(
     return store.save(create_self_signed(trust_domain, now, custody.initial_key()))
 
 
-_CACERTS_STYLES = (
-    ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"),
-    ("tls.crt", "tls.key", "ca.crt", None),
-)
-
-
 def load_cacerts_dir(
     directory: Path, now: datetime, custody: KeyCustody = FILE_CUSTODY
 ) -> CaMaterial:
@@ -189,7 +184,7 @@ def load_cacerts_dir(
     writes it)."""
     if not directory.is_dir():
         raise ConfigError(f"--cacerts-dir {directory} is not a directory")
-    for cert_name, key_name, root_name, chain_name in _CACERTS_STYLES:
+    for cert_name, key_name, root_name, chain_name in istio_files.CACERTS_LAYOUTS:
         names = [n for n in (cert_name, key_name, root_name, chain_name) if n]
         present = [n for n in names if (directory / n).exists()]
         if not present:
@@ -204,10 +199,8 @@ def load_cacerts_dir(
                 f"(found {', '.join(present)})"
             )
         return _load_plugged(directory, (cert_name, key_name, root_name, chain_name), now, custody)
-    raise ConfigError(
-        f"plugged-in CA directory {directory} holds neither ca-cert.pem/ca-key.pem/root-cert.pem/"
-        "cert-chain.pem nor tls.crt/tls.key/ca.crt"
-    )
+    layouts = " nor ".join("/".join(n for n in names if n) for names in istio_files.CACERTS_LAYOUTS)
+    raise ConfigError(f"plugged-in CA directory {directory} holds neither {layouts}")
 
 
 def _load_plugged(

@@ -17,38 +17,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from certs.cli.envflags import env_bool, env_flag
+from ca_server.hsm.settings import CA_KEY, MODULE, PIN_FILE
 from certs.cli.output import add_output_flag, emit
 
 if TYPE_CHECKING:
     from ca_server.hsm.keys import KeyInfo
     from ca_server.hsm.settings import Pkcs11Settings
 
-# (flag, environment variable, help) of `ca serve`; the PIN's variable has no flag on purpose.
-PKCS11_FLAGS: tuple[tuple[str, str, str], ...] = (
-    ("--ca-key", "BULWARK_CA_KEY", "the CA key in an HSM, as an RFC 7512 URI 'pkcs11:token=LABEL;object=LABEL' (docs/HSM.md); the data dir, Secret and record then hold certificates only"),
-    ("--pkcs11-module", "BULWARK_PKCS11_MODULE", "the PKCS#11 module (.so) of the HSM, e.g. /usr/lib/softhsm/libsofthsm2.so"),
-    ("--pkcs11-pin-file", "BULWARK_PKCS11_PIN_FILE", "file holding the token's user PIN (mode 0600 or 0440); or put the PIN in BULWARK_PKCS11_PIN"),
-)  # fmt: skip
-JWT_KEYS_FLAG = ("--jwt-keys-in-hsm", "BULWARK_JWT_KEYS_IN_HSM")
-
-
-def add_pkcs11_flags(parser: argparse.ArgumentParser) -> None:
-    """The `ca serve` group for an HSM-held CA key."""
-    group = parser.add_argument_group("CA key in an HSM (PKCS#11; docs/HSM.md)")
-    for flag, env, text in PKCS11_FLAGS:
-        env_flag(group, flag, env, help=text)
-    flag, env = JWT_KEYS_FLAG
-    group.add_argument(
-        flag,
-        action="store_true",
-        default=env_bool(env),
-        help=f"make the JWT-SVID signing keys (ES256) inside the same token too (env {env})",
-    )
+# The flags a command that uses an HSM key takes (`ca serve` adds `--jwt-keys-in-hsm`).
+KEY_OPTIONS = (CA_KEY, MODULE, PIN_FILE)
 
 
 def settings_from_args(
@@ -126,27 +106,26 @@ def register_hsm(ca_sub: Any) -> None:
         "label, ID and custody attributes as the token reports them (never key material).",
     )  # fmt: skip
     for p in (init, show):
-        for flag, env, text in PKCS11_FLAGS:
-            env_flag(p, flag, env, help=text)
+        for option in KEY_OPTIONS:
+            option.add_to(p)
         add_output_flag(p)
         p.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from ca_server.cli.exits import EXIT_OK, fail
     from ca_server.errors import ConfigError
 
-    name = f"bulwark ca hsm {args.hsm_command}"
     try:
         settings = settings_from_args(args)
         if settings is None:
             raise ConfigError("--ca-key pkcs11:token=...;object=... is required")
         info = _init(settings, args.key_type) if args.hsm_command == "init" else _show(settings)
-    except ConfigError as exc:
-        print(f"{name}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    except (ConfigError, OSError) as exc:
+        return fail(f"ca hsm {args.hsm_command}", exc)
     report = _report(info)
     emit(report, args.output, lambda: _print(report))
-    return 0
+    return EXIT_OK
 
 
 def _init(settings: Pkcs11Settings, key_type: str) -> KeyInfo:
@@ -202,4 +181,4 @@ def _print(report: dict[str, Any]) -> None:
     print(f"custody    {verdict}")
 
 
-__all__ = ["add_pkcs11_flags", "register_hsm", "settings_from_args"]
+__all__ = ["KEY_OPTIONS", "register_hsm", "settings_from_args"]

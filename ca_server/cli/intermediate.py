@@ -35,7 +35,10 @@ from ca_server.authority.custody import (
     certificate_key,
 )
 from ca_server.authority.material import KEY_STEM, load_cacerts_dir
+from ca_server.cli.exits import EXIT_OK, fail
 from ca_server.errors import ConfigError
+from ca_server.options import CA_OPTIONS
+from certs import istio_files
 from certs.errors import CertsError
 from certs.files import write_atomic
 from certs.keys import (
@@ -112,14 +115,14 @@ def install(
     staging = cacerts.parent / f".{cacerts.name}.staging"
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(staging / key_name, stored.data, mode=stored.mode)
-    write_atomic(staging / "ca-cert.pem", to_pem(cert).encode())
-    write_atomic(staging / "cert-chain.pem", bundle_pem([cert, *more]).encode())
-    write_atomic(staging / "root-cert.pem", bundle_pem(roots).encode())
+    write_atomic(staging / istio_files.CA_CERT, to_pem(cert).encode())
+    write_atomic(staging / istio_files.CERT_CHAIN, bundle_pem([cert, *more]).encode())
+    write_atomic(staging / istio_files.ROOT_CERT, bundle_pem(roots).encode())
     load_cacerts_dir(staging, datetime.now(UTC), custody)  # the CA's checks, before it sees them
     cacerts.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Root and chain first: until the key and certificate follow, the CA sees a mismatch and
     # keeps what it has; the key before the certificate for the same reason.
-    for name in ("root-cert.pem", "cert-chain.pem", key_name, "ca-cert.pem"):
+    for name in (istio_files.ROOT_CERT, istio_files.CERT_CHAIN, key_name, istio_files.CA_CERT):
         mode = stored.mode if name == key_name else 0o644
         write_atomic(cacerts / name, (staging / name).read_bytes(), mode=mode)
         (staging / name).unlink()
@@ -161,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
                 write_atomic(Path(args.out), pem)
             else:
                 sys.stdout.write(pem.decode())
-            return 0
+            return EXIT_OK
         subject = install(
             key_dir,
             Path(args.cert),
@@ -170,22 +173,13 @@ def _run(args: argparse.Namespace) -> int:
             Path(args.chain) if args.chain else None,
             custody,
         )
-    except ConfigError as exc:
-        print(f"bulwark ca intermediate {args.intermediate_command}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        where = f" {exc.filename}" if exc.filename else ""
-        print(
-            f"bulwark ca intermediate {args.intermediate_command}: cannot use{where}: {reason}",
-            file=sys.stderr,
-        )
-        return 2
+    except (ConfigError, OSError) as exc:
+        return fail(f"ca intermediate {args.intermediate_command}", exc)
     finally:
         if isinstance(custody, HsmCustody):
             custody.token.close()
     print(f"installed {subject} into {args.cacerts_dir}")
-    return 0
+    return EXIT_OK
 
 
 def _custody(args: argparse.Namespace) -> KeyCustody:
@@ -219,7 +213,9 @@ def register_intermediate(ca_sub: Any) -> None:
         description="Make a new intermediate key (0600) and print its CSR.",
     )
     csr.add_argument("--key-dir", help="where the pending key is kept (0700)")
-    csr.add_argument("--trust-domain", default="cluster.local", help="O of the CSR subject")
+    csr.add_argument(
+        "--trust-domain", default=CA_OPTIONS["trust_domain"].default, help="O of the CSR subject"
+    )
     csr.add_argument("--out", help="write the CSR here instead of stdout")
     inst = sub.add_parser(
         "install",
@@ -232,12 +228,11 @@ def register_intermediate(ca_sub: Any) -> None:
     inst.add_argument("--root", required=True, help="the offline root (the trust bundle)")
     inst.add_argument("--chain", help="certificates between the intermediate and the root")
     inst.add_argument("--cacerts-dir", required=True, help="the CA's --cacerts-dir")
-    from ca_server.cli.hsm import PKCS11_FLAGS
-    from certs.cli.envflags import env_flag
+    from ca_server.cli.hsm import KEY_OPTIONS
 
     for p in (csr, inst):
-        for flag, env, text in PKCS11_FLAGS:
-            env_flag(p, flag, env, help=text + " (instead of --key-dir)")
+        for option in KEY_OPTIONS:
+            option.add_to(p, help=f"{option.help} (instead of --key-dir)")
         p.set_defaults(handler=_run)
 
 

@@ -23,7 +23,13 @@ from lightkube import ApiError, Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
-from ca_server.authority.custody import FILE_CUSTODY, PEM_SUFFIX, KeyCustody, certificate_key
+from ca_server.authority.custody import (
+    FILE_CUSTODY,
+    PEM_SUFFIX,
+    URI_SUFFIX,
+    KeyCustody,
+    certificate_key,
+)
 from ca_server.authority.material import KEY_STEM, CaMaterial
 from ca_server.authority.slots.model import SlotState
 from ca_server.authority.slots.store import PREFIX, STATE_NAME, decode_state, encode_state
@@ -31,16 +37,12 @@ from ca_server.errors import ConfigError
 from ca_server.hsm.errors import HsmError
 from ca_server.kube.errors import KubeApiError, KubeMaterialError
 from ca_server.kube.settings import CA_SECRET_NAME
+from certs import istio_files
 from certs.errors import CertsError
 from certs.pem import load_certificates, to_pem
 
 CA_SECRET_TYPE = "istio.io/ca-root"
-CA_CERT_KEY = "ca-cert.pem"
-CA_KEY_KEY = "ca-key.pem"
-CA_KEY_URI_KEY = "ca-key.uri"  # HSM custody: the key's PKCS#11 URI instead of ca-key.pem
-ROOT_CERT_KEY = "root-cert.pem"
-CERT_CHAIN_KEY = "cert-chain.pem"
-PRIVATE_KEY_KEY = "key.pem"
+CA_KEY_URI = f"{KEY_STEM}{URI_SUFFIX}"  # HSM custody: the key's PKCS#11 URI, not ca-key.pem
 SLOTS_PREFIX = "bulwark-"  # extra keys holding the CA slots (ca_server.authority.slots.store)
 
 
@@ -90,8 +92,8 @@ class SecretKeyStore:
             type=CA_SECRET_TYPE,
             data={
                 **_secret_data(material, self._custody),
-                CERT_CHAIN_KEY: "",
-                PRIVATE_KEY_KEY: "",
+                istio_files.CERT_CHAIN: "",
+                istio_files.KEY: "",
             },
         )
         try:
@@ -174,22 +176,24 @@ class SecretKeyStore:
 
     def _parse(self, data: dict[str, str]) -> CaMaterial:
         try:
-            cert_pem = _unb64(data.get(CA_CERT_KEY, ""))
+            cert_pem = _unb64(data.get(istio_files.CA_CERT, ""))
             key_blobs = {
                 name: raw
-                for name in (CA_KEY_KEY, CA_KEY_URI_KEY)
+                for name in (istio_files.CA_KEY, CA_KEY_URI)
                 if (raw := _unb64(data.get(name, "")))
             }
-            root_pem = _unb64(data.get(ROOT_CERT_KEY, "")) or cert_pem
+            root_pem = _unb64(data.get(istio_files.ROOT_CERT, "")) or cert_pem
         except (binascii.Error, ValueError) as exc:
             raise KubeMaterialError(f"{self.location} holds data that is not base64") from exc
         if not cert_pem or (not key_blobs and self._custody.kind == "file"):
             raise KubeMaterialError(
-                f"{self.location} lacks {CA_CERT_KEY} or {CA_KEY_KEY}; delete it or fill it in"
+                f"{self.location} lacks {istio_files.CA_CERT} or {istio_files.CA_KEY}; delete it or fill it in"
             )
         try:
-            cert = load_certificates(cert_pem, what=f"{self.location} {CA_CERT_KEY}")[0]
-            roots = tuple(load_certificates(root_pem, what=f"{self.location} {ROOT_CERT_KEY}"))
+            cert = load_certificates(cert_pem, what=f"{self.location} {istio_files.CA_CERT}")[0]
+            roots = tuple(
+                load_certificates(root_pem, what=f"{self.location} {istio_files.ROOT_CERT}")
+            )
         except (CertsError, ValueError, TypeError) as exc:
             raise KubeMaterialError(f"{self.location} holds unreadable PEM ({exc})") from exc
         try:
@@ -209,12 +213,12 @@ def _secret_data(material: CaMaterial, custody: KeyCustody) -> dict[str, str]:
     stored = custody.encode(material.signing_key)
     is_pem = stored.suffix == PEM_SUFFIX
     data = {
-        CA_CERT_KEY: _b64(to_pem(material.signing_cert).encode()),
-        CA_KEY_KEY: _b64(stored.data) if is_pem else "",
-        ROOT_CERT_KEY: _b64(material.root_bundle_pem.encode()),
+        istio_files.CA_CERT: _b64(to_pem(material.signing_cert).encode()),
+        istio_files.CA_KEY: _b64(stored.data) if is_pem else "",
+        istio_files.ROOT_CERT: _b64(material.root_bundle_pem.encode()),
     }
     if not is_pem:
-        data[CA_KEY_URI_KEY] = _b64(stored.data)
+        data[CA_KEY_URI] = _b64(stored.data)
     return data
 
 
