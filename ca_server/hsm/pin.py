@@ -36,19 +36,11 @@ class Pin:
         return f"the PIN from {self.source}"
 
     def __reduce__(self) -> tuple[object, tuple[Path | None]]:
-        """Pickle where the PIN is, not the PIN: the receiving process reads it itself."""
-        return (_read_again, (self.path,))
+        """Pickle where the PIN is, not the PIN: the receiving process reads it itself
+        (`ca_server.hsm.settings.read_pin_again`)."""
+        from ca_server.hsm.settings import read_pin_again
 
-
-def _read_again(path: Path | None) -> Pin:
-    """A pickled `Pin` in the receiving process: the same file, or the same variable (a spawned
-    worker inherits the supervisor's environment)."""
-    if path is not None:
-        return pin_from_file(path)
-    pin = pin_from_env(os.environ)
-    if pin is None:
-        raise HsmConfigError(f"{PIN_ENV} is not set in this process")
-    return pin
+        return (read_pin_again, (self.path,))
 
 
 def pin_from_file(path: Path) -> Pin:

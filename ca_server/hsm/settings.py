@@ -5,11 +5,12 @@ the PIN's file or `BULWARK_PKCS11_PIN`, which has no flag on purpose)."""
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ca_server.hsm.errors import HsmConfigError
-from ca_server.hsm.pin import Pin
+from ca_server.hsm.pin import PIN_ENV, Pin, pin_from_env, pin_from_file
 from ca_server.hsm.token import HsmToken
 from ca_server.hsm.uri import Pkcs11Uri
 from certs.cli.options import Option, optional_text
@@ -66,4 +67,15 @@ class Pkcs11Settings:
             )
 
 
-__all__ = ["PKCS11_OPTIONS", "Pkcs11Settings"]
+def read_pin_again(path: Path | None) -> Pin:
+    """A pickled `Pin` in the receiving process (a spawned worker): the same file, or the same
+    variable, which the worker inherits from the supervisor's environment."""
+    if path is not None:
+        return pin_from_file(path)
+    pin = pin_from_env(os.environ)
+    if pin is None:
+        raise HsmConfigError(f"{PIN_ENV} is not set in this process")
+    return pin
+
+
+__all__ = ["PKCS11_OPTIONS", "Pkcs11Settings", "read_pin_again"]
