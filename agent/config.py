@@ -1,4 +1,4 @@
-"""The agent's configuration: every setting in one table, read in one place (SPEC §2).
+"""The agent's configuration: every setting in one table, read in one place (docs/COMPATIBILITY.md §2).
 
 `SETTINGS` has one row per setting: the `AgentConfig` field it sets, how its
 text is read, what it means, the environment variable (Istio's name where
@@ -353,7 +353,7 @@ class Setting(NamedTuple):
         return f"{text} (default: {shown})" if shown else text
 
 
-# Istio's variable names where Istio has the setting (SPEC §2), BULWARK_* for Bulwark's own.
+# Istio's variable names where Istio has the setting (docs/COMPATIBILITY.md §2), BULWARK_* for Bulwark's own.
 # CA_HEADER_<NAME> and --ca-header are a family of names, read by `AgentConfig.from_env`.
 _FILES = ", ".join((istio_files.CERT_CHAIN, istio_files.KEY, istio_files.ROOT_CERT))
 SETTINGS: tuple[Setting, ...] = (

@@ -1,4 +1,4 @@
-"""Envoy's SecretDiscoveryService: StreamSecrets, DeltaSecrets and FetchSecrets (SPEC §2).
+"""Envoy's SecretDiscoveryService: StreamSecrets, DeltaSecrets and FetchSecrets (docs/COMPATIBILITY.md §2).
 
 Stream rules: the first request carries `node.id`; a request with
 `error_detail` is a NACK (logged, counted, not answered); a nonce other than

@@ -3,7 +3,7 @@
 `authenticate(creds)` returns None when the request carries nothing this
 authenticator understands, returns a `Caller` when it vouches for the request,
 and raises `AuthenticationError` when the credential it understands is bad.
-`Authentication` tries them in order; the first `Caller` wins (SPEC §1).
+`Authentication` tries them in order; the first `Caller` wins (docs/COMPATIBILITY.md §1).
 """
 
 from __future__ import annotations

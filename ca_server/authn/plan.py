@@ -1,4 +1,4 @@
-"""The one list of authenticators a CA runs, derived from its config (SPEC §1 order).
+"""The one list of authenticators a CA runs, derived from its config (docs/COMPATIBILITY.md §1 order).
 
 Workers build their `Authentication` from `authenticator_plan(config)` and the
 admin API's `/v1/ca` reports the same plan, so the two cannot drift apart.

@@ -1,4 +1,4 @@
-"""Root distribution: ConfigMap `istio-ca-root-cert` in every namespace (SPEC §1).
+"""Root distribution: ConfigMap `istio-ca-root-cert` in every namespace (docs/COMPATIBILITY.md §1).
 
 Two watches (namespaces; the root ConfigMaps themselves) feed one queue of namespaces to
 check; one worker makes each namespace's ConfigMap hold the current root bundle and the

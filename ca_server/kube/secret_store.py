@@ -1,4 +1,4 @@
-"""Self-signed CA material in the Secret `istio-ca-secret` (SPEC §1 "CA key material").
+"""Self-signed CA material in the Secret `istio-ca-secret` (docs/COMPATIBILITY.md §1 "CA key material").
 
 Also a `SlotStore` (`ca_server.authority.slots.store`): the CA slots of `--ca-rotation new-key` live
 in extra `bulwark-` keys of the same Secret, so every replica follows the leader's

@@ -1,4 +1,4 @@
-"""Kubernetes service-account tokens checked with the TokenReview API (SPEC §1, authenticator 2).
+"""Kubernetes service-account tokens checked with the TokenReview API (docs/COMPATIBILITY.md §1, authenticator 2).
 
 The API server does the cryptography and the liveness check (a deleted service account or
 pod invalidates its tokens); this module asks it, insists on a service-account identity,

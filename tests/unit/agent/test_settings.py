@@ -19,7 +19,7 @@ from agent.config import CA_HEADER_PREFIX, SETTINGS, AgentConfig, Setting, confi
 
 REPO = Path(__file__).resolve().parents[3]
 
-# pilot-agent's variables that SPEC §2 names, with the default it gives (None: it gives none).
+# pilot-agent's variables that docs/COMPATIBILITY.md §2 names, with the default it gives (None: it gives none).
 ISTIO_VARIABLES: dict[str, str | None] = {
     "TRUST_DOMAIN": "cluster.local",
     "POD_NAMESPACE": None,

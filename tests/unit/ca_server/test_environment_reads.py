@@ -41,7 +41,7 @@ def environment_uses(source: str) -> list[tuple[int, str]]:
             and isinstance(node.value, ast.Name)
             and node.value.id == "os"
         ) or (isinstance(node, ast.Name) and node.id in names)
-        if hit:
+        if hit and isinstance(node, ast.expr):
             found.append((node.lineno, lines[node.lineno - 1].strip()))
     return sorted(found)
 
