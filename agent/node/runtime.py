@@ -83,52 +83,10 @@ class NodeAgent:
             now=self.clock.now,
             credential=self.own.credential,
         )
-        self.registry = IdentityRegistry(
-            issue=self.issuer.issue,
-            mint_jwt=jwt_minter(
-                self.ca,
-                timeout=config.ca_request_timeout,
-                metrics=self.metrics,
-                mtls_addr=config.mtls_ca_addr,
-            ),
-            shared=self.shared,
-            clock=self.clock,
-            rng=self.rng,
-            policy=RenewalPolicy(grace_ratio=config.grace_ratio, grace_jitter=config.grace_jitter),
-            metrics=self.metrics,
-            max_identities=config.max_identities,
-        )
-        self.bundle_poller = BundlePoller(
-            IdentityClient(
-                self.ca,
-                expected=config.spiffe_id,
-                timeout=config.ca_request_timeout,
-                metrics=self.metrics,
-                ca_addr=config.ca_addr,
-            ),
-            self.shared,
-            trust_domain=TrustDomain(config.trust_domain),
-            max_interval=config.trust_bundle_refresh,
-            metrics=self.metrics,
-        )
+        self.registry = self._registry()
+        self.bundle_poller = self._bundle_poller()
         self.attestor: Attestor = _attestor(config, self.on_holder_gone)
-        self.front = NodeFront(
-            owner=SocketOwner(
-                config.socket_path,
-                mode=config.node_socket_mode,
-                group=config.socket_group,
-                dir_mode=config.node_socket_dir_mode,
-            ),
-            attestor=self.attestor,
-            registry=self.registry,
-            metrics=self.metrics,
-            limits=Limits(
-                connections=config.max_connections,
-                caller_connections=config.max_caller_connections,
-                caller_calls=config.max_caller_streams,
-                attest_timeout=config.attest_timeout.total_seconds(),
-            ),
-        )
+        self.front = self._front()
         self.status = NodeStatusServer(
             shared=self.shared,
             registry=self.registry,
@@ -143,6 +101,64 @@ class NodeAgent:
         self.status_addr: tuple[str, int] | None = None
         self._server: grpc.aio.Server | None = None
         self._serving = False
+
+    def _registry(self) -> IdentityRegistry:
+        config = self.config
+        return IdentityRegistry(
+            issue=self.issuer.issue,
+            mint_jwt=jwt_minter(
+                self.ca,
+                timeout=config.ca_request_timeout,
+                metrics=self.metrics,
+                mtls_addr=config.mtls_ca_addr,
+            ),
+            shared=self.shared,
+            clock=self.clock,
+            rng=self.rng,
+            policy=RenewalPolicy(grace_ratio=config.grace_ratio, grace_jitter=config.grace_jitter),
+            metrics=self.metrics,
+            max_identities=config.max_identities,
+        )
+
+    def _bundle_poller(self) -> BundlePoller:
+        """The CA's trust bundles, asked for as the node agent itself, into the shared cache."""
+        config = self.config
+        client = IdentityClient(
+            self.ca,
+            expected=config.spiffe_id,
+            timeout=config.ca_request_timeout,
+            metrics=self.metrics,
+            ca_addr=config.ca_addr,
+        )
+        return BundlePoller(
+            client,
+            self.shared,
+            trust_domain=TrustDomain(config.trust_domain),
+            max_interval=config.trust_bundle_refresh,
+            metrics=self.metrics,
+        )
+
+    def _front(self) -> NodeFront:
+        config = self.config
+        owner = SocketOwner(
+            config.socket_path,
+            mode=config.node_socket_mode,
+            group=config.socket_group,
+            dir_mode=config.node_socket_dir_mode,
+        )
+        limits = Limits(
+            connections=config.max_connections,
+            caller_connections=config.max_caller_connections,
+            caller_calls=config.max_caller_streams,
+            attest_timeout=config.attest_timeout.total_seconds(),
+        )
+        return NodeFront(
+            owner=owner,
+            attestor=self.attestor,
+            registry=self.registry,
+            metrics=self.metrics,
+            limits=limits,
+        )
 
     def on_holder_gone(self, holder: str, why: str) -> None:
         """A pod left the node (deleted, finished, moved): its connections close, and its
