@@ -140,6 +140,7 @@ GOALS: tuple[Goal, ...] = (
         "<= 80 MB",
         lambda v, ratio: v <= 80,
         digits=1,
+        issue=23,
     ),
     Goal(
         "node agent: a new pod's first SDS certificate (new account, warm agent), p50",
@@ -148,6 +149,7 @@ GOALS: tuple[Goal, ...] = (
         "<= 15 ms",
         lambda v, ratio: v <= 15,
         digits=1,
+        issue=23,
     ),
     Goal(
         "node agent just started: 100 pods connecting at once, all served",
@@ -156,6 +158,7 @@ GOALS: tuple[Goal, ...] = (
         "<= 2 s",
         lambda v, ratio: v <= 2,
         digits=2,
+        issue=23,
     ),
     Goal(
         "thundering herd: all clients served after (CA RSS bound alongside)",
