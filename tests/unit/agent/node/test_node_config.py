@@ -10,8 +10,13 @@ import pytest
 from agent.config import AgentConfig
 from agent.errors import ConfigError
 
-UNIX = {"mode": "node", "attestor": "unix", "unix_identities": Path("ids.yaml")}
-K8S = {"mode": "node", "attestor": "k8s", "node_name": "node-1", "kube_service_host": "10.0.0.1"}
+UNIX: dict[str, Any] = {"mode": "node", "attestor": "unix", "unix_identities": Path("ids.yaml")}
+K8S: dict[str, Any] = {
+    "mode": "node",
+    "attestor": "k8s",
+    "node_name": "node-1",
+    "kube_service_host": "10.0.0.1",
+}
 
 
 def test_node_mode_defaults() -> None:
