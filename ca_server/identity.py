@@ -66,6 +66,7 @@ class RequestCredentials:
 
 
 AUTHORIZATION_HEADER = "authorization"
+CLUSTER_ID_HEADER = "clusterid"  # istio-agent's ClusterID (ISTIO_META_CLUSTER_ID)
 MAX_SHOWN_CHARS = 32
 
 
@@ -77,6 +78,15 @@ def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
     safe = cut.encode("ascii", "backslashreplace").decode("ascii")
     safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in safe)
     return repr(safe + ("..." if len(text) > limit else ""))
+
+
+def cluster_id_of(metadata: Iterable[tuple[str, str | bytes]]) -> str:
+    """The `clusterid` a call's metadata names ("" when none; the last one when repeated)."""
+    cluster_id = ""
+    for key, value in metadata:
+        if key == CLUSTER_ID_HEADER and isinstance(value, str):
+            cluster_id = value
+    return cluster_id
 
 
 def bearer_token_of(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:

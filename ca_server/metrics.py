@@ -1,10 +1,13 @@
 """Prometheus series of docs/COMPATIBILITY.md §1 (`citadel_server_*`), shared across worker processes.
 
 Istio's series keep their names and meaning. Bulwark adds
-`bulwark_ca_refusals_total{reason,code}`: every call the CA refuses, whatever
+`bulwark_ca_refusals_total{reason,code,cluster}`: every call the CA refuses, whatever
 the status, with a bounded `reason` (`REFUSAL_REASONS`: the reasons the classes of
 `ca_server.errors` carry), so that refusals no `citadel_server_*` series counts
-(PERMISSION_DENIED, overload) are seen too;
+(PERMISSION_DENIED, overload) are seen too; `bulwark_ca_issued_total{cluster}`, the
+certificates issued by the cluster the request named (`clusterid`; none is the CA's own).
+`cluster` is bounded too: the CA's own cluster ID, a remote cluster it knows from a remote
+secret, or `unknown` for anything else;
 and two histograms, `bulwark_ca_issue_duration_seconds` (every call) and
 `bulwark_ca_record_commit_duration_seconds` (every record batch).
 
@@ -14,11 +17,16 @@ starts them); the admin app aggregates with `MultiProcessCollector`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ca_server.authority.material import CaMaterial
 from ca_server.errors import REFUSAL_REASONS
+from ca_server.kube.settings import DEFAULT_CLUSTER_ID
+
+UNKNOWN_CLUSTER = "unknown"
 
 SIGN_ERRORS = ("CA_NOT_READY", "CSR_ERROR", "TTL_ERROR", "CERT_GEN_ERROR", "UNKNOWN")
 # Seconds; a certificate normally takes 1-50 ms, a record commit 1-20 ms.
@@ -54,10 +62,18 @@ class CaMetrics:
             self.sign_errors.labels(error=label)
         self.refusals = Counter(
             "bulwark_ca_refusals",
-            "Calls the CA refused, by reason and gRPC status",
-            ("reason", "code"),
+            "Calls the CA refused, by reason, gRPC status and the cluster the call named",
+            ("reason", "code", "cluster"),
             registry=reg,
         )
+        self.issued = Counter(
+            "bulwark_ca_issued",
+            "Certificates issued, by the cluster the request named",
+            ("cluster",),
+            registry=reg,
+        )
+        self._own_cluster = DEFAULT_CLUSTER_ID
+        self._known_clusters: Callable[[], frozenset[str]] = frozenset
 
         self.call_duration = Histogram(
             "bulwark_ca_issue_duration_seconds",
@@ -72,11 +88,26 @@ class CaMetrics:
             buckets=LATENCY_BUCKETS,
         )
 
-    def refused(self, *, reason: str, code: str) -> None:
+    def label_clusters(self, own: str, known: Callable[[], frozenset[str]]) -> None:
+        """The cluster IDs that label series as themselves: `own` (also for a request naming
+        no cluster) and whatever `known()` holds when asked (remote clusters come and go)."""
+        self._own_cluster, self._known_clusters = own, known
+
+    def cluster(self, cluster_id: str) -> str:
+        """The `cluster` label of a request that named `cluster_id` (bounded)."""
+        if not cluster_id or cluster_id == self._own_cluster:
+            return self._own_cluster
+        return cluster_id if cluster_id in self._known_clusters() else UNKNOWN_CLUSTER
+
+    def refused(self, *, reason: str, code: str, cluster_id: str = "") -> None:
         """Count one refusal; a `reason` outside REFUSAL_REASONS counts as `internal`."""
         if reason not in REFUSAL_REASONS:
             reason = "internal"  # keep the label bounded whatever a caller passes
-        self.refusals.labels(reason=reason, code=code).inc()
+        self.refusals.labels(reason=reason, code=code, cluster=self.cluster(cluster_id)).inc()
+
+    def issued_for(self, cluster_id: str) -> None:
+        """Count one issued certificate for the cluster its request named."""
+        self.issued.labels(cluster=self.cluster(cluster_id)).inc()
 
 
 _GAUGES = (

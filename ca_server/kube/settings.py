@@ -54,7 +54,21 @@ CLUSTER_ID = Option(
     flag="--cluster-id",
     env="CLUSTER_ID",
     default=DEFAULT_CLUSTER_ID,
-    help="this cluster's ID; requests naming another clusterid are refused",
+    help="this cluster's ID (istio-agent's ISTIO_META_CLUSTER_ID); a request with no clusterid "
+    "is this cluster's, one naming a cluster that is neither this one nor a remote secret's "
+    "is refused",
+)
+REMOTE_SECRETS = Option(
+    group=AUTHENTICATION,
+    flag="--kube-remote-secrets",
+    env="BULWARK_KUBE_REMOTE_SECRETS",
+    default="on",
+    choices=("on", "off"),
+    convert=lambda value, what: value == "on",
+    help="serve the remote clusters of Istio's remote secrets (Secrets labelled "
+    "istio/multiCluster=true in --kube-namespace; needs list and watch on secrets there): "
+    "their tokens reviewed and nodes checked by their own API servers, root ConfigMaps kept "
+    "in them too (docs/MULTICLUSTER.md)",
 )
 LEASE_DURATION = Option(
     group=AUTHENTICATION,
@@ -100,7 +114,7 @@ ISTIOD_CERT_TTL = Option(
 )
 # The Kubernetes flags of `ca serve`, in `--help` order (`--kubeconfig` itself is the CA's own).
 KUBE_OPTIONS = (
-    IN_CLUSTER, NAMESPACE, IDENTITY, CLUSTER_ID, LEASE_DURATION, RESYNC,
+    IN_CLUSTER, NAMESPACE, IDENTITY, CLUSTER_ID, REMOTE_SECRETS, LEASE_DURATION, RESYNC,
     ISTIOD_CERT_SECRET, ISTIOD_CERT_DNS_NAMES, ISTIOD_CERT_TTL,
 )  # fmt: skip
 
@@ -169,6 +183,7 @@ class KubeSettings:
     namespace: str = NAMESPACE.default_value  # where the CA Secret and the Lease live
     identity: str = field(default_factory=_default_identity)  # Lease holder name (the pod name)
     cluster_id: str = CLUSTER_ID.default_value
+    remote_secrets: bool = REMOTE_SECRETS.default_value  # serve remote secrets' clusters
     lease_name: str = DEFAULT_LEASE_NAME
     lease: LeaseTiming = field(default_factory=LeaseTiming)
     ca_secret_name: str = CA_SECRET_NAME
@@ -179,6 +194,8 @@ class KubeSettings:
     def __post_init__(self) -> None:
         if not self.namespace or not self.identity:
             raise ValueError(f"{NAMESPACE.flag} and {IDENTITY.flag} must not be empty")
+        if not self.cluster_id:
+            raise ValueError(f"{CLUSTER_ID.flag} must not be empty")
         if self.resync_seconds <= 0:
             raise ValueError(f"{RESYNC.flag} must be positive")
 
@@ -232,6 +249,7 @@ def settings_from_args(args: argparse.Namespace, kubeconfig: Path | None) -> Kub
         namespace=NAMESPACE.value(args),
         identity=IDENTITY.value(args) or _default_identity(),
         cluster_id=CLUSTER_ID.value(args),
+        remote_secrets=REMOTE_SECRETS.value(args),
         lease=timing,
         resync_seconds=resync,
         istiod_cert=istiod_cert_from_args(args, resync),

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -52,6 +53,9 @@ from ca_server.record.lock import lock_sqlite_record
 from ca_server.spiffe.services import SpiffeServices
 from certs.errors import CertsError
 from certs.files import write_atomic
+
+if TYPE_CHECKING:
+    from ca_server.kube.wiring import KubeControllers
 
 log = logging.getLogger("ca_server")
 CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
@@ -335,7 +339,9 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
         spiffe_task = asyncio.create_task(spiffe.run())
         try:
-            return await _run_admin(config, pool, metrics_dir, manager, health, addrs, wake, spiffe)
+            return await _run_admin(
+                config, pool, metrics_dir, manager, health, addrs, wake, spiffe, controllers
+            )
         finally:
             for task in (keeper, spiffe_task):
                 task.cancel()
@@ -366,6 +372,7 @@ async def _run_admin(
     addrs: dict[str, str],
     wake: asyncio.Event,
     spiffe: SpiffeServices,
+    controllers: KubeControllers | None,
 ) -> int:
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin import admin_router_for
@@ -378,6 +385,7 @@ async def _run_admin(
         spiffe_bundle=spiffe.spiffe_bundle,
         federated_bundles=spiffe.federated,
         metrics_dir=metrics_dir,
+        clusters=controllers.cluster_statuses if controllers is not None else list,
     )
     loop = asyncio.get_running_loop()
 
@@ -392,7 +400,11 @@ async def _run_admin(
         material=lambda: manager.current,
         readiness=lambda: _readiness(pool, health),
         routers=[record_router, rotation_router],
-        extra_metrics=lambda: health.exposition() + spiffe.exposition(),
+        extra_metrics=lambda: (
+            health.exposition()
+            + spiffe.exposition()
+            + (controllers.cluster_exposition() if controllers is not None else "")
+        ),
     )
     sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"

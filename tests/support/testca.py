@@ -193,14 +193,19 @@ class TestCa:
         return asyncio.run(self.call(csr, **kwargs))
 
     def metric(self, name: str, **labels: str) -> float:
-        """A sample of this CA's own registry by its exported name (Istio's counters without
-        `_total`, as /metrics shows them); 0 for a label set not counted yet."""
+        """This CA's own registry's samples by their exported name (Istio's counters without
+        `_total`, as /metrics shows them) with at least `labels` (others, such as `cluster`,
+        may be there), summed; 0 for a label set not counted yet."""
         families = {family.name: family for family in self.registry.collect()}
         base = name.removesuffix("_total")
         if base not in families:
             raise KeyError(f"no series {name}; known: {', '.join(sorted(families))}")
         sample = f"{base}_total" if families[base].type == "counter" else name
-        return self.registry.get_sample_value(sample, labels) or 0.0
+        return sum(
+            s.value
+            for s in families[base].samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 def _request(
