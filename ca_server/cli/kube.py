@@ -87,9 +87,15 @@ def register(sub: Any) -> None:
 def _create_remote_secret(args: argparse.Namespace) -> int:
     from ca_server.kube.client import make_client
     from ca_server.kube.errors import KubeError
-    from ca_server.kube.remote_access import DEFAULT_SERVICE_ACCOUNT, RemoteAccess
+    from ca_server.kube.remote_access import (
+        DEFAULT_SERVICE_ACCOUNT,
+        RemoteAccess,
+        check_cluster_name,
+    )
 
     try:
+        if args.name is not None:
+            check_cluster_name(args.name)
         wait = parse_duration(args.wait, "--wait").total_seconds()
         access = RemoteAccess(
             namespace=args.namespace,

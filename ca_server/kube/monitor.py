@@ -165,6 +165,7 @@ class ClusterMonitor:
             is_leader=settings.is_leader,
             name=settings.name,
             resync_seconds=settings.resync_seconds,
+            cluster=cluster.cluster_id,
         )
         self._swap(cluster.cluster_id, _Prober(make, status, self._probe_seconds), publisher)
 

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import httpx2
 from lightkube import ApiError, Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.models.rbac_v1 import PolicyRule, RoleRef, Subject
@@ -98,7 +99,7 @@ class ServiceAccountToken:
 
 def cluster_uid(client: Client) -> str:
     """The kube-system namespace's UID: istioctl's cluster name when none is given."""
-    found = _call("reading namespace kube-system", lambda: client.get(Namespace, "kube-system"))
+    found = _must("reading namespace kube-system", lambda: client.get(Namespace, "kube-system"))
     uid = found.metadata.uid if found.metadata else None
     if not uid:
         raise KubeApiError("namespace kube-system has no uid")
@@ -136,7 +137,7 @@ def grant(client: Client, access: RemoteAccess) -> None:
 def token_secret(client: Client, access: RemoteAccess) -> Secret:
     """Step 3's Secret: an existing token Secret of the account, else a new one."""
     ns, sa = access.namespace, access.service_account
-    existing = _call(f"listing secrets in {ns}", lambda: list(client.list(Secret, namespace=ns)))
+    existing = _must(f"listing secrets in {ns}", lambda: list(client.list(Secret, namespace=ns)))
     for secret in sorted(existing, key=lambda s: (s.metadata.name if s.metadata else "") or ""):
         annotations = (secret.metadata.annotations if secret.metadata else None) or {}
         if secret.type == TOKEN_TYPE and annotations.get(SA_NAME_ANNOTATION) == sa:
@@ -147,7 +148,7 @@ def token_secret(client: Client, access: RemoteAccess) -> Secret:
         ),
         type=TOKEN_TYPE,
     )
-    return _call(f"creating secret {ns}/{access.token_secret_name}", lambda: client.create(fresh))
+    return _must(f"creating secret {ns}/{access.token_secret_name}", lambda: client.create(fresh))
 
 
 def wait_for_token(
@@ -174,7 +175,7 @@ def wait_for_token(
                 "token controller (kube-controller-manager) running?"
             )
         sleep(0.5)
-        secret = _call(
+        secret = _must(
             f"reading secret {ns}/{name}", lambda: client.get(Secret, name, namespace=ns)
         )
 
@@ -215,19 +216,26 @@ def remote_secret(cluster_id: str, kubeconfig_yaml: str, *, namespace: str) -> d
     }
 
 
-def _call(what: str, fetch: Callable[[], T]) -> T:
+def _call(what: str, fetch: Callable[[], T], *, tolerate: int | None = None) -> T | None:
+    """`fetch()`, its failures as one `KubeApiError` line; None for a `tolerate`d status."""
     try:
         return fetch()
     except ApiError as exc:
+        if exc.status.code == tolerate:
+            return None
         raise KubeApiError(f"{what}: {exc.status.code} {exc.status.reason}") from exc
+    except httpx2.HTTPError as exc:
+        raise KubeApiError(f"{what}: API server unreachable ({type(exc).__name__})") from exc
+
+
+def _must(what: str, fetch: Callable[[], T]) -> T:
+    found = _call(what, fetch)
+    assert found is not None
+    return found
 
 
 def _create_unless_exists(what: str, create: Callable[[], Any]) -> None:
-    try:
-        create()
-    except ApiError as exc:
-        if exc.status.code != 409:
-            raise KubeApiError(f"{what}: {exc.status.code} {exc.status.reason}") from exc
+    _call(what, create, tolerate=409)
 
 
 __all__ = [
