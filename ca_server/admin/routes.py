@@ -223,7 +223,9 @@ def _list_route(
         spiffe_id: str | None = None,
         cluster_id: Annotated[
             str | None,
-            Query(description="the cluster the request named (`clusterid`; the CA's own when none)"),
+            Query(
+                description="the cluster the request named (`clusterid`; the CA's own when none)"
+            ),
         ] = None,
         expiring_within: Annotated[
             str | None,
