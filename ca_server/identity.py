@@ -81,12 +81,10 @@ def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
 
 
 def cluster_id_of(metadata: Iterable[tuple[str, str | bytes]]) -> str:
-    """The `clusterid` a call's metadata names ("" when none; the last one when repeated)."""
-    cluster_id = ""
-    for key, value in metadata:
-        if key == CLUSTER_ID_HEADER and isinstance(value, str):
-            cluster_id = value
-    return cluster_id
+    """The `clusterid` a call's metadata names: "" when none, or when repeated (as istiod
+    reads it: no single cluster named is the CA's own)."""
+    values = [v for k, v in metadata if k == CLUSTER_ID_HEADER]
+    return values[0] if len(values) == 1 and isinstance(values[0], str) else ""
 
 
 def bearer_token_of(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:

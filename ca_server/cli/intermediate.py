@@ -1,6 +1,6 @@
 """`bulwark ca intermediate`: run Bulwark as an intermediate CA under an offline root.
 
-    bulwark ca intermediate csr --key-dir DIR [--trust-domain TD] [--out FILE]
+    bulwark ca intermediate csr --key-dir DIR [--trust-domain TD] [--cluster-id ID] [--out FILE]
         a new key (DIR/pending-key.pem, 0600) and a CSR for the offline root to sign
     bulwark ca intermediate install --key-dir DIR --cert SIGNED.pem --root ROOT.pem
                                     --cacerts-dir CACERTS [--chain MORE.pem]
@@ -38,14 +38,20 @@ from certs.pem import bundle_pem, load_certificates, to_pem
 PENDING_KEY = "pending-key.pem"
 
 
-def make_csr(key_dir: Path, trust_domain: str) -> bytes:
-    """A new P-256 key kept in `key_dir` and a CA CSR (O = trust domain) for it."""
+def make_csr(key_dir: Path, trust_domain: str, cluster_id: str = "") -> bytes:
+    """A new P-256 key kept in `key_dir` and a CA CSR (O = trust domain) for it; with
+    `cluster_id` (multi-primary: one intermediate per cluster) the CN names the cluster."""
     key_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = generate_key(KeyType.EC_P256)
+    common_name = f"Bulwark intermediate CA {trust_domain}"
+    if cluster_id:
+        common_name += f" {cluster_id}"
+    if len(common_name) > 64:  # X.520's upper bound for a CN
+        raise ConfigError(f"--cluster-id {cluster_id!r} makes the CN longer than 64 characters")
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"Bulwark intermediate CA {trust_domain}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
     usage = x509.KeyUsage(
@@ -107,7 +113,7 @@ def install(
 def _run(args: argparse.Namespace) -> int:
     try:
         if args.intermediate_command == "csr":
-            pem = make_csr(Path(args.key_dir), args.trust_domain)
+            pem = make_csr(Path(args.key_dir), args.trust_domain, args.cluster_id)
             if args.out:
                 write_atomic(Path(args.out), pem)
             else:
@@ -145,6 +151,11 @@ def register_intermediate(ca_sub: Any) -> None:
     csr.add_argument("--key-dir", required=True, help="where the pending key is kept (0700)")
     csr.add_argument(
         "--trust-domain", default=CA_OPTIONS["trust_domain"].default, help="O of the CSR subject"
+    )
+    csr.add_argument(
+        "--cluster-id",
+        default="",
+        help="name the cluster in the CN (multi-primary: one intermediate per cluster)",
     )
     csr.add_argument("--out", help="write the CSR here instead of stdout")
     inst = sub.add_parser(

@@ -5,7 +5,10 @@ token and checks the node (docs/COMPATIBILITY.md §4, Multicluster).
     (none), own     the CA's own cluster (--cluster-id)   UNAVAILABLE (API server down)
     a remote one    that cluster's, from its remote secret UNAVAILABLE (down, or a broken
                                                           kubeconfig), for its callers only
+    an alias        its cluster's (--cluster-aliases)     as for that cluster
     anything else   none                                  UNAUTHENTICATED naming the cluster
+
+As in istiod, a cluster's own ID wins over an alias of the same name.
 
 Each cluster has its own `TokenReviewAuthenticator` (and review cache): a token cluster B
 issued, presented with `clusterid=A`, is reviewed by A's API server, which rejects it, and the
@@ -17,8 +20,9 @@ has finished (never under a thread still reading from it).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 
 from ca_server.errors import AuthenticationError, UpstreamUnavailable
 from ca_server.identity import Caller, RequestCredentials, shown
@@ -79,9 +83,16 @@ class ClusterRoutedTokenReview:
 
     name = "tokenreview"
 
-    def __init__(self, own: TokenReviewAuthenticator, own_cluster_id: str, build: BuildBackend):
+    def __init__(
+        self,
+        own: TokenReviewAuthenticator,
+        own_cluster_id: str,
+        build: BuildBackend,
+        aliases: Mapping[str, str] | None = None,
+    ):
         self.own_cluster_id = own_cluster_id
         self._build = build
+        self._aliases = dict(aliases or {})
         self._backends = {own_cluster_id: ClusterBackend(own_cluster_id, own)}
         self._lock = threading.Lock()
 
@@ -111,33 +122,41 @@ class ClusterRoutedTokenReview:
     def authenticate(self, creds: RequestCredentials) -> Caller | None:
         if not creds.bearer_token:
             return None
-        with self._using(creds.cluster_id) as authenticator:
-            return authenticator.authenticate(creds)
+        with self._using(creds.cluster_id) as (cluster, authenticator):
+            return authenticator.authenticate(replace(creds, cluster_id=cluster))
 
     def may_block(self, creds: RequestCredentials) -> bool:
         if not creds.bearer_token:
             return False
         with self._lock:
-            backend = self._backends.get(creds.cluster_id or self.own_cluster_id)
+            backend = self._backends.get(self._resolve(creds.cluster_id))
         if backend is None or backend.authenticator is None:
             return False  # refused at once, no I/O
         return backend.authenticator.may_block(creds)
 
     def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
         """The node check in the caller's own cluster (the one its token was reviewed by)."""
-        with self._using(caller.cluster_id) as authenticator:
+        with self._using(caller.cluster_id) as (_, authenticator):
             authenticator.authorize_impersonation(caller, namespace, account)
 
     def known_clusters(self) -> frozenset[str]:
-        """Every cluster ID a request may name: the own one and the remote secrets' (usable
-        or not); metrics label their series by these only."""
+        """Every cluster ID a request may name: the own one, the remote secrets' (usable or
+        not) and the aliases; metrics label their series by these only."""
         with self._lock:
-            return frozenset(self._backends)
+            return frozenset(self._backends) | frozenset(self._aliases)
+
+    def _resolve(self, cluster_id: str) -> str:
+        """The cluster a request naming `cluster_id` belongs to (call with the lock held)."""
+        if not cluster_id:
+            return self.own_cluster_id
+        if cluster_id in self._backends:
+            return cluster_id
+        return self._aliases.get(cluster_id, cluster_id)
 
     @contextmanager
-    def _using(self, cluster_id: str) -> Iterator[TokenReviewAuthenticator]:
-        cluster = cluster_id or self.own_cluster_id
+    def _using(self, cluster_id: str) -> Iterator[tuple[str, TokenReviewAuthenticator]]:
         with self._lock:
+            cluster = self._resolve(cluster_id)
             backend = self._backends.get(cluster)
             if backend is not None:
                 backend.acquire()
@@ -152,7 +171,7 @@ class ClusterRoutedTokenReview:
                     f"cluster {cluster!r} is unavailable: its remote secret is unusable "
                     f"({backend.error})"
                 )
-            yield backend.authenticator
+            yield cluster, backend.authenticator
         finally:
             backend.release()
 

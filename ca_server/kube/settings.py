@@ -58,6 +58,14 @@ CLUSTER_ID = Option(
     "is this cluster's, one naming a cluster that is neither this one nor a remote secret's "
     "is refused",
 )
+CLUSTER_ALIASES = Option(
+    group=AUTHENTICATION,
+    flag="--cluster-aliases",
+    env="BULWARK_CLUSTER_ALIASES",
+    default="",
+    help="comma-separated ALIAS=CLUSTER pairs: a request naming clusterid ALIAS is served as "
+    "cluster CLUSTER (this one or a remote one), as istiod's --clusterAliases",
+)
 REMOTE_SECRETS = Option(
     group=AUTHENTICATION,
     flag="--kube-remote-secrets",
@@ -114,7 +122,8 @@ ISTIOD_CERT_TTL = Option(
 )
 # The Kubernetes flags of `ca serve`, in `--help` order (`--kubeconfig` itself is the CA's own).
 KUBE_OPTIONS = (
-    IN_CLUSTER, NAMESPACE, IDENTITY, CLUSTER_ID, REMOTE_SECRETS, LEASE_DURATION, RESYNC,
+    IN_CLUSTER, NAMESPACE, IDENTITY, CLUSTER_ID, CLUSTER_ALIASES, REMOTE_SECRETS,
+    LEASE_DURATION, RESYNC,
     ISTIOD_CERT_SECRET, ISTIOD_CERT_DNS_NAMES, ISTIOD_CERT_TTL,
 )  # fmt: skip
 
@@ -183,6 +192,8 @@ class KubeSettings:
     namespace: str = NAMESPACE.default_value  # where the CA Secret and the Lease live
     identity: str = field(default_factory=_default_identity)  # Lease holder name (the pod name)
     cluster_id: str = CLUSTER_ID.default_value
+    # (alias, cluster) pairs: a request naming the alias is served as that cluster.
+    cluster_aliases: tuple[tuple[str, str], ...] = ()
     remote_secrets: bool = REMOTE_SECRETS.default_value  # serve remote secrets' clusters
     lease_name: str = DEFAULT_LEASE_NAME
     lease: LeaseTiming = field(default_factory=LeaseTiming)
@@ -231,6 +242,19 @@ def istiod_cert_from_args(args: argparse.Namespace, resync: float) -> IstiodCert
     )
 
 
+def parse_cluster_aliases(text: str) -> tuple[tuple[str, str], ...]:
+    """`a=b,c=d` as ((a, b), (c, d)); a ValueError naming the flag and the bad item."""
+    pairs: dict[str, str] = {}
+    for item in csv(text, CLUSTER_ALIASES.what):
+        alias, sep, cluster = (part.strip() for part in item.partition("="))
+        if not sep or not alias or not cluster or alias == cluster:
+            raise ValueError(f"{CLUSTER_ALIASES.flag}: {item!r} is not ALIAS=CLUSTER")
+        if alias in pairs:
+            raise ValueError(f"{CLUSTER_ALIASES.flag}: alias {alias!r} is given twice")
+        pairs[alias] = cluster
+    return tuple(pairs.items())
+
+
 def settings_from_args(args: argparse.Namespace, kubeconfig: Path | None) -> KubeSettings | None:
     """The Kubernetes settings of the parsed `ca serve` flags; None without `kubeconfig` or
     `--kube-in-cluster`."""
@@ -249,6 +273,7 @@ def settings_from_args(args: argparse.Namespace, kubeconfig: Path | None) -> Kub
         namespace=NAMESPACE.value(args),
         identity=IDENTITY.value(args) or _default_identity(),
         cluster_id=CLUSTER_ID.value(args),
+        cluster_aliases=parse_cluster_aliases(CLUSTER_ALIASES.value(args)),
         remote_secrets=REMOTE_SECRETS.value(args),
         lease=timing,
         resync_seconds=resync,

@@ -77,7 +77,7 @@ def build_tokenreview_authenticator(
     own = TokenReviewAuthenticator(
         make(), trust_domain=trust_domain, audiences=audiences, cluster_id=settings.cluster_id
     )
-    if not settings.remote_secrets:
+    if not settings.remote_secrets and not settings.cluster_aliases:
         return own
 
     def build(cluster: RemoteCluster) -> ClusterBackend:
@@ -88,8 +88,11 @@ def build_tokenreview_authenticator(
         )
         return ClusterBackend(cluster.cluster_id, remote, close=client.close)
 
-    router = ClusterRoutedTokenReview(own, settings.cluster_id, build)
-    remote_secret_watch(settings, make, router, reports=False).start()
+    router = ClusterRoutedTokenReview(
+        own, settings.cluster_id, build, aliases=dict(settings.cluster_aliases)
+    )
+    if settings.remote_secrets:
+        remote_secret_watch(settings, make, router, reports=False).start()
     return router
 
 

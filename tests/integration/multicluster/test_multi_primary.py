@@ -43,6 +43,7 @@ def intermediate(base: Path, cluster: str) -> Path:
     keys, csr, cert = base / cluster / "keys", base / cluster / "ca.csr", base / cluster / "ca.pem"
     (base / cluster).mkdir()
     csr_args = ["--key-dir", str(keys), "--trust-domain", "cluster.local", "--out", str(csr)]
+    csr_args += ["--cluster-id", f"cluster-{cluster}"]
     assert bulwark(["ca", "intermediate", "csr", *csr_args]) == 0
     openssl(
         "x509", "-req", "-in", str(csr), "-CA", str(base / "root-cert.pem"),
@@ -102,6 +103,12 @@ def test_both_cas_publish_the_one_root_and_sign_with_their_own_intermediates(
     assert infos[0]["roots"] == infos[1]["roots"]
     [a_intermediate], [b_intermediate] = (i["intermediates"] for i in infos)
     assert a_intermediate["sha256"] != b_intermediate["sha256"]
+    assert a_intermediate["subject"].startswith(
+        "CN=Bulwark intermediate CA cluster.local cluster-a"
+    )
+    assert b_intermediate["subject"].startswith(
+        "CN=Bulwark intermediate CA cluster.local cluster-b"
+    )
 
 
 def ca_info(ca: RunningCa) -> dict[str, list[dict[str, str]]]:

@@ -17,9 +17,10 @@ from lightkube.models.authentication_v1 import TokenReviewStatus, UserInfo
 from lightkube.resources.authentication_v1 import TokenReview
 
 from ca_server.errors import CaError
-from ca_server.identity import RequestCredentials
+from ca_server.identity import RequestCredentials, cluster_id_of
 from ca_server.kube.remote_secrets import RemoteCluster
 from ca_server.kube.routing import ClusterBackend, ClusterRoutedTokenReview
+from ca_server.kube.settings import parse_cluster_aliases
 from ca_server.kube.tokenreview import TokenReviewAuthenticator
 from ca_server.metrics import CaMetrics
 from certs.spiffe_id import TrustDomain
@@ -86,7 +87,8 @@ def router(apis: dict[str, ApiServer]) -> Iterator[ClusterRoutedTokenReview]:
         api = apis[cluster.cluster_id]
         return ClusterBackend(cluster.cluster_id, authenticator(api), close=api.close)
 
-    routed = ClusterRoutedTokenReview(authenticator(apis["east"]), "east", build)
+    aliases = {"east-old": "east", "west-old": "west", "east": "west"}
+    routed = ClusterRoutedTokenReview(authenticator(apis["east"]), "east", build, aliases)
     routed.cluster_set(remote("west"))
     yield routed
 
@@ -116,6 +118,9 @@ ROUTES: list[tuple[str, str, str | tuple[grpc.StatusCode, str]]] = [
     ("west", "", (U, "TokenReview of cluster 'east'")),
     ("east", "west", (U, "TokenReview of cluster 'west'")),
     ("east", "north", (U, "unknown cluster 'north'")),
+    ("east", "east-old", "east"),  # aliases (--cluster-aliases, istiod's --clusterAliases)
+    ("west", "west-old", "west"),
+    ("west", "east-old", (U, "TokenReview of cluster 'east'")),
 ]
 
 
@@ -166,7 +171,7 @@ def test_removed_cluster_is_unknown_even_for_a_token_it_reviewed_before(
     router.cluster_removed("west")
     assert apis["west"].closed
     assert "unknown cluster 'west'" in refusal(router, known).public_message
-    assert router.known_clusters() == {"east"}
+    assert router.known_clusters() == {"east", "east-old", "west-old"}
 
 
 def test_the_own_cluster_cannot_be_removed(router: ClusterRoutedTokenReview) -> None:
@@ -218,3 +223,40 @@ def test_metrics_label_only_known_clusters(
     labels = {"reason": "authentication", "code": "UNAUTHENTICATED", "cluster": label}
     assert metrics.registry.get_sample_value("bulwark_ca_refusals_total", labels) == 1
     assert metrics.registry.get_sample_value("bulwark_ca_issued_total", {"cluster": label}) == 1
+
+
+def test_a_clusters_own_id_wins_over_an_alias_of_that_name(
+    router: ClusterRoutedTokenReview,
+) -> None:
+    caller = router.authenticate(creds(token("east"), "east"))  # "east" is also an alias
+    assert caller is not None and caller.cluster_id == "east"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "cluster"),
+    [
+        ([], ""),
+        ([("clusterid", "west")], "west"),
+        ([("clusterid", "west"), ("clusterid", "east")], ""),
+        ([("ClusterID-other", "west")], ""),
+    ],
+    ids=["none", "one", "repeated", "other-header"],
+)
+def test_the_clusterid_header_is_read_as_istiod_reads_it(
+    metadata: list[tuple[str, str]], cluster: str
+) -> None:
+    assert cluster_id_of(metadata) == cluster
+
+
+@pytest.mark.parametrize(
+    ("text", "pairs"),
+    [("", ()), ("a=b", (("a", "b"),)), (" a = b , c=d ", (("a", "b"), ("c", "d")))],
+)
+def test_cluster_aliases_parse(text: str, pairs: tuple[tuple[str, str], ...]) -> None:
+    assert parse_cluster_aliases(text) == pairs
+
+
+@pytest.mark.parametrize("text", ["a", "a=", "=b", "a=a", "a=b,a=c"])
+def test_bad_cluster_aliases_name_the_flag(text: str) -> None:
+    with pytest.raises(ValueError, match="--cluster-aliases"):
+        parse_cluster_aliases(text)
