@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from ca_server.cli.exits import EXIT_OK, fail, report
+from ca_server.kube.settings import REMOTE_SERVICE_ACCOUNT
 from certs.files import write_atomic
 from certs.values import parse_duration
 
@@ -49,8 +50,7 @@ def register(sub: Any) -> None:
     )
     create.add_argument(
         "--kubeconfig",
-        default=os.environ.get("KUBECONFIG") or str(Path("~/.kube/config").expanduser()),
-        help="kubeconfig of the remote cluster (env KUBECONFIG, default ~/.kube/config)",
+        help="kubeconfig of the remote cluster (else $KUBECONFIG, else ~/.kube/config)",
     )
     create.add_argument("--context", help="context of that kubeconfig (default: current)")
     create.add_argument(
@@ -66,15 +66,17 @@ def register(sub: Any) -> None:
     )
     create.add_argument(
         "--service-account",
-        default=None,
-        help="the CA's account in the remote cluster (default: bulwark-ca-remote)",
+        default=REMOTE_SERVICE_ACCOUNT,
+        help=f"the CA's account in the remote cluster (default: {REMOTE_SERVICE_ACCOUNT})",
     )
     create.add_argument(
         "--server",
         help="API server URL the CA reaches the remote cluster at (default: the kubeconfig's)",
     )
     create.add_argument(
-        "--wait", default="60s", help="how long to wait for the token controller (default 60s)"
+        "--wait",
+        default="60s",
+        help="how long to wait for the token controller to fill the token (default: 60s)",
     )
     create.add_argument(
         "--output-file",
@@ -87,20 +89,13 @@ def register(sub: Any) -> None:
 def _create_remote_secret(args: argparse.Namespace) -> int:
     from ca_server.kube.client import make_client
     from ca_server.kube.errors import KubeError
-    from ca_server.kube.remote_access import (
-        DEFAULT_SERVICE_ACCOUNT,
-        RemoteAccess,
-        check_cluster_name,
-    )
+    from ca_server.kube.remote_access import RemoteAccess, check_cluster_name
 
     try:
         if args.name is not None:
             check_cluster_name(args.name)
         wait = parse_duration(args.wait, "--wait").total_seconds()
-        access = RemoteAccess(
-            namespace=args.namespace,
-            service_account=args.service_account or DEFAULT_SERVICE_ACCOUNT,
-        )
+        access = RemoteAccess(namespace=args.namespace, service_account=args.service_account)
         config, server = _remote_config(args)
         client = make_client(config)
         try:
@@ -117,7 +112,8 @@ def _remote_config(args: argparse.Namespace) -> tuple[Any, str]:
     """The remote cluster's kubeconfig (and its context), and the server the Secret names."""
     from ca_server.kube.client import load_config
 
-    config = load_config(Path(args.kubeconfig), context=args.context)
+    path = args.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    config = load_config(Path(path).expanduser(), context=args.context)
     if args.context is not None:
         config.current_context = args.context
     single = config.get()

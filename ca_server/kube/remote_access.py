@@ -41,12 +41,13 @@ from ca_server.kube.remote_secrets import (
     MULTICLUSTER_LABEL,
     REMOTE_SECRET_PREFIX,
 )
+from ca_server.kube.settings import REMOTE_SERVICE_ACCOUNT
 
 # A service-account token Secret holds the API server's CA under the same key as a TLS Secret.
 from certs.istio_files import TLS_CA as TOKEN_SECRET_CA
 
 T = TypeVar("T")
-DEFAULT_SERVICE_ACCOUNT = "bulwark-ca-remote"
+DEFAULT_SERVICE_ACCOUNT = REMOTE_SERVICE_ACCOUNT
 TOKEN_TYPE = "kubernetes.io/service-account-token"
 SA_NAME_ANNOTATION = "kubernetes.io/service-account.name"
 # What the CA does in a remote cluster (module docstring).

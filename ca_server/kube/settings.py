@@ -25,6 +25,8 @@ DEFAULT_CLUSTER_ID = "Kubernetes"  # Istio's default CLUSTER_ID
 DEFAULT_LEASE_NAME = "bulwark-ca-leader"
 CA_SECRET_NAME = "istio-ca-secret"
 ROOT_CONFIGMAP_NAME = "istio-ca-root-cert"
+# The CA's account in a remote cluster (`bulwark kube create-remote-secret`).
+REMOTE_SERVICE_ACCOUNT = "bulwark-ca-remote"
 # istiod's Service names: the serving certificate of istiod's XDS port always carries them.
 ISTIOD_SERVICE_NAMES = ("istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local")
 
@@ -287,6 +289,7 @@ __all__ = [
     "DEFAULT_LEASE_NAME",
     "ISTIOD_SERVICE_NAMES",
     "KUBE_OPTIONS",
+    "REMOTE_SERVICE_ACCOUNT",
     "ROOT_CONFIGMAP_NAME",
     "IstiodCertSettings",
     "KubeSettings",

@@ -73,6 +73,7 @@ def _bad_values(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["--key-dir", str(tmp), "--cert", "c", "--root", "r", "--cacerts-dir", "d"],
             "does not exist",
         ),
+        "kube create-remote-secret": (["--wait", "soon"], "--wait"),
     }
 
 
@@ -80,7 +81,7 @@ BAD_VALUES = {
     "ca serve", "token mint", "inspect", "cert request", "certs list", "certs show",
     "certs expiring", "certs verify-log", "agent run", "agent status", "completion",
     "ca rotate status", "ca rotate prepare", "ca rotate activate", "ca rotate retire",
-    "ca intermediate csr", "ca intermediate install",
+    "ca intermediate csr", "ca intermediate install", "kube create-remote-secret",
 }  # fmt: skip
 
 
