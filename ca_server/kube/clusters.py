@@ -39,6 +39,7 @@ from ca_server.kube.remote_secrets import (
 )
 
 log = logging.getLogger(__name__)
+FORBIDDEN_BACKOFF = 12  # times the retry interval, while the CA may not read the Secrets
 
 
 class ClusterListener(Protocol):
@@ -144,14 +145,15 @@ class RemoteSecretWatch:
         client = self._make_client()
         try:
             while not self._stop.is_set():
+                wait = self._retry
                 try:
                     self._list_then_watch(client)
                 except (ApiError, httpx2.HTTPError, RuntimeError) as exc:
                     if self._stop.is_set():
                         return
-                    self._failed(exc)
+                    wait = self._failed(exc)
                 self._first_listing.set()
-                self._stop.wait(self._retry)
+                self._stop.wait(wait)
         finally:
             client.close()
 
@@ -186,17 +188,24 @@ class RemoteSecretWatch:
             return OnErrorResult(OnErrorAction.STOP)
         return OnErrorResult(OnErrorAction.RAISE)
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: Exception) -> float:
+        """Note why the Secrets cannot be read (logged when it changes); how long to wait.
+        Refused access is retried slowly: it ends when an operator changes the RBAC."""
+        wait = self._retry
         if isinstance(exc, ApiError):
             why = f"{exc.status.code} {exc.status.reason}"
-            if exc.status.code == 403:
-                why += " (grant the CA list and watch on secrets there)"
+            if exc.status.code in (401, 403):
+                why += (
+                    " (grant the CA list and watch on secrets there, or --kube-remote-secrets off)"
+                )
+                wait = self._retry * FORBIDDEN_BACKOFF
         else:
             why = type(exc).__name__
         error = f"cannot read remote secrets in {self._namespace}: {why}"
         if error != self._error:
-            log.log(self._warning, "%s; retrying every %.0f s", error, self._retry)
+            log.log(self._warning, "%s; retrying every %.0f s", error, wait)
         self._error = error
+        return wait
 
     # -- state -----------------------------------------------------------------------------
 

@@ -440,3 +440,53 @@ def test_stopping_b_api_server_is_unavailable_for_b_only(
     finally:
         remote.restart_apiserver()
     wait_for(lambda: served(mc_ca, fresh_b, CLUSTER_B), 20, "B served after its restart")
+
+
+def test_a_ca_that_may_not_read_secrets_serves_its_own_cluster_and_says_why(
+    control_plane: ControlPlane, admin_client: Client, deployed_base: str, tmp_path: Path
+) -> None:
+    """RBAC without list/watch on Secrets (an upgrade that kept the old role): the remote
+    secrets cannot be read; the CA still serves its own cluster and says why, once.
+    (deploy/base's ClusterRole, without its namespaced Role.)"""
+    account = "ca-without-secrets"
+    ensure_workload(admin_client, CA_NAMESPACE, account)
+    ensure_workload(admin_client)
+    rbac = f"""
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {account}, namespace: {CA_NAMESPACE}}}
+rules:
+- {{apiGroups: [""], resources: [secrets], verbs: [create]}}
+- {{apiGroups: [""], resources: [secrets], resourceNames: [istio-ca-secret], verbs: [get, update]}}
+- {{apiGroups: [coordination.k8s.io], resources: [leases], verbs: [get, create, update]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {account}, namespace: {CA_NAMESPACE}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {account}}}
+subjects: [{{kind: ServiceAccount, name: {account}, namespace: {CA_NAMESPACE}}}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {account}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: bulwark-ca-istio-system}}
+subjects: [{{kind: ServiceAccount, name: {account}, namespace: {CA_NAMESPACE}}}]
+"""
+    kubectl(control_plane, "apply", "-f", "-", stdin=rbac)
+    token = request_token(admin_client, CA_NAMESPACE, account, audiences=[], seconds=3600)
+    kubeconfig = control_plane.write_token_kubeconfig(
+        tmp_path / "ca.kubeconfig", token, namespace=CA_NAMESPACE
+    )
+    ca = start_ca(
+        tmp_path / "ca", "--kubeconfig", str(kubeconfig), "--kube-namespace", CA_NAMESPACE,
+        "--cluster-id", CLUSTER_A, "--workers", "1", env={"KUBECONFIG": ""},
+    )  # fmt: skip
+    try:
+        assert len(issue(ca, token_of(admin_client), CLUSTER_A)) == 2
+        own = cluster_row(ca, CLUSTER_A)
+        assert own is not None and "cannot read remote secrets" in own["error"]
+        assert "403" in own["error"]
+    finally:
+        ca.stop()
+    lines = [ln for ln in ca.log().splitlines() if "cannot read remote secrets" in ln]
+    assert len(lines) == 1 and "WARNING" in lines[0], lines
