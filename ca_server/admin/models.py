@@ -101,11 +101,24 @@ class ClusterInfo(BaseModel):
     error: str = Field(description="why it is unusable or unreachable; empty when fine")
 
 
+class SigningKeyInfo(BaseModel):
+    """Where the CA's signing key lives; never anything secret."""
+
+    storage: Literal["pkcs11", "file", "kubernetes-secret"] = Field(
+        description="pkcs11: in an HSM; file: a 0600 file; kubernetes-secret: istio-ca-secret"
+    )
+    token: str | None = Field(default=None, description="PKCS#11 token label")
+    object: str | None = Field(default=None, description="PKCS#11 object label of the key")
+    id: str | None = Field(default=None, description="PKCS#11 CKA_ID of the key, hex")
+    key_type: str = Field(description="e.g. ECDSA P-256, RSA 3072")
+
+
 class CaInfo(BaseModel):
     roots: list[CaCertificateInfo]
     intermediates: list[CaCertificateInfo]
     csr_policy: str
     authenticators: list[str]
+    signing_key: SigningKeyInfo | None = None
     clusters: list[ClusterInfo] = Field(
         default_factory=list,
         description="with Kubernetes: the own cluster, then the remote secrets' (docs/MULTICLUSTER.md)",

@@ -23,6 +23,7 @@ from ca_server.admin.models import (
     CertificateDetail,
     CertificateList,
     ErrorBody,
+    SigningKeyInfo,
     SpiffeBundle,
     VerifyResult,
     ca_info,
@@ -55,6 +56,7 @@ class CaCertificates:
 
     roots: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...] = ()  # signing certificate first
+    signing_key: dict[str, str | None] | None = None  # `key_location` of the signing key
 
 
 class CertificateReader(Protocol):
@@ -367,5 +369,8 @@ def _ca_routes(
             intermediates=[ca_info(c, now) for c in material.intermediates],
             csr_policy=state.csr_policy,
             authenticators=[public_name(n) for n in state.authenticators],
+            signing_key=SigningKeyInfo.model_validate(material.signing_key)
+            if material.signing_key
+            else None,
             clusters=[cluster_info(c) for c in state.clusters()],
         )

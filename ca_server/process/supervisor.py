@@ -24,6 +24,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,7 @@ import uvicorn
 
 from ca_server.admin.app import create_admin_app
 from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, KEY_FILE, LocalIssuer
+from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody, key_location
 from ca_server.authority.material import (
     CaMaterial,
     DirectoryKeyStore,
@@ -44,6 +46,8 @@ from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
 from ca_server.errors import ConfigError
+from ca_server.hsm.readiness import HsmReadiness
+from ca_server.process.custody import close_custody, open_custody
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
 from ca_server.process.slots import build_rotator
@@ -63,21 +67,24 @@ SERVING_CERT_TTL = timedelta(days=365)
 
 
 def prepare_material(
-    config: CaConfig, now: datetime, rotator: SlotRotator | None = None
+    config: CaConfig,
+    now: datetime,
+    rotator: SlotRotator | None = None,
+    custody: KeyCustody = FILE_CUSTODY,
 ) -> CaMaterial:
     """Plugged-in CA files when given, else the self-signed root of the data dir (created once).
 
     With CA slots (`rotator`) the stored slots win: a restart mid-rotation keeps signing with
     the active CA even when the `cacerts` files already hold the next one."""
     if config.cacerts_dir is not None:
-        material = load_cacerts_dir(config.cacerts_dir, now)
+        material = load_cacerts_dir(config.cacerts_dir, now, custody)
     elif config.kube is not None:
         from ca_server.kube.wiring import load_or_create_material
 
-        material = load_or_create_material(config.kube, config.trust_domain, now)
+        material = load_or_create_material(config.kube, config.trust_domain, now, custody)
     else:
         material = load_or_create(
-            DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now
+            DirectoryKeyStore(config.data_dir / "ca", custody), config.trust_domain, now, custody
         )
     if rotator is not None:
         material = rotator.step(material, now, may_act=config.kube is None)
@@ -136,6 +143,7 @@ def _material_manager(
     initial: CaMaterial,
     may_act: Callable[[], bool] = lambda: True,
     rotator: SlotRotator | None = None,
+    custody: KeyCustody = FILE_CUSTODY,
 ) -> MaterialManager:
     """Where material is re-read from, and whether this process may renew the root or move
     the CA slots."""
@@ -144,15 +152,15 @@ def _material_manager(
         cacerts = config.cacerts_dir
 
         def reload(now: datetime) -> CaMaterial:
-            return load_cacerts_dir(cacerts, now)
+            return load_cacerts_dir(cacerts, now, custody)
 
     else:
         if config.kube is not None:
             from ca_server.kube.wiring import key_store
 
-            store = key_store(config.kube)
+            store = key_store(config.kube, custody)
         else:
-            store = DirectoryKeyStore(config.data_dir / "ca")
+            store = DirectoryKeyStore(config.data_dir / "ca", custody)
         kept, in_kube = store, config.kube is not None
 
         def reload(now: datetime) -> CaMaterial:
@@ -253,6 +261,18 @@ def _reserve_grpc_ports(
     return binds
 
 
+def _announce_key(custody: KeyCustody, material: CaMaterial) -> None:
+    if isinstance(custody, HsmCustody):
+        where = key_location(material.signing_key)
+        log.info(
+            "CA key in the HSM: token %s, object %s (%s), module %s",
+            where["token"],
+            where["object"],
+            where["key_type"],
+            custody.token.module,
+        )
+
+
 def _announce_local_issuer(config: CaConfig) -> None:
     if config.uses_local_issuer:
         issuer_dir = config.data_dir / ISSUER_DIR
@@ -286,9 +306,20 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
 
 
 async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
-    rotator = build_rotator(config)
-    material = prepare_material(config, datetime.now(UTC), rotator)
+    custody = open_custody(config)  # with --ca-key pkcs11:..., the supervisor's HSM session
+    try:
+        return await _serve_with_custody(config, custody, metrics_dir, log_level, log_format)
+    finally:
+        close_custody(custody)
+
+
+async def _serve_with_custody(
+    config: CaConfig, custody: KeyCustody, metrics_dir: str, log_level: int, log_format: str
+) -> int:
+    rotator = build_rotator(config, custody)
+    material = prepare_material(config, datetime.now(UTC), rotator, custody)
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
+    _announce_key(custody, material)
     _announce_local_issuer(config)
     from ca_server.admin import check_record
 
@@ -305,9 +336,9 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             material=lambda: manager.current,  # istiod's serving certificate, when configured
         )
     manager = _material_manager(
-        config, material, controllers.is_leader if controllers else lambda: True, rotator
+        config, material, controllers.is_leader if controllers else lambda: True, rotator, custody
     )
-    spiffe = SpiffeServices(config, lambda: manager.current)
+    spiffe = SpiffeServices(config, lambda: manager.current, custody=custody)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
     pool: CaPool | None = None
@@ -334,19 +365,9 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         endpoint_addr = await spiffe.start()
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
-        health = ReloadHealth(time.time())
-        wake = asyncio.Event()
-        keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
-        spiffe_task = asyncio.create_task(spiffe.run())
-        try:
-            return await _run_admin(
-                config, pool, metrics_dir, manager, health, addrs, wake, spiffe, controllers
-            )
-        finally:
-            for task in (keeper, spiffe_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        return await _serve_until_stopped(
+            config, pool, manager, spiffe, metrics_dir, addrs, controllers
+        )
     finally:
         anchor_keeper.stop()
         if controllers is not None:
@@ -357,23 +378,67 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             sock.close()
 
 
-def _readiness(pool: CaPool, health: ReloadHealth) -> tuple[bool, str]:
-    """Ready while every worker serves; the detail also says how the material checks go."""
-    ready, detail = pool.readiness()
-    return ready, f"{detail}; {health.detail()}"
+async def _serve_until_stopped(
+    config: CaConfig,
+    pool: CaPool,
+    manager: MaterialManager,
+    spiffe: SpiffeServices,
+    metrics_dir: str,
+    addrs: dict[str, str],
+    controllers: KubeControllers | None,
+) -> int:
+    """The admin API beside the supervisor's tasks (material refresher, SPIFFE duties, the HSM
+    probe) until SIGTERM/SIGINT; with Kubernetes, the clusters the controllers watch are
+    shown by it."""
+    checks = Readiness(
+        pool=pool,
+        health=ReloadHealth(time.time()),
+        hsm=HsmReadiness(lambda: manager.current.signing_key),
+    )
+    wake = asyncio.Event()
+    tasks = [
+        asyncio.create_task(_keep_material_current(config, manager, pool, checks.health, wake)),
+        asyncio.create_task(spiffe.run()),
+        asyncio.create_task(checks.hsm.run()),
+    ]
+    try:
+        return await _run_admin(
+            config, checks, metrics_dir, manager, addrs, wake, spiffe, controllers
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Readiness:
+    """What `/readyz` asks: the workers, the material checks and an HSM-held key."""
+
+    pool: CaPool
+    health: ReloadHealth
+    hsm: HsmReadiness
+
+    def __call__(self) -> tuple[bool, str]:
+        """Ready while every worker serves and the CA key signs; the detail also says how the
+        material checks go."""
+        ready, detail = self.pool.readiness()
+        parts = [detail, self.health.detail(), self.hsm.detail()]
+        return ready and self.hsm.ready, "; ".join(p for p in parts if p)
 
 
 async def _run_admin(
     config: CaConfig,
-    pool: CaPool,
+    checks: Readiness,
     metrics_dir: str,
     manager: MaterialManager,
-    health: ReloadHealth,
     addrs: dict[str, str],
     wake: asyncio.Event,
     spiffe: SpiffeServices,
     controllers: KubeControllers | None,
 ) -> int:
+    pool, health = checks.pool, checks.health
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin import admin_router_for
     from ca_server.admin.wiring import rotation_router_for
@@ -398,7 +463,7 @@ async def _run_admin(
     app = create_admin_app(
         metrics_dir=metrics_dir,
         material=lambda: manager.current,
-        readiness=lambda: _readiness(pool, health),
+        readiness=checks,
         routers=[record_router, rotation_router],
         extra_metrics=lambda: (
             health.exposition()
