@@ -22,7 +22,6 @@ from ca_server.config import CaConfig
 from ca_server.issuance.service import CertificateService
 from ca_server.issuance.service import add_to_server as add_certificate_service
 from ca_server.issuance.signer import Signer, SigningPolicy
-from ca_server.kube.settings import DEFAULT_CLUSTER_ID
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 from ca_server.record.entry import Recorder
@@ -75,8 +74,7 @@ def certificate_service(
 ) -> CertificateService:
     """IstioCertificateService: the planned authenticators, the signer, the record."""
     authentication = authentication or build_authentication(config, material)
-    own = config.kube.cluster_id if config.kube is not None else DEFAULT_CLUSTER_ID
-    metrics.label_clusters(own, authentication.known_clusters)
+    metrics.label_clusters(authentication.known_clusters)
     return CertificateService(
         authentication=authentication,
         signer=signer_for(config, material),

@@ -244,6 +244,11 @@ def istiod_cert_from_args(args: argparse.Namespace, resync: float) -> IstiodCert
     )
 
 
+def own_cluster_id(settings: KubeSettings | None) -> str:
+    """The CA's cluster ID: --cluster-id with Kubernetes, Istio's default without."""
+    return settings.cluster_id if settings is not None else DEFAULT_CLUSTER_ID
+
+
 def parse_cluster_aliases(text: str) -> tuple[tuple[str, str], ...]:
     """`a=b,c=d` as ((a, b), (c, d)); a ValueError naming the flag and the bad item."""
     pairs: dict[str, str] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -53,4 +54,24 @@ def exposition(statuses: Iterable[ClusterStatus]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["SYNC_GAUGE", "UP_GAUGE", "ClusterStatus", "exposition"]
+class ClusterViews(Protocol):
+    """What the admin app shows of the clusters (`KubeControllers`, or `NO_CLUSTERS`)."""
+
+    def cluster_statuses(self) -> list[ClusterStatus]: ...
+
+    def cluster_exposition(self) -> str: ...
+
+
+class _NoClusters:
+    """A CA without Kubernetes serves no clusters."""
+
+    def cluster_statuses(self) -> list[ClusterStatus]:
+        return []
+
+    def cluster_exposition(self) -> str:
+        return ""
+
+
+NO_CLUSTERS: ClusterViews = _NoClusters()
+
+__all__ = ["NO_CLUSTERS", "SYNC_GAUGE", "UP_GAUGE", "ClusterStatus", "ClusterViews", "exposition"]

@@ -26,12 +26,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 import uvicorn
 
 from ca_server.admin.app import create_admin_app
-from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, KEY_FILE, LocalIssuer
+from ca_server.authn.local_issuer import (
+    ISSUER_DIR,
+    JWKS_FILE,
+    KEY_FILE,
+    LocalIssuer,
+    TokenPolicy,
+    write_token_policy,
+)
 from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody, key_location
 from ca_server.authority.material import (
     CaMaterial,
@@ -47,6 +53,7 @@ from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
 from ca_server.errors import ConfigError
 from ca_server.hsm.readiness import HsmReadiness
+from ca_server.kube.status import NO_CLUSTERS, ClusterViews
 from ca_server.process.custody import close_custody, open_custody
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
@@ -57,9 +64,6 @@ from ca_server.record.lock import lock_sqlite_record
 from ca_server.spiffe.services import SpiffeServices
 from certs.errors import CertsError
 from certs.files import write_atomic
-
-if TYPE_CHECKING:
-    from ca_server.kube.wiring import KubeControllers
 
 log = logging.getLogger("ca_server")
 CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
@@ -274,6 +278,16 @@ def _announce_key(custody: KeyCustody, material: CaMaterial) -> None:
 
 
 def _announce_local_issuer(config: CaConfig) -> None:
+    """Create (or check) the embedded issuer when the CA trusts it, and record in the data dir
+    which tokens this CA accepts, for `bulwark token mint`'s warnings."""
+    write_token_policy(
+        config.data_dir,
+        TokenPolicy(
+            embedded_issuer=config.uses_local_issuer,
+            max_token_lifetime_s=config.max_token_lifetime.total_seconds(),
+            audiences=tuple(config.audiences),
+        ),
+    )
     if config.uses_local_issuer:
         issuer_dir = config.data_dir / ISSUER_DIR
         private_dir(issuer_dir, what="token issuer directory")
@@ -365,9 +379,8 @@ async def _serve_with_custody(
         endpoint_addr = await spiffe.start()
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
-        return await _serve_until_stopped(
-            config, pool, manager, spiffe, metrics_dir, addrs, controllers
-        )
+        views = controllers or NO_CLUSTERS
+        return await _serve_until_stopped(config, pool, manager, spiffe, metrics_dir, addrs, views)
     finally:
         anchor_keeper.stop()
         if controllers is not None:
@@ -385,11 +398,10 @@ async def _serve_until_stopped(
     spiffe: SpiffeServices,
     metrics_dir: str,
     addrs: dict[str, str],
-    controllers: KubeControllers | None,
+    clusters: ClusterViews,
 ) -> int:
     """The admin API beside the supervisor's tasks (material refresher, SPIFFE duties, the HSM
-    probe) until SIGTERM/SIGINT; with Kubernetes, the clusters the controllers watch are
-    shown by it."""
+    probe) until SIGTERM/SIGINT."""
     checks = Readiness(
         pool=pool,
         health=ReloadHealth(time.time()),
@@ -402,9 +414,7 @@ async def _serve_until_stopped(
         asyncio.create_task(checks.hsm.run()),
     ]
     try:
-        return await _run_admin(
-            config, checks, metrics_dir, manager, addrs, wake, spiffe, controllers
-        )
+        return await _run_admin(config, checks, metrics_dir, manager, addrs, wake, spiffe, clusters)
     finally:
         for task in tasks:
             task.cancel()
@@ -436,7 +446,7 @@ async def _run_admin(
     addrs: dict[str, str],
     wake: asyncio.Event,
     spiffe: SpiffeServices,
-    controllers: KubeControllers | None,
+    clusters: ClusterViews,
 ) -> int:
     pool, health = checks.pool, checks.health
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
@@ -450,7 +460,7 @@ async def _run_admin(
         spiffe_bundle=spiffe.spiffe_bundle,
         federated_bundles=spiffe.federated,
         metrics_dir=metrics_dir,
-        clusters=controllers.cluster_statuses if controllers is not None else list,
+        clusters=clusters.cluster_statuses,
     )
     loop = asyncio.get_running_loop()
 
@@ -466,9 +476,7 @@ async def _run_admin(
         readiness=checks,
         routers=[record_router, rotation_router],
         extra_metrics=lambda: (
-            health.exposition()
-            + spiffe.exposition()
-            + (controllers.cluster_exposition() if controllers is not None else "")
+            health.exposition() + spiffe.exposition() + clusters.cluster_exposition()
         ),
     )
     sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")

@@ -28,6 +28,7 @@ from ca_server.authority.material import CaMaterial, create_self_signed
 from ca_server.config import CaConfig
 from ca_server.errors import RecordWriteFailed
 from ca_server.issuance.service import CertificateService, UndecodableRequest
+from ca_server.kube.settings import own_cluster_id
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 from ca_server.record.entry import IssuedCertificate
@@ -126,7 +127,7 @@ class TestCa:
             config,
             lambda: material,
             recorder=recorder,
-            metrics=CaMetrics(registry),
+            metrics=CaMetrics(registry, own_cluster=own_cluster_id(config.kube)),
             events=CaEventLog(logging.getLogger("ca_server.events")),
         )
         return cls(

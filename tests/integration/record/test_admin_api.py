@@ -194,6 +194,7 @@ def test_openapi_matches_the_responses(local: str) -> None:
         "issued_since",
         "issued_before",
         "state",
+        "kind",
         "limit",
         "cursor",
     }

@@ -216,8 +216,8 @@ def test_impersonation_is_checked_in_the_callers_cluster(
 def test_metrics_label_only_known_clusters(
     router: ClusterRoutedTokenReview, sent: str, label: str
 ) -> None:
-    metrics = CaMetrics()
-    metrics.label_clusters("east", router.known_clusters)
+    metrics = CaMetrics(own_cluster="east")
+    metrics.label_clusters(router.known_clusters)
     metrics.refused(reason="authentication", code="UNAUTHENTICATED", cluster_id=sent)
     metrics.issued_for(sent)
     labels = {"reason": "authentication", "code": "UNAUTHENTICATED", "cluster": label}
