@@ -186,9 +186,9 @@ class NodeAgent:
         """Serve until `stop` is set, then shut down cleanly."""
         _raise_fd_limit(self.config.max_connections * FDS_PER_CONNECTION + 256)
         await self._watch_root_file()
-        check_socket_path(self.front.owner.path)
-        self.front.owner.claim()
         try:
+            check_socket_path(self.front.owner.path)
+            self.front.owner.claim()
             await self.attestor.start()
             await self._start_grpc()
             await self.front.listen()
