@@ -31,6 +31,10 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MAX_BODY_BYTES = 64 << 20
 MAX_LINE_BYTES = 8 << 20
 CONNECT_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 60.0
+# A watch connection that died without a word (a node's network gone) is noticed by TCP
+# keepalive within about a minute; the server also ends every watch after timeoutSeconds.
+KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 10, "TCP_KEEPCNT": 3}
 
 
 class KubeApiError(Exception):
@@ -110,8 +114,13 @@ class KubeApi:
         """One GET answered with a JSON object, or `KubeApiError`."""
         reader, writer = await self._request(path, query)
         try:
-            headers = await _response_head(reader)
-            body = b"".join([chunk async for chunk in _body(reader, headers, MAX_BODY_BYTES)])
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                headers = await _response_head(reader)
+                body = b"".join([c async for c in _body(reader, headers, MAX_BODY_BYTES)])
+        except TimeoutError:
+            raise KubeApiError(
+                f"the API server did not answer in {REQUEST_TIMEOUT_S:.0f}s"
+            ) from None
         finally:
             writer.close()
         return _json(body)
@@ -147,6 +156,7 @@ class KubeApi:
                 )
         except (OSError, TimeoutError) as exc:
             raise KubeApiError(f"cannot reach the API server {self.server}: {exc}") from None
+        _keepalive(writer)
         lines = [
             f"GET {self._prefix}{path}?{urlencode(query)} HTTP/1.1",
             f"Host: {self._host}",
@@ -225,6 +235,19 @@ async def _body(
                 yield chunk
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError, ValueError) as exc:
         raise KubeApiError(f"the API server's answer broke off ({type(exc).__name__})") from None
+
+
+def _keepalive(writer: asyncio.StreamWriter) -> None:
+    import socket
+
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in KEEPALIVE.items():
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
 
 def _json(data: bytes) -> dict[str, Any]:
