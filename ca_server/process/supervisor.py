@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -46,6 +47,8 @@ from ca_server.errors import ConfigError
 from ca_server.process.pool import WorkerPool, bind_socket, probe_free, reserve_port
 from ca_server.process.slots import build_rotator
 from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec
+from ca_server.record.ledger import default_record_url, parse_record_url
+from ca_server.record.ledger.health import RecordProbe
 from ca_server.record.ledger.integrity import RecordDamaged, guard_record_of
 from ca_server.record.lock import lock_sqlite_record
 from ca_server.spiffe.services import SpiffeServices
@@ -339,13 +342,18 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
         health = ReloadHealth(time.time())
+        probe = RecordProbe(parse_record_url(config.record or default_record_url(config.data_dir)))
         wake = asyncio.Event()
         keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
         spiffe_task = asyncio.create_task(spiffe.run())
+        probe_task = asyncio.create_task(probe.run())
+        readiness = functools.partial(_readiness, pool, health, probe)
         try:
-            return await _run_admin(config, pool, metrics_dir, manager, health, addrs, wake, spiffe)
+            return await _run_admin(
+                config, pool, metrics_dir, manager, health, addrs, wake, spiffe, readiness
+            )
         finally:
-            for task in (keeper, spiffe_task):
+            for task in (keeper, spiffe_task, probe_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -359,10 +367,12 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             sock.close()
 
 
-def _readiness(pool: WorkerPool, health: ReloadHealth) -> tuple[bool, str]:
-    """Ready while every worker serves; the detail also says how the material checks go."""
+def _readiness(pool: WorkerPool, health: ReloadHealth, probe: RecordProbe) -> tuple[bool, str]:
+    """Ready while every worker serves and the record takes commits; the detail also says how
+    the material checks go."""
     ready, detail = pool.readiness()
-    return ready, f"{detail}; {health.detail()}"
+    committing, record = probe.detail()
+    return ready and committing, f"{detail}; {record}; {health.detail()}"
 
 
 async def _run_admin(
@@ -374,6 +384,7 @@ async def _run_admin(
     addrs: dict[str, str],
     wake: asyncio.Event,
     spiffe: SpiffeServices,
+    readiness: Callable[[], tuple[bool, str]],
 ) -> int:
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin import admin_router_for
@@ -397,7 +408,7 @@ async def _run_admin(
     app = create_admin_app(
         metrics_dir=metrics_dir,
         material=lambda: manager.current,
-        readiness=lambda: _readiness(pool, health),
+        readiness=readiness,
         routers=[record_router, rotation_router],
         extra_metrics=lambda: health.exposition() + spiffe.exposition(),
     )

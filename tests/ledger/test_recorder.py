@@ -274,3 +274,52 @@ def test_postgresql_sessions_give_up_on_a_silent_database(
         assert own._conn.info.get_parameters()["keepalives_idle"] == "42"
     finally:
         own.close()
+
+
+def test_a_writer_stalled_holding_the_chain_lock_is_aborted_and_the_others_go_on(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    """Issue 22.6: a writer that stalls inside its transaction (its process frozen) loses the
+    lock to the server, so the other writers commit; it cannot commit what it had written."""
+    import psycopg
+
+    from ca_server.record.ledger.rows import INSERT_SQL, chained_row, hashed_fields
+
+    url = postgres_cluster.database("stalled")
+    recorder = open_recorder(url)
+    stalled, stalled_entry, healthy = connect(parse_record_url(url)), make_entry(), make_entry()
+    head = stalled.lock_head()  # half of an append: the lock taken, the row written...
+    fields = hashed_fields(stalled_entry, seq=head.seq + 1, recorded_at=stalled_entry.not_before)
+    stalled.execute_many(INSERT_SQL, [chained_row(head.row_hash, fields)])
+    try:
+        recorder.record(healthy)  # ...then the writer stalls: the others wait it out and commit
+        with pytest.raises(psycopg.Error):
+            stalled.commit()  # the thawed writer's commit fails: its caller is told, not served
+    finally:
+        stalled.close()
+        recorder.close()
+    reader = open_reader(url)
+    assert reader.get(healthy.serial) is not None
+    assert reader.get(stalled_entry.serial) is None
+    assert reader.verify().head_seq == 1
+    reader.close()
+
+
+def test_a_writer_gives_up_on_a_lock_held_by_a_foreign_session(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    """A session outside Bulwark's bounds (an operator's psql) holding the chain lock makes a
+    commit fail with the lock timeout, not wait out the 30 s statement timeout."""
+    import psycopg
+
+    url = postgres_cluster.database("foreign")
+    recorder = open_recorder(url)
+    operator = psycopg.connect(url)
+    operator.execute("SELECT seq FROM chain_head WHERE id = 1 FOR UPDATE")
+    try:
+        with pytest.raises(LedgerWriteError) as failed:
+            recorder.record(make_entry())
+        assert isinstance(failed.value.__cause__, psycopg.errors.LockNotAvailable)
+    finally:
+        operator.close()
+        recorder.close()

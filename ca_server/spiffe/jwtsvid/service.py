@@ -89,7 +89,8 @@ class WorkloadIdentityService:
                 raise UpstreamUnavailable("no JWT-SVID signing key is active yet; retry shortly")
             minted = mint(key=key, caller=caller, audiences=audiences, ttl=ttl, now=now)
             if self._recorder is not None:
-                await self._recorder.record(minted.entry)  # failure: INTERNAL, nothing sent
+                # failure: INTERNAL, nothing sent (also once the caller's deadline passed)
+                await self._recorder.record(minted.entry, within=context.time_remaining())
         except CaError as exc:
             self._refused(exc, caller, context)
             await context.abort(exc.code, exc.public_message)
