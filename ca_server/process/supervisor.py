@@ -26,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -54,6 +55,11 @@ from ca_server.record.lock import lock_sqlite_record
 from ca_server.spiffe.services import SpiffeServices
 from certs.errors import CertsError
 from certs.files import write_atomic
+
+if TYPE_CHECKING:
+    from fastapi import APIRouter
+
+    from ca_server.kube.wiring import KubeControllers
 
 log = logging.getLogger("ca_server")
 SERVING_CERT_TTL = timedelta(days=365)
@@ -348,9 +354,10 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         spiffe_task = asyncio.create_task(spiffe.run())
         probe_task = asyncio.create_task(probe.run())
         readiness = functools.partial(_readiness, pool, health, probe)
+        rotation = _rotation_router(config, manager, wake, controllers)
         try:
             return await _run_admin(
-                config, pool, metrics_dir, manager, health, addrs, wake, spiffe, readiness
+                config, pool, metrics_dir, manager, health, addrs, spiffe, readiness, rotation
             )
         finally:
             for task in (keeper, spiffe_task, probe_task):
@@ -375,6 +382,30 @@ def _readiness(pool: WorkerPool, health: ReloadHealth, probe: RecordProbe) -> tu
     return ready and committing, f"{detail}; {record}; {health.detail()}"
 
 
+def _rotation_router(
+    config: CaConfig,
+    manager: MaterialManager,
+    wake: asyncio.Event,
+    controllers: KubeControllers | None,
+) -> APIRouter:
+    """/v1/ca/rotation: a verb wakes the material loop; with Kubernetes only the leader acts."""
+    from ca_server.admin.wiring import rotation_router_for
+
+    loop = asyncio.get_running_loop()
+
+    def changed() -> None:  # called from the route's thread
+        loop.call_soon_threadsafe(wake.set)
+
+    admin_host, _ = parse_hostport(config.admin_addr, what="--admin-addr")
+    return rotation_router_for(
+        config,
+        manager.rotator,
+        admin_host=admin_host,
+        changed=changed,
+        leadership=controllers.elector if controllers is not None else None,
+    )
+
+
 async def _run_admin(
     config: CaConfig,
     pool: WorkerPool,
@@ -382,13 +413,12 @@ async def _run_admin(
     manager: MaterialManager,
     health: ReloadHealth,
     addrs: dict[str, str],
-    wake: asyncio.Event,
     spiffe: SpiffeServices,
     readiness: Callable[[], tuple[bool, str]],
+    rotation_router: APIRouter,
 ) -> int:
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin import admin_router_for
-    from ca_server.admin.wiring import rotation_router_for
 
     record_router, close_record = admin_router_for(
         config,
@@ -398,13 +428,6 @@ async def _run_admin(
         federated_bundles=spiffe.federated,
     )
     loop = asyncio.get_running_loop()
-
-    def changed() -> None:  # called from the route's thread
-        loop.call_soon_threadsafe(wake.set)
-
-    rotation_router = rotation_router_for(
-        config, manager.rotator, admin_host=admin_host, changed=changed
-    )
     app = create_admin_app(
         metrics_dir=metrics_dir,
         material=lambda: manager.current,
