@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for `make test` and `make test-fast` (one per core).
+TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: all venv demo test test-fast lint protos bench clean
 
@@ -18,18 +20,23 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tests/demo/demo.py
+	$(PY) demo/demo.py
 
 test: $(STAMP)
 	@# The issuance-record tests start a throwaway PostgreSQL cluster from the Debian package.
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (echo "installing postgresql (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	@# The web view tests (tests/ui) load /ui in headless Chromium from the Debian package.
 	@test -x /usr/bin/chromium || (echo "installing chromium (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# The inner loop: in-process unit tests and the parsers' properties, no servers (under 90 s).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests/unit tests/fuzz
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy ca_server certs agent
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy ca_server certs agent tests bench demo
 	@# every package the code imports is declared in pyproject.toml (not only arriving transitively)
 	$(VENV)/bin/deptry ca_server certs agent protos
 	@# layers point one way: certs imports neither ca_server nor agent; agent never imports ca_server
@@ -41,10 +48,10 @@ protos: $(STAMP)
 	@# The Workload API: messages only; agent/endpoints/workload_api.py registers /SpiffeWorkloadAPI/* itself.
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protos/spiffe/workload/workload.proto
 
-# Bulwark vs Istio's CA, cfssl and pilot-agent in one run (tests/bench/run.py says how).
+# Bulwark vs Istio's CA, cfssl and pilot-agent in one run (bench/run.py says how).
 # BENCH_ONLY=ca|agent|fleet runs one phase; BENCH_QUICK=1 tries the harness quickly.
 bench: $(STAMP)
-	$(PY) tests/bench/run.py
+	$(PY) bench/run.py
 
 # Property-based fuzzing of the parsers (tests/fuzz) with the long Hypothesis profile;
 # `make test` runs the same properties with a few examples each. BULWARK_FUZZ_EXAMPLES=N.

@@ -144,7 +144,7 @@ def _ski_of(cert: x509.Certificate) -> x509.SubjectKeyIdentifier:
 # --- Workload leaf as a DER template -------------------------------------------------------
 # The CA signs thousands of leaves that differ only in serial, validity, public key and URI.
 # `LeafTemplate` pre-encodes everything else once per issuer and splices the variable parts in,
-# producing byte for byte what `leaf_certificate` builds (tests/certs/test_leaf_template.py).
+# producing byte for byte what `leaf_certificate` builds (tests/unit/certs/test_leaf_template.py).
 
 _OID_ECDSA_SHA256 = bytes.fromhex("06082a8648ce3d040302")
 _OID_ECDSA_SHA384 = bytes.fromhex("06082a8648ce3d040303")

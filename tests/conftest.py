@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.agent import short_dir
 from tests.support.ca_process import RunningCa, started_ca
+from tests.support.postgres import PostgresCluster, start_postgres
 
 TRUSTED_NODE_ACCOUNT = "istio-system/ztunnel"
 
@@ -35,3 +37,27 @@ def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCa]:
     data_dir = tmp_path_factory.mktemp("shared") / "ca"
     with started_ca(data_dir, "--trusted-node-accounts", TRUSTED_NODE_ACCOUNT) as ca:
         yield ca
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """A per-test directory with a short path, for unix sockets (at most 108 bytes)."""
+    with short_dir() as path:
+        yield path
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A throwaway PostgreSQL cluster for the session (the Debian package; `make test` installs it)."""
+    cluster = start_postgres()  # raises (test error) if PostgreSQL is not installed
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def record_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty record on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'record.db'}"
+    cluster: PostgresCluster = request.getfixturevalue("postgres_cluster")
+    return cluster.database()

@@ -23,9 +23,9 @@ import pytest
 
 from ca_server.admin import CaCertificates, build_admin_router, create_admin_app
 from ca_server.record.ledger import CertificateQuery, open_reader, open_recorder
-from tests.ledger.ca_material import roots_and_intermediate
-from tests.ledger.entries import BASE_TIME, make_entry
-from tests.ledger.http_server import serve
+from tests.support.http_server import serve
+from tests.support.record_entries import BASE_TIME, make_entry
+from tests.support.record_material import roots_and_intermediate
 
 NOW = BASE_TIME + timedelta(hours=12)
 DATA_DIR_MARK = "secret-data-dir-7f3a"
@@ -183,6 +183,7 @@ def test_a_request_without_host_is_refused(api: Api) -> None:
 @pytest.mark.parametrize(
     "param", ["expiring_within", "cursor", "namespace", "issued_since", "limit"]
 )
+@pytest.mark.slow
 def test_random_values_never_reach_500(api: Api, param: str) -> None:
     """200 random values per parameter: only 200 or 422, never a server error."""
     rng = random.Random(param)

@@ -25,9 +25,9 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from agent.endpoints.resources import SECRET_TYPE_URL
 from agent.endpoints.workload_proto import workload_pb2
 from agent.files.secrets import MAX_FILE_RESOURCES, MAX_FILE_RESOURCES_PER_STREAM
-from tests.agent.agent_process import AgentProcess, start_agent_process
-from tests.agent.support import NODE, short_dir
-from tests.agent.test_files import write_svid_files
+from tests.integration.agent.test_files import write_svid_files
+from tests.support.agent import NODE, short_dir
+from tests.support.agent_process import AgentProcess, start_agent_process
 from tests.support.ca_process import start_ca
 
 SDS = "/envoy.service.secret.v3.SecretDiscoveryService/"

@@ -18,13 +18,13 @@ from google.protobuf import struct_pb2
 from certs.pem import load_certificates
 from certs.verify import spiffe_id_of
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
-from tests.adversarial.ca_cases import CASES, LONG_KID, ME, Call, Case, bearer
 from tests.adversarial.conftest import tracebacks_through_project
-from tests.ca.conftest import metric
 from tests.support import broken
 from tests.support.broken import TokenForge, csr_pem, sa_claims
+from tests.support.ca_cases import CASES, LONG_KID, ME, Call, Case, bearer
 from tests.support.ca_client import SERVER_NAME
 from tests.support.ca_process import RunningCa, start_ca
+from tests.support.metrics import metric
 
 MAX_DETAILS_CHARS = 600
 

@@ -8,16 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent.support import short_dir
-from tests.envoy.mesh import Mesh
 from tests.support.ca_process import RunningCa
-
-
-@pytest.fixture
-def work() -> Iterator[Path]:
-    """A per-test directory with a short path, for the agents' unix sockets."""
-    with short_dir() as path:
-        yield path
+from tests.support.mesh import Mesh
 
 
 @pytest.fixture(params=["GRPC", "DELTA_GRPC"])

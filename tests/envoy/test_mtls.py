@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from tests.envoy.mesh import Mesh, spiffe_id
 from tests.support.envoy import http_get
+from tests.support.mesh import Mesh, spiffe_id
 
 
 def test_request_succeeds_and_the_upstream_sees_the_callers_spiffe_id(mesh: Mesh) -> None:

@@ -8,9 +8,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from tests.envoy.mesh import Mesh, spiffe_id
+import pytest
+
 from tests.support.ca_process import started_ca
 from tests.support.envoy import EnvoyProcess, http_get, uri_sans
+from tests.support.mesh import Mesh, spiffe_id
 
 
 def _serial(envoy: EnvoyProcess) -> int:
@@ -55,6 +57,7 @@ def test_envoy_keeps_serving_through_an_agent_restart(mesh: Mesh) -> None:
     assert server.process.poll() is None  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_envoy_waits_for_the_first_certificate_while_the_ca_is_down(
     tmp_path: Path, work: Path
 ) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from certs.pem import load_certificates
-from tests.envoy.mesh import Mesh
 from tests.support.ca_process import started_ca
 from tests.support.envoy import EnvoyProcess, http_get
+from tests.support.mesh import Mesh
 from tests.support.openssl import make_cacerts
 
 TTL = "6s"
@@ -54,6 +54,7 @@ def _wait(what: str, check: Callable[[], bool], traffic: Callable[[], None] | No
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_new_root_is_pushed_to_envoy_without_restart(
     plugged: tuple[Mesh, Path], tmp_path: Path
 ) -> None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import time
 
-from tests.envoy.mesh import Mesh
+import pytest
+
 from tests.support.envoy import EnvoyProcess, http_get
+from tests.support.mesh import Mesh
 
 TTL = "6s"  # the agent renews at half the lifetime: a new certificate every ~3 s
 
@@ -15,6 +17,7 @@ def _serial(envoy: EnvoyProcess) -> int:
     return int(envoy.served_certificate()["serial_number"], 16)
 
 
+@pytest.mark.slow
 def test_rotation_is_picked_up_without_restart_and_no_request_fails(any_sds_mesh: Mesh) -> None:
     mesh = any_sds_mesh
     mesh.agent("backend", ttl=TTL)

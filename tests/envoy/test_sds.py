@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from certs.pem import load_certificates
-from tests.envoy.mesh import Mesh, spiffe_id
 from tests.support.envoy import uri_sans
+from tests.support.mesh import Mesh, spiffe_id
 
 
 def test_envoy_serves_the_agents_certificate_and_trusts_the_cas_root(any_sds_mesh: Mesh) -> None:

@@ -28,8 +28,8 @@ from agent.endpoints.resources import SECRET_TYPE_URL
 from agent.endpoints.status import StatusServer
 from agent.errors import CaRequestFailed
 from agent.runtime import Agent
-from tests.agent.agent_process import AgentProcess, start_agent_process
-from tests.agent.support import NODE, agent_config, running_agent, short_dir
+from tests.support.agent import NODE, agent_config, running_agent
+from tests.support.agent_process import AgentProcess, start_agent_process
 from tests.support.ca_process import RunningCa, start_ca, tree_env
 
 
@@ -40,12 +40,6 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCa]:
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture
-def work() -> Iterator[Path]:
-    with short_dir() as path:
-        yield path
 
 
 def no_traceback(agent: AgentProcess) -> None:

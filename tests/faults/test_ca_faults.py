@@ -14,7 +14,8 @@ import signal
 import time
 from pathlib import Path
 
-from tests.faults.support import (
+from tests.support.ca_process import RunningCa, start_ca
+from tests.support.faults import (
     Load,
     admin_get,
     fill,
@@ -24,9 +25,8 @@ from tests.faults.support import (
     small_tmpfs,
     summary,
 )
-from tests.ledger.processes import descendants, sigkill_ca
-from tests.support.ca_process import RunningCa, start_ca
 from tests.support.postgres import start_postgres
+from tests.support.record_processes import descendants, sigkill_ca
 
 KILLS = 2
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.support import IstioBinaries, istio_binaries
 from tests.support.ca_process import RunningCa, start_ca
+from tests.support.interop import IstioBinaries, istio_binaries
 
 if os.environ.get("BULWARK_INTEROP_TESTS") != "1":
     collect_ignore_glob = ["test_*.py"]

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.interop.support import (
+from tests.support.ca_process import RunningCa
+from tests.support.interop import (
     IstioBinaries,
     metric,
     openssl_verify,
@@ -23,7 +24,6 @@ from tests.interop.support import (
     spiffe_ids,
     write_token,
 )
-from tests.support.ca_process import RunningCa
 
 WEB = "spiffe://cluster.local/ns/demo/sa/web"
 CSR_COUNT = "citadel_server_csr_count"

@@ -4,7 +4,7 @@
 per call: `X509Source` with `x509svid.Verify`, `JWTSource`, `BundleSource` (each must return:
 they hung while the JWT RPCs were UNIMPLEMENTED), mTLS with exact-ID authorization, and a
 JWT-SVID minted for A validated at B. Two real CAs of different trust domains (a.test, b.test)
-federate through their bundle endpoints (tests/federation/pair.py); agent A
+federate through their bundle endpoints (tests/support/federation.py); agent A
 (spiffe://a.test/ns/demo/sa/frontend) and agent B (spiffe://b.test/ns/demo/sa/backend) each
 ask their own CA. Nothing here is a stand-in.
 """
@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.agent.support import LiveAgent, agent_config, running_agent, short_dir
-from tests.federation.pair import (
+from tests.support.agent import LiveAgent, agent_config, running_agent, short_dir
+from tests.support.federation import (
     A,
     B,
     FederatedPair,

@@ -1,6 +1,6 @@
 """Istio's client and pilot-agent with Kubernetes tokens: Bulwark authenticates by TokenReview.
 
-A real etcd + kube-apiserver (tests/k8s/harness.py, binaries from tests/k8s/build-peers.sh)
+A real etcd + kube-apiserver (tests/support/kube_harness.py, binaries from tests/k8s/build-peers.sh)
 issues service-account tokens through the TokenRequest API, as the kubelet projects them
 into pods; Bulwark runs with --kubeconfig, so it reviews every token with the API server,
 keeps its root in the istio-ca-secret Secret and publishes the istio-ca-root-cert ConfigMap,
@@ -22,8 +22,9 @@ from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Pod
 
-from tests.interop.pilot_agent import Workload, pod_root, start_pilot_agent
-from tests.interop.support import (
+from tests.k8s.conftest import create_service_account, request_token
+from tests.support.ca_process import RunningCa, start_ca
+from tests.support.interop import (
     IstioBinaries,
     metric,
     openssl_verify,
@@ -31,9 +32,8 @@ from tests.interop.support import (
     spiffe_ids,
     write_token,
 )
-from tests.k8s.conftest import create_service_account, request_token
-from tests.k8s.harness import ControlPlane, peer_binaries, start_control_plane
-from tests.support.ca_process import RunningCa, start_ca
+from tests.support.kube_harness import ControlPlane, peer_binaries, start_control_plane
+from tests.support.pilot_agent import Workload, pod_root, start_pilot_agent
 
 NS, SA = "shop", "checkout"
 CHECKOUT = f"spiffe://cluster.local/ns/{NS}/sa/{SA}"

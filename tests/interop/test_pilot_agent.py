@@ -16,9 +16,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from tests.interop.pilot_agent import PilotAgent, Workload, pod_root, sds_fetch, start_pilot_agent
-from tests.interop.support import IstioBinaries, metric, openssl_verify, spiffe_ids
 from tests.support.ca_process import RunningCa
+from tests.support.interop import IstioBinaries, metric, openssl_verify, spiffe_ids
+from tests.support.pilot_agent import PilotAgent, Workload, pod_root, sds_fetch, start_pilot_agent
 
 WEB = "spiffe://cluster.local/ns/demo/sa/web"
 

@@ -9,16 +9,16 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from tests.interop.pilot_agent import Workload, pod_root, start_pilot_agent
-from tests.interop.support import (
+from tests.support.ca_process import RunningCa, start_ca
+from tests.support.interop import (
     IstioBinaries,
     openssl_verify,
     run_istio_csr,
     spiffe_ids,
     write_token,
 )
-from tests.support.ca_process import RunningCa, start_ca
 from tests.support.openssl import make_cacerts
+from tests.support.pilot_agent import Workload, pod_root, start_pilot_agent
 
 WEB = "spiffe://cluster.local/ns/demo/sa/web"
 

@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from tests.interop.pilot_agent import Workload, pod_root, start_pilot_agent
-from tests.interop.support import IstioBinaries
 from tests.support.ca_process import start_ca
+from tests.support.interop import IstioBinaries
+from tests.support.pilot_agent import Workload, pod_root, start_pilot_agent
 
 TTL_S = 10
 DELAY_S = 4

@@ -18,7 +18,7 @@ from lightkube.models.authentication_v1 import BoundObjectReference, TokenReques
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
-from tests.k8s.harness import ControlPlane, peer_binaries, start_control_plane
+from tests.support.kube_harness import ControlPlane, peer_binaries, start_control_plane
 
 if os.environ.get("BULWARK_K8S_TESTS") != "1":
     collect_ignore_glob = ["test_*.py"]
@@ -118,7 +118,7 @@ def ca_kubeconfig(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     """A kubeconfig holding a token of istio-system/bulwark-ca: the CA's own RBAC, not admin."""
-    from tests.k8s.harness import API_AUDIENCE
+    from tests.support.kube_harness import API_AUDIENCE
 
     token = request_token(
         admin_client, CA_NAMESPACE, CA_SERVICE_ACCOUNT, audiences=[API_AUDIENCE], seconds=7200

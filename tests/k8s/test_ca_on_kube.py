@@ -38,9 +38,9 @@ from certs.pem import load_certificates
 from certs.spiffe_id import SpiffeId, TrustDomain
 from certs.verify import verify_svid
 from tests.k8s.conftest import CA_NAMESPACE, create_service_account, render, request_token
-from tests.k8s.harness import ControlPlane
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import RunningCa, start_ca
+from tests.support.kube_harness import ControlPlane
 
 LEASE_SECONDS = 4.0
 RETRY_SECONDS = LEASE_SECONDS * 2 / 15  # as settings_from_args derives it

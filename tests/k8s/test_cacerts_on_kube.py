@@ -16,9 +16,9 @@ from certs.csr import build_csr
 from certs.keys import KeyType, generate_key
 from certs.spiffe_id import SpiffeId
 from tests.k8s.conftest import create_service_account, request_token
-from tests.k8s.harness import ControlPlane
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import RunningCa, start_ca
+from tests.support.kube_harness import ControlPlane
 from tests.support.openssl import make_cacerts
 
 

@@ -12,7 +12,7 @@ from lightkube.resources.authentication_v1 import TokenReview
 from lightkube.resources.core_v1 import ConfigMap, Namespace, Secret
 
 from tests.k8s.conftest import render
-from tests.k8s.harness import ControlPlane
+from tests.support.kube_harness import ControlPlane
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.rbac_authorization_v1 import ClusterRole, Role
 
-from tests.deploy.tools import CHART, run, tool
-from tests.k8s.harness import ControlPlane
+from tests.support.deploy_tools import CHART, run, tool
+from tests.support.kube_harness import ControlPlane
 
 VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 STANDARD_LABELS = (

@@ -22,11 +22,11 @@ from spiffe._proto import workload_pb2, workload_pb2_grpc
 from certs.csr import build_csr
 from certs.keys import KeyType, generate_key
 from certs.spiffe_id import SpiffeId
-from tests.agent.agent_process import start_agent_process
-from tests.deploy.test_observability import DASHBOARD, NOT_YET_EXPORTED
-from tests.deploy.tools import run, tool
+from tests.integration.deploy.test_observability import DASHBOARD, NOT_YET_EXPORTED
+from tests.support.agent_process import start_agent_process
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import RunningCa, start_ca
+from tests.support.deploy_tools import run, tool
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?\s+(\S+)$")
 SCRAPES = 5

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.deploy.tools import CHART, REPO, run, tool
+from tests.support.deploy_tools import CHART, REPO, run, tool
 
 ISTIO_MODULE = REPO / "tests" / "interop" / "istio"
 ISTIOD_VALUES = REPO / "deploy" / "helm" / "istiod-values.yaml"

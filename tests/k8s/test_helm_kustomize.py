@@ -12,7 +12,7 @@ from types import ModuleType
 import pytest
 import yaml
 
-from tests.deploy.tools import CHART, REPO, run, tool
+from tests.support.deploy_tools import CHART, REPO, run, tool
 
 DEPLOY = REPO / "deploy"
 PAIRS = {  # kustomize directory -> chart values that must render the same objects

@@ -1,16 +1,16 @@
 """The alerts (deploy/prometheus/bulwark.rules.yaml, embedded in the chart's PrometheusRule)
 checked and unit-tested with promtool built from Prometheus's Go module
 (tests/k8s/build-tool.sh promtool): every alert has a firing and a quiet case in
-tests/deploy/bulwark.rules.test.yaml."""
+tests/integration/deploy/bulwark.rules.test.yaml."""
 
 from __future__ import annotations
 
 import yaml
 
-from tests.deploy.tools import REPO, run, tool
+from tests.support.deploy_tools import REPO, run, tool
 
 RULES = REPO / "deploy" / "prometheus" / "bulwark.rules.yaml"
-TESTS = REPO / "tests" / "deploy" / "bulwark.rules.test.yaml"
+TESTS = REPO / "tests" / "integration" / "deploy" / "bulwark.rules.test.yaml"
 
 
 def test_rules_file_passes_promtool_check() -> None:

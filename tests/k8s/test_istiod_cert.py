@@ -27,10 +27,10 @@ from ca_server.kube.istiod_cert import IstiodCertSecretError, IstiodCertWriter
 from ca_server.kube.settings import ISTIOD_SERVICE_NAMES, IstiodCertSettings
 from certs.pem import load_certificates
 from certs.spiffe_id import TrustDomain
-from tests.deploy.tools import CHART, run, tool
 from tests.k8s.conftest import CA_NAMESPACE
-from tests.k8s.harness import ControlPlane
 from tests.support.ca_process import start_ca
+from tests.support.deploy_tools import CHART, run, tool
+from tests.support.kube_harness import ControlPlane
 
 EXTRA = "istiod.mesh.example.com"
 

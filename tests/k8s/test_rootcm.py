@@ -10,7 +10,7 @@ from lightkube import ApiError, Client, KubeConfig
 from lightkube.resources.core_v1 import ConfigMap
 
 from ca_server.kube import RootCertPublisher
-from tests.k8s.harness import ControlPlane
+from tests.support.kube_harness import ControlPlane
 
 ROOT_A = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
 ROOT_B = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"

@@ -19,8 +19,8 @@ from ca_server.authority.material import CaMaterial, load_or_create
 from ca_server.kube import SecretKeyStore
 from certs.pem import load_certificates
 from certs.spiffe_id import TrustDomain
-from tests.k8s.harness import ControlPlane
 from tests.support.ca_process import RunningCa, start_ca
+from tests.support.kube_harness import ControlPlane
 
 TD = TrustDomain("cluster.local")
 

@@ -19,8 +19,8 @@ from lightkube.resources.coordination_v1 import Lease
 from lightkube.resources.core_v1 import ConfigMap, Secret
 
 from certs.pem import load_certificates
-from tests.k8s.harness import ControlPlane
 from tests.support.ca_process import RunningCa, start_ca
+from tests.support.kube_harness import ControlPlane
 
 DELAY_S = 6
 TTL_S = 8

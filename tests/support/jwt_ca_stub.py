@@ -4,7 +4,7 @@ Why it exists: the real Bulwark CA always serves `bulwark.v1.WorkloadIdentitySer
 cannot play a CA without it (Istio's istiod, or a Bulwark older than the service) on demand.
 The agent's fallback for such a CA (UNIMPLEMENTED: JWT bundle streams still answer with the own
 trust domain and no keys, FetchJWTSVID says what the CA said) needs one. Everything else about
-JWT-SVIDs and bundles is tested against the real CA (tests/agent/test_jwt_workload_api.py,
+JWT-SVIDs and bundles is tested against the real CA (tests/integration/agent/test_jwt_workload_api.py,
 tests/federation/).
 
 `IstioOnlyCa`: one in-process grpc.aio server on 127.0.0.1:0, TLS with a certificate for

@@ -1,0 +1,190 @@
+"""Rotation timing with an injected clock and random source: no sleeping, no real CA."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agent.errors import CaRequestFailed
+from agent.state.cache import SecretCache
+from agent.state.renewal import RotationPolicy, Rotator
+from agent.state.svid import Svid
+from tests.support.agent import make_svid
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class FakeClock:
+    """Time moves only when a test calls `advance`."""
+
+    def __init__(self, start: datetime = T0) -> None:
+        self._now = start
+        self._sleepers: list[tuple[datetime, asyncio.Future[None]]] = []
+
+    def now(self) -> datetime:
+        return self._now
+
+    async def sleep_until(self, when: datetime) -> None:
+        if when <= self._now:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sleepers.append((when, future))
+        await future
+
+    async def advance(self, seconds: float) -> None:
+        self._now += timedelta(seconds=seconds)
+        for when, future in self._sleepers:
+            if when <= self._now and not future.done():
+                future.set_result(None)
+        self._sleepers = [(w, f) for w, f in self._sleepers if not f.done()]
+        await settle()
+
+
+async def settle() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
+class Issuer:
+    """Counts CSRs; fails while `failing` is set; SVIDs of `ttl` issued at the fake now."""
+
+    def __init__(self, clock: FakeClock, ttl: float = 100.0) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self.calls = 0
+        self.failing = False
+        self.gate: asyncio.Event | None = None
+        self._template = make_svid(now=T0, ttl=timedelta(seconds=ttl))
+
+    async def __call__(self) -> Svid:
+        self.calls += 1
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.failing:
+            raise CaRequestFailed("CA unreachable (test)")
+        return make_svid(now=self.clock.now(), ttl=timedelta(seconds=self.ttl))
+
+
+def rotator_for(clock: FakeClock, issuer: Issuer, seed: int = 7) -> tuple[Rotator, SecretCache]:
+    cache = SecretCache()
+    rotator = Rotator(
+        issue=issuer, cache=cache, clock=clock, rng=random.Random(seed), policy=RotationPolicy()
+    )
+    return rotator, cache
+
+
+def test_renewal_is_due_at_half_life_within_the_jitter() -> None:
+    svid = make_svid(now=T0, ttl=timedelta(seconds=1000))
+    policy = RotationPolicy(grace_ratio=0.5, grace_jitter=0.01)
+    dues = {policy.renew_at(svid, random.Random(seed)) for seed in range(50)}
+    assert len(dues) > 40  # jittered, not one instant for every pod
+    for due in dues:
+        assert T0 + timedelta(seconds=490) <= due <= T0 + timedelta(seconds=510)
+
+
+def test_lifetime_counts_from_receipt_not_the_backdated_not_before() -> None:
+    svid = make_svid(now=T0, ttl=timedelta(seconds=10))  # NotBefore is T0 - 2 min
+    due = RotationPolicy(grace_jitter=0.0).renew_at(svid, random.Random(1))
+    assert due == T0 + timedelta(seconds=5)
+
+
+def test_backoff_grows_from_half_a_second_to_a_minute_with_jitter() -> None:
+    policy = RotationPolicy()
+    rng = random.Random(3)
+    waits = [policy.backoff(n, rng).total_seconds() for n in range(1, 16)]
+    assert 0.5 <= waits[0] <= 0.6
+    assert 0.8 <= waits[1] <= 1.2
+    assert all(0.5 <= w <= 60.0 for w in waits)
+    assert waits[-1] >= 48.0  # reached the cap (minus jitter)
+    assert len({policy.backoff(3, random.Random(s)) for s in range(20)}) > 10
+
+
+async def test_concurrent_refreshes_share_one_csr() -> None:
+    clock = FakeClock()
+    issuer = Issuer(clock)
+    issuer.gate = asyncio.Event()
+    rotator, cache = rotator_for(clock, issuer)
+    waiters = [asyncio.ensure_future(rotator.refresh()) for _ in range(5)]
+    await settle()
+    issuer.gate.set()
+    results = await asyncio.gather(*waiters)
+    assert issuer.calls == 1
+    assert len({r.serial for r in results}) == 1
+    assert cache.snapshot.svid is results[0]
+
+
+async def test_a_stale_scheduled_rotation_does_nothing() -> None:
+    clock = FakeClock()
+    issuer = Issuer(clock)
+    rotator, _ = rotator_for(clock, issuer)
+    await rotator.refresh()
+    scheduled = rotator.generation
+    await rotator.refresh()  # e.g. forced: supersedes the schedule above
+    assert issuer.calls == 2
+    assert await rotator.fire(scheduled) is False
+    assert issuer.calls == 2
+    current = rotator.generation
+    assert await rotator.fire(current) is True
+    assert await rotator.fire(current) is False  # the same item never fires twice
+    assert issuer.calls == 3
+    assert rotator.stale_fires == 2
+
+
+async def test_run_issues_at_once_then_at_each_due_time() -> None:
+    clock = FakeClock()
+    issuer = Issuer(clock, ttl=100)
+    rotator, cache = rotator_for(clock, issuer)
+    task = asyncio.ensure_future(rotator.run())
+    try:
+        await settle()
+        assert issuer.calls == 1
+        first = cache.snapshot.svid
+        assert first is not None
+        due = (rotator.due - clock.now()).total_seconds()
+        assert 49 <= due <= 51
+        await clock.advance(due - 1)
+        assert issuer.calls == 1
+        await clock.advance(1.01)
+        assert issuer.calls == 2
+        assert cache.snapshot.svid is not first
+    finally:
+        task.cancel()
+
+
+async def test_failures_keep_serving_and_back_off_until_the_ca_returns() -> None:
+    clock = FakeClock()
+    issuer = Issuer(clock, ttl=100)
+    rotator, cache = rotator_for(clock, issuer)
+    task = asyncio.ensure_future(rotator.run())
+    try:
+        await settle()
+        serving = cache.snapshot.svid
+        assert serving is not None
+        issuer.failing = True
+        await clock.advance((rotator.due - clock.now()).total_seconds())
+        waits = []
+        for _ in range(6):
+            assert cache.snapshot.svid is serving  # still served while the CA is down
+            wait = (rotator.due - clock.now()).total_seconds()
+            waits.append(wait)
+            await clock.advance(wait)
+        assert rotator.failures == 7
+        assert "CA unreachable" in cache.snapshot.svid_error
+        assert waits == sorted(waits) or waits[-1] > waits[0]
+        assert 0.5 <= waits[0] <= 1.2 and waits[-1] >= 12.8
+        issuer.failing = False
+        await clock.advance((rotator.due - clock.now()).total_seconds())
+        assert cache.snapshot.svid is not serving
+        assert rotator.failures == 0 and cache.snapshot.svid_error == ""
+    finally:
+        task.cancel()
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5, 0.8])
+def test_grace_ratio_moves_the_due_time(ratio: float) -> None:
+    svid = make_svid(now=T0, ttl=timedelta(seconds=100))
+    due = RotationPolicy(grace_ratio=ratio, grace_jitter=0.0).renew_at(svid, random.Random(0))
+    assert due == T0 + timedelta(seconds=100 * (1 - ratio))
