@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -31,12 +31,12 @@ import pytest
 from certs.csr import build_csr
 from certs.keys import generate_key
 from certs.spiffe_id import SpiffeId
-from tests.faults.support import admin_get, nothing_lost, summary
-from tests.ledger.processes import descendants, recorded_serials, sigkill_ca
 from tests.support.ca_client import channel, create_certificate
 from tests.support.ca_process import REPO, RunningCa, start_ca
+from tests.support.faults import admin_get, nothing_lost, summary
 from tests.support.load import Load
-from tests.support.postgres import PostgresCluster, start_postgres
+from tests.support.postgres import PostgresCluster
+from tests.support.record_processes import descendants, recorded_serials, sigkill_ca
 
 FREEZE_S = 8.0  # longer than the load driver's 5 s deadline, as in the issue's 36 s runs
 BULWARK = str(Path(sys.executable).parent / "bulwark")
@@ -48,15 +48,6 @@ WHERE a.datname = current_database() AND a.state = 'idle in transaction'
   AND clock_timestamp() - a.state_change > interval '150 milliseconds'
   AND l.relation = 'chain_head'::regclass AND l.granted
 """
-
-
-@pytest.fixture
-def cluster() -> Iterator[PostgresCluster]:
-    started = start_postgres()
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 def _pids(ca: RunningCa) -> list[int]:
@@ -118,65 +109,90 @@ class ReadyWatch:
         self._thread.join(5)
 
 
-def _stall(
-    name: str, stalled: RunningCa, healthy: RunningCa, loads: dict[str, Load], url: str, rng
-) -> dict[str, object]:
-    """Freeze `stalled` holding the lock for FREEZE_S, then thaw it: what each side saw."""
-    loads[name].wait_for_ok(10, after=time.time())
-    pids = freeze_holding_the_lock(stalled, url, rng)
+@dataclass
+class Fleet:
+    """The two replicas' load drivers and readiness watchers, by name."""
+
+    loads: dict[str, Load]
+    watches: dict[str, ReadyWatch]
+
+    def other(self, name: str) -> str:
+        return next(n for n in self.loads if n != name)
+
+
+@dataclass(frozen=True)
+class Stall:
+    """What the healthy replica did while the other was frozen."""
+
+    frozen_at: float
+    thawed_at: float
+    codes: dict[str, int]  # the healthy replica's answers during the freeze
+    ok_second_half: int  # its OKs in the freeze's second half: it kept issuing
+    readyz: dict[int, int]  # its /readyz statuses during the freeze
+
+    def numbers(self) -> dict[str, object]:
+        return {
+            "healthy_codes_during_freeze": self.codes,
+            "healthy_ok_in_second_half": self.ok_second_half,
+            "healthy_readyz_during_freeze": self.readyz,
+        }
+
+
+def _stall(name: str, ca: RunningCa, fleet: Fleet, url: str, rng: random.Random) -> Stall:
+    """Freeze replica `name` holding the lock for FREEZE_S, then thaw it; it must serve again."""
+    fleet.loads[name].wait_for_ok(10, after=time.time())
+    pids = freeze_holding_the_lock(ca, url, rng)
     frozen_at = time.time()
     time.sleep(FREEZE_S)
     thawed_at = time.time()
     _signal_all(pids, signal.SIGCONT)
-    other = next(n for n in loads if n != name)
-    loads[name].wait_for_ok(5, after=thawed_at, timeout=60)
-    return {
-        "frozen_at": frozen_at,
-        "thawed_at": thawed_at,
-        "healthy_codes_during_freeze": loads[other].codes(frozen_at, thawed_at),
-        "healthy_ok_in_second_half": loads[other]
-        .codes(frozen_at + FREEZE_S / 2, thawed_at)
-        .get("OK", 0),
-    }
+    fleet.loads[name].wait_for_ok(5, after=thawed_at, timeout=60)
+    other = fleet.other(name)
+    return Stall(
+        frozen_at=frozen_at,
+        thawed_at=thawed_at,
+        codes=fleet.loads[other].codes(frozen_at, thawed_at),
+        ok_second_half=fleet.loads[other].codes(frozen_at + FREEZE_S / 2, thawed_at).get("OK", 0),
+        readyz=fleet.watches[other].statuses(frozen_at, thawed_at),
+    )
 
 
-def _kill(name: str, victim: RunningCa, loads: dict[str, Load], url: str, rng) -> dict[str, object]:
-    """SIGKILL `victim` while it holds the lock; the other replica must go on; restart it."""
-    loads[name].wait_for_ok(10, after=time.time())
-    freeze_holding_the_lock(victim, url, rng)
-    sigkill_ca(victim)
+def _kill(name: str, ca: RunningCa, fleet: Fleet, url: str, rng: random.Random) -> float:
+    """SIGKILL replica `name` while it holds the lock and restart it; seconds until the other
+    replica issued again."""
+    fleet.loads[name].wait_for_ok(10, after=time.time())
+    freeze_holding_the_lock(ca, url, rng)
+    sigkill_ca(ca)
     killed_at = time.time()
-    other = next(n for n in loads if n != name)
-    served_at = loads[other].wait_for_ok(5, after=killed_at, timeout=30)
-    victim.start(victim.grpc_addr, victim.admin_addr, victim.mtls_addr)
-    loads[name].wait_for_ok(5, after=time.time(), timeout=60)
-    return {"healthy_resumed_s_after_kill": round(served_at - killed_at, 2)}
+    served_at = fleet.loads[fleet.other(name)].wait_for_ok(5, after=killed_at, timeout=30)
+    ca.start(ca.grpc_addr, ca.admin_addr, ca.mtls_addr)
+    fleet.loads[name].wait_for_ok(5, after=time.time(), timeout=60)
+    return round(served_at - killed_at, 2)
 
 
 @pytest.mark.slow
 def test_a_stalled_or_killed_replica_does_not_stop_the_other(
-    tmp_path: Path, cluster: PostgresCluster
+    tmp_path: Path, postgres_cluster: PostgresCluster
 ) -> None:
     rng = random.Random()
-    url = cluster.database("stall")
+    url = postgres_cluster.database("stall")
     cas = {n: start_ca(tmp_path / n, "--record", url, workers=2) for n in ("a", "b")}
-    loads = {n: Load(ca, tmp_path, threads=4) for n, ca in cas.items()}
-    watches = {n: ReadyWatch(ca) for n, ca in cas.items()}
-    results: dict[str, dict[str, object]] = {}
+    fleet = Fleet(
+        loads={n: Load(ca, tmp_path, threads=4) for n, ca in cas.items()},
+        watches={n: ReadyWatch(ca) for n, ca in cas.items()},
+    )
     try:
-        results["freeze a"] = _stall("a", cas["a"], cas["b"], loads, url, rng)
-        results["freeze b"] = _stall("b", cas["b"], cas["a"], loads, url, rng)
-        results["kill a"] = _kill("a", cas["a"], loads, url, rng)
-        results["kill b"] = _kill("b", cas["b"], loads, url, rng)
+        stalls = {n: _stall(n, cas[n], fleet, url, rng) for n in cas}
+        kills = {n: _kill(n, cas[n], fleet, url, rng) for n in cas}
         verified = {n: json.loads(admin_get(ca, "/v1/record/verify")[1]) for n, ca in cas.items()}
     finally:
-        for watch in watches.values():
+        for watch in fleet.watches.values():
             watch.stop()
-        for load in loads.values():
+        for load in fleet.loads.values():
             load.stop()
         for ca in cas.values():
             ca.stop()
-    received = {n: nothing_lost(url, load, f"replica {n}") for n, load in loads.items()}
+    received = {n: nothing_lost(url, load, f"replica {n}") for n, load in fleet.loads.items()}
     cli = subprocess.run(
         [BULWARK, "certs", "verify-log", "--record", url],
         capture_output=True,
@@ -184,27 +200,20 @@ def test_a_stalled_or_killed_replica_does_not_stop_the_other(
         timeout=60,
         cwd=REPO,
     )
-    all_received = {s for load in loads.values() for s in load.received()}
-    never_sent = set(recorded_serials(url)) - all_received
-    for stall in ("freeze a", "freeze b"):
-        r = results[stall]
-        healthy = "b" if stall == "freeze a" else "a"
-        r["healthy_readyz_during_freeze"] = watches[healthy].statuses(
-            float(r["frozen_at"]), float(r["thawed_at"])
-        )
+    all_received = {s for load in fleet.loads.values() for s in load.received()}
+    never_received = set(recorded_serials(url)) - all_received
     summary(
         "one replica of two frozen (SIGSTOP) or killed while holding the chain-head lock",
         received=received,
-        recorded_never_received=len(never_sent),
-        **{k: {n: v for n, v in r.items() if not n.endswith("_at")} for k, r in results.items()},
+        recorded_never_received=len(never_received),
+        **{f"freeze {n}": stall.numbers() for n, stall in stalls.items()},
+        **{f"kill {n}": {"healthy_resumed_s_after_kill": s} for n, s in kills.items()},
     )
     assert cli.returncode == 0 and "record intact" in cli.stdout, cli.stdout + cli.stderr
     assert all(v["ok"] for v in verified.values()), verified
-    for stall in ("freeze a", "freeze b"):
-        r = results[stall]
-        codes = r["healthy_codes_during_freeze"]
-        assert isinstance(codes, dict) and codes.get("OK", 0) > 0, (stall, r)
-        assert r["healthy_ok_in_second_half"], (stall, r)
+    for name, stall in stalls.items():
+        assert stall.codes.get("OK", 0) > 0, (f"{name} frozen", stall)
+        assert stall.ok_second_half > 0, (f"{name} frozen", stall)
 
 
 def _ready(ca: RunningCa, want: int, timeout: float = 30.0) -> str:
@@ -218,12 +227,12 @@ def _ready(ca: RunningCa, want: int, timeout: float = 30.0) -> str:
 
 
 def test_a_session_holding_the_chain_lock_makes_the_ca_not_ready_and_says_who(
-    tmp_path: Path, cluster: PostgresCluster
+    tmp_path: Path, postgres_cluster: PostgresCluster
 ) -> None:
     """An operator's session left open on the chain-head row (no server-side bound applies to
     it): the CA refuses with INTERNAL instead of hanging its callers, /readyz turns 503 naming
     the record and the session, an error is logged; once it is let go, all is well again."""
-    url = cluster.database("held")
+    url = postgres_cluster.database("held")
     ca = start_ca(tmp_path / "ca", "--record", url)
     csr = build_csr(generate_key(), SpiffeId.parse("spiffe://cluster.local/ns/ops/sa/x"))
     token = ca.mint_token("ops", "x")
