@@ -52,7 +52,7 @@ from ca_server.record.ledger import default_record_url, parse_record_url
 from ca_server.record.ledger.health import RecordProbe
 from ca_server.record.ledger.integrity import RecordDamaged, guard_record_of
 from ca_server.record.lock import lock_sqlite_record
-from ca_server.spiffe.services import SpiffeServices
+from ca_server.spiffe.services import SpiffeServices, shared_key_set
 from certs.errors import CertsError
 from certs.files import write_atomic
 
@@ -323,10 +323,14 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
     manager = _material_manager(
         config, material, controllers.is_leader if controllers else lambda: True, rotator
     )
-    spiffe = SpiffeServices(config, lambda: manager.current)
+    # With replicas, one JWT key set for all (the Lease holder rotates it, with Kubernetes).
+    shared = shared_key_set(config, owns=controllers.is_leader if controllers else lambda: True)
+    spiffe = SpiffeServices(config, lambda: manager.current, shared=shared)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
     pool: WorkerPool | None = None
+    # The key timeline runs while the workers start: another replica may switch keys meanwhile.
+    spiffe_task = asyncio.create_task(spiffe.run())
     try:
         binds = _reserve_grpc_ports(config, reserved)
         pool = WorkerPool(
@@ -351,7 +355,6 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         probe = RecordProbe(parse_record_url(config.record or default_record_url(config.data_dir)))
         wake = asyncio.Event()
         keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
-        spiffe_task = asyncio.create_task(spiffe.run())
         probe_task = asyncio.create_task(probe.run())
         readiness = functools.partial(_readiness, pool, health, probe)
         rotation = _rotation_router(config, manager, wake, controllers)
@@ -360,11 +363,14 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
                 config, pool, metrics_dir, manager, health, addrs, spiffe, readiness, rotation
             )
         finally:
-            for task in (keeper, spiffe_task, probe_task):
+            for task in (keeper, probe_task):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
     finally:
+        spiffe_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await spiffe_task
         anchor_keeper.stop()
         if controllers is not None:
             controllers.stop()

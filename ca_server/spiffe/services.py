@@ -2,9 +2,10 @@
 bundle endpoint and federation (docs/JWT-SVID.md).
 
 The supervisor alone writes the JWT key file (`rotate`, run at start and then on a tick
-well inside a key's active life) and the federated bundles; workers only read both.
-`start()` binds the bundle endpoint (a bind error is a start-up error), `run()` keeps
-everything current until cancelled.
+well inside a key's active life) and the federated bundles; workers only read both. With
+replicas (a PostgreSQL record, or Kubernetes) the key set itself is shared
+(`ca_server.spiffe.jwtsvid.shared`) and the key file mirrors it. `start()` binds the bundle
+endpoint (a bind error is a start-up error), `run()` keeps everything current until cancelled.
 """
 
 from __future__ import annotations
@@ -18,13 +19,43 @@ from typing import Any
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import private_dir
+from ca_server.errors import ConfigError
 from ca_server.spiffe.bundle import BundleSource, contents_digest
 from ca_server.spiffe.endpoint import BundleEndpoint, ServingIdentity
 from ca_server.spiffe.federation import FederationStore, Federator
 from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, plan
+from ca_server.spiffe.jwtsvid.shared import KeyStoreError, SharedKeySet
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+
+
+def shared_key_set(config: CaConfig, *, owns: Callable[[], bool]) -> SharedKeySet | None:
+    """Where replicas share their JWT keys: the Secret `bulwark-jwt-keys` with Kubernetes
+    (`owns`: the Lease holder), else a PostgreSQL record's database (every replica may write,
+    compare-and-set decides); None for a CA alone on its SQLite record (its key file)."""
+    if config.kube is not None:
+        from ca_server.kube.errors import KubeError
+        from ca_server.kube.jwt_keys import JwtKeySecret
+        from ca_server.kube.wiring import client_factory
+
+        secret = JwtKeySecret(client_factory(config.kube)(), namespace=config.kube.namespace)
+        return SharedKeySet(secret, policy=config.jwt_rotation, owns=owns, errors=(KubeError,))
+    if config.record is None:
+        return None
+    from ca_server.record.ledger import LedgerError, parse_record_url
+    from ca_server.record.ledger.dialects import driver_errors
+    from ca_server.record.ledger.keyset_table import RecordKeyTable
+
+    url = parse_record_url(config.record)
+    if url.dialect != "postgresql":
+        return None
+    return SharedKeySet(
+        RecordKeyTable(url),
+        policy=config.jwt_rotation,
+        owns=lambda: True,
+        errors=(LedgerError, *driver_errors(url)),
+    )
 
 
 def rotation_tick(config: CaConfig) -> float:
@@ -33,16 +64,41 @@ def rotation_tick(config: CaConfig) -> float:
     return min(30.0, max(0.2, tick.total_seconds()))
 
 
+def _log_changes(before: KeySet, after: KeySet, now: datetime) -> None:
+    kept = {k.kid for k in after.keys}
+    for key in after.keys:
+        if key.kid not in {k.kid for k in before.keys}:
+            log.info(
+                "JWT-SVID key %s published; signs from %s",
+                key.kid,
+                key.active_from.isoformat(timespec="seconds"),
+            )
+    for key in before.keys:
+        if key.kid in kept:
+            continue
+        if now >= key.published_until:
+            log.info("JWT-SVID key %s unpublished: its last token expired", key.kid)
+        else:  # this replica's own key, before it joined the replicas' shared set
+            log.warning(
+                "JWT-SVID key %s unpublished: the replicas share another key set; tokens it "
+                "signed stop validating (they expire by %s)",
+                key.kid,
+                key.published_until.isoformat(timespec="seconds"),
+            )
+
+
 class SpiffeServices:
     def __init__(
         self,
         config: CaConfig,
         material: Callable[[], CaMaterial],
         clock: Clock = lambda: datetime.now(UTC),
+        shared: SharedKeySet | None = None,
     ) -> None:
         self._config = config
         self._material = material
         self._clock = clock
+        self._shared = shared
         self.key_file = KeyFile(config.jwt_key_dir)
         self.bundle = BundleSource(
             roots=lambda: material().roots,
@@ -59,30 +115,31 @@ class SpiffeServices:
         """At start, before any worker: the key directory, a signing key, the initial bundles."""
         private_dir(self._config.jwt_key_dir, what="JWT-SVID key directory")
         private_dir(self._config.federation_dir, what="federation directory")
-        self.rotate()
+        try:
+            self.rotate()
+        except KeyStoreError as exc:
+            raise ConfigError(str(exc)) from exc
         self.federator.seed()
 
     def rotate(self) -> KeySet:
         """Apply the key timeline at now: drop expired keys, add active/prepared ones, and bump
-        `spiffe_sequence` when the published bundle changes. Writes only on a change."""
+        `spiffe_sequence` when the published bundle changes; with replicas, in the shared set
+        (`KeyStoreError` when it cannot be used). Writes the key file only on a change."""
         now = self._clock()
         before = self.key_file.load()
-        keys = plan(before.keys, now, self._config.jwt_rotation)
-        after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
-        after = after.with_bundle(contents_digest(self._material().roots, after, now))
+
+        def digest(keyset: KeySet) -> str:
+            return contents_digest(self._material().roots, keyset, now)
+
+        if self._shared is not None:
+            after = self._shared.sync(now, digest)
+        else:
+            keys = plan(before.keys, now, self._config.jwt_rotation)
+            after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
+            after = after.with_bundle(digest(after))
         if after != before:
             self.key_file.save(after)
-            added = {k.kid for k in keys} - {k.kid for k in before.keys}
-            dropped = {k.kid for k in before.keys} - {k.kid for k in keys}
-            for key in keys:
-                if key.kid in added:
-                    log.info(
-                        "JWT-SVID key %s published; signs from %s",
-                        key.kid,
-                        key.active_from.isoformat(timespec="seconds"),
-                    )
-            for kid in sorted(dropped):
-                log.info("JWT-SVID key %s unpublished: its last token expired", kid)
+            _log_changes(before, after, now)
         return after
 
     def federated(self) -> dict[str, bytes]:
@@ -134,7 +191,7 @@ class SpiffeServices:
                 await asyncio.to_thread(self.rotate)
                 if self._identity is not None:
                     await asyncio.to_thread(self._identity.refresh, self._clock())
-            except (OSError, ValueError) as exc:  # keep serving what we have; retried next tick
+            except (OSError, ValueError, KeyStoreError) as exc:  # keep serving; retried next tick
                 log.error("JWT key timeline or bundle endpoint certificate not updated: %s", exc)
 
     def exposition(self) -> str:
