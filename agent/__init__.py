@@ -1,7 +1,7 @@
 """The per-pod Bulwark agent: a drop-in for istio-agent's certificate half.
 
 It creates the workload's key and CSR, gets the certificate from the CA
-(`caclient`), renews it before expiry (`rotation`), and serves it on one unix
+(`caclient`), renews it before expiry (`renewal`), and serves it on one unix
 socket to Envoy over SDS (`sds`) and to SPIFFE libraries over the Workload API
 (`workload_api`), writes it to files (`files`) and reports on a loopback status
 port (`status`). Configuration comes from Istio's environment variables

@@ -1,4 +1,4 @@
-"""Wiring: one agent = cache + rotation + file watches + one gRPC server on the socket + status.
+"""Wiring: one agent = cache + renewal + file watches + one gRPC server on the socket + status.
 
 `Agent.run` supervises every task in one `asyncio.TaskGroup` and shuts down
 in order: subscriptions end (streams finish with OK), the gRPC server stops,
@@ -28,7 +28,7 @@ from agent.files.secrets import FileSecrets, OutputWriter
 from agent.files.watch import FileWatcher
 from agent.metrics import AgentMetrics
 from agent.state.cache import SecretCache
-from agent.state.renewal import Clock, RotationPolicy, Rotator, SystemClock
+from agent.state.renewal import Clock, RenewalPolicy, Renewer, SystemClock
 from agent.state.svid import Svid, svid_from_response
 from agent.upstream.caclient import SYSTEM_ROOTS, CaClient
 from certs.csr import build_csr
@@ -68,12 +68,12 @@ class Agent:
             cache=self.cache, watcher=self.watcher, metrics=self.metrics, now=self.clock.now
         )
         self.ca = CaClient(config, metrics=self.metrics, now=self.clock.now, rng=self.rng)
-        self.rotator = Rotator(
+        self.renewer = Renewer(
             issue=self.issue,
             cache=self.cache,
             clock=self.clock,
             rng=self.rng,
-            policy=RotationPolicy(grace_ratio=config.grace_ratio, grace_jitter=config.grace_jitter),
+            policy=RenewalPolicy(grace_ratio=config.grace_ratio, grace_jitter=config.grace_jitter),
             metrics=self.metrics,
         )
         self.metrics.add_collector(self._collect_gauges)
@@ -121,6 +121,7 @@ class Agent:
             self.cache,
             trust_domain=TrustDomain(self.config.trust_domain),
             max_interval=self.config.trust_bundle_refresh,
+            metrics=self.metrics,
         )
 
     @cached_property
@@ -191,9 +192,9 @@ class Agent:
                 tasks.create_task(self._keep_socket(), name="socket-keeper"),
             ]
             if not self.config.file_mounted_certs:
-                workers.append(tasks.create_task(self.rotator.run(), name="rotation"))
+                workers.append(tasks.create_task(self.renewer.run(), name="renewal"))
                 workers.append(tasks.create_task(self.bundle_poller.run(), name="trust-bundles"))
-                workers.append(tasks.create_task(self.rotator.follow_roots(), name="root-follower"))
+                workers.append(tasks.create_task(self.renewer.follow_roots(), name="root-follower"))
             if self.config.output_certs_dir is not None:
                 writer = OutputWriter(self.config.output_certs_dir)
                 workers.append(tasks.create_task(writer.run(self.cache), name="output-certs"))
@@ -221,8 +222,8 @@ class Agent:
         await self.watcher.poll(force=True)
         self.ca.forget_refusals()
         self.bundle_poller.poll_now()
-        if self.rotator.failures and not self.config.file_mounted_certs:
-            self.rotator.retry_now()
+        if self.renewer.failures and not self.config.file_mounted_certs:
+            self.renewer.retry_now()
 
     async def _watch_files(self) -> None:
         config = self.config

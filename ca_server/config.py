@@ -15,7 +15,6 @@ from certs.values import InvalidValue, parse_host_port
 if TYPE_CHECKING:
     from ca_server.kube.settings import KubeSettings
     from ca_server.spiffe.federation.peers import FederationPeer
-    from ca_server.spiffe.jwtsvid.keyset import RotationPolicy
 
 DEFAULT_WORKLOAD_CERT_TTL = timedelta(hours=24)
 MAX_WORKLOAD_CERT_TTL = timedelta(days=90)
@@ -154,14 +153,6 @@ class CaConfig:
                 "--bundle-endpoint-profile https_web needs --bundle-endpoint-cert and "
                 "--bundle-endpoint-key (the WebPKI certificate chain and key it presents)"
             )
-
-    @property
-    def jwt_rotation(self) -> RotationPolicy:
-        from ca_server.spiffe.jwtsvid.keyset import RotationPolicy
-
-        return RotationPolicy(
-            active_life=self.jwt_key_active_life, max_token_ttl=self.jwt_svid_max_ttl
-        )
 
     @property
     def jwt_key_dir(self) -> Path:

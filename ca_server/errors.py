@@ -1,20 +1,23 @@
-"""Errors of the CA server, each knowing its gRPC status (SPEC §1 error table).
+"""Errors of the CA server, each knowing its gRPC status and its refusal reason.
 
-    CaError                         INTERNAL, generic message
-    ├── AuthenticationError         UNAUTHENTICATED
-    │   └── ImpersonationRefused    UNAUTHENTICATED
-    ├── UpstreamUnavailable         UNAVAILABLE (retryable: TokenReview API down, ...)
-    ├── InvalidRequest              INVALID_ARGUMENT
-    │   ├── CsrRejected             INVALID_ARGUMENT (csr_error label)
-    │   └── TtlTooLong              INVALID_ARGUMENT (TTL_ERROR)
-    ├── IdentityMismatch            PERMISSION_DENIED (strict CSR policy)
-    ├── CaNotReady                  INTERNAL (CA_NOT_READY)
-    ├── SigningFailed               INTERNAL (CERT_GEN_ERROR)
-    └── RecordWriteFailed           INTERNAL (the issuance record could not be written)
+    class                           gRPC status         reason (bulwark_ca_refusals_total)
+    CaError                         INTERNAL            internal (generic message)
+    ├── AuthenticationError         UNAUTHENTICATED     authentication
+    │   └── ImpersonationRefused    UNAUTHENTICATED     authentication
+    ├── UpstreamUnavailable         UNAVAILABLE         authentication (TokenReview API down, ...)
+    ├── IdentityMismatch            PERMISSION_DENIED   csr_policy (strict CSR policy)
+    ├── InvalidRequest              INVALID_ARGUMENT    bad_request
+    │   ├── CsrRejected             INVALID_ARGUMENT    csr_policy (CSR_ERROR)
+    │   └── TtlTooLong              INVALID_ARGUMENT    bad_request (TTL_ERROR)
+    ├── Overloaded                  RESOURCE_EXHAUSTED  overload (beyond --max-concurrent-rpcs)
+    ├── RecordWriteFailed           INTERNAL            record_failure
+    ├── CaNotReady                  INTERNAL            internal (CA_NOT_READY)
+    └── SigningFailed               INTERNAL            internal (CERT_GEN_ERROR)
 
-`CertificateService.CreateCertificate` turns these into `context.abort(code, public_message)`;
-anything else becomes INTERNAL with a generic message and is logged. RESOURCE_EXHAUSTED
-comes from grpc itself, for a call beyond --max-concurrent-rpcs.
+Every servicer method of the CA is wrapped by `ca_server.issuance.refusals.refusals`, the
+one place where these become `context.abort(code, public_message)`, are counted and
+logged; anything else becomes INTERNAL with a generic message and is logged.
+`REFUSAL_REASONS`, the label set of the refusal metric, is computed from this tree.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class CaError(Exception):
     """Root of the CA's errors. `public_message` is what the client is told."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "internal"  # label of bulwark_ca_refusals_total: CA not ready, a bug, ...
     sign_error: str | None = None  # label of citadel_server_csr_sign_err_count, if any
 
     def __init__(self, public_message: str) -> None:
@@ -34,7 +38,10 @@ class CaError(Exception):
 
 
 class AuthenticationError(CaError):
+    """No, bad or unverifiable credential."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "authentication"
 
 
 class ImpersonationRefused(AuthenticationError):
@@ -42,14 +49,30 @@ class ImpersonationRefused(AuthenticationError):
 
 
 class UpstreamUnavailable(CaError):
+    """What the CA needs to answer is not there now (retryable)."""
+
     code = grpc.StatusCode.UNAVAILABLE
+    reason = "authentication"
+
+
+class IdentityMismatch(CaError):
+    """The CSR asks for another identity than the caller's."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "csr_policy"
 
 
 class InvalidRequest(CaError):
+    """An undecodable request, or a value out of range."""
+
     code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "bad_request"
 
 
 class CsrRejected(InvalidRequest):
+    """A CSR unusable or asking for CA powers."""
+
+    reason = "csr_policy"
     sign_error = "CSR_ERROR"
 
 
@@ -57,8 +80,18 @@ class TtlTooLong(InvalidRequest):
     sign_error = "TTL_ERROR"
 
 
-class IdentityMismatch(CaError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+class Overloaded(CaError):
+    """More calls in flight than --max-concurrent-rpcs allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "overload"
+
+
+class RecordWriteFailed(CaError):
+    """The issuance record could not be written: nothing is sent."""
+
+    reason = "record_failure"
+    sign_error = "UNKNOWN"
 
 
 class CaNotReady(CaError):
@@ -69,8 +102,22 @@ class SigningFailed(CaError):
     sign_error = "CERT_GEN_ERROR"
 
 
-class RecordWriteFailed(CaError):
-    sign_error = "UNKNOWN"
+def _reasons(root: type[CaError]) -> tuple[str, ...]:
+    """Every `reason` of the tree under `root`, in the order drawn above, the root's own last
+    (it names what no other class describes)."""
+    seen: dict[str, None] = {}
+    stack = list(reversed(root.__subclasses__()))
+    while stack:
+        cls = stack.pop()
+        seen.setdefault(cls.reason, None)
+        stack.extend(reversed(cls.__subclasses__()))
+    seen.pop(root.reason, None)
+    return (*seen, root.reason)
+
+
+# The bounded label set of bulwark_ca_refusals_total (and the web view's refusal rows).
+# Subclasses defined elsewhere reuse these reasons (tests/unit/ca_server/test_errors.py).
+REFUSAL_REASONS = _reasons(CaError)
 
 
 class ConfigError(Exception):

@@ -2,8 +2,9 @@
 
 Istio's series keep their names and meaning. Bulwark adds
 `bulwark_ca_refusals_total{reason,code}`: every call the CA refuses, whatever
-the status, with a bounded `reason` (`REFUSAL_REASONS`), so that refusals no
-`citadel_server_*` series counts (PERMISSION_DENIED, overload) are seen too;
+the status, with a bounded `reason` (`REFUSAL_REASONS`: the reasons the classes of
+`ca_server.errors` carry), so that refusals no `citadel_server_*` series counts
+(PERMISSION_DENIED, overload) are seen too;
 and two histograms, `bulwark_ca_issue_duration_seconds` (every call) and
 `bulwark_ca_record_commit_duration_seconds` (every record batch).
 
@@ -17,16 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ca_server.authority.material import CaMaterial
+from ca_server.errors import REFUSAL_REASONS
 
 SIGN_ERRORS = ("CA_NOT_READY", "CSR_ERROR", "TTL_ERROR", "CERT_GEN_ERROR", "UNKNOWN")
-REFUSAL_REASONS = (
-    "authentication",  # no, bad or unverifiable credential; impersonation refused
-    "csr_policy",  # CSR unusable, asks for CA powers or for another identity
-    "bad_request",  # undecodable request, TTL out of range
-    "overload",  # beyond --max-concurrent-rpcs
-    "record_failure",  # the issuance record could not be written
-    "internal",  # CA not ready, signing failure, a bug
-)
 # Seconds; a certificate normally takes 1-50 ms, a record commit 1-20 ms.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 

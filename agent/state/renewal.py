@@ -1,6 +1,8 @@
 """When to renew the SVID, and the renewal loop (istio secretcache.go, SPIRE's rotator).
 
-Renewal is due at `expiry - r * lifetime` with `r = ratio +/- jitter`; a CSR
+Renewal here is the agent's: its SVID replaced before it expires, each CSR with a fresh
+key as Istio's agent does (not the CA's *rotation*, which moves the CA to a new key).
+It is due at `expiry - r * lifetime` with `r = ratio +/- jitter`; a CSR
 that fails is retried with jittered exponential backoff while the current
 certificate keeps being served. Every schedule carries a generation, so a
 timer that was overtaken (by a forced refresh or a newer schedule) does nothing.
@@ -49,8 +51,9 @@ class SystemClock:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RotationPolicy:
-    """Grace ratio and jitter of SPEC §2, and the retry backoff after a failed CSR."""
+class RenewalPolicy:
+    """When the SVID is renewed: grace ratio and jitter of SPEC §2, and the retry backoff
+    after a failed CSR."""
 
     grace_ratio: float = 0.5
     grace_jitter: float = 0.01
@@ -105,7 +108,7 @@ def renew_for_roots(
     return now + span * rng.random()
 
 
-class Rotator:
+class Renewer:
     """Keeps the cache holding a fresh SVID; `refresh` is single-flight."""
 
     def __init__(
@@ -115,7 +118,7 @@ class Rotator:
         cache: SecretCache,
         clock: Clock,
         rng: random.Random,
-        policy: RotationPolicy,
+        policy: RenewalPolicy,
         metrics: AgentMetrics | None = None,
     ) -> None:
         self._issue = issue
@@ -130,7 +133,7 @@ class Rotator:
         self._due: datetime = clock.now()
         self._rescheduled = asyncio.Event()
         self.failures = 0
-        self.rotations = 0
+        self.renewals = 0
         self.stale_fires = 0
 
     @property
@@ -159,7 +162,7 @@ class Rotator:
         svid = await self._issue()
         self._cache.set_svid(svid)
         self.failures = 0
-        self.rotations += 1
+        self.renewals += 1
         self._refused = ""
         if self._metrics is not None:
             self._metrics.set("last_rotation_timestamp_seconds", self._clock.now().timestamp())
@@ -195,7 +198,7 @@ class Rotator:
             await self.fire(generation)
 
     async def fire(self, generation: int) -> bool:
-        """Run the rotation scheduled as `generation`; a stale one does nothing (returns False)."""
+        """Run the renewal scheduled as `generation`; a stale one does nothing (returns False)."""
         if generation != self._generation:
             self.stale_fires += 1
             return False

@@ -1,7 +1,7 @@
 """The CA client: one `CreateCertificate` call per CSR, with Istio's TLS, headers and retries.
 
 Each CSR opens a fresh channel, so a replaced root file, a renewed `PROV_CERT`
-or a new token is picked up without any cache to invalidate; a rotation runs
+or a new token is picked up without any cache to invalidate; a renewal runs
 at most a few times a day.
 """
 
@@ -40,7 +40,7 @@ RETRYABLE = frozenset(
     }
 )
 SYSTEM_ROOTS = "SYSTEM"
-# Refusals that asking again soon cannot change: the rotation backs off to its maximum.
+# Refusals that asking again soon cannot change: the renewal backs off to its maximum.
 DEFINITIVE = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT})
 
 

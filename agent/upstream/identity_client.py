@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from agent.errors import CaRequestFailed, CaResponseInvalid
+from agent.errors import CaRefusedArgument, CaRequestFailed, CaResponseInvalid
 from agent.metrics import AgentMetrics
 from agent.upstream.caclient import RETRYABLE, CaClient
 from certs.spiffe_id import SpiffeId
@@ -41,7 +41,7 @@ class MintedJwt:
     received_at: float
 
     def fresh(self, now: float) -> bool:
-        """Still worth handing out: before half its lifetime (the agent's rotation rule)."""
+        """Still worth handing out: before half its lifetime (the agent's renewal rule)."""
         return now < self.received_at + (self.expires_at - self.received_at) / 2
 
 
@@ -109,6 +109,8 @@ class IdentityClient:
                     continue
                 self._metrics.inc("num_failed_outgoing_requests", request_type=kind)
                 message = f"CA {self._ca_addr} answered {code.name}: {exc.details()}"
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise CaRefusedArgument(message, code, definitive=True) from None
                 hint = ""
                 if code not in (grpc.StatusCode.UNIMPLEMENTED, *RETRYABLE):
                     hint = await self._ca.explain(code, exc.details() or "")

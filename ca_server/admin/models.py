@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field, create_model
 
 from ca_server.record.ledger import StoredCertificate
 from ca_server.record.ledger.shape import ENTRY_COLUMNS
-from ca_server.spiffe.bundle import x509_authority
 from certs.pem import serial_hex, sha256_fingerprint, to_pem
+from certs.spiffe_bundle import x509_authority
 
 
 class ErrorBody(BaseModel):
@@ -114,7 +114,7 @@ class SpiffeBundle(BaseModel):
 
 
 def spiffe_key(cert: x509.Certificate) -> SpiffeKey:
-    """One root as a JWK of the SPIFFE bundle format (`ca_server.spiffe.bundle` builds it)."""
+    """One root as a JWK of the SPIFFE bundle format (`certs.spiffe_bundle` writes it)."""
     return SpiffeKey.model_validate(x509_authority(cert))
 
 

@@ -36,7 +36,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from ca_server.admin import ui_render as render
 from ca_server.admin.models import ca_info
 from ca_server.admin.routes import CaCertificates, CertificateReader
-from ca_server.metrics import REFUSAL_REASONS
+from ca_server.errors import REFUSAL_REASONS
 from ca_server.record.ledger import CertificateQuery, LedgerReadError, StoredCertificate
 
 COOKIE = "bulwark_ui"

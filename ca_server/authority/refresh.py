@@ -25,18 +25,18 @@ if TYPE_CHECKING:
     from ca_server.authority.slots.rotator import SlotRotator
 
 log = logging.getLogger(__name__)
-ROTATION_THRESHOLD = 0.2
+RENEWAL_THRESHOLD = 0.2
 
 
 @runtime_checkable
-class RotatableKeyStore(KeyStore, Protocol):
+class RenewableKeyStore(KeyStore, Protocol):
+    """A key store that can take the root renewed under the same key."""
+
     def replace(self, material: CaMaterial) -> None:
         """Overwrite the stored material (after a root renewal)."""
 
 
-def rotation_due(
-    material: CaMaterial, now: datetime, threshold: float = ROTATION_THRESHOLD
-) -> bool:
+def renewal_due(material: CaMaterial, now: datetime, threshold: float = RENEWAL_THRESHOLD) -> bool:
     """True when the self-signed root has less than `threshold` of its life left."""
     root = material.signing_cert
     life = root.not_valid_after_utc - root.not_valid_before_utc
@@ -72,9 +72,10 @@ class MaterialManager:
     """Owns the current material; `refresh()` reloads it and renews a self-signed root when due.
 
     Listeners run after every change (publish root-cert.pem, re-issue the serving certificate
-    and replace the workers, update ConfigMaps). `may_rotate` is false on replicas that do not
-    hold the leader lease: they only pick up what the leader stored. With a `rotator`
-    (`--ca-rotation new-key`) the CA slots decide what signs and what the bundle holds.
+    and replace the workers, update ConfigMaps). `may_act` is false on replicas that do not
+    hold the leader lease: they neither renew the root nor move the slots, only pick up what
+    the leader stored. With a `rotator` (`--ca-rotation new-key`) the CA slots decide what
+    signs and what the bundle holds (rotation to a new key) instead of same-key renewal.
     """
 
     def __init__(
@@ -84,8 +85,8 @@ class MaterialManager:
         reload: Callable[[datetime], CaMaterial],
         store: KeyStore | None,
         trust_domain: TrustDomain,
-        may_rotate: Callable[[], bool] = lambda: True,
-        threshold: float = ROTATION_THRESHOLD,
+        may_act: Callable[[], bool] = lambda: True,
+        threshold: float = RENEWAL_THRESHOLD,
         rotator: SlotRotator | None = None,
     ) -> None:
         self.rotator = rotator
@@ -93,7 +94,7 @@ class MaterialManager:
         self._reload = reload
         self._store = store
         self._trust_domain = trust_domain
-        self._may_rotate = may_rotate
+        self._may_act = may_act
         self._threshold = threshold
         self._listeners: list[Callable[[CaMaterial], None]] = []
 
@@ -104,14 +105,10 @@ class MaterialManager:
         """Reload and maybe renew; returns True when the material changed."""
         candidate = self._reload(now)
         if self.rotator is not None:
-            candidate = self.rotator.step(candidate, now, may_act=self._may_rotate())
-        elif (
-            self._rotatable()
-            and rotation_due(candidate, now, self._threshold)
-            and self._may_rotate()
-        ):
+            candidate = self.rotator.step(candidate, now, may_act=self._may_act())
+        elif self._renewable() and renewal_due(candidate, now, self._threshold) and self._may_act():
             candidate = renewed_root(candidate, self._trust_domain, now)
-            assert isinstance(self._store, RotatableKeyStore)
+            assert isinstance(self._store, RenewableKeyStore)
             self._store.replace(candidate)
             log.warning(
                 "self-signed root renewed (same key); new root expires %s; old roots stay in the bundle",
@@ -125,8 +122,8 @@ class MaterialManager:
             listener(candidate)
         return True
 
-    def _rotatable(self) -> bool:
-        return self._store is not None and isinstance(self._store, RotatableKeyStore)
+    def _renewable(self) -> bool:
+        return self._store is not None and isinstance(self._store, RenewableKeyStore)
 
 
 def describe_failure(exc: BaseException) -> str:

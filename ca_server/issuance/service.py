@@ -5,16 +5,14 @@ something that authenticates a call (`CallerAuthentication`), something that
 signs a CSR for a caller (`CsrSigner`) and an async issuance record
 (`ca_server.record.entry.Recorder`). It authenticates (on the event loop when no I/O
 is needed, else in a thread), applies impersonation rules, has the signer sign
-on the loop, awaits the record's commit and only then answers.
-`CreateCertificate` is the one place where `CaError`s become gRPC statuses,
-unexpected exceptions a generic INTERNAL, and where every answer is logged and
-counted (`ca_server.logs.CaEventLog`, `CaMetrics.refused`).
+on the loop, awaits the record's commit and only then answers. Its errors become gRPC
+statuses, and are counted and logged, in `ca_server.issuance.refusals` (as the
+WorkloadIdentityService's do); an issued certificate is logged and counted here.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -27,13 +25,12 @@ from ca_server.authn.authenticators import IdentityExtractionError, workload_ide
 from ca_server.errors import (
     AuthenticationError,
     CaError,
-    IdentityMismatch,
     ImpersonationRefused,
     InvalidRequest,
-    RecordWriteFailed,
-    UpstreamUnavailable,
+    Overloaded,
 )
 from ca_server.identity import Caller, RequestCredentials, bearer_token_of, shown
+from ca_server.issuance.refusals import Call, refusals
 from ca_server.issuance.signer import CsrParseError, Issued
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
@@ -42,11 +39,8 @@ from certs.errors import InvalidSpiffeId
 from certs.spiffe_id import SpiffeId, TrustDomain
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
-log = logging.getLogger(__name__)
 SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
 M = TypeVar("M", bound=Message)
-# What a caller is told about an exception no CaError describes (a bug): its text stays in our log.
-UNEXPECTED = CaError("internal error in the CA; see its log")
 
 
 class CallerAuthentication(Protocol):
@@ -69,12 +63,6 @@ class CsrSigner(Protocol):
     """Signs a CSR for an authenticated caller or raises a `CaError` saying why not."""
 
     def sign(self, *, csr_pem: str, validity_s: int, caller: Caller) -> Issued: ...
-
-
-class Overloaded(CaError):
-    """More calls in flight than --max-concurrent-rpcs allows."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class UndecodableRequest(InvalidRequest):
@@ -120,22 +108,6 @@ async def authenticate_call(
     return authn.authenticate(creds)
 
 
-def note_refusal(
-    metrics: CaMetrics,
-    events: CaEventLog,
-    exc: CaError,
-    *,
-    caller: Caller | None,
-    peer: str,
-) -> None:
-    """Count and log one refused call (the same for every service of the CA)."""
-    reason = refusal_reason(exc)
-    metrics.refused(reason=reason, code=exc.code.name)
-    events.refused(
-        code=exc.code.name, reason=reason, message=exc.public_message, caller=caller, peer=peer
-    )
-
-
 def credentials_of(
     context: grpc.aio.ServicerContext, peer: str | None = None
 ) -> RequestCredentials:
@@ -160,31 +132,6 @@ def credentials_of(
     )
 
 
-def refusal_reason(exc: CaError) -> str:
-    """The bounded `reason` label of a refusal (metrics and refusal log lines)."""
-    if isinstance(exc, Overloaded):
-        return "overload"
-    if isinstance(exc, AuthenticationError | UpstreamUnavailable):
-        return "authentication"
-    if isinstance(exc, IdentityMismatch | CsrParseError) or exc.sign_error == "CSR_ERROR":
-        return "csr_policy"
-    if isinstance(exc, InvalidRequest):
-        return "bad_request"
-    if isinstance(exc, RecordWriteFailed):
-        return "record_failure"
-    return "internal"
-
-
-class _Call:
-    """What one call has established so far, for its log line."""
-
-    __slots__ = ("caller", "peer")
-
-    def __init__(self, peer: str) -> None:
-        self.peer = peer
-        self.caller: Caller | None = None
-
-
 class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
     def __init__(
         self,
@@ -201,46 +148,38 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         self._authn = authentication
         self._signer = signer
         self._recorder = recorder
-        self._metrics = metrics
-        self._events = events if events is not None else CaEventLog()
+        self.metrics = metrics
+        self.events = events if events is not None else CaEventLog()
         self._trust_domain = trust_domain
         self._trusted = frozenset(trusted_node_accounts)
         self._max_in_flight = max_in_flight
         self._in_flight = 0
 
+    @refusals
     async def CreateCertificate(
         self,
         request: ca_pb2.IstioCertificateRequest | UndecodableRequest,
         context: grpc.aio.ServicerContext,
+        call: Call,
     ) -> ca_pb2.IstioCertificateResponse:
-        call = _Call(context.peer())
         started = time.perf_counter()
         self._in_flight += 1
         try:
             if self._max_in_flight is not None and self._in_flight > self._max_in_flight:
                 raise Overloaded("the CA is at its limit of concurrent requests; retry shortly")
             chain = await self._create(request, context, call)
-        except CaError as exc:
-            note_refusal(self._metrics, self._events, exc, caller=call.caller, peer=call.peer)
-            await context.abort(exc.code, exc.public_message)
-        except Exception:
-            log.exception("unexpected error in CreateCertificate")
-            note_refusal(
-                self._metrics, self._events, UNEXPECTED, caller=call.caller, peer=call.peer
-            )
-            await context.abort(UNEXPECTED.code, UNEXPECTED.public_message)
         finally:
             self._in_flight -= 1
-            self._metrics.call_duration.observe(time.perf_counter() - started)
+            self.metrics.call_duration.observe(time.perf_counter() - started)
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
 
     async def _create(
         self,
         request: ca_pb2.IstioCertificateRequest | UndecodableRequest,
         context: grpc.aio.ServicerContext,
-        call: _Call,
+        call: Call,
     ) -> list[str]:
-        metrics = self._metrics
+        metrics = self.metrics
         metrics.csr_count.inc()
         if isinstance(request, UndecodableRequest):
             raise request
@@ -259,11 +198,11 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             # A failure answers INTERNAL and sends nothing; so does a caller's deadline passing.
             await self._recorder.record(issued.entry, within=context.time_remaining())
         metrics.success.inc()
-        self._events.issued(issued.entry, peer=call.peer)
+        self.events.issued(issued.entry, peer=call.peer)
         return issued.chain
 
     def _sign(self, request: ca_pb2.IstioCertificateRequest, caller: Caller) -> Issued:
-        metrics = self._metrics
+        metrics = self.metrics
         try:
             return self._signer.sign(
                 csr_pem=request.csr, validity_s=request.validity_duration, caller=caller

@@ -9,7 +9,7 @@ with, so istiod and every workload chain to one root.
 Only the leader writes (`is_leader()` is asked before every write). Every `interval` the
 writer reads the Secret and issues a new certificate when it is missing or unreadable, past
 half of its life, for other DNS names, not signed by the current signing certificate, or
-when `ca.crt` is not the current root bundle (a root rotation).
+when `ca.crt` is not the current root bundle (a root renewed or rotated).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Leader election on a `coordination.k8s.io/v1` Lease, the way client-go's leaderelection does it.
 
-Every replica serves CSRs; only the leader runs the writers (root ConfigMaps, root rotation).
+Every replica serves CSRs; only the leader runs the writers (root ConfigMaps, root renewal, CA slots).
 A candidate takes the Lease when its holder has not renewed it for `lease_duration` seconds as
 observed on the candidate's own monotonic clock (so wall-clock skew between replicas does not
 matter). A leader that cannot renew within `renew_deadline` stops being leader at once:

@@ -4,7 +4,7 @@ Also a `SlotStore` (`ca_server.authority.slots.store`): the CA slots of `--ca-ro
 in extra `bulwark-` keys of the same Secret, so every replica follows the leader's
 transitions and a restarted leader resumes mid-rotation.
 
-A `RotatableKeyStore` (see `ca_server.authority.material`, `ca_server.authority.refresh`): `load()` reads the
+A `RenewableKeyStore` (see `ca_server.authority.material`, `ca_server.authority.refresh`): `load()` reads the
 Secret, `save()` creates it only when absent, `replace()` stores a renewed root. Replicas starting together race on the create; the API server lets exactly one
 win and every loser reads the winner back, so all replicas end up on one root.
 """

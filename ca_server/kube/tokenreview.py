@@ -8,10 +8,7 @@ per token, not one per request.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -27,7 +24,8 @@ from ca_server.errors import AuthenticationError, UpstreamUnavailable
 from ca_server.identity import Caller, RequestCredentials, shown
 from ca_server.kube.node_auth import KubeNodeAuthorizer
 from ca_server.kube.settings import DEFAULT_CLUSTER_ID
-from certs.errors import InvalidSpiffeId
+from certs.errors import InvalidSpiffeId, JwtError
+from certs.jwt_rules import numeric_date, unverified_claims
 from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
 
 SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"
@@ -199,16 +197,12 @@ def _with_request(caller: Caller, creds: RequestCredentials) -> Caller:
 
 
 def _unverified_exp(token: str) -> float | None:
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    """The token's `exp` for the review cache; None (not cached) unless it is whole seconds."""
     try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
+        exp = numeric_date(unverified_claims(token), "exp")
+    except JwtError:
         return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    return float(exp) if exp is not None else None
 
 
 def _first(values: object) -> str:

@@ -1,5 +1,11 @@
 """The CA's worker processes: start, watch, restart, and hand them new CA material.
 
+The pool knows nothing of what a worker runs: it is given the `target` each spawned
+process calls, with the spec every worker shares, the current keys, the worker's index
+and the worker's end of a pipe (uvicorn's `supervisors/multiprocess.py` is handed its
+target the same way). Over that pipe a worker first sends anything to say it serves, then
+answers every keys update with `KEYS_APPLIED` or the reason it could not apply them.
+
 Workers bind the same ports with SO_REUSEPORT. A material change is sent to the
 running workers over their pipes and applied in place, so no listening socket
 is closed (closing one would reset connections queued on it).
@@ -9,99 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import ipaddress
 import logging
 import multiprocessing
-import os
-import socket
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from pathlib import Path
+from typing import Generic, TypeVar
 
 from ca_server.errors import ConfigError
-from ca_server.process.worker import KEYS_APPLIED, WorkerKeys, WorkerSpec, run_worker
 
 log = logging.getLogger("ca_server")
 WORKER_START_TIMEOUT_S = 30.0
 WORKER_STOP_TIMEOUT_S = 6.0
 KEYS_APPLY_TIMEOUT_S = 10.0
 RESTART_BACKOFF_S = 1.0
-
-
-def is_ipv6(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).version == 6
-    except ValueError:
-        return False
-
-
-def bind_socket(host: str, port: int, *, option: int, what: str) -> socket.socket:
-    """A TCP socket bound to host:port with `option` set; a ConfigError naming `what` if taken."""
-    family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
-    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
-    # and without it every kept-alive admin response waits ~40 ms for a delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, option, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot bind the {what} {host}:{port}: {exc.strerror}") from exc
-    return sock
-
-
-def probe_free(host: str, port: int, *, what: str) -> None:
-    """Refuse a port another process listens on, before this CA makes its own SO_REUSEPORT group.
-
-    A plain bind (SO_REUSEADDR for TIME_WAIT leftovers, never SO_REUSEPORT) fails while any
-    other socket listens there, including another CA's workers, which a SO_REUSEPORT bind
-    would silently join.
-    """
-    if port == 0:
-        return
-    family = socket.AF_INET6 if is_ipv6(host) else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                holder = port_holder(port)
-                who = f"another process ({holder})" if holder else "another process"
-                raise ConfigError(
-                    f"{what} {host}:{port} is already in use by {who}; stop it or "
-                    f"choose another {what}"
-                ) from None
-            raise ConfigError(f"cannot bind {what} {host}:{port}: {exc.strerror}") from None
-
-
-def port_holder(port: int) -> str | None:
-    """`pid N (name)` of a process listening on TCP `port`, when /proc shows one (best effort)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(f"socket:[{fields[9]}]")
-    if not inodes:
-        return None
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            for fd in (proc / "fd").iterdir():
-                if os.readlink(fd) in inodes:
-                    name = (proc / "comm").read_text().strip()
-                    return f"pid {proc.name} ({name})"
-    return None
-
-
-def reserve_port(host: str, port: int) -> socket.socket:
-    """Bind (not listen) a SO_REUSEPORT socket so every worker can bind the same port."""
-    return bind_socket(host, port, option=socket.SO_REUSEPORT, what="gRPC address")
+KEYS_APPLIED = "applied"  # a worker's answer to new keys it now uses
+Spec = TypeVar("Spec")
+Keys = TypeVar("Keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +42,13 @@ class Worker:
 
 
 @dataclass
-class WorkerPool:
-    spec: WorkerSpec
+class WorkerPool(Generic[Spec, Keys]):
+    """`count` processes each running `target(spec, keys, index, pipe)`; the three values
+    must pickle (workers are spawned)."""
+
+    target: Callable[[Spec, Keys, int, Connection], None]
+    spec: Spec
+    keys: Keys  # the latest: a worker (re)started now is given these
     count: int
     workers: dict[int, Worker] = field(default_factory=dict)
     starting: set[BaseProcess] = field(default_factory=set)  # spawned, not yet ready
@@ -122,8 +58,8 @@ class WorkerPool:
         ctx = multiprocessing.get_context("spawn")
         pipe, child = ctx.Pipe(duplex=True)
         process = ctx.Process(
-            target=run_worker,
-            args=(replace(self.spec, index=index), child),
+            target=self.target,
+            args=(self.spec, self.keys, index, child),
             name=f"bulwark-ca-worker-{index}",
             daemon=True,  # never outlive the supervisor, whatever path it exits by
         )
@@ -174,10 +110,10 @@ class WorkerPool:
                     _forget(worker)
                     self.workers[index] = await asyncio.to_thread(self._spawn, index)
 
-    async def update(self, keys: WorkerKeys) -> None:
+    async def update(self, keys: Keys) -> None:
         """Give every worker new keys; one that cannot take them is restarted with them."""
         async with self._lock:
-            self.spec = replace(self.spec, keys=keys)
+            self.keys = keys
             for index, worker in self.workers.items():
                 problem = await asyncio.to_thread(_send_keys, worker, keys)
                 if problem is not None:
@@ -199,7 +135,7 @@ class WorkerPool:
             worker.pipe.close()
 
 
-def _send_keys(worker: Worker, keys: WorkerKeys) -> str | None:
+def _send_keys(worker: Worker, keys: object) -> str | None:
     """Send `keys` and wait for the answer; None when applied, else what went wrong."""
     try:
         worker.pipe.send(keys)

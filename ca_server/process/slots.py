@@ -1,8 +1,8 @@
-"""Glue between `CaConfig` and the CA slots: which store holds them, and the rotation policy."""
+"""Glue between `CaConfig` and the CA slots: which store holds them, and their `SlotPolicy`."""
 
 from __future__ import annotations
 
-from ca_server.authority.slots.model import RotationPolicy
+from ca_server.authority.slots.model import SlotPolicy
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.authority.slots.store import DirectorySlotStore, SlotStore
 from ca_server.config import CaConfig
@@ -11,8 +11,8 @@ CACERTS_SLOTS_DIR = "cacerts-slots"  # a plugged-in CA's slots, apart from a sel
 CACERTS_SLOTS_SECRET = "bulwark-cacerts-slots"  # the same with Kubernetes, shared by replicas
 
 
-def policy_of(config: CaConfig) -> RotationPolicy:
-    return RotationPolicy(
+def policy_of(config: CaConfig) -> SlotPolicy:
+    return SlotPolicy(
         prepare_at=config.ca_prepare_at,
         propagation_delay=config.ca_propagation_delay,
         max_ttl=config.max_ttl,

@@ -1,9 +1,9 @@
 """The CA supervisor process (`bulwark ca serve`): owns the data dir and ports, prepares
 the CA material, runs the worker pool and the admin app.
 
-supervisor (this process, asyncio)      workers (`worker_pool`, spawned, one per core)
+supervisor (this process, asyncio)      workers (`pool`, spawned, one per core)
   - data-dir lock, port probe             - grpc.aio server, one event loop
-  - CA material, root-cert.pem            - authenticate, sign, record (ca_server.process.worker)
+  - CA material, root-cert.pem            - authenticate, sign, record (`ca_server.assembly`)
   - serving certificate                   - metrics into PROMETHEUS_MULTIPROC_DIR
   - admin app (uvicorn)
   - material refresher (`material_refresh`): re-reads CA material, hands it to the pool
@@ -45,9 +45,10 @@ from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
 from ca_server.errors import ConfigError
-from ca_server.process.pool import WorkerPool, bind_socket, probe_free, reserve_port
+from ca_server.process.pool import WorkerPool
+from ca_server.process.ports import bind_socket, probe_free, reserve_port
 from ca_server.process.slots import build_rotator
-from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec
+from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
 from ca_server.record.ledger import default_record_url, parse_record_url
 from ca_server.record.ledger.health import RecordProbe
 from ca_server.record.ledger.integrity import RecordDamaged, guard_record_of
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
     from ca_server.kube.wiring import KubeControllers
 
 log = logging.getLogger("ca_server")
+CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
 SERVING_CERT_TTL = timedelta(days=365)
 
 # The one place where a failure at start becomes exit 2 and a one-line message (no traceback).
@@ -149,10 +151,11 @@ def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
 def _material_manager(
     config: CaConfig,
     initial: CaMaterial,
-    may_rotate: Callable[[], bool] = lambda: True,
+    may_act: Callable[[], bool] = lambda: True,
     rotator: SlotRotator | None = None,
 ) -> MaterialManager:
-    """Where material is re-read from, and whether this process may renew the root."""
+    """Where material is re-read from, and whether this process may renew the root or move
+    the CA slots."""
     store: KeyStore | None = None
     if config.cacerts_dir is not None:
         cacerts = config.cacerts_dir
@@ -186,7 +189,7 @@ def _material_manager(
         reload=reload,
         store=store,
         trust_domain=config.trust_domain,
-        may_rotate=may_rotate,
+        may_act=may_act,
         rotator=rotator,
     )
 
@@ -202,7 +205,6 @@ def _worker_keys(config: CaConfig, material: CaMaterial) -> WorkerKeys:
 
 def _worker_spec(
     config: CaConfig,
-    material: CaMaterial,
     binds: dict[str, tuple[str, int]],
     log_level: int,
     log_format: str,
@@ -210,12 +212,10 @@ def _worker_spec(
     mtls = binds.get("mtls_grpc_addr")
     return WorkerSpec(
         config=config,
-        keys=_worker_keys(config, material),
         host=binds["grpc_addr"][0],
         port=binds["grpc_addr"][1],
         mtls_host=mtls[0] if mtls else None,
         mtls_port=mtls[1] if mtls else None,
-        index=0,
         log_level=log_level,
         log_format=log_format,
     )
@@ -224,7 +224,7 @@ def _worker_spec(
 async def _keep_material_current(
     config: CaConfig,
     manager: MaterialManager,
-    pool: WorkerPool,
+    pool: CaPool,
     health: ReloadHealth,
     wake: asyncio.Event,
 ) -> None:
@@ -328,13 +328,16 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
     spiffe = SpiffeServices(config, lambda: manager.current, shared=shared)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
-    pool: WorkerPool | None = None
+    pool: CaPool | None = None
     # The key timeline runs while the workers start: another replica may switch keys meanwhile.
     spiffe_task = asyncio.create_task(spiffe.run())
     try:
         binds = _reserve_grpc_ports(config, reserved)
         pool = WorkerPool(
-            spec=_worker_spec(config, material, binds, log_level, log_format), count=config.workers
+            target=run_worker,
+            spec=_worker_spec(config, binds, log_level, log_format),
+            keys=_worker_keys(config, material),
+            count=config.workers,
         )
         if controllers is not None:
             controllers.start()
@@ -380,7 +383,7 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             sock.close()
 
 
-def _readiness(pool: WorkerPool, health: ReloadHealth, probe: RecordProbe) -> tuple[bool, str]:
+def _readiness(pool: CaPool, health: ReloadHealth, probe: RecordProbe) -> tuple[bool, str]:
     """Ready while every worker serves and the record takes commits; the detail also says how
     the material checks go."""
     ready, detail = pool.readiness()
@@ -414,7 +417,7 @@ def _rotation_router(
 
 async def _run_admin(
     config: CaConfig,
-    pool: WorkerPool,
+    pool: CaPool,
     metrics_dir: str,
     manager: MaterialManager,
     health: ReloadHealth,

@@ -1,8 +1,9 @@
 """One CA worker process: a single-threaded `grpc.aio` server sharing the port with its siblings.
 
 The supervisor reserves the port with SO_REUSEPORT and starts one worker per
-core; the kernel spreads connections across them. Each worker builds its own
-authenticators, signer and record connection from the spec it is given.
+core (`ca_server.process.pool`, given `run_worker` as its target); the kernel spreads
+connections across them. Each worker builds its own servicers, authenticators, signer
+and record connection from the spec it is given (`ca_server.assembly`).
 
 Requests run on the event loop: signing is CPU only, authentication moves to a
 thread only when it may wait on I/O, and issuance records are committed in
@@ -23,35 +24,23 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 
 import grpc
 
-from ca_server.authn.authenticators import Authentication
-from ca_server.authn.plan import build_authentication
+from ca_server.assembly import add_services, open_recorder
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
-from ca_server.issuance.service import CertificateService, add_to_server
-from ca_server.issuance.signer import Signer, SigningPolicy
 from ca_server.logs import CaEventLog
 from ca_server.logs import configure as configure_logs
 from ca_server.metrics import CaMetrics
-from ca_server.record.entry import Recorder
-from ca_server.record.ledger.async_recorder import AsyncRecorder
-from ca_server.spiffe.bundle import BundleSource
-from ca_server.spiffe.federation.store import FederationStore
-from ca_server.spiffe.jwtsvid.keyset import KeyFile
-from ca_server.spiffe.jwtsvid.service import WorkloadIdentityService
-from ca_server.spiffe.jwtsvid.service import add_to_server as add_identity_service
+from ca_server.process.pool import KEYS_APPLIED
 from certs.errors import CertsError
 from certs.keys import load_private_key
 from certs.pem import bundle_pem, load_certificates, to_pem
 
 log = logging.getLogger(__name__)
-KEYS_APPLIED = "applied"
 SHUTDOWN_GRACE_S = 4.0
 
 
@@ -104,13 +93,13 @@ class WorkerKeys:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WorkerSpec:
+    """What every worker of a CA shares (its keys and index are passed beside it)."""
+
     config: CaConfig
-    keys: WorkerKeys
     host: str
     port: int
     mtls_host: str | None
     mtls_port: int | None
-    index: int
     log_level: int
     log_format: str = "text"
 
@@ -146,32 +135,27 @@ class LiveKeys:
         )
 
 
-def open_recorder(config: CaConfig, metrics: CaMetrics | None = None) -> AsyncRecorder:
-    """The issuance record for this process (SQLite in the data dir unless --record)."""
-    import ca_server.record.ledger as ledger
-
-    url = config.record or f"sqlite:///{(config.data_dir / 'record.db').resolve()}"
-    options = ledger.RecorderOptions(max_batch=config.record_max_batch)
-    managed = ledger.open_recorder(url, options=options)
-    return AsyncRecorder(
-        managed,
-        linger_s=config.record_linger.total_seconds(),
-        on_commit=metrics.record_commit_duration.observe if metrics is not None else None,
-    )
+def run_worker(spec: WorkerSpec, keys: WorkerKeys, index: int, supervisor: Connection) -> None:
+    """Process entry point (the pool's target): serve until SIGTERM or the supervisor's end,
+    then drain and exit."""
+    configure_logs(spec.log_level, spec.log_format, process=f"worker-{index}")
+    asyncio.run(_serve(spec, keys, supervisor))
 
 
-def run_worker(spec: WorkerSpec, supervisor: Connection) -> None:
-    """Process entry point: serve until SIGTERM or the supervisor's end, then drain and exit."""
-    configure_logs(spec.log_level, spec.log_format, process=f"worker-{spec.index}")
-    asyncio.run(_serve(spec, supervisor))
-
-
-async def _serve(spec: WorkerSpec, supervisor: Connection) -> None:
-    keys = LiveKeys(spec.keys)
+async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) -> None:
+    keys = LiveKeys(initial)
     metrics = CaMetrics()
     recorder = open_recorder(spec.config, metrics)
     events = CaEventLog()
-    server = _grpc_server(spec, keys, recorder, metrics, events)
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+    add_services(
+        server,
+        spec.config,
+        lambda: keys.material,
+        recorder=recorder,
+        metrics=metrics,
+        events=events,
+    )
     port = server.add_secure_port(
         f"{spec.host}:{spec.port}", keys.credentials(require_client_auth=False)
     )
@@ -197,108 +181,6 @@ async def _serve(spec: WorkerSpec, supervisor: Connection) -> None:
     await server.stop(SHUTDOWN_GRACE_S)
     await recorder.close()
     events.flush()
-
-
-def signer_for(config: CaConfig, material: Callable[[], CaMaterial | None]) -> Signer:
-    """The signer a worker with `config` runs, signing with whatever `material()` is current."""
-    return Signer(
-        material=material,
-        policy=SigningPolicy(
-            csr_san_policy=config.csr_san_policy,
-            default_ttl=config.default_ttl,
-            max_ttl=config.max_ttl,
-            allow_ed25519=config.allow_ed25519,
-        ),
-        clock=lambda: datetime.now(UTC),
-    )
-
-
-def certificate_service(
-    config: CaConfig,
-    material: Callable[[], CaMaterial],
-    *,
-    recorder: Recorder | None,
-    metrics: CaMetrics,
-    events: CaEventLog,
-    authentication: Authentication | None = None,
-) -> CertificateService:
-    """The servicer of a worker: the planned authenticators, the signer, the record."""
-    return CertificateService(
-        authentication=authentication or build_authentication(config, material),
-        signer=signer_for(config, material),
-        recorder=recorder,
-        metrics=metrics,
-        trust_domain=config.trust_domain,
-        trusted_node_accounts=config.trusted_node_accounts,
-        events=events,
-        # The service enforces the limit itself, so an overload refusal is logged and counted.
-        max_in_flight=config.max_concurrent_rpcs,
-    )
-
-
-def _grpc_server(
-    spec: WorkerSpec,
-    keys: LiveKeys,
-    recorder: AsyncRecorder,
-    metrics: CaMetrics,
-    events: CaEventLog,
-) -> grpc.aio.Server:
-    authentication = build_authentication(spec.config, lambda: keys.material)
-    service = certificate_service(
-        spec.config,
-        lambda: keys.material,
-        recorder=recorder,
-        metrics=metrics,
-        events=events,
-        authentication=authentication,
-    )
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    add_to_server(service, server)
-    # bulwark.v1.WorkloadIdentityService on the same ports, with the same authentication.
-    identity = identity_service(
-        spec.config,
-        lambda: keys.material,
-        authentication=authentication,
-        recorder=recorder,
-        metrics=metrics,
-        events=events,
-    )
-    add_identity_service(identity, server)
-    return server
-
-
-def identity_service(
-    config: CaConfig,
-    material: Callable[[], CaMaterial],
-    *,
-    authentication: Authentication,
-    recorder: Recorder | None,
-    metrics: CaMetrics,
-    events: CaEventLog,
-) -> WorkloadIdentityService:
-    """JWT-SVIDs and trust bundles, from the shared key file and the federation store."""
-    key_file = KeyFile(config.jwt_key_dir)
-    own = BundleSource(
-        roots=lambda: material().roots,
-        key_file=key_file,
-        refresh_hint=config.jwt_rotation.refresh_hint,
-    )
-    federated = FederationStore(config.federation_dir)
-
-    def bundles() -> dict[str, bytes]:
-        return {**federated.all(), str(config.trust_domain): own.json_bytes()}
-
-    return WorkloadIdentityService(
-        authentication=authentication,
-        key_file=key_file,
-        bundles=bundles,
-        trust_domain=str(config.trust_domain),
-        recorder=recorder,
-        metrics=metrics,
-        events=events,
-        default_ttl=config.jwt_svid_default_ttl,
-        max_ttl=config.jwt_svid_max_ttl,
-    )
 
 
 def _follow_supervisor(supervisor: Connection, keys: LiveKeys, stop: threading.Event) -> None:

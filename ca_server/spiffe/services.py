@@ -23,7 +23,7 @@ from ca_server.errors import ConfigError
 from ca_server.spiffe.bundle import BundleSource, contents_digest
 from ca_server.spiffe.endpoint import BundleEndpoint, ServingIdentity
 from ca_server.spiffe.federation import FederationStore, Federator
-from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, plan
+from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, key_policy, plan
 from ca_server.spiffe.jwtsvid.shared import KeyStoreError, SharedKeySet
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def shared_key_set(config: CaConfig, *, owns: Callable[[], bool]) -> SharedKeySe
         from ca_server.kube.wiring import client_factory
 
         secret = JwtKeySecret(client_factory(config.kube)(), namespace=config.kube.namespace)
-        return SharedKeySet(secret, policy=config.jwt_rotation, owns=owns, errors=(KubeError,))
+        return SharedKeySet(secret, policy=key_policy(config), owns=owns, errors=(KubeError,))
     if config.record is None:
         return None
     from ca_server.record.ledger import LedgerError, parse_record_url
@@ -52,7 +52,7 @@ def shared_key_set(config: CaConfig, *, owns: Callable[[], bool]) -> SharedKeySe
         return None
     return SharedKeySet(
         RecordKeyTable(url),
-        policy=config.jwt_rotation,
+        policy=key_policy(config),
         owns=lambda: True,
         errors=(LedgerError, *driver_errors(url)),
     )
@@ -103,7 +103,7 @@ class SpiffeServices:
         self.bundle = BundleSource(
             roots=lambda: material().roots,
             key_file=self.key_file,
-            refresh_hint=config.jwt_rotation.refresh_hint,
+            refresh_hint=key_policy(config).refresh_hint,
             clock=clock,
         )
         self.federation = FederationStore(config.federation_dir)
@@ -134,7 +134,7 @@ class SpiffeServices:
         if self._shared is not None:
             after = self._shared.sync(now, digest)
         else:
-            keys = plan(before.keys, now, self._config.jwt_rotation)
+            keys = plan(before.keys, now, key_policy(self._config))
             after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
             after = after.with_bundle(digest(after))
         if after != before:

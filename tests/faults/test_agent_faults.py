@@ -62,11 +62,11 @@ async def test_a_garbage_ca_root_file_does_not_stop_renewals(ca: RunningCa, work
     async with running_agent(agent_config(ca, work, ca_root_ca=root)) as live:
         first = await live.wait_for_svid()
         root.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
-        renewed = await live.agent.rotator.refresh()
+        renewed = await live.agent.renewer.refresh()
         assert renewed.serial != first.serial
         assert live.agent.metrics.value("ca_root_failures_total") == 1
         root.write_bytes(b"")  # another bad state: counted again, still renewing
-        again = await live.agent.rotator.refresh()
+        again = await live.agent.renewer.refresh()
         assert again.serial != renewed.serial
         assert live.agent.metrics.value("ca_root_failures_total") == 2
 
@@ -229,11 +229,11 @@ async def test_trust_domain_mismatch_says_both_and_stops_hammering(
 ) -> None:
     """#14.8: a trust-domain mismatch hinted at --csr-san-policy and was retried forever."""
     agent = Agent(agent_config(ca, work, trust_domain="other.local"))
-    rotator = agent.rotator
+    renewer = agent.renewer
     with caplog.at_level(logging.INFO, logger="agent.state.renewal"):
         for _ in range(3):
-            await rotator.fire(rotator.generation)
-            wait = (rotator.due - agent.clock.now()).total_seconds()
+            await renewer.fire(renewer.generation)
+            wait = (renewer.due - agent.clock.now()).total_seconds()
             assert wait > 55, "a definitive refusal waits the longest backoff"
     message = agent.cache.snapshot.svid_error
     assert "your TRUST_DOMAIN is other.local, the CA's is cluster.local" in message

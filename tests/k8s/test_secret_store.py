@@ -101,11 +101,11 @@ def test_malformed_secret_is_an_error_not_a_new_root(
 def test_renewed_root_replaces_the_stored_one_and_keeps_the_old_in_the_bundle(
     admin_client: Client, make_namespace: Callable[[str], str]
 ) -> None:
-    from ca_server.authority.refresh import RotatableKeyStore, renewed_root
+    from ca_server.authority.refresh import RenewableKeyStore, renewed_root
 
     ns = make_namespace("rot")
     store = SecretKeyStore(admin_client, namespace=ns)
-    assert isinstance(store, RotatableKeyStore)
+    assert isinstance(store, RenewableKeyStore)
     first = load_or_create(store, TD, datetime.now(UTC))
     renewed = renewed_root(first, TD, datetime.now(UTC))
     store.replace(renewed)

@@ -5,7 +5,7 @@ cannot play a CA without it (Istio's istiod, or a Bulwark older than the service
 The agent's fallback for such a CA (UNIMPLEMENTED: JWT bundle streams still answer with the own
 trust domain and no keys, FetchJWTSVID says what the CA said) needs one. Everything else about
 JWT-SVIDs and bundles is tested against the real CA (tests/integration/agent/test_jwt_workload_api.py,
-tests/federation/).
+tests/integration/federation/).
 
 `IstioOnlyCa`: one in-process grpc.aio server on 127.0.0.1:0, TLS with a certificate for
 `istiod.istio-system.svc` signed by the real CA's root (so the agent's `CA_ROOT_CA` stays the

@@ -2,7 +2,7 @@
 
 `TestCa.create(data_dir)` builds real material (a self-signed P-256 root), the
 embedded token issuer's key and JWKS, and the servicer a worker runs, wired by
-the same functions (`ca_server.process.worker.certificate_service`, the authenticator
+the same functions (`ca_server.assembly.certificate_service`, the authenticator
 plan). Only what cannot exist without a gRPC server is faked: `FakeContext`
 stands in for `grpc.aio.ServicerContext` (metadata, auth context, peer, abort).
 The record is an in-memory list that can be told to fail.
@@ -22,6 +22,7 @@ import grpc
 from google.protobuf import struct_pb2
 from prometheus_client import CollectorRegistry
 
+from ca_server.assembly import certificate_service
 from ca_server.authn.local_issuer import LocalIssuer
 from ca_server.authority.material import CaMaterial, create_self_signed
 from ca_server.config import CaConfig
@@ -29,7 +30,6 @@ from ca_server.errors import RecordWriteFailed
 from ca_server.issuance.service import CertificateService, UndecodableRequest
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
-from ca_server.process.worker import certificate_service
 from ca_server.record.entry import IssuedCertificate
 from certs.keys import generate_key
 from certs.pem import to_pem
@@ -115,10 +115,16 @@ class TestCa:
         return cls.with_material(cfg, material, issuer)
 
     @classmethod
-    def with_material(cls, config: CaConfig, material: CaMaterial, issuer: LocalIssuer) -> TestCa:
+    def with_material(
+        cls,
+        config: CaConfig,
+        material: CaMaterial,
+        issuer: LocalIssuer,
+        recorder: MemoryRecorder | None = None,
+    ) -> TestCa:
         """Another CA sharing `material` and `issuer` (keys are slow to make), e.g. another policy."""
         registry = CollectorRegistry()
-        recorder = MemoryRecorder()
+        recorder = recorder if recorder is not None else MemoryRecorder()
         service = certificate_service(
             config,
             lambda: material,

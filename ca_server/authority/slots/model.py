@@ -115,8 +115,8 @@ class SlotState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RotationPolicy:
-    """When the refresher moves slots on its own (`new-key` mode)."""
+class SlotPolicy:
+    """When the refresher rotates the CA to a new key on its own: moves the slots (`new-key` mode)."""
 
     prepare_at: float = DEFAULT_PREPARE_AT  # fraction of the active CA's life
     propagation_delay: timedelta = DEFAULT_PROPAGATION_DELAY
@@ -136,14 +136,14 @@ def life_used(cert: x509.Certificate, now: datetime) -> float:
     return (now - cert.not_valid_before_utc) / life
 
 
-def should_prepare_next(state: SlotState, now: datetime, policy: RotationPolicy) -> bool:
+def should_prepare_next(state: SlotState, now: datetime, policy: SlotPolicy) -> bool:
     """The active CA has lived `prepare_at` of its life and no rotation is under way."""
     if state.prepared is not None or state.retired is not None:
         return False
     return life_used(state.active.authority.cert, now) >= policy.prepare_at
 
 
-def should_activate_next(state: SlotState, now: datetime, policy: RotationPolicy) -> bool:
+def should_activate_next(state: SlotState, now: datetime, policy: SlotPolicy) -> bool:
     """The prepared CA has been in the published bundle for the propagation delay, and the
     previous retired CA (if any) may leave the bundle first."""
     if state.prepared is None:
@@ -173,7 +173,7 @@ def prepare(state: SlotState, authority: Authority, now: datetime) -> SlotState:
 
 
 def activate(
-    state: SlotState, now: datetime, policy: RotationPolicy, *, force: bool = False
+    state: SlotState, now: datetime, policy: SlotPolicy, *, force: bool = False
 ) -> SlotState:
     """Sign with the prepared CA; the active one becomes retired until its last leaf expires.
 
@@ -226,7 +226,7 @@ def _secs(delta: timedelta) -> str:
     return f"{delta.total_seconds():.0f}s"
 
 
-def describe(state: SlotState, now: datetime, policy: RotationPolicy) -> dict[str, object]:
+def describe(state: SlotState, now: datetime, policy: SlotPolicy) -> dict[str, object]:
     """The state as plain JSON-ready values (no key material), for the admin API and CLI."""
 
     def slot(s: Slot | None) -> dict[str, object] | None:
@@ -263,9 +263,9 @@ __all__ = [
     "DEFAULT_PROPAGATION_DELAY",
     "ROTATION_MODES",
     "Authority",
-    "RotationPolicy",
     "Slot",
     "SlotError",
+    "SlotPolicy",
     "SlotState",
     "activate",
     "describe",

@@ -18,9 +18,9 @@ from datetime import datetime
 from ca_server.authority.material import CaMaterial, create_self_signed
 from ca_server.authority.slots.model import (
     Authority,
-    RotationPolicy,
     Slot,
     SlotError,
+    SlotPolicy,
     SlotState,
     activate,
     describe,
@@ -44,7 +44,7 @@ class SlotRotator:
         self,
         *,
         store: SlotStore,
-        policy: RotationPolicy,
+        policy: SlotPolicy,
         trust_domain: TrustDomain,
         self_signed: bool,
         new_authority: Callable[[datetime], Authority] | None = None,

@@ -3,9 +3,9 @@ record entry (`minter`) and the `bulwark.v1.WorkloadIdentityService` servicer (`
 
 from ca_server.spiffe.jwtsvid.keyset import (
     JwtKey,
+    JwtKeyPolicy,
     KeyFile,
     KeySet,
-    RotationPolicy,
     plan,
     signing_key,
 )
@@ -15,9 +15,9 @@ __all__ = [
     "DEFAULT_JWT_SVID_TTL",
     "MAX_JWT_SVID_TTL",
     "JwtKey",
+    "JwtKeyPolicy",
     "KeyFile",
     "KeySet",
-    "RotationPolicy",
     "check_audiences",
     "plan",
     "signing_key",

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ca_server.config import CaConfig
 from certs.files import write_atomic
 from certs.keys import KeyType, generate_key, load_private_key, private_key_pem
 
@@ -45,8 +46,9 @@ def _b64url(data: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class RotationPolicy:
-    """How long a key signs and how long its tokens may live (bounds its publication)."""
+class JwtKeyPolicy:
+    """How the JWT-SVID keys rotate: how long a key signs and how long its tokens may live
+    (bounds its publication)."""
 
     active_life: timedelta
     max_token_ttl: timedelta
@@ -59,6 +61,14 @@ class RotationPolicy:
     def refresh_hint(self) -> timedelta:
         """How often relying parties should re-fetch: well inside the prepare lead time."""
         return max(timedelta(seconds=1), min(timedelta(minutes=5), self.active_life / 4))
+
+
+def key_policy(config: CaConfig) -> JwtKeyPolicy:
+    """The policy of `bulwark ca serve`: --jwt-key-active-life, published for
+    --jwt-svid-max-ttl after a key's last signature."""
+    return JwtKeyPolicy(
+        active_life=config.jwt_key_active_life, max_token_ttl=config.jwt_svid_max_ttl
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -95,7 +105,7 @@ class JwtKey:
         }
 
 
-def new_key(active_from: datetime, policy: RotationPolicy) -> JwtKey:
+def new_key(active_from: datetime, policy: JwtKeyPolicy) -> JwtKey:
     """A fresh P-256 key with a random `kid`, signing from `active_from` for one active life."""
     until = active_from + policy.active_life
     return JwtKey(
@@ -121,8 +131,8 @@ def published(keys: Iterable[JwtKey], now: datetime) -> tuple[JwtKey, ...]:
 def plan(
     keys: Iterable[JwtKey],
     now: datetime,
-    policy: RotationPolicy,
-    make: Callable[[datetime, RotationPolicy], JwtKey] = new_key,
+    policy: JwtKeyPolicy,
+    make: Callable[[datetime, JwtKeyPolicy], JwtKey] = new_key,
 ) -> tuple[JwtKey, ...]:
     """The keys to keep after `now`: expired ones dropped, an active and a prepared one made."""
     kept = list(published(keys, now))

@@ -2,14 +2,13 @@
 
 Callers authenticate exactly as for CreateCertificate (the same `Authentication`: a
 bearer token or the client certificate), and a JWT-SVID always names the caller's own
-SPIFFE ID: this service has no impersonation. Refusals are logged and counted as
-CreateCertificate's are (`CaEventLog.refused`, `CaMetrics.refused`); a JWT-SVID is
-recorded before it is returned, and an error in the record sends nothing.
+SPIFFE ID: this service has no impersonation. Refusals are answered, logged and counted
+as CreateCertificate's are (`ca_server.issuance.refusals`); a JWT-SVID is recorded before
+it is returned, and an error in the record sends nothing.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -17,15 +16,14 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from ca_server.errors import AuthenticationError, CaError, UpstreamUnavailable
+from ca_server.errors import AuthenticationError, UpstreamUnavailable
 from ca_server.identity import Caller
+from ca_server.issuance.refusals import Call, refusals
 from ca_server.issuance.service import (
-    UNEXPECTED,
     CallerAuthentication,
     UndecodableRequest,
     authenticate_call,
     never_raising_decoder,
-    note_refusal,
 )
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
@@ -34,7 +32,6 @@ from ca_server.spiffe.jwtsvid.keyset import KeyFile, signing_key
 from ca_server.spiffe.jwtsvid.minter import check_audiences, lifetime, mint
 from protos.bulwark.v1 import identity_pb2
 
-log = logging.getLogger(__name__)
 SERVICE_NAME = "bulwark.v1.WorkloadIdentityService"
 M = TypeVar("M", bound=Message)
 Clock = Callable[[], datetime]
@@ -65,79 +62,59 @@ class WorkloadIdentityService:
         self._bundles = bundles
         self._trust_domain = trust_domain
         self._recorder = recorder
-        self._metrics = metrics
-        self._events = events
+        self.metrics = metrics
+        self.events = events
         self._default_ttl = default_ttl
         self._max_ttl = max_ttl
         self._clock = clock
 
+    @refusals
     async def MintJWTSVID(
         self,
         request: identity_pb2.MintJWTSVIDRequest | Undecodable,
         context: grpc.aio.ServicerContext,
+        call: Call,
     ) -> identity_pb2.MintJWTSVIDResponse:
-        caller: Caller | None = None
-        try:
-            if isinstance(request, Undecodable):
-                raise request
-            caller = await self._authenticate(context)
-            audiences = check_audiences(list(request.audience))
-            ttl = lifetime(request.ttl_seconds, default=self._default_ttl, maximum=self._max_ttl)
-            now = self._clock()
-            key = signing_key(self._key_file.load().keys, now)
-            if key is None:
-                raise UpstreamUnavailable("no JWT-SVID signing key is active yet; retry shortly")
-            minted = mint(key=key, caller=caller, audiences=audiences, ttl=ttl, now=now)
-            if self._recorder is not None:
-                # failure: INTERNAL, nothing sent (also once the caller's deadline passed)
-                await self._recorder.record(minted.entry, within=context.time_remaining())
-        except CaError as exc:
-            self._refused(exc, caller, context)
-            await context.abort(exc.code, exc.public_message)
-        except Exception:
-            log.exception("unexpected error in MintJWTSVID")
-            self._refused(UNEXPECTED, caller, context)
-            await context.abort(UNEXPECTED.code, UNEXPECTED.public_message)
-        self._events.issued(minted.entry, peer=context.peer())
+        if isinstance(request, Undecodable):
+            raise request
+        call.caller = caller = await self._authenticate(context)
+        audiences = check_audiences(list(request.audience))
+        ttl = lifetime(request.ttl_seconds, default=self._default_ttl, maximum=self._max_ttl)
+        now = self._clock()
+        key = signing_key(self._key_file.load().keys, now)
+        if key is None:
+            raise UpstreamUnavailable("no JWT-SVID signing key is active yet; retry shortly")
+        minted = mint(key=key, caller=caller, audiences=audiences, ttl=ttl, now=now)
+        if self._recorder is not None:
+            # failure: INTERNAL, nothing sent (also once the caller's deadline passed)
+            await self._recorder.record(minted.entry, within=context.time_remaining())
+        self.events.issued(minted.entry, peer=call.peer)
         return identity_pb2.MintJWTSVIDResponse(
             spiffe_id=minted.entry.spiffe_id,
             token=minted.token,
             expires_at=int(minted.expires_at.timestamp()),
         )
 
+    @refusals
     async def FetchTrustBundles(
         self,
         request: identity_pb2.FetchTrustBundlesRequest | Undecodable,
         context: grpc.aio.ServicerContext,
+        call: Call,
     ) -> identity_pb2.FetchTrustBundlesResponse:
-        caller: Caller | None = None
-        try:
-            if isinstance(request, Undecodable):
-                raise request
-            caller = await self._authenticate(context)
-            bundles = dict(self._bundles())
-        except CaError as exc:
-            self._refused(exc, caller, context)
-            await context.abort(exc.code, exc.public_message)
-        except Exception:
-            log.exception("unexpected error in FetchTrustBundles")
-            self._refused(UNEXPECTED, caller, context)
-            await context.abort(UNEXPECTED.code, UNEXPECTED.public_message)
+        if isinstance(request, Undecodable):
+            raise request
+        call.caller = await self._authenticate(context)
         return identity_pb2.FetchTrustBundlesResponse(
-            trust_domain=self._trust_domain, bundles=bundles
+            trust_domain=self._trust_domain, bundles=dict(self._bundles())
         )
 
     async def _authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
         try:
             return await authenticate_call(self._authn, context)
         except AuthenticationError:
-            self._metrics.auth_failures.inc()
+            self.metrics.auth_failures.inc()
             raise
-
-    def _refused(
-        self, exc: CaError, caller: Caller | None, context: grpc.aio.ServicerContext
-    ) -> None:
-        note_refusal(self._metrics, self._events, exc, caller=caller, peer=context.peer())
 
 
 def add_to_server(service: WorkloadIdentityService, server: grpc.aio.Server) -> None:

@@ -27,8 +27,8 @@ from datetime import datetime
 from typing import Protocol
 
 from ca_server.spiffe.jwtsvid.keyset import (
+    JwtKeyPolicy,
     KeySet,
-    RotationPolicy,
     decode,
     encode,
     plan,
@@ -69,7 +69,7 @@ class SharedKeySet:
         self,
         store: KeySetStore,
         *,
-        policy: RotationPolicy,
+        policy: JwtKeyPolicy,
         owns: Callable[[], bool],
         errors: tuple[type[Exception], ...],
     ) -> None:

@@ -3,7 +3,7 @@
 The agent runs in-process; the CA is a real `python -m ca_server` process (module scope)
 whose `WorkloadIdentityService` mints the JWT-SVIDs and publishes the bundle. Its tokens
 live 6 s and each signing key signs for 6 s, so a half-life renewal and a key rotation both
-happen within a test. Federated trust domains are in tests/federation/ (two real CAs).
+happen within a test. Federated trust domains are in tests/integration/federation/ (two real CAs).
 The one stand-in left (`tests/support/jwt_ca_stub.py`) plays a CA *without* the service.
 """
 
@@ -157,8 +157,14 @@ async def test_fetch_jwt_svid_bad_inputs_are_refused_and_the_agent_lives_on(
 
     before = minted_at_ca(jwt_ca)
     assert "audience is required" in await refused(request())
-    assert "at most 32" in await refused(request(audience=[f"a{i}" for i in range(5000)]))
-    assert "longer than 512" in await refused(request(audience=["x" * 100_000]))
+    assert "at most 16" in await refused(request(audience=[f"a{i}" for i in range(5000)]))
+    assert "longer than 255" in await refused(request(audience=["x" * 100_000]))
+    # Defect: between the CA's limit and the agent's old one (32 x 512 bytes) the CA refused
+    # and the agent answered UNAVAILABLE, a retry code for a request that can never succeed.
+    assert "at most 16 are allowed" in await refused(request(audience=[f"a{i}" for i in range(20)]))
+    assert "longer than 255 characters" in await refused(request(audience=["y" * 300]))
+    assert "comma" in await refused(request(audience=["a,b"]))
+    assert "printable ASCII" in await refused(request(audience=["two words"]))
     assert "an audience is empty" in await refused(request(audience=["ok", ""]))
     assert "control characters" in await refused(request(audience=["bad\x1b[31m"]))
     assert "spiffe_id" in await refused(request(audience=["a"], spiffe_id="not-an-id"))

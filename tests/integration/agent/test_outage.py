@@ -65,13 +65,13 @@ async def test_ca_outage_across_a_rotation(tmp_path: Path, work: Path) -> None:
 
                 ca.stop()
                 async with asyncio.timeout(40):
-                    while live.agent.rotator.failures < 3:
+                    while live.agent.renewer.failures < 3:
                         await asyncio.sleep(0.1)
                 # past the renewal time, the CA down: the current certificate is still served
                 snapshot = live.agent.cache.snapshot
                 assert snapshot.svid is before
                 assert datetime.now(UTC) < before.not_after
-                assert live.agent.rotator.due > datetime.now(UTC)  # a backed-off retry is pending
+                assert live.agent.renewer.due > datetime.now(UTC)  # a backed-off retry is pending
                 assert "UNAVAILABLE" in snapshot.svid_error
                 assert not sds.ended.done() and not wl.done()
                 text = await metrics_text(live.status_url)

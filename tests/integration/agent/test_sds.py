@@ -141,7 +141,7 @@ async def test_delta_subscribe_unsubscribe_and_push(live: LiveAgent) -> None:
         assert await stream.nothing_within()
 
         old = live.agent.cache.snapshot.svid.serial  # type: ignore[union-attr]
-        await live.agent.rotator.refresh()
+        await live.agent.renewer.refresh()
         push = await stream.next()
         assert [r.name for r in push.resources] == ["default"]  # ROOTCA unsubscribed, unchanged
         assert leaf_serial(secrets_of(push)["default"]) != old
@@ -179,7 +179,7 @@ async def test_ten_streams_all_receive_a_rotation(live: LiveAgent) -> None:
             return leaf_serial(secrets_of(push)["default"])
 
         waiters = [asyncio.ensure_future(wait_push(s)) for s in streams]
-        new = await live.agent.rotator.refresh()
+        new = await live.agent.renewer.refresh()
         installed = time.monotonic()
         serials = await asyncio.gather(*waiters)
         assert serials == [new.serial] * 10 and new.serial != old

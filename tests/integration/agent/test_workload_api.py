@@ -53,7 +53,7 @@ async def test_x509_source_sees_the_rotated_svid(live: LiveAgent) -> None:
         first = source.get_x509_context().default_svid.leaf.serial_number
         updated = threading.Event()
         source.subscribe_for_updates(updated.set)
-        new = await live.agent.rotator.refresh()
+        new = await live.agent.renewer.refresh()
         assert await asyncio.to_thread(updated.wait, 15)
         for _ in range(100):
             if format(source.get_x509_context().default_svid.leaf.serial_number, "x") == new.serial:
@@ -94,7 +94,7 @@ async def test_stream_sends_full_state_at_once_and_on_rotation(live: LiveAgent) 
         svid = first.svids[0]
         assert svid.spiffe_id == "spiffe://cluster.local/ns/demo/sa/frontend"
         assert svid.x509_svid and svid.x509_svid_key and svid.bundle
-        await live.agent.rotator.refresh()
+        await live.agent.renewer.refresh()
         second = await asyncio.wait_for(call.read(), 10)
         assert second.svids[0].x509_svid != svid.x509_svid
         assert second.svids[0].bundle == svid.bundle

@@ -13,7 +13,7 @@ from ca_server.authority.material import (
     load_cacerts_dir,
     load_or_create,
 )
-from ca_server.authority.refresh import MaterialManager, rotation_due
+from ca_server.authority.refresh import MaterialManager, renewal_due
 from certs.keys import generate_key
 from certs.profile import leaf_certificate
 from certs.spiffe_id import SpiffeId, TrustDomain
@@ -55,7 +55,7 @@ def test_self_signed_root_is_renewed_with_the_same_key_and_old_leaves_still_veri
 
     late = T0 + timedelta(days=int(3650 * 0.85))
     old_leaf = _leaf(first, late - timedelta(minutes=30))
-    assert rotation_due(first, late)
+    assert renewal_due(first, late)
     assert manager.refresh(late) is True
     renewed = manager.current
     assert changes == [renewed]
@@ -84,7 +84,7 @@ def test_followers_do_not_rotate(tmp_path: Path) -> None:
         reload=lambda now: store.load() or first,
         store=store,
         trust_domain=TD,
-        may_rotate=lambda: False,
+        may_act=lambda: False,
     )
     assert manager.refresh(T0 + timedelta(days=3600)) is False
     assert manager.current is first

@@ -92,7 +92,7 @@ def test_admin_connections_are_accepted_with_nagle_off() -> None:
     import asyncio
     import socket
 
-    from ca_server.process.pool import bind_socket
+    from ca_server.process.ports import bind_socket
 
     async def accepted_nodelay() -> int:
         flags: list[int] = []

@@ -8,10 +8,10 @@ import asyncio
 import random
 from datetime import timedelta
 
-from agent.state.renewal import RotationPolicy, anchored, renew_for_roots
+from agent.state.renewal import RenewalPolicy, anchored, renew_for_roots
 from agent.state.svid import RootBundle
 from tests.support.agent import make_svid
-from tests.unit.agent.test_renewal import T0, FakeClock, Issuer, rotator_for, settle
+from tests.unit.agent.test_renewal import T0, FakeClock, Issuer, renewer_for, settle
 
 WINDOW = timedelta(seconds=30)
 
@@ -31,24 +31,24 @@ def test_anchored_and_renewal_point() -> None:
     assert late is not None and late <= short.not_after, "never after the certificate expires"
 
 
-def test_rotator_renews_early_when_its_root_leaves_the_bundle() -> None:
+def test_renewer_renews_early_when_its_root_leaves_the_bundle() -> None:
     async def scenario() -> None:
         clock = FakeClock()
         issuer = Issuer(clock, ttl=1000.0)
-        rotator, cache = rotator_for(clock, issuer)
-        assert rotator._policy == RotationPolicy()
-        runner = asyncio.ensure_future(rotator.run())
-        follower = asyncio.ensure_future(rotator.follow_roots())
+        renewer, cache = renewer_for(clock, issuer)
+        assert renewer._policy == RenewalPolicy()
+        runner = asyncio.ensure_future(renewer.run())
+        follower = asyncio.ensure_future(renewer.follow_roots())
         await settle()
         svid = cache.snapshot.svid
         assert svid is not None and issuer.calls == 1
-        normal_due = rotator.due
+        normal_due = renewer.due
         cache.set_file_roots(RootBundle.of(svid.roots.certs, make_svid(now=T0).roots.certs))
         await settle()
-        assert rotator.due == normal_due, "a bundle that still anchors the certificate"
+        assert renewer.due == normal_due, "a bundle that still anchors the certificate"
         cache.set_file_roots(make_svid(now=T0).roots)  # only a foreign root now
         await settle()
-        assert rotator.due <= clock.now() + WINDOW < normal_due
+        assert renewer.due <= clock.now() + WINDOW < normal_due
         await clock.advance(WINDOW.total_seconds())
         assert issuer.calls == 2, "renewed within the window"
         for task in (runner, follower):
@@ -61,15 +61,15 @@ def test_a_root_file_that_never_anchored_the_certificate_causes_no_renewal_loop(
     async def scenario() -> None:
         clock = FakeClock()
         issuer = Issuer(clock, ttl=1000.0)
-        rotator, cache = rotator_for(clock, issuer)
+        renewer, cache = renewer_for(clock, issuer)
         cache.set_file_roots(make_svid(now=T0).roots)  # another CA's root, from the start
-        runner = asyncio.ensure_future(rotator.run())
-        follower = asyncio.ensure_future(rotator.follow_roots())
+        runner = asyncio.ensure_future(renewer.run())
+        follower = asyncio.ensure_future(renewer.follow_roots())
         await settle()
-        due = rotator.due
+        due = renewer.due
         cache.set_file_roots(make_svid(now=T0).roots)
         await settle()
-        assert rotator.due == due and issuer.calls == 1
+        assert renewer.due == due and issuer.calls == 1
         for task in (runner, follower):
             task.cancel()
 

@@ -1,4 +1,4 @@
-"""Rotation timing with an injected clock and random source: no sleeping, no real CA."""
+"""The agent's renewal timing with an injected clock and random source: no sleeping, no real CA."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from agent.errors import CaRequestFailed
 from agent.state.cache import SecretCache
-from agent.state.renewal import RotationPolicy, Rotator
+from agent.state.renewal import RenewalPolicy, Renewer
 from agent.state.svid import Svid
 from tests.support.agent import make_svid
 
@@ -68,17 +68,17 @@ class Issuer:
         return make_svid(now=self.clock.now(), ttl=timedelta(seconds=self.ttl))
 
 
-def rotator_for(clock: FakeClock, issuer: Issuer, seed: int = 7) -> tuple[Rotator, SecretCache]:
+def renewer_for(clock: FakeClock, issuer: Issuer, seed: int = 7) -> tuple[Renewer, SecretCache]:
     cache = SecretCache()
-    rotator = Rotator(
-        issue=issuer, cache=cache, clock=clock, rng=random.Random(seed), policy=RotationPolicy()
+    renewer = Renewer(
+        issue=issuer, cache=cache, clock=clock, rng=random.Random(seed), policy=RenewalPolicy()
     )
-    return rotator, cache
+    return renewer, cache
 
 
 def test_renewal_is_due_at_half_life_within_the_jitter() -> None:
     svid = make_svid(now=T0, ttl=timedelta(seconds=1000))
-    policy = RotationPolicy(grace_ratio=0.5, grace_jitter=0.01)
+    policy = RenewalPolicy(grace_ratio=0.5, grace_jitter=0.01)
     dues = {policy.renew_at(svid, random.Random(seed)) for seed in range(50)}
     assert len(dues) > 40  # jittered, not one instant for every pod
     for due in dues:
@@ -87,12 +87,12 @@ def test_renewal_is_due_at_half_life_within_the_jitter() -> None:
 
 def test_lifetime_counts_from_receipt_not_the_backdated_not_before() -> None:
     svid = make_svid(now=T0, ttl=timedelta(seconds=10))  # NotBefore is T0 - 2 min
-    due = RotationPolicy(grace_jitter=0.0).renew_at(svid, random.Random(1))
+    due = RenewalPolicy(grace_jitter=0.0).renew_at(svid, random.Random(1))
     assert due == T0 + timedelta(seconds=5)
 
 
 def test_backoff_grows_from_half_a_second_to_a_minute_with_jitter() -> None:
-    policy = RotationPolicy()
+    policy = RenewalPolicy()
     rng = random.Random(3)
     waits = [policy.backoff(n, rng).total_seconds() for n in range(1, 16)]
     assert 0.5 <= waits[0] <= 0.6
@@ -106,8 +106,8 @@ async def test_concurrent_refreshes_share_one_csr() -> None:
     clock = FakeClock()
     issuer = Issuer(clock)
     issuer.gate = asyncio.Event()
-    rotator, cache = rotator_for(clock, issuer)
-    waiters = [asyncio.ensure_future(rotator.refresh()) for _ in range(5)]
+    renewer, cache = renewer_for(clock, issuer)
+    waiters = [asyncio.ensure_future(renewer.refresh()) for _ in range(5)]
     await settle()
     issuer.gate.set()
     results = await asyncio.gather(*waiters)
@@ -116,34 +116,34 @@ async def test_concurrent_refreshes_share_one_csr() -> None:
     assert cache.snapshot.svid is results[0]
 
 
-async def test_a_stale_scheduled_rotation_does_nothing() -> None:
+async def test_a_stale_scheduled_renewal_does_nothing() -> None:
     clock = FakeClock()
     issuer = Issuer(clock)
-    rotator, _ = rotator_for(clock, issuer)
-    await rotator.refresh()
-    scheduled = rotator.generation
-    await rotator.refresh()  # e.g. forced: supersedes the schedule above
+    renewer, _ = renewer_for(clock, issuer)
+    await renewer.refresh()
+    scheduled = renewer.generation
+    await renewer.refresh()  # e.g. forced: supersedes the schedule above
     assert issuer.calls == 2
-    assert await rotator.fire(scheduled) is False
+    assert await renewer.fire(scheduled) is False
     assert issuer.calls == 2
-    current = rotator.generation
-    assert await rotator.fire(current) is True
-    assert await rotator.fire(current) is False  # the same item never fires twice
+    current = renewer.generation
+    assert await renewer.fire(current) is True
+    assert await renewer.fire(current) is False  # the same item never fires twice
     assert issuer.calls == 3
-    assert rotator.stale_fires == 2
+    assert renewer.stale_fires == 2
 
 
 async def test_run_issues_at_once_then_at_each_due_time() -> None:
     clock = FakeClock()
     issuer = Issuer(clock, ttl=100)
-    rotator, cache = rotator_for(clock, issuer)
-    task = asyncio.ensure_future(rotator.run())
+    renewer, cache = renewer_for(clock, issuer)
+    task = asyncio.ensure_future(renewer.run())
     try:
         await settle()
         assert issuer.calls == 1
         first = cache.snapshot.svid
         assert first is not None
-        due = (rotator.due - clock.now()).total_seconds()
+        due = (renewer.due - clock.now()).total_seconds()
         assert 49 <= due <= 51
         await clock.advance(due - 1)
         assert issuer.calls == 1
@@ -157,28 +157,28 @@ async def test_run_issues_at_once_then_at_each_due_time() -> None:
 async def test_failures_keep_serving_and_back_off_until_the_ca_returns() -> None:
     clock = FakeClock()
     issuer = Issuer(clock, ttl=100)
-    rotator, cache = rotator_for(clock, issuer)
-    task = asyncio.ensure_future(rotator.run())
+    renewer, cache = renewer_for(clock, issuer)
+    task = asyncio.ensure_future(renewer.run())
     try:
         await settle()
         serving = cache.snapshot.svid
         assert serving is not None
         issuer.failing = True
-        await clock.advance((rotator.due - clock.now()).total_seconds())
+        await clock.advance((renewer.due - clock.now()).total_seconds())
         waits = []
         for _ in range(6):
             assert cache.snapshot.svid is serving  # still served while the CA is down
-            wait = (rotator.due - clock.now()).total_seconds()
+            wait = (renewer.due - clock.now()).total_seconds()
             waits.append(wait)
             await clock.advance(wait)
-        assert rotator.failures == 7
+        assert renewer.failures == 7
         assert "CA unreachable" in cache.snapshot.svid_error
         assert waits == sorted(waits) or waits[-1] > waits[0]
         assert 0.5 <= waits[0] <= 1.2 and waits[-1] >= 12.8
         issuer.failing = False
-        await clock.advance((rotator.due - clock.now()).total_seconds())
+        await clock.advance((renewer.due - clock.now()).total_seconds())
         assert cache.snapshot.svid is not serving
-        assert rotator.failures == 0 and cache.snapshot.svid_error == ""
+        assert renewer.failures == 0 and cache.snapshot.svid_error == ""
     finally:
         task.cancel()
 
@@ -186,5 +186,5 @@ async def test_failures_keep_serving_and_back_off_until_the_ca_returns() -> None
 @pytest.mark.parametrize("ratio", [0.2, 0.5, 0.8])
 def test_grace_ratio_moves_the_due_time(ratio: float) -> None:
     svid = make_svid(now=T0, ttl=timedelta(seconds=100))
-    due = RotationPolicy(grace_ratio=ratio, grace_jitter=0.0).renew_at(svid, random.Random(0))
+    due = RenewalPolicy(grace_ratio=ratio, grace_jitter=0.0).renew_at(svid, random.Random(0))
     assert due == T0 + timedelta(seconds=100 * (1 - ratio))

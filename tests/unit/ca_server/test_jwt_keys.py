@@ -14,9 +14,9 @@ import pytest
 from ca_server.authority.material import create_self_signed
 from ca_server.config import CaConfig
 from ca_server.spiffe.jwtsvid.keyset import (
+    JwtKeyPolicy,
     KeyFile,
     KeySet,
-    RotationPolicy,
     decode,
     plan,
     published,
@@ -26,7 +26,7 @@ from ca_server.spiffe.services import SpiffeServices
 from certs.spiffe_id import TrustDomain
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
-POLICY = RotationPolicy(active_life=timedelta(hours=24), max_token_ttl=timedelta(hours=1))
+POLICY = JwtKeyPolicy(active_life=timedelta(hours=24), max_token_ttl=timedelta(hours=1))
 
 
 def test_first_plan_makes_one_key_that_signs_at_once() -> None:
@@ -64,7 +64,7 @@ def test_a_ca_down_past_every_key_starts_a_new_one() -> None:
 
 
 def test_refresh_hint_is_well_inside_the_prepare_lead() -> None:
-    short = RotationPolicy(active_life=timedelta(seconds=8), max_token_ttl=timedelta(seconds=4))
+    short = JwtKeyPolicy(active_life=timedelta(seconds=8), max_token_ttl=timedelta(seconds=4))
     assert short.refresh_hint == timedelta(seconds=2) < short.active_life / 2
     assert POLICY.refresh_hint == timedelta(minutes=5)
 

@@ -15,13 +15,13 @@ import pytest
 from ca_server.authority.material import create_self_signed
 from ca_server.config import CaConfig
 from ca_server.errors import ConfigError
-from ca_server.spiffe.jwtsvid.keyset import KeySet, RotationPolicy, encode, signing_key
+from ca_server.spiffe.jwtsvid.keyset import JwtKeyPolicy, KeySet, encode, signing_key
 from ca_server.spiffe.jwtsvid.shared import KeyStoreError, SharedKeySet
 from ca_server.spiffe.services import SpiffeServices
 from certs.spiffe_id import TrustDomain
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
-POLICY = RotationPolicy(active_life=timedelta(hours=24), max_token_ttl=timedelta(hours=1))
+POLICY = JwtKeyPolicy(active_life=timedelta(hours=24), max_token_ttl=timedelta(hours=1))
 
 
 class MemoryStore:

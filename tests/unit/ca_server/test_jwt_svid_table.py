@@ -1,6 +1,6 @@
 """MintJWTSVID and FetchTrustBundles, row by row, in-process against the worker's servicer.
 
-The servicer is built by the worker's own wiring (`ca_server.process.worker.identity_service`, the
+The servicer is built by the worker's own wiring (`ca_server.assembly.identity_service`, the
 same `Authentication` as CreateCertificate) over a real key file made by the supervisor's
 `SpiffeServices.prepare`. Every refusal carries its code and a message, records nothing,
 is counted and never echoes the token.
@@ -22,11 +22,11 @@ import jwt
 import pytest
 from prometheus_client import CollectorRegistry
 
+from ca_server.assembly import identity_service
 from ca_server.authn.plan import build_authentication
 from ca_server.config import CaConfig
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
-from ca_server.process.worker import identity_service
 from ca_server.record.entry import JWT_SVID
 from ca_server.spiffe.jwtsvid.service import Undecodable, WorkloadIdentityService
 from ca_server.spiffe.services import SpiffeServices

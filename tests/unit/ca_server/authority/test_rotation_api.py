@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from ca_server.admin.rotation_routes import build_rotation_router
 from ca_server.authority.material import DirectoryKeyStore, load_or_create
-from ca_server.authority.slots.model import RotationPolicy
+from ca_server.authority.slots.model import SlotPolicy
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.authority.slots.store import STATE_NAME, DirectorySlotStore
 from certs.spiffe_id import TrustDomain
@@ -29,7 +29,7 @@ def _client(
     now = datetime.now(UTC)
     rotator = SlotRotator(
         store=DirectorySlotStore(tmp_path / "ca"),
-        policy=RotationPolicy(propagation_delay=timedelta(hours=1)),
+        policy=SlotPolicy(propagation_delay=timedelta(hours=1)),
         trust_domain=TD,
         self_signed=True,
     )

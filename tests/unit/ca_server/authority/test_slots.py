@@ -10,9 +10,9 @@ from cryptography import x509
 
 from ca_server.authority.slots.model import (
     Authority,
-    RotationPolicy,
     Slot,
     SlotError,
+    SlotPolicy,
     SlotState,
     activate,
     describe,
@@ -33,7 +33,7 @@ T0 = datetime(2030, 1, 1, tzinfo=UTC)
 LIFE = timedelta(days=100)
 DELAY = timedelta(hours=1)
 MAX_TTL = timedelta(hours=24)
-POLICY = RotationPolicy(prepare_at=0.8, propagation_delay=DELAY, max_ttl=MAX_TTL)
+POLICY = SlotPolicy(prepare_at=0.8, propagation_delay=DELAY, max_ttl=MAX_TTL)
 ME = SpiffeId.parse("spiffe://cluster.local/ns/demo/sa/web")
 
 
@@ -188,6 +188,6 @@ def test_retired_until_is_capped_by_the_old_ca_expiry() -> None:
 
 def test_policy_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="fraction"):
-        RotationPolicy(prepare_at=0)
+        SlotPolicy(prepare_at=0)
     with pytest.raises(ValueError, match="negative"):
-        RotationPolicy(propagation_delay=timedelta(seconds=-1))
+        SlotPolicy(propagation_delay=timedelta(seconds=-1))

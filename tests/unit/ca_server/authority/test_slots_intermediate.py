@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ca_server.authority.material import CaMaterial, load_cacerts_dir
-from ca_server.authority.slots.model import RotationPolicy
+from ca_server.authority.slots.model import SlotPolicy
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.authority.slots.store import DirectorySlotStore
 from certs.cli import main as bulwark
@@ -23,7 +23,7 @@ from certs.verify import verify_svid
 from tests.support.openssl import _INTERMEDIATE_EXT, openssl, self_signed_ca
 
 ME = SpiffeId.parse("spiffe://cluster.local/ns/demo/sa/web")
-POLICY = RotationPolicy(propagation_delay=timedelta(hours=1), max_ttl=timedelta(hours=24))
+POLICY = SlotPolicy(propagation_delay=timedelta(hours=1), max_ttl=timedelta(hours=24))
 
 
 @pytest.fixture

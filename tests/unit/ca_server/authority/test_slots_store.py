@@ -10,7 +10,7 @@ import pytest
 
 from ca_server.authority.material import DirectoryKeyStore, load_cacerts_dir, load_or_create
 from ca_server.authority.refresh import MaterialManager
-from ca_server.authority.slots.model import Authority, RotationPolicy, Slot, SlotError, SlotState
+from ca_server.authority.slots.model import Authority, Slot, SlotError, SlotPolicy, SlotState
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.authority.slots.store import (
     STATE_NAME,
@@ -26,7 +26,7 @@ from tests.support.openssl import make_cacerts
 
 TD = TrustDomain("cluster.local")
 T0 = datetime(2030, 1, 1, tzinfo=UTC)
-POLICY = RotationPolicy(
+POLICY = SlotPolicy(
     prepare_at=0.8, propagation_delay=timedelta(hours=1), max_ttl=timedelta(hours=24)
 )
 
@@ -94,16 +94,16 @@ def test_damaged_state_is_a_clear_config_error(case: str, record: bytes, message
         decode_state(record, {}, "the data dir")
 
 
-def _manager(tmp_path: Path, rotator: SlotRotator, may_rotate: bool = True) -> MaterialManager:
+def _manager(tmp_path: Path, rotator: SlotRotator, may_act: bool = True) -> MaterialManager:
     classic = DirectoryKeyStore(tmp_path / "ca")
     first = load_or_create(classic, TD, T0)
     return MaterialManager(
-        initial=rotator.step(first, T0, may_act=may_rotate),
+        initial=rotator.step(first, T0, may_act=may_act),
         reload=lambda now: classic.load() or first,
         store=classic,
         trust_domain=TD,
         rotator=rotator,
-        may_rotate=lambda: may_rotate,
+        may_act=lambda: may_act,
     )
 
 
@@ -144,7 +144,7 @@ def test_followers_only_read_the_slots(tmp_path: Path) -> None:
     rotator = SlotRotator(
         store=DirectorySlotStore(tmp_path / "ca"), policy=POLICY, trust_domain=TD, self_signed=True
     )
-    manager = _manager(tmp_path, rotator, may_rotate=False)
+    manager = _manager(tmp_path, rotator, may_act=False)
     assert manager.refresh(T0 + timedelta(days=3600)) is False
     assert not (tmp_path / "ca" / STATE_NAME).exists(), "a follower stores nothing"
     with pytest.raises(SlotError, match="not stored"):

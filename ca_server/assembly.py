@@ -1,0 +1,151 @@
+"""What a CA worker serves, built from a `CaConfig` and a source of the current CA material.
+
+One place wires the request pipeline: the authenticators the config plans
+(`ca_server.authn.plan`), the signer and its policy, the issuance record, and the two
+servicers on a worker's ports (IstioCertificateService and bulwark.v1.WorkloadIdentityService,
+sharing one `Authentication`). The worker process (`ca_server.process.worker`) and the
+in-process test CA (`tests/support/testca.py`) both build their servicers here, so a
+policy table tests exactly what a worker runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import grpc
+
+from ca_server.authn.authenticators import Authentication
+from ca_server.authn.plan import build_authentication
+from ca_server.authority.material import CaMaterial
+from ca_server.config import CaConfig
+from ca_server.issuance.service import CertificateService
+from ca_server.issuance.service import add_to_server as add_certificate_service
+from ca_server.issuance.signer import Signer, SigningPolicy
+from ca_server.logs import CaEventLog
+from ca_server.metrics import CaMetrics
+from ca_server.record.entry import Recorder
+from ca_server.record.ledger.async_recorder import AsyncRecorder
+from ca_server.spiffe.bundle import BundleSource
+from ca_server.spiffe.federation.store import FederationStore
+from ca_server.spiffe.jwtsvid.keyset import KeyFile, key_policy
+from ca_server.spiffe.jwtsvid.service import WorkloadIdentityService
+from ca_server.spiffe.jwtsvid.service import add_to_server as add_identity_service
+
+Material = Callable[[], CaMaterial]
+
+
+def open_recorder(config: CaConfig, metrics: CaMetrics | None = None) -> AsyncRecorder:
+    """The issuance record for this process (SQLite in the data dir unless --record)."""
+    import ca_server.record.ledger as ledger
+
+    url = config.record or f"sqlite:///{(config.data_dir / 'record.db').resolve()}"
+    options = ledger.RecorderOptions(max_batch=config.record_max_batch)
+    managed = ledger.open_recorder(url, options=options)
+    return AsyncRecorder(
+        managed,
+        linger_s=config.record_linger.total_seconds(),
+        on_commit=metrics.record_commit_duration.observe if metrics is not None else None,
+    )
+
+
+def signer_for(config: CaConfig, material: Callable[[], CaMaterial | None]) -> Signer:
+    """The signer a worker with `config` runs, signing with whatever `material()` is current."""
+    return Signer(
+        material=material,
+        policy=SigningPolicy(
+            csr_san_policy=config.csr_san_policy,
+            default_ttl=config.default_ttl,
+            max_ttl=config.max_ttl,
+            allow_ed25519=config.allow_ed25519,
+        ),
+        clock=lambda: datetime.now(UTC),
+    )
+
+
+def certificate_service(
+    config: CaConfig,
+    material: Material,
+    *,
+    recorder: Recorder | None,
+    metrics: CaMetrics,
+    events: CaEventLog,
+    authentication: Authentication | None = None,
+) -> CertificateService:
+    """IstioCertificateService: the planned authenticators, the signer, the record."""
+    return CertificateService(
+        authentication=authentication or build_authentication(config, material),
+        signer=signer_for(config, material),
+        recorder=recorder,
+        metrics=metrics,
+        trust_domain=config.trust_domain,
+        trusted_node_accounts=config.trusted_node_accounts,
+        events=events,
+        # The service enforces the limit itself, so an overload refusal is logged and counted.
+        max_in_flight=config.max_concurrent_rpcs,
+    )
+
+
+def identity_service(
+    config: CaConfig,
+    material: Material,
+    *,
+    authentication: Authentication,
+    recorder: Recorder | None,
+    metrics: CaMetrics,
+    events: CaEventLog,
+) -> WorkloadIdentityService:
+    """JWT-SVIDs and trust bundles, from the shared key file and the federation store."""
+    key_file = KeyFile(config.jwt_key_dir)
+    own = BundleSource(
+        roots=lambda: material().roots,
+        key_file=key_file,
+        refresh_hint=key_policy(config).refresh_hint,
+    )
+    federated = FederationStore(config.federation_dir)
+
+    def bundles() -> dict[str, bytes]:
+        return {**federated.all(), str(config.trust_domain): own.json_bytes()}
+
+    return WorkloadIdentityService(
+        authentication=authentication,
+        key_file=key_file,
+        bundles=bundles,
+        trust_domain=str(config.trust_domain),
+        recorder=recorder,
+        metrics=metrics,
+        events=events,
+        default_ttl=config.jwt_svid_default_ttl,
+        max_ttl=config.jwt_svid_max_ttl,
+    )
+
+
+def add_services(
+    server: grpc.aio.Server,
+    config: CaConfig,
+    material: Material,
+    *,
+    recorder: Recorder | None,
+    metrics: CaMetrics,
+    events: CaEventLog,
+) -> None:
+    """Register both servicers of a worker on `server`, with one `Authentication`."""
+    authentication = build_authentication(config, material)
+    certificates = certificate_service(
+        config,
+        material,
+        authentication=authentication,
+        recorder=recorder,
+        metrics=metrics,
+        events=events,
+    )
+    add_certificate_service(certificates, server)
+    identities = identity_service(
+        config,
+        material,
+        authentication=authentication,
+        recorder=recorder,
+        metrics=metrics,
+        events=events,
+    )
+    add_identity_service(identities, server)

@@ -1,0 +1,86 @@
+"""The one place where the CA's errors become gRPC statuses, for every servicer of the CA.
+
+`@refusals` wraps a servicer method (IstioCertificateService, bulwark.v1.WorkloadIdentityService):
+a `CaError` is counted (`CaMetrics.refused`), logged (`CaEventLog.refused`) and answered
+with its own code and public message (`ca_server.errors` draws the tree); any other
+exception is logged with its traceback and answered INTERNAL with a generic message, so
+its text never reaches a client. A wrapped method takes one more argument, the `Call`,
+where it notes the caller once authenticated, for the refusal's log line.
+
+A decorator rather than a grpc.aio server interceptor: an interceptor sees handlers, not
+the exceptions they raise, nor the caller a method has established.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+import grpc
+
+from ca_server.errors import CaError
+from ca_server.identity import Caller
+from ca_server.logs import CaEventLog
+from ca_server.metrics import CaMetrics
+
+# What a caller is told about an exception no CaError describes (a bug): its text stays in our log.
+UNEXPECTED = CaError("internal error in the CA; see its log")
+
+
+class Call:
+    """What one call has established so far, for its log line."""
+
+    __slots__ = ("caller", "peer")
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.caller: Caller | None = None
+
+
+class Refusing(Protocol):
+    """A servicer `refusals` wraps: where its refusals are counted and logged."""
+
+    metrics: CaMetrics
+    events: CaEventLog
+
+
+S = TypeVar("S", bound=Refusing)
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+
+def note_refusal(metrics: CaMetrics, events: CaEventLog, exc: CaError, call: Call) -> None:
+    """Count and log one refused call."""
+    metrics.refused(reason=exc.reason, code=exc.code.name)
+    events.refused(
+        code=exc.code.name,
+        reason=exc.reason,
+        message=exc.public_message,
+        caller=call.caller,
+        peer=call.peer,
+    )
+
+
+def refusals(
+    method: Callable[[S, Req, grpc.aio.ServicerContext, Call], Awaitable[Resp]],
+) -> Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Resp]]:
+    """`method` as a gRPC handler: its errors answered, counted and logged (module docstring)."""
+    log = logging.getLogger(method.__module__)
+
+    @functools.wraps(method)
+    async def handler(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
+        call = Call(context.peer())
+        try:
+            return await method(self, request, context, call)
+        except CaError as exc:
+            refused = exc
+        except Exception:
+            log.exception("unexpected error in %s", method.__name__)
+            refused = UNEXPECTED
+        note_refusal(self.metrics, self.events, refused, call)
+        await context.abort(refused.code, refused.public_message)
+        raise AssertionError("ServicerContext.abort ends the call by raising")
+
+    return handler
