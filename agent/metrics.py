@@ -1,4 +1,4 @@
-"""The agent's Prometheus series (SPEC §2, prefix `istio_agent_`), in a few dozen lines.
+"""The agent's Prometheus series (docs/COMPATIBILITY.md §2, prefix `istio_agent_`), in a few dozen lines.
 
 A hand-written registry instead of `prometheus_client`: the agent exposes a
 handful of series and every megabyte of resident memory counts per pod

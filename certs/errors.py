@@ -1,7 +1,7 @@
 """Errors of the shared PKI core.
 
 CertsError
-├── InvalidSpiffeId      a SPIFFE ID or trust domain breaks SPEC §3
+├── InvalidSpiffeId      a SPIFFE ID or trust domain breaks docs/COMPATIBILITY.md §3
 ├── UnsupportedKey       key type or size outside the allow-list
 ├── CsrError             CSR unparsable, oversized, badly signed or asking for CA powers
 ├── ChainError           a chain does not verify against the given roots

@@ -1,4 +1,4 @@
-"""SDS resource names and the Envoy `Secret` each one becomes (SPEC §2)."""
+"""SDS resource names and the Envoy `Secret` each one becomes (docs/COMPATIBILITY.md §2)."""
 
 from __future__ import annotations
 

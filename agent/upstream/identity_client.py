@@ -93,7 +93,7 @@ class IdentityClient:
         self._metrics.inc("num_outgoing_requests", request_type=kind)
         channel = self._ca.open_channel()
         try:
-            stub = identity_pb2_grpc.WorkloadIdentityServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = identity_pb2_grpc.WorkloadIdentityServiceStub(channel)
             return await self._with_retries(getattr(stub, method), request, kind)
         finally:
             await channel.close()

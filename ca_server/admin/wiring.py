@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -101,8 +100,10 @@ def admin_router_for(
     admin_host: str,
     spiffe_bundle: Callable[[], dict[str, Any]] | None = None,
     federated_bundles: Callable[[], dict[str, bytes]] = dict,
+    metrics_dir: str | None = None,
 ) -> tuple[APIRouter, Callable[[], None]]:
-    """The supervisor's glue: open the record reader and pruner, build the /v1 router.
+    """The supervisor's glue: open the record reader and pruner, build the /v1 router
+    (`metrics_dir`: where the workers' metrics are, for the web view's refusal counts).
 
     Returns the router and a function that closes the reader and stops the pruner.
     """
@@ -140,7 +141,7 @@ def admin_router_for(
         build_ui_router(
             reader=reader,
             ca_certificates=lambda: ca_certificates_of(material()),
-            refusals=lambda: refusal_counts(os.environ.get("PROMETHEUS_MULTIPROC_DIR")),
+            refusals=lambda: refusal_counts(metrics_dir),
             admin_token=token,
             loopback=loopback,
         )

@@ -3,7 +3,7 @@
 `authenticate(creds)` returns None when the request carries nothing this
 authenticator understands, returns a `Caller` when it vouches for the request,
 and raises `AuthenticationError` when the credential it understands is bad.
-`Authentication` tries them in order; the first `Caller` wins (SPEC §1).
+`Authentication` tries them in order; the first `Caller` wins (docs/COMPATIBILITY.md §1).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from ca_server.authn.jwks import JwksSource as JwksSource  # re-exported: worker builds it here
 from ca_server.errors import AuthenticationError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials, shown
+from ca_server.options import default
 from certs.errors import CertsError, InvalidSpiffeId, JwtError
 from certs.jwt_rules import check_crit, numeric_date, unverified_claims, unverified_header
 from certs.pem import load_certificates
@@ -205,11 +206,9 @@ class ClientCertAuthenticator:
         )
 
 
-DEFAULT_LEEWAY_S = 60.0
-# Kubernetes projected tokens for istio-ca live 1 h (kubelet default) to 12 h (Istio's
-# istio-token, expirationSeconds 43200); 24 h admits both with room and still refuses the
-# year-long "extended" legacy tokens and forged far-future `exp` values.
-DEFAULT_MAX_TOKEN_LIFETIME_S = 24 * 3600.0
+# --token-clock-skew and --max-token-lifetime (ca_server.options says why these defaults).
+DEFAULT_LEEWAY_S = default("token_clock_skew").total_seconds()
+DEFAULT_MAX_TOKEN_LIFETIME_S = default("max_token_lifetime").total_seconds()
 # A verified token is trusted from the cache at most this long, whatever its `exp` says.
 DEFAULT_CACHE_SECONDS = 300.0
 MAX_TOKEN_CHARS = 16 * 1024

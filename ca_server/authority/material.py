@@ -13,6 +13,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from ca_server.errors import ConfigError
+from certs import istio_files
 from certs.errors import CertsError
 from certs.files import write_atomic
 from certs.keys import (
@@ -95,8 +96,8 @@ class DirectoryKeyStore:
         self.directory = directory
 
     def load(self) -> CaMaterial | None:
-        cert_path = self.directory / "ca-cert.pem"
-        key_path = self.directory / "ca-key.pem"
+        cert_path = self.directory / istio_files.CA_CERT
+        key_path = self.directory / istio_files.CA_KEY
         if not cert_path.exists() and not key_path.exists():
             return None
         for path in (cert_path, key_path):
@@ -127,9 +128,9 @@ class DirectoryKeyStore:
         _private_directory(self.directory)
         write_atomic(self.directory / "root-bundle.pem", bundle_pem(material.roots).encode())
         write_atomic(
-            self.directory / "ca-key.pem", private_key_pem(material.signing_key), mode=0o600
+            self.directory / istio_files.CA_KEY, private_key_pem(material.signing_key), mode=0o600
         )
-        write_atomic(self.directory / "ca-cert.pem", to_pem(material.signing_cert).encode())
+        write_atomic(self.directory / istio_files.CA_CERT, to_pem(material.signing_cert).encode())
 
 
 def create_self_signed(trust_domain: TrustDomain, now: datetime) -> CaMaterial:
@@ -148,17 +149,11 @@ def load_or_create(store: KeyStore, trust_domain: TrustDomain, now: datetime) ->
     return store.save(create_self_signed(trust_domain, now))
 
 
-_CACERTS_STYLES = (
-    ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem"),
-    ("tls.crt", "tls.key", "ca.crt", None),
-)
-
-
 def load_cacerts_dir(directory: Path, now: datetime) -> CaMaterial:
     """Plugged-in CA files (`ca-cert.pem`... or `tls.crt`...); any gap or mismatch is a ConfigError."""
     if not directory.is_dir():
         raise ConfigError(f"--cacerts-dir {directory} is not a directory")
-    for cert_name, key_name, root_name, chain_name in _CACERTS_STYLES:
+    for cert_name, key_name, root_name, chain_name in istio_files.CACERTS_LAYOUTS:
         names = [n for n in (cert_name, key_name, root_name, chain_name) if n]
         present = [n for n in names if (directory / n).exists()]
         if not present:
@@ -171,10 +166,8 @@ def load_cacerts_dir(directory: Path, now: datetime) -> CaMaterial:
                 f"(found {', '.join(present)})"
             )
         return _load_plugged(directory, cert_name, key_name, root_name, chain_name, now)
-    raise ConfigError(
-        f"plugged-in CA directory {directory} holds neither ca-cert.pem/ca-key.pem/root-cert.pem/"
-        "cert-chain.pem nor tls.crt/tls.key/ca.crt"
-    )
+    layouts = " nor ".join("/".join(n for n in names if n) for names in istio_files.CACERTS_LAYOUTS)
+    raise ConfigError(f"plugged-in CA directory {directory} holds neither {layouts}")
 
 
 def _load_plugged(

@@ -26,7 +26,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from ca_server.authority.material import load_cacerts_dir
+from ca_server.cli.exits import EXIT_OK, fail
 from ca_server.errors import ConfigError
+from ca_server.options import CA_OPTIONS
+from certs import istio_files
 from certs.errors import CertsError
 from certs.files import write_atomic
 from certs.keys import KeyType, generate_key, load_private_key, private_key_pem, spki_der
@@ -79,16 +82,21 @@ def install(
         raise ConfigError(f"{cert_path} was not issued for the key of {key_dir / PENDING_KEY}")
     staging = cacerts.parent / f".{cacerts.name}.staging"
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(staging / "ca-key.pem", private_key_pem(key), mode=0o600)
-    write_atomic(staging / "ca-cert.pem", to_pem(cert).encode())
-    write_atomic(staging / "cert-chain.pem", bundle_pem([cert, *more]).encode())
-    write_atomic(staging / "root-cert.pem", bundle_pem(roots).encode())
+    write_atomic(staging / istio_files.CA_KEY, private_key_pem(key), mode=0o600)
+    write_atomic(staging / istio_files.CA_CERT, to_pem(cert).encode())
+    write_atomic(staging / istio_files.CERT_CHAIN, bundle_pem([cert, *more]).encode())
+    write_atomic(staging / istio_files.ROOT_CERT, bundle_pem(roots).encode())
     load_cacerts_dir(staging, datetime.now(UTC))  # the CA's own checks, before it sees them
     cacerts.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Root and chain first: until the key and certificate follow, the CA sees a mismatch and
     # keeps what it has; the key before the certificate for the same reason.
-    for name in ("root-cert.pem", "cert-chain.pem", "ca-key.pem", "ca-cert.pem"):
-        mode = 0o600 if name == "ca-key.pem" else 0o644
+    for name in (
+        istio_files.ROOT_CERT,
+        istio_files.CERT_CHAIN,
+        istio_files.CA_KEY,
+        istio_files.CA_CERT,
+    ):
+        mode = 0o600 if name == istio_files.CA_KEY else 0o644
         write_atomic(cacerts / name, (staging / name).read_bytes(), mode=mode)
         (staging / name).unlink()
     staging.rmdir()
@@ -104,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
                 write_atomic(Path(args.out), pem)
             else:
                 sys.stdout.write(pem.decode())
-            return 0
+            return EXIT_OK
         subject = install(
             Path(args.key_dir),
             Path(args.cert),
@@ -112,19 +120,10 @@ def _run(args: argparse.Namespace) -> int:
             Path(args.cacerts_dir),
             Path(args.chain) if args.chain else None,
         )
-    except ConfigError as exc:
-        print(f"bulwark ca intermediate {args.intermediate_command}: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        reason = exc.strerror or type(exc).__name__
-        where = f" {exc.filename}" if exc.filename else ""
-        print(
-            f"bulwark ca intermediate {args.intermediate_command}: cannot use{where}: {reason}",
-            file=sys.stderr,
-        )
-        return 2
+    except (ConfigError, OSError) as exc:
+        return fail(f"ca intermediate {args.intermediate_command}", exc)
     print(f"installed {subject} into {args.cacerts_dir}")
-    return 0
+    return EXIT_OK
 
 
 def register_intermediate(ca_sub: Any) -> None:
@@ -144,7 +143,9 @@ def register_intermediate(ca_sub: Any) -> None:
         description="Make a new intermediate key (0600) and print its CSR.",
     )
     csr.add_argument("--key-dir", required=True, help="where the pending key is kept (0700)")
-    csr.add_argument("--trust-domain", default="cluster.local", help="O of the CSR subject")
+    csr.add_argument(
+        "--trust-domain", default=CA_OPTIONS["trust_domain"].default, help="O of the CSR subject"
+    )
     csr.add_argument("--out", help="write the CSR here instead of stdout")
     inst = sub.add_parser(
         "install",

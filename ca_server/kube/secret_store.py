@@ -1,4 +1,4 @@
-"""Self-signed CA material in the Secret `istio-ca-secret` (SPEC §1 "CA key material").
+"""Self-signed CA material in the Secret `istio-ca-secret` (docs/COMPATIBILITY.md §1 "CA key material").
 
 Also a `SlotStore` (`ca_server.authority.slots.store`): the CA slots of `--ca-rotation new-key` live
 in extra `bulwark-` keys of the same Secret, so every replica follows the leader's
@@ -26,16 +26,12 @@ from ca_server.authority.slots.store import PREFIX, STATE_NAME, decode_state, en
 from ca_server.errors import ConfigError
 from ca_server.kube.errors import KubeApiError, KubeMaterialError
 from ca_server.kube.settings import CA_SECRET_NAME
+from certs import istio_files
 from certs.errors import CertsError
 from certs.keys import load_private_key, private_key_pem, spki_der
 from certs.pem import load_certificates, to_pem
 
 CA_SECRET_TYPE = "istio.io/ca-root"
-CA_CERT_KEY = "ca-cert.pem"
-CA_KEY_KEY = "ca-key.pem"
-ROOT_CERT_KEY = "root-cert.pem"
-CERT_CHAIN_KEY = "cert-chain.pem"
-PRIVATE_KEY_KEY = "key.pem"
 SLOTS_PREFIX = "bulwark-"  # extra keys holding the CA slots (ca_server.authority.slots.store)
 
 
@@ -76,7 +72,7 @@ class SecretKeyStore:
         secret = Secret(
             metadata=ObjectMeta(name=self._name, namespace=self._namespace),
             type=CA_SECRET_TYPE,
-            data={**_secret_data(material), CERT_CHAIN_KEY: "", PRIVATE_KEY_KEY: ""},
+            data={**_secret_data(material), istio_files.CERT_CHAIN: "", istio_files.KEY: ""},
         )
         try:
             self._client.create(secret, namespace=self._namespace)
@@ -156,23 +152,27 @@ class SecretKeyStore:
 
     def _parse(self, data: dict[str, str]) -> CaMaterial:
         try:
-            cert_pem = _unb64(data.get(CA_CERT_KEY, ""))
-            key_pem = _unb64(data.get(CA_KEY_KEY, ""))
-            root_pem = _unb64(data.get(ROOT_CERT_KEY, "")) or cert_pem
+            cert_pem = _unb64(data.get(istio_files.CA_CERT, ""))
+            key_pem = _unb64(data.get(istio_files.CA_KEY, ""))
+            root_pem = _unb64(data.get(istio_files.ROOT_CERT, "")) or cert_pem
         except (binascii.Error, ValueError) as exc:
             raise KubeMaterialError(f"{self.location} holds data that is not base64") from exc
         if not cert_pem or not key_pem:
             raise KubeMaterialError(
-                f"{self.location} lacks {CA_CERT_KEY} or {CA_KEY_KEY}; delete it or fill it in"
+                f"{self.location} lacks {istio_files.CA_CERT} or {istio_files.CA_KEY}; delete it or fill it in"
             )
         try:
-            cert = load_certificates(cert_pem, what=f"{self.location} {CA_CERT_KEY}")[0]
-            roots = tuple(load_certificates(root_pem, what=f"{self.location} {ROOT_CERT_KEY}"))
+            cert = load_certificates(cert_pem, what=f"{self.location} {istio_files.CA_CERT}")[0]
+            roots = tuple(
+                load_certificates(root_pem, what=f"{self.location} {istio_files.ROOT_CERT}")
+            )
             key = load_private_key(key_pem)
         except (CertsError, ValueError, TypeError) as exc:
             raise KubeMaterialError(f"{self.location} holds unreadable PEM ({exc})") from exc
         if spki_der(key.public_key()) != spki_der(cert.public_key()):  # type: ignore[arg-type]
-            raise KubeMaterialError(f"{self.location}: {CA_KEY_KEY} does not match {CA_CERT_KEY}")
+            raise KubeMaterialError(
+                f"{self.location}: {istio_files.CA_KEY} does not match {istio_files.CA_CERT}"
+            )
         chain: tuple[x509.Certificate, ...] = () if cert in roots else (cert,)
         return CaMaterial(
             signing_cert=cert, signing_key=key, chain=chain, roots=roots, source="self-signed"
@@ -181,9 +181,9 @@ class SecretKeyStore:
 
 def _secret_data(material: CaMaterial) -> dict[str, str]:
     return {
-        CA_CERT_KEY: _b64(to_pem(material.signing_cert).encode()),
-        CA_KEY_KEY: _b64(private_key_pem(material.signing_key)),
-        ROOT_CERT_KEY: _b64(material.root_bundle_pem.encode()),
+        istio_files.CA_CERT: _b64(to_pem(material.signing_cert).encode()),
+        istio_files.CA_KEY: _b64(private_key_pem(material.signing_key)),
+        istio_files.ROOT_CERT: _b64(material.root_bundle_pem.encode()),
     }
 
 

@@ -1,4 +1,4 @@
-"""Kubernetes service-account tokens checked with the TokenReview API (SPEC §1, authenticator 2).
+"""Kubernetes service-account tokens checked with the TokenReview API (docs/COMPATIBILITY.md §1, authenticator 2).
 
 The API server does the cryptography and the liveness check (a deleted service account or
 pod invalidates its tokens); this module asks it, insists on a service-account identity,
@@ -24,6 +24,7 @@ from ca_server.errors import AuthenticationError, UpstreamUnavailable
 from ca_server.identity import Caller, RequestCredentials, shown
 from ca_server.kube.node_auth import KubeNodeAuthorizer
 from ca_server.kube.settings import DEFAULT_CLUSTER_ID
+from ca_server.options import ISTIO_CA_AUDIENCE
 from certs.errors import InvalidSpiffeId, JwtError
 from certs.jwt_rules import numeric_date, unverified_claims
 from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
@@ -59,7 +60,7 @@ class TokenReviewAuthenticator:
         client: Client,
         *,
         trust_domain: TrustDomain,
-        audiences: Sequence[str] = ("istio-ca",),
+        audiences: Sequence[str] = (ISTIO_CA_AUDIENCE,),
         cluster_id: str = DEFAULT_CLUSTER_ID,
         max_cache_entries: int = DEFAULT_CACHE_ENTRIES,
         max_cache_seconds: float | None = DEFAULT_CACHE_SECONDS,

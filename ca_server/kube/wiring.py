@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def client_factory(settings: KubeSettings) -> Callable[[], Client]:
-    config = load_config(settings.kubeconfig)
+    config = load_config(settings.kubeconfig, service_host=settings.service_host)
     return lambda: make_client(config)
 
 

@@ -7,7 +7,8 @@ supervisor (this process, asyncio)      workers (`pool`, spawned, one per core)
   - serving certificate                   - metrics into PROMETHEUS_MULTIPROC_DIR
   - admin app (uvicorn)
   - material refresher (`material_refresh`): re-reads CA material, hands it to the pool
-Start-up failures (`STARTUP_ERRORS`) become one line on stderr and exit 2.
+Start-up failures raise; `bulwark ca serve` (ca_server.cli.exits) turns them into one line
+on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from ca_server.admin.app import create_admin_app
-from ca_server.authn.local_issuer import LocalIssuer
+from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, KEY_FILE, LocalIssuer
 from ca_server.authority.material import (
     CaMaterial,
     DirectoryKeyStore,
@@ -51,7 +51,7 @@ from ca_server.process.slots import build_rotator
 from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
 from ca_server.record.ledger import default_record_url, parse_record_url
 from ca_server.record.ledger.health import RecordProbe
-from ca_server.record.ledger.integrity import RecordDamaged, guard_record_of
+from ca_server.record.ledger.integrity import guard_record_of
 from ca_server.record.lock import lock_sqlite_record
 from ca_server.spiffe.services import SpiffeServices, shared_key_set
 from certs.errors import CertsError
@@ -65,11 +65,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ca_server")
 CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
 SERVING_CERT_TTL = timedelta(days=365)
-
-# The one place where a failure at start becomes exit 2 and a one-line message (no traceback).
-# Each type's message names the file or flag and the fix; a new typed start-up error is one
-# more entry here. OSError covers a file the CA could not use that no check caught first.
-STARTUP_ERRORS: tuple[type[Exception], ...] = (ConfigError, RecordDamaged, OSError)
 
 
 def prepare_material(
@@ -106,23 +101,16 @@ def serving_certificate(
 
 
 def serve(config: CaConfig, *, log_level: int = logging.INFO, log_format: str = "text") -> int:
-    """Run the CA until SIGTERM/SIGINT. Returns the process exit code."""
+    """Run the CA until SIGTERM/SIGINT; returns 0. A start-up failure raises (ConfigError,
+    RecordDamaged, OSError, ...) for the command to report."""
     metrics_dir = tempfile.mkdtemp(prefix="bulwark-ca-metrics-")
+    # Worker-process plumbing, not configuration: prometheus_client's multiprocess mode reads
+    # this variable in every process, and spawned workers inherit it from this one.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         return asyncio.run(_serve(config, metrics_dir, log_level, log_format))
-    except STARTUP_ERRORS as exc:
-        print(f"bulwark ca serve: {startup_message(exc)}", file=sys.stderr)
-        return 2
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def startup_message(exc: BaseException) -> str:
-    """The one line a user sees for a start-up error."""
-    if isinstance(exc, (ConfigError, RecordDamaged)):
-        return " ".join(str(exc).split())
-    return describe_failure(exc)
 
 
 def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
@@ -272,13 +260,14 @@ def _reserve_grpc_ports(
 
 def _announce_local_issuer(config: CaConfig) -> None:
     if config.uses_local_issuer:
-        private_dir(config.data_dir / "token-issuer", what="token issuer directory")
+        issuer_dir = config.data_dir / ISSUER_DIR
+        private_dir(issuer_dir, what="token issuer directory")
         try:
             issuer = LocalIssuer.load_or_create(config.data_dir)
         except (ValueError, CertsError) as exc:
             raise ConfigError(
-                f"the embedded token issuer in {config.data_dir / 'token-issuer'} is unusable "
-                f"({describe_failure(exc)}); remove key.pem and jwks.json there to make new ones"
+                f"the embedded token issuer in {issuer_dir} is unusable ({describe_failure(exc)}); "
+                f"remove {KEY_FILE} and {JWKS_FILE} there to make new ones"
             ) from None
         log.warning(
             "no authenticator configured: trusting the embedded token issuer (JWKS %s); "
@@ -435,6 +424,7 @@ async def _run_admin(
         admin_host=admin_host,
         spiffe_bundle=spiffe.spiffe_bundle,
         federated_bundles=spiffe.federated,
+        metrics_dir=metrics_dir,
     )
     loop = asyncio.get_running_loop()
     app = create_admin_app(

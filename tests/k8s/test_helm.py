@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -55,18 +56,19 @@ def helm(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., str]:
     return call
 
 
-def template(helm: Callable[..., str], *args: str | Path) -> list[dict]:
+def template(helm: Callable[..., str], *args: str | Path) -> list[dict[str, Any]]:
     out = helm("template", "bulwark", CHART, "-n", "istio-system", *args)
     return [d for d in yaml.safe_load_all(out) if d]
 
 
-def one(docs: list[dict], kind: str) -> dict:
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     (found,) = [d for d in docs if d["kind"] == kind]
     return found
 
 
-def ca_container(docs: list[dict]) -> dict:
+def ca_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     deploy = [d for d in docs if d["kind"] == "Deployment"]
+    container: dict[str, Any]
     (container,) = deploy[0]["spec"]["template"]["spec"]["containers"]
     return container
 

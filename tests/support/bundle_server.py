@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from certs.files import write_atomic
 from certs.keys import KeyType, PrivateKey, generate_key, private_key_pem
 from certs.pem import to_pem
@@ -136,7 +138,8 @@ def b64url(data: bytes) -> str:
 def jwt_jwk(kid: str, key: PrivateKey | None = None) -> dict[str, Any]:
     """A public P-256 `jwt-svid` key."""
     key = key or generate_key(KeyType.EC_P256)
-    numbers = key.public_key().public_numbers()  # type: ignore[union-attr]
+    assert isinstance(key, ec.EllipticCurvePrivateKey), "a jwt-svid JWK here is P-256"
+    numbers = key.public_key().public_numbers()
     return {
         "use": "jwt-svid", "kid": kid, "kty": "EC", "crv": "P-256",
         "x": b64url(numbers.x.to_bytes(32, "big")), "y": b64url(numbers.y.to_bytes(32, "big")),

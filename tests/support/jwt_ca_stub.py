@@ -80,7 +80,7 @@ class IstioOnlyCa:
             .not_valid_after(now + timedelta(hours=2))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(CA_SAN)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(root_key, hashes.SHA256())  # type: ignore[arg-type]
+            .sign(root_key, hashes.SHA256())
         )
         key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         return key_pem, to_pem(cert).encode()

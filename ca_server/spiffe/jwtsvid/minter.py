@@ -22,9 +22,6 @@ from ca_server.spiffe.jwtsvid.keyset import JwtKey
 from certs import jwt_rules
 from certs.errors import InvalidAudience
 
-DEFAULT_JWT_SVID_TTL = timedelta(minutes=5)
-MAX_JWT_SVID_TTL = timedelta(hours=1)
-
 
 class BadAudience(InvalidRequest):
     """The request's audiences are missing, too many, too long or not printable ASCII."""

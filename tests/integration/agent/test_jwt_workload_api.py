@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ def minted_at_ca(ca: RunningCa) -> list[str]:
     return [row["serial"] for row in items if row["kind"] == "jwt-svid"]
 
 
-async def until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+async def until(condition: Callable[[], object], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.05)
@@ -89,7 +89,9 @@ async def fetch_jwt(api: workload_pb2_grpc.SpiffeWorkloadAPIStub, *audiences: st
     return str(response.svids[0].svid)
 
 
-async def refused(call, code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT) -> str:  # type: ignore[no-untyped-def]
+async def refused(
+    call: Awaitable[object], code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT
+) -> str:
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await call
     assert err.value.code() == code, err.value.details()
@@ -152,7 +154,7 @@ async def test_header_rule_on_every_jwt_rpc(api: workload_pb2_grpc.SpiffeWorkloa
 async def test_fetch_jwt_svid_bad_inputs_are_refused_and_the_agent_lives_on(
     api: workload_pb2_grpc.SpiffeWorkloadAPIStub, live: LiveAgent, jwt_ca: RunningCa
 ) -> None:
-    def request(**fields):  # type: ignore[no-untyped-def]
+    def request(**fields: Any) -> grpc.aio.UnaryUnaryCall:
         return api.FetchJWTSVID(workload_pb2.JWTSVIDRequest(**fields), metadata=HEADER)
 
     before = minted_at_ca(jwt_ca)
@@ -214,7 +216,7 @@ async def test_jwt_bundles_stream_the_cas_keys_and_push_its_rotation(
 async def test_validate_jwt_svid_of_the_real_ca(
     api: workload_pb2_grpc.SpiffeWorkloadAPIStub, live: LiveAgent
 ) -> None:
-    def validate(token: str, audience: str):  # type: ignore[no-untyped-def]
+    def validate(token: str, audience: str) -> grpc.aio.UnaryUnaryCall:
         return api.ValidateJWTSVID(
             workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=token), metadata=HEADER
         )

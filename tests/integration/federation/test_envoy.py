@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
-from certs.keys import KeyType, generate_key
+from certs.keys import KeyType, PrivateKey, generate_key
 from certs.pem import load_certificates
 from certs.profile import leaf_certificate, self_signed_root
 from certs.spiffe_id import SpiffeId, TrustDomain
@@ -111,8 +112,12 @@ def test_a_calls_b_across_trust_domains_through_envoy(cross: CrossMesh) -> None:
 
 
 def _leaf_files(
-    work: Path, name: str, issuer_cert, issuer_key, uri: str = FRONTEND
-) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    work: Path,
+    name: str,
+    issuer_cert: x509.Certificate,
+    issuer_key: PrivateKey,
+    uri: str = FRONTEND,
+) -> tuple[Path, Path]:
     """A certificate for `uri` (by default FRONTEND, exactly the admitted ID) signed by
     `issuer`, as PEM files."""
     from cryptography.hazmat.primitives.serialization import (
@@ -184,7 +189,7 @@ def test_a_peer_outside_both_trust_domains_is_refused(cross: CrossMesh) -> None:
     assert after[upstream] - before[upstream] == 1  # the control only
 
 
-def _ca_key(pair: FederatedPair, td: str):  # type: ignore[no-untyped-def]
+def _ca_key(pair: FederatedPair, td: str) -> tuple[x509.Certificate, PrivateKey]:
     """A CA's root certificate and signing key (the forger here holds a federated peer's)."""
     from certs.keys import load_private_key
 

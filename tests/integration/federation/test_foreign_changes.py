@@ -32,6 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from agent.config import AgentConfig
 from agent.endpoints.resources import ROOTCA
 from tests.support.agent import NODE, LiveAgent, SdsStream, agent_config, running_agent, secrets_of
 from tests.support.ca_process import RunningCa
@@ -71,7 +72,9 @@ def kids_of(bundles: dict[str, bytes], td: str) -> set[str]:
     return {k["kid"] for k in json.loads(bundles[f"spiffe://{td}"])["keys"]}
 
 
-async def a_token_with_a_new_kid(api_a: workload_pb2_grpc.SpiffeWorkloadAPIStub, known: set[str]):  # type: ignore[no-untyped-def]
+async def a_token_with_a_new_kid(
+    api_a: workload_pb2_grpc.SpiffeWorkloadAPIStub, known: set[str]
+) -> tuple[str, str]:
     """Mint at A (a fresh audience each time: no cached token) until a key B's agent did not
     know at the start signs it; the token and its audience."""
     import jwt
@@ -93,7 +96,7 @@ async def a_token_with_a_new_kid(api_a: workload_pb2_grpc.SpiffeWorkloadAPIStub,
 async def test_agent_follows_a_faster_federated_refresh_hint(
     fast_a: FederatedPair, work: Path
 ) -> None:
-    def config(td: str, account: str, refresh: timedelta):  # type: ignore[no-untyped-def]
+    def config(td: str, account: str, refresh: timedelta) -> AgentConfig:
         return agent_config(
             fast_a.ca(td),
             work,

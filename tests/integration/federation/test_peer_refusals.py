@@ -19,6 +19,7 @@ from protos.bulwark.v1 import identity_pb2, identity_pb2_grpc
 from tests.support.bundle_server import (
     ScriptedEndpoint,
     Serve,
+    Step,
     Trickle,
     bundle,
     jwt_jwk,
@@ -30,7 +31,7 @@ from tests.support.ca_process import RunningCa
 PEER = "peer.test"
 ROOT, KEY = root_jwk(PEER), jwt_jwk("k1")
 SECRET = "c2hhcmVkLXNlY3JldA"
-SCRIPT = [
+SCRIPT: list[Step] = [
     Serve(bundle([ROOT, KEY], sequence=5)),
     Serve(bundle([ROOT, KEY, {"use": "jwt-svid", "kid": "s", "kty": "oct", "k": SECRET}], sequence=7)),
     Serve(bundle([ROOT, KEY], sequence=4)),

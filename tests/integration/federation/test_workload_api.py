@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from spiffe import JwtSource, TrustDomain, WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from agent.config import AgentConfig
 from agent.endpoints.resources import ROOTCA
 from certs.pem import load_certificates
 from tests.support.agent import NODE, LiveAgent, SdsStream, agent_config, running_agent, secrets_of
@@ -54,7 +55,7 @@ def root_der(pair: FederatedPair, td: str) -> bytes:
 async def agents(pair: FederatedPair, work: Path) -> AsyncIterator[Agents]:
     refresh = timedelta(milliseconds=200)
 
-    def config(td: str, account: str):  # type: ignore[no-untyped-def]
+    def config(td: str, account: str) -> AgentConfig:
         return agent_config(
             pair.ca(td),
             work,
@@ -90,7 +91,7 @@ async def test_jwt_svid_minted_for_a_validates_at_b_for_its_audience_only(
         token = minted.svids[0].svid
         assert minted.svids[0].spiffe_id == FRONTEND
 
-        def validate(audience: str):  # type: ignore[no-untyped-def]
+        def validate(audience: str) -> grpc.aio.UnaryUnaryCall:
             request = workload_pb2.ValidateJWTSVIDRequest(audience=audience, svid=token)
             return api_of(ch_b).ValidateJWTSVID(request, metadata=HEADER)
 
