@@ -2,16 +2,23 @@
 
 Replicas sharing one record take turns on that row, so a writer that stalls while holding it
 (a frozen process, a GC pause, a partition with the transaction open) would stop every
-replica. Each write transaction therefore bounds both sides (issue 22.6): the server aborts
-a holder idle inside it for `LOCK_HOLD_S` (its connection is closed, so its commit fails
-and its certificates are never sent), and a writer waits at most `LOCK_WAIT_S` for the lock.
+replica. Each write transaction therefore bounds both sides (issue 22.6):
+
+- the server aborts a holder idle inside it for `LOCK_HOLD_S` (its connection is closed, so
+  its commit fails and its certificates are never sent);
+- a writer never queues inside the server for the lock: it asks with NOWAIT and, while the
+  row is taken, retries from the client after a short jittered pause, for at most
+  `LOCK_WAIT_S`. A queued request would be granted the lock even while its own process is
+  frozen, and every worker of a frozen replica would then keep it `LOCK_HOLD_S` in turn.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import random
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,12 +35,15 @@ SCHEMA_LOCK_KEY = 0x42756C77  # "Bulw"
 # wait or hung query must end in an error.
 STATEMENT_TIMEOUT_S = 30.0
 # A write transaction idle this long (its process stalled between two statements) is aborted
-# by the server, releasing the chain lock; a live writer goes from statement to statement in
-# milliseconds.
-LOCK_HOLD_S = 2.0
+# by the server, releasing the chain lock. A live writer goes from statement to statement in
+# milliseconds (a batch of 1000 rows: ~0.1 s); the margin is for a CPU-starved host.
+LOCK_HOLD_S = 5.0
 # How long a writer waits for the chain lock: longer than a stalled holder can keep it, so
 # a stall costs the other replicas one wait, not their requests.
-LOCK_WAIT_S = 5.0
+LOCK_WAIT_S = 10.0
+# Pauses between tries while another writer holds the lock: doubling, jittered, capped.
+RETRY_FIRST_S = 0.001
+RETRY_MAX_S = 0.02
 # A database gone silent (network partition, dead host) must end in an error too, not hold
 # the record thread until TCP gives up (~15 min): probe an idle connection after 10 s, give
 # up after 3 unanswered probes, or after 30 s of unacknowledged writes. A DSN setting wins.
@@ -45,6 +55,8 @@ CONNECTION_DEFAULTS = {
     "keepalives_count": "3",
     "tcp_user_timeout": "30000",
 }
+# Opens a write transaction whose holder the server aborts once idle for LOCK_HOLD_S.
+BEGIN_WRITE = f"BEGIN; SET LOCAL idle_in_transaction_session_timeout = {int(LOCK_HOLD_S * 1000)}"
 # Who holds the chain lock: sessions with the table lock FOR UPDATE takes that are not
 # themselves waiting for a lock (the waiters queue behind them), longest in their state first.
 LOCK_HOLDERS = """
@@ -74,12 +86,7 @@ class PostgresSession(Session):
 
     def __init__(self, conn: psycopg.Connection[Row], *, lock_wait_s: float = LOCK_WAIT_S) -> None:
         self._conn = conn
-        # One statement opens a write transaction with both bounds (SET LOCAL: this
-        # transaction only, so readers and the schema lock keep the session defaults).
-        self._begin_write = (
-            f"BEGIN; SET LOCAL lock_timeout = {int(lock_wait_s * 1000)};"
-            f" SET LOCAL idle_in_transaction_session_timeout = {int(LOCK_HOLD_S * 1000)}"
-        )
+        self._lock_wait = lock_wait_s
 
     @classmethod
     def connect(
@@ -138,10 +145,20 @@ class PostgresSession(Session):
         self.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
 
     def lock_head(self) -> Head:
-        # The row lock is held until COMMIT; READ COMMITTED re-reads the row once the
-        # previous holder commits, so every writer sees the latest head.
-        self.execute(self._begin_write)
-        return head_from_row(self.query_one(HEAD_SELECT + " FOR UPDATE"))
+        # The row lock is held until COMMIT, and the head is read only once it is held.
+        deadline = time.monotonic() + self._lock_wait
+        pause = RETRY_FIRST_S
+        while True:
+            # SET LOCAL: this transaction only; readers keep the session's defaults.
+            self.execute(BEGIN_WRITE)
+            try:
+                return head_from_row(self.query_one(HEAD_SELECT + " FOR UPDATE NOWAIT"))
+            except psycopg.errors.LockNotAvailable:
+                self.execute("ROLLBACK")
+                if time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause * random.uniform(0.5, 1.5))
+            pause = min(pause * 2, RETRY_MAX_S)
 
     def lock_holders(self) -> str:
         try:
