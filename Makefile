@@ -14,23 +14,35 @@ $(STAMP): pyproject.toml
 	@command -v openssl >/dev/null || (echo "installing openssl (Debian package)"; apt-get update -qq && apt-get install -y -qq openssl)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@# -qq: errors only (setuptools' "editable installation" banner is a warning)
+	$(PY) -m pip install -qq -e '.[dev]'
 	@touch $@
 
 venv: $(STAMP)
 
+# `make demo ARGS=--keep` keeps its temporary directory (and prints how to restart its CA).
 demo: $(STAMP)
-	$(PY) demo/demo.py
+	$(PY) demo/demo.py $(ARGS)
 
 test: $(STAMP)
 	@# The issuance-record tests start a throwaway PostgreSQL cluster from the Debian package.
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (echo "installing postgresql (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	@# The web view tests (tests/ui) load /ui in headless Chromium from the Debian package.
 	@test -x /usr/bin/chromium || (echo "installing chromium (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@# The HSM tests (tests/integration/hsm, tests/unit/ca_server/hsm) run a SoftHSM2 token per
+	@# test and read it back with OpenSC's pkcs11-tool, both from Debian.
+	@$(MAKE) --no-print-directory hsm-packages
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# SoftHSM2 (the PKCS#11 module /usr/lib/softhsm/libsofthsm2.so) and OpenSC's pkcs11-tool.
+.PHONY: hsm-packages
+hsm-packages:
+	@test -e /usr/lib/softhsm/libsofthsm2.so -a -x /usr/bin/softhsm2-util || (echo "installing softhsm2 (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2)
+	@test -x /usr/bin/pkcs11-tool || (echo "installing opensc (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opensc)
 
 # The inner loop: in-process unit tests and the parsers' properties, no servers (under 90 s).
 test-fast: $(STAMP)
+	@$(MAKE) --no-print-directory hsm-packages
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests/unit tests/fuzz
 
 lint: $(STAMP)
@@ -51,6 +63,7 @@ protos: $(STAMP)
 # Bulwark vs Istio's CA, cfssl and pilot-agent in one run (bench/run.py says how).
 # BENCH_ONLY=ca|agent|fleet runs one phase; BENCH_QUICK=1 tries the harness quickly.
 bench: $(STAMP)
+	@$(MAKE) --no-print-directory hsm-packages
 	$(PY) bench/run.py
 
 # Property-based fuzzing of the parsers (tests/fuzz) with the long Hypothesis profile;

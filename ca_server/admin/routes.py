@@ -23,6 +23,7 @@ from ca_server.admin.models import (
     CertificateDetail,
     CertificateList,
     ErrorBody,
+    SigningKeyInfo,
     SpiffeBundle,
     VerifyResult,
     ca_info,
@@ -53,6 +54,7 @@ class CaCertificates:
 
     roots: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...] = ()  # signing certificate first
+    signing_key: dict[str, str | None] | None = None  # `key_location` of the signing key
 
 
 class CertificateReader(Protocol):
@@ -233,6 +235,10 @@ def _list_route(
             ),
         ] = None,
         state: Literal["active", "expired"] | None = None,
+        kind: Annotated[
+            Literal["x509-svid", "jwt-svid"] | None,
+            Query(description="only X.509 certificates (x509-svid) or only JWT-SVIDs (jwt-svid)"),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> CertificateList:
@@ -251,6 +257,7 @@ def _list_route(
                 issued_since=_stamp(issued_since, "issued_since"),
                 issued_before=_stamp(issued_before, "issued_before"),
                 state=state,
+                kind=kind,
                 limit=limit,
                 cursor=cursor,
             )
@@ -341,4 +348,7 @@ def _ca_routes(
             intermediates=[ca_info(c, now) for c in material.intermediates],
             csr_policy=csr_policy,
             authenticators=[public_name(n) for n in names],
+            signing_key=SigningKeyInfo.model_validate(material.signing_key)
+            if material.signing_key
+            else None,
         )

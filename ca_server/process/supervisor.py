@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -31,7 +30,15 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from ca_server.admin.app import create_admin_app
-from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, KEY_FILE, LocalIssuer
+from ca_server.authn.local_issuer import (
+    ISSUER_DIR,
+    JWKS_FILE,
+    KEY_FILE,
+    LocalIssuer,
+    TokenPolicy,
+    write_token_policy,
+)
+from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody, key_location
 from ca_server.authority.material import (
     CaMaterial,
     DirectoryKeyStore,
@@ -45,8 +52,11 @@ from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
 from ca_server.errors import ConfigError
+from ca_server.hsm.readiness import HsmReadiness
+from ca_server.process.custody import close_custody, open_custody
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
+from ca_server.process.readiness import Readiness
 from ca_server.process.slots import build_rotator
 from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
 from ca_server.record.ledger import default_record_url, parse_record_url
@@ -58,9 +68,7 @@ from certs.errors import CertsError
 from certs.files import write_atomic
 
 if TYPE_CHECKING:
-    from fastapi import APIRouter
-
-    from ca_server.kube.wiring import KubeControllers
+    from ca_server.admin.rotation_routes import Leadership
 
 log = logging.getLogger("ca_server")
 CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
@@ -68,21 +76,24 @@ SERVING_CERT_TTL = timedelta(days=365)
 
 
 def prepare_material(
-    config: CaConfig, now: datetime, rotator: SlotRotator | None = None
+    config: CaConfig,
+    now: datetime,
+    rotator: SlotRotator | None = None,
+    custody: KeyCustody = FILE_CUSTODY,
 ) -> CaMaterial:
     """Plugged-in CA files when given, else the self-signed root of the data dir (created once).
 
     With CA slots (`rotator`) the stored slots win: a restart mid-rotation keeps signing with
     the active CA even when the `cacerts` files already hold the next one."""
     if config.cacerts_dir is not None:
-        material = load_cacerts_dir(config.cacerts_dir, now)
+        material = load_cacerts_dir(config.cacerts_dir, now, custody)
     elif config.kube is not None:
         from ca_server.kube.wiring import load_or_create_material
 
-        material = load_or_create_material(config.kube, config.trust_domain, now)
+        material = load_or_create_material(config.kube, config.trust_domain, now, custody)
     else:
         material = load_or_create(
-            DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now
+            DirectoryKeyStore(config.data_dir / "ca", custody), config.trust_domain, now, custody
         )
     if rotator is not None:
         material = rotator.step(material, now, may_act=config.kube is None)
@@ -141,6 +152,7 @@ def _material_manager(
     initial: CaMaterial,
     may_act: Callable[[], bool] = lambda: True,
     rotator: SlotRotator | None = None,
+    custody: KeyCustody = FILE_CUSTODY,
 ) -> MaterialManager:
     """Where material is re-read from, and whether this process may renew the root or move
     the CA slots."""
@@ -149,15 +161,15 @@ def _material_manager(
         cacerts = config.cacerts_dir
 
         def reload(now: datetime) -> CaMaterial:
-            return load_cacerts_dir(cacerts, now)
+            return load_cacerts_dir(cacerts, now, custody)
 
     else:
         if config.kube is not None:
             from ca_server.kube.wiring import key_store
 
-            store = key_store(config.kube)
+            store = key_store(config.kube, custody)
         else:
-            store = DirectoryKeyStore(config.data_dir / "ca")
+            store = DirectoryKeyStore(config.data_dir / "ca", custody)
         kept, in_kube = store, config.kube is not None
 
         def reload(now: datetime) -> CaMaterial:
@@ -258,7 +270,29 @@ def _reserve_grpc_ports(
     return binds
 
 
+def _announce_key(custody: KeyCustody, material: CaMaterial) -> None:
+    if isinstance(custody, HsmCustody):
+        where = key_location(material.signing_key)
+        log.info(
+            "CA key in the HSM: token %s, object %s (%s), module %s",
+            where["token"],
+            where["object"],
+            where["key_type"],
+            custody.token.module,
+        )
+
+
 def _announce_local_issuer(config: CaConfig) -> None:
+    """Create (or check) the embedded issuer when the CA trusts it, and record in the data dir
+    which tokens this CA accepts, for `bulwark token mint`'s warnings."""
+    write_token_policy(
+        config.data_dir,
+        TokenPolicy(
+            embedded_issuer=config.uses_local_issuer,
+            max_token_lifetime_s=config.max_token_lifetime.total_seconds(),
+            audiences=tuple(config.audiences),
+        ),
+    )
     if config.uses_local_issuer:
         issuer_dir = config.data_dir / ISSUER_DIR
         private_dir(issuer_dir, what="token issuer directory")
@@ -291,9 +325,20 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
 
 
 async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
-    rotator = build_rotator(config)
-    material = prepare_material(config, datetime.now(UTC), rotator)
+    custody = open_custody(config)  # with --ca-key pkcs11:..., the supervisor's HSM session
+    try:
+        return await _serve_with_custody(config, custody, metrics_dir, log_level, log_format)
+    finally:
+        close_custody(custody)
+
+
+async def _serve_with_custody(
+    config: CaConfig, custody: KeyCustody, metrics_dir: str, log_level: int, log_format: str
+) -> int:
+    rotator = build_rotator(config, custody)
+    material = prepare_material(config, datetime.now(UTC), rotator, custody)
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
+    _announce_key(custody, material)
     _announce_local_issuer(config)
     from ca_server.admin import check_record
 
@@ -310,11 +355,11 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             material=lambda: manager.current,  # istiod's serving certificate, when configured
         )
     manager = _material_manager(
-        config, material, controllers.is_leader if controllers else lambda: True, rotator
+        config, material, controllers.is_leader if controllers else lambda: True, rotator, custody
     )
     # With replicas, one JWT key set for all (the Lease holder rotates it, with Kubernetes).
     shared = shared_key_set(config, owns=controllers.is_leader if controllers else lambda: True)
-    spiffe = SpiffeServices(config, lambda: manager.current, shared=shared)
+    spiffe = SpiffeServices(config, lambda: manager.current, custody=custody, shared=shared)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
     pool: CaPool | None = None
@@ -343,22 +388,10 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         endpoint_addr = await spiffe.start()
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
-        health = ReloadHealth(time.time())
-        probe = RecordProbe(parse_record_url(config.record or default_record_url(config.data_dir)))
-        wake = asyncio.Event()
-        keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
-        probe_task = asyncio.create_task(probe.run())
-        readiness = functools.partial(_readiness, pool, health, probe)
-        rotation = _rotation_router(config, manager, wake, controllers)
-        try:
-            return await _run_admin(
-                config, pool, metrics_dir, manager, health, addrs, spiffe, readiness, rotation
-            )
-        finally:
-            for task in (keeper, probe_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        leadership = controllers.elector if controllers is not None else None
+        return await _serve_until_stopped(
+            config, pool, manager, spiffe, metrics_dir, addrs, leadership
+        )
     finally:
         spiffe_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -372,51 +405,54 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             sock.close()
 
 
-def _readiness(pool: CaPool, health: ReloadHealth, probe: RecordProbe) -> tuple[bool, str]:
-    """Ready while every worker serves and the record takes commits; the detail also says how
-    the material checks go."""
-    ready, detail = pool.readiness()
-    committing, record = probe.detail()
-    return ready and committing, f"{detail}; {record}; {health.detail()}"
-
-
-def _rotation_router(
+async def _serve_until_stopped(
     config: CaConfig,
+    pool: CaPool,
     manager: MaterialManager,
-    wake: asyncio.Event,
-    controllers: KubeControllers | None,
-) -> APIRouter:
-    """/v1/ca/rotation: a verb wakes the material loop; with Kubernetes only the leader acts."""
-    from ca_server.admin.wiring import rotation_router_for
-
-    loop = asyncio.get_running_loop()
-
-    def changed() -> None:  # called from the route's thread
-        loop.call_soon_threadsafe(wake.set)
-
-    admin_host, _ = parse_hostport(config.admin_addr, what="--admin-addr")
-    return rotation_router_for(
-        config,
-        manager.rotator,
-        admin_host=admin_host,
-        changed=changed,
-        leadership=controllers.elector if controllers is not None else None,
+    spiffe: SpiffeServices,
+    metrics_dir: str,
+    addrs: dict[str, str],
+    leadership: Leadership | None,
+) -> int:
+    """The admin API beside the supervisor's tasks (material refresher, the HSM and record
+    probes) until SIGTERM/SIGINT."""
+    checks = Readiness(
+        pool=pool,
+        health=ReloadHealth(time.time()),
+        hsm=HsmReadiness(lambda: manager.current.signing_key),
+        record=RecordProbe(parse_record_url(config.record or default_record_url(config.data_dir))),
     )
+    wake = asyncio.Event()
+    tasks = [
+        asyncio.create_task(_keep_material_current(config, manager, pool, checks.health, wake)),
+        asyncio.create_task(checks.hsm.run()),
+        asyncio.create_task(checks.record.run()),
+    ]
+    try:
+        return await _run_admin(
+            config, checks, metrics_dir, manager, addrs, wake, spiffe, leadership
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _run_admin(
     config: CaConfig,
-    pool: CaPool,
+    checks: Readiness,
     metrics_dir: str,
     manager: MaterialManager,
-    health: ReloadHealth,
     addrs: dict[str, str],
+    wake: asyncio.Event,
     spiffe: SpiffeServices,
-    readiness: Callable[[], tuple[bool, str]],
-    rotation_router: APIRouter,
+    leadership: Leadership | None,
 ) -> int:
+    pool, health = checks.pool, checks.health
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin import admin_router_for
+    from ca_server.admin.wiring import rotation_router_for
 
     record_router, close_record = admin_router_for(
         config,
@@ -427,10 +463,17 @@ async def _run_admin(
         metrics_dir=metrics_dir,
     )
     loop = asyncio.get_running_loop()
+
+    def changed() -> None:  # called from the route's thread
+        loop.call_soon_threadsafe(wake.set)
+
+    rotation_router = rotation_router_for(  # with Kubernetes, only the leader's verbs act
+        config, manager.rotator, admin_host=admin_host, changed=changed, leadership=leadership
+    )
     app = create_admin_app(
         metrics_dir=metrics_dir,
         material=lambda: manager.current,
-        readiness=readiness,
+        readiness=checks,
         routers=[record_router, rotation_router],
         extra_metrics=lambda: health.exposition() + spiffe.exposition(),
     )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import private_dir
@@ -23,7 +24,8 @@ from ca_server.errors import ConfigError
 from ca_server.spiffe.bundle import BundleSource, contents_digest
 from ca_server.spiffe.endpoint import BundleEndpoint, ServingIdentity
 from ca_server.spiffe.federation import FederationStore, Federator
-from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, key_policy, plan
+from ca_server.spiffe.jwtsvid import custody as jwt_custody
+from ca_server.spiffe.jwtsvid.keyset import JwtKey, KeyFile, KeySet, key_policy, new_key, plan
 from ca_server.spiffe.jwtsvid.shared import KeyStoreError, SharedKeySet
 
 log = logging.getLogger(__name__)
@@ -58,13 +60,8 @@ def shared_key_set(config: CaConfig, *, owns: Callable[[], bool]) -> SharedKeySe
     )
 
 
-def rotation_tick(config: CaConfig) -> float:
-    """Seconds between key-timeline checks: a tenth of a key's life, within [0.2 s, 30 s]."""
-    tick = min(config.jwt_key_active_life / 10, config.material_check_interval)
-    return min(30.0, max(0.2, tick.total_seconds()))
-
-
-def _log_changes(before: KeySet, after: KeySet, now: datetime) -> None:
+def _log_changes(before: KeySet, after: KeySet, now: datetime) -> list[JwtKey]:
+    """Log the keys published and unpublished; return the unpublished ones."""
     kept = {k.kid for k in after.keys}
     for key in after.keys:
         if key.kid not in {k.kid for k in before.keys}:
@@ -73,9 +70,8 @@ def _log_changes(before: KeySet, after: KeySet, now: datetime) -> None:
                 key.kid,
                 key.active_from.isoformat(timespec="seconds"),
             )
-    for key in before.keys:
-        if key.kid in kept:
-            continue
+    dropped = [key for key in before.keys if key.kid not in kept]
+    for key in dropped:
         if now >= key.published_until:
             log.info("JWT-SVID key %s unpublished: its last token expired", key.kid)
         else:  # this replica's own key, before it joined the replicas' shared set
@@ -85,6 +81,13 @@ def _log_changes(before: KeySet, after: KeySet, now: datetime) -> None:
                 key.kid,
                 key.published_until.isoformat(timespec="seconds"),
             )
+    return dropped
+
+
+def rotation_tick(config: CaConfig) -> float:
+    """Seconds between key-timeline checks: a tenth of a key's life, within [0.2 s, 30 s]."""
+    tick = min(config.jwt_key_active_life / 10, config.material_check_interval)
+    return min(30.0, max(0.2, tick.total_seconds()))
 
 
 class SpiffeServices:
@@ -93,8 +96,14 @@ class SpiffeServices:
         config: CaConfig,
         material: Callable[[], CaMaterial],
         clock: Clock = lambda: datetime.now(UTC),
+        custody: KeyCustody = FILE_CUSTODY,
         shared: SharedKeySet | None = None,
     ) -> None:
+        self._hsm = (
+            custody
+            if isinstance(custody, HsmCustody) and config.pkcs11 and config.pkcs11.jwt_keys
+            else None
+        )
         self._config = config
         self._material = material
         self._clock = clock
@@ -127,19 +136,23 @@ class SpiffeServices:
         (`KeyStoreError` when it cannot be used). Writes the key file only on a change."""
         now = self._clock()
         before = self.key_file.load()
+        make = jwt_custody.maker(self._hsm) if self._hsm is not None else new_key
 
         def digest(keyset: KeySet) -> str:
             return contents_digest(self._material().roots, keyset, now)
 
         if self._shared is not None:
-            after = self._shared.sync(now, digest)
+            after = self._shared.sync(now, digest, make)
         else:
-            keys = plan(before.keys, now, key_policy(self._config))
+            keys = plan(before.keys, now, key_policy(self._config), make)
             after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
             after = after.with_bundle(digest(after))
         if after != before:
             self.key_file.save(after)
-            _log_changes(before, after, now)
+            dropped = _log_changes(before, after, now)
+            if self._hsm is not None:  # a key already gone (another replica's turn) is no error
+                for key in dropped:
+                    jwt_custody.destroy(self._hsm, key)
         return after
 
     def federated(self) -> dict[str, bytes]:

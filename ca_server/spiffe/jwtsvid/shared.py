@@ -27,16 +27,19 @@ from datetime import datetime
 from typing import Protocol
 
 from ca_server.spiffe.jwtsvid.keyset import (
+    JwtKey,
     JwtKeyPolicy,
     KeySet,
     decode,
     encode,
+    new_key,
     plan,
     signing_key,
 )
 
 log = logging.getLogger(__name__)
 CAS_ATTEMPTS = 5
+KeyMaker = Callable[[datetime, JwtKeyPolicy], JwtKey]
 
 
 class KeySetStore(Protocol):
@@ -85,11 +88,14 @@ class SharedKeySet:
     def location(self) -> str:
         return self._store.location
 
-    def sync(self, now: datetime, digest: Callable[[KeySet], str]) -> KeySet:
-        """The key set at `now`; `digest(keyset)` is this replica's bundle digest for it."""
+    def sync(
+        self, now: datetime, digest: Callable[[KeySet], str], make: KeyMaker = new_key
+    ) -> KeySet:
+        """The key set at `now`; `digest(keyset)` is this replica's bundle digest for it,
+        `make` makes a new key (in the HSM with `--jwt-keys-in-hsm`)."""
         for _ in range(CAS_ATTEMPTS):
             version, current = self._load()
-            wanted, view = self._next(current, now, digest)
+            wanted, view = self._next(current, now, digest, make)
             if wanted == current or not (self._owns() or signing_key(current.keys, now) is None):
                 self._seen_digest = view
                 return current
@@ -103,9 +109,9 @@ class SharedKeySet:
         )
 
     def _next(
-        self, current: KeySet, now: datetime, digest: Callable[[KeySet], str]
+        self, current: KeySet, now: datetime, digest: Callable[[KeySet], str], make: KeyMaker
     ) -> tuple[KeySet, str]:
-        planned = replace(current, keys=plan(current.keys, now, self._policy))
+        planned = replace(current, keys=plan(current.keys, now, self._policy, make))
         view = digest(planned)
         if view != current.bundle_digest and view != self._seen_digest:
             planned = planned.with_bundle(view)
