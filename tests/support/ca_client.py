@@ -64,7 +64,7 @@ def mint_jwt_svid(
     chan: grpc.Channel, *, token: str, audiences: list[str], ttl_s: int = 0, timeout: float = 10.0
 ) -> str:
     """A JWT-SVID from bulwark.v1.WorkloadIdentityService/MintJWTSVID."""
-    stub = identity_pb2_grpc.WorkloadIdentityServiceStub(chan)  # type: ignore[no-untyped-call]
+    stub = identity_pb2_grpc.WorkloadIdentityServiceStub(chan)
     response = stub.MintJWTSVID(
         identity_pb2.MintJWTSVIDRequest(audience=audiences, ttl_seconds=ttl_s),
         metadata=[("authorization", f"Bearer {token}")],
@@ -77,7 +77,7 @@ def fetch_trust_bundle(
     chan: grpc.Channel, *, token: str, trust_domain: str = "cluster.local", timeout: float = 10.0
 ) -> dict[str, Any]:
     """The CA's own SPIFFE bundle (JSON) from FetchTrustBundles."""
-    stub = identity_pb2_grpc.WorkloadIdentityServiceStub(chan)  # type: ignore[no-untyped-call]
+    stub = identity_pb2_grpc.WorkloadIdentityServiceStub(chan)
     response = stub.FetchTrustBundles(
         identity_pb2.FetchTrustBundlesRequest(),
         metadata=[("authorization", f"Bearer {token}")],
