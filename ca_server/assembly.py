@@ -73,8 +73,10 @@ def certificate_service(
     authentication: Authentication | None = None,
 ) -> CertificateService:
     """IstioCertificateService: the planned authenticators, the signer, the record."""
+    authentication = authentication or build_authentication(config, material)
+    metrics.label_clusters(authentication.known_clusters)
     return CertificateService(
-        authentication=authentication or build_authentication(config, material),
+        authentication=authentication,
         signer=signer_for(config, material),
         recorder=recorder,
         metrics=metrics,

@@ -53,6 +53,7 @@ from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
 from ca_server.errors import ConfigError
 from ca_server.hsm.readiness import HsmReadiness
+from ca_server.kube.status import NO_CLUSTERS, ClusterViews
 from ca_server.process.custody import close_custody, open_custody
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
@@ -388,9 +389,10 @@ async def _serve_with_custody(
         endpoint_addr = await spiffe.start()
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
+        views = controllers or NO_CLUSTERS
         leadership = controllers.elector if controllers is not None else None
         return await _serve_until_stopped(
-            config, pool, manager, spiffe, metrics_dir, addrs, leadership
+            config, pool, manager, spiffe, metrics_dir, addrs, views, leadership
         )
     finally:
         spiffe_task.cancel()
@@ -412,6 +414,7 @@ async def _serve_until_stopped(
     spiffe: SpiffeServices,
     metrics_dir: str,
     addrs: dict[str, str],
+    clusters: ClusterViews,
     leadership: Leadership | None,
 ) -> int:
     """The admin API beside the supervisor's tasks (material refresher, the HSM and record
@@ -430,7 +433,7 @@ async def _serve_until_stopped(
     ]
     try:
         return await _run_admin(
-            config, checks, metrics_dir, manager, addrs, wake, spiffe, leadership
+            config, checks, metrics_dir, manager, addrs, wake, spiffe, clusters, leadership
         )
     finally:
         for task in tasks:
@@ -447,6 +450,7 @@ async def _run_admin(
     addrs: dict[str, str],
     wake: asyncio.Event,
     spiffe: SpiffeServices,
+    clusters: ClusterViews,
     leadership: Leadership | None,
 ) -> int:
     pool, health = checks.pool, checks.health
@@ -461,6 +465,7 @@ async def _run_admin(
         spiffe_bundle=spiffe.spiffe_bundle,
         federated_bundles=spiffe.federated,
         metrics_dir=metrics_dir,
+        clusters=clusters.cluster_statuses,
     )
     loop = asyncio.get_running_loop()
 
@@ -475,7 +480,9 @@ async def _run_admin(
         material=lambda: manager.current,
         readiness=checks,
         routers=[record_router, rotation_router],
-        extra_metrics=lambda: health.exposition() + spiffe.exposition(),
+        extra_metrics=lambda: (
+            health.exposition() + spiffe.exposition() + clusters.cluster_exposition()
+        ),
     )
     sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"
