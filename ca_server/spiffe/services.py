@@ -20,12 +20,19 @@ from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import private_dir
-from ca_server.errors import ConfigError
 from ca_server.spiffe.bundle import BundleSource, contents_digest
 from ca_server.spiffe.endpoint import BundleEndpoint, ServingIdentity
 from ca_server.spiffe.federation import FederationStore, Federator
 from ca_server.spiffe.jwtsvid import custody as jwt_custody
-from ca_server.spiffe.jwtsvid.keyset import JwtKey, KeyFile, KeySet, key_policy, new_key, plan
+from ca_server.spiffe.jwtsvid.keyset import (
+    JwtKey,
+    JwtKeyPolicy,
+    KeyFile,
+    KeySet,
+    key_policy,
+    new_key,
+    plan,
+)
 from ca_server.spiffe.jwtsvid.shared import KeyStoreError, SharedKeySet
 
 log = logging.getLogger(__name__)
@@ -108,6 +115,7 @@ class SpiffeServices:
         self._material = material
         self._clock = clock
         self._shared = shared
+        self._shared_problem: str | None = None  # why the shared set is unusable, once said
         self.key_file = KeyFile(config.jwt_key_dir)
         self.bundle = BundleSource(
             roots=lambda: material().roots,
@@ -124,16 +132,14 @@ class SpiffeServices:
         """At start, before any worker: the key directory, a signing key, the initial bundles."""
         private_dir(self._config.jwt_key_dir, what="JWT-SVID key directory")
         private_dir(self._config.federation_dir, what="federation directory")
-        try:
-            self.rotate()
-        except KeyStoreError as exc:
-            raise ConfigError(str(exc)) from exc
+        self.rotate()
         self.federator.seed()
 
     def rotate(self) -> KeySet:
         """Apply the key timeline at now: drop expired keys, add active/prepared ones, and bump
-        `spiffe_sequence` when the published bundle changes; with replicas, in the shared set
-        (`KeyStoreError` when it cannot be used). Writes the key file only on a change."""
+        `spiffe_sequence` when the published bundle changes; with replicas, in the shared set,
+        or in this replica's own while that cannot be used (said once, retried every tick).
+        Writes the key file only on a change."""
         now = self._clock()
         before = self.key_file.load()
         make = jwt_custody.maker(self._hsm) if self._hsm is not None else new_key
@@ -141,9 +147,8 @@ class SpiffeServices:
         def digest(keyset: KeySet) -> str:
             return contents_digest(self._material().roots, keyset, now)
 
-        if self._shared is not None:
-            after = self._shared.sync(now, digest, make)
-        else:
+        after = self._from_shared(now, digest, before, make)
+        if after is None:
             keys = plan(before.keys, now, key_policy(self._config), make)
             after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
             after = after.with_bundle(digest(after))
@@ -154,6 +159,32 @@ class SpiffeServices:
                 for key in dropped:
                     jwt_custody.destroy(self._hsm, key)
         return after
+
+    def _from_shared(
+        self,
+        now: datetime,
+        digest: Callable[[KeySet], str],
+        own: KeySet,
+        make: Callable[[datetime, JwtKeyPolicy], JwtKey],
+    ) -> KeySet | None:
+        """The replicas' key set, or None (this replica keeps its own) while it is unusable."""
+        if self._shared is None:
+            return None
+        try:
+            shared = self._shared.sync(now, digest, own=own, make=make)
+        except KeyStoreError as exc:
+            if str(exc) != self._shared_problem:
+                log.warning(
+                    "%s; until it can, this replica keeps JWT-SVID keys of its own (a token it "
+                    "mints validates only with its own bundle)",
+                    exc,
+                )
+                self._shared_problem = str(exc)
+            return None
+        if self._shared_problem is not None:
+            log.warning("JWT-SVID keys shared again through %s", self._shared.location)
+            self._shared_problem = None
+        return shared
 
     def federated(self) -> dict[str, bytes]:
         return self.federation.all()

@@ -11,11 +11,14 @@ exactly one write of each version win: the others read the winner's keys and fin
 left to change. Any replica may write while no key signs at all (first start, or an owner
 gone for a whole active life), so minting never waits for an election.
 
-`spiffe_sequence` lives in the shared set too, so every replica serves the same number for
-the same bundle. A replica bumps it when its bundle (roots and published keys) differs from
-the one the stored sequence was counted for *and* its own view changed since it last looked:
-replicas whose roots differ for a while (a plugged-in CA updated on one first) bump it once
-each, instead of bumping it back and forth.
+The first replica to find the store empty puts its own key set there (its key file), so the
+tokens it signed before keep validating. `spiffe_sequence` lives in the shared set too, so
+every replica serves the same number for the same bundle. A replica bumps it when its bundle
+(roots and published keys) differs from the one the stored sequence was counted for *and*
+its own view changed since it last looked: replicas whose roots differ for a while (a
+plugged-in CA updated on one first) bump it once each, instead of bumping it back and forth.
+A bump moves it to at least the current Unix time, so it never falls below a number a replica
+counted on its own (before replicas shared their keys, or while the store was unreachable).
 """
 
 from __future__ import annotations
@@ -89,14 +92,25 @@ class SharedKeySet:
         return self._store.location
 
     def sync(
-        self, now: datetime, digest: Callable[[KeySet], str], make: KeyMaker = new_key
+        self,
+        now: datetime,
+        digest: Callable[[KeySet], str],
+        *,
+        own: KeySet,
+        make: KeyMaker = new_key,
     ) -> KeySet:
-        """The key set at `now`; `digest(keyset)` is this replica's bundle digest for it,
-        `make` makes a new key (in the HSM with `--jwt-keys-in-hsm`)."""
+        """The key set at `now`; `digest(keyset)` is this replica's bundle digest for it, `own`
+        what its key file holds (stored when the store is empty), `make` makes a new key (in
+        the HSM with `--jwt-keys-in-hsm`)."""
         for _ in range(CAS_ATTEMPTS):
-            version, current = self._load()
+            version, stored = self._load()
+            current = stored if stored is not None else own
             wanted, view = self._next(current, now, digest, make)
-            if wanted == current or not (self._owns() or signing_key(current.keys, now) is None):
+            if stored is None:  # above any number a replica counted on its own
+                sequence = max(wanted.sequence, current.sequence + 1, int(now.timestamp()))
+                wanted = replace(wanted, sequence=sequence)
+            unchanged = wanted == current and stored is not None
+            if unchanged or not (self._owns() or signing_key(current.keys, now) is None):
                 self._seen_digest = view
                 return current
             if self._write(version, wanted):
@@ -114,16 +128,17 @@ class SharedKeySet:
         planned = replace(current, keys=plan(current.keys, now, self._policy, make))
         view = digest(planned)
         if view != current.bundle_digest and view != self._seen_digest:
-            planned = planned.with_bundle(view)
+            sequence = max(current.sequence + 1, int(now.timestamp()))
+            planned = replace(planned, sequence=sequence, bundle_digest=view)
         return planned, view
 
-    def _load(self) -> tuple[str, KeySet]:
+    def _load(self) -> tuple[str, KeySet | None]:
         try:
             version, document = self._store.load()
         except self._errors as exc:
             raise KeyStoreError(f"cannot read the JWT-SVID keys in {self.location}: {exc}") from exc
         if document is None:
-            return version, KeySet()
+            return version, None
         try:
             return version, decode(document)
         except ValueError as exc:

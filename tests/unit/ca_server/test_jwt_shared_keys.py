@@ -7,6 +7,7 @@ integration and Kubernetes tests."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,6 @@ import pytest
 
 from ca_server.authority.material import create_self_signed
 from ca_server.config import CaConfig
-from ca_server.errors import ConfigError
 from ca_server.spiffe.jwtsvid.keyset import JwtKeyPolicy, KeySet, encode, signing_key
 from ca_server.spiffe.jwtsvid.shared import KeyStoreError, SharedKeySet
 from ca_server.spiffe.services import SpiffeServices
@@ -62,20 +62,37 @@ def replica(store: MemoryStore, *, owns: bool = True) -> SharedKeySet:
 def test_replicas_starting_together_end_on_one_key_set() -> None:
     store = MemoryStore()
     a, b = replica(store), replica(store)
-    first = a.sync(T0, digest_of("r"))
-    assert b.sync(T0, digest_of("r")) == first
+    first = a.sync(T0, digest_of("r"), own=KeySet())
+    assert b.sync(T0, digest_of("r"), own=KeySet()) == first
     assert store.writes == 1 and signing_key(first.keys, T0) is not None
-    assert first.sequence == 1
+    assert first.sequence >= T0.timestamp()  # above any count a replica kept on its own
+
+
+def test_the_first_replica_shares_its_own_keys_and_nobody_counts_backwards() -> None:
+    """Upgrading replicas that kept keys of their own: the first to find the store empty puts
+    its keys there (its tokens keep validating); no replica's spiffe_sequence goes down."""
+    store = MemoryStore()
+    a_own = replica(MemoryStore()).sync(T0, digest_of("r"), own=KeySet())
+    b_own = replica(MemoryStore()).sync(T0, digest_of("r"), own=KeySet())
+    a_own = replace(a_own, sequence=57)
+    b_own = replace(b_own, sequence=80)
+    later = T0 + timedelta(hours=1)
+    shared = replica(store).sync(later, digest_of("r"), own=a_own)
+    assert shared.keys == a_own.keys
+    adopted = replica(store).sync(later, digest_of("r"), own=b_own)
+    assert adopted == shared and adopted.sequence > b_own.sequence
 
 
 def test_of_two_replicas_preparing_at_once_one_write_wins_and_both_adopt_it() -> None:
     store = MemoryStore()
     a, b = replica(store), replica(store)
-    a.sync(T0, digest_of("r"))
+    a.sync(T0, digest_of("r"), own=KeySet())
     half = T0 + timedelta(hours=12)
     won: list[KeySet] = []
-    store.before_write = lambda: won.append(a.sync(half, digest_of("r")))  # A writes first
-    from_b = b.sync(half, digest_of("r"))
+    store.before_write = lambda: won.append(
+        a.sync(half, digest_of("r"), own=KeySet())
+    )  # A writes first
+    from_b = b.sync(half, digest_of("r"), own=KeySet())
     assert from_b == won[0], "B took A's key set instead of writing its own"
     assert len(from_b.keys) == 2 and store.writes == 2  # one prepared key, not two
 
@@ -83,13 +100,15 @@ def test_of_two_replicas_preparing_at_once_one_write_wins_and_both_adopt_it() ->
 def test_only_the_owner_rotates_and_the_others_adopt_its_keys() -> None:
     store = MemoryStore()
     leader, follower = replica(store, owns=True), replica(store, owns=False)
-    first = leader.sync(T0, digest_of("r"))
+    first = leader.sync(T0, digest_of("r"), own=KeySet())
     half = T0 + timedelta(hours=12)
-    assert follower.sync(half, digest_of("r")) == first  # due, but not the follower's to do
+    assert (
+        follower.sync(half, digest_of("r"), own=KeySet()) == first
+    )  # due, but not the follower's to do
     assert store.writes == 1
-    second = leader.sync(half, digest_of("r"))
+    second = leader.sync(half, digest_of("r"), own=KeySet())
     assert len(second.keys) == 2
-    assert follower.sync(half, digest_of("r")) == second
+    assert follower.sync(half, digest_of("r"), own=KeySet()) == second
 
 
 def test_a_follower_starts_a_key_when_none_signs() -> None:
@@ -97,10 +116,10 @@ def test_a_follower_starts_a_key_when_none_signs() -> None:
     or the owner gone for a whole active life), any replica makes a key."""
     store = MemoryStore()
     follower = replica(store, owns=False)
-    first = follower.sync(T0, digest_of("r"))
+    first = follower.sync(T0, digest_of("r"), own=KeySet())
     assert signing_key(first.keys, T0) is not None and store.writes == 1
     later = T0 + timedelta(days=3)
-    again = follower.sync(later, digest_of("r"))
+    again = follower.sync(later, digest_of("r"), own=KeySet())
     assert signing_key(again.keys, later) is not None and store.writes == 2
 
 
@@ -109,8 +128,8 @@ def test_replicas_whose_roots_differ_do_not_bump_the_sequence_back_and_forth() -
     a, b = replica(store), replica(store)
     for minute in range(10):
         now = T0 + timedelta(minutes=minute)
-        a.sync(now, digest_of("roots-a"))
-        b.sync(now, digest_of("roots-b"))
+        a.sync(now, digest_of("roots-a"), own=KeySet())
+        b.sync(now, digest_of("roots-b"), own=KeySet())
     assert store.writes <= 2, f"{store.writes} writes: the sequence flaps between the replicas"
 
 
@@ -118,11 +137,11 @@ def test_store_failures_and_a_bad_document_say_where_never_what() -> None:
     store = MemoryStore()
     store.failure = OSError("connection refused")
     with pytest.raises(KeyStoreError, match="cannot read the JWT-SVID keys in memory"):
-        replica(store).sync(T0, digest_of("r"))
+        replica(store).sync(T0, digest_of("r"), own=KeySet())
     store.failure = None
     store.document = b'{"version": 1, "keys": [{"private_key_pem": "-----BEGIN PRIVATE KEY"}]}'
     with pytest.raises(KeyStoreError, match="memory holds no usable JWT-SVID key set") as err:
-        replica(store).sync(T0, digest_of("r"))
+        replica(store).sync(T0, digest_of("r"), own=KeySet())
     assert "PRIVATE" not in str(err.value)
 
 
@@ -151,15 +170,29 @@ def test_each_replica_mirrors_the_shared_set_into_its_key_file(tmp_path: Path) -
     assert services[0].spiffe_bundle() == services[1].spiffe_bundle()
 
 
-def test_a_shared_set_that_cannot_be_used_at_start_is_a_start_up_error(tmp_path: Path) -> None:
+def test_a_replica_that_cannot_use_the_shared_set_keeps_its_own_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Role that predates the shared Secret (403), or a store down: the CA still starts and
+    mints with keys of its own, warns once, and joins the shared set once it can."""
     store = MemoryStore()
-    store.failure = OSError("no route to host")
+    store.failure = OSError("403 Forbidden")
     material = create_self_signed(TrustDomain("cluster.local"), T0)
+    now = [T0]
     services = SpiffeServices(
         _config(tmp_path),
         lambda: material,
-        clock=lambda: T0,
+        clock=lambda: now[0],
         shared=SharedKeySet(store, policy=POLICY, owns=lambda: True, errors=(OSError,)),
     )
-    with pytest.raises(ConfigError, match="no route to host"):
-        services.prepare()
+    services.prepare()
+    own = services.key_file.load()
+    assert signing_key(own.keys, T0) is not None and store.document is None
+    now[0] = T0 + timedelta(minutes=1)
+    services.rotate()
+    assert caplog.text.count("403 Forbidden") == 1, caplog.text
+    store.failure = None
+    now[0] = T0 + timedelta(minutes=2)
+    joined = services.rotate()
+    assert store.document == encode(joined) and joined.keys == own.keys
+    assert "JWT-SVID keys shared again" in caplog.text
