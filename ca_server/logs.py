@@ -103,6 +103,11 @@ def configure(level: int, log_format: str = "text", *, process: str = "") -> Non
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    # The Kubernetes client's transport logs one INFO line per HTTP request (a TokenReview
+    # per certificate, every watch); those are for debugging the CA, not for its operators.
+    logging.getLogger("httpx2").setLevel(
+        logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+    )
 
 
 class TokenBucket:

@@ -142,3 +142,23 @@ def test_token_bucket_refills_at_its_rate() -> None:
     assert [bucket.take() for _ in range(3)] == [True, True, False]
     clock.now += 0.5
     assert bucket.take() and not bucket.take()
+
+
+@pytest.mark.parametrize(
+    ("level", "request_lines_shown"), [(logging.INFO, False), (logging.DEBUG, True)]
+)
+def test_kubernetes_request_lines_only_at_debug(level: int, request_lines_shown: bool) -> None:
+    from ca_server.logs import configure
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    try:
+        configure(level)
+        assert logging.getLogger("httpx2").isEnabledFor(logging.INFO) is request_lines_shown
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
+        logging.getLogger("httpx2").setLevel(logging.NOTSET)
