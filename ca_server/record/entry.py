@@ -84,6 +84,8 @@ class Recorder(Protocol):
     """Durable, append-only store of issued certificates, awaited on the event loop
     (`ca_server.record.ledger.AsyncRecorder` is the one the CA runs)."""
 
-    async def record(self, entry: IssuedCertificate) -> None:
-        """Return once `entry` is durably committed; raise a `RecordWriteFailed` otherwise."""
+    async def record(self, entry: IssuedCertificate, *, within: float | None = None) -> None:
+        """Return once `entry` is durably committed; raise a `RecordWriteFailed` otherwise.
+        `within`: seconds the caller still waits (its gRPC deadline); an entry not committed
+        by then is not committed at all."""
         ...

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import grpc
+import jwt
 from google.protobuf import struct_pb2
 
+from protos.bulwark.v1 import identity_pb2, identity_pb2_grpc
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
 SERVER_NAME = "istiod.istio-system.svc"
@@ -54,3 +58,41 @@ def create_certificate(
             request.metadata.fields[key].string_value = value
     response = stub.CreateCertificate(request, metadata=md, timeout=timeout)
     return list(response.cert_chain)
+
+
+def mint_jwt_svid(
+    chan: grpc.Channel, *, token: str, audiences: list[str], ttl_s: int = 0, timeout: float = 10.0
+) -> str:
+    """A JWT-SVID from bulwark.v1.WorkloadIdentityService/MintJWTSVID."""
+    stub = identity_pb2_grpc.WorkloadIdentityServiceStub(chan)
+    response = stub.MintJWTSVID(
+        identity_pb2.MintJWTSVIDRequest(audience=audiences, ttl_seconds=ttl_s),
+        metadata=[("authorization", f"Bearer {token}")],
+        timeout=timeout,
+    )
+    return str(response.token)
+
+
+def fetch_trust_bundle(
+    chan: grpc.Channel, *, token: str, trust_domain: str = "cluster.local", timeout: float = 10.0
+) -> dict[str, Any]:
+    """The CA's own SPIFFE bundle (JSON) from FetchTrustBundles."""
+    stub = identity_pb2_grpc.WorkloadIdentityServiceStub(chan)
+    response = stub.FetchTrustBundles(
+        identity_pb2.FetchTrustBundlesRequest(),
+        metadata=[("authorization", f"Bearer {token}")],
+        timeout=timeout,
+    )
+    doc: dict[str, Any] = json.loads(response.bundles[trust_domain])
+    return doc
+
+
+def validate_jwt_svid(svid: str, bundle: dict[str, Any], audience: str) -> dict[str, Any]:
+    """The claims of `svid`, checked with the bundle's JWT key of its `kid` (PyJWT)."""
+    kid = jwt.get_unverified_header(svid)["kid"]
+    keys = [k for k in bundle["keys"] if k.get("use") == "jwt-svid" and k.get("kid") == kid]
+    if not keys:
+        raise jwt.InvalidKeyError(f"kid {kid} is not in the bundle")
+    key = jwt.PyJWK.from_dict(keys[0], algorithm="ES256").key
+    claims: dict[str, Any] = jwt.decode(svid, key, algorithms=["ES256"], audience=audience)
+    return claims

@@ -70,6 +70,9 @@ class FakeContext:
     def peer(self) -> str:
         return self.peer_address
 
+    def time_remaining(self) -> float | None:
+        return None  # no deadline, as a client that set none
+
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise Aborted(code, details)
 
@@ -82,7 +85,7 @@ class MemoryRecorder:
     failing: bool = False
     gate: asyncio.Event | None = None  # when set, a write waits for it (a slow database)
 
-    async def record(self, entry: IssuedCertificate) -> None:
+    async def record(self, entry: IssuedCertificate, *, within: float | None = None) -> None:
         if self.gate is not None:
             await self.gate.wait()
         if self.failing:

@@ -9,7 +9,10 @@ so a busy worker commits fewer, larger batches. The event loop never
 waits on the database, and there is one thread hand-off per transaction
 instead of one per certificate. Write timeouts share one timer too: it is armed for
 the oldest waiting entry's deadline and, when it fires, fails whatever is overdue
-and re-arms for the next (issue #18: no timer per certificate).
+and re-arms for the next (issue #18: no timer per certificate). Each entry's deadline (the
+write timeout, or sooner the caller's own gRPC deadline) also goes to the writer, which
+leaves out an entry whose caller stopped waiting while the chain lock was taken elsewhere:
+a stalled replica that thaws does not record certificates nobody received.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ class AsyncRecorder:
         self._max_batch = managed.options.max_batch
         self._timeout = managed.options.write_timeout.total_seconds()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
-        self._queue: list[tuple[IssuedCertificate, asyncio.Future[None]]] = []
+        # queued entries with their futures and deadlines (`time.monotonic()`, for the writer)
+        self._queue: list[tuple[IssuedCertificate, asyncio.Future[None], float]] = []
         # every entry not yet answered, oldest first, with its deadline (loop time)
         self._waiting: deque[tuple[float, IssuedCertificate, asyncio.Future[None]]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
@@ -57,13 +61,15 @@ class AsyncRecorder:
         self._idle.set()
         self._closed = False
 
-    async def record(self, entry: IssuedCertificate) -> None:
+    async def record(self, entry: IssuedCertificate, *, within: float | None = None) -> None:
+        """`within`: seconds the caller still waits (its gRPC deadline), if it has one."""
         if self._closed:
             raise LedgerWriteError("the issuance record is closed")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        self._queue.append((entry, done))
-        deadline = loop.time() + self._timeout
+        wait = self._timeout if within is None else max(0.0, min(self._timeout, within))
+        self._queue.append((entry, done, time.monotonic() + wait))
+        deadline = loop.time() + wait
         self._waiting.append((deadline, entry, done))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline, self._expire_overdue)
@@ -99,13 +105,16 @@ class AsyncRecorder:
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         flight = loop.run_in_executor(
-            self._thread, self._writer.commit_batch, [entry for entry, _ in batch]
+            self._thread,
+            self._writer.commit_batch,
+            [entry for entry, _, _ in batch],
+            [deadline for _, _, deadline in batch],
         )
         flight.add_done_callback(lambda finished: self._finish(batch, finished, started))
 
     def _finish(
         self,
-        batch: list[tuple[IssuedCertificate, asyncio.Future[None]]],
+        batch: list[tuple[IssuedCertificate, asyncio.Future[None], float]],
         finished: asyncio.Future[list[BaseException | None]],
         started: float,
     ) -> None:
@@ -115,7 +124,7 @@ class AsyncRecorder:
             errors = finished.result()
         except BaseException as exc:  # nobody may take an unfinished commit for success
             errors = [exc] * len(batch)
-        for (_, done), error in zip(batch, errors, strict=True):
+        for (_, done, _), error in zip(batch, errors, strict=True):
             if done.done():
                 continue
             if error is None:
