@@ -13,6 +13,7 @@ from certs.spiffe_id import TrustDomain
 from certs.values import InvalidValue, parse_host_port
 
 if TYPE_CHECKING:
+    from ca_server.authn.node_policy import NodeIdentityPolicy
     from ca_server.kube.settings import KubeSettings
     from ca_server.spiffe.federation.peers import FederationPeer
 
@@ -24,6 +25,8 @@ DEFAULT_AUDIENCES = ("istio-ca",)
 DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
 
 DEFAULT_RECORD_LINGER = timedelta(milliseconds=5)
+DEFAULT_BATCH_MAX_CERTIFICATES = 64
+MAX_BATCH_MAX_CERTIFICATES = 1000
 DEFAULT_JWT_SVID_TTL = timedelta(minutes=5)
 DEFAULT_JWT_SVID_MAX_TTL = timedelta(hours=1)
 DEFAULT_JWT_KEY_ACTIVE_LIFE = timedelta(hours=24)
@@ -61,6 +64,9 @@ class CaConfig:
     default_ttl: timedelta = DEFAULT_WORKLOAD_CERT_TTL
     max_ttl: timedelta = MAX_WORKLOAD_CERT_TTL
     trusted_node_accounts: tuple[str, ...] = ()  # "ns/sa" entries allowed to impersonate
+    # Outside Kubernetes: which identities each node account may impersonate (parsed file).
+    node_identity_policy: NodeIdentityPolicy | None = None
+    batch_max_certificates: int = DEFAULT_BATCH_MAX_CERTIFICATES  # items per batch call
     allow_ed25519: bool = False
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_concurrent_rpcs: int = 2000
@@ -125,6 +131,10 @@ class CaConfig:
             raise ConfigError("--ca-prepare-at must be a fraction of the CA's life in (0, 1]")
         if self.ca_propagation_delay < timedelta(0):
             raise ConfigError("--ca-propagation-delay cannot be negative")
+        if not 1 <= self.batch_max_certificates <= MAX_BATCH_MAX_CERTIFICATES:
+            raise ConfigError(
+                f"--batch-max-certificates must be between 1 and {MAX_BATCH_MAX_CERTIFICATES}"
+            )
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:

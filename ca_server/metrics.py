@@ -5,8 +5,11 @@ Istio's series keep their names and meaning. Bulwark adds
 the status, with a bounded `reason` (`REFUSAL_REASONS`: the reasons the classes of
 `ca_server.errors` carry), so that refusals no `citadel_server_*` series counts
 (PERMISSION_DENIED, overload) are seen too;
-and two histograms, `bulwark_ca_issue_duration_seconds` (every call) and
-`bulwark_ca_record_commit_duration_seconds` (every record batch).
+and histograms: `bulwark_ca_issue_duration_seconds` (every CreateCertificate call),
+`bulwark_ca_batch_size` and `bulwark_ca_batch_duration_seconds` (BatchCreateCertificates:
+items per call, and time per call) and `bulwark_ca_record_commit_duration_seconds` (every
+record batch). A batch counts every item in the `citadel_server_*` series, as that many
+CreateCertificate calls would.
 
 Workers write into `PROMETHEUS_MULTIPROC_DIR` (set by the supervisor before it
 starts them); the admin app aggregates with `MultiProcessCollector`.
@@ -22,6 +25,7 @@ from ca_server.errors import REFUSAL_REASONS
 
 SIGN_ERRORS = ("CA_NOT_READY", "CSR_ERROR", "TTL_ERROR", "CERT_GEN_ERROR", "UNKNOWN")
 # Seconds; a certificate normally takes 1-50 ms, a record commit 1-20 ms.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -62,6 +66,18 @@ class CaMetrics:
         self.call_duration = Histogram(
             "bulwark_ca_issue_duration_seconds",
             "Time from a CreateCertificate call's arrival to its answer, issued or refused",
+            registry=reg,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "bulwark_ca_batch_size",
+            "Certificate requests per BatchCreateCertificates call",
+            registry=reg,
+            buckets=BATCH_SIZE_BUCKETS,
+        )
+        self.batch_duration = Histogram(
+            "bulwark_ca_batch_duration_seconds",
+            "Time from an authenticated BatchCreateCertificates call's start to its answer",
             registry=reg,
             buckets=LATENCY_BUCKETS,
         )

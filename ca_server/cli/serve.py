@@ -105,7 +105,8 @@ _SERVE_FLAGS: tuple[tuple[str, tuple[_FlagSpec, ...]], ...] = (
         ("--csr-san-policy", "BULWARK_CSR_SAN_POLICY", "strict", "strict: reject CSRs asking for another identity; override: Istio's behaviour", {"choices": ["strict", "override"]}),
         ("--max-workload-cert-ttl", "MAX_WORKLOAD_CERT_TTL", "2160h", "longest certificate TTL a caller may ask for", {}),
         ("--default-workload-cert-ttl", "DEFAULT_WORKLOAD_CERT_TTL", "24h", "TTL when the request asks for none", {}),
-        ("--trusted-node-accounts", "CA_TRUSTED_NODE_ACCOUNTS", "", "comma-separated NS/SA allowed to use ImpersonatedIdentity", {}),
+        ("--trusted-node-accounts", "CA_TRUSTED_NODE_ACCOUNTS", "", "comma-separated NS/SA allowed to use ImpersonatedIdentity for service accounts with a pod on their node (Kubernetes)", {}),
+        ("--node-identity-policy", "BULWARK_NODE_IDENTITY_POLICY", None, "YAML file mapping node accounts NS/SA to the NS/SA patterns each may impersonate, e.g. {\"bulwark-system/node-agent\": [\"demo/*\"]}; without Kubernetes, impersonation needs it", {}),
     )),
     ("JWT-SVIDs, bundle endpoint, federation (docs/JWT-SVID.md)", (
         ("--jwt-svid-ttl", "BULWARK_JWT_SVID_TTL", "5m", "JWT-SVID lifetime when MintJWTSVID asks for none", {}),
@@ -119,6 +120,7 @@ _SERVE_FLAGS: tuple[tuple[str, tuple[_FlagSpec, ...]], ...] = (
     ("capacity", (
         ("--workers", "BULWARK_WORKERS", None, "gRPC worker processes (default: one per core)", {"type": int}),
         ("--max-concurrent-rpcs", "BULWARK_MAX_CONCURRENT_RPCS", 2000, "per worker; beyond it callers get RESOURCE_EXHAUSTED", {"type": int}),
+        ("--batch-max-certificates", "BULWARK_BATCH_MAX_CERTIFICATES", 64, "most certificate requests one BatchCreateCertificates call may carry", {"type": int}),
     )),
     ("issuance record", (
         ("--record", "BULWARK_RECORD", None, "record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)", {}),
@@ -230,6 +232,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         default_ttl=_duration(args, "--default-workload-cert-ttl"),
         max_ttl=_duration(args, "--max-workload-cert-ttl"),
         trusted_node_accounts=_csv(args.trusted_node_accounts),
+        node_identity_policy=_node_policy(args.node_identity_policy),
+        batch_max_certificates=int(args.batch_max_certificates),
         allow_ed25519=bool(args.allow_ed25519),
         max_concurrent_rpcs=int(args.max_concurrent_rpcs),
         record=args.record or None,
@@ -249,6 +253,15 @@ def config_from_args(args: argparse.Namespace) -> Any:
         kube=settings_from_args(args),
         **extra,
     )
+
+
+def _node_policy(path: str | None) -> Any:
+    """The parsed --node-identity-policy file (ConfigError naming each bad line), or None."""
+    if not path:
+        return None
+    from ca_server.authn.node_policy import load_node_policy
+
+    return load_node_policy(Path(path))
 
 
 def _jwt_and_federation(args: argparse.Namespace) -> dict[str, Any]:

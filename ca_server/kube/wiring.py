@@ -3,7 +3,9 @@
 supervisor: load_or_create_material(...)   -> self-signed root kept in `istio-ca-secret`
             KubeControllers(settings, ...) -> Lease elector + root ConfigMap publisher
                                               (+ istiod's serving certificate Secret)
-workers:    tokenreview_authenticator(cfg) -> TokenReviewAuthenticator (one per process)
+workers:    tokenreview_authenticator(cfg) -> TokenReviewAuthenticator (one per process), with a
+                                              watch-backed pod cache when node accounts are
+                                              trusted (node-bound impersonation)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ca_server.kube.client import load_config, make_client
 from ca_server.kube.errors import KubeError
 from ca_server.kube.istiod_cert import IstiodCertWriter
 from ca_server.kube.leader import LeaderElector
+from ca_server.kube.node_auth import KubeNodeAuthorizer
+from ca_server.kube.pod_cache import PodCache
 from ca_server.kube.rootcm import RootCertPublisher
 from ca_server.kube.secret_store import SecretKeyStore
 from ca_server.kube.settings import KubeSettings
@@ -57,13 +61,22 @@ def load_or_create_material(
 
 
 def build_tokenreview_authenticator(
-    settings: KubeSettings, *, trust_domain: TrustDomain, audiences: Sequence[str]
+    settings: KubeSettings,
+    *,
+    trust_domain: TrustDomain,
+    audiences: Sequence[str],
+    watch_pods: bool = False,
 ) -> TokenReviewAuthenticator:
+    """With `watch_pods` (some node account is trusted), a started pod cache backs the node
+    binding of impersonation."""
+    make = client_factory(settings)
+    node_authorizer = KubeNodeAuthorizer(PodCache(make).start()) if watch_pods else None
     return TokenReviewAuthenticator(
-        client_factory(settings)(),
+        make(),
         trust_domain=trust_domain,
         audiences=audiences,
         cluster_id=settings.cluster_id,
+        node_authorizer=node_authorizer,
     )
 
 
@@ -73,7 +86,10 @@ def tokenreview_authenticator(config: CaConfig) -> TokenReviewAuthenticator:
     if settings is None:
         raise ValueError("tokenreview_authenticator needs a CA configured for Kubernetes")
     return build_tokenreview_authenticator(
-        settings, trust_domain=config.trust_domain, audiences=config.audiences
+        settings,
+        trust_domain=config.trust_domain,
+        audiences=config.audiences,
+        watch_pods=bool(config.trusted_node_accounts),
     )
 
 

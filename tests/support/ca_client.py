@@ -1,4 +1,4 @@
-"""A minimal synchronous client of IstioCertificateService for tests."""
+"""A minimal synchronous client of IstioCertificateService (and BatchCreateCertificates) for tests."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import grpc
 from google.protobuf import struct_pb2
 
+from protos.bulwark.v1 import identity_pb2, identity_pb2_grpc
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
 SERVER_NAME = "istiod.istio-system.svc"
@@ -54,3 +55,33 @@ def create_certificate(
             request.metadata.fields[key].string_value = value
     response = stub.CreateCertificate(request, metadata=md, timeout=timeout)
     return list(response.cert_chain)
+
+
+def batch_create(
+    chan: grpc.Channel,
+    items: list[tuple[str | bytes, str, int]],
+    *,
+    token: str | None = None,
+    cluster_id: str = "",
+    timeout: float = 20.0,
+) -> list[identity_pb2.CertificateResult]:
+    """BatchCreateCertificates with `items` of (csr, spiffe_id, ttl_s); raises grpc.RpcError
+    when the whole call is refused."""
+    stub = identity_pb2_grpc.CertificateServiceStub(chan)
+    md: list[tuple[str, str]] = []
+    if token is not None:
+        md.append(("authorization", f"Bearer {token}"))
+    if cluster_id:
+        md.append(("clusterid", cluster_id))
+    request = identity_pb2.BatchCreateCertificatesRequest(
+        params=[
+            identity_pb2.CertificateParams(
+                csr=csr.decode() if isinstance(csr, bytes) else csr,
+                spiffe_id=spiffe_id,
+                validity_duration=ttl_s,
+            )
+            for csr, spiffe_id, ttl_s in items
+        ]
+    )
+    response = stub.BatchCreateCertificates(request, metadata=md, timeout=timeout)
+    return list(response.results)
