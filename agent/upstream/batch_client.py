@@ -74,10 +74,12 @@ class BatchIssuer:
         fallback_concurrency: int = DEFAULT_FALLBACK_CONCURRENCY,
         reprobe_after: timedelta = DEFAULT_REPROBE_AFTER,
         clock: Callable[[], float] = time.monotonic,
+        use_batch: bool = True,
     ) -> None:
         """`own_identity`: the caller's SPIFFE ID; orders for it (or for "") carry no
         `ImpersonatedIdentity` on the fallback path, which a CA without a node authorizer
-        refuses even for the caller itself."""
+        refuses even for the caller itself. `use_batch=False`: one CreateCertificate per
+        order from the start (a CA known to lack the batch call)."""
         if max_batch < 1 or fallback_concurrency < 1:
             raise ValueError("max_batch and fallback_concurrency must be at least 1")
         self._timeout = timeout.total_seconds()
@@ -86,6 +88,7 @@ class BatchIssuer:
         self._concurrency = fallback_concurrency
         self._reprobe_after = reprobe_after.total_seconds()
         self._clock = clock
+        self._use_batch = use_batch
         self._unsupported_since: float | None = None
 
     @property
@@ -109,6 +112,8 @@ class BatchIssuer:
         return outcomes
 
     def _batch_due(self) -> bool:
+        if not self._use_batch:
+            return False
         since = self._unsupported_since
         if since is not None and self._clock() - since >= self._reprobe_after:
             self._unsupported_since = None
