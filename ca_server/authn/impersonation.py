@@ -22,12 +22,13 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Protocol
 
-from ca_server.authn.authenticators import workload_identity
 from ca_server.authn.node_policy import NodeIdentityPolicy
 from ca_server.errors import ImpersonationRefused
 from ca_server.identity import Caller, shown
 from certs.errors import InvalidSpiffeId
 from certs.spiffe_id import SpiffeId, TrustDomain
+
+PARSED_CACHE_ENTRIES = 4096  # distinct requested identities remembered, parsed
 
 
 class NodeBinding(Protocol):
@@ -56,6 +57,7 @@ class ImpersonationRules:
         self._trusted = frozenset(trusted_node_accounts)
         self._policy = node_policy
         self._binding = node_binding
+        self._parsed: dict[str, tuple[SpiffeId, str, str]] = {}
 
     def identity_for(self, caller: Caller, requested: str, *, field: str) -> Caller:
         """`caller` acting as `requested` (a SPIFFE ID; `field` names where it came from in
@@ -70,7 +72,7 @@ class ImpersonationRules:
                 f"{caller.spiffe_id} may not request certificates for another identity "
                 "(not in CA_TRUSTED_NODE_ACCOUNTS nor in --node-identity-policy)"
             )
-        namespace, service_account = self._workload_of(requested, field)
+        target, namespace, service_account = self._workload_of(requested, field)
         if grant is not None and grant.allows(namespace, service_account):
             pass
         elif trusted and self._binding.binds_nodes:
@@ -85,7 +87,6 @@ class ImpersonationRules:
                 f"{caller.spiffe_id} may not impersonate {namespace}/{service_account}: without "
                 "Kubernetes a node account needs a --node-identity-policy entry allowing it"
             )
-        target = workload_identity(self._trust_domain, namespace, service_account)
         return replace(
             caller,
             spiffe_id=target,
@@ -94,7 +95,12 @@ class ImpersonationRules:
             subject=f"{caller.subject} as {target}",
         )
 
-    def _workload_of(self, requested: str, field: str) -> tuple[str, str]:
+    def _workload_of(self, requested: str, field: str) -> tuple[SpiffeId, str, str]:
+        """The workload identity `requested` names, parsed once per distinct text (a node
+        agent asks for the same identities at every renewal)."""
+        known = self._parsed.get(requested)
+        if known is not None:
+            return known
         try:
             wanted = SpiffeId.parse(requested)
         except InvalidSpiffeId as exc:
@@ -106,4 +112,7 @@ class ImpersonationRules:
             raise ImpersonationRefused(
                 f"{field} {shown(requested)} is not a workload of this trust domain"
             )
-        return account
+        if len(self._parsed) >= PARSED_CACHE_ENTRIES:
+            self._parsed.clear()
+        parsed = self._parsed[requested] = (wanted, *account)
+        return parsed

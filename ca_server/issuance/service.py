@@ -52,10 +52,17 @@ class Impersonation(Protocol):
         ...
 
 
-class CsrSigner(Protocol):
+class CsrSigning(Protocol):
     """Signs a CSR for an authenticated caller or raises a `CaError` saying why not."""
 
     def sign(self, *, csr_pem: str, validity_s: int, caller: Caller) -> Issued: ...
+
+
+class CsrSigner(CsrSigning, Protocol):
+    """`CsrSigning`, and sessions that sign several CSRs under one reading of the CA material
+    and the clock (`ca_server.issuance.signer.Signer`)."""
+
+    def session(self) -> CsrSigning: ...
 
 
 class InFlight:
@@ -77,7 +84,7 @@ class InFlight:
 
 
 def sign_counted(
-    signer: CsrSigner, metrics: CaMetrics, *, csr_pem: str, validity_s: int, caller: Caller
+    signer: CsrSigning, metrics: CaMetrics, *, csr_pem: str, validity_s: int, caller: Caller
 ) -> Issued:
     """`signer.sign(...)`, its failures counted in Istio's sign-error series."""
     try:
