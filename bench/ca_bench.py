@@ -132,9 +132,19 @@ def bench_bulwark(
         ca.stop()
 
 
-def profile_worker(ca: RunningCa, wl_file: Path, svg: Path, *, duration_s: float) -> bool:
-    """A py-spy flame graph of one CA worker under load at c=32 (a window not measured for CPU:
-    sampling stops the process). False when py-spy is not installed."""
+def profile_worker(
+    ca: RunningCa,
+    wl_file: Path,
+    svg: Path,
+    *,
+    duration_s: float,
+    mode: str = "grpc",
+    concurrency: int = 32,
+    **load_args: Any,
+) -> bool:
+    """A py-spy flame graph of one CA worker under load (`mode` and `concurrency` of the load
+    generator; a window not measured for CPU: sampling stops the process). False when py-spy
+    is not installed."""
     import shutil
     import threading
 
@@ -147,8 +157,13 @@ def profile_worker(ca: RunningCa, wl_file: Path, svg: Path, *, duration_s: float
         return False
     load = threading.Thread(
         target=run_loadgen,
-        args=("grpc", ca.grpc_addr, ca.process.pid, wl_file),
-        kwargs={"concurrency": 32, "root": ca.root_cert_path, "duration_s": duration_s + 2},
+        args=(mode, ca.grpc_addr, ca.process.pid, wl_file),
+        kwargs={
+            "concurrency": concurrency,
+            "root": ca.root_cert_path,
+            "duration_s": duration_s + 2,
+            **load_args,
+        },
     )
     load.start()
     time.sleep(2.5)
