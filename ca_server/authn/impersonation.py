@@ -19,7 +19,6 @@ loop may call it; a pod cache not synced yet answers `UpstreamUnavailable`.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from typing import Protocol
 
 from ca_server.authn.node_policy import NodeIdentityPolicy
@@ -87,13 +86,7 @@ class ImpersonationRules:
                 f"{caller.spiffe_id} may not impersonate {namespace}/{service_account}: without "
                 "Kubernetes a node account needs a --node-identity-policy entry allowing it"
             )
-        return replace(
-            caller,
-            spiffe_id=target,
-            namespace=namespace,
-            service_account=service_account,
-            subject=f"{caller.subject} as {target}",
-        )
+        return caller.acting_as(target, namespace, service_account)
 
     def _workload_of(self, requested: str, field: str) -> tuple[SpiffeId, str, str]:
         """The workload identity `requested` names, parsed once per distinct text (a node
