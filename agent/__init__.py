@@ -1,11 +1,12 @@
 """The per-pod Bulwark agent: a drop-in for istio-agent's certificate half.
 
-It creates the workload's key and CSR, gets the certificate from the CA
-(`caclient`), renews it before expiry (`renewal`), and serves it on one unix
-socket to Envoy over SDS (`sds`) and to SPIFFE libraries over the Workload API
-(`workload_api`), writes it to files (`files`) and reports on a loopback status
-port (`status`). Configuration comes from Istio's environment variables
-(`config`); `runtime.Agent` wires the pieces together.
+It makes the workload's key and CSR and asks the CA (`upstream`), holds the
+certificate, trust bundles and JWT-SVIDs and renews the certificate before
+expiry (`state`), serves them on one unix socket to Envoy over SDS and to
+SPIFFE libraries over the Workload API and reports on a loopback status port
+(`endpoints`), reads and writes certificates as files (`files`), and runs as
+`bulwark agent run` (`cli`). Its settings are one table of Istio's environment
+variables and flags (`config`); `runtime.Agent` wires the pieces together.
 
 The names below load on first use: `python -m agent` runs this file before
 `agent.__main__`, which has to act before grpc and asyncio are imported.

@@ -1,26 +1,35 @@
-"""The agent's configuration: Istio's environment variable names and defaults (SPEC §2).
+"""The agent's configuration: every setting in one table, read in one place (docs/COMPATIBILITY.md §2).
 
-`AgentConfig.from_env` is the only place the agent reads the environment;
-`bulwark agent run` flags override single fields with `dataclasses.replace`.
-Paths are relative to the working directory, as in Istio (`./var/run/...`).
+`SETTINGS` has one row per setting: the `AgentConfig` field it sets, how its
+text is read, what it means, the environment variable (Istio's name where
+Istio has one) and the `bulwark agent run` flag that overrides it. The
+defaults are `AgentConfig`'s own. `AgentConfig.from_env` (the only code of
+the agent that reads the environment), the flags of `agent run` and their
+`--help` text are all derived from the table. Paths are relative to the
+working directory, as in Istio (`./var/run/...`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import dataclasses
+import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from agent.errors import ConfigError
-from certs import values
+from agent.logs import FORMATS, parse_level
+from certs import istio_files, values
 from certs.errors import InvalidSpiffeId
 from certs.keys import KeyType
 from certs.spiffe_id import SpiffeId, TrustDomain
 
 DEFAULT_CA_ADDR = "istiod.istio-system.svc:15012"
 PLAINTEXT_CA_PORT = "15010"
-DEFAULT_ROOT_CERT = Path("./var/run/secrets/istio/root-cert.pem")
+DEFAULT_ROOT_CERT = Path("./var/run/secrets/istio") / istio_files.ROOT_CERT
 DEFAULT_TOKEN_PATH = Path("./var/run/secrets/tokens/istio-token")
 SOCKET_DIR = Path("./var/run/secrets/workload-spiffe-uds")
 DEFAULT_SOCKET_FILE = "socket"
@@ -75,6 +84,8 @@ class AgentConfig:
     ca_request_timeout: timedelta = timedelta(seconds=10)
     # Longest wait between two FetchTrustBundles polls (the bundle's refresh hint may be shorter).
     trust_bundle_refresh: timedelta = DEFAULT_TRUST_BUNDLE_REFRESH
+    log_level: str = "info"
+    log_format: str = "text"
     spiffe_id: SpiffeId = field(init=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +108,8 @@ class AgentConfig:
             split_host_port(self.ca_addr, what="CA_ADDR")
         if self.status_addr:
             split_host_port(self.status_addr, what="BULWARK_AGENT_STATUS_ADDR")
+        parse_log_level(self.log_level, "BULWARK_LOG_LEVEL")
+        parse_log_format(self.log_format, "BULWARK_LOG_FORMAT")
 
     def _check_numbers(self) -> None:
         if self.secret_ttl <= timedelta(0):
@@ -159,75 +172,47 @@ class AgentConfig:
             return (self.ca_root_ca,)
         paths = [DEFAULT_ROOT_CERT]
         if self.prov_cert_dir is not None:
-            paths.append(self.prov_cert_dir / "root-cert.pem")
+            paths.append(self.prov_cert_dir / istio_files.ROOT_CERT)
         return tuple(paths)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> AgentConfig:
-        """Read Istio's variables (unset or empty means the default)."""
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        flags: Mapping[str, str] | None = None,
+        ca_headers: Sequence[str] = (),
+    ) -> AgentConfig:
+        """The configuration `env` (the process environment when None) and `flags` describe.
+
+        A variable unset or empty means the default, as in Istio. `flags` are given
+        `agent run` flags (`{"--ca-addr": "..."}`) and win over the environment;
+        `ca_headers` (`NAME=VALUE`, from `--ca-header`) follow the CA_HEADER_<NAME> ones.
+        """
+        env = os.environ if env is None else env
         kw: dict[str, object] = {}
-
-        def text(name: str, attr: str) -> None:
-            if env.get(name):
-                kw[attr] = env[name]
-
-        def path(name: str, attr: str) -> None:
-            if env.get(name):
-                kw[attr] = Path(env[name])
-
-        text("TRUST_DOMAIN", "trust_domain")
-        text("POD_NAMESPACE", "namespace")
-        text("SERVICE_ACCOUNT", "service_account")
-        text("CA_ADDR", "ca_addr")
-        text("BULWARK_MTLS_CA_ADDR", "mtls_ca_addr")
-        path("CA_ROOT_CA", "ca_root_ca")
-        text("ISTIOD_SAN", "istiod_san")
-        path("PROV_CERT", "prov_cert_dir")
-        path("OUTPUT_CERTS", "output_certs_dir")
-        text("ECC_SIGNATURE_ALGORITHM", "ecc_signature_algorithm")
-        text("ECC_CURVE", "ecc_curve")
-        text("ISTIO_META_CLUSTER_ID", "cluster_id")
-        text("ISTIO_META_CERT_SIGNER", "cert_signer")
-        path("BULWARK_TOKEN_PATH", "token_path")
-        if "BULWARK_AGENT_STATUS_ADDR" in env:  # set but empty: no status server
-            kw["status_addr"] = env["BULWARK_AGENT_STATUS_ADDR"]
-        path("BULWARK_AGENT_READY_FILE", "ready_file")
-        text("BULWARK_SOCKET_GROUP", "socket_group")
-        if env.get("BULWARK_SOCKET_MODE"):
-            kw["socket_mode"] = parse_mode(env["BULWARK_SOCKET_MODE"], "BULWARK_SOCKET_MODE")
-        if env.get("BULWARK_FILE_RESOURCE_MAX_BYTES"):
-            kw["file_resource_max_bytes"] = parse_int(
-                env["BULWARK_FILE_RESOURCE_MAX_BYTES"], "BULWARK_FILE_RESOURCE_MAX_BYTES"
-            )
-        if env.get("FILE_MOUNTED_CERTS"):
-            kw["file_mounted_certs"] = parse_bool(env["FILE_MOUNTED_CERTS"], "FILE_MOUNTED_CERTS")
-        if env.get("SECRET_TTL"):
-            kw["secret_ttl"] = parse_duration(env["SECRET_TTL"], "SECRET_TTL")
-        if env.get("BULWARK_TRUST_BUNDLE_REFRESH"):
-            kw["trust_bundle_refresh"] = parse_duration(
-                env["BULWARK_TRUST_BUNDLE_REFRESH"], "BULWARK_TRUST_BUNDLE_REFRESH"
-            )
-        for name, attr in (
-            ("SECRET_GRACE_PERIOD_RATIO", "grace_ratio"),
-            ("SECRET_GRACE_PERIOD_RATIO_JITTER", "grace_jitter"),
-        ):
-            if env.get(name):
-                kw[attr] = parse_float(env[name], name)
-        if env.get("WORKLOAD_RSA_KEY_SIZE"):
-            kw["rsa_key_size"] = parse_int(env["WORKLOAD_RSA_KEY_SIZE"], "WORKLOAD_RSA_KEY_SIZE")
-        if env.get("WORKLOAD_IDENTITY_SOCKET_FILE"):
-            name = env["WORKLOAD_IDENTITY_SOCKET_FILE"]
-            if "/" in name:
-                raise ConfigError("WORKLOAD_IDENTITY_SOCKET_FILE is a file name, not a path")
-            kw["socket_path"] = SOCKET_DIR / name
+        for setting in SETTINGS:
+            text = env.get(setting.env) if setting.env else None
+            if text or (text is not None and setting.empty_is_value):
+                kw[setting.attr] = setting.kind.parse(text, setting.env)
+        for flag, text in (flags or {}).items():
+            setting = settings_by_flag()[flag]
+            kw[setting.attr] = setting.kind.parse(text, flag)
         headers = sorted(
             (k[len(CA_HEADER_PREFIX) :].lower(), v)
             for k, v in env.items()
             if k.startswith(CA_HEADER_PREFIX) and len(k) > len(CA_HEADER_PREFIX)
         )
+        headers += [parse_ca_header(item) for item in ca_headers]
         if headers:
             kw["ca_headers"] = tuple(headers)
         return cls(**kw)  # type: ignore[arg-type]
+
+
+def default_socket(env: Mapping[str, str] | None = None) -> Path:
+    """Where `agent run` listens unless --socket says otherwise (`agent status`'s default)."""
+    name = (os.environ if env is None else env).get("WORKLOAD_IDENTITY_SOCKET_FILE")
+    return SOCKET_DIR / (name or DEFAULT_SOCKET_FILE)
 
 
 def split_host_port(addr: str, *, what: str) -> tuple[str, int]:
@@ -274,3 +259,150 @@ def parse_bool(text: str, what: str) -> bool:
         return values.parse_bool(text, what)
     except values.InvalidValue as exc:
         raise ConfigError(str(exc)) from None
+
+
+def parse_socket_file(text: str, what: str) -> Path:
+    """WORKLOAD_IDENTITY_SOCKET_FILE: a file name in Istio's socket directory."""
+    if "/" in text:
+        raise ConfigError(f"{what} is a file name, not a path")
+    return SOCKET_DIR / text
+
+
+def parse_log_level(text: str, what: str) -> str:
+    """A level `agent.logs.parse_level` knows, in lower case."""
+    try:
+        parse_level(text)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+    return text.strip().lower()
+
+
+def parse_log_format(text: str, what: str) -> str:
+    if text not in FORMATS:
+        raise ConfigError(f"{what} {text!r} must be text or json")
+    return text
+
+
+def parse_ca_header(item: str) -> tuple[str, str]:
+    """`--ca-header NAME=VALUE` as the (lower-case name, value) CA_HEADER_<NAME> gives."""
+    name, sep, value = item.partition("=")
+    if not sep or not name:
+        raise ConfigError(f"--ca-header {item!r} must be NAME=VALUE")
+    return name.lower(), value
+
+
+def show_duration(value: timedelta) -> str:
+    """A duration as Go writes it (`24h`, `1h30m`, `30s`, `500ms`), which `parse_duration` reads."""
+    rest = round(value.total_seconds() * 1000)
+    parts = []
+    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000), ("ms", 1)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def show_path(value: Path) -> str:
+    """A relative path as Istio writes it, from `./`."""
+    return str(value) if value.is_absolute() else f"./{value}"
+
+
+# Kind and Setting are named tuples, not dataclasses: a class made by @dataclass costs every
+# agent process about 15 KiB, a named tuple 6 KiB.
+class Kind(NamedTuple):
+    """How a setting's text becomes a value (`parse(text, what)`), and how help shows one."""
+
+    parse: Callable[[str, str], Any]
+    show: Callable[[Any], str] = str
+
+
+TEXT = Kind(lambda text, what: text)
+PATH = Kind(lambda text, what: Path(text), show_path)
+INT = Kind(parse_int)
+FLOAT = Kind(parse_float)
+BOOL = Kind(parse_bool, lambda value: "true" if value else "false")
+DURATION = Kind(parse_duration, show_duration)
+MODE = Kind(parse_mode, lambda value: f"{value:04o}")
+SOCKET_FILE = Kind(parse_socket_file, lambda value: value.name)
+LOG_LEVEL = Kind(parse_log_level)
+LOG_FORMAT = Kind(parse_log_format)
+
+
+class Setting(NamedTuple):
+    """One row of the table: the field it sets, how it is read, what it means, who sets it."""
+
+    attr: str  # the AgentConfig field
+    kind: Kind
+    meaning: str
+    env: str = ""  # the environment variable; "" when only a flag sets it
+    flag: str = ""  # the `agent run` flag that overrides it; "" when there is none
+    empty_is_value: bool = False  # set but empty is a value, not "unset"
+
+    @property
+    def default(self) -> Any:
+        return config_defaults()[self.attr]
+
+    def shown_default(self) -> str:
+        """The default as help and docs write it; "" when there is none (unset)."""
+        value = self.default
+        return "" if value is None or value == "" else self.kind.show(value)
+
+    def help(self) -> str:
+        text = f"{self.env}: {self.meaning}" if self.env else self.meaning
+        shown = self.shown_default()
+        return f"{text} (default: {shown})" if shown else text
+
+
+# Istio's variable names where Istio has the setting (docs/COMPATIBILITY.md §2), BULWARK_* for Bulwark's own.
+# CA_HEADER_<NAME> and --ca-header are a family of names, read by `AgentConfig.from_env`.
+_FILES = ", ".join((istio_files.CERT_CHAIN, istio_files.KEY, istio_files.ROOT_CERT))
+SETTINGS: tuple[Setting, ...] = (
+    # who the workload is
+    Setting("trust_domain", TEXT, "SPIFFE trust domain", env="TRUST_DOMAIN", flag="--trust-domain"),
+    Setting("namespace", TEXT, "the workload's namespace", env="POD_NAMESPACE", flag="--namespace"),
+    Setting("service_account", TEXT, "the workload's service account", env="SERVICE_ACCOUNT", flag="--service-account"),
+    # the CA and how the agent asks it
+    Setting("ca_addr", TEXT, "the CA; TLS unless the port is 15010", env="CA_ADDR", flag="--ca-addr"),
+    Setting("mtls_ca_addr", TEXT, "the CA's client-certificate port, used while PROV_CERT is valid", env="BULWARK_MTLS_CA_ADDR", flag="--mtls-ca-addr"),
+    Setting("ca_root_ca", PATH, "root that verifies the CA (SYSTEM for system roots)", env="CA_ROOT_CA", flag="--ca-root-ca"),
+    Setting("istiod_san", TEXT, "name the CA certificate must carry (else the host of CA_ADDR)", env="ISTIOD_SAN", flag="--istiod-san"),
+    Setting("prov_cert_dir", PATH, f"directory with {_FILES} for mTLS to the CA", env="PROV_CERT", flag="--prov-cert"),
+    Setting("token_path", PATH, "token file, re-read before every CSR", env="BULWARK_TOKEN_PATH", flag="--token-path"),
+    Setting("cluster_id", TEXT, "ClusterID header of every CSR", env="ISTIO_META_CLUSTER_ID", flag="--cluster-id"),
+    Setting("cert_signer", TEXT, "CertSigner metadata of every CSR", env="ISTIO_META_CERT_SIGNER", flag="--cert-signer"),
+    Setting("ca_request_timeout", DURATION, "deadline of one CSR attempt", flag="--ca-request-timeout"),
+    Setting("trust_bundle_refresh", DURATION, "longest wait between two polls of the CA's trust bundles", env="BULWARK_TRUST_BUNDLE_REFRESH"),
+    # the certificate: key, lifetime, renewal
+    Setting("secret_ttl", DURATION, "validity the CSR asks for", env="SECRET_TTL", flag="--secret-ttl"),
+    Setting("grace_ratio", FLOAT, "renew at expiry - ratio * lifetime", env="SECRET_GRACE_PERIOD_RATIO", flag="--grace-ratio"),
+    Setting("grace_jitter", FLOAT, "random +/- added to that ratio", env="SECRET_GRACE_PERIOD_RATIO_JITTER", flag="--grace-jitter"),
+    Setting("rsa_key_size", INT, "RSA key size: 2048, 3072 or 4096", env="WORKLOAD_RSA_KEY_SIZE", flag="--rsa-key-size"),
+    Setting("ecc_signature_algorithm", TEXT, "ECDSA for EC keys", env="ECC_SIGNATURE_ALGORITHM", flag="--ecc-signature-algorithm"),
+    Setting("ecc_curve", TEXT, "P256 or P384", env="ECC_CURVE", flag="--ecc-curve"),
+    # certificates as files
+    Setting("output_certs_dir", PATH, f"directory to write {_FILES} to", env="OUTPUT_CERTS", flag="--output-certs"),
+    Setting("file_mounted_certs", BOOL, "serve the files of --file-mounted-dir instead of asking a CA", env="FILE_MOUNTED_CERTS", flag="--file-mounted-certs"),
+    Setting("file_mounted_dir", PATH, "directory of FILE_MOUNTED_CERTS", flag="--file-mounted-dir"),
+    Setting("file_poll_interval", DURATION, "how often watched files are checked", flag="--file-poll-interval"),
+    Setting("file_resource_max_bytes", INT, "largest file-cert:/file-root: file or CA root served", env="BULWARK_FILE_RESOURCE_MAX_BYTES", flag="--file-resource-max-bytes"),
+    # the socket
+    Setting("socket_path", SOCKET_FILE, f"file name of the socket in {show_path(SOCKET_DIR)}", env="WORKLOAD_IDENTITY_SOCKET_FILE"),
+    Setting("socket_path", PATH, "path of the unix socket (WORKLOAD_IDENTITY_SOCKET_FILE names only its file)", flag="--socket"),
+    Setting("socket_mode", MODE, "socket mode: 0600, or 0660 to let --socket-group connect", env="BULWARK_SOCKET_MODE", flag="--socket-mode"),
+    Setting("socket_group", TEXT, "group (name or gid) of the socket and its directory", env="BULWARK_SOCKET_GROUP", flag="--socket-group"),
+    # the process
+    Setting("status_addr", TEXT, "status port (health, metrics); empty disables it", env="BULWARK_AGENT_STATUS_ADDR", flag="--status-addr", empty_is_value=True),
+    Setting("ready_file", PATH, "JSON with socket and status address, written once serving", env="BULWARK_AGENT_READY_FILE", flag="--ready-file"),
+    Setting("log_level", LOG_LEVEL, "debug, info, warn or error", env="BULWARK_LOG_LEVEL", flag="--log-level"),
+    Setting("log_format", LOG_FORMAT, "text or json, one event per line", env="BULWARK_LOG_FORMAT", flag="--log-format"),
+)  # fmt: skip
+
+
+@cache  # asked once per row when --help is built, at every start
+def config_defaults() -> Mapping[str, Any]:
+    """Each `AgentConfig` field's default."""
+    return {f.name: f.default for f in dataclasses.fields(AgentConfig) if f.init}
+
+
+def settings_by_flag() -> Mapping[str, Setting]:
+    return {s.flag: s for s in SETTINGS if s.flag}

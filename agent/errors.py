@@ -7,7 +7,8 @@
     ├── TooManyResources            RESOURCE_EXHAUSTED: file resource cap reached
     ├── SecretUnavailable           UNAVAILABLE: no such secret yet (CA down, file missing)
     ├── CaRequestFailed             UNAVAILABLE: the CSR failed after Istio's retries
-    │   └── CaResponseInvalid       the CA answered with something unusable
+    │   ├── CaResponseInvalid       the CA answered with something unusable
+    │   └── CaRefusedArgument       INVALID_ARGUMENT: the CA refused the request's arguments
     └── FileSecretError             a watched certificate/key/root file cannot be used
 
 `public_message` is what a client is told; it never holds key material or tokens.
@@ -63,6 +64,13 @@ class CaRequestFailed(AgentError):
         super().__init__(public_message)
         self.grpc_code = grpc_code
         self.definitive = definitive  # the CA refused; asking again soon will not help
+
+
+class CaRefusedArgument(CaRequestFailed):
+    """The CA answered INVALID_ARGUMENT: the workload's request can never succeed, so the
+    workload is told so, not asked to retry."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class CaResponseInvalid(CaRequestFailed):

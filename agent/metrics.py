@@ -1,4 +1,4 @@
-"""The agent's Prometheus series (SPEC §2, prefix `istio_agent_`), in a few dozen lines.
+"""The agent's Prometheus series (docs/COMPATIBILITY.md §2, prefix `istio_agent_`), in a few dozen lines.
 
 A hand-written registry instead of `prometheus_client`: the agent exposes a
 handful of series and every megabyte of resident memory counts per pod
@@ -10,7 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from certs.spiffe_bundle import REFUSAL_REASONS
+
 Labels = tuple[tuple[str, str], ...]
+# The agent takes the CA's documents without ordering them by spiffe_sequence.
+TRUST_BUNDLE_REFUSALS = tuple(r for r in REFUSAL_REASONS if r != "sequence_regressed")
 
 
 @dataclass(slots=True)
@@ -37,6 +41,8 @@ class AgentMetrics:
                 "num_outgoing_retries",
             ):
                 self._families[name].values[(("request_type", request_type),)] = 0.0
+        for reason in TRUST_BUNDLE_REFUSALS:
+            self._families["trust_bundle_refusals_total"].values[(("reason", reason),)] = 0.0
         for name in (
             "num_file_watcher_failures_total",
             "num_file_secret_failures_total",
@@ -122,6 +128,11 @@ _SERIES = (
         "ca_reachable",
         "gauge",
         "1 if the CA answered the last CSR (even with a refusal), 0 if it could not be reached.",
+    ),
+    (
+        "trust_bundle_refusals_total",
+        "counter",
+        "Number of trust bundle documents from the CA refused (the domain's last good one kept).",
     ),
     (
         "ca_root_failures_total",

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from agent.endpoints.sds import SdsService
     from agent.endpoints.status import StatusServer
     from agent.endpoints.workload_api import WorkloadApiService
+    from agent.state.identity import IdentityState
     from agent.state.jwt_cache import JwtSvidCache
     from agent.upstream.bundle_poller import BundlePoller
     from agent.upstream.identity_client import IdentityClient
@@ -86,10 +87,23 @@ class Agent:
     # The serving side is built on first use: a process that never serves (`issue` alone)
     # never loads it, and an agent without a status port never loads the status module.
     @cached_property
+    def identity_state(self) -> IdentityState:
+        """The one identity this agent serves: every SDS and Workload API call is answered
+        from it."""
+        from agent.state.identity import IdentityState
+
+        return IdentityState(
+            spiffe_id=self.config.spiffe_id, cache=self.cache, jwt_svids=self.jwt_svids
+        )
+
+    @cached_property
     def sds(self) -> SdsService:
         from agent.endpoints.sds import SdsService
+        from agent.state.identity import single
 
-        return SdsService(cache=self.cache, files=self.files, metrics=self.metrics)
+        return SdsService(
+            states=single(self.identity_state), files=self.files, metrics=self.metrics
+        )
 
     @cached_property
     def identity(self) -> IdentityClient:
@@ -121,19 +135,15 @@ class Agent:
             self.cache,
             trust_domain=TrustDomain(self.config.trust_domain),
             max_interval=self.config.trust_bundle_refresh,
+            metrics=self.metrics,
         )
 
     @cached_property
     def workload_api(self) -> WorkloadApiService:
         from agent.endpoints.workload_api import WorkloadApiService
+        from agent.state.identity import single
 
-        return WorkloadApiService(
-            cache=self.cache,
-            metrics=self.metrics,
-            trust_domain=TrustDomain(self.config.trust_domain),
-            spiffe_id=self.config.spiffe_id,
-            jwt_svids=self.jwt_svids,
-        )
+        return WorkloadApiService(states=single(self.identity_state), metrics=self.metrics)
 
     @cached_property
     def status(self) -> StatusServer:

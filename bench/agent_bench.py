@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -128,11 +129,22 @@ class SdsStream:
 
 
 async def wait_socket(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until the agent accepts connections on `sock`: the file exists a moment before the
+    server listens, and an RPC made in that moment fails at once with UNAVAILABLE."""
     deadline = time.monotonic() + timeout
-    while not sock.exists():
+    while not _accepts(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"agent did not create {sock}")
+            raise RuntimeError(f"agent did not listen on {sock}")
         await asyncio.sleep(0.002)
+
+
+def _accepts(sock: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(sock))
+        except OSError:
+            return False
+    return True
 
 
 async def first_cert(

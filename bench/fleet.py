@@ -87,7 +87,7 @@ async def sampler(server_pid: int, out: dict[str, float], stop: asyncio.Event) -
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
     workloads = load(Path(args.workloads))
     channels = grpc_channels(args.addr, Path(args.root).read_bytes(), args.channels)
-    stubs = [ch.unary_unary(METHOD) for ch in channels]  # type: ignore[attr-defined]
+    stubs = [ch.unary_unary(METHOD) for ch in channels]
     stats = Stats()
     rng = random.Random(7)
     server: dict[str, float] = {}
@@ -127,7 +127,7 @@ async def storm(args: argparse.Namespace) -> dict[str, Any]:
     stop.set()
     await sampling
     for ch in channels:
-        await ch.close()  # type: ignore[attr-defined]
+        await ch.close()
     return {
         "workloads": len(workloads),
         "elapsed_s": elapsed,
@@ -144,8 +144,8 @@ async def herd(args: argparse.Namespace) -> dict[str, Any]:
     workloads = load(Path(args.workloads))
     channels = grpc_channels(args.addr, Path(args.root).read_bytes(), args.channels)
     for ch in channels:  # connections up before the herd, as with long-running agents
-        await ch.channel_ready()  # type: ignore[attr-defined]
-    stubs = [ch.unary_unary(METHOD) for ch in channels]  # type: ignore[attr-defined]
+        await ch.channel_ready()
+    stubs = [ch.unary_unary(METHOD) for ch in channels]
     stats = Stats()
     rng = random.Random(11)
     server: dict[str, float] = {}
@@ -175,7 +175,7 @@ async def herd(args: argparse.Namespace) -> dict[str, Any]:
     stop.set()
     await sampling
     for ch in channels:
-        await ch.close()  # type: ignore[attr-defined]
+        await ch.close()
     done_at.sort()
     return {
         "workloads": len(workloads),

@@ -77,7 +77,7 @@ async def _serve_fixed(
             return response
 
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(Fixed(), server)  # type: ignore[no-untyped-call]
+    ca_pb2_grpc.add_IstioCertificateServiceServicer_to_server(Fixed(), server)
     server.add_secure_port(f"127.0.0.1:{port}", grpc.ssl_server_credentials([(key_pem, chain_pem)]))
     await server.start()
     ready.set()
@@ -226,10 +226,10 @@ def inprocess_issue_us(workloads: list[Workload], data_dir: Path) -> float:
 
     async def issue_all() -> float:
         for request, context in calls:  # tokens into the verified-token cache
-            await service.CreateCertificate(request, context)  # type: ignore[arg-type]
+            await service.CreateCertificate(request, context)
         t0 = time.process_time()
         for request, context in calls:
-            await service.CreateCertificate(request, context)  # type: ignore[arg-type]
+            await service.CreateCertificate(request, context)
         return (time.process_time() - t0) / len(calls) * 1e6
 
     return asyncio.run(issue_all())

@@ -16,16 +16,17 @@ import argparse
 import asyncio
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from ca_server.config import DEFAULT_RECORD_LINGER
+from ca_server.options import default
 from ca_server.record.entry import IssuedCertificate
 from ca_server.record.ledger import RecorderOptions, open_reader, open_recorder
 from ca_server.record.ledger.async_recorder import AsyncRecorder
 from tests.support.postgres import start_postgres
 from tests.support.record_entries import make_entry
 
-LINGER_S = DEFAULT_RECORD_LINGER.total_seconds()
+LINGER_S = default("record_linger").total_seconds()
 
 
 def measure(
@@ -64,7 +65,7 @@ def main() -> None:
     cluster = start_postgres()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            backends = {
+            backends: dict[str, Callable[[int], str]] = {
                 "sqlite": lambda i: f"sqlite:///{Path(tmp) / f'bench{i}.db'}",
                 "postgresql": lambda i: cluster.database("bench"),
             }

@@ -16,6 +16,10 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grpc.aio import Channel
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -37,7 +41,7 @@ def grpc_request_bytes(csr_pem: str, ttl_s: int) -> bytes:
     return ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=ttl_s).SerializeToString()
 
 
-def grpc_channels(addr: str, root_pem: bytes, count: int) -> list[object]:
+def grpc_channels(addr: str, root_pem: bytes, count: int) -> list[Channel]:
     """`count` channels with a connection each (SO_REUSEPORT spreads connections, not calls)."""
     import grpc
 
@@ -119,7 +123,7 @@ async def grpc_caller(
     channels = grpc_channels(
         args.addr, Path(args.root).read_bytes(), min(args.concurrency, args.channels)
     )
-    stubs = [ch.unary_unary(METHOD) for ch in channels]  # type: ignore[attr-defined]
+    stubs = [ch.unary_unary(METHOD) for ch in channels]
     requests = [grpc_request_bytes(w.csr_pem, 3600) for w in workloads]
     metadata = [(("authorization", f"Bearer {w.token}"),) for w in workloads]
 
@@ -133,7 +137,7 @@ async def grpc_caller(
 
     async def close() -> None:
         for ch in channels:
-            await ch.close()  # type: ignore[attr-defined]
+            await ch.close()
 
     return call, close
 

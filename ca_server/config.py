@@ -1,4 +1,6 @@
-"""CA server configuration: one frozen dataclass, built from flags and environment in `ca_server.cli.serve`."""
+"""CA server configuration: one frozen dataclass, built from flags and environment in
+`ca_server.cli.serve`. Each field's default is its flag's documented default, taken from the
+one table of `ca serve` settings (`ca_server.options`)."""
 
 from __future__ import annotations
 
@@ -9,28 +11,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ca_server.errors import ConfigError
+from ca_server.options import BUNDLE_ENDPOINT_PROFILES, CA_ROTATIONS, CSR_SAN_POLICIES, default
+from certs import istio_files
 from certs.spiffe_id import TrustDomain
 from certs.values import InvalidValue, parse_host_port
 
 if TYPE_CHECKING:
     from ca_server.authn.node_policy import NodeIdentityPolicy
+    from ca_server.hsm.settings import Pkcs11Settings
     from ca_server.kube.settings import KubeSettings
     from ca_server.spiffe.federation.peers import FederationPeer
 
-DEFAULT_WORKLOAD_CERT_TTL = timedelta(hours=24)
-MAX_WORKLOAD_CERT_TTL = timedelta(days=90)
-DEFAULT_SERVER_DNS_NAMES = ("istiod.istio-system.svc",)
-CSR_SAN_POLICIES = ("strict", "override")
-DEFAULT_AUDIENCES = ("istio-ca",)
 DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
-
-DEFAULT_RECORD_LINGER = timedelta(milliseconds=5)
-DEFAULT_BATCH_MAX_CERTIFICATES = 64
 MAX_BATCH_MAX_CERTIFICATES = 1000
-DEFAULT_JWT_SVID_TTL = timedelta(minutes=5)
-DEFAULT_JWT_SVID_MAX_TTL = timedelta(hours=1)
-DEFAULT_JWT_KEY_ACTIVE_LIFE = timedelta(hours=24)
-BUNDLE_ENDPOINT_PROFILES = ("https_spiffe", "https_web")
 
 
 def parse_hostport(text: str, *, what: str) -> tuple[str, int]:
@@ -46,58 +39,56 @@ class CaConfig:
     """Everything `bulwark ca serve` needs; validated on construction."""
 
     data_dir: Path
-    trust_domain: TrustDomain = field(default_factory=lambda: TrustDomain("cluster.local"))
-    grpc_addr: str = "127.0.0.1:15012"
-    # grpcio cannot ask for an optional client certificate, so renewal over mTLS gets its
-    # own port where a client certificate is required (None disables it).
-    mtls_grpc_addr: str | None = "127.0.0.1:15013"
-    admin_addr: str = "127.0.0.1:15014"
-    cacerts_dir: Path | None = None
-    jwks_file: Path | None = None
-    jwt_issuer: str | None = None
-    audiences: tuple[str, ...] = DEFAULT_AUDIENCES
+    trust_domain: TrustDomain = default("trust_domain")
+    grpc_addr: str = default("grpc_addr")
+    mtls_grpc_addr: str | None = default("mtls_grpc_addr")  # None disables it
+    admin_addr: str = default("admin_addr")
+    cacerts_dir: Path | None = default("cacerts_dir")
+    jwks_file: Path | None = default("jwks_file")
+    jwt_issuer: str | None = default("jwt_issuer")
+    audiences: tuple[str, ...] = default("audiences")
     jwt_algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
-    token_clock_skew: timedelta = timedelta(seconds=60)  # leeway for exp/nbf/iat
-    max_token_lifetime: timedelta = timedelta(hours=24)  # longest exp - iat a JWT may have
-    csr_san_policy: str = "strict"
-    server_dns_names: tuple[str, ...] = DEFAULT_SERVER_DNS_NAMES
-    default_ttl: timedelta = DEFAULT_WORKLOAD_CERT_TTL
-    max_ttl: timedelta = MAX_WORKLOAD_CERT_TTL
-    trusted_node_accounts: tuple[str, ...] = ()  # "ns/sa" entries allowed to impersonate
+    token_clock_skew: timedelta = default("token_clock_skew")  # leeway for exp/nbf/iat
+    max_token_lifetime: timedelta = default("max_token_lifetime")  # longest exp - iat of a JWT
+    csr_san_policy: str = default("csr_san_policy")
+    server_dns_names: tuple[str, ...] = default("server_dns_names")
+    default_ttl: timedelta = default("default_ttl")
+    max_ttl: timedelta = default("max_ttl")
+    trusted_node_accounts: tuple[str, ...] = default("trusted_node_accounts")  # "ns/sa" entries
     # Outside Kubernetes: which identities each node account may impersonate (parsed file).
-    node_identity_policy: NodeIdentityPolicy | None = None
-    batch_max_certificates: int = DEFAULT_BATCH_MAX_CERTIFICATES  # items per batch call
-    allow_ed25519: bool = False
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    max_concurrent_rpcs: int = 2000
-    record: str | None = None  # record URL; None means SQLite in the data dir
-    record_retention: timedelta | None = timedelta(
-        days=30
-    )  # prune rows expired this long; None keeps all
-    record_max_batch: int = 256  # certificates per record commit; 1 turns group commit off
-    record_linger: timedelta = DEFAULT_RECORD_LINGER  # a busy worker's wait to grow a batch
-    record_continue_after_damage: bool = False  # start a new record segment instead of exit 2
-    admin_token_file: Path | None = None
-    ready_file: Path | None = None
-    kubeconfig: Path | None = None
+    node_identity_policy: NodeIdentityPolicy | None = default("node_identity_policy")
+    batch_max_certificates: int = default("batch_max_certificates")  # items per batch call
+    allow_ed25519: bool = default("allow_ed25519")
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # --workers unset: per core
+    max_concurrent_rpcs: int = default("max_concurrent_rpcs")
+    record: str | None = default("record")  # record URL; None means SQLite in the data dir
+    record_retention: timedelta | None = default("record_retention")  # None keeps all
+    record_max_batch: int = default("record_max_batch")  # 1 turns group commit off
+    record_linger: timedelta = default("record_linger")  # a busy worker's wait to grow a batch
+    record_continue_after_damage: bool = default("record_continue_after_damage")
+    admin_token_file: Path | None = default("admin_token_file")
+    ready_file: Path | None = default("ready_file")
+    kubeconfig: Path | None = default("kubeconfig")
     # How often CA material is re-read (plugged-in files, the stored root) and renewal checked.
-    material_check_interval: timedelta = timedelta(seconds=10)
+    material_check_interval: timedelta = default("material_check_interval")
     kube: KubeSettings | None = None  # set by --kubeconfig or --kube-in-cluster
-    # CA rotation (ca_server.authority.slots.model): same-key renewal (Istio's), or prepared/active/retired
-    # slots moving to a new key.
-    ca_rotation: str = "same-key"
-    ca_prepare_at: float = 0.8  # fraction of the active CA's life
-    ca_propagation_delay: timedelta = timedelta(hours=24)
+    # CA rotation (ca_server.authority.slots.model): same-key renewal (Istio's), or
+    # prepared/active/retired slots moving to a new key.
+    ca_rotation: str = default("ca_rotation")
+    ca_prepare_at: float = default("ca_prepare_at")  # fraction of the active CA's life
+    ca_propagation_delay: timedelta = default("ca_propagation_delay")
     # JWT-SVIDs (docs/JWT-SVID.md): token lifetimes and how long one signing key signs.
-    jwt_svid_default_ttl: timedelta = DEFAULT_JWT_SVID_TTL
-    jwt_svid_max_ttl: timedelta = DEFAULT_JWT_SVID_MAX_TTL
-    jwt_key_active_life: timedelta = DEFAULT_JWT_KEY_ACTIVE_LIFE
+    jwt_svid_default_ttl: timedelta = default("jwt_svid_default_ttl")
+    jwt_svid_max_ttl: timedelta = default("jwt_svid_max_ttl")
+    jwt_key_active_life: timedelta = default("jwt_key_active_life")
     # The SPIFFE bundle endpoint (off unless an address is given).
-    bundle_endpoint_addr: str | None = None
-    bundle_endpoint_profile: str = "https_spiffe"
-    bundle_endpoint_cert: Path | None = None  # https_web: operator-provided chain and key
-    bundle_endpoint_key: Path | None = None
+    bundle_endpoint_addr: str | None = default("bundle_endpoint_addr")
+    bundle_endpoint_profile: str = default("bundle_endpoint_profile")
+    bundle_endpoint_cert: Path | None = default("bundle_endpoint_cert")  # https_web: chain, key
+    bundle_endpoint_key: Path | None = default("bundle_endpoint_key")
     federate_with: tuple[FederationPeer, ...] = ()
+    # PKCS#11 key custody (docs/HSM.md): the CA key in an HSM; None keeps file keys.
+    pkcs11: Pkcs11Settings | None = None
 
     def __post_init__(self) -> None:
         parse_hostport(self.grpc_addr, what="--grpc-addr")
@@ -123,9 +114,9 @@ class CaConfig:
             raise ConfigError("--token-clock-skew must be between 0s and 10m")
         if self.max_token_lifetime <= timedelta(0):
             raise ConfigError("--max-token-lifetime must be positive")
-        if self.ca_rotation not in ("same-key", "new-key"):
+        if self.ca_rotation not in CA_ROTATIONS:
             raise ConfigError(
-                f"--ca-rotation must be same-key or new-key, got {self.ca_rotation!r}"
+                f"--ca-rotation must be {' or '.join(CA_ROTATIONS)}, got {self.ca_rotation!r}"
             )
         if not 0.0 < self.ca_prepare_at <= 1.0:
             raise ConfigError("--ca-prepare-at must be a fraction of the CA's life in (0, 1]")
@@ -177,7 +168,7 @@ class CaConfig:
     @property
     def root_cert_path(self) -> Path:
         """The current root bundle: the file agents and clients are given."""
-        return self.data_dir / "root-cert.pem"
+        return self.data_dir / istio_files.ROOT_CERT
 
     @property
     def uses_local_issuer(self) -> bool:

@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ca_server.identity import Caller
+from ca_server.options import LOG_FORMATS
 from ca_server.record.entry import IssuedCertificate
 
-LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s {process}%(levelname)s %(name)s: %(message)s"
 EVENT_LOGGER = "ca_server.events"
 MAX_VALUE_CHARS = 256

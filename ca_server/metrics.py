@@ -1,4 +1,4 @@
-"""Prometheus series of SPEC §1 (`citadel_server_*`), shared across worker processes.
+"""Prometheus series of docs/COMPATIBILITY.md §1 (`citadel_server_*`), shared across worker processes.
 
 Istio's series keep their names and meaning. Bulwark adds
 `bulwark_ca_refusals_total{reason,code}`: every call the CA refuses, whatever

@@ -17,7 +17,7 @@ from certs.keys import PrivateKey, PublicKey, check_public_key, signature_hash
 from certs.spiffe_id import SpiffeId
 
 MAX_CSR_BYTES = 64 * 1024
-# SubjectPublicKeyInfo algorithms a CSR may carry (SPEC §1). An RSA key under the RSA-PSS
+# SubjectPublicKeyInfo algorithms a CSR may carry (docs/COMPATIBILITY.md §1). An RSA key under the RSA-PSS
 # OID (1.2.840.113549.1.1.10) loads as an ordinary RSA key, so the OID is checked itself.
 _ALLOWED_SPKI_ALGORITHMS = {
     PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5: "RSA",

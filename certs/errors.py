@@ -1,12 +1,14 @@
 """Errors of the shared PKI core.
 
 CertsError
-├── InvalidSpiffeId      a SPIFFE ID or trust domain breaks SPEC §3
+├── InvalidSpiffeId      a SPIFFE ID or trust domain breaks docs/COMPATIBILITY.md §3
 ├── UnsupportedKey       key type or size outside the allow-list
 ├── CsrError             CSR unparsable, oversized, badly signed or asking for CA powers
 ├── ChainError           a chain does not verify against the given roots
 ├── SvidError            a certificate breaks the X.509-SVID rules
-└── InvalidBundle        a SPIFFE bundle document cannot be read
+├── InvalidBundle        a SPIFFE bundle document cannot be read or holds a refused key
+├── JwtError             a JWT breaks a rule every reader applies (dates, `crit`)
+└── InvalidAudience      JWT-SVID audiences outside the one limit
 """
 
 from __future__ import annotations
@@ -41,4 +43,17 @@ class SvidError(CertsError):
 
 
 class InvalidBundle(CertsError):
-    """A SPIFFE bundle document is not JSON, has no keys list, or holds a bad authority."""
+    """A SPIFFE bundle document cannot be used; `reason` is one of
+    `certs.spiffe_bundle.REFUSAL_REASONS` (a bounded metrics label)."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class JwtError(CertsError):
+    """A JWT's header or claims break `certs.jwt_rules` (NumericDate claims, `crit`)."""
+
+
+class InvalidAudience(CertsError):
+    """A JWT-SVID request's audiences break `certs.jwt_rules.check_audiences`."""

@@ -16,7 +16,7 @@ PublicKey: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed
 
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
-# SPEC §1: RSA keys use e = 65537 only. Go refuses e > 2^31-1 and BoringSSL e over 33 bits,
+# docs/COMPATIBILITY.md §1: RSA keys use e = 65537 only. Go refuses e > 2^31-1 and BoringSSL e over 33 bits,
 # so a certificate for a larger exponent would be unusable by Envoy and Go peers.
 RSA_PUBLIC_EXPONENT = 65537
 
@@ -114,6 +114,13 @@ def spki_der(key: PublicKey) -> bytes:
     """DER SubjectPublicKeyInfo of a public key."""
     return key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def public_key_pem(key: PublicKey) -> bytes:
+    """PEM SubjectPublicKeyInfo of a public key."""
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 
 

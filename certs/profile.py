@@ -1,4 +1,4 @@
-"""Certificate profiles of SPEC §1: the workload leaf and the CA certificate.
+"""Certificate profiles of docs/COMPATIBILITY.md §1: the workload leaf and the CA certificate.
 
 One builder helper serves both, so the extensions every certificate carries
 (SKI, AKI) are written in one place.
@@ -122,7 +122,7 @@ def self_signed_root(
     now: datetime,
     lifetime: timedelta = ROOT_LIFETIME,
 ) -> x509.Certificate:
-    """The self-signed CA root of SPEC §1: O = trust domain, keyCertSign + cRLSign."""
+    """The self-signed CA root of docs/COMPATIBILITY.md §1: O = trust domain, keyCertSign + cRLSign."""
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain.name)])
     public_key = key.public_key()
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)

@@ -1,4 +1,4 @@
-"""SPIFFE IDs and trust domains as validated, immutable values (SPEC §3).
+"""SPIFFE IDs and trust domains as validated, immutable values (docs/COMPATIBILITY.md §3).
 
 Every rule is a `re.fullmatch`: Python's `$` also matches before a trailing newline, so
 `"frontend\n"` passed a `^...$` check with `.match` and reached a certificate.
@@ -70,7 +70,7 @@ class SpiffeId:
 
     @classmethod
     def parse(cls, text: str) -> SpiffeId:
-        """Parse `spiffe://td/path`, rejecting everything SPEC §3 forbids."""
+        """Parse `spiffe://td/path`, rejecting everything docs/COMPATIBILITY.md §3 forbids."""
         if not text.startswith(_SCHEME):
             raise InvalidSpiffeId("SPIFFE ID must start with 'spiffe://'")
         if len(text.encode()) > MAX_ID_BYTES:

@@ -353,9 +353,9 @@ def _handshake(
             client_ctx.wrap_socket(raw) as tls,
         ):
             seen["client"] = _spiffe_id(tls.getpeercert(binary_form=True))
-            print(
-                f"{tls.version()} {tls.cipher()[0]}; server said: {tls.recv(200).decode().strip()}"
-            )
+            cipher = tls.cipher()
+            assert cipher is not None  # the handshake is done
+            print(f"{tls.version()} {cipher[0]}; server said: {tls.recv(200).decode().strip()}")
     finally:
         thread.join(10)
         listener.close()

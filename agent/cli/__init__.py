@@ -1,1 +1,3 @@
-"""The agent's command line: `bulwark agent run` (`commands`) and `bulwark agent status` against a running agent's socket (`status`)."""
+"""The agent's command line: `bulwark agent run` and its flags, made from the settings
+table of `agent.config` (`commands`), and `bulwark agent status`, which shows what a running
+agent serves over its socket (`status`)."""

@@ -1,4 +1,4 @@
-"""SDS resource names and the Envoy `Secret` each one becomes (SPEC §2)."""
+"""SDS resource names and the Envoy `Secret` each one becomes (docs/COMPATIBILITY.md §2)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 from agent.errors import UnknownResource
 from agent.files.secrets import FILE_ROOT_PREFIX, file_resource_paths
 from agent.logs import printable
-from agent.state.cache import Snapshot
+from agent.state.cache import Snapshot, ValidationRoots
 
 SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 DEFAULT = "default"
 ROOTCA = "ROOTCA"
+SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
 
 
 def check_name(name: str) -> bool:
@@ -35,8 +36,8 @@ def version_of(snapshot: Snapshot, name: str) -> str | None:
     if name == DEFAULT:
         return snapshot.svid.version if snapshot.svid else None
     if name == ROOTCA:
-        roots = snapshot.validation_roots
-        return roots.version if roots else None
+        validation = snapshot.validation
+        return validation.version if validation else None
     secret = snapshot.files.get(name)
     return secret.version if secret else None
 
@@ -48,11 +49,8 @@ def secret_for(snapshot: Snapshot, name: str) -> secret_pb2.Secret | None:
             return None
         return _tls_secret(name, snapshot.svid.chain_pem, snapshot.svid.key_pem)
     if name == ROOTCA:
-        # Own roots and every federated trust domain's, in one `trusted_ca`: Envoy checks a
-        # peer's chain against this one bundle (as Istio does with meshConfig.caCertificates
-        # and trustDomainAliases); the exact SAN match still names the peer's trust domain.
-        roots = snapshot.validation_roots
-        return _validation_secret(name, roots.pem) if roots else None
+        validation = snapshot.validation
+        return _rootca_secret(name, validation) if validation else None
     secret = snapshot.files.get(name)
     if secret is None:
         return None
@@ -67,6 +65,39 @@ def _tls_secret(name: str, chain: bytes, key: bytes) -> secret_pb2.Secret:
         tls_certificate=common_pb2.TlsCertificate(
             certificate_chain=base_pb2.DataSource(inline_bytes=chain),
             private_key=base_pb2.DataSource(inline_bytes=key),
+        ),
+    )
+
+
+def _rootca_secret(name: str, validation: ValidationRoots) -> secret_pb2.Secret:
+    """One trust domain: the plain `trusted_ca` (every proxy understands it). Several: Envoy's
+    SPIFFE certificate validator with one trust bundle per domain, so that a peer's chain is
+    checked only against the roots of the trust domain its URI SAN names. In one shared
+    `trusted_ca`, a federated root could vouch for a certificate naming one of our own IDs,
+    and an exact SAN match would not stop it."""
+    if not validation.federated:
+        return _validation_secret(name, validation.own.pem)
+    from envoy.config.core.v3 import extension_pb2
+    from envoy.extensions.transport_sockets.tls.v3 import tls_spiffe_validator_config_pb2 as spiffe
+    from google.protobuf import any_pb2
+
+    domains = [(validation.trust_domain, validation.own), *validation.federated]
+    config = spiffe.SPIFFECertValidatorConfig(
+        trust_domains=[
+            spiffe.SPIFFECertValidatorConfig.TrustDomain(
+                name=domain, trust_bundle=base_pb2.DataSource(inline_bytes=roots.pem)
+            )
+            for domain, roots in domains
+        ]
+    )
+    typed = any_pb2.Any()
+    typed.Pack(config)
+    return secret_pb2.Secret(
+        name=name,
+        validation_context=common_pb2.CertificateValidationContext(
+            custom_validator_config=extension_pb2.TypedExtensionConfig(
+                name=SPIFFE_VALIDATOR, typed_config=typed
+            )
         ),
     )
 

@@ -1,4 +1,4 @@
-"""Envoy's SecretDiscoveryService: StreamSecrets, DeltaSecrets and FetchSecrets (SPEC §2).
+"""Envoy's SecretDiscoveryService: StreamSecrets, DeltaSecrets and FetchSecrets (docs/COMPATIBILITY.md §2).
 
 Stream rules: the first request carries `node.id`; a request with
 `error_detail` is a NACK (logged, counted, not answered); a nonce other than
@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
@@ -27,7 +27,10 @@ from agent.errors import AgentError, SecretUnavailable, TooManyResources
 from agent.files.secrets import MAX_FILE_RESOURCES_PER_STREAM, FileSecrets
 from agent.logs import LogBudget, printable
 from agent.metrics import AgentMetrics
-from agent.state.cache import SecretCache, Snapshot
+from agent.state.cache import Snapshot
+
+if TYPE_CHECKING:
+    from agent.state.identity import StateLookup
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +205,10 @@ class _DeltaStream(_Watch):
 
 
 class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[misc]
-    """Serves the cache's secrets to Envoy."""
+    """Serves the secrets of the caller's identity (`states`) to Envoy."""
 
-    def __init__(self, *, cache: SecretCache, files: FileSecrets, metrics: AgentMetrics) -> None:
-        self._cache = cache
+    def __init__(self, *, states: StateLookup, files: FileSecrets, metrics: AgentMetrics) -> None:
+        self._states = states
         self._files = files
         self._metrics = metrics
         self._nack_budget = LogBudget()
@@ -229,6 +232,7 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
     async def FetchSecrets(
         self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> discovery_pb2.DiscoveryResponse:
+        cache = self._states(context).cache
         watch = _SotwStream(self._files, self._metrics, self._nack_budget)
         try:
             require_decoded(request)
@@ -237,7 +241,7 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
             if not request.resource_names:
                 raise StreamError("FetchSecrets needs at least one resource name")
             names = await watch.subscribe(list(request.resource_names))
-            snapshot = self._cache.snapshot
+            snapshot = cache.snapshot
             missing = [n for n in names if version_of(snapshot, n) is None]
             if missing:
                 reasons = [snapshot.file_errors.get(n) or snapshot.svid_error for n in missing]
@@ -259,9 +263,10 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
         request_iterator: AsyncIterator[Any],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Any]:
+        cache = self._states(context).cache
         requests: asyncio.Queue[Any] = asyncio.Queue(MAX_QUEUED_REQUESTS)
         pump = asyncio.ensure_future(pump_requests(request_iterator, requests))
-        box = self._cache.subscribe()
+        box = cache.subscribe()
         next_request: asyncio.Future[Any] | None = None
         next_snapshot: asyncio.Future[Snapshot | None] | None = None
         try:
@@ -279,7 +284,7 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
                         names = await stream.on_request(request)
                     except AgentError as exc:
                         await abort_with(context, exc)
-                    snapshot_now = self._cache.snapshot
+                    snapshot_now = cache.snapshot
                     reply = stream.response(snapshot_now, stream.due(snapshot_now, names))
                     if reply is not None:
                         yield reply
@@ -292,7 +297,7 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
                         if push is not None:
                             yield push
         finally:
-            self._cache.unsubscribe(box)
+            cache.unsubscribe(box)
             stream.release_all()
             for future in (pump, next_request, next_snapshot):
                 if future is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
@@ -26,10 +26,13 @@ from agent.errors import AgentError, BadRequest, SecretUnavailable
 from agent.logs import printable
 from agent.metrics import AgentMetrics
 from agent.state.cache import SecretCache, Snapshot
-from agent.state.jwt_cache import JwtSvidCache, NotEntitled, audience_key
+from agent.state.jwt_cache import NotEntitled, audience_key
 from agent.state.trust_bundles import TrustBundles
 from certs.errors import InvalidSpiffeId
-from certs.spiffe_id import SpiffeId, TrustDomain
+from certs.spiffe_id import SpiffeId
+
+if TYPE_CHECKING:
+    from agent.state.identity import StateLookup
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
@@ -39,28 +42,17 @@ class MissingSecurityHeader(AgentError):
 
 
 class WorkloadApiService:
-    """The five RPCs, from the secret cache and (for JWT-SVIDs) the CA."""
+    """The five RPCs, from the caller's identity (`states`): its secret cache and JWT-SVIDs."""
 
-    def __init__(
-        self,
-        *,
-        cache: SecretCache,
-        metrics: AgentMetrics,
-        trust_domain: TrustDomain,
-        spiffe_id: SpiffeId,
-        jwt_svids: JwtSvidCache,
-    ) -> None:
-        self._cache = cache
+    def __init__(self, *, states: StateLookup, metrics: AgentMetrics) -> None:
+        self._states = states
         self._metrics = metrics
-        self._trust_domain = trust_domain
-        self._spiffe_id = spiffe_id
-        self._jwt_svids = jwt_svids
         self._pb = workload_pb2()
 
     async def FetchX509SVID(self, request: Any, context: Context) -> AsyncIterator[Any]:
         await _check_request(request, context)
         last: tuple[str, str, str] | None = None
-        async for snapshot in self._snapshots():
+        async for snapshot in _snapshots(self._states(context).cache):
             svid, roots = snapshot.svid, snapshot.roots
             if svid is None or svid.spiffe_id is None or roots is None:
                 continue
@@ -84,12 +76,13 @@ class WorkloadApiService:
 
     async def FetchX509Bundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
         await _check_request(request, context)
+        state = self._states(context)
         last = ""
-        async for snapshot in self._snapshots():
+        async for snapshot in _snapshots(state.cache):
             roots = snapshot.roots
             if roots is None:
                 continue
-            trust_domain = self._trust_domain
+            trust_domain = state.spiffe_id.trust_domain
             if snapshot.svid is not None and snapshot.svid.spiffe_id is not None:
                 trust_domain = snapshot.svid.spiffe_id.trust_domain
             bundles = {**_federated(snapshot.bundles), trust_domain.id: roots.der}
@@ -102,10 +95,11 @@ class WorkloadApiService:
 
     async def FetchJWTSVID(self, request: Any, context: Context) -> Any:
         await _check_request(request, context)
+        state = self._states(context)
         try:
             key = audience_key(list(request.audience))
-            self._check_entitled(request.spiffe_id)
-            minted = await self._jwt_svids.get(key)
+            _check_entitled(request.spiffe_id, state.spiffe_id)
+            minted = await state.jwt_svids.get(key)
         except AgentError as exc:
             await abort_with(context, exc)
         self._metrics.inc("sds_push_count", resource_name="workload-api:jwt-svid")
@@ -116,7 +110,7 @@ class WorkloadApiService:
     async def FetchJWTBundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
         await _check_request(request, context)
         last = ""
-        async for snapshot in self._snapshots():
+        async for snapshot in _snapshots(self._states(context).cache):
             if snapshot.bundles is None or snapshot.bundles.jwt_version == last:
                 continue
             last = snapshot.bundles.jwt_version
@@ -127,7 +121,7 @@ class WorkloadApiService:
         await _check_request(request, context)
         from agent.state.jwt_validate import validate_jwt_svid  # loaded by the first validation
 
-        bundles = self._cache.snapshot.bundles
+        bundles = self._states(context).cache.snapshot.bundles
         try:
             if bundles is None:
                 raise SecretUnavailable("no JWT bundles from the CA yet; try again shortly")
@@ -141,27 +135,28 @@ class WorkloadApiService:
             await abort_with(context, BadRequest("the JWT-SVID's claims do not fit a Struct"))
         return response
 
-    def _check_entitled(self, requested: str) -> None:
-        """The agent holds one identity: a request for another is PERMISSION_DENIED."""
-        if not requested:
-            return
-        try:
-            wanted = SpiffeId.parse(requested)
-        except InvalidSpiffeId as exc:
-            raise BadRequest(f"spiffe_id {printable(requested)!r}: {exc}") from None
-        if wanted != self._spiffe_id:
-            raise NotEntitled(
-                f"this workload is not entitled to {printable(requested)!r}; "
-                f"its identity is {self._spiffe_id}"
-            )
 
-    async def _snapshots(self) -> AsyncIterator[Snapshot]:
-        box = self._cache.subscribe()
-        try:
-            while (snapshot := await box.get()) is not None:
-                yield snapshot
-        finally:
-            self._cache.unsubscribe(box)
+def _check_entitled(requested: str, own: SpiffeId) -> None:
+    """A caller has one identity, `own`: a request for another is PERMISSION_DENIED."""
+    if not requested:
+        return
+    try:
+        wanted = SpiffeId.parse(requested)
+    except InvalidSpiffeId as exc:
+        raise BadRequest(f"spiffe_id {printable(requested)!r}: {exc}") from None
+    if wanted != own:
+        raise NotEntitled(
+            f"this workload is not entitled to {printable(requested)!r}; its identity is {own}"
+        )
+
+
+async def _snapshots(cache: SecretCache) -> AsyncIterator[Snapshot]:
+    box = cache.subscribe()
+    try:
+        while (snapshot := await box.get()) is not None:
+            yield snapshot
+    finally:
+        cache.unsubscribe(box)
 
 
 def _federated(bundles: TrustBundles | None) -> dict[str, bytes]:

@@ -1,4 +1,10 @@
-"""The agent and the file system: OUTPUT_CERTS, FILE_MOUNTED_CERTS, root file, file-* secrets."""
+"""The agent and the file system: OUTPUT_CERTS, FILE_MOUNTED_CERTS, root file, file-* secrets.
+
+`FileSecrets` loads watched files into a secret cache: the root file (part of
+ROOTCA) and the `file-cert:`/`file-root:` resources, which any identity may be
+served, and with FILE_MOUNTED_CERTS the SVID itself, which is one identity's.
+`OutputWriter` writes one cache's SVID out; it is given that cache to follow.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from agent.logs import LogBudget, printable
 from agent.metrics import AgentMetrics
 from agent.state.cache import FileSecret, SecretCache, Snapshot
 from agent.state.svid import RootBundle, Svid
+from certs import istio_files
 from certs.errors import CertsError
 from certs.files import write_atomic
 from certs.keys import load_private_key
@@ -24,9 +31,6 @@ log = logging.getLogger(__name__)
 
 FILE_CERT_PREFIX = "file-cert:"
 FILE_ROOT_PREFIX = "file-root:"
-KEY_FILE = "key.pem"
-CHAIN_FILE = "cert-chain.pem"
-ROOT_FILE = "root-cert.pem"
 MAX_FILE_RESOURCES = 64  # distinct file-cert:/file-root: names watched at once, all clients
 MAX_FILE_RESOURCES_PER_STREAM = 16  # one SDS stream or FetchSecrets call
 MAX_NAME_CHARS = 8192  # two paths of PATH_MAX
@@ -145,7 +149,11 @@ class FileSecrets:
 
     async def watch_mounted_certs(self, directory: Path) -> None:
         """FILE_MOUNTED_CERTS: the SVID and roots come from `directory`, not from a CA."""
-        paths = (directory / CHAIN_FILE, directory / KEY_FILE, directory / ROOT_FILE)
+        paths = (
+            directory / istio_files.CERT_CHAIN,
+            directory / istio_files.KEY,
+            directory / istio_files.ROOT_CERT,
+        )
         await self._watcher.watch(
             "mounted", paths, lambda c, p: self._load_mounted(directory, c, p)
         )
@@ -185,13 +193,15 @@ class FileSecrets:
         if chain_pem is None or key_pem is None or root_pem is None:
             why = "; ".join(problems.values())
             self._cache.set_svid_error(
-                f"waiting for {CHAIN_FILE}, {KEY_FILE}, {ROOT_FILE} in {directory}"
+                f"waiting for {istio_files.CERT_CHAIN}, {istio_files.KEY}, {istio_files.ROOT_CERT} in {directory}"
                 + (f" ({why})" if why else "")
             )
             return
         try:
-            chain = load_certificates(chain_pem, what=str(directory / CHAIN_FILE))
-            roots = RootBundle.of(load_certificates(root_pem, what=str(directory / ROOT_FILE)))
+            chain = load_certificates(chain_pem, what=str(directory / istio_files.CERT_CHAIN))
+            roots = RootBundle.of(
+                load_certificates(root_pem, what=str(directory / istio_files.ROOT_CERT))
+            )
             key = load_private_key(key_pem)
         except (CertsError, ValueError) as exc:
             self._metrics.inc("num_file_watcher_failures_total")
@@ -248,9 +258,9 @@ class OutputWriter:
             return False
         directory = self._directory
         if state[0] != self._written[0]:
-            write_atomic(directory / KEY_FILE, svid.key_pem, mode=0o600)
-            write_atomic(directory / CHAIN_FILE, svid.chain_pem, mode=0o644)
-        write_atomic(directory / ROOT_FILE, roots.pem, mode=0o644)
+            write_atomic(directory / istio_files.KEY, svid.key_pem, mode=0o600)
+            write_atomic(directory / istio_files.CERT_CHAIN, svid.chain_pem, mode=0o644)
+        write_atomic(directory / istio_files.ROOT_CERT, roots.pem, mode=0o644)
         self._written = state
         log.info(
             "wrote certificate %s and %d root(s) to %s", svid.serial, len(roots.certs), directory

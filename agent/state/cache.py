@@ -39,6 +39,26 @@ class FileSecret:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ValidationRoots:
+    """What the SDS `ROOTCA` holds: the own trust domain's roots (the root file's and the
+    CA's) and each federated trust domain's roots, kept apart so that Envoy can tie every
+    root to its own domain (`agent.endpoints.resources`)."""
+
+    trust_domain: str  # the own one
+    own: RootBundle
+    federated: tuple[tuple[str, RootBundle], ...] = ()  # by name, never the own domain
+
+    @property
+    def version(self) -> str:
+        if not self.federated:
+            return self.own.version  # as before federation: one bundle, its hash
+        digest = hashlib.sha256(f"{self.trust_domain}\0{self.own.version}".encode())
+        for name, roots in self.federated:
+            digest.update(f"\0{name}\0{roots.version}".encode())
+        return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Snapshot:
     """Everything served at one moment. `roots` joins the root file's and the CA's roots."""
 
@@ -50,18 +70,25 @@ class Snapshot:
     file_errors: Mapping[str, str] = field(default_factory=lambda: _NO_ERRORS)
     bundles: TrustBundles | None = None  # the CA's trust bundles (own and federated)
     roots: RootBundle | None = None  # derived: file roots then the CA's, set by the cache
-    # derived: `roots` plus every federated trust domain's roots (the SDS ROOTCA)
-    validation_roots: RootBundle | None = None
+    # derived: `roots` and every federated trust domain's roots (the SDS ROOTCA)
+    validation: ValidationRoots | None = None
 
     def with_roots(self) -> Snapshot:
         """This snapshot with `roots` recomputed from the root file and the SVID's roots."""
         groups = [b.certs for b in (self.file_roots, self.svid.roots if self.svid else None) if b]
         roots = RootBundle.of(*groups) if groups else None
-        federated = [b.x509_roots for b in self.bundles.federated] if self.bundles else []
-        validation = roots
-        if roots is not None and any(federated):
-            validation = RootBundle.of(roots.certs, *federated)
-        return replace(self, roots=roots, validation_roots=validation)
+        if roots is None:
+            return replace(self, roots=None, validation=None)
+        own = self.bundles.trust_domain.name if self.bundles else ""
+        if self.svid is not None and self.svid.spiffe_id is not None:
+            own = self.svid.spiffe_id.trust_domain.name
+        federated = tuple(
+            (b.trust_domain.name, RootBundle.of(b.x509_roots))
+            for b in (self.bundles.federated if self.bundles else ())
+            if b.x509_roots and b.trust_domain.name != own
+        )
+        validation = ValidationRoots(trust_domain=own, own=roots, federated=federated)
+        return replace(self, roots=roots, validation=validation)
 
 
 class Mailbox:

@@ -2,7 +2,8 @@
 
 One CA call per audience set at a time (single flight: concurrent callers
 share it), at most `MAX_ENTRIES` audience sets held (the oldest goes first),
-and the audience list is checked before anything is asked of the CA.
+and the audience list is checked, against the CA's own limit, before anything is asked
+of the CA.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from collections.abc import Awaitable, Callable, Sequence
 import grpc
 
 from agent.errors import AgentError, BadRequest
-from agent.logs import printable
 from agent.upstream.identity_client import MintedJwt
+from certs.errors import InvalidAudience
+from certs.jwt_rules import check_audiences
 
-MAX_AUDIENCES = 32
-MAX_AUDIENCE_BYTES = 512
 MAX_ENTRIES = 128
 
 AudienceKey = tuple[str, ...]
@@ -30,19 +30,12 @@ class NotEntitled(AgentError):
 
 
 def audience_key(audiences: Sequence[str]) -> AudienceKey:
-    """The audience set as a cache key, or `BadRequest` saying what is wrong with it."""
-    if not audiences:
-        raise BadRequest("audience is required: name at least one audience for the JWT-SVID")
-    if len(audiences) > MAX_AUDIENCES:
-        raise BadRequest(f"{len(audiences)} audiences requested; at most {MAX_AUDIENCES}")
-    for audience in audiences:
-        if not audience:
-            raise BadRequest("an audience is empty")
-        if len(audience.encode()) > MAX_AUDIENCE_BYTES:
-            raise BadRequest(f"an audience is longer than {MAX_AUDIENCE_BYTES} bytes")
-        if printable(audience, limit=4 * MAX_AUDIENCE_BYTES) != audience:
-            raise BadRequest(f"audience {printable(audience)!r} holds control characters")
-    return tuple(sorted(set(audiences)))
+    """The audience set as a cache key, or `BadRequest` (INVALID_ARGUMENT) stating the limit
+    broken: the CA's own limit (`certs.jwt_rules`), so nothing it would refuse is sent."""
+    try:
+        return tuple(sorted(check_audiences(audiences)))
+    except InvalidAudience as exc:
+        raise BadRequest(str(exc)) from None
 
 
 class JwtSvidCache:

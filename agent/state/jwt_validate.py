@@ -5,10 +5,12 @@ imports `urllib.request` and with it `ssl`, which `python -m agent` keeps out
 of the process (see `agent/__main__.py`), so PyJWT cannot load in the agent.
 The checks, each refusing with `InvalidJwt` (INVALID_ARGUMENT): compact JWS
 of sane size; header `alg` one of the standard's list and matching the key's
-type and curve, `kid` present, `typ` JWT or JOSE if present; `sub` a SPIFFE
-ID whose trust domain the agent holds a bundle for (own or federated); the
-signature by that bundle's key `kid`; `exp` present and not passed, `nbf` if
-present reached; `aud` present and holding the given audience.
+type and curve, `kid` present, `typ` JWT or JOSE if present, no `crit`
+(`certs.jwt_rules`: we understand no JOSE extension); `sub` a SPIFFE ID whose
+trust domain the agent holds a bundle for (own or federated); the signature by
+that bundle's key `kid`; `exp`, `nbf` and `iat` integer seconds when present
+(NaN, Infinity, fractions, strings refused), `exp` present and not passed,
+`nbf` if present reached; `aud` present and holding the given audience.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from agent.errors import AgentError
 from agent.logs import printable
 from agent.state.trust_bundles import TrustBundles
-from certs.errors import InvalidSpiffeId
+from certs.errors import InvalidSpiffeId, JwtError
+from certs.jwt_rules import check_crit, numeric_date
+from certs.keys import MIN_RSA_BITS
 from certs.spiffe_id import SpiffeId
 
 MAX_TOKEN_BYTES = 16 * 1024
-MIN_RSA_BITS = 2048
 # alg -> (JWK kty, JWK crv or None, hash, padding kind): the JWT-SVID spec's list; never none/HS*.
 ALGORITHMS: Mapping[str, tuple[str, str | None, type[hashes.HashAlgorithm], str]] = {
     "ES256": ("EC", "P-256", hashes.SHA256, "ecdsa"),
@@ -120,6 +123,10 @@ def _check_header(header: Mapping[str, Any]) -> str:
     typ = header.get("typ")
     if typ is not None and typ not in ("JWT", "JOSE"):
         raise InvalidJwt(f"typ {printable(str(typ))!r} is not JWT or JOSE")
+    try:
+        check_crit(header)
+    except JwtError as exc:
+        raise InvalidJwt(printable(str(exc))) from None
     return alg
 
 
@@ -172,24 +179,19 @@ def _public_key(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey | rsa.RSAPu
 
 
 def _check_claims(claims: Mapping[str, Any], audience: str, now: float) -> None:
-    exp = _number(claims.get("exp"))
+    try:
+        exp, nbf, _iat = (numeric_date(claims, name) for name in ("exp", "nbf", "iat"))
+    except JwtError as exc:
+        raise InvalidJwt(f"the JWT-SVID's {exc}") from None
     if exp is None:
         raise InvalidJwt("the JWT-SVID has no numeric 'exp' claim")
     if now >= exp:
         raise InvalidJwt("the JWT-SVID has expired (exp is past)")
-    if "nbf" in claims:
-        nbf = _number(claims["nbf"])
-        if nbf is None or now < nbf:
-            raise InvalidJwt("the JWT-SVID is not valid yet (nbf)")
+    if nbf is not None and now < nbf:
+        raise InvalidJwt("the JWT-SVID is not valid yet (nbf)")
     aud = claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else aud
     if not isinstance(audiences, list) or not audiences:
         raise InvalidJwt("the JWT-SVID has no 'aud' claim")
     if audience not in audiences:
         raise InvalidJwt(f"the JWT-SVID's aud does not include {printable(audience)!r}")
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    return None

@@ -52,7 +52,7 @@ class SystemClock:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RenewalPolicy:
-    """When the SVID is renewed: grace ratio and jitter of SPEC §2, and the retry backoff
+    """When the SVID is renewed: grace ratio and jitter of docs/COMPATIBILITY.md §2, and the retry backoff
     after a failed CSR."""
 
     grace_ratio: float = 0.5

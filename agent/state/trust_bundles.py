@@ -1,19 +1,20 @@
 """Trust bundles from the CA: the own trust domain's and every federated one's, parsed once.
 
 The CA's `FetchTrustBundles` hands SPIFFE bundle documents (a JWKS per trust
-domain: `use: x509-svid` keys carry one certificate in `x5c`, `use: jwt-svid`
-keys carry a `kid`). The agent serves them in two forms: X.509 roots (DER)
-for `FetchX509SVID.federated_bundles`, `FetchX509Bundles` and the SDS
-`ROOTCA`, and a JWKS of the JWT keys alone for `FetchJWTBundles` (go-spiffe's
-`jwtbundle.Parse` refuses a key without `kid`, so X.509 entries stay out).
-Documents are read by `certs.spiffe_bundle` (json, base64, the already loaded X.509 parser): the
-JWT library is loaded by the first JWT RPC, not at start.
+domain), read and checked by `certs.spiffe_bundle` (json, base64, the already loaded
+X.509 parser; the JWT library is loaded by the first JWT RPC, not at start). The agent
+serves them in two forms: X.509 roots (DER) for `FetchX509SVID.federated_bundles`,
+`FetchX509Bundles` and the SDS `ROOTCA` (each trust domain's roots kept apart), and a
+JWKS of the JWT keys alone for `FetchJWTBundles` (go-spiffe's `jwtbundle.Parse` refuses a
+key without `kid`, so X.509 entries stay out). The agent's own policy on top: at most
+`MAX_TRUST_DOMAINS`, and a refused document leaves that domain's last good bundle in
+force (`intake`). It does not order documents by `spiffe_sequence`: the CA does that for
+federated domains, and CA replicas may each hold their own sequence for the own domain.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,7 +27,8 @@ from cryptography import x509
 from agent.errors import AgentError
 from agent.logs import printable
 from certs.errors import InvalidBundle, InvalidSpiffeId
-from certs.spiffe_bundle import bundle_document, x509_authorities
+from certs.spiffe_bundle import SpiffeBundle
+from certs.spiffe_bundle import parse_bundle as parse_document
 from certs.spiffe_id import TrustDomain
 
 log = logging.getLogger(__name__)
@@ -38,31 +40,42 @@ EMPTY_JWKS = b'{"keys":[]}'
 class BundleInvalid(AgentError):
     """A bundle document from the CA cannot be used (kept out; the others are served)."""
 
+    def __init__(self, public_message: str, reason: str = "malformed") -> None:
+        super().__init__(public_message)
+        self.reason = reason
+
 
 @dataclass(frozen=True, slots=True)
 class DomainBundle:
     """One trust domain's authorities: X.509 roots and the JWKS of its JWT keys."""
 
     trust_domain: TrustDomain
-    x509_roots: tuple[x509.Certificate, ...] = ()
-    jwt_keys: tuple[Mapping[str, Any], ...] = ()
-    sequence: int | None = None
-    refresh_hint: timedelta | None = None
+    bundle: SpiffeBundle = field(default_factory=SpiffeBundle)
+
+    @property
+    def x509_roots(self) -> tuple[x509.Certificate, ...]:
+        return self.bundle.x509_authorities
+
+    @property
+    def sequence(self) -> int | None:
+        return self.bundle.sequence
+
+    @property
+    def refresh_hint(self) -> timedelta | None:
+        hint = self.bundle.refresh_hint
+        return timedelta(seconds=hint) if hint else None
 
     @property
     def roots_der(self) -> bytes:
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        return b"".join(c.public_bytes(Encoding.DER) for c in self.x509_roots)
+        return self.bundle.roots_der
 
     @property
     def jwks(self) -> bytes:
         """`{"keys": [...]}` with the JWT keys only, canonical JSON (stable bytes per content)."""
-        keys = [dict(k) for k in self.jwt_keys]
-        return json.dumps({"keys": keys}, sort_keys=True, separators=(",", ":")).encode()
+        return self.bundle.jwks
 
     def jwt_key(self, kid: str) -> Mapping[str, Any] | None:
-        return next((k for k in self.jwt_keys if k.get("kid") == kid), None)
+        return self.bundle.jwt_key(kid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,18 +133,48 @@ class TrustBundles:
         return f"{self.x509_version}-{self.jwt_version}"
 
 
-def parse_trust_bundles(own: TrustDomain, documents: Mapping[str, bytes]) -> TrustBundles:
-    """Every usable document of `documents` (name -> SPIFFE bundle JSON); a bad one is logged
-    and left out, so one broken federation never takes the others down."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A document of the CA's answer that was not taken; `digest` tells a new one apart."""
+
+    name: str
+    reason: str
+    message: str
+    digest: str
+
+
+def intake(
+    own: TrustDomain, documents: Mapping[str, bytes], previous: TrustBundles | None = None
+) -> tuple[TrustBundles, tuple[Refusal, ...]]:
+    """Every usable document of `documents` (name -> SPIFFE bundle JSON). A refused one keeps
+    the domain's bundle from `previous`, if any: one bad document never takes a domain's
+    last good roots or keys away, nor the other domains down."""
     domains: dict[str, DomainBundle] = {}
+    refusals: list[Refusal] = []
     for name, document in sorted(documents.items())[:MAX_TRUST_DOMAINS]:
         try:
             bundle = parse_bundle(name, document)
         except BundleInvalid as exc:
-            log.warning("trust bundle of %s left out: %s", printable(name), exc.public_message)
+            digest = hashlib.sha256(document).hexdigest()[:16]
+            refusals.append(Refusal(printable(name), exc.reason, exc.public_message, digest))
+            bare = name.removeprefix("spiffe://")
+            kept = previous.for_trust_domain(bare) if previous is not None else None
+            if kept is not None:
+                domains[bare] = kept
             continue
         domains[bundle.trust_domain.name] = bundle
-    return TrustBundles(trust_domain=own, domains=MappingProxyType(domains))
+    bundles = TrustBundles(trust_domain=own, domains=MappingProxyType(domains))
+    return bundles, tuple(refusals)
+
+
+def parse_trust_bundles(own: TrustDomain, documents: Mapping[str, bytes]) -> TrustBundles:
+    """`intake` with nothing kept from before; each refusal logged."""
+    bundles, refusals = intake(own, documents)
+    for refusal in refusals:
+        log.warning(
+            "trust bundle of %s left out (%s): %s", refusal.name, refusal.reason, refusal.message
+        )
+    return bundles
 
 
 def parse_bundle(name: str, document: bytes) -> DomainBundle:
@@ -141,29 +184,6 @@ def parse_bundle(name: str, document: bytes) -> DomainBundle:
     except InvalidSpiffeId as exc:
         raise BundleInvalid(f"trust domain name: {exc}") from None
     try:
-        doc = bundle_document(document)
-        roots = x509_authorities(doc)
+        return DomainBundle(trust_domain=td, bundle=parse_document(document))
     except InvalidBundle as exc:
-        raise BundleInvalid(str(exc)) from None
-    jwt_keys: list[Mapping[str, Any]] = []
-    for key in doc["keys"]:
-        if key.get("use") == "jwt-svid":
-            if not isinstance(key.get("kid"), str) or not key["kid"]:
-                raise BundleInvalid("a jwt-svid key has no 'kid'")
-            jwt_keys.append(MappingProxyType(dict(key)))
-    return DomainBundle(
-        trust_domain=td,
-        x509_roots=tuple(roots),
-        jwt_keys=tuple(jwt_keys),
-        sequence=_int_or_none(doc.get("spiffe_sequence")),
-        refresh_hint=_hint(doc.get("spiffe_refresh_hint")),
-    )
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _hint(value: Any) -> timedelta | None:
-    seconds = _int_or_none(value)
-    return timedelta(seconds=seconds) if seconds is not None and seconds > 0 else None
+        raise BundleInvalid(str(exc), exc.reason) from None

@@ -1,1 +1,3 @@
-"""The agent's calls to the CA: CSRs (`caclient`), JWT-SVIDs and trust bundles (`identity_client`, `bundle_poller`), and plain explanations of CA failures (`diagnosis`)."""
+"""The agent's calls to the CA: the CSR (`caclient`), JWT-SVIDs and trust bundles over the
+same connection (`identity_client`, polled by `bundle_poller`), and plain explanations of a
+CA that cannot be reached or refuses (`diagnosis`)."""

@@ -7,6 +7,9 @@ a JWT key rotation or a federated root change reaches the Workload API streams
 and the SDS `ROOTCA` within one interval, and an unchanged poll pushes nothing.
 A CA without the service (UNIMPLEMENTED: Istio's, or an older Bulwark) gets
 the own trust domain with no JWT key, so JWT bundle streams still answer.
+A document the agent refuses (`certs.spiffe_bundle`'s checks) leaves that domain's last
+good bundle in force; each new refusal is logged once, naming the domain and the reason,
+and counted in `istio_agent_trust_bundle_refusals_total{reason}`.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import grpc
 
 from agent.errors import CaRequestFailed
 from agent.logs import printable
+from agent.metrics import AgentMetrics
 from agent.state.cache import SecretCache
-from agent.state.trust_bundles import TrustBundles, parse_trust_bundles
+from agent.state.trust_bundles import Refusal, TrustBundles, intake
 from agent.upstream.identity_client import IdentityClient
 from certs.spiffe_id import TrustDomain
 
@@ -40,9 +44,12 @@ class BundlePoller:
         *,
         trust_domain: TrustDomain,
         max_interval: timedelta,
+        metrics: AgentMetrics,
     ) -> None:
         self._client = client
         self._cache = cache
+        self._metrics = metrics
+        self._refused: dict[str, str] = {}  # domain -> digest of its last refused document
         self._trust_domain = trust_domain
         self._max_interval = max_interval
         self._last_error = ""
@@ -80,7 +87,8 @@ class BundlePoller:
                 f"{self._trust_domain.name!r}; its bundles are not used"
             )
             return self._max_interval
-        bundles = parse_trust_bundles(self._trust_domain, documents)
+        bundles, refusals = intake(self._trust_domain, documents, self._cache.snapshot.bundles)
+        self._note_refusals(refusals)
         self._cache.set_trust_bundles(bundles)
         if self._last_error:
             log.info("trust bundles refreshed again")
@@ -88,6 +96,21 @@ class BundlePoller:
         hint = bundles.refresh_hint
         interval = min(hint, self._max_interval) if hint else self._max_interval
         return max(interval, MIN_INTERVAL)
+
+    def _note_refusals(self, refusals: tuple[Refusal, ...]) -> None:
+        """Count and log each refusal of a document not refused before (polls repeat them)."""
+        refused = {r.name: r.digest for r in refusals}
+        for refusal in refusals:
+            if self._refused.get(refusal.name) == refusal.digest:
+                continue
+            self._metrics.inc("trust_bundle_refusals_total", reason=refusal.reason)
+            log.warning(
+                "trust bundle of %s refused (%s), keeping its last good bundle if any: %s",
+                refusal.name,
+                refusal.reason,
+                refusal.message,
+            )
+        self._refused = refused
 
     def _note(self, message: str, *, info: bool = False) -> None:
         if message != self._last_error:

@@ -23,6 +23,7 @@ from agent.config import AgentConfig
 from agent.errors import CaRequestFailed
 from agent.files.watch import UnusableFile, read_regular_file
 from agent.metrics import AgentMetrics
+from certs import istio_files
 from certs.errors import CertsError
 from certs.pem import bundle_pem, load_certificates
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
@@ -117,7 +118,7 @@ class CaClient:
         request: ca_pb2.IstioCertificateRequest,
         metadata: tuple[tuple[str, str], ...],
     ) -> list[str]:
-        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
         timeout = self._config.ca_request_timeout.total_seconds()
         for attempt in range(1, self._retry.max_attempts + 1):
             if attempt > 1:
@@ -250,9 +251,10 @@ class CaClient:
         if directory is None:
             return None, None
         try:
-            key = (directory / "key.pem").read_bytes()
+            key = (directory / istio_files.KEY).read_bytes()
             certs = load_certificates(
-                (directory / "cert-chain.pem").read_bytes(), what="PROV_CERT cert-chain.pem"
+                (directory / istio_files.CERT_CHAIN).read_bytes(),
+                what=f"PROV_CERT {istio_files.CERT_CHAIN}",
             )
         except (OSError, CertsError) as exc:
             log.warning("PROV_CERT %s not usable, falling back to the token: %s", directory, exc)

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from agent.errors import CaRequestFailed, CaResponseInvalid
+from agent.errors import CaRefusedArgument, CaRequestFailed, CaResponseInvalid
 from agent.metrics import AgentMetrics
 from agent.upstream.caclient import RETRYABLE, CaClient
 from certs.spiffe_id import SpiffeId
@@ -93,7 +93,7 @@ class IdentityClient:
         self._metrics.inc("num_outgoing_requests", request_type=kind)
         channel = self._ca.open_channel()
         try:
-            stub = identity_pb2_grpc.WorkloadIdentityServiceStub(channel)  # type: ignore[no-untyped-call]
+            stub = identity_pb2_grpc.WorkloadIdentityServiceStub(channel)
             return await self._with_retries(getattr(stub, method), request, kind)
         finally:
             await channel.close()
@@ -109,6 +109,8 @@ class IdentityClient:
                     continue
                 self._metrics.inc("num_failed_outgoing_requests", request_type=kind)
                 message = f"CA {self._ca_addr} answered {code.name}: {exc.details()}"
+                if code == grpc.StatusCode.INVALID_ARGUMENT:
+                    raise CaRefusedArgument(message, code, definitive=True) from None
                 hint = ""
                 if code not in (grpc.StatusCode.UNIMPLEMENTED, *RETRYABLE):
                     hint = await self._ca.explain(code, exc.details() or "")

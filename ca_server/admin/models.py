@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field, create_model
 
 from ca_server.record.ledger import StoredCertificate
 from ca_server.record.ledger.shape import ENTRY_COLUMNS
-from ca_server.spiffe.bundle import x509_authority
 from certs.pem import serial_hex, sha256_fingerprint, to_pem
+from certs.spiffe_bundle import x509_authority
 
 
 class ErrorBody(BaseModel):
@@ -88,11 +88,24 @@ class CaCertificateInfo(BaseModel):
     pem: str
 
 
+class SigningKeyInfo(BaseModel):
+    """Where the CA's signing key lives; never anything secret."""
+
+    storage: Literal["pkcs11", "file", "kubernetes-secret"] = Field(
+        description="pkcs11: in an HSM; file: a 0600 file; kubernetes-secret: istio-ca-secret"
+    )
+    token: str | None = Field(default=None, description="PKCS#11 token label")
+    object: str | None = Field(default=None, description="PKCS#11 object label of the key")
+    id: str | None = Field(default=None, description="PKCS#11 CKA_ID of the key, hex")
+    key_type: str = Field(description="e.g. ECDSA P-256, RSA 3072")
+
+
 class CaInfo(BaseModel):
     roots: list[CaCertificateInfo]
     intermediates: list[CaCertificateInfo]
     csr_policy: str
     authenticators: list[str]
+    signing_key: SigningKeyInfo | None = None
 
 
 class SpiffeKey(BaseModel):
@@ -114,7 +127,7 @@ class SpiffeBundle(BaseModel):
 
 
 def spiffe_key(cert: x509.Certificate) -> SpiffeKey:
-    """One root as a JWK of the SPIFFE bundle format (`ca_server.spiffe.bundle` builds it)."""
+    """One root as a JWK of the SPIFFE bundle format (`certs.spiffe_bundle` writes it)."""
     return SpiffeKey.model_validate(x509_authority(cert))
 
 

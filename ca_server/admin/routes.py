@@ -23,6 +23,7 @@ from ca_server.admin.models import (
     CertificateDetail,
     CertificateList,
     ErrorBody,
+    SigningKeyInfo,
     SpiffeBundle,
     VerifyResult,
     ca_info,
@@ -39,7 +40,7 @@ from ca_server.record.ledger import (
     parse_duration,
     parse_timestamp,
 )
-from ca_server.spiffe.bundle import build_bundle
+from ca_server.spiffe.bundle import own_bundle
 from certs.pem import bundle_pem
 
 PEM_MEDIA_TYPE = "application/x-pem-file"
@@ -53,6 +54,7 @@ class CaCertificates:
 
     roots: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...] = ()  # signing certificate first
+    signing_key: dict[str, str | None] | None = None  # `key_location` of the signing key
 
 
 class CertificateReader(Protocol):
@@ -169,7 +171,8 @@ def build_admin_router(
 
         def roots_only() -> dict[str, Any]:
             roots = ca_certificates().roots
-            return build_bundle(roots=roots, jwt_keys=(), sequence=0, refresh_hint=refresh_hint)
+            own = own_bundle(roots=roots, jwt_keys=(), sequence=0, refresh_hint=refresh_hint)
+            return own.document()
 
         spiffe_bundle = roots_only
     _ca_routes(router, ca_certificates, csr_policy, list(authenticators), clock, spiffe_bundle)
@@ -184,7 +187,7 @@ def _federation_route(router: APIRouter, bundles: Callable[[], dict[str, bytes]]
         summary="The kept bundle of every federated trust domain, by trust domain name",
     )
     def federated() -> dict[str, dict[str, Any]]:
-        # As the foreign domain published it (checked when fetched), not re-modelled here.
+        # As kept: checked when fetched and written by certs.spiffe_bundle, not re-modelled here.
         return {td: json.loads(doc) for td, doc in bundles().items()}
 
 
@@ -340,4 +343,7 @@ def _ca_routes(
             intermediates=[ca_info(c, now) for c in material.intermediates],
             csr_policy=csr_policy,
             authenticators=[public_name(n) for n in names],
+            signing_key=SigningKeyInfo.model_validate(material.signing_key)
+            if material.signing_key
+            else None,
         )

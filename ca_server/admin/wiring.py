@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from fastapi import APIRouter
 from ca_server.admin.routes import CaCertificates, build_admin_router
 from ca_server.admin.ui import build_ui_router, refusal_counts
 from ca_server.authn.plan import authenticator_plan
+from ca_server.authority.custody import key_location
 from ca_server.authority.material import CaMaterial
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig
@@ -58,8 +58,9 @@ def read_admin_token(path: Path | None) -> str | None:
     return token
 
 
-def ca_certificates_of(material: CaMaterial) -> CaCertificates:
-    """The roots, and the signing certificate plus chain when it is not itself a root."""
+def ca_certificates_of(material: CaMaterial, key_storage: str = "file") -> CaCertificates:
+    """The roots, the signing certificate plus chain when it is not itself a root, and where
+    the signing key lives (`key_storage` names a non-HSM key's store)."""
     roots = tuple(material.roots)
     seen = {sha256_fingerprint(r) for r in roots}
     intermediates = []
@@ -67,7 +68,17 @@ def ca_certificates_of(material: CaMaterial) -> CaCertificates:
         if sha256_fingerprint(cert) not in seen:
             seen.add(sha256_fingerprint(cert))
             intermediates.append(cert)
-    return CaCertificates(roots=roots, intermediates=tuple(intermediates))
+    return CaCertificates(
+        roots=roots,
+        intermediates=tuple(intermediates),
+        signing_key=key_location(material.signing_key, file_storage=key_storage),
+    )
+
+
+def key_storage_of(config: CaConfig) -> str:
+    """Where a CA key that is not in an HSM lives: the `istio-ca-secret` of a self-signed CA
+    on Kubernetes, else a file (the data dir or the plugged-in `cacerts` directory)."""
+    return "kubernetes-secret" if config.kube is not None and config.cacerts_dir is None else "file"
 
 
 def authenticator_names(config: CaConfig) -> list[str]:
@@ -98,8 +109,10 @@ def admin_router_for(
     admin_host: str,
     spiffe_bundle: Callable[[], dict[str, Any]] | None = None,
     federated_bundles: Callable[[], dict[str, bytes]] = dict,
+    metrics_dir: str | None = None,
 ) -> tuple[APIRouter, Callable[[], None]]:
-    """The supervisor's glue: open the record reader and pruner, build the /v1 router.
+    """The supervisor's glue: open the record reader and pruner, build the /v1 router
+    (`metrics_dir`: where the workers' metrics are, for the web view's refusal counts).
 
     Returns the router and a function that closes the reader and stops the pruner.
     """
@@ -124,7 +137,7 @@ def admin_router_for(
     router.include_router(
         build_admin_router(
             reader=reader,
-            ca_certificates=lambda: ca_certificates_of(material()),
+            ca_certificates=lambda: ca_certificates_of(material(), key_storage_of(config)),
             csr_policy=config.csr_san_policy,
             authenticators=authenticator_names(config),
             admin_token=token,
@@ -136,8 +149,8 @@ def admin_router_for(
     router.include_router(  # the web view: same reader, material and token as /v1
         build_ui_router(
             reader=reader,
-            ca_certificates=lambda: ca_certificates_of(material()),
-            refusals=lambda: refusal_counts(os.environ.get("PROMETHEUS_MULTIPROC_DIR")),
+            ca_certificates=lambda: ca_certificates_of(material(), key_storage_of(config)),
+            refusals=lambda: refusal_counts(metrics_dir),
             admin_token=token,
             loopback=loopback,
         )

@@ -3,14 +3,13 @@
 `authenticate(creds)` returns None when the request carries nothing this
 authenticator understands, returns a `Caller` when it vouches for the request,
 and raises `AuthenticationError` when the credential it understands is bad.
-`Authentication` tries them in order; the first `Caller` wins (SPEC §1).
+`Authentication` tries them in order; the first `Caller` wins (docs/COMPATIBILITY.md §1).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import threading
 import time
 from collections import OrderedDict
@@ -26,7 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from ca_server.authn.jwks import JwksSource as JwksSource  # re-exported: worker builds it here
 from ca_server.errors import AuthenticationError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials, shown
-from certs.errors import CertsError, InvalidSpiffeId
+from ca_server.options import default
+from certs.errors import CertsError, InvalidSpiffeId, JwtError
+from certs.jwt_rules import check_crit, numeric_date, unverified_claims, unverified_header
 from certs.pem import load_certificates
 from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
 from certs.verify import verify_svid
@@ -208,11 +209,9 @@ class ClientCertAuthenticator:
         )
 
 
-DEFAULT_LEEWAY_S = 60.0
-# Kubernetes projected tokens for istio-ca live 1 h (kubelet default) to 12 h (Istio's
-# istio-token, expirationSeconds 43200); 24 h admits both with room and still refuses the
-# year-long "extended" legacy tokens and forged far-future `exp` values.
-DEFAULT_MAX_TOKEN_LIFETIME_S = 24 * 3600.0
+# --token-clock-skew and --max-token-lifetime (ca_server.options says why these defaults).
+DEFAULT_LEEWAY_S = default("token_clock_skew").total_seconds()
+DEFAULT_MAX_TOKEN_LIFETIME_S = default("max_token_lifetime").total_seconds()
 # A verified token is trusted from the cache at most this long, whatever its `exp` says.
 DEFAULT_CACHE_SECONDS = 300.0
 MAX_TOKEN_CHARS = 16 * 1024
@@ -244,14 +243,15 @@ def key_fits_algorithm(key: jwt.PyJWK, alg: str) -> bool:
     return False
 
 
-def _numeric_date(claims: dict[str, Any], name: str) -> float | None:
-    """A NumericDate claim (RFC 7519 §2): a JSON number, never a string or a boolean."""
-    if name not in claims:
-        return None
-    value = claims[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise AuthenticationError(f"token claim {name!r} must be a number (seconds since 1970)")
-    return float(value)
+def check_dates(token: str) -> None:
+    """`exp`/`nbf`/`iat` whole seconds (`certs.jwt_rules`), checked before the signature:
+    PyJWT turns a NaN or Infinity date into "malformed", and takes "123" or `true` as numbers."""
+    try:
+        claims = unverified_claims(token)
+        for name in ("exp", "nbf", "iat"):
+            numeric_date(claims, name)
+    except JwtError as exc:
+        raise AuthenticationError(f"token {exc}") from None
 
 
 class JwtAuthenticator:
@@ -328,6 +328,14 @@ class JwtAuthenticator:
         if len(token) > MAX_TOKEN_CHARS:
             raise AuthenticationError(f"bearer token is longer than {MAX_TOKEN_CHARS} characters")
         try:
+            jose_header = unverified_header(token)
+        except JwtError:
+            raise AuthenticationError("bearer token is not a JWT") from None
+        try:
+            check_crit(jose_header)  # before PyJWT reads the header: it knows `b64`, we do not
+        except JwtError as exc:
+            raise AuthenticationError(f"token refused: {exc}") from None
+        try:
             header = jwt.get_unverified_header(token)
         except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise AuthenticationError("bearer token is not a JWT") from exc
@@ -338,6 +346,7 @@ class JwtAuthenticator:
             )
         if kid is not None and not isinstance(kid, str):
             raise AuthenticationError("token key id ('kid') must be a string")
+        check_dates(token)
         claims = self._decode(token, kid, alg)
         expires_at = self._check_lifetime(claims)
         subject = claims.get("sub")
@@ -360,11 +369,12 @@ class JwtAuthenticator:
             expires_at=expires_at,
         )
 
-    def _check_lifetime(self, claims: dict[str, Any]) -> float:
+    def _check_lifetime(self, claims: dict[str, Any]) -> int:
         """`exp`, after checking every date is numeric and the lifetime within the maximum."""
-        exp = _numeric_date(claims, "exp")
-        iat = _numeric_date(claims, "iat")
-        nbf = _numeric_date(claims, "nbf")
+        try:
+            exp, iat, nbf = (numeric_date(claims, name) for name in ("exp", "iat", "nbf"))
+        except JwtError as exc:  # checked by `check_form` already; the signed claims again
+            raise AuthenticationError(f"token {exc}") from None
         assert exp is not None  # required by decode
         now = self._clock()
         start = min(now, iat if iat is not None else nbf if nbf is not None else now)

@@ -17,10 +17,15 @@ from pathlib import Path
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ca_server.options import ISTIO_CA_AUDIENCE
 from certs.files import write_atomic
 from certs.keys import KeyType, generate_key, load_private_key, private_key_pem
 
 LOCAL_ISSUER = "https://bulwark.local/token-issuer"
+ISSUER_DIR = "token-issuer"  # under the data dir
+# The issuer's own RSA key (0600) and its public JWKS: Bulwark's files, not Istio's.
+KEY_FILE = "key.pem"
+JWKS_FILE = "jwks.json"
 
 
 class LocalIssuer:
@@ -33,12 +38,12 @@ class LocalIssuer:
 
     @property
     def jwks_path(self) -> Path:
-        return self.directory / "jwks.json"
+        return self.directory / JWKS_FILE
 
     @classmethod
     def load_or_create(cls, data_dir: Path) -> LocalIssuer:
-        directory = data_dir / "token-issuer"
-        key_path = directory / "key.pem"
+        directory = data_dir / ISSUER_DIR
+        key_path = directory / KEY_FILE
         if key_path.exists():
             key = load_private_key(key_path.read_bytes())
             if not isinstance(key, rsa.RSAPrivateKey):
@@ -69,7 +74,7 @@ class LocalIssuer:
         *,
         namespace: str,
         service_account: str,
-        audience: str | list[str] = "istio-ca",
+        audience: str | list[str] = ISTIO_CA_AUDIENCE,
         ttl: timedelta = timedelta(hours=1),
         pod_name: str = "",
         now: float | None = None,

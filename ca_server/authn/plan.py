@@ -1,4 +1,4 @@
-"""The one list of authenticators a CA runs, derived from its config (SPEC §1 order).
+"""The one list of authenticators a CA runs, derived from its config (docs/COMPATIBILITY.md §1 order).
 
 Workers build their `Authentication` from `authenticator_plan(config)` and the
 admin API's `/v1/ca` reports the same plan, so the two cannot drift apart.
@@ -20,7 +20,7 @@ from ca_server.authn.authenticators import (
     JwksSource,
     JwtAuthenticator,
 )
-from ca_server.authn.local_issuer import LOCAL_ISSUER
+from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, LOCAL_ISSUER
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
 
@@ -78,7 +78,7 @@ def _tokenreview(config: CaConfig) -> Authenticator:
 
 def _jwt_plan(config: CaConfig) -> PlannedAuthenticator | None:
     if config.uses_local_issuer:
-        jwks_file = config.data_dir / "token-issuer" / "jwks.json"
+        jwks_file = config.data_dir / ISSUER_DIR / JWKS_FILE
         issuer, description = LOCAL_ISSUER, f"jwt (local issuer in {config.data_dir})"
 
         def keys() -> JwksSource:

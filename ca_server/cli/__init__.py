@@ -1,1 +1,1 @@
-"""The CA's command line: `bulwark ca serve` and its flag table, `token`, `rotate`, `intermediate`, `certs` (the record), and the one HTTP client of the admin API they share."""
+"""The CA's command line: `ca serve` (`serve`, its flags from the table in `ca_server.options`), `ca rotate`, `ca intermediate`, `token mint` (`token`), `certs` (`records`, the issuance record), the one HTTP client of the admin API (`admin_client`) and how each command ends (`exits`). Each top-level command is an entry point of group `bulwark.commands` (pyproject.toml)."""

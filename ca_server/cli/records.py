@@ -18,104 +18,27 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, TextIO
 
+from ca_server.cli.admin_client import AdminClient, CliError, admin_client_flags
+from ca_server.cli.exits import EXIT_NO, EXIT_OK, fail
 from certs.cli.envflags import env_flag
-from certs.cli.output import add_output_flag, emit, table
+from certs.cli.output import emit, table
 from certs.values import (
     InvalidValue,
     format_seconds,
     parse_duration,
-    parse_host_port,
     parse_time_or_ago,
     time_left,
 )
 
-DEFAULT_ADMIN_URL = "http://127.0.0.1:15014"
 PAGE_SIZE = 1000
-TIMEOUT_S = 30.0
-EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
-
-
-class CliError(Exception):
-    """A failure to report on stderr with exit code 2."""
-
-
-class AdminClient:
-    """GETs JSON from the admin API with stdlib urllib (no third-party HTTP at runtime)."""
-
-    def __init__(self, base_url: str, token: str | None) -> None:
-        self._base = base_url.rstrip("/")
-        self._token = token
-
-    def get(self, path: str, params: dict[str, str | None] | None = None) -> Any:
-        query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
-        url = f"{self._base}{path}" + (f"?{query}" if query else "")
-        request = urllib.request.Request(url, headers={"Accept": "application/json"})
-        if self._token is not None:
-            request.add_header("Authorization", f"Bearer {self._token}")
-        try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise CliError(_http_error(exc)) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise CliError(
-                f"cannot reach the admin API at {self._base}: {reason}: "
-                "is the CA running? check --admin-url (env BULWARK_ADMIN_URL)"
-            ) from None
-        except json.JSONDecodeError:
-            raise CliError(f"the admin API at {self._base} did not answer JSON") from None
-
-
-def _http_error(exc: urllib.error.HTTPError) -> str:
-    try:
-        detail = json.loads(exc.read()).get("detail")
-    except (json.JSONDecodeError, AttributeError, OSError):
-        detail = None
-    if isinstance(detail, list):  # FastAPI validation errors
-        detail = "; ".join(
-            f"{'.'.join(map(str, d.get('loc', [])[1:]))}: {d.get('msg')}" for d in detail
-        )
-    if exc.code == 401:
-        return "the admin API refused the request (401): pass a valid --token-file"
-    return f"admin API error {exc.code}: {detail or exc.reason}"
-
-
-def _client(args: argparse.Namespace) -> AdminClient:
-    token = None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise CliError(f"cannot read --token-file {args.token_file}: {exc.strerror}") from None
-    return AdminClient(admin_base_url(args.admin_url), token)
-
-
-def admin_base_url(text: str) -> str:
-    """`--admin-url` checked: http(s)://HOST[:PORT][/prefix], or HOST:PORT meaning http://."""
-    what = "--admin-url (env BULWARK_ADMIN_URL)"
-    value = text.strip()
-    if "://" not in value:
-        parse_host_port(value, what, allow_port_zero=False)
-        return f"http://{value}"
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidValue(what, "an http:// or https:// URL, or HOST:PORT", text)
-    if parts.port is None and parts.netloc.endswith(":"):
-        raise InvalidValue(what, "a URL with a port 1-65535", text)
-    return value.rstrip("/")
 
 
 def _filters(args: argparse.Namespace, now: datetime | None = None) -> dict[str, str]:
@@ -180,7 +103,7 @@ def print_table(items: list[dict[str, Any]], out: TextIO) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    items = fetch_all(_client(args), _filters(args), args.limit)
+    items = fetch_all(AdminClient.from_args(args), _filters(args), args.limit)
 
     def human() -> None:
         if items:
@@ -195,7 +118,7 @@ def _list(args: argparse.Namespace) -> int:
 def _expiring(args: argparse.Namespace) -> int:
     parse_duration(args.within, "--within")  # named as the user typed it
     args.expiring_within, args.state = args.within, None
-    items = fetch_all(_client(args), _filters(args), None)
+    items = fetch_all(AdminClient.from_args(args), _filters(args), None)
 
     def human() -> None:
         if items:
@@ -204,12 +127,12 @@ def _expiring(args: argparse.Namespace) -> int:
             print(f"no active certificate expires within {args.within}")
 
     emit(items, args.output, human)
-    return EXIT_FOUND if items else EXIT_OK
+    return EXIT_NO if items else EXIT_OK
 
 
 def _show(args: argparse.Namespace) -> int:
     serial = urllib.parse.quote(args.serial.strip(), safe="")
-    detail = _client(args).get(f"/v1/certificates/{serial}")
+    detail = AdminClient.from_args(args).get(f"/v1/certificates/{serial}")
 
     def human() -> None:
         pem = detail.pop("certificate_pem")
@@ -225,9 +148,13 @@ def _show(args: argparse.Namespace) -> int:
 
 
 def _verify_log(args: argparse.Namespace) -> int:
-    report = _verify_direct(args.record) if args.record else _client(args).get("/v1/record/verify")
+    report = (
+        _verify_direct(args.record)
+        if args.record
+        else AdminClient.from_args(args).get("/v1/record/verify")
+    )
     emit(report, args.output, lambda: _print_verify(report))
-    return EXIT_OK if report["ok"] else EXIT_FOUND
+    return EXIT_OK if report["ok"] else EXIT_NO
 
 
 def _print_verify(report: dict[str, Any]) -> None:
@@ -271,27 +198,10 @@ def _guarded(handler: Handler) -> Handler:
         try:
             code: int = handler(args)
         except (CliError, InvalidValue) as exc:
-            print(f"bulwark certs: {exc}", file=sys.stderr)
-            return EXIT_ERROR
+            return fail("certs", str(exc))
         return code
 
     return run
-
-
-def admin_client_flags(*, token_help: str) -> argparse.ArgumentParser:
-    """A parent parser with what every admin API client command takes: `--admin-url`,
-    `--token-file` and `-o`."""
-    common = argparse.ArgumentParser(add_help=False)
-    env_flag(
-        common,
-        "--admin-url",
-        "BULWARK_ADMIN_URL",
-        default=DEFAULT_ADMIN_URL,
-        help="the CA's admin API (HOST:PORT alone means http://)",
-    )
-    env_flag(common, "--token-file", "BULWARK_ADMIN_TOKEN_FILE", help=token_help)
-    add_output_flag(common)
-    return common
 
 
 def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:

@@ -12,63 +12,12 @@ printed), 2 the question could not be asked (unreachable, no token, bad value).
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any
 
-from ca_server.cli.records import CliError, admin_base_url, admin_client_flags
+from ca_server.cli.admin_client import AdminClient, CliError, Refused, admin_client_flags
+from ca_server.cli.exits import EXIT_NO, EXIT_OK, fail, report
 from certs.cli.output import emit
 from certs.values import InvalidValue
-
-TIMEOUT_S = 30.0
-EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
-
-
-class Refused(Exception):
-    """The CA answered 409: the verb does not apply to the current slots."""
-
-
-def call(base: str, token: str | None, method: str, path: str) -> Any:
-    request = urllib.request.Request(
-        f"{base}{path}", method=method, headers={"Accept": "application/json"}
-    )
-    if token is not None:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("detail")
-        except (json.JSONDecodeError, AttributeError, OSError):
-            detail = None
-        if exc.code == 409:
-            raise Refused(str(detail or exc.reason)) from None
-        if exc.code == 401:
-            raise CliError(
-                "the admin API refused the request (401): pass a valid --token-file"
-            ) from None
-        raise CliError(f"admin API error {exc.code}: {detail or exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise CliError(
-            f"cannot reach the admin API at {base}: {reason}: is the CA running? check "
-            "--admin-url (env BULWARK_ADMIN_URL)"
-        ) from None
-    except json.JSONDecodeError:
-        raise CliError(f"the admin API at {base} did not answer JSON") from None
-
-
-def _token(path: str | None) -> str | None:
-    if not path:
-        return None
-    try:
-        return Path(path).read_text().strip()
-    except OSError as exc:
-        raise CliError(f"cannot read --token-file {path}: {exc.strerror}") from None
 
 
 def _print_state(state: dict[str, Any]) -> None:
@@ -86,19 +35,17 @@ def _print_state(state: dict[str, Any]) -> None:
 def _run(args: argparse.Namespace) -> int:
     verb = args.rotate_command
     try:
-        base = admin_base_url(args.admin_url)
-        token = _token(args.token_file)
+        client = AdminClient.from_args(args)
         if verb == "status":
-            state = call(base, token, "GET", "/v1/ca/rotation")
+            state = client.get("/v1/ca/rotation")
         else:
             query = "?force=true" if getattr(args, "force", False) else ""
-            state = call(base, token, "POST", f"/v1/ca/rotation/{verb}{query}")
+            state = client.post(f"/v1/ca/rotation/{verb}{query}")
     except Refused as exc:
-        print(f"bulwark ca rotate {verb}: refused: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        report(f"ca rotate {verb}", f"refused: {exc.reason}")
+        return EXIT_NO
     except (CliError, InvalidValue) as exc:
-        print(f"bulwark ca rotate {verb}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return fail(f"ca rotate {verb}", str(exc))
     emit(state, args.output, lambda: _print_state(state))
     return EXIT_OK
 

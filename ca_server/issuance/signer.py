@@ -1,4 +1,4 @@
-"""Turn an authenticated caller's CSR into a checked certificate chain and its record entry (SPEC §1).
+"""Turn an authenticated caller's CSR into a checked certificate chain and its record entry (docs/COMPATIBILITY.md §1).
 
 Signing is CPU only and never waits on I/O, so an event loop may call it directly;
 the caller commits the record entry before it sends the chain.

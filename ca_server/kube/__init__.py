@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from ca_server.kube.leader import LeaderElector
     from ca_server.kube.rootcm import RootCertPublisher
     from ca_server.kube.secret_store import SecretKeyStore
-    from ca_server.kube.settings import KubeSettings, LeaseTiming, add_flags, settings_from_args
+    from ca_server.kube.settings import KubeSettings, LeaseTiming, settings_from_args
     from ca_server.kube.tokenreview import TokenReviewAuthenticator
     from ca_server.kube.wiring import (
         KubeControllers,
@@ -40,7 +40,6 @@ _HOMES = {
     "SecretKeyStore": "secret_store",
     "KubeSettings": "settings",
     "LeaseTiming": "settings",
-    "add_flags": "settings",
     "settings_from_args": "settings",
     "TokenReviewAuthenticator": "tokenreview",
     "KubeControllers": "wiring",
@@ -69,7 +68,6 @@ __all__ = [
     "RootCertPublisher",
     "SecretKeyStore",
     "TokenReviewAuthenticator",
-    "add_flags",
     "build_tokenreview_authenticator",
     "in_cluster_available",
     "key_store",

@@ -7,7 +7,6 @@ and speaks every resource the CA needs (TokenReview, Secret, ConfigMap, Namespac
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx2
@@ -20,14 +19,17 @@ FIELD_MANAGER = "bulwark-ca"
 IN_CLUSTER_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
-def in_cluster_available(environ: dict[str, str] | None = None) -> bool:
-    """True inside a pod: the service host variable and the mounted token are both there."""
-    env = os.environ if environ is None else environ
-    return bool(env.get("KUBERNETES_SERVICE_HOST")) and IN_CLUSTER_TOKEN.exists()
+def in_cluster_available(service_host: str | None) -> bool:
+    """True inside a pod: KUBERNETES_SERVICE_HOST (`KubeSettings.service_host`) is set and the
+    service account token is mounted."""
+    return bool(service_host) and IN_CLUSTER_TOKEN.exists()
 
 
-def load_config(kubeconfig: Path | None, *, context: str | None = None) -> KubeConfig:
-    """The kubeconfig file when given, else the in-cluster service account."""
+def load_config(
+    kubeconfig: Path | None, *, service_host: str | None = None, context: str | None = None
+) -> KubeConfig:
+    """The kubeconfig file when given, else the in-cluster service account (inside a pod:
+    `service_host` is KUBERNETES_SERVICE_HOST)."""
     try:
         if kubeconfig is not None:
             if not kubeconfig.is_file():
@@ -36,7 +38,7 @@ def load_config(kubeconfig: Path | None, *, context: str | None = None) -> KubeC
             if context is not None and config.get(context) is None:
                 raise KubeConfigError(f"--kubeconfig {kubeconfig} has no context {context!r}")
             return config
-        if not in_cluster_available():
+        if not in_cluster_available(service_host):
             raise KubeConfigError(
                 "--kube-in-cluster needs KUBERNETES_SERVICE_HOST and the mounted token "
                 f"{IN_CLUSTER_TOKEN}; outside a pod use --kubeconfig PATH"

@@ -31,6 +31,7 @@ from lightkube.resources.core_v1 import Secret
 from ca_server.authority.material import CaMaterial
 from ca_server.kube.settings import IstiodCertSettings
 from certs.errors import CertsError
+from certs.istio_files import TLS_CA, TLS_CERT, TLS_KEY
 from certs.keys import load_private_key, spki_der
 from certs.pem import load_certificates
 
@@ -46,20 +47,20 @@ def renewal_reason(
 ) -> str | None:
     """Why the Secret's certificate must be replaced, or None when it is current."""
     try:
-        chain = load_certificates(_unb64(data.get("tls.crt", "")), what="tls.crt")
-        key = load_private_key(_unb64(data.get("tls.key", "")))
-        ca_pem = _unb64(data.get("ca.crt", "")).decode()
+        chain = load_certificates(_unb64(data.get(TLS_CERT, "")), what=TLS_CERT)
+        key = load_private_key(_unb64(data.get(TLS_KEY, "")))
+        ca_pem = _unb64(data.get(TLS_CA, "")).decode()
     except (CertsError, ValueError, TypeError, binascii.Error, UnicodeDecodeError):
         return "missing or unreadable"
     leaf = chain[0]
     if spki_der(key.public_key()) != spki_der(leaf.public_key()):  # type: ignore[arg-type]
-        return "tls.key does not match tls.crt"
+        return f"{TLS_KEY} does not match {TLS_CERT}"
     try:
         leaf.verify_directly_issued_by(material.signing_cert)
     except (ValueError, TypeError, InvalidSignature):
         return "not signed by the current signing certificate"
     if ca_pem != material.root_bundle_pem:
-        return "ca.crt is not the current root bundle"
+        return f"{TLS_CA} is not the current root bundle"
     try:
         names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -78,9 +79,9 @@ def issue(
     """A fresh key and serving certificate for istiod, as the Secret's base64 data."""
     issued = material.issue_server_certificate(now=now, ttl=ttl, dns_names=dns_names)
     return {
-        "tls.crt": _b64(issued.chain_pem),
-        "tls.key": _b64(issued.key_pem),
-        "ca.crt": _b64(material.root_bundle_pem.encode()),
+        TLS_CERT: _b64(issued.chain_pem),
+        TLS_KEY: _b64(issued.key_pem),
+        TLS_CA: _b64(material.root_bundle_pem.encode()),
     }
 
 

@@ -1,4 +1,4 @@
-"""Root distribution: ConfigMap `istio-ca-root-cert` in every namespace (SPEC §1).
+"""Root distribution: ConfigMap `istio-ca-root-cert` in every namespace (docs/COMPATIBILITY.md §1).
 
 Two watches (namespaces; the root ConfigMaps themselves) feed one queue of namespaces to
 check; one worker makes each namespace's ConfigMap hold the current root bundle and the
@@ -22,10 +22,10 @@ from lightkube.resources.core_v1 import ConfigMap, Namespace
 from lightkube.types import OnErrorAction, OnErrorResult
 
 from ca_server.kube.settings import ROOT_CONFIGMAP_NAME
+from certs import istio_files
 
 log = logging.getLogger(__name__)
 
-ROOT_CERT_KEY = "root-cert.pem"
 CONFIG_LABEL = ("istio.io/config", "true")
 EXCLUDED_NAMESPACES = frozenset({"kube-public", "kube-node-lease", "local-path-storage"})
 
@@ -241,7 +241,7 @@ class RootCertPublisher:
                 metadata=ObjectMeta(
                     name=self._name, namespace=namespace, labels={label_key: label_value}
                 ),
-                data={ROOT_CERT_KEY: root},
+                data={istio_files.ROOT_CERT: root},
             )
             self._client.create(fresh, namespace=namespace)
             log.info("created %s in %s", self._name, namespace)
@@ -251,7 +251,7 @@ class RootCertPublisher:
         label_key, label_value = CONFIG_LABEL
         assert cm.metadata is not None
         cm.metadata.labels = {**(cm.metadata.labels or {}), label_key: label_value}
-        cm.data = {ROOT_CERT_KEY: root}
+        cm.data = {istio_files.ROOT_CERT: root}
         cm.binaryData = None
         self._client.replace(cm)  # carries resourceVersion: 409 on a race
         log.info("repaired %s in %s", self._name, namespace)
@@ -262,7 +262,7 @@ class RootCertPublisher:
         labels = (cm.metadata.labels if cm.metadata else None) or {}
         return (
             labels.get(label_key) == label_value
-            and cm.data == {ROOT_CERT_KEY: root}
+            and cm.data == {istio_files.ROOT_CERT: root}
             and not cm.binaryData
         )
 

@@ -1,22 +1,24 @@
-"""Kubernetes settings of `bulwark ca serve`: one frozen dataclass, and the flags that fill it.
+"""Kubernetes settings of `bulwark ca serve`: their flags (one table, `KUBE_OPTIONS`) and the
+frozen dataclasses they fill.
 
-`add_flags` registers the flags (each with an environment variable, as Istio's deployment
-sets them); `settings_from_args` returns None unless `--kubeconfig` or `--kube-in-cluster`
-asks for Kubernetes.
+Each flag has an environment variable, as Istio's deployment sets them; the dataclasses take
+their defaults from the flags' documented ones. `settings_from_args` returns None unless
+`--kubeconfig` or `--kube-in-cluster` asks for Kubernetes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
-from certs.cli.envflags import duration_seconds, env_bool, env_flag
+from ca_server.options import AUTHENTICATION
+from certs.cli.options import Option, csv, seconds
 
 # Kept here, free of heavy imports, so `bulwark --help` can register the flags cheaply.
 DEFAULT_CLUSTER_ID = "Kubernetes"  # Istio's default CLUSTER_ID
@@ -26,18 +28,108 @@ ROOT_CONFIGMAP_NAME = "istio-ca-root-cert"
 # istiod's Service names: the serving certificate of istiod's XDS port always carries them.
 ISTIOD_SERVICE_NAMES = ("istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local")
 
+IN_CLUSTER = Option(
+    group=AUTHENTICATION,
+    flag="--kube-in-cluster",
+    env="BULWARK_KUBE_IN_CLUSTER",
+    switch=True,
+    help="use Kubernetes with the pod's service account",
+)
+NAMESPACE = Option(
+    group=AUTHENTICATION,
+    flag="--kube-namespace",
+    env="POD_NAMESPACE",
+    default="istio-system",
+    help="namespace of the CA Secret and the leader Lease",
+)
+IDENTITY = Option(
+    group=AUTHENTICATION,
+    flag="--kube-identity",
+    env="POD_NAME",
+    default="",
+    help="leader-election identity (default: hostname plus a random suffix)",
+)
+CLUSTER_ID = Option(
+    group=AUTHENTICATION,
+    flag="--cluster-id",
+    env="CLUSTER_ID",
+    default=DEFAULT_CLUSTER_ID,
+    help="this cluster's ID; requests naming another clusterid are refused",
+)
+LEASE_DURATION = Option(
+    group=AUTHENTICATION,
+    flag="--kube-lease-duration",
+    env="BULWARK_KUBE_LEASE_DURATION",
+    default="15s",
+    convert=seconds,
+    early=True,
+    help="how long a leader may go without renewing before another replica takes over",
+)
+RESYNC = Option(
+    group=AUTHENTICATION,
+    flag="--kube-resync",
+    env="BULWARK_KUBE_RESYNC",
+    default="60s",
+    convert=seconds,
+    early=True,
+    help="time between full checks of every namespace's root ConfigMap (and of istiod's serving certificate)",
+)
+ISTIOD_CERT_SECRET = Option(
+    group=AUTHENTICATION,
+    flag="--istiod-cert-secret",
+    env="BULWARK_ISTIOD_CERT_SECRET",
+    default="",
+    help="NAMESPACE/NAME of the kubernetes.io/tls Secret istiod serves XDS with (e.g. istio-system/istiod-tls); the leader issues and renews it at half-life",
+)
+ISTIOD_CERT_DNS_NAMES = Option(
+    group=AUTHENTICATION,
+    flag="--istiod-cert-dns-names",
+    env="BULWARK_ISTIOD_CERT_DNS_NAMES",
+    default="",
+    help="comma-separated DNS names for istiod's certificate besides "
+    + " and ".join(ISTIOD_SERVICE_NAMES),
+)
+ISTIOD_CERT_TTL = Option(
+    group=AUTHENTICATION,
+    flag="--istiod-cert-ttl",
+    env="BULWARK_ISTIOD_CERT_TTL",
+    default="24h",
+    convert=seconds,
+    early=True,
+    help="lifetime of istiod's serving certificate",
+)
+# The Kubernetes flags of `ca serve`, in `--help` order (`--kubeconfig` itself is the CA's own).
+KUBE_OPTIONS = (
+    IN_CLUSTER, NAMESPACE, IDENTITY, CLUSTER_ID, LEASE_DURATION, RESYNC,
+    ISTIOD_CERT_SECRET, ISTIOD_CERT_DNS_NAMES, ISTIOD_CERT_TTL,
+)  # fmt: skip
+
+# client-go's proportions: a 15 s lease is renewed within 10 s, retried every 2 s.
+RENEW_DEADLINE_FRACTION = 2 / 3
+RETRY_PERIOD_FRACTION = 2 / 15
+_LEASE_SECONDS: float = LEASE_DURATION.default_value
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LeaseTiming:
-    """client-go's defaults: 15 s lease, 10 s renew deadline, 2 s between attempts."""
+    """How long a leader's lease lasts, by when it must be renewed, how often it is retried."""
 
-    lease_duration: float = 15.0
-    renew_deadline: float = 10.0
-    retry_period: float = 2.0
+    lease_duration: float = _LEASE_SECONDS
+    renew_deadline: float = _LEASE_SECONDS * RENEW_DEADLINE_FRACTION
+    retry_period: float = _LEASE_SECONDS * RETRY_PERIOD_FRACTION
 
     def __post_init__(self) -> None:
         if not 0 < self.retry_period < self.renew_deadline < self.lease_duration:
             raise ValueError("lease timing needs 0 < retry < renew deadline < lease duration")
+
+    @classmethod
+    def of(cls, lease_duration: float) -> LeaseTiming:
+        """A lease of `lease_duration` seconds with client-go's proportions."""
+        return cls(
+            lease_duration=lease_duration,
+            renew_deadline=lease_duration * RENEW_DEADLINE_FRACTION,
+            retry_period=lease_duration * RETRY_PERIOD_FRACTION,
+        )
 
 
 def _default_identity() -> str:
@@ -51,7 +143,7 @@ class IstiodCertSettings:
     namespace: str = "istio-system"
     name: str = "istiod-tls"
     dns_names: tuple[str, ...] = ISTIOD_SERVICE_NAMES
-    ttl: timedelta = timedelta(hours=24)
+    ttl: timedelta = timedelta(seconds=ISTIOD_CERT_TTL.default_value)
     interval_seconds: float = 30.0
 
     @property
@@ -72,97 +164,23 @@ class KubeSettings:
     """Where the API server is and how this replica takes part in the cluster."""
 
     kubeconfig: Path | None  # None: the pod's in-cluster service account
-    namespace: str = "istio-system"  # where the CA Secret and the Lease live
+    # KUBERNETES_SERVICE_HOST as the CA started with: set inside a pod (in-cluster only).
+    service_host: str | None = None
+    namespace: str = NAMESPACE.default_value  # where the CA Secret and the Lease live
     identity: str = field(default_factory=_default_identity)  # Lease holder name (the pod name)
-    cluster_id: str = DEFAULT_CLUSTER_ID
+    cluster_id: str = CLUSTER_ID.default_value
     lease_name: str = DEFAULT_LEASE_NAME
     lease: LeaseTiming = field(default_factory=LeaseTiming)
     ca_secret_name: str = CA_SECRET_NAME
     root_configmap_name: str = ROOT_CONFIGMAP_NAME
-    resync_seconds: float = 60.0
+    resync_seconds: float = RESYNC.default_value
     istiod_cert: IstiodCertSettings | None = None  # None: Bulwark does not write istiod-tls
 
     def __post_init__(self) -> None:
         if not self.namespace or not self.identity:
-            raise ValueError("--kube-namespace and --kube-identity must not be empty")
+            raise ValueError(f"{NAMESPACE.flag} and {IDENTITY.flag} must not be empty")
         if self.resync_seconds <= 0:
-            raise ValueError("--kube-resync must be positive")
-
-
-def add_flags(p: argparse.ArgumentParser | Any) -> None:
-    """The Kubernetes flags of `bulwark ca serve` (`--kubeconfig` itself is the CA's own)."""
-    p.add_argument(
-        "--kube-in-cluster",
-        action="store_true",
-        default=env_bool("BULWARK_KUBE_IN_CLUSTER"),
-        help="use Kubernetes with the pod's service account (env BULWARK_KUBE_IN_CLUSTER)",
-    )
-    env_flag(
-        p,
-        "--kube-namespace",
-        "POD_NAMESPACE",
-        default="istio-system",
-        help="namespace of the CA Secret and the leader Lease",
-    )
-    env_flag(
-        p,
-        "--kube-identity",
-        "POD_NAME",
-        default="",
-        help="leader-election identity (default: hostname plus a random suffix)",
-    )
-    env_flag(
-        p,
-        "--cluster-id",
-        "CLUSTER_ID",
-        default=DEFAULT_CLUSTER_ID,
-        help="this cluster's ID; requests naming another clusterid are refused",
-    )
-    env_flag(
-        p,
-        "--kube-lease-duration",
-        "BULWARK_KUBE_LEASE_DURATION",
-        default="15s",
-        type=duration_seconds("--kube-lease-duration (env BULWARK_KUBE_LEASE_DURATION)"),
-        help="how long a leader may go without renewing before another replica takes over",
-    )
-    env_flag(
-        p,
-        "--kube-resync",
-        "BULWARK_KUBE_RESYNC",
-        default="60s",
-        type=duration_seconds("--kube-resync (env BULWARK_KUBE_RESYNC)"),
-        help="time between full checks of every namespace's root ConfigMap (and of istiod's "
-        "serving certificate)",
-    )
-    _istiod_flags(p)
-
-
-def _istiod_flags(p: argparse.ArgumentParser | Any) -> None:
-    env_flag(
-        p,
-        "--istiod-cert-secret",
-        "BULWARK_ISTIOD_CERT_SECRET",
-        default="",
-        help="NAMESPACE/NAME of the kubernetes.io/tls Secret istiod serves XDS with (e.g. "
-        "istio-system/istiod-tls); the leader issues and renews it at half-life",
-    )
-    env_flag(
-        p,
-        "--istiod-cert-dns-names",
-        "BULWARK_ISTIOD_CERT_DNS_NAMES",
-        default="",
-        help="comma-separated DNS names for istiod's certificate besides "
-        + " and ".join(ISTIOD_SERVICE_NAMES),
-    )
-    env_flag(
-        p,
-        "--istiod-cert-ttl",
-        "BULWARK_ISTIOD_CERT_TTL",
-        default="24h",
-        type=duration_seconds("--istiod-cert-ttl (env BULWARK_ISTIOD_CERT_TTL)"),
-        help="lifetime of istiod's serving certificate",
-    )
+            raise ValueError(f"{RESYNC.flag} must be positive")
 
 
 _DNS_NAME = re.compile(
@@ -172,20 +190,20 @@ _DNS_NAME = re.compile(
 
 def istiod_cert_from_args(args: argparse.Namespace, resync: float) -> IstiodCertSettings | None:
     """`--istiod-cert-*` as settings, None when `--istiod-cert-secret` is empty."""
-    ref = str(getattr(args, "istiod_cert_secret", "") or "")
+    ref = ISTIOD_CERT_SECRET.value(args)
     if not ref:
         return None
     try:
         namespace, name = parse_secret_ref(ref)
     except ValueError as exc:
-        raise ValueError(f"--istiod-cert-secret: {exc}") from None
-    extra = [d.strip() for d in str(args.istiod_cert_dns_names or "").split(",") if d.strip()]
+        raise ValueError(f"{ISTIOD_CERT_SECRET.flag}: {exc}") from None
+    extra = csv(ISTIOD_CERT_DNS_NAMES.value(args), ISTIOD_CERT_DNS_NAMES.what)
     for dns in extra:
         if not _DNS_NAME.match(dns):
-            raise ValueError(f"--istiod-cert-dns-names: {dns!r} is not a lowercase DNS name")
-    ttl = float(args.istiod_cert_ttl)
+            raise ValueError(f"{ISTIOD_CERT_DNS_NAMES.flag}: {dns!r} is not a lowercase DNS name")
+    ttl: float = ISTIOD_CERT_TTL.value(args)
     if not 3600 <= ttl <= 90 * 86400:
-        raise ValueError("--istiod-cert-ttl must be between 1h and 90d")
+        raise ValueError(f"{ISTIOD_CERT_TTL.flag} must be between 1h and 90d")
     names = tuple(dict.fromkeys((*ISTIOD_SERVICE_NAMES, *extra)))
     return IstiodCertSettings(
         namespace=namespace,
@@ -196,27 +214,27 @@ def istiod_cert_from_args(args: argparse.Namespace, resync: float) -> IstiodCert
     )
 
 
-def settings_from_args(args: argparse.Namespace) -> KubeSettings | None:
-    kubeconfig = Path(args.kubeconfig) if getattr(args, "kubeconfig", None) else None
-    if kubeconfig is None and not args.kube_in_cluster:
-        if getattr(args, "istiod_cert_secret", ""):
-            raise ValueError("--istiod-cert-secret needs --kubeconfig or --kube-in-cluster")
+def settings_from_args(args: argparse.Namespace, kubeconfig: Path | None) -> KubeSettings | None:
+    """The Kubernetes settings of the parsed `ca serve` flags; None without `kubeconfig` or
+    `--kube-in-cluster`."""
+    if kubeconfig is None and not IN_CLUSTER.value(args):
+        if ISTIOD_CERT_SECRET.value(args):
+            raise ValueError(f"{ISTIOD_CERT_SECRET.flag} needs --kubeconfig or {IN_CLUSTER.flag}")
         return None
-    duration = float(args.kube_lease_duration)
     try:
-        timing = LeaseTiming(
-            lease_duration=duration, renew_deadline=duration * 2 / 3, retry_period=duration * 2 / 15
-        )
+        timing = LeaseTiming.of(LEASE_DURATION.value(args))
     except ValueError as exc:
-        raise ValueError(f"--kube-lease-duration: {exc}") from exc
+        raise ValueError(f"{LEASE_DURATION.flag}: {exc}") from exc
+    resync: float = RESYNC.value(args)
     return KubeSettings(
         kubeconfig=kubeconfig,
-        namespace=args.kube_namespace,
-        identity=args.kube_identity or _default_identity(),
-        cluster_id=args.cluster_id,
+        service_host=os.environ.get("KUBERNETES_SERVICE_HOST"),
+        namespace=NAMESPACE.value(args),
+        identity=IDENTITY.value(args) or _default_identity(),
+        cluster_id=CLUSTER_ID.value(args),
         lease=timing,
-        resync_seconds=float(args.kube_resync),
-        istiod_cert=istiod_cert_from_args(args, float(args.kube_resync)),
+        resync_seconds=resync,
+        istiod_cert=istiod_cert_from_args(args, resync),
     )
 
 
@@ -225,10 +243,10 @@ __all__ = [
     "DEFAULT_CLUSTER_ID",
     "DEFAULT_LEASE_NAME",
     "ISTIOD_SERVICE_NAMES",
+    "KUBE_OPTIONS",
     "ROOT_CONFIGMAP_NAME",
     "IstiodCertSettings",
     "KubeSettings",
     "LeaseTiming",
-    "add_flags",
     "settings_from_args",
 ]

@@ -1,4 +1,4 @@
-"""Kubernetes service-account tokens checked with the TokenReview API (SPEC §1, authenticator 2).
+"""Kubernetes service-account tokens checked with the TokenReview API (docs/COMPATIBILITY.md §1, authenticator 2).
 
 The API server does the cryptography and the liveness check (a deleted service account or
 pod invalidates its tokens); this module asks it, insists on a service-account identity,
@@ -8,10 +8,7 @@ per token, not one per request.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import json
 import threading
 import time
 from collections import OrderedDict
@@ -27,7 +24,9 @@ from ca_server.errors import AuthenticationError, ImpersonationRefused, Upstream
 from ca_server.identity import Caller, RequestCredentials, shown
 from ca_server.kube.node_auth import KubeNodeAuthorizer
 from ca_server.kube.settings import DEFAULT_CLUSTER_ID
-from certs.errors import InvalidSpiffeId
+from ca_server.options import ISTIO_CA_AUDIENCE
+from certs.errors import InvalidSpiffeId, JwtError
+from certs.jwt_rules import numeric_date, unverified_claims
 from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
 
 SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"
@@ -61,7 +60,7 @@ class TokenReviewAuthenticator:
         client: Client,
         *,
         trust_domain: TrustDomain,
-        audiences: Sequence[str] = ("istio-ca",),
+        audiences: Sequence[str] = (ISTIO_CA_AUDIENCE,),
         cluster_id: str = DEFAULT_CLUSTER_ID,
         max_cache_entries: int = DEFAULT_CACHE_ENTRIES,
         max_cache_seconds: float | None = DEFAULT_CACHE_SECONDS,
@@ -207,16 +206,12 @@ def _with_request(caller: Caller, creds: RequestCredentials) -> Caller:
 
 
 def _unverified_exp(token: str) -> float | None:
-    parts = token.split(".")
-    if len(parts) != 3:
-        return None
-    payload = parts[1] + "=" * (-len(parts[1]) % 4)
+    """The token's `exp` for the review cache; None (not cached) unless it is whole seconds."""
     try:
-        claims = json.loads(base64.urlsafe_b64decode(payload))
-    except (binascii.Error, ValueError):
+        exp = numeric_date(unverified_claims(token), "exp")
+    except JwtError:
         return None
-    exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
+    return float(exp) if exp is not None else None
 
 
 def _first(values: object) -> str:

@@ -7,7 +7,8 @@ supervisor (this process, asyncio)      workers (`pool`, spawned, one per core)
   - serving certificate                   - metrics into PROMETHEUS_MULTIPROC_DIR
   - admin app (uvicorn)
   - material refresher (`material_refresh`): re-reads CA material, hands it to the pool
-Start-up failures (`STARTUP_ERRORS`) become one line on stderr and exit 2.
+Start-up failures raise; `bulwark ca serve` (ca_server.cli.exits) turns them into one line
+on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -20,16 +21,17 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import uvicorn
 
 from ca_server.admin.app import create_admin_app
-from ca_server.authn.local_issuer import LocalIssuer
+from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, KEY_FILE, LocalIssuer
+from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody, key_location
 from ca_server.authority.material import (
     CaMaterial,
     DirectoryKeyStore,
@@ -43,11 +45,13 @@ from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
 from ca_server.errors import ConfigError
+from ca_server.hsm.readiness import HsmReadiness
+from ca_server.process.custody import close_custody, open_custody
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
 from ca_server.process.slots import build_rotator
 from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
-from ca_server.record.ledger.integrity import RecordDamaged, guard_record_of
+from ca_server.record.ledger.integrity import guard_record_of
 from ca_server.record.lock import lock_sqlite_record
 from ca_server.spiffe.services import SpiffeServices
 from certs.errors import CertsError
@@ -57,28 +61,26 @@ log = logging.getLogger("ca_server")
 CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
 SERVING_CERT_TTL = timedelta(days=365)
 
-# The one place where a failure at start becomes exit 2 and a one-line message (no traceback).
-# Each type's message names the file or flag and the fix; a new typed start-up error is one
-# more entry here. OSError covers a file the CA could not use that no check caught first.
-STARTUP_ERRORS: tuple[type[Exception], ...] = (ConfigError, RecordDamaged, OSError)
-
 
 def prepare_material(
-    config: CaConfig, now: datetime, rotator: SlotRotator | None = None
+    config: CaConfig,
+    now: datetime,
+    rotator: SlotRotator | None = None,
+    custody: KeyCustody = FILE_CUSTODY,
 ) -> CaMaterial:
     """Plugged-in CA files when given, else the self-signed root of the data dir (created once).
 
     With CA slots (`rotator`) the stored slots win: a restart mid-rotation keeps signing with
     the active CA even when the `cacerts` files already hold the next one."""
     if config.cacerts_dir is not None:
-        material = load_cacerts_dir(config.cacerts_dir, now)
+        material = load_cacerts_dir(config.cacerts_dir, now, custody)
     elif config.kube is not None:
         from ca_server.kube.wiring import load_or_create_material
 
-        material = load_or_create_material(config.kube, config.trust_domain, now)
+        material = load_or_create_material(config.kube, config.trust_domain, now, custody)
     else:
         material = load_or_create(
-            DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now
+            DirectoryKeyStore(config.data_dir / "ca", custody), config.trust_domain, now, custody
         )
     if rotator is not None:
         material = rotator.step(material, now, may_act=config.kube is None)
@@ -97,23 +99,16 @@ def serving_certificate(
 
 
 def serve(config: CaConfig, *, log_level: int = logging.INFO, log_format: str = "text") -> int:
-    """Run the CA until SIGTERM/SIGINT. Returns the process exit code."""
+    """Run the CA until SIGTERM/SIGINT; returns 0. A start-up failure raises (ConfigError,
+    RecordDamaged, OSError, ...) for the command to report."""
     metrics_dir = tempfile.mkdtemp(prefix="bulwark-ca-metrics-")
+    # Worker-process plumbing, not configuration: prometheus_client's multiprocess mode reads
+    # this variable in every process, and spawned workers inherit it from this one.
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     try:
         return asyncio.run(_serve(config, metrics_dir, log_level, log_format))
-    except STARTUP_ERRORS as exc:
-        print(f"bulwark ca serve: {startup_message(exc)}", file=sys.stderr)
-        return 2
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def startup_message(exc: BaseException) -> str:
-    """The one line a user sees for a start-up error."""
-    if isinstance(exc, (ConfigError, RecordDamaged)):
-        return " ".join(str(exc).split())
-    return describe_failure(exc)
 
 
 def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
@@ -144,6 +139,7 @@ def _material_manager(
     initial: CaMaterial,
     may_act: Callable[[], bool] = lambda: True,
     rotator: SlotRotator | None = None,
+    custody: KeyCustody = FILE_CUSTODY,
 ) -> MaterialManager:
     """Where material is re-read from, and whether this process may renew the root or move
     the CA slots."""
@@ -152,15 +148,15 @@ def _material_manager(
         cacerts = config.cacerts_dir
 
         def reload(now: datetime) -> CaMaterial:
-            return load_cacerts_dir(cacerts, now)
+            return load_cacerts_dir(cacerts, now, custody)
 
     else:
         if config.kube is not None:
             from ca_server.kube.wiring import key_store
 
-            store = key_store(config.kube)
+            store = key_store(config.kube, custody)
         else:
-            store = DirectoryKeyStore(config.data_dir / "ca")
+            store = DirectoryKeyStore(config.data_dir / "ca", custody)
         kept, in_kube = store, config.kube is not None
 
         def reload(now: datetime) -> CaMaterial:
@@ -261,15 +257,28 @@ def _reserve_grpc_ports(
     return binds
 
 
+def _announce_key(custody: KeyCustody, material: CaMaterial) -> None:
+    if isinstance(custody, HsmCustody):
+        where = key_location(material.signing_key)
+        log.info(
+            "CA key in the HSM: token %s, object %s (%s), module %s",
+            where["token"],
+            where["object"],
+            where["key_type"],
+            custody.token.module,
+        )
+
+
 def _announce_local_issuer(config: CaConfig) -> None:
     if config.uses_local_issuer:
-        private_dir(config.data_dir / "token-issuer", what="token issuer directory")
+        issuer_dir = config.data_dir / ISSUER_DIR
+        private_dir(issuer_dir, what="token issuer directory")
         try:
             issuer = LocalIssuer.load_or_create(config.data_dir)
         except (ValueError, CertsError) as exc:
             raise ConfigError(
-                f"the embedded token issuer in {config.data_dir / 'token-issuer'} is unusable "
-                f"({describe_failure(exc)}); remove key.pem and jwks.json there to make new ones"
+                f"the embedded token issuer in {issuer_dir} is unusable ({describe_failure(exc)}); "
+                f"remove {KEY_FILE} and {JWKS_FILE} there to make new ones"
             ) from None
         log.warning(
             "no authenticator configured: trusting the embedded token issuer (JWKS %s); "
@@ -293,9 +302,20 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
 
 
 async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
-    rotator = build_rotator(config)
-    material = prepare_material(config, datetime.now(UTC), rotator)
+    custody = open_custody(config)  # with --ca-key pkcs11:..., the supervisor's HSM session
+    try:
+        return await _serve_with_custody(config, custody, metrics_dir, log_level, log_format)
+    finally:
+        close_custody(custody)
+
+
+async def _serve_with_custody(
+    config: CaConfig, custody: KeyCustody, metrics_dir: str, log_level: int, log_format: str
+) -> int:
+    rotator = build_rotator(config, custody)
+    material = prepare_material(config, datetime.now(UTC), rotator, custody)
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
+    _announce_key(custody, material)
     _announce_local_issuer(config)
     from ca_server.admin import check_record
 
@@ -312,9 +332,9 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             material=lambda: manager.current,  # istiod's serving certificate, when configured
         )
     manager = _material_manager(
-        config, material, controllers.is_leader if controllers else lambda: True, rotator
+        config, material, controllers.is_leader if controllers else lambda: True, rotator, custody
     )
-    spiffe = SpiffeServices(config, lambda: manager.current)
+    spiffe = SpiffeServices(config, lambda: manager.current, custody=custody)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
     pool: CaPool | None = None
@@ -341,17 +361,7 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         endpoint_addr = await spiffe.start()
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
-        health = ReloadHealth(time.time())
-        wake = asyncio.Event()
-        keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
-        spiffe_task = asyncio.create_task(spiffe.run())
-        try:
-            return await _run_admin(config, pool, metrics_dir, manager, health, addrs, wake, spiffe)
-        finally:
-            for task in (keeper, spiffe_task):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        return await _serve_until_stopped(config, pool, manager, spiffe, metrics_dir, addrs)
     finally:
         anchor_keeper.stop()
         if controllers is not None:
@@ -362,22 +372,62 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             sock.close()
 
 
-def _readiness(pool: CaPool, health: ReloadHealth) -> tuple[bool, str]:
-    """Ready while every worker serves; the detail also says how the material checks go."""
-    ready, detail = pool.readiness()
-    return ready, f"{detail}; {health.detail()}"
+async def _serve_until_stopped(
+    config: CaConfig,
+    pool: CaPool,
+    manager: MaterialManager,
+    spiffe: SpiffeServices,
+    metrics_dir: str,
+    addrs: dict[str, str],
+) -> int:
+    """The admin API beside the supervisor's tasks (material refresher, SPIFFE duties, the HSM
+    probe) until SIGTERM/SIGINT."""
+    checks = Readiness(
+        pool=pool,
+        health=ReloadHealth(time.time()),
+        hsm=HsmReadiness(lambda: manager.current.signing_key),
+    )
+    wake = asyncio.Event()
+    tasks = [
+        asyncio.create_task(_keep_material_current(config, manager, pool, checks.health, wake)),
+        asyncio.create_task(spiffe.run()),
+        asyncio.create_task(checks.hsm.run()),
+    ]
+    try:
+        return await _run_admin(config, checks, metrics_dir, manager, addrs, wake, spiffe)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Readiness:
+    """What `/readyz` asks: the workers, the material checks and an HSM-held key."""
+
+    pool: CaPool
+    health: ReloadHealth
+    hsm: HsmReadiness
+
+    def __call__(self) -> tuple[bool, str]:
+        """Ready while every worker serves and the CA key signs; the detail also says how the
+        material checks go."""
+        ready, detail = self.pool.readiness()
+        parts = [detail, self.health.detail(), self.hsm.detail()]
+        return ready and self.hsm.ready, "; ".join(p for p in parts if p)
 
 
 async def _run_admin(
     config: CaConfig,
-    pool: CaPool,
+    checks: Readiness,
     metrics_dir: str,
     manager: MaterialManager,
-    health: ReloadHealth,
     addrs: dict[str, str],
     wake: asyncio.Event,
     spiffe: SpiffeServices,
 ) -> int:
+    pool, health = checks.pool, checks.health
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin import admin_router_for
     from ca_server.admin.wiring import rotation_router_for
@@ -388,6 +438,7 @@ async def _run_admin(
         admin_host=admin_host,
         spiffe_bundle=spiffe.spiffe_bundle,
         federated_bundles=spiffe.federated,
+        metrics_dir=metrics_dir,
     )
     loop = asyncio.get_running_loop()
 
@@ -400,7 +451,7 @@ async def _run_admin(
     app = create_admin_app(
         metrics_dir=metrics_dir,
         material=lambda: manager.current,
-        readiness=lambda: _readiness(pool, health),
+        readiness=checks,
         routers=[record_router, rotation_router],
         extra_metrics=lambda: health.exposition() + spiffe.exposition(),
     )

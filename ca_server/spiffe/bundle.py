@@ -1,7 +1,7 @@
-"""The one builder of this CA's SPIFFE trust bundle (SPIFFE Trust Domain and Bundle spec).
+"""This CA's SPIFFE trust bundle: what goes in it (the format is `certs.spiffe_bundle`'s).
 
-A JWKS: each X.509 root as a key with `use: x509-svid` and its DER in `x5c`, each
-published JWT-SVID key with `use: jwt-svid` and its `kid`, plus `spiffe_sequence`
+Each X.509 root as an `x509-svid` authority, each published JWT-SVID key with
+`use: jwt-svid` and its `kid`, plus `spiffe_sequence`
 (bumped by the supervisor whenever the contents change, kept in the JWT key file so all
 processes and restarts agree) and `spiffe_refresh_hint` (seconds). The workers'
 `FetchTrustBundles`, the admin API's `/v1/trust-bundle?format=spiffe` and the bundle
@@ -10,73 +10,33 @@ endpoint all serve `BundleSource.document()`.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ca_server.spiffe.jwtsvid.keyset import JwtKey, KeyFile, KeySet, bundle_digest, published
 from certs.pem import sha256_fingerprint
+from certs.spiffe_bundle import SpiffeBundle, build_bundle
 
 Clock = Callable[[], datetime]
-_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _int_bytes(value: int, size: int | None = None) -> bytes:
-    return value.to_bytes(size or max(1, (value.bit_length() + 7) // 8), "big")
-
-
-def x509_authority(cert: x509.Certificate) -> dict[str, Any]:
-    """One root as a bundle JWK (`use: x509-svid`, the certificate's DER in `x5c`)."""
-    der = base64.b64encode(cert.public_bytes(Encoding.DER)).decode("ascii")
-    key = cert.public_key()
-    jwk: dict[str, Any] = {"use": "x509-svid"}
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        numbers, size = key.public_numbers(), (key.curve.key_size + 7) // 8
-        jwk |= {
-            "kty": "EC",
-            "crv": _CURVES[key.curve.name],
-            "x": _b64url(_int_bytes(numbers.x, size)),
-            "y": _b64url(_int_bytes(numbers.y, size)),
-        }
-    elif isinstance(key, rsa.RSAPublicKey):
-        rsa_numbers = key.public_numbers()
-        jwk |= {
-            "kty": "RSA",
-            "n": _b64url(_int_bytes(rsa_numbers.n)),
-            "e": _b64url(_int_bytes(rsa_numbers.e)),
-        }
-    elif isinstance(key, ed25519.Ed25519PublicKey):
-        raw = key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-        jwk |= {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
-    else:
-        raise ValueError(f"root key type {type(key).__name__} has no JWK form here")
-    jwk["x5c"] = [der]
-    return jwk
-
-
-def build_bundle(
+def own_bundle(
     *,
     roots: Sequence[x509.Certificate],
     jwt_keys: Sequence[JwtKey],
     sequence: int,
     refresh_hint: timedelta,
-) -> dict[str, Any]:
-    """The bundle document, as a dict ready for `json.dumps`."""
-    return {
-        "keys": [x509_authority(r) for r in roots] + [k.public_jwk() for k in jwt_keys],
-        "spiffe_sequence": sequence,
-        "spiffe_refresh_hint": max(1, int(refresh_hint.total_seconds())),
-    }
+) -> SpiffeBundle:
+    """This CA's bundle (written by `certs.spiffe_bundle`, the one writer of the format)."""
+    return build_bundle(
+        roots=roots,
+        jwt_keys=[k.public_jwk() for k in jwt_keys],
+        sequence=sequence,
+        refresh_hint=max(1, int(refresh_hint.total_seconds())),
+    )
 
 
 def contents_digest(roots: Sequence[x509.Certificate], keyset: KeySet, now: datetime) -> str:
@@ -100,14 +60,17 @@ class BundleSource:
         self._refresh_hint = refresh_hint
         self._clock = clock
 
-    def document(self) -> dict[str, Any]:
+    def bundle(self) -> SpiffeBundle:
         keyset = self._key_file.load()
-        return build_bundle(
+        return own_bundle(
             roots=self._roots(),
             jwt_keys=published(keyset.keys, self._clock()),
             sequence=keyset.sequence,
             refresh_hint=self._refresh_hint,
         )
 
+    def document(self) -> dict[str, Any]:
+        return self.bundle().document()
+
     def json_bytes(self) -> bytes:
-        return json.dumps(self.document(), separators=(",", ":")).encode()
+        return self.bundle().to_json()

@@ -1,7 +1,10 @@
 """`bulwark`: one command line for the CA, the agent and the certificates they handle.
 
-Each area contributes its subcommands with a `register(subparsers)` function;
-heavy imports happen inside the handlers so `bulwark --help` stays fast.
+Each package declares its subcommands as entry points of the group `bulwark.commands` in
+pyproject.toml (`NAME = "module:register"`): `register(subparsers)` adds the command NAME.
+Running `bulwark NAME ...` loads only that entry point (the agent never imports the CA);
+`--help`, a mistyped command and `completion` load them all. Heavy imports happen inside
+the handlers so `bulwark --help` stays fast.
 A user never sees a traceback for a mistake of theirs: a bad value, an unreadable
 file or a refused request ends with one line naming what to fix, exit status 2.
 """
@@ -9,21 +12,17 @@ file or a refused request ends with one line naming what to fix, exit status 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
 from certs.cli.parser import BulwarkParser, fill_descriptions
 
-_COMMAND_MODULES = (
-    "ca_server.cli.serve",
-    "certs.cli.inspect",
-    "certs.cli.request",
-    "ca_server.cli.records",
-    "agent.cli.commands",
-    "certs.cli.completion",
-)
+COMMAND_GROUP = "bulwark.commands"
+# The order of `bulwark --help` (entry points come sorted by name); others follow by name.
+HELP_ORDER = ("ca", "token", "inspect", "cert", "certs", "agent", "completion")
 EXIT_USAGE = 2
 
 
@@ -37,7 +36,30 @@ def version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def commands() -> list[EntryPoint]:
+    """The declared commands, in `bulwark --help` order."""
+    declared = sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
+    rank = {name: i for i, name in enumerate(HELP_ORDER)}
+    return sorted(declared, key=lambda ep: rank.get(ep.name, len(rank)))
+
+
+def load(command: EntryPoint) -> Callable[[Any], None] | None:
+    """The `register` function of `command`, or None when its package is not installed."""
+    try:
+        register: Callable[[Any], None] = command.load()
+    except ModuleNotFoundError as exc:
+        module = command.module
+        if exc.name is not None and (module == exc.name or module.startswith(exc.name + ".")):
+            return None  # that area is not installed in this build
+        raise
+    return register
+
+
+def build_parser(
+    argv: Sequence[str] | None = None, declared: Sequence[EntryPoint] | None = None
+) -> argparse.ArgumentParser:
+    """The `bulwark` parser; given the words of a command line that name a command, with
+    that command alone (`declared`: the commands, when the caller has them already)."""
     parser = BulwarkParser(
         prog="bulwark",
         description="Bulwark: workload identity for service meshes (Istio-compatible CA and agent).",
@@ -46,14 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--version", action="version", version=f"bulwark {version()}", help="print the version"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:
-                continue  # that area is not installed in this build
-            raise
-        module.register(sub)
+    declared = commands() if declared is None else declared
+    named = [ep for ep in declared if argv and ep.name == argv[0]]
+    for command in named or declared:
+        register = load(command)
+        if register is not None:
+            register(sub)
     fill_descriptions(parser)
     return parser
 
@@ -61,9 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from certs.values import InvalidValue
 
+    declared = commands()  # one scan of the installed metadata (~20 ms)
+    if not declared:
+        print(
+            f"bulwark: no commands are installed (no {COMMAND_GROUP!r} entry points): "
+            "install the package, e.g. `pip install -e .` or `make venv`",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     try:
-        parser = build_parser()  # flag defaults read the environment: may refuse a value
-        args = parser.parse_args(argv)
+        words = sys.argv[1:] if argv is None else list(argv)
+        parser = build_parser(words, declared)  # flag defaults read the environment
+        args = parser.parse_args(words)
         code: int = args.handler(args)
     except KeyboardInterrupt:
         return 130

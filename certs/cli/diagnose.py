@@ -13,6 +13,8 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from certs.istio_files import ROOT_CERT
+
 
 def explain(
     chain: Sequence[x509.Certificate], roots: Sequence[x509.Certificate], now: datetime
@@ -42,7 +44,7 @@ def explain(
         return (
             f"wrong root: the chain ends at {_name(top)}, issued by {_dn(top.issuer)}, "
             f"but the given root(s) are {given}; pass the root of the CA that issued it "
-            "(its root-cert.pem)"
+            f"(its {ROOT_CERT})"
         )
     for root in named:
         try:
@@ -52,7 +54,7 @@ def explain(
             continue
     return (
         f"wrong root: a root named {_dn(top.issuer)} was given, but its key did not sign "
-        f"{_name(top)}; the CA's root was probably replaced since (fetch its current root-cert.pem)"
+        f"{_name(top)}; the CA's root was probably replaced since (fetch its current {ROOT_CERT})"
     )
 
 

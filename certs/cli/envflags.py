@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 from typing import Any
 
-from certs.values import InvalidValue, parse_bool, parse_duration
+from certs.values import parse_bool
 
 
 def env_flag(
@@ -31,15 +30,3 @@ def env_bool(env: str, default: bool = False) -> bool:
     if not raw:
         return default
     return parse_bool(raw, env)
-
-
-def duration_seconds(what: str) -> Callable[[str], float]:
-    """An argparse `type`: a duration (Go syntax, `d`, `w`, or plain seconds) as seconds."""
-
-    def convert(text: str) -> float:
-        try:
-            return parse_duration(text, what).total_seconds()
-        except InvalidValue as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return convert

@@ -18,6 +18,7 @@ from certs.cli.envflags import env_flag
 from certs.cli.output import add_output_flag, emit
 from certs.cli.request_flow import RequestError
 from certs.errors import CertsError
+from certs.istio_files import CERT_CHAIN, KEY, ROOT_CERT
 from certs.keys import KeyType
 from certs.values import parse_duration, parse_host_port
 
@@ -33,13 +34,13 @@ def register(sub: Any) -> None:
     cert_sub = cert.add_subparsers(dest="cert_command", metavar="COMMAND", required=True)
     p = cert_sub.add_parser(
         "request",
-        help="make a key and CSR, get it signed, write cert-chain.pem/key.pem/root-cert.pem",
+        help=f"make a key and CSR, get it signed, write {CERT_CHAIN}/{KEY}/{ROOT_CERT}",
         description=(
             "Make a key and CSR for a SPIFFE ID, ask the CA's CreateCertificate for it, verify "
-            "the answer against --root and write cert-chain.pem, key.pem (0600) and "
-            "root-cert.pem to --out. Authenticate with --token-file (a service-account token, "
-            "on the CA's TLS port) or --renew-from DIR holding the current cert-chain.pem and "
-            "key.pem (on the CA's mTLS port). Exit 2 when no certificate was written."
+            f"the answer against --root and write {CERT_CHAIN}, {KEY} (0600) and "
+            f"{ROOT_CERT} to --out. Authenticate with --token-file (a service-account token, "
+            f"on the CA's TLS port) or --renew-from DIR holding the current {CERT_CHAIN} and "
+            f"{KEY} (on the CA's mTLS port). Exit 2 when no certificate was written."
         ),
     )
     env_flag(p, "--ca-addr", "CA_ADDR", default="127.0.0.1:15012", help="the CA's gRPC address")
@@ -58,7 +59,7 @@ def register(sub: Any) -> None:
     auth.add_argument(
         "--renew-from",
         metavar="DIR",
-        help="directory with the current cert-chain.pem and key.pem (renewal over mTLS)",
+        help=f"directory with the current {CERT_CHAIN} and {KEY} (renewal over mTLS)",
     )
     p.add_argument(
         "--spiffe-id",

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from certs.csr import build_csr
 from certs.errors import CertsError
 from certs.files import write_atomic
+from certs.istio_files import CERT_CHAIN, KEY, ROOT_CERT
 from certs.keys import KeyType, PrivateKey, generate_key, load_private_key, private_key_pem
 from certs.pem import bundle_pem, load_certificates, serial_hex
 from certs.spiffe_id import SpiffeId, TrustDomain
@@ -76,13 +77,14 @@ def _credentials(plan: Plan) -> _Credentials:
             raise RequestError(f"--token-file {plan.token_file} is empty")
         return _Credentials(metadata=(("authorization", f"Bearer {token}"),))
     assert plan.renew_from is not None
-    chain_pem = _read(plan.renew_from / "cert-chain.pem", "--renew-from")
-    key_pem = _read(plan.renew_from / "key.pem", "--renew-from")
-    current = load_certificates(chain_pem, what=str(plan.renew_from / "cert-chain.pem"))[0]
+    chain_path, key_path = plan.renew_from / CERT_CHAIN, plan.renew_from / KEY
+    chain_pem = _read(chain_path, "--renew-from")
+    key_pem = _read(key_path, "--renew-from")
+    current = load_certificates(chain_pem, what=str(chain_path))[0]
     try:
         load_private_key(key_pem)
     except (CertsError, ValueError) as exc:
-        raise RequestError(f"{plan.renew_from / 'key.pem'} holds no usable key: {exc}") from None
+        raise RequestError(f"{key_path} holds no usable key: {exc}") from None
     return _Credentials(metadata=(), client_key=key_pem, client_chain=chain_pem, current=current)
 
 
@@ -112,7 +114,7 @@ def _call(plan: Plan, creds: _Credentials, csr_pem: str) -> list[str]:
         csr=csr_pem, validity_duration=int(plan.ttl.total_seconds())
     )
     with grpc.secure_channel(plan.ca_addr, channel_creds, options=options) as channel:
-        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
         try:
             response = stub.CreateCertificate(request, metadata=creds.metadata, timeout=TIMEOUT_S)
         except grpc.RpcError as exc:
@@ -173,9 +175,9 @@ def _write(
     """key.pem (0600) first, so a chain on disk always has its key; the root last."""
     issued = [c for c in chain if c not in roots] or chain[:1]
     files = {
-        "key": out / "key.pem",
-        "cert_chain": out / "cert-chain.pem",
-        "root_cert": out / "root-cert.pem",
+        "key": out / KEY,
+        "cert_chain": out / CERT_CHAIN,
+        "root_cert": out / ROOT_CERT,
     }
     write_atomic(files["key"], private_key_pem(key), mode=0o600)
     write_atomic(files["cert_chain"], bundle_pem(issued).encode())

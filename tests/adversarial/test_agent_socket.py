@@ -89,12 +89,16 @@ async def _fetch(
     return await stub.FetchSecrets(request, timeout=15)
 
 
-async def _raw_unary(channel: grpc.aio.Channel, path: str, body: bytes, headers=()) -> object:  # type: ignore[no-untyped-def]
+async def _raw_unary(
+    channel: grpc.aio.Channel, path: str, body: bytes, headers: tuple[tuple[str, str], ...] = ()
+) -> object:
     call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
     return await call(body, metadata=headers, timeout=10)
 
 
-async def _raw_unary_stream(channel: grpc.aio.Channel, path: str, body: bytes, headers=()) -> None:  # type: ignore[no-untyped-def]
+async def _raw_unary_stream(
+    channel: grpc.aio.Channel, path: str, body: bytes, headers: tuple[tuple[str, str], ...] = ()
+) -> None:
     call = channel.unary_stream(path, request_serializer=None, response_deserializer=None)(
         body, metadata=headers, timeout=10
     )
@@ -395,7 +399,7 @@ async def test_nonexistent_fetches_do_not_use_up_the_watch_slots(target: Target)
             call.cancel()
         await asyncio.sleep(0.5)
         fetched = await _fetch(channel, root(target.files / "r.pem"))
-    assert len(fetched.resources) == 1  # type: ignore[attr-defined]
+    assert len(fetched.resources) == 1
 
 
 async def test_a_fifo_does_not_stall_sds_for_others(target: Target) -> None:
@@ -405,7 +409,7 @@ async def test_a_fifo_does_not_stall_sds_for_others(target: Target) -> None:
         started = time.monotonic()
         fetched = await _fetch(channel, "default")
         assert time.monotonic() - started < 3
-        assert len(fetched.resources) == 1  # type: ignore[attr-defined]
+        assert len(fetched.resources) == 1
         with pytest.raises(grpc.aio.AioRpcError):
             await blocked
 

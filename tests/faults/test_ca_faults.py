@@ -16,7 +16,6 @@ from pathlib import Path
 
 from tests.support.ca_process import RunningCa, start_ca
 from tests.support.faults import (
-    Load,
     admin_get,
     fill,
     metric_value,
@@ -25,6 +24,7 @@ from tests.support.faults import (
     small_tmpfs,
     summary,
 )
+from tests.support.load import Load
 from tests.support.postgres import start_postgres
 from tests.support.record_processes import descendants, sigkill_ca
 

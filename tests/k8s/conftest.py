@@ -75,7 +75,8 @@ def request_token(
     request = ServiceAccount.Token(metadata=ObjectMeta(), spec=spec)
     result = client.create(request, account, namespace=namespace)
     assert result.status is not None
-    token: str = result.status.token
+    token = result.status.token
+    assert token is not None
     return token
 
 

@@ -217,7 +217,8 @@ def configmap_root(admin_client: Client, ns: str) -> bytes | None:
     labels = (cm.metadata.labels if cm.metadata else None) or {}
     if labels.get("istio.io/config") != "true" or not cm.data:
         return None
-    return cm.data.get("root-cert.pem", "").encode()
+    root: str = cm.data.get("root-cert.pem", "")
+    return root.encode()
 
 
 def test_root_configmap_appears_and_is_repaired_within_5s(

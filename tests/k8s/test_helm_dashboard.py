@@ -65,7 +65,7 @@ def _issue(ca: RunningCa) -> None:
 
 def _drain(stream: grpc.Future) -> None:
     try:
-        for _ in stream:  # type: ignore[attr-defined]
+        for _ in stream:
             pass
     except grpc.RpcError:
         pass  # the channel closed at the end of the test

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -36,7 +37,7 @@ def _istiod_chart() -> Path:
     raise AssertionError(f"Istio's istiod chart is not in the istio.io/istio module: {chart}")
 
 
-def _render(chart: Path, release: str, *args: str | Path) -> list[dict]:
+def _render(chart: Path, release: str, *args: str | Path) -> list[dict[str, Any]]:
     proc = run([tool("helm"), "template", release, chart, "-n", "istio-system", *args])
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 import yaml
@@ -32,17 +33,17 @@ def _renderer() -> ModuleType:
     return module
 
 
-def _by_name(docs: list[dict]) -> dict[tuple[str, str], dict]:
+def _by_name(docs: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(d["kind"], d["metadata"]["name"]): d for d in docs if d}
 
 
-def kustomize_build(directory: str) -> list[dict]:
+def kustomize_build(directory: str) -> list[dict[str, Any]]:
     proc = run([tool("kustomize"), "build", DEPLOY / directory])
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-def chart_render(values: str) -> list[dict]:
+def chart_render(values: str) -> list[dict[str, Any]]:
     proc = run(
         [
             tool("helm"),

@@ -1,4 +1,4 @@
-"""SecretKeyStore against a real API server: SPEC layout, create-only-if-absent, racing replicas."""
+"""SecretKeyStore against a real API server: Istio's layout (docs/COMPATIBILITY.md §1), create-only-if-absent, racing replicas."""
 
 from __future__ import annotations
 

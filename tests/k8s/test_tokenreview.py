@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jwt
 import pytest
@@ -83,12 +83,12 @@ def test_configured_audiences_are_used(admin_client: Client, frontend: str) -> N
 
 
 def test_token_of_deleted_service_account_is_rejected(
-    admin_client: Client, make_namespace: object
+    admin_client: Client, make_namespace: Callable[[str], str]
 ) -> None:
     """The API server looks service accounts up in its informer cache, so a deletion takes
     effect after that cache's lag (CI once saw the token still accepted right after the
     delete). Each try uses a fresh authenticator: the positive cache is tested elsewhere."""
-    ns = make_namespace("gone")  # type: ignore[operator]
+    ns = make_namespace("gone")
     create_service_account(admin_client, ns, "doomed")
     token = request_token(admin_client, ns, "doomed", audiences=["istio-ca"])
     admin_client.delete(ServiceAccount, "doomed", namespace=ns)
@@ -117,9 +117,11 @@ def test_token_signed_by_another_key_is_rejected(
 
 
 def test_pod_bound_token_carries_pod_name_and_uid(
-    admin_client: Client, make_namespace: object, authenticator: TokenReviewAuthenticator
+    admin_client: Client,
+    make_namespace: Callable[[str], str],
+    authenticator: TokenReviewAuthenticator,
 ) -> None:
-    ns = make_namespace("pod")  # type: ignore[operator]
+    ns = make_namespace("pod")
     create_service_account(admin_client, ns, "web")
     pod = admin_client.create(
         Pod(
@@ -150,9 +152,9 @@ def test_unknown_cluster_is_rejected(
 
 
 def test_accepted_token_is_cached_until_it_expires(
-    admin_client: Client, make_namespace: object
+    admin_client: Client, make_namespace: Callable[[str], str]
 ) -> None:
-    ns = make_namespace("cache")  # type: ignore[operator]
+    ns = make_namespace("cache")
     create_service_account(admin_client, ns, "svc")
     token = request_token(admin_client, ns, "svc", audiences=["istio-ca"], seconds=600)
     now = [time.time()]
@@ -202,13 +204,16 @@ def test_api_server_unreachable_is_unavailable(
 
 
 def test_reviewer_without_rbac_is_unavailable_not_unauthenticated(
-    control_plane: ControlPlane, tmp_path: object, admin_client: Client, make_namespace: object
+    control_plane: ControlPlane,
+    tmp_path: object,
+    admin_client: Client,
+    make_namespace: Callable[[str], str],
 ) -> None:
     """A CA whose ServiceAccount may not create TokenReviews is misconfigured: callers should
     retry (UNAVAILABLE), not be told their valid token is bad."""
     from pathlib import Path
 
-    ns = make_namespace("norbac")  # type: ignore[operator]
+    ns = make_namespace("norbac")
     create_service_account(admin_client, ns, "ca")
     ca_token = request_token(
         admin_client, ns, "ca", audiences=["https://kubernetes.default.svc.cluster.local"]

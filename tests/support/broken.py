@@ -151,7 +151,7 @@ def good_key() -> Any:
     return generate_key()
 
 
-# --- keys outside SPEC §1 that cryptography's generators will not make -----------------
+# --- keys outside docs/COMPATIBILITY.md §1 that cryptography's generators will not make -----------------
 
 
 def rsa_with_exponent(exponent: int, bits: int = 2048) -> rsa.RSAPrivateKey:

@@ -5,7 +5,7 @@ cannot play a CA without it (Istio's istiod, or a Bulwark older than the service
 The agent's fallback for such a CA (UNIMPLEMENTED: JWT bundle streams still answer with the own
 trust domain and no keys, FetchJWTSVID says what the CA said) needs one. Everything else about
 JWT-SVIDs and bundles is tested against the real CA (tests/integration/agent/test_jwt_workload_api.py,
-tests/federation/).
+tests/integration/federation/).
 
 `IstioOnlyCa`: one in-process grpc.aio server on 127.0.0.1:0, TLS with a certificate for
 `istiod.istio-system.svc` signed by the real CA's root (so the agent's `CA_ROOT_CA` stays the
@@ -80,7 +80,7 @@ class IstioOnlyCa:
             .not_valid_after(now + timedelta(hours=2))
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(CA_SAN)]), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(root_key, hashes.SHA256())  # type: ignore[arg-type]
+            .sign(root_key, hashes.SHA256())
         )
         key_pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
         return key_pem, to_pem(cert).encode()

@@ -62,7 +62,7 @@ def main(argv: list[str]) -> int:
             try:
                 chain = create_certificate(channel, csr, token=token, ttl_s=3600, timeout=5)
             except grpc.RpcError as exc:
-                note(exc.code().name)  # type: ignore[attr-defined]
+                note(exc.code().name)
                 stop.wait(0.05)
                 continue
             cert = x509.load_pem_x509_certificate(chain[0].encode())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -50,7 +51,7 @@ def req(
     return build
 
 
-def tok(**claims: object) -> Callable[[TokenForge], str]:
+def tok(**claims: Any) -> Callable[[TokenForge], str]:
     """A token signed with the issuer's key, with `claims` over the good ones."""
     return lambda f: f.sign(sa_claims(**claims))
 

@@ -27,7 +27,7 @@ def ca_cert(
         .not_valid_before(now - timedelta(minutes=1))
         .not_valid_after(now + timedelta(days=365))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(signing_key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(signing_key, hashes.SHA256())
     )
 
 

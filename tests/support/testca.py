@@ -225,7 +225,7 @@ class TestCa:
         request = (
             csr if isinstance(csr, UndecodableRequest) else _request(csr, ttl_s, metadata_fields)
         )
-        response = await self.service.CreateCertificate(request, context)  # type: ignore[arg-type]
+        response = await self.service.CreateCertificate(request, context)
         return list(response.cert_chain)
 
     def issue(self, csr: bytes | str, **kwargs: Any) -> list[str]:

@@ -22,16 +22,9 @@ from datetime import datetime, timedelta
 from cryptography import x509
 
 from ca_server.authority.material import CaMaterial
+from ca_server.options import default
 from certs.keys import PrivateKey
 from certs.pem import sha256_fingerprint
-
-# A 10-year root is prepared when 80% of its life is gone: Istio's 20%-left threshold.
-DEFAULT_PREPARE_AT = 0.8
-# 24h = the default workload TTL: within it every agent renewing at half-life has asked the CA
-# once (each response carries the bundle), besides re-reading root-cert.pem / the ConfigMap
-# volume within minutes. A root prepared at 80% of ten years leaves two years of slack.
-DEFAULT_PROPAGATION_DELAY = timedelta(hours=24)
-ROTATION_MODES = ("same-key", "new-key")
 
 
 class SlotError(Exception):
@@ -118,9 +111,10 @@ class SlotState:
 class SlotPolicy:
     """When the refresher rotates the CA to a new key on its own: moves the slots (`new-key` mode)."""
 
-    prepare_at: float = DEFAULT_PREPARE_AT  # fraction of the active CA's life
-    propagation_delay: timedelta = DEFAULT_PROPAGATION_DELAY
-    max_ttl: timedelta = timedelta(days=90)  # longest leaf the CA signs
+    # The defaults of `ca serve` (ca_server.options says why they are what they are).
+    prepare_at: float = default("ca_prepare_at")  # fraction of the active CA's life
+    propagation_delay: timedelta = default("ca_propagation_delay")
+    max_ttl: timedelta = default("max_ttl")  # longest leaf the CA signs
 
     def __post_init__(self) -> None:
         if not 0.0 < self.prepare_at <= 1.0:
@@ -259,9 +253,6 @@ def describe(state: SlotState, now: datetime, policy: SlotPolicy) -> dict[str, o
 
 
 __all__ = [
-    "DEFAULT_PREPARE_AT",
-    "DEFAULT_PROPAGATION_DELAY",
-    "ROTATION_MODES",
     "Authority",
     "Slot",
     "SlotError",

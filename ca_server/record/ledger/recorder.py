@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from ca_server.options import default
 from ca_server.record.entry import IssuedCertificate
 from ca_server.record.ledger.append import append_batch
 from ca_server.record.ledger.database import RecordUrl, Session, parse_record_url
@@ -24,7 +25,6 @@ from ca_server.record.ledger.schema import ensure_schema
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH = 256
 DEFAULT_WRITE_TIMEOUT = timedelta(seconds=30)
 
 
@@ -36,7 +36,7 @@ def utc_now() -> datetime:
 class RecorderOptions:
     """How the recorder groups commits and whether it prunes."""
 
-    max_batch: int = DEFAULT_MAX_BATCH  # most entries per commit; 1 turns group commit off
+    max_batch: int = default("record_max_batch")  # entries per commit; 1: no group commit
     write_timeout: timedelta = DEFAULT_WRITE_TIMEOUT  # how long a caller waits for its commit
     retention: timedelta | None = None  # prune rows expired longer than this; None keeps all
     prune_interval: timedelta = timedelta(minutes=10)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from ca_server.errors import ConfigError
+from ca_server.options import BUNDLE_ENDPOINT_PROFILES, BundleProfile
 from certs.errors import InvalidSpiffeId
 from certs.spiffe_id import SpiffeId, TrustDomain
 
-Profile = Literal["https_spiffe", "https_web"]
-PROFILES: tuple[Profile, ...] = ("https_spiffe", "https_web")
+Profile = BundleProfile
+PROFILES = BUNDLE_ENDPOINT_PROFILES
 BUNDLE_ENDPOINT_PATH = "bulwark/bundle-endpoint"  # a Bulwark endpoint's SVID path
 
 

@@ -1,65 +1,34 @@
 """Foreign trust bundles: checked on the way in, kept in `<data-dir>/federation/<td>.json`.
 
-The supervisor writes (atomically); workers and the admin API read, cached on each file's
-identity. A bundle is only ever replaced by a valid one: a failed or bad fetch keeps it.
+The format and its checks are `certs.spiffe_bundle`'s; this module adds the federation's
+policy: a foreign bundle holds at least one key, and replaces the kept one only if its
+`spiffe_sequence` does not go back (`accept`). The supervisor writes (atomically);
+workers and the admin API read, cached on each file's identity, and serve only what
+passes today's checks (a file kept by an older version with a key now refused is left out).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
 
 from certs.errors import InvalidBundle
 from certs.files import write_atomic
-from certs.pem import bundle_pem
-from certs.spiffe_bundle import bundle_document, x509_authorities
+from certs.spiffe_bundle import SpiffeBundle, check_successor, parse_bundle
 from certs.spiffe_id import TrustDomain
 
+log = logging.getLogger(__name__)
 
-class BadBundle(ValueError):
-    """A bundle document that is not a SPIFFE bundle we can use."""
-
-
-def parse_bundle(data: bytes) -> dict[str, Any]:
-    """The bundle document of `data`; `BadBundle` unless it is a JWKS with at least one key,
-    each of a known `use`."""
-    try:
-        doc = bundle_document(data)
-    except InvalidBundle as exc:
-        raise BadBundle(str(exc)) from None
-    if not doc["keys"]:
-        raise BadBundle("bundle has no `keys`")
-    for key in doc["keys"]:
-        if key.get("use") not in ("x509-svid", "jwt-svid"):
-            raise BadBundle("every bundle key needs `use` x509-svid or jwt-svid")
-    x509_roots(doc)  # every x509-svid key must hold one certificate
-    return doc
+_Identity = tuple[int, int, int]
 
 
-def x509_roots(doc: dict[str, Any]) -> list[x509.Certificate]:
-    """The X.509 authorities of a bundle document."""
-    try:
-        return x509_authorities(doc)
-    except InvalidBundle as exc:
-        raise BadBundle(str(exc)) from None
-
-
-def sequence_of(doc: dict[str, Any]) -> int:
-    seq = doc.get("spiffe_sequence")
-    return seq if isinstance(seq, int) and seq >= 0 else 0
-
-
-def refresh_hint_of(doc: dict[str, Any]) -> float | None:
-    hint = doc.get("spiffe_refresh_hint")
-    return float(hint) if isinstance(hint, int | float) and hint > 0 else None
-
-
-def roots_pem(doc: dict[str, Any]) -> str:
-    return bundle_pem(x509_roots(doc))
+def foreign_bundle(data: bytes) -> SpiffeBundle:
+    """A federated trust domain's bundle document; `InvalidBundle` saying what is wrong."""
+    bundle = parse_bundle(data)
+    if not bundle.x509_authorities and not bundle.jwt_authorities:
+        raise InvalidBundle("bundle has no `keys`")
+    return bundle
 
 
 class FederationStore:
@@ -67,36 +36,65 @@ class FederationStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._cache: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+        # file name -> (file identity, bundle or None if refused, its JSON as served)
+        self._cache: dict[str, tuple[_Identity, SpiffeBundle | None, bytes]] = {}
 
     def path(self, trust_domain: TrustDomain) -> Path:
         return self.directory / f"{trust_domain}.json"
 
-    def get(self, trust_domain: TrustDomain) -> dict[str, Any] | None:
-        data = self.all().get(str(trust_domain))
-        return parse_bundle(data) if data is not None else None
+    def get(self, trust_domain: TrustDomain) -> SpiffeBundle | None:
+        return self.bundles().get(str(trust_domain))
 
-    def put(self, trust_domain: TrustDomain, doc: dict[str, Any]) -> None:
-        data = json.dumps(doc, separators=(",", ":")).encode()
-        write_atomic(self.path(trust_domain), data, mode=0o600)
+    def accept(self, trust_domain: TrustDomain, bundle: SpiffeBundle) -> bool:
+        """Keep `bundle` unless its sequence goes back (`InvalidBundle`, the kept one stays);
+        whether the kept content changed."""
+        last = self.get(trust_domain)
+        check_successor(last, bundle)
+        if last is not None and last.to_json() == bundle.to_json():
+            return False
+        self.put(trust_domain, bundle)
+        return True
+
+    def put(self, trust_domain: TrustDomain, bundle: SpiffeBundle) -> None:
+        write_atomic(self.path(trust_domain), bundle.to_json(), mode=0o600)
 
     def all(self) -> dict[str, bytes]:
         """Trust domain name -> bundle JSON, for every stored foreign domain."""
+        return {name: entry[2] for name, entry in self._entries().items()}
+
+    def bundles(self) -> dict[str, SpiffeBundle]:
+        """Trust domain name -> bundle, for every stored foreign domain that passes the checks."""
+        return {n: e[1] for n, e in self._entries().items() if e[1] is not None}
+
+    def _entries(self) -> dict[str, tuple[_Identity, SpiffeBundle | None, bytes]]:
         try:
             names = sorted(n for n in os.listdir(self.directory) if n.endswith(".json"))
         except FileNotFoundError:
             return {}
-        out: dict[str, bytes] = {}
+        out = {}
         for name in names:
-            path = self.directory / name
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                continue
+            entry = self._load(name)
+            if entry is not None and entry[1] is not None:
+                out[name.removesuffix(".json")] = entry
+        return out
+
+    def _load(self, name: str) -> tuple[_Identity, SpiffeBundle | None, bytes] | None:
+        path = self.directory / name
+        try:
+            st = os.stat(path)
             identity = (st.st_ino, st.st_mtime_ns, st.st_size)
             cached = self._cache.get(name)
-            if cached is None or cached[0] != identity:
-                cached = (identity, path.read_bytes())
-                self._cache[name] = cached
-            out[name.removesuffix(".json")] = cached[1]
-        return out
+            if cached is not None and cached[0] == identity:
+                return cached
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        entry: tuple[_Identity, SpiffeBundle | None, bytes]
+        try:
+            bundle = foreign_bundle(data)
+            entry = (identity, bundle, bundle.to_json())
+        except InvalidBundle as exc:
+            log.warning("federation: kept bundle %s is not served: %s", path, exc)
+            entry = (identity, None, b"")
+        self._cache[name] = entry
+        return entry

@@ -9,11 +9,9 @@ from ca_server.spiffe.jwtsvid.keyset import (
     plan,
     signing_key,
 )
-from ca_server.spiffe.jwtsvid.minter import DEFAULT_JWT_SVID_TTL, MAX_JWT_SVID_TTL, check_audiences
+from ca_server.spiffe.jwtsvid.minter import check_audiences
 
 __all__ = [
-    "DEFAULT_JWT_SVID_TTL",
-    "MAX_JWT_SVID_TTL",
     "JwtKey",
     "JwtKeyPolicy",
     "KeyFile",

@@ -16,14 +16,11 @@ from datetime import datetime, timedelta
 import jwt
 
 from ca_server.errors import InvalidRequest
-from ca_server.identity import Caller, shown
+from ca_server.identity import Caller
 from ca_server.record.entry import JWT_SVID, IssuedCertificate
-from ca_server.spiffe.jwtsvid.keyset import JwtKey
-
-MAX_AUDIENCES = 16
-MAX_AUDIENCE_CHARS = 255
-DEFAULT_JWT_SVID_TTL = timedelta(minutes=5)
-MAX_JWT_SVID_TTL = timedelta(hours=1)
+from ca_server.spiffe.jwtsvid.keyset import JwtKey, KeyResolver, resolve_pem
+from certs import jwt_rules
+from certs.errors import InvalidAudience
 
 
 class BadAudience(InvalidRequest):
@@ -31,23 +28,12 @@ class BadAudience(InvalidRequest):
 
 
 def check_audiences(audiences: Sequence[str]) -> tuple[str, ...]:
-    """The audiences, duplicates dropped in order; `BadAudience` saying what is wrong."""
-    if not audiences:
-        raise BadAudience("audience is required: name one or more audiences for the JWT-SVID")
-    if len(audiences) > MAX_AUDIENCES:
-        raise BadAudience(f"{len(audiences)} audiences; at most {MAX_AUDIENCES} are allowed")
-    for audience in audiences:
-        if not audience:
-            raise BadAudience("an audience is empty")
-        if len(audience) > MAX_AUDIENCE_CHARS:
-            raise BadAudience(
-                f"audience {shown(audience)} is longer than {MAX_AUDIENCE_CHARS} characters"
-            )
-        if "," in audience:  # the record keeps audiences comma-separated
-            raise BadAudience(f"audience {shown(audience)} must not contain a comma")
-        if not all("!" <= c <= "~" for c in audience):
-            raise BadAudience(f"audience {shown(audience)} must be printable ASCII without spaces")
-    return tuple(dict.fromkeys(audiences))
+    """The audiences, duplicates dropped in order; `BadAudience` saying what is wrong (the
+    limit is `certs.jwt_rules`', the agent's too)."""
+    try:
+        return jwt_rules.check_audiences(audiences)
+    except InvalidAudience as exc:
+        raise BadAudience(str(exc)) from None
 
 
 def lifetime(requested_s: int, *, default: timedelta, maximum: timedelta) -> timedelta:
@@ -73,8 +59,10 @@ def mint(
     audiences: tuple[str, ...],
     ttl: timedelta,
     now: datetime,
+    resolve: KeyResolver = resolve_pem,
 ) -> MintedSvid:
-    """Sign a JWT-SVID for `caller`; `exp` never outlives the key's publication."""
+    """Sign a JWT-SVID for `caller`; `exp` never outlives the key's publication. `resolve`
+    gives the key that signs (loaded from PEM, or a handle on a key in the HSM)."""
     issued_at = now.replace(microsecond=0)
     expires = min(issued_at + ttl, key.published_until.replace(microsecond=0))
     # 128 random bits, top bit set: hex without a leading zero, as the record keys serials
@@ -87,7 +75,7 @@ def mint(
         "jti": jti,
     }
     token = jwt.encode(
-        claims, key.private_key(), algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
+        claims, resolve(key), algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
     )
     entry = IssuedCertificate(
         serial=jti,

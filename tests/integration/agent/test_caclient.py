@@ -34,7 +34,7 @@ SID = SpiffeId.for_service_account(TrustDomain("cluster.local"), "demo", "fronte
 
 
 @dataclass
-class Recorder(ca_pb2_grpc.IstioCertificateServiceServicer):  # type: ignore[misc]
+class Recorder(ca_pb2_grpc.IstioCertificateServiceServicer):
     """Answers with the queued status codes, then with a fixed chain; records every call."""
 
     failures: list[grpc.StatusCode] = field(default_factory=list)
@@ -248,9 +248,9 @@ async def test_preconnected_channel_carries_only_the_next_csr(
     agent = Agent(agent_config(shared_ca, work))
     agent.ca.preconnect()
     warm = agent.ca._warm
-    assert warm is not None
     agent.ca.preconnect()  # a second call keeps the channel already opening
     assert agent.ca._warm is warm
+    assert warm is not None  # after the `is`, which mypy reads as widening `warm` again
     first = await agent.issue()
     assert agent.ca._warm is None
     assert warm.get_state() == grpc.ChannelConnectivity.SHUTDOWN  # closed after its CSR

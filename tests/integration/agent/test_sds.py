@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -33,9 +34,9 @@ from tests.support.ca_process import RunningCa
 
 
 @pytest.fixture
-async def live(shared_ca: RunningCa, work: Path) -> LiveAgent:
+async def live(shared_ca: RunningCa, work: Path) -> AsyncIterator[LiveAgent]:
     async with running_agent(agent_config(shared_ca, work)) as agent:
-        yield agent  # type: ignore[misc]
+        yield agent
 
 
 async def metric(agent: LiveAgent, name: str) -> float:

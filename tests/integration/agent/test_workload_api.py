@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from spiffe import WorkloadApiClient, X509Source
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
@@ -17,9 +19,9 @@ from tests.support.ca_process import RunningCa
 
 
 @pytest.fixture
-async def live(shared_ca: RunningCa, work: Path) -> LiveAgent:
+async def live(shared_ca: RunningCa, work: Path) -> AsyncIterator[LiveAgent]:
     async with running_agent(agent_config(shared_ca, work)) as agent:
-        yield agent  # type: ignore[misc]
+        yield agent
 
 
 def endpoint(live: LiveAgent) -> str:
@@ -62,9 +64,11 @@ async def test_x509_source_sees_the_rotated_svid(live: LiveAgent) -> None:
         assert format(source.get_x509_context().default_svid.leaf.serial_number, "x") == new.serial
         assert source.get_x509_context().default_svid.leaf.serial_number != first
         # the key the source holds belongs to the new certificate
-        assert source.get_x509_context().default_svid.private_key.public_key().public_numbers() == (
-            source.get_x509_context().default_svid.leaf.public_key().public_numbers()
-        )
+        held = source.get_x509_context().default_svid.private_key.public_key()
+        certified = source.get_x509_context().default_svid.leaf.public_key()
+        assert isinstance(held, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+        assert isinstance(certified, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+        assert held.public_numbers() == certified.public_numbers()
     finally:
         await asyncio.to_thread(source.close)
 

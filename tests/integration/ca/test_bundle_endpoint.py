@@ -4,6 +4,7 @@ https_web the operator's certificate; both serve the one bundle the admin API se
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -22,8 +23,13 @@ from certs.files import write_atomic
 from certs.keys import generate_key, private_key_pem
 from certs.pem import to_pem
 from certs.profile import leaf_certificate, self_signed_root
+from certs.spiffe_bundle import SpiffeBundle, parse_bundle
 from certs.spiffe_id import SpiffeId, TrustDomain
 from tests.support.ca_process import RunningCa, serve_once, start_ca
+
+
+def fetch(peer: FederationPeer, known: SpiffeBundle | None) -> SpiffeBundle:
+    return asyncio.run(fetch_bundle(peer, known))
 
 
 def endpoint_addr(ca: RunningCa) -> tuple[str, int]:
@@ -79,7 +85,8 @@ def test_https_spiffe_presents_the_endpoint_svid_and_serves_the_bundle(tmp_path:
             url=f"https://{host}:{port}/",
             bundle_file=Path("unused"),
         )
-        assert fetch_bundle(peer, doc)["keys"] == doc["keys"]
+        known = parse_bundle(body)
+        assert fetch(peer, known).document()["keys"] == doc["keys"]
         # ...and refuses another expected endpoint ID, or a bundle of other roots.
         wrong_id = FederationPeer(
             trust_domain=TrustDomain("cluster.local"),
@@ -87,30 +94,22 @@ def test_https_spiffe_presents_the_endpoint_svid_and_serves_the_bundle(tmp_path:
             endpoint_spiffe_id=SpiffeId.parse("spiffe://cluster.local/someone-else"),
         )
         try:
-            fetch_bundle(wrong_id, doc)
+            fetch(wrong_id, known)
             raise AssertionError("an endpoint with the wrong SPIFFE ID was accepted")
         except FetchFailed as exc:
             assert "expected spiffe://cluster.local/someone-else" in str(exc)
         other_root = self_signed_root(
             key=generate_key(), trust_domain=TrustDomain("other.test"), now=datetime.now(UTC)
         )
-        other = {"keys": [{"use": "x509-svid", "kty": "EC", "x5c": [_b64der(other_root)]}]}
+        other = SpiffeBundle(x509_authorities=(other_root,))
         try:
-            fetch_bundle(peer, other)
+            fetch(peer, other)
             raise AssertionError("an endpoint not chaining to the known bundle was accepted")
         except FetchFailed as exc:
             assert "CERTIFICATE_VERIFY_FAILED" in str(exc)
     finally:
         ca.stop()
     assert "Traceback" not in ca.log()
-
-
-def _b64der(cert: x509.Certificate) -> str:
-    import base64
-
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    return base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
 
 
 def web_pki(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -160,9 +159,9 @@ def test_https_web_presents_the_operator_certificate(
             profile="https_web",
         )
         with pytest.raises(FetchFailed, match="CERTIFICATE_VERIFY_FAILED"):
-            fetch_bundle(peer, None)  # the web CA is not trusted yet
+            fetch(peer, None)  # the web CA is not trusted yet
         monkeypatch.setenv("SSL_CERT_FILE", str(web_ca))
-        assert fetch_bundle(peer, None) == admin_bundle(ca)
+        assert fetch(peer, None).document() == admin_bundle(ca)
     finally:
         ca.stop()
 

@@ -44,9 +44,10 @@ def stub(ca: RunningCa) -> identity_pb2_grpc.WorkloadIdentityServiceStub:
 def mint(ca: RunningCa, audience: str = AUD, ttl_s: int = 0) -> identity_pb2.MintJWTSVIDResponse:
     token = ca.mint_token("demo", "frontend")
     request = identity_pb2.MintJWTSVIDRequest(audience=[audience], ttl_seconds=ttl_s)
-    return stub(ca).MintJWTSVID(
+    response: identity_pb2.MintJWTSVIDResponse = stub(ca).MintJWTSVID(
         request, metadata=[("authorization", f"Bearer {token}")], timeout=10
     )
+    return response
 
 
 def bundle(ca: RunningCa) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Every citadel_server_* series of SPEC §1 is exported and moves when it should."""
+"""Every citadel_server_* series of docs/COMPATIBILITY.md §1 is exported and moves when it should."""
 
 from __future__ import annotations
 

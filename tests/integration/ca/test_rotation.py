@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from ca_server.authority.material import (
     CaMaterial,
@@ -26,7 +27,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ME = SpiffeId.parse("spiffe://cluster.local/ns/demo/sa/frontend")
 
 
-def _leaf(material: CaMaterial, now: datetime) -> list:  # type: ignore[type-arg]
+def _leaf(material: CaMaterial, now: datetime) -> list[x509.Certificate]:
     key = generate_key()
     leaf = leaf_certificate(
         spiffe_id=ME,

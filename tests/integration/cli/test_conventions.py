@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ca_server.cli.records import _filters, admin_base_url, print_table
+from ca_server.cli.admin_client import admin_base_url
+from ca_server.cli.records import _filters, print_table
 from certs.cli import build_parser, main
 from certs.cli.completion import script
 from certs.cli.output import table

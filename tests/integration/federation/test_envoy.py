@@ -18,10 +18,12 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
 
-from certs.keys import KeyType, generate_key
+from certs.keys import KeyType, PrivateKey, generate_key
 from certs.pem import load_certificates
 from certs.profile import leaf_certificate, self_signed_root
 from certs.spiffe_id import SpiffeId, TrustDomain
@@ -47,6 +49,8 @@ class CrossMesh:
     work: Path
     server: EnvoyProcess  # on agent B, admitting FRONTEND
     client: EnvoyProcess  # on agent A, expecting BACKEND
+    agent_b: AgentProcess
+    upstream: int  # the local app behind B's server Envoys
 
 
 def agent_of(pair: FederatedPair, work: Path, td: str, account: str) -> AgentProcess:
@@ -78,7 +82,7 @@ def cross(pair: FederatedPair) -> Iterator[CrossMesh]:
             server_spiffe_id=BACKEND,
         )
         client_envoy = stack.enter_context(running_envoy("a-client", work, client))
-        yield CrossMesh(pair, work, server_envoy, client_envoy)
+        yield CrossMesh(pair, work, server_envoy, client_envoy, agent_b, upstream)
 
 
 def root_serials(envoy: EnvoyProcess) -> set[str]:
@@ -107,8 +111,15 @@ def test_a_calls_b_across_trust_domains_through_envoy(cross: CrossMesh) -> None:
     assert stats["listener.inbound.ssl.fail_verify_san"] == 0
 
 
-def _leaf_files(work: Path, name: str, issuer_cert, issuer_key) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
-    """A certificate for FRONTEND (exactly the admitted ID) signed by `issuer`, as PEM files."""
+def _leaf_files(
+    work: Path,
+    name: str,
+    issuer_cert: x509.Certificate,
+    issuer_key: PrivateKey,
+    uri: str = FRONTEND,
+) -> tuple[Path, Path]:
+    """A certificate for `uri` (by default FRONTEND, exactly the admitted ID) signed by
+    `issuer`, as PEM files."""
     from cryptography.hazmat.primitives.serialization import (
         Encoding,
         NoEncryption,
@@ -118,7 +129,7 @@ def _leaf_files(work: Path, name: str, issuer_cert, issuer_key) -> tuple[Path, P
     now = datetime.now(UTC)
     key = generate_key(KeyType.EC_P256)
     leaf = leaf_certificate(
-        spiffe_id=SpiffeId.parse(FRONTEND),
+        spiffe_id=SpiffeId.parse(uri),
         public_key=key.public_key(),
         issuer_cert=issuer_cert,
         issuer_key=issuer_key,
@@ -176,3 +187,74 @@ def test_a_peer_outside_both_trust_domains_is_refused(cross: CrossMesh) -> None:
     )
     upstream = "cluster.local-app.upstream_rq_total"
     assert after[upstream] - before[upstream] == 1  # the control only
+
+
+def _ca_key(pair: FederatedPair, td: str) -> tuple[x509.Certificate, PrivateKey]:
+    """A CA's root certificate and signing key (the forger here holds a federated peer's)."""
+    from certs.keys import load_private_key
+
+    ca = pair.ca(td)
+    root = load_certificates(ca.root_cert_path.read_bytes())[0]
+    return root, load_private_key((ca.data_dir / "ca" / "ca-key.pem").read_bytes())
+
+
+def rootca_validator(envoy: EnvoyProcess) -> dict[str, Any]:
+    """The ROOTCA validation context as Envoy holds it (from its agent over SDS)."""
+    dump = json.loads(envoy.admin("/config_dump?resource=dynamic_active_secrets"))
+    for entry in dump["configs"]:
+        secret = entry["secret"]
+        if secret["name"] == "ROOTCA":
+            return dict(secret["validation_context"])
+    raise AssertionError(f"no ROOTCA in envoy {envoy.name}'s secrets: {dump}")
+
+
+OWN_B = spiffe_id(B, "backend")  # an identity of B's own trust domain
+
+
+@pytest.mark.parametrize("shape", ["combined", "sds-only"])
+def test_a_federated_root_cannot_vouch_for_our_own_ids(cross: CrossMesh, shape: str) -> None:
+    """Defect: ROOTCA was one `trusted_ca` holding every trust domain's roots, so a leaf
+    signed by a.test's root naming spiffe://b.test/ns/demo/sa/backend passed B's Envoy, exact
+    SAN match and all. With a federated domain present the agent now serves Envoy's SPIFFE
+    validator, one trust bundle per domain: the forgery fails verification while the same
+    ID under B's own root, and A's real workloads, still pass. Both listener shapes: Istio's
+    `combined_validation_context` (the exact SAN match merged in) and ROOTCA alone over SDS."""
+    bootstrap = server_bootstrap(
+        node="backend", socket=cross.agent_b.socket, upstream_port=cross.upstream,
+        client_spiffe_id=OWN_B,
+    )  # fmt: skip
+    if shape == "sds-only":
+        context = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]
+        tls = context["transport_socket"]["typed_config"]["common_tls_context"]
+        combined = tls.pop("combined_validation_context")
+        tls["validation_context_sds_secret_config"] = combined[
+            "validation_context_sds_secret_config"
+        ]
+    with running_envoy(f"b-own-{shape}", cross.work, bootstrap) as server:
+        before = server.stats()
+        forged = raw_get(
+            server.port, *_leaf_files(cross.work, "forged", *_ca_key(cross.pair, A), OWN_B)
+        )
+        assert not forged.startswith("HTTP/"), forged
+        own = raw_get(server.port, *_leaf_files(cross.work, "own", *_ca_key(cross.pair, B), OWN_B))
+        assert own.startswith("HTTP/1.1 200"), (own, server.log()[-3000:])
+        after = server.stats()
+        assert (
+            after["listener.inbound.ssl.fail_verify_error"]
+            - before.get("listener.inbound.ssl.fail_verify_error", 0)
+            == 1
+        )
+        assert (
+            after["cluster.local-app.upstream_rq_total"]
+            - before.get("cluster.local-app.upstream_rq_total", 0)
+            == 1
+        )
+    validator = rootca_validator(cross.server)["custom_validator_config"]
+    assert validator["name"] == "envoy.tls.cert_validator.spiffe"
+    assert {d["name"] for d in validator["typed_config"]["trust_domains"]} == {A, B}
+    if shape == "combined":  # the exact SAN match still applies beside the validator
+        wrong = raw_get(
+            cross.server.port,
+            *_leaf_files(cross.work, "other", *_ca_key(cross.pair, A), spiffe_id(A, "other")),
+        )
+        assert not wrong.startswith("HTTP/"), wrong

@@ -32,8 +32,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from agent.config import AgentConfig
 from agent.endpoints.resources import ROOTCA
-from certs.pem import load_certificates
 from tests.support.agent import NODE, LiveAgent, SdsStream, agent_config, running_agent, secrets_of
 from tests.support.ca_process import RunningCa
 from tests.support.federation import (
@@ -45,6 +45,7 @@ from tests.support.federation import (
     spiffe_id,
     until_federated,
 )
+from tests.support.rootca import rootca_domains
 
 HEADER = (("workload.spiffe.io", "true"),)
 SLOW_REFRESH = timedelta(seconds=20)  # B's agent: far longer than A's key lead time (3 s)
@@ -71,7 +72,9 @@ def kids_of(bundles: dict[str, bytes], td: str) -> set[str]:
     return {k["kid"] for k in json.loads(bundles[f"spiffe://{td}"])["keys"]}
 
 
-async def a_token_with_a_new_kid(api_a: workload_pb2_grpc.SpiffeWorkloadAPIStub, known: set[str]):  # type: ignore[no-untyped-def]
+async def a_token_with_a_new_kid(
+    api_a: workload_pb2_grpc.SpiffeWorkloadAPIStub, known: set[str]
+) -> tuple[str, str]:
     """Mint at A (a fresh audience each time: no cached token) until a key B's agent did not
     know at the start signs it; the token and its audience."""
     import jwt
@@ -93,7 +96,7 @@ async def a_token_with_a_new_kid(api_a: workload_pb2_grpc.SpiffeWorkloadAPIStub,
 async def test_agent_follows_a_faster_federated_refresh_hint(
     fast_a: FederatedPair, work: Path
 ) -> None:
-    def config(td: str, account: str, refresh: timedelta):  # type: ignore[no-untyped-def]
+    def config(td: str, account: str, refresh: timedelta) -> AgentConfig:
         return agent_config(
             fast_a.ca(td),
             work,
@@ -195,16 +198,14 @@ async def test_a_new_foreign_root_reaches_workloads_and_sds_without_restart(
         assert split_der(first.federated_bundles[f"spiffe://{A}"]) == old
         sds = SdsStream(channel)
         await sds.send(node=NODE, resource_names=[ROOTCA])
-        before = secrets_of(await sds.next())[ROOTCA].validation_context.trusted_ca.inline_bytes
-        assert {c.public_bytes(Encoding.DER) for c in load_certificates(before)} == own | old
+        before = secrets_of(await sds.next())[ROOTCA]
+        assert rootca_domains(before) == {B: own, A: old}
 
         prepare_new_root(fast_a.a)
         grown = x509_roots_der(fast_a.a)
         assert len(grown) == 2 and old < grown
-        pushed = secrets_of(await sds.next(20))[ROOTCA].validation_context.trusted_ca
-        assert {c.public_bytes(Encoding.DER) for c in load_certificates(pushed.inline_bytes)} == (
-            own | grown
-        )
+        pushed = secrets_of(await sds.next(20))[ROOTCA]
+        assert rootca_domains(pushed) == {B: own, A: grown}
         second = await asyncio.wait_for(svids.read(), 20)
         assert split_der(second.federated_bundles[f"spiffe://{A}"]) == grown
         assert second.svids[0].bundle == first.svids[0].bundle  # B's own roots unchanged

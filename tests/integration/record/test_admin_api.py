@@ -6,6 +6,7 @@ import base64
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -176,7 +177,7 @@ def test_ca_state(local: str) -> None:
     assert body["roots"][0]["seconds_left"] > 0
 
 
-def _schema_props(doc: dict, ref: str) -> set[str]:  # type: ignore[type-arg]
+def _schema_props(doc: dict[str, Any], ref: str) -> set[str]:
     return set(doc["components"]["schemas"][ref.rsplit("/", 1)[1]]["properties"])
 
 

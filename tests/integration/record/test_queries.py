@@ -90,7 +90,7 @@ def dataset(
 
 def report(request: pytest.FixtureRequest, data: Dataset) -> None:
     capman = request.config.pluginmanager.getplugin("capturemanager")
-    with capman.global_and_fixture_disabled():  # type: ignore[union-attr]
+    with capman.global_and_fixture_disabled():
         print(f"\n[record queries on {ROWS} rows, {data.backend}] HTTP round trip per page:")
         for name, pages, slowest in data.timings:
             print(f"  {name:<48} {pages:>3} page(s), slowest {slowest * 1000:6.1f} ms")

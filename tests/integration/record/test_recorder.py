@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -213,7 +214,7 @@ def test_reader_replaces_connections_postgres_dropped(postgres_cluster: Postgres
     reader.close()
 
 
-def test_sqlite_record_is_private(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_sqlite_record_is_private(tmp_path: Path) -> None:
     path = tmp_path / "record.db"
     recorder = open_recorder(f"sqlite:///{path}")
     recorder.record(make_entry())
@@ -222,7 +223,7 @@ def test_sqlite_record_is_private(tmp_path) -> None:  # type: ignore[no-untyped-
     recorder.close()
 
 
-def test_record_after_close_raises(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_record_after_close_raises(tmp_path: Path) -> None:
     recorder = open_recorder(f"sqlite:///{tmp_path / 'r.db'}")
     recorder.close()
     with pytest.raises(LedgerWriteError, match="closed"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from ca_server.record.ledger import RecorderOptions, open_reader, open_recorder
 from ca_server.record.ledger.database import parse_record_url
@@ -66,7 +67,7 @@ def test_tampering_after_pruning_is_still_found(record_url: str) -> None:
     assert report.broken is not None and report.broken.serial == serials[3]
 
 
-def test_pruner_thread_and_recorder_option(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_pruner_thread_and_recorder_option(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'r.db'}"
     fill(url, [-40 * DAY] * 7 + [DAY])
     pruner = Pruner(

@@ -60,7 +60,9 @@ class Run:
 
     def __init__(self, ca_root: Path, server: EnvoyProcess, client: EnvoyProcess) -> None:
         self.ca_root, self.server, self.client = ca_root, server, client
-        self.sent, self.failures, self.samples = 0, [], []  # type: ignore[var-annotated]
+        self.sent = 0
+        self.failures: list[tuple[int, str]] = []
+        self.samples: list[Sample] = []
         self.roots: dict[int, x509.Certificate] = {}
 
     def tick(self) -> None:

@@ -72,7 +72,8 @@ def test_root_rotation_under_mtls_traffic_has_no_failed_handshake(
         "--material-check-interval", "0.2s",
         "--admin-token-file", str(token),
     )  # fmt: skip
-    agents, peers = [], []
+    agents = []
+    peers: list[Server | Client] = []
     try:
         outs = {}
         for sa in ("server", "client"):

@@ -13,7 +13,8 @@ import pytest
 
 from ca_server.authority.material import create_self_signed
 from ca_server.spiffe.endpoint import ServingIdentity
-from ca_server.spiffe.federation import BadBundle, FederationStore, parse_bundle
+from ca_server.spiffe.federation import FederationStore, foreign_bundle
+from certs.errors import InvalidBundle
 from certs.pem import load_certificates
 from certs.spiffe_id import TrustDomain
 from certs.verify import spiffe_id_of
@@ -49,12 +50,14 @@ def test_endpoint_svid_follows_the_material_and_renews_at_half_life(tmp_path: Pa
     assert served() != renewed  # new material: re-issued at once
 
 
-GOOD = {"keys": [{"use": "jwt-svid", "kty": "EC", "kid": "k"}], "spiffe_sequence": 3}
+P256 = {"kty": "EC", "crv": "P-256", "x": "A" * 43, "y": "A" * 43}
+GOOD = {"keys": [{"use": "jwt-svid", "kid": "k", **P256}], "spiffe_sequence": 3}
 BAD = [
     ("not-json", b"{", "not JSON"),
     ("no-keys", b'{"keys": []}', "no `keys`"),
     ("keys-not-list", b'{"keys": {}}', "no `keys`"),
     ("bad-use", b'{"keys": [{"use": "enc"}]}', "x509-svid or jwt-svid"),
+    ("no-use", b'{"keys": [{"kty": "EC"}]}', "x509-svid or jwt-svid"),
     ("x5c-missing", b'{"keys": [{"use": "x509-svid"}]}', "exactly one certificate"),
     ("x5c-two", b'{"keys": [{"use": "x509-svid", "x5c": ["a", "b"]}]}', "exactly one"),
     ("x5c-garbage", b'{"keys": [{"use": "x509-svid", "x5c": ["bm90IGEgY2VydA=="]}]}', "does not parse"),
@@ -65,15 +68,16 @@ BAD = [
 
 @pytest.mark.parametrize(("name", "data", "words"), BAD, ids=[b[0] for b in BAD])
 def test_bad_foreign_bundles_are_refused(name: str, data: bytes, words: str) -> None:
-    with pytest.raises(BadBundle, match=words):
-        parse_bundle(data)
+    with pytest.raises(InvalidBundle, match=words):
+        foreign_bundle(data)
 
 
 def test_store_keeps_one_private_file_per_domain(tmp_path: Path) -> None:
     store = FederationStore(tmp_path)
     other = TrustDomain("other.test")
     assert store.get(other) is None and store.all() == {}
-    store.put(other, parse_bundle(json.dumps(GOOD).encode()))
-    assert store.get(other) == GOOD
+    store.put(other, foreign_bundle(json.dumps(GOOD).encode()))
+    kept = store.get(other)
+    assert kept is not None and kept.document() == GOOD
     assert stat.S_IMODE(store.path(other).stat().st_mode) == 0o600
     assert json.loads(store.all()["other.test"]) == GOOD

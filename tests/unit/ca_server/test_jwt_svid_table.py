@@ -69,12 +69,12 @@ class JwtCa:
                 else audience,
                 ttl_seconds=ttl_s,
             )
-        return await self.service.MintJWTSVID(request, context)  # type: ignore[arg-type]
+        return await self.service.MintJWTSVID(request, context)
 
     async def bundles(self, token: str | None) -> identity_pb2.FetchTrustBundlesResponse:
         md = [("authorization", f"Bearer {token}")] if token else []
         request = identity_pb2.FetchTrustBundlesRequest()
-        return await self.service.FetchTrustBundles(request, FakeContext(metadata=md))  # type: ignore[arg-type]
+        return await self.service.FetchTrustBundles(request, FakeContext(metadata=md))
 
 
 def make_jwt_ca(base: TestCa, *, keys: bool = True, **config: Any) -> JwtCa:

@@ -1,4 +1,4 @@
-"""Keys exactly per SPEC §1: EC P-256/P-384, RSA 2048-8192 with e = 65537, nothing else.
+"""Keys exactly per docs/COMPATIBILITY.md §1: EC P-256/P-384, RSA 2048-8192 with e = 65537, nothing else.
 
 Defect (505d662): an RSA-PSS SubjectPublicKeyInfo and RSA exponents 2^40+15 or 2040 bits
 were accepted (Go refuses e > 2^31-1, BoringSSL e over 33 bits).

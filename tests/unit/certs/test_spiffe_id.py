@@ -1,4 +1,4 @@
-"""SPIFFE ID and trust domain rules of SPEC §3."""
+"""SPIFFE ID and trust domain rules of docs/COMPATIBILITY.md §3."""
 
 from __future__ import annotations
 

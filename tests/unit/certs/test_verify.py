@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -18,16 +20,19 @@ from certs.verify import spiffe_id_of, svid_violations, verify_chain, verify_iss
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 ID = SpiffeId.parse("spiffe://cluster.local/ns/demo/sa/frontend")
+Root = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
 
 
 @pytest.fixture(scope="module")
-def root() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+def root() -> Root:
     key = generate_key()
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return self_signed_root(key=key, trust_domain=TrustDomain("cluster.local"), now=NOW), key
 
 
-def _leaf(root, *, spiffe_id=ID, ttl=timedelta(hours=1)) -> x509.Certificate:
+def _leaf(
+    root: Root, *, spiffe_id: SpiffeId = ID, ttl: timedelta = timedelta(hours=1)
+) -> x509.Certificate:
     cert, key = root
     return leaf_certificate(
         spiffe_id=spiffe_id,
@@ -39,7 +44,16 @@ def _leaf(root, *, spiffe_id=ID, ttl=timedelta(hours=1)) -> x509.Certificate:
     )
 
 
-def _custom_leaf(root, *, sans, san_critical=True, ca=False, ku=None, ku_critical=True, subject=()):
+def _custom_leaf(
+    root: Root,
+    *,
+    sans: list[x509.GeneralName] | None,
+    san_critical: bool = True,
+    ca: bool = False,
+    ku: x509.KeyUsage | None = None,
+    ku_critical: bool = True,
+    subject: Iterable[x509.NameAttribute[str]] = (),
+) -> x509.Certificate:
     """A leaf built by hand, to break one SVID rule at a time."""
     cert, key = root
     builder = (
@@ -59,7 +73,7 @@ def _custom_leaf(root, *, sans, san_critical=True, ca=False, ku=None, ku_critica
     return builder.sign(key, hashes.SHA256())
 
 
-def _ku(*, digital_signature=True, key_cert_sign=False) -> x509.KeyUsage:
+def _ku(*, digital_signature: bool = True, key_cert_sign: bool = False) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=digital_signature,
         content_commitment=False,
@@ -73,7 +87,7 @@ def _ku(*, digital_signature=True, key_cert_sign=False) -> x509.KeyUsage:
     )
 
 
-def test_a_profile_leaf_conforms_and_verifies(root) -> None:
+def test_a_profile_leaf_conforms_and_verifies(root: Root) -> None:
     leaf = _leaf(root)
     assert svid_violations(leaf) == []
     assert spiffe_id_of(leaf) == ID
@@ -103,7 +117,7 @@ URI = x509.UniformResourceIdentifier(str(ID))
         ({"sans": [URI], "ku": _ku(key_cert_sign=True)}, "keyCertSign or cRLSign"),
     ],
 )
-def test_each_svid_rule_is_reported(root, kwargs, problem) -> None:
+def test_each_svid_rule_is_reported(root: Root, kwargs: dict[str, Any], problem: str) -> None:
     leaf = _custom_leaf(root, **kwargs)
     problems = svid_violations(leaf)
     assert any(problem in p for p in problems), problems
@@ -111,7 +125,7 @@ def test_each_svid_rule_is_reported(root, kwargs, problem) -> None:
         spiffe_id_of(leaf)
 
 
-def test_verify_chain_refuses_empty_inputs_and_a_foreign_root(root) -> None:
+def test_verify_chain_refuses_empty_inputs_and_a_foreign_root(root: Root) -> None:
     leaf = _leaf(root)
     with pytest.raises(ChainError, match="chain is empty"):
         verify_chain([], [root[0]], now=NOW)
@@ -123,13 +137,13 @@ def test_verify_chain_refuses_empty_inputs_and_a_foreign_root(root) -> None:
         verify_chain([leaf], [other], now=NOW)
 
 
-def test_verify_chain_refuses_an_expired_leaf(root) -> None:
+def test_verify_chain_refuses_an_expired_leaf(root: Root) -> None:
     leaf = _leaf(root, ttl=timedelta(minutes=5))
     with pytest.raises(ChainError):
         verify_chain([leaf], [root[0]], now=NOW + timedelta(hours=1))
 
 
-def test_verify_issued_checks_signature_time_and_svid(root) -> None:
+def test_verify_issued_checks_signature_time_and_svid(root: Root) -> None:
     cert, key = root
     leaf = _leaf(root)
     der = leaf.public_bytes(Encoding.DER)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from certs.cli import main
@@ -40,7 +41,7 @@ class Pki:
         *,
         dns: tuple[str, ...] = (),
         now: datetime = NOW,
-    ):  # type: ignore[no-untyped-def]
+    ) -> x509.Certificate:
         return leaf_certificate(
             spiffe_id=sid, public_key=self.leaf_key.public_key(), issuer_cert=self.root,
             issuer_key=self.key, now=now, ttl=ttl, dns_names=dns,

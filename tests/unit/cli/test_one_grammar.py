@@ -18,7 +18,8 @@ import pytest
 
 from agent.cli.commands import config_from
 from agent.errors import ConfigError as AgentConfigError
-from ca_server.cli.records import _filters, admin_base_url
+from ca_server.cli.admin_client import admin_base_url
+from ca_server.cli.records import _filters
 from ca_server.cli.serve import config_from_args
 from ca_server.config import parse_hostport
 from ca_server.errors import ConfigError as CaConfigError

@@ -3,6 +3,7 @@ injected clock, plus a walk of a whole rotation that checks what verifies at eve
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -121,9 +122,9 @@ def test_should_drop_retired(case: str, s: SlotState, now: datetime, expected: b
         ("retire before the last leaf expired", lambda: retire(state(retired_until=P), P - DELAY), "force"),
     ],
 )  # fmt: skip
-def test_verbs_refused(case: str, verb: object, message: str) -> None:
+def test_verbs_refused(case: str, verb: Callable[[], object], message: str) -> None:
     with pytest.raises(SlotError, match=message):
-        verb()  # type: ignore[operator]
+        verb()
 
 
 def test_force_activates_early_and_drops_early() -> None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from ca_server.authority.material import CaMaterial, load_cacerts_dir
 from ca_server.authority.slots.model import SlotPolicy
@@ -65,7 +66,7 @@ def _install(tmp_path: Path, offline: Path, signed: Path) -> int:
     )  # fmt: skip
 
 
-def _leaf_chain(material: CaMaterial, now: datetime) -> list:  # type: ignore[type-arg]
+def _leaf_chain(material: CaMaterial, now: datetime) -> list[x509.Certificate]:
     key = generate_key()
     leaf = leaf_certificate(
         spiffe_id=ME,
