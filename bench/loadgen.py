@@ -93,7 +93,7 @@ async def batch_caller(
     channels = grpc_channels(
         args.addr, Path(args.root).read_bytes(), min(args.concurrency, args.channels)
     )
-    stubs = [ch.unary_unary(BATCH_METHOD) for ch in channels]  # type: ignore[attr-defined]
+    stubs = [ch.unary_unary(BATCH_METHOD) for ch in channels]
     size = args.batch_size
     groups = [workloads[i : i + size] for i in range(0, len(workloads) - size + 1, size)]
     requests = [batch_request_bytes(group, 3600) for group in groups]
@@ -110,7 +110,7 @@ async def batch_caller(
 
     async def close() -> None:
         for ch in channels:
-            await ch.close()  # type: ignore[attr-defined]
+            await ch.close()
 
     return call, close
 

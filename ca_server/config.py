@@ -17,9 +17,9 @@ from certs.spiffe_id import TrustDomain
 from certs.values import InvalidValue, parse_host_port
 
 if TYPE_CHECKING:
-    from ca_server.authn.node_policy import NodeIdentityPolicy
     from ca_server.hsm.settings import Pkcs11Settings
     from ca_server.kube.settings import KubeSettings
+    from ca_server.node_policy import NodeIdentityPolicy
     from ca_server.spiffe.federation.peers import FederationPeer
 
 DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")

@@ -54,7 +54,7 @@ def _node_policy(value: str | None, what: str) -> Any:
         return None
     from pathlib import Path
 
-    from ca_server.authn.node_policy import load_node_policy  # reads the file: not at import
+    from ca_server.node_policy import load_node_policy  # reads the file: not at import
 
     return load_node_policy(Path(value))
 

@@ -123,7 +123,7 @@ class BatchIssuer:
         self, channel: aio.Channel, chunk: Sequence[CertificateOrder], metadata: Metadata
     ) -> list[CertificateOutcome] | None:
         """The chunk's outcomes by one batch call; None when the CA has no batch call."""
-        stub = identity_pb2_grpc.CertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = identity_pb2_grpc.CertificateServiceStub(channel)
         request = identity_pb2.BatchCreateCertificatesRequest(
             params=[
                 identity_pb2.CertificateParams(
@@ -162,7 +162,7 @@ class BatchIssuer:
     async def _one_by_one(
         self, channel: aio.Channel, chunk: Sequence[CertificateOrder], metadata: Metadata
     ) -> list[CertificateOutcome]:
-        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)  # type: ignore[no-untyped-call]
+        stub = ca_pb2_grpc.IstioCertificateServiceStub(channel)
         slots = asyncio.Semaphore(self._concurrency)
 
         async def one(order: CertificateOrder) -> CertificateOutcome:

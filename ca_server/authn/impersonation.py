@@ -5,7 +5,7 @@ One rule for CreateCertificate's `ImpersonatedIdentity` and each item of
 
 - asking for one's own identity needs no right at all;
 - a node account listed in `--node-identity-policy` may act as the `ns/sa` patterns listed
-  for it (`ca_server.authn.node_policy`), with or without Kubernetes;
+  for it (`ca_server.node_policy`), with or without Kubernetes;
 - a node account in `CA_TRUSTED_NODE_ACCOUNTS` may act as a service account that has a pod
   on the caller's own node, when the CA uses Kubernetes (the node binding of
   `Authentication.authorize_impersonation`, as Istio's node authorizer);
@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from ca_server.authn.node_policy import NodeIdentityPolicy
 from ca_server.errors import ImpersonationRefused
 from ca_server.identity import Caller, shown
+from ca_server.node_policy import NodeIdentityPolicy
 from certs.errors import InvalidSpiffeId
 from certs.spiffe_id import SpiffeId, TrustDomain
 

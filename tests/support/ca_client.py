@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -59,7 +60,7 @@ def create_certificate(
 
 def batch_create(
     chan: grpc.Channel,
-    items: list[tuple[str | bytes, str, int]],
+    items: Sequence[tuple[str | bytes, str, int]],
     *,
     token: str | None = None,
     cluster_id: str = "",

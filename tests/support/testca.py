@@ -251,7 +251,7 @@ class TestCa:
             if isinstance(items, UndecodableRequest)
             else identity_pb2.BatchCreateCertificatesRequest(params=[i.params() for i in items])
         )
-        response = await self.batch.BatchCreateCertificates(request, context)  # type: ignore[arg-type]
+        response = await self.batch.BatchCreateCertificates(request, context)
         return list(response.results)
 
     def issue_batch(

@@ -18,8 +18,8 @@ from datetime import timedelta
 import grpc
 import pytest
 
-from ca_server.authn.node_policy import parse_node_policy
 from ca_server.issuance.service import UndecodableRequest
+from ca_server.node_policy import parse_node_policy
 from certs.pem import load_certificates
 from certs.verify import spiffe_id_of
 from protos.bulwark.v1 import identity_pb2

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from ca_server.authn.impersonation import ImpersonationRules
-from ca_server.authn.node_policy import load_node_policy, parse_node_policy
 from ca_server.errors import ConfigError, ImpersonationRefused
 from ca_server.identity import Caller
+from ca_server.node_policy import load_node_policy, parse_node_policy
 from certs.spiffe_id import SpiffeId, TrustDomain
 
 TD = TrustDomain("cluster.local")

@@ -16,9 +16,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ca_server.authn.node_policy import parse_node_policy
 from ca_server.authority.material import create_self_signed
 from ca_server.issuance.service import UndecodableRequest
+from ca_server.node_policy import parse_node_policy
 from certs.pem import load_certificates
 from certs.spiffe_id import TrustDomain
 from certs.verify import spiffe_id_of
