@@ -28,6 +28,10 @@ REFRESH_COOLDOWN_S = 10.0
 JWKS_CACHE_LIFESPAN_S = 300.0
 
 
+class UnknownKeyId(AuthenticationError):
+    """A token's `kid` names no key of the issuer (the authenticator adds whose)."""
+
+
 class JwksSource:
     """The issuer's keys by `kid`; `key_for(None)` gives every key (tokens without a `kid`)."""
 
@@ -60,9 +64,7 @@ class JwksSource:
             return keys
         found = [k for k in keys if k.key_id == kid]
         if not found:
-            raise AuthenticationError(
-                f"token key id {shown(kid)} is not among the issuer's signing keys"
-            )
+            raise UnknownKeyId(f"token key id {shown(kid)} is not among the issuer's signing keys")
         return found
 
     def _local_keys(self, kid: str | None) -> list[jwt.PyJWK]:
