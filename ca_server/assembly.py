@@ -89,6 +89,7 @@ def certificate_service(
 ) -> CertificateService:
     """IstioCertificateService: the planned authenticators, the signer, the record."""
     authentication = authentication or build_authentication(config, material)
+    metrics.label_clusters(authentication.known_clusters)
     return CertificateService(
         authentication=authentication,
         impersonation=impersonation_rules(config, authentication),
@@ -113,6 +114,7 @@ def batch_service(
 ) -> BatchCertificateService:
     """bulwark.v1.CertificateService: BatchCreateCertificates with CreateCertificate's rules."""
     authentication = authentication or build_authentication(config, material)
+    metrics.label_clusters(authentication.known_clusters)
     return BatchCertificateService(
         authentication=authentication,
         impersonation=impersonation_rules(config, authentication),

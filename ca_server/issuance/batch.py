@@ -139,6 +139,7 @@ class BatchCertificateService:
             )
         if issued_count:
             self.metrics.success.inc(issued_count)
+            self.metrics.issued_for(caller.cluster_id, issued_count)
         return [result for result in results if result is not None]
 
     def _sign(

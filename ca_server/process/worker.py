@@ -40,6 +40,7 @@ from ca_server.authority.custody import (
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
 from ca_server.errors import ConfigError
+from ca_server.kube.settings import own_cluster_id
 from ca_server.logs import CaEventLog
 from ca_server.logs import configure as configure_logs
 from ca_server.metrics import CaMetrics
@@ -175,7 +176,7 @@ async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) 
 
 
 async def _serve_with(spec: WorkerSpec, keys: LiveKeys, supervisor: Connection) -> None:
-    metrics = CaMetrics()
+    metrics = CaMetrics(own_cluster=own_cluster_id(spec.config.kube))
     recorder = open_recorder(spec.config, metrics)
     events = CaEventLog()
     server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])

@@ -30,6 +30,7 @@ from ca_server.config import CaConfig
 from ca_server.errors import RecordWriteFailed
 from ca_server.issuance.batch import BatchCertificateService
 from ca_server.issuance.service import CertificateService, InFlight, UndecodableRequest
+from ca_server.kube.settings import own_cluster_id
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 from ca_server.record.entry import IssuedCertificate
@@ -157,7 +158,7 @@ class TestCa:
         """Another CA sharing `material` and `issuer` (keys are slow to make), e.g. another policy."""
         registry = CollectorRegistry()
         recorder = recorder if recorder is not None else MemoryRecorder()
-        metrics = CaMetrics(registry)
+        metrics = CaMetrics(registry, own_cluster=own_cluster_id(config.kube))
         events = CaEventLog(logging.getLogger("ca_server.events"))
         authentication = build_authentication(config, lambda: material)
         in_flight = InFlight(config.max_concurrent_rpcs)
@@ -261,14 +262,19 @@ class TestCa:
         return asyncio.run(self.batch_call(items, **kwargs))
 
     def metric(self, name: str, **labels: str) -> float:
-        """A sample of this CA's own registry by its exported name (Istio's counters without
-        `_total`, as /metrics shows them); 0 for a label set not counted yet."""
+        """This CA's own registry's samples by their exported name (Istio's counters without
+        `_total`, as /metrics shows them) with at least `labels` (others, such as `cluster`,
+        may be there), summed; 0 for a label set not counted yet."""
         families = {family.name: family for family in self.registry.collect()}
         base = name.removesuffix("_total")
         if base not in families:
             raise KeyError(f"no series {name}; known: {', '.join(sorted(families))}")
         sample = f"{base}_total" if families[base].type == "counter" else name
-        return self.registry.get_sample_value(sample, labels) or 0.0
+        return sum(
+            s.value
+            for s in families[base].samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 def _request(
