@@ -190,8 +190,10 @@ def test_a_client_certificate_authenticates_the_batch(ca: TestCa) -> None:
 
 
 def test_the_clusterid_header_is_recorded_as_for_create_certificate(ca: TestCa) -> None:
-    ca.issue_batch([good()], token=ca.mint(), headers=[("clusterid", "east")])
-    assert [e.cluster_id for e in ca.recorder.entries] == ["east"]
+    ca.issue_batch([good(), good()], token=ca.mint(), headers=[("clusterid", "east")])
+    assert [e.cluster_id for e in ca.recorder.entries] == ["east", "east"]
+    # a cluster this CA does not know labels its series `unknown`, as for CreateCertificate
+    assert ca.metric("bulwark_ca_issued_total", cluster="unknown") == 2
 
 
 @pytest.mark.parametrize("size", [0, 9, 500])
