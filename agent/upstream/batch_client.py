@@ -6,6 +6,31 @@ a CA that answers UNIMPLEMENTED (Istio's istiod) gets one `CreateCertificate` pe
 instead, with Istio's `ImpersonatedIdentity` metadata, as ztunnel asks istiod. Either way the
 answer is one `CertificateOutcome` per order, in order: a chain, or the status that refused
 it. Retrying is the caller's business; this module never logs a token.
+
+Use (the node agent's side)::
+
+    issuer = BatchIssuer(timeout=timedelta(seconds=10), own_identity=node_spiffe_id)
+    orders = [CertificateOrder(spiffe_id, csr_pem, ttl) for each identity to (re)issue]
+    outcomes = await issuer.issue(channel, orders, metadata)
+    for order, outcome in zip(orders, outcomes):
+        if outcome.ok: install outcome.chain (leaf first, root last)
+        else: retry later; outcome.code / outcome.message say why (per item)
+
+- `BatchIssuer` is long-lived: keep one per upstream CA. It remembers that a CA lacks the
+  batch call and asks it again after `reprobe_after` (a CA upgraded in place gains it).
+- `channel` is an open `grpc.aio` channel to the CA (TLS with the CA's root, or mTLS with
+  the node agent's own certificate); `metadata` is what authenticates the node agent itself,
+  e.g. `(("authorization", "Bearer " + its own service-account token),)`. The CA binds each
+  impersonated identity to that caller: with Kubernetes, to pods of the caller's node; without,
+  to the patterns `--node-identity-policy` lists for it. An item it may not mint comes back
+  refused on its own (PERMISSION_DENIED / UNAUTHENTICATED) while the others succeed.
+- `CertificateOrder.spiffe_id` is the identity to mint; "" or `own_identity` means the
+  caller's own certificate (no impersonation). `ttl` becomes the requested validity.
+- `max_batch` should not exceed the CA's `--batch-max-certificates` (default 64, the same as
+  `DEFAULT_MAX_BATCH`); a larger request is refused whole with INVALID_ARGUMENT.
+- `issue()` never raises for a refused call or item: a transport error or a refused call
+  gives that status to every order of its chunk. A successful outcome's leaf is checked to
+  name the identity ordered (else INTERNAL).
 """
 
 from __future__ import annotations
