@@ -1,8 +1,9 @@
-"""A minimal synchronous client of IstioCertificateService for tests."""
+"""A minimal synchronous client of IstioCertificateService (and BatchCreateCertificates) for tests."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,33 @@ def validate_jwt_svid(svid: str, bundle: dict[str, Any], audience: str) -> dict[
     key = jwt.PyJWK.from_dict(keys[0], algorithm="ES256").key
     claims: dict[str, Any] = jwt.decode(svid, key, algorithms=["ES256"], audience=audience)
     return claims
+
+
+def batch_create(
+    chan: grpc.Channel,
+    items: Sequence[tuple[str | bytes, str, int]],
+    *,
+    token: str | None = None,
+    cluster_id: str = "",
+    timeout: float = 20.0,
+) -> list[identity_pb2.CertificateResult]:
+    """BatchCreateCertificates with `items` of (csr, spiffe_id, ttl_s); raises grpc.RpcError
+    when the whole call is refused."""
+    stub = identity_pb2_grpc.CertificateServiceStub(chan)
+    md: list[tuple[str, str]] = []
+    if token is not None:
+        md.append(("authorization", f"Bearer {token}"))
+    if cluster_id:
+        md.append(("clusterid", cluster_id))
+    request = identity_pb2.BatchCreateCertificatesRequest(
+        params=[
+            identity_pb2.CertificateParams(
+                csr=csr.decode() if isinstance(csr, bytes) else csr,
+                spiffe_id=spiffe_id,
+                validity_duration=ttl_s,
+            )
+            for csr, spiffe_id, ttl_s in items
+        ]
+    )
+    response = stub.BatchCreateCertificates(request, metadata=md, timeout=timeout)
+    return list(response.results)
