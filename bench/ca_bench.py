@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procstat
-from bench.workloads import Workload, save
+from bench.workloads import NAMESPACE, Workload, save
 from tests.support.ca_process import RunningCa, start_ca
 
 BENCH = Path(__file__).resolve().parent
@@ -31,7 +31,11 @@ def run_loadgen(
     duration_s: float = 8.0,
     warmup_s: float = 1.0,
     max_requests: int = 20_000,
+    batch_size: int = 32,
+    node_token_file: Path | None = None,
 ) -> dict[str, Any]:
+    """One load generator run (bench/loadgen.py); `mode` "batch" sends a node agent's batches
+    of `batch_size` under the token in `node_token_file`."""
     cmd = [
         sys.executable,
         str(BENCH / "loadgen.py"),
@@ -53,18 +57,45 @@ def run_loadgen(
     ]
     if root is not None:
         cmd += ["--root", str(root)]
+    if mode == "batch":
+        assert node_token_file is not None, "batch mode needs the node agent's token"
+        cmd += ["--batch-size", str(batch_size), "--node-token-file", str(node_token_file)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO, timeout=300)
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
 
+# The bench's node agent and the workloads it may impersonate (bench/workloads.py's namespace).
+NODE_AGENT = ("bench-system", "node-agent")
+
+
 def start_bulwark(data_dir: Path, *extra: str) -> RunningCa:
+    """Bulwark with 2 workers, TLS, the embedded token issuer and the SQLite record; its node
+    agent (`NODE_AGENT`) may impersonate every bench workload (--node-identity-policy)."""
     workers = 2
     if "--workers" in extra:
         i = extra.index("--workers")
         workers = int(extra[i + 1])
         extra = extra[:i] + extra[i + 2 :]
-    return start_ca(data_dir, "--mtls-grpc-addr", "", *extra, workers=workers)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    policy = data_dir.parent / "node-identity-policy.yaml"
+    policy.write_text(json.dumps({"/".join(NODE_AGENT): [f"{NAMESPACE}/*"]}))
+    return start_ca(
+        data_dir,
+        "--mtls-grpc-addr",
+        "",
+        "--node-identity-policy",
+        str(policy),
+        *extra,
+        workers=workers,
+    )
+
+
+def node_token_file(ca: RunningCa, work: Path) -> Path:
+    """The bench node agent's token (2 h), written where the batch load generator reads it."""
+    path = work / "node-agent.token"
+    path.write_text(ca.mint_token(*NODE_AGENT, ttl_s=7200))
+    return path
 
 
 def bench_bulwark(
@@ -101,9 +132,19 @@ def bench_bulwark(
         ca.stop()
 
 
-def profile_worker(ca: RunningCa, wl_file: Path, svg: Path, *, duration_s: float) -> bool:
-    """A py-spy flame graph of one CA worker under load at c=32 (a window not measured for CPU:
-    sampling stops the process). False when py-spy is not installed."""
+def profile_worker(
+    ca: RunningCa,
+    wl_file: Path,
+    svg: Path,
+    *,
+    duration_s: float,
+    mode: str = "grpc",
+    concurrency: int = 32,
+    **load_args: Any,
+) -> bool:
+    """A py-spy flame graph of one CA worker under load (`mode` and `concurrency` of the load
+    generator; a window not measured for CPU: sampling stops the process). False when py-spy
+    is not installed."""
     import shutil
     import threading
 
@@ -116,8 +157,13 @@ def profile_worker(ca: RunningCa, wl_file: Path, svg: Path, *, duration_s: float
         return False
     load = threading.Thread(
         target=run_loadgen,
-        args=("grpc", ca.grpc_addr, ca.process.pid, wl_file),
-        kwargs={"concurrency": 32, "root": ca.root_cert_path, "duration_s": duration_s + 2},
+        args=(mode, ca.grpc_addr, ca.process.pid, wl_file),
+        kwargs={
+            "concurrency": concurrency,
+            "root": ca.root_cert_path,
+            "duration_s": duration_s + 2,
+            **load_args,
+        },
     )
     load.start()
     time.sleep(2.5)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +31,19 @@ SPREAD_KEYS = (
 
 @dataclass
 class Server:
-    name: str  # "bulwark", "istio" or "cfssl": the prefix of its keys in latest.json
-    mode: str  # the load generator's protocol: "grpc" or "cfssl"
+    name: str  # "bulwark", "istio", "cfssl" or "bulwark_batch": its rows' key in latest.json
+    mode: str  # the load generator's protocol: "grpc", "batch" or "cfssl"
     addr: str
     pid: int
-    root: Path | None  # the TLS root for grpc mode
+    root: Path | None  # the TLS root for grpc and batch modes
+    # A server measured at one slot only (the batch call: a few node agents, not c callers):
+    # it runs in the `only_at` concurrency's turn of each round, with `callers` callers.
+    only_at: int | None = None
+    callers: int | None = None
+    load_args: dict[str, Any] = field(default_factory=dict)  # batch_size, node_token_file
+
+    def runs_at(self, concurrency: int) -> bool:
+        return self.only_at is None or self.only_at == concurrency
 
 
 def pct(xs: Sequence[float], q: float) -> float | None:
@@ -58,6 +66,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
     row: dict[str, Any] = {
         "mode": runs[0]["mode"],
         "concurrency": runs[0]["concurrency"],
+        "callers": runs[0].get("callers", runs[0]["concurrency"]),
+        "batch_size": runs[0].get("batch_size", 1),
         "rounds": len(runs),
         "certs": sum(r["certs"] for r in runs),
         "elapsed_s": sum(r["elapsed_s"] for r in runs),
@@ -91,18 +101,30 @@ def interleaved(
     for r in range(rounds):
         for c in concurrencies:
             order = servers[r % len(servers) :] + servers[: r % len(servers)]
-            for s in order:
+            for s in (s for s in order if s.runs_at(c)):
                 run = run_loadgen(
-                    s.mode, s.addr, s.pid, wl_file, concurrency=c, root=s.root, duration_s=window_s
+                    s.mode,
+                    s.addr,
+                    s.pid,
+                    wl_file,
+                    concurrency=s.callers or c,
+                    root=s.root,
+                    duration_s=window_s,
+                    **s.load_args,
                 )
-                latencies.setdefault(f"{s.name} c={c}", []).extend(run["latencies_ms"])
+                if s.mode != "batch":  # a batch's latency is a call's, not a certificate's
+                    latencies.setdefault(f"{s.name} c={c}", []).extend(run["latencies_ms"])
                 one = summarize(run)
+                one["concurrency"] = c  # the slot it ran in (`callers` says how many it had)
+                one["callers"] = s.callers or c
                 raw[s.name].setdefault(c, []).append(one)
                 log(
                     f"  round {r + 1}/{rounds} c={c} {s.name}: {one['certs_per_s']:,.0f} certs/s, "
                     f"{_us(one['server_cpu_us_per_cert'])} us CPU/cert, p99 {_ms(one['p99_ms'])} ms"
                 )
-    rows = {name: [aggregate(by_c[c]) for c in concurrencies] for name, by_c in raw.items()}
+    rows = {
+        name: [aggregate(by_c[c]) for c in concurrencies if c in by_c] for name, by_c in raw.items()
+    }
     return rows, latencies
 
 

@@ -1,5 +1,5 @@
-"""The goals `make bench` checks (issue 18; the node agent, issue 23; the HSM pair, issue 24),
-each from figures of the same run.
+"""The goals `make bench` checks (issue 18; the batch pair and the node agent, issue 23; the
+HSM pair, issue 24), each from figures of the same run.
 
 A goal is met, not met, or not measured: a figure missing from the run (a peer that was not
 run, BENCH_ONLY, a phase that failed) prints "not measured" and never counts as met.
@@ -58,8 +58,8 @@ GOALS: tuple[Goal, ...] = (
         f"CA server CPU per certificate (c={HEADLINE_CONCURRENCY})",
         "ca_cpu_us_per_cert",
         "us",
-        "<= 1.5x Istio's CA",
-        lambda v, ratio: ratio is not None and ratio <= 1.5,
+        "<= 2.0x Istio's CA",  # issue 23 (issue 18 asked 1.5x; the node agent's batch goes further)
+        lambda v, ratio: ratio is not None and ratio <= 2.0,
         peer="istio_ca_cpu_us_per_cert",
         peer_label="Istio's CA",
         needs_peer=True,
@@ -73,6 +73,28 @@ GOALS: tuple[Goal, ...] = (
         peer="istio_ca_certs_per_s",
         peer_label="Istio's CA",
         needs_peer=True,
+    ),
+    Goal(
+        "CA server CPU per certificate, BatchCreateCertificates of 32",
+        "ca_batch_cpu_us_per_cert",
+        "us",
+        "<= 0.8x Istio's CA per call",
+        lambda v, ratio: ratio is not None and ratio <= 0.8,
+        peer="istio_ca_cpu_us_per_cert",
+        peer_label="Istio's CA",
+        needs_peer=True,
+        issue=23,
+    ),
+    Goal(
+        "CA certificates/s, BatchCreateCertificates of 32",
+        "ca_batch_certs_per_s",
+        "",
+        ">= 1.25x Istio's CA per call",
+        lambda v, ratio: ratio is not None and ratio >= 1.25,
+        peer="istio_ca_certs_per_s",
+        peer_label="Istio's CA",
+        needs_peer=True,
+        issue=23,
     ),
     Goal(
         f"CA CPU per certificate, key in SoftHSM2 (c={HEADLINE_CONCURRENCY})",

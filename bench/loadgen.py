@@ -1,5 +1,7 @@
 """Closed-loop load generator, run as its own process: `concurrency` callers, each sending its
-next request as soon as the last one is answered, to Bulwark (gRPC) or cfssl (HTTP/1.1 JSON).
+next request as soon as the last one is answered, to Bulwark (gRPC: CreateCertificate, or a
+node agent's BatchCreateCertificates of `--batch-size` items) or cfssl (HTTP/1.1 JSON).
+Figures are per certificate: a batch call counts as its items (a failed item fails the call).
 
 It reads the server's CPU from /proc at the start and end of the measured window itself, so the
 window and the count of certificates match exactly. Prints one JSON object on stdout.
@@ -24,9 +26,10 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench import procstat  # noqa: E402
-from bench.workloads import Workload, load  # noqa: E402
+from bench.workloads import NAMESPACE, Workload, load  # noqa: E402
 
 METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
+BATCH_METHOD = "/bulwark.v1.CertificateService/BatchCreateCertificates"
 SERVER_NAME = "istiod.istio-system.svc"
 
 Call = Callable[[int], Awaitable[bool]]
@@ -55,6 +58,61 @@ def grpc_channels(addr: str, root_pem: bytes, count: int) -> list[Channel]:
         )
         for i in range(count)
     ]
+
+
+def batch_request_bytes(items: list[Workload], ttl_s: int) -> bytes:
+    from protos.bulwark.v1 import identity_pb2
+
+    return identity_pb2.BatchCreateCertificatesRequest(
+        params=[
+            identity_pb2.CertificateParams(
+                csr=w.csr_pem,
+                spiffe_id=f"spiffe://cluster.local/ns/{NAMESPACE}/sa/{w.account}",
+                validity_duration=ttl_s,
+            )
+            for w in items
+        ]
+    ).SerializeToString()
+
+
+def batch_issued(response: bytes, expected: int) -> bool:
+    """Whether every item of a batch answer is a certificate."""
+    from protos.bulwark.v1 import identity_pb2
+
+    results = identity_pb2.BatchCreateCertificatesResponse.FromString(response).results
+    return len(results) == expected and all(r.status.code == 0 for r in results)
+
+
+async def batch_caller(
+    args: argparse.Namespace, workloads: list[Workload]
+) -> tuple[Call, Callable[[], Awaitable[None]]]:
+    """A node agent's batches: `--batch-size` workloads' CSRs per call, for their identities,
+    under the node agent's token (`--node-token-file`)."""
+    import grpc
+
+    channels = grpc_channels(
+        args.addr, Path(args.root).read_bytes(), min(args.concurrency, args.channels)
+    )
+    stubs = [ch.unary_unary(BATCH_METHOD) for ch in channels]
+    size = args.batch_size
+    groups = [workloads[i : i + size] for i in range(0, len(workloads) - size + 1, size)]
+    requests = [batch_request_bytes(group, 3600) for group in groups]
+    metadata = (("authorization", f"Bearer {Path(args.node_token_file).read_text().strip()}"),)
+
+    async def call(i: int) -> bool:
+        try:
+            response = await stubs[i % len(stubs)](
+                requests[i % len(requests)], metadata=metadata, timeout=60
+            )
+        except grpc.aio.AioRpcError:
+            return False
+        return batch_issued(response, size)
+
+    async def close() -> None:
+        for ch in channels:
+            await ch.close()
+
+    return call, close
 
 
 async def grpc_caller(
@@ -140,8 +198,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     workloads = load(Path(args.workloads))
     if args.mode == "grpc":
         call, close = await grpc_caller(args, workloads)
+    elif args.mode == "batch":
+        call, close = await batch_caller(args, workloads)
     else:
         call, close = await cfssl_caller(args, workloads)
+    per_call = args.batch_size if args.mode == "batch" else 1
     seq = [0]  # next request index
     state = {"measuring": False, "stop": False}
     latencies: list[float] = []
@@ -162,7 +223,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     tasks = [asyncio.create_task(worker(w)) for w in range(args.concurrency)]
     # warm-up: every workload once (tokens enter the verified-token cache), then a little more
     warm_until = time.monotonic() + args.warmup_s
-    while time.monotonic() < warm_until or seq[0] < len(workloads) + args.concurrency:
+    warm_calls = len(workloads) // per_call + args.concurrency
+    while time.monotonic() < warm_until or seq[0] < warm_calls:
         await asyncio.sleep(0.05)
     before = procstat.sample(args.server_pid, switches=True)
     client_before = procstat.self_cpu_s()
@@ -178,11 +240,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     state["stop"] = True
     await asyncio.gather(*tasks, return_exceptions=True)
     await close()
-    n = len(latencies)
+    n = len(latencies) * per_call  # certificates: every measured call issued all its items
     server_cpu = after.cpu_since(before)
     return {
         "mode": args.mode,
         "concurrency": args.concurrency,
+        "batch_size": per_call,
+        "calls": len(latencies),
         "certs": n,
         "elapsed_s": elapsed,
         "certs_per_s": n / elapsed if elapsed else 0.0,
@@ -199,7 +263,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("mode", choices=["grpc", "cfssl"])
+    p.add_argument("mode", choices=["grpc", "batch", "cfssl"])
     p.add_argument("--addr", required=True)
     p.add_argument("--root", help="CA root PEM (gRPC TLS)")
     p.add_argument("--workloads", required=True)
@@ -209,6 +273,8 @@ def main() -> None:
     p.add_argument("--warmup-s", type=float, default=2.0)
     p.add_argument("--duration-s", type=float, default=10.0)
     p.add_argument("--max-requests", type=int, default=20_000)
+    p.add_argument("--batch-size", type=int, default=32, help="batch mode: items per call")
+    p.add_argument("--node-token-file", help="batch mode: the node agent's token")
     args = p.parse_args()
     result = asyncio.run(run(args))
     json.dump(result, sys.stdout)

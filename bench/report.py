@@ -60,6 +60,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         *goals.table(r),
         *_ca_peers(r),
+        *_batch(r),
         *_hsm(r),
         *_agent_peers(r),
         *_node_agent(r),
@@ -137,6 +138,40 @@ def _ca_rows(rows: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _batch(r: dict[str, Any]) -> list[str]:
+    """The batch call against Istio's CA per call and Bulwark's own per-call path."""
+    c = r.get("headline_concurrency", goals.HEADLINE_CONCURRENCY)
+    batch = next(iter(r.get("ca_batch_runs", [])), None)
+    if batch is None:
+        return []
+    per_call, istio = _row(r, "ca", c), _row(r, "istio_ca", c)
+    lines = [
+        "",
+        f"BatchCreateCertificates: {batch.get('callers')} node agents, {batch.get('batch_size')} "
+        f"certificates per call, each item impersonated (--node-identity-policy), one record "
+        f"commit per call; against CreateCertificate at c={c} (median over "
+        f"{batch.get('rounds', 1)} interleaved rounds, min-max):",
+        "",
+        "| figure | Bulwark batch | Bulwark per call | Istio's CA per call | batch / Istio |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label, digits in (
+        ("server_cpu_us_per_cert", "server CPU per certificate (us)", 0),
+        ("certs_per_s", "certificates/s", 0),
+        ("server_switches_per_cert", "server context switches per certificate", 1),
+        ("p99_ms", "p99 latency of a call (ms; a batch call carries 32)", 1),
+    ):
+        lines.append(
+            f"| {label} | {_spread(batch, key, digits)} | {_spread(per_call, key, digits)} | "
+            f"{_spread(istio, key, digits)} | {_ratio(batch.get(key), istio.get(key))} |"
+        )
+    lines += [
+        "",
+        "py-spy flame graph of one CA worker under the batch load: `ca-worker-batch-profile.svg`.",
+    ]
+    return lines
+
+
 def _agent_peers(r: dict[str, Any]) -> list[str]:
     if r.get("agent_rss_mb") is None:
         return []
@@ -204,6 +239,11 @@ def _information(r: dict[str, Any]) -> list[str]:
         r.get("cfssl_cpu_us_per_cert"),
         r.get("crypto_limit_us_per_cert"),
     )
+    if r.get("ca_overhead_us_per_cert") is not None:
+        floor = r.get("floor", {}).get("required_work_us_per_call")
+        lines.append(
+            f"| ca_overhead_us_per_cert: Bulwark's own work per certificate (per-call CPU minus the required-work floor) | {_f(r['ca_overhead_us_per_cert'])} us | floor {_f(floor)} us | {_ratio(ca, floor)} |"
+        )
     if ca is not None:
         lines += [
             f"| CA server CPU per certificate vs cfssl | {_f(ca)} us | cfssl {_f(cf)} us | {_ratio(ca, cf)} |",

@@ -2,8 +2,9 @@
 
 Phases, in order:
   ca     the crypto limit; Bulwark's CA, Istio's own CA (bench/istio-ca, built by
-         build-istio-ca.sh) and cfssl under the same load generator at c=8, 32, 128,
-         interleaved over 3 rounds (medians and min-max); a py-spy profile of a worker; the
+         build-istio-ca.sh) and cfssl under the same load generator at c=8, 32, 128, and
+         Bulwark's BatchCreateCertificates (4 node agents, 32 per call), interleaved over 3
+         rounds (medians and min-max); py-spy profiles of a worker (per call, batch); the
          floor breakdown (bare grpc.aio server, in-process request path, record alone).
   hsm    the same CA with its key in SoftHSM2 vs a key file, interleaved at c=32, and one
          signature inside SoftHSM2 on its own (issue 24).
@@ -48,6 +49,9 @@ QUICK = os.environ.get("BENCH_QUICK") == "1"
 PHASES = ("ca", "hsm", "agent", "node", "fleet")
 CONCURRENCIES = [8, 32, 128]
 HEADLINE_CONCURRENCY = 32
+# The batch call (issue 23): a few node agents, each sending BatchCreateCertificates of 32.
+BATCH_SIZE = 32
+BATCH_CALLERS = 4
 ROUNDS = 3
 CA_WINDOW_S = 2.5 if QUICK else 10.0
 AGENT_STARTS = 3 if QUICK else 7
@@ -176,14 +180,29 @@ def ca_phase(work: Path, out: Path, r: dict[str, Any], latencies: dict[str, list
     cf_proc, cf_addr = ca_bench.start_cfssl(cfssl, work)
     assert ours.process is not None
     try:
+        batch_load = {
+            "batch_size": BATCH_SIZE,
+            "node_token_file": ca_bench.node_token_file(ours, work),
+        }
         servers = [
             Server("bulwark", "grpc", ours.grpc_addr, ours.process.pid, ours.root_cert_path),
             Server("istio", "grpc", theirs.addr, theirs.pid, theirs.root),
             Server("cfssl", "cfssl", cf_addr, cf_proc.pid, None),
+            Server(
+                "bulwark_batch",
+                "batch",
+                ours.grpc_addr,
+                ours.process.pid,
+                ours.root_cert_path,
+                only_at=HEADLINE_CONCURRENCY,
+                callers=BATCH_CALLERS,
+                load_args=batch_load,
+            ),
         ]
         log(
             f"Bulwark CA (2 workers, TLS, JWT, SQLite record), Istio's CA, cfssl at "
-            f"c={CONCURRENCIES}, {ROUNDS} interleaved rounds of {CA_WINDOW_S:g} s"
+            f"c={CONCURRENCIES}, and {BATCH_CALLERS} node agents sending BatchCreateCertificates "
+            f"of {BATCH_SIZE} to Bulwark; {ROUNDS} interleaved rounds of {CA_WINDOW_S:g} s"
         )
         rows, lat = interleaved(
             servers, wl_file, CONCURRENCIES, rounds=ROUNDS, window_s=CA_WINDOW_S, log=log
@@ -192,12 +211,22 @@ def ca_phase(work: Path, out: Path, r: dict[str, Any], latencies: dict[str, list
         ca_bench.profile_worker(
             ours, wl_file, out / "ca-worker-profile.svg", duration_s=min(CA_WINDOW_S, 6.0)
         )
+        ca_bench.profile_worker(
+            ours,
+            wl_file,
+            out / "ca-worker-batch-profile.svg",
+            duration_s=min(CA_WINDOW_S, 6.0),
+            mode="batch",
+            concurrency=BATCH_CALLERS,
+            **batch_load,
+        )
     finally:
         ours.stop()
         theirs.stop()
         cf_proc.terminate()
         cf_proc.wait(10)
     r.update(ca_runs=rows["bulwark"], istio_ca_runs=rows["istio"], cfssl_runs=rows["cfssl"])
+    r.update(ca_batch_runs=rows["bulwark_batch"], batch_size=BATCH_SIZE)
     r["cfssl_uri_san"] = ca_bench.cfssl_writes_uri_san(cfssl, work, workloads[0])
     log("profile of the remainder: bare gRPC server, in-process request path, record alone")
     r["floor"] = breakdown(work, wl_file, workloads)
@@ -208,7 +237,26 @@ def ca_phase(work: Path, out: Path, r: dict[str, Any], latencies: dict[str, list
             at(rows["cfssl"], HEADLINE_CONCURRENCY),
         )
     )
+    r.update(batch_keys(at(rows["bulwark_batch"], HEADLINE_CONCURRENCY)))
+    r["ca_overhead_us_per_cert"] = overhead_us(r)
     r["crypto_limit_us_per_cert"] = r["crypto_limit"]["total_us"]
+
+
+def batch_keys(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch call's figures latest.json carries at the top level (per certificate)."""
+    return {
+        "ca_batch_cpu_us_per_cert": batch.get("server_cpu_us_per_cert"),
+        "ca_batch_certs_per_s": batch.get("certs_per_s"),
+        "ca_batch_call_p99_ms": batch.get("p99_ms"),
+    }
+
+
+def overhead_us(r: dict[str, Any]) -> float | None:
+    """Bulwark's own work per certificate: its per-call CPU minus the required-work floor
+    (the bare grpc.aio server doing only what every CA must) measured in the same run."""
+    ours = r.get("ca_cpu_us_per_cert")
+    floor = r.get("floor", {}).get("required_work_us_per_call")
+    return ours - floor if ours is not None and floor is not None else None
 
 
 def headline_keys(

@@ -1,9 +1,10 @@
 """What a CA worker serves, built from a `CaConfig` and a source of the current CA material.
 
 One place wires the request pipeline: the authenticators the config plans
-(`ca_server.authn.plan`), the signer and its policy, the issuance record, and the two
-servicers on a worker's ports (IstioCertificateService and bulwark.v1.WorkloadIdentityService,
-sharing one `Authentication`). The worker process (`ca_server.process.worker`) and the
+(`ca_server.authn.plan`), the impersonation rules, the signer and its policy, the issuance
+record, and the servicers on a worker's ports (IstioCertificateService,
+bulwark.v1.CertificateService for batches and bulwark.v1.WorkloadIdentityService, sharing one
+`Authentication` and one limit of certificates in flight). The worker process (`ca_server.process.worker`) and the
 in-process test CA (`tests/support/testca.py`) both build their servicers here, so a
 policy table tests exactly what a worker runs.
 """
@@ -16,10 +17,13 @@ from datetime import UTC, datetime
 import grpc
 
 from ca_server.authn.authenticators import Authentication
+from ca_server.authn.impersonation import ImpersonationRules
 from ca_server.authn.plan import build_authentication
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
-from ca_server.issuance.service import CertificateService
+from ca_server.issuance.batch import BatchCertificateService
+from ca_server.issuance.batch import add_to_server as add_batch_service
+from ca_server.issuance.service import CertificateService, InFlight
 from ca_server.issuance.service import add_to_server as add_certificate_service
 from ca_server.issuance.signer import Signer, SigningPolicy
 from ca_server.logs import CaEventLog
@@ -63,6 +67,16 @@ def signer_for(config: CaConfig, material: Callable[[], CaMaterial | None]) -> S
     )
 
 
+def impersonation_rules(config: CaConfig, authentication: Authentication) -> ImpersonationRules:
+    """The one impersonation rule of CreateCertificate and BatchCreateCertificates."""
+    return ImpersonationRules(
+        trust_domain=config.trust_domain,
+        trusted_node_accounts=config.trusted_node_accounts,
+        node_policy=config.node_identity_policy,
+        node_binding=authentication,
+    )
+
+
 def certificate_service(
     config: CaConfig,
     material: Material,
@@ -71,20 +85,45 @@ def certificate_service(
     metrics: CaMetrics,
     events: CaEventLog,
     authentication: Authentication | None = None,
+    in_flight: InFlight | None = None,
 ) -> CertificateService:
     """IstioCertificateService: the planned authenticators, the signer, the record."""
     authentication = authentication or build_authentication(config, material)
     metrics.label_clusters(authentication.known_clusters)
     return CertificateService(
         authentication=authentication,
+        impersonation=impersonation_rules(config, authentication),
         signer=signer_for(config, material),
         recorder=recorder,
         metrics=metrics,
-        trust_domain=config.trust_domain,
-        trusted_node_accounts=config.trusted_node_accounts,
         events=events,
         # The service enforces the limit itself, so an overload refusal is logged and counted.
-        max_in_flight=config.max_concurrent_rpcs,
+        in_flight=in_flight or InFlight(config.max_concurrent_rpcs),
+    )
+
+
+def batch_service(
+    config: CaConfig,
+    material: Material,
+    *,
+    recorder: Recorder | None,
+    metrics: CaMetrics,
+    events: CaEventLog,
+    authentication: Authentication | None = None,
+    in_flight: InFlight | None = None,
+) -> BatchCertificateService:
+    """bulwark.v1.CertificateService: BatchCreateCertificates with CreateCertificate's rules."""
+    authentication = authentication or build_authentication(config, material)
+    metrics.label_clusters(authentication.known_clusters)
+    return BatchCertificateService(
+        authentication=authentication,
+        impersonation=impersonation_rules(config, authentication),
+        signer=signer_for(config, material),
+        recorder=recorder,
+        metrics=metrics,
+        events=events,
+        max_items=config.batch_max_certificates,
+        in_flight=in_flight or InFlight(config.max_concurrent_rpcs),
     )
 
 
@@ -135,17 +174,30 @@ def add_services(
     events: CaEventLog,
     resolve: KeyResolver = resolve_pem,
 ) -> None:
-    """Register both servicers of a worker on `server`, with one `Authentication`."""
+    """Register the worker's servicers on `server`, with one `Authentication` and one limit
+    of certificates in flight."""
     authentication = build_authentication(config, material)
+    in_flight = InFlight(config.max_concurrent_rpcs)
     certificates = certificate_service(
         config,
         material,
-        authentication=authentication,
         recorder=recorder,
         metrics=metrics,
         events=events,
+        authentication=authentication,
+        in_flight=in_flight,
     )
     add_certificate_service(certificates, server)
+    batches = batch_service(
+        config,
+        material,
+        recorder=recorder,
+        metrics=metrics,
+        events=events,
+        authentication=authentication,
+        in_flight=in_flight,
+    )
+    add_batch_service(batches, server)
     identities = identity_service(
         config,
         material,

@@ -19,9 +19,11 @@ from certs.values import InvalidValue, parse_host_port
 if TYPE_CHECKING:
     from ca_server.hsm.settings import Pkcs11Settings
     from ca_server.kube.settings import KubeSettings
+    from ca_server.node_policy import NodeIdentityPolicy
     from ca_server.spiffe.federation.peers import FederationPeer
 
 DEFAULT_JWT_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "PS256")
+MAX_BATCH_MAX_CERTIFICATES = 1000
 
 
 def parse_hostport(text: str, *, what: str) -> tuple[str, int]:
@@ -53,6 +55,9 @@ class CaConfig:
     default_ttl: timedelta = default("default_ttl")
     max_ttl: timedelta = default("max_ttl")
     trusted_node_accounts: tuple[str, ...] = default("trusted_node_accounts")  # "ns/sa" entries
+    # Outside Kubernetes: which identities each node account may impersonate (parsed file).
+    node_identity_policy: NodeIdentityPolicy | None = default("node_identity_policy")
+    batch_max_certificates: int = default("batch_max_certificates")  # items per batch call
     allow_ed25519: bool = default("allow_ed25519")
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # --workers unset: per core
     max_concurrent_rpcs: int = default("max_concurrent_rpcs")
@@ -117,6 +122,10 @@ class CaConfig:
             raise ConfigError("--ca-prepare-at must be a fraction of the CA's life in (0, 1]")
         if self.ca_propagation_delay < timedelta(0):
             raise ConfigError("--ca-propagation-delay cannot be negative")
+        if not 1 <= self.batch_max_certificates <= MAX_BATCH_MAX_CERTIFICATES:
+            raise ConfigError(
+                f"--batch-max-certificates must be between 1 and {MAX_BATCH_MAX_CERTIFICATES}"
+            )
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
         if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:

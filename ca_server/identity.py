@@ -26,6 +26,23 @@ class Caller:
     peer: str = ""
     expires_at: float | None = None  # epoch seconds the credential stops being valid
 
+    def acting_as(self, spiffe_id: SpiffeId, namespace: str, service_account: str) -> Caller:
+        """This caller asking for `spiffe_id`'s certificate (impersonation it was allowed):
+        the certificate's identity, the caller's credential, noted in `subject`."""
+        return Caller(
+            spiffe_id=spiffe_id,
+            namespace=namespace,
+            service_account=service_account,
+            authenticator=self.authenticator,
+            subject=f"{self.subject} as {spiffe_id}",
+            pod_name=self.pod_name,
+            pod_uid=self.pod_uid,
+            node_name=self.node_name,
+            cluster_id=self.cluster_id,
+            peer=self.peer,
+            expires_at=self.expires_at,
+        )
+
     def record_fields(self) -> CallerRecord:
         """What the issuance record keeps of the caller, for any kind of issued credential."""
         return CallerRecord(

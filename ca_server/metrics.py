@@ -11,8 +11,11 @@ cluster the request named (`clusterid`; none is the CA's own);
 `bulwark_ca_jwt_svids_issued_total`, the JWT-SVIDs minted (the `citadel_server_*` issuance
 count is Istio's, for certificates only). `cluster` is bounded: the CA's own cluster ID, a
 remote (or alias) cluster it knows from a remote secret, or `unknown` for anything else;
-and two histograms, `bulwark_ca_issue_duration_seconds` (every call) and
-`bulwark_ca_record_commit_duration_seconds` (every record batch).
+and histograms: `bulwark_ca_issue_duration_seconds` (every CreateCertificate call),
+`bulwark_ca_batch_size` and `bulwark_ca_batch_duration_seconds` (BatchCreateCertificates:
+items per call, and time per call) and `bulwark_ca_record_commit_duration_seconds` (every
+record batch). A batch counts every item in the `citadel_server_*` and issued series, as that
+many CreateCertificate calls would.
 
 Workers write into `PROMETHEUS_MULTIPROC_DIR` (set by the supervisor before it
 starts them); the admin app aggregates with `MultiProcessCollector`.
@@ -33,6 +36,7 @@ UNKNOWN_CLUSTER = "unknown"
 
 SIGN_ERRORS = ("CA_NOT_READY", "CSR_ERROR", "TTL_ERROR", "CERT_GEN_ERROR", "UNKNOWN")
 # Seconds; a certificate normally takes 1-50 ms, a record commit 1-20 ms.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -98,6 +102,18 @@ class CaMetrics:
             registry=reg,
             buckets=LATENCY_BUCKETS,
         )
+        self.batch_size = Histogram(
+            "bulwark_ca_batch_size",
+            "Certificate requests per BatchCreateCertificates call",
+            registry=reg,
+            buckets=BATCH_SIZE_BUCKETS,
+        )
+        self.batch_duration = Histogram(
+            "bulwark_ca_batch_duration_seconds",
+            "Time from an authenticated BatchCreateCertificates call's start to its answer",
+            registry=reg,
+            buckets=LATENCY_BUCKETS,
+        )
         self.record_commit_duration = Histogram(
             "bulwark_ca_record_commit_duration_seconds",
             "Time one issuance-record batch took to commit",
@@ -122,9 +138,9 @@ class CaMetrics:
             reason = "internal"  # keep the label bounded whatever a caller passes
         self.refusals.labels(reason=reason, code=code, cluster=self.cluster(cluster_id)).inc()
 
-    def issued_for(self, cluster_id: str) -> None:
-        """Count one issued certificate for the cluster its request named."""
-        self.issued.labels(cluster=self.cluster(cluster_id)).inc()
+    def issued_for(self, cluster_id: str, count: int = 1) -> None:
+        """Count `count` issued certificates for the cluster their request named."""
+        self.issued.labels(cluster=self.cluster(cluster_id)).inc(count)
 
 
 _GAUGES = (

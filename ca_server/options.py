@@ -48,6 +48,17 @@ def _trust_domain(value: str, what: str) -> TrustDomain:
     return TrustDomain(value)
 
 
+def _node_policy(value: str | None, what: str) -> Any:
+    """The parsed policy file (a ConfigError naming every bad line), or None when unset."""
+    if not value:
+        return None
+    from pathlib import Path
+
+    from ca_server.node_policy import load_node_policy  # reads the file: not at import
+
+    return load_node_policy(Path(value))
+
+
 # CaConfig field -> its option, in `--help` order.
 CA_OPTIONS: dict[str, Option] = {
     "data_dir": Option(group=WHERE, flag="--data-dir", env="BULWARK_DATA_DIR", default="./.bulwark", convert=path,
@@ -107,7 +118,10 @@ CA_OPTIONS: dict[str, Option] = {
     "default_ttl": Option(group=POLICY, flag="--default-workload-cert-ttl", env="DEFAULT_WORKLOAD_CERT_TTL", default="24h", convert=duration,
         help="TTL when the request asks for none"),
     "trusted_node_accounts": Option(group=POLICY, flag="--trusted-node-accounts", env="CA_TRUSTED_NODE_ACCOUNTS", default="", convert=csv,
-        help="comma-separated NS/SA allowed to use ImpersonatedIdentity"),
+        help="comma-separated NS/SA allowed to use ImpersonatedIdentity for service accounts with a pod on their node (Kubernetes)"),
+    # Outside Kubernetes nothing binds a node agent to its workloads: the operator lists them.
+    "node_identity_policy": Option(group=POLICY, flag="--node-identity-policy", env="BULWARK_NODE_IDENTITY_POLICY", convert=_node_policy,
+        help='YAML file mapping node accounts NS/SA to the NS/SA patterns each may impersonate, e.g. {"bulwark-system/node-agent": ["demo/*"]}; without Kubernetes, impersonation needs it'),
     "allow_ed25519": Option(group=POLICY, flag="--allow-ed25519", env="BULWARK_ALLOW_ED25519", switch=True,
         help="accept Ed25519 workload keys"),
 
@@ -134,6 +148,9 @@ CA_OPTIONS: dict[str, Option] = {
         help="gRPC worker processes (default: one per core)"),
     "max_concurrent_rpcs": Option(group=CAPACITY, flag="--max-concurrent-rpcs", env="BULWARK_MAX_CONCURRENT_RPCS", default="2000", type=int,
         help="per worker; beyond it callers get RESOURCE_EXHAUSTED"),
+    # SPIRE's BatchNewX509SVID has no limit of its own; 64 covers a busy node's identities.
+    "batch_max_certificates": Option(group=CAPACITY, flag="--batch-max-certificates", env="BULWARK_BATCH_MAX_CERTIFICATES", default="64", type=int,
+        help="most certificate requests one BatchCreateCertificates call may carry (1-1000)"),
 
     "record": Option(group=RECORD, flag="--record", env="BULWARK_RECORD", convert=optional_text,
         help="record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)"),

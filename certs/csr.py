@@ -6,9 +6,11 @@ import hashlib
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import ObjectIdentifier, PublicKeyAlgorithmOID
+from cryptography.x509.oid import ObjectIdentifier, PublicKeyAlgorithmOID, SignatureAlgorithmOID
 
 from certs.errors import CsrError, UnsupportedKey
 from certs.keys import PrivateKey, PublicKey, check_public_key, signature_hash
@@ -22,6 +24,12 @@ _ALLOWED_SPKI_ALGORITHMS = {
     PublicKeyAlgorithmOID.EC_PUBLIC_KEY: "ECDSA",
 }
 _ED25519_OID = PublicKeyAlgorithmOID.ED25519
+# ECDSA signature algorithms of a CSR, with the verification parameters each means.
+_ECDSA_SIGNATURES = {
+    SignatureAlgorithmOID.ECDSA_WITH_SHA256: ec.ECDSA(hashes.SHA256()),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA384: ec.ECDSA(hashes.SHA384()),
+    SignatureAlgorithmOID.ECDSA_WITH_SHA512: ec.ECDSA(hashes.SHA512()),
+}
 
 
 def build_csr(key: PrivateKey, spiffe_id: SpiffeId) -> bytes:
@@ -67,7 +75,7 @@ def parse_csr(pem: str | bytes, *, allow_ed25519: bool = False) -> ParsedCsr:
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise CsrError("CSR public key cannot be read") from exc
     public_key = check_public_key(public_key, allow_ed25519=allow_ed25519)
-    if not csr.is_signature_valid:
+    if not _signature_valid(csr, public_key):
         raise CsrError("CSR signature does not verify with its own public key")
     try:
         extensions = csr.extensions
@@ -102,6 +110,23 @@ def parse_csr(pem: str | bytes, *, allow_ed25519: bool = False) -> ParsedCsr:
         sha256=hashlib.sha256(data).hexdigest(),
         spki=public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo),
     )
+
+
+def _signature_valid(csr: x509.CertificateSigningRequest, key: PublicKey) -> bool:
+    """The CSR's proof of possession. An ECDSA signature is checked with the key already
+    loaded (`is_signature_valid` would load it again: a tenth of the check's cost); any other
+    by cryptography's own check."""
+    if not isinstance(key, ec.EllipticCurvePublicKey) or (
+        csr.signature_algorithm_oid not in _ECDSA_SIGNATURES
+    ):
+        return csr.is_signature_valid
+    try:
+        key.verify(
+            csr.signature, csr.tbs_certrequest_bytes, _ECDSA_SIGNATURES[csr.signature_algorithm_oid]
+        )
+    except InvalidSignature:
+        return False
+    return True
 
 
 def _check_spki_algorithm(oid: ObjectIdentifier, *, allow_ed25519: bool) -> None:

@@ -151,6 +151,8 @@ _OID_ECDSA_SHA384 = bytes.fromhex("06082a8648ce3d040303")
 _VERSION_V3 = bytes.fromhex("a003020102")
 _EMPTY_NAME = b"\x30\x00"
 _OID_SKI = bytes.fromhex("0603551d0e")
+# SEQUENCE { OID subjectKeyIdentifier, OCTET STRING { OCTET STRING (20 bytes) } }: all but the id
+_SKI_PREFIX = b"\x30\x1d" + _OID_SKI + b"\x04\x16\x04\x14"
 _OID_AKI = bytes.fromhex("0603551d23")
 _OID_SAN = bytes.fromhex("0603551d11")
 _CRITICAL = b"\x01\x01\xff"
@@ -230,6 +232,11 @@ class LeafTemplate:
         self._aki_ext = _tlv(
             0x30, _OID_AKI + _tlv(0x04, _tlv(0x30, _tlv(0x80, aki.key_identifier)))
         )
+        self._head = _VERSION_V3  # then the serial
+        self._issuer_part = self._sig_alg + self._issuer_name  # after the serial
+        # The last validity encoded: certificates signed in the same second with the same
+        # lifetime (a batch) share it.
+        self._validity: tuple[datetime, datetime, bytes] | None = None
 
     @staticmethod
     def supports(issuer_key: PrivateKey) -> bool:
@@ -245,7 +252,8 @@ class LeafTemplate:
         san = _tlv(0x30, _tlv(0x86, uri.encode()))
         extensions = b"".join(
             (
-                _tlv(0x30, _OID_SKI + _tlv(0x04, _tlv(0x04, ski))),
+                _SKI_PREFIX,  # the SKI extension up to its 20-byte key id
+                ski,
                 self._aki_ext,
                 _FIXED_LEAF_EXTENSIONS,
                 _tlv(0x30, _OID_SAN + _CRITICAL + _tlv(0x04, san)),
@@ -255,17 +263,24 @@ class LeafTemplate:
             0x30,
             b"".join(
                 (
-                    _VERSION_V3,
+                    self._head,
                     _tlv(0x02, serial.to_bytes((serial.bit_length() + 8) // 8, "big")),
-                    self._sig_alg,
-                    self._issuer_name,
-                    _tlv(0x30, _der_time(not_before) + _der_time(not_after)),
+                    self._issuer_part,
+                    self._validity_der(not_before, not_after),
                     _EMPTY_NAME,
                     spki,
                     _tlv(0xA3, _tlv(0x30, extensions)),
                 )
             ),
         )
+
+    def _validity_der(self, not_before: datetime, not_after: datetime) -> bytes:
+        cached = self._validity
+        if cached is not None and cached[0] == not_before and cached[1] == not_after:
+            return cached[2]
+        der = _tlv(0x30, _der_time(not_before) + _der_time(not_after))
+        self._validity = (not_before, not_after, der)
+        return der
 
     def sign(self, tbs: bytes) -> bytes:
         """The DER certificate: `tbs`, the signature algorithm and the issuer's signature."""

@@ -33,9 +33,18 @@ def running_ca(tmp_path: Path) -> Iterator[RunningCa]:
 @pytest.fixture(scope="module")
 def shared_ca(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningCa]:
     """A real CA shared by the tests of one module (those that do not stop it), trusting
-    istio-system/ztunnel to impersonate (the CA and agent suites had a copy each)."""
+    istio-system/ztunnel to impersonate demo/* (the CA and agent suites had a copy each)."""
     data_dir = tmp_path_factory.mktemp("shared") / "ca"
-    with started_ca(data_dir, "--trusted-node-accounts", TRUSTED_NODE_ACCOUNT) as ca:
+    # Without Kubernetes a node account impersonates only what --node-identity-policy lists.
+    policy = data_dir.parent / "node-identity-policy.yaml"
+    policy.write_text(f'{{"{TRUSTED_NODE_ACCOUNT}": ["demo/*"]}}\n')
+    with started_ca(
+        data_dir,
+        "--trusted-node-accounts",
+        TRUSTED_NODE_ACCOUNT,
+        "--node-identity-policy",
+        str(policy),
+    ) as ca:
         yield ca
 
 

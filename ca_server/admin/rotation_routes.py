@@ -6,7 +6,9 @@
     POST /v1/ca/rotation/retire[?force=1]     the retired CA leaves the bundle
 
 Every POST needs the admin token (`--admin-token-file`), even on loopback: it changes what
-the whole mesh trusts. A verb that does not apply now answers 409 with the reason.
+the whole mesh trusts. A verb that does not apply now answers 409 with the reason. With
+Kubernetes leader election only the Lease holder moves slots: a POST to another replica
+answers 409 naming the leader (503 while no replica holds the Lease), and changes nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -29,13 +31,49 @@ _bearer = HTTPBearer(auto_error=False, description="contents of --admin-token-fi
 RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "missing or wrong admin token"},
     403: {"model": ErrorBody, "description": "no admin token configured"},
-    409: {"model": ErrorBody, "description": "the verb does not apply to the current slots"},
+    409: {
+        "model": ErrorBody,
+        "description": "the verb does not apply to the current slots, or another replica leads",
+    },
+    503: {"model": ErrorBody, "description": "no replica holds the leader Lease right now"},
 }
 NOT_SLOTS = HTTPException(
     status_code=409,
     detail="this CA renews its root with the same key; start it with --ca-rotation new-key "
     "to rotate through prepared/active/retired slots",
 )
+
+
+class Leadership(Protocol):
+    """Who may move the slots: the Lease holder (`ca_server.kube.leader.LeaderElector`)."""
+
+    @property
+    def identity(self) -> str: ...
+
+    @property
+    def lease(self) -> str: ...
+
+    def is_leader(self) -> bool: ...
+
+    def holder(self) -> str | None: ...
+
+
+def require_leader(leadership: Leadership | None) -> None:
+    """Refuse a verb on a replica that does not lead: its write would race the leader's."""
+    if leadership is None or leadership.is_leader():
+        return
+    holder = leadership.holder()
+    if holder is None:
+        raise HTTPException(
+            status_code=503,
+            detail=f"no replica holds the lease {leadership.lease} right now (this replica is "
+            f"{leadership.identity}); retry in a few seconds",
+        )
+    raise HTTPException(
+        status_code=409,
+        detail=f"this replica ({leadership.identity}) does not lead; the lease "
+        f"{leadership.lease} is held by {holder}: send rotation verbs to that replica",
+    )
 
 
 def _token_guard(
@@ -66,9 +104,11 @@ def build_rotation_router(
     admin_token: str | None,
     loopback: bool,
     changed: Callable[[], None],
+    leadership: Leadership | None = None,
     clock: Clock = lambda: datetime.now(UTC),
 ) -> APIRouter:
-    """`changed` is called after every verb so the CA publishes the new state at once."""
+    """`changed` is called after every verb so the CA publishes the new state at once;
+    `leadership` (Kubernetes) limits the verbs to the Lease holder."""
     router = APIRouter(
         prefix="/v1/ca/rotation",
         tags=["rotation"],
@@ -81,6 +121,7 @@ def build_rotation_router(
     def run(verb: Callable[[SlotRotator, datetime], dict[str, object]]) -> dict[str, object]:
         if rotator is None:
             raise NOT_SLOTS
+        require_leader(leadership)
         try:
             result = verb(rotator, clock())
         except SlotError as exc:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter
 
@@ -31,6 +31,9 @@ from ca_server.record.ledger import (
 from ca_server.record.ledger.dialects import driver_errors
 from ca_server.record.ledger.recorder import prepare
 from certs.pem import sha256_fingerprint
+
+if TYPE_CHECKING:
+    from ca_server.admin.rotation_routes import Leadership
 
 log = logging.getLogger(__name__)
 PRUNE_INTERVAL = timedelta(minutes=10)
@@ -175,8 +178,10 @@ def rotation_router_for(
     *,
     admin_host: str,
     changed: Callable[[], None],
+    leadership: Leadership | None = None,
 ) -> APIRouter:
-    """The /v1/ca/rotation routes (`ca_server.admin.rotation_routes`)."""
+    """The /v1/ca/rotation routes (`ca_server.admin.rotation_routes`); with Kubernetes,
+    `leadership` is the Lease elector and only its holder's routes move slots."""
     from ca_server.admin.rotation_routes import build_rotation_router
 
     return build_rotation_router(
@@ -184,4 +189,5 @@ def rotation_router_for(
         admin_token=read_admin_token(config.admin_token_file),
         loopback=is_loopback(admin_host),
         changed=changed,
+        leadership=leadership,
     )

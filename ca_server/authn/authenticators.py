@@ -81,8 +81,8 @@ class Authentication:
         }
 
     @property
-    def impersonation_may_block(self) -> bool:
-        """Whether `authorize_impersonation` may call the API server (then run it off the loop)."""
+    def binds_nodes(self) -> bool:
+        """Whether some authenticator can bind a caller to a node (TokenReview: Kubernetes)."""
         return bool(self._deciders)
 
     @property
@@ -102,15 +102,18 @@ class Authentication:
         return any(a.may_block(creds) for a in self.authenticators)
 
     def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
-        """Whether a caller already in CA_TRUSTED_NODE_ACCOUNTS may act as `namespace/account`.
+        """Whether a caller already in CA_TRUSTED_NODE_ACCOUNTS may act as `namespace/account`
+        by the node binding (`ca_server.authn.impersonation` says when it is asked).
 
         An authenticator that can bind a caller to a node (TokenReview: Kubernetes) decides,
-        as Istio's node authorizer does; when the CA uses Kubernetes, a caller vouched for by
-        any other authenticator is refused. Without Kubernetes the static list alone rules.
-        May call the API server: run it off the event loop.
+        as Istio's node authorizer does; a caller vouched for by any other authenticator is
+        refused, and so is everyone when no authenticator binds nodes.
         """
         if not self._deciders:
-            return
+            raise ImpersonationRefused(
+                f"{caller.spiffe_id} may not impersonate: this CA does not use Kubernetes, "
+                "so nothing binds a caller to a node"
+            )
         decider = self._deciders.get(caller.authenticator)
         if decider is None:
             raise ImpersonationRefused(

@@ -1,11 +1,11 @@
 """`istio.v1.auth.IstioCertificateService` on a `grpc.aio` server.
 
-The servicer depends only on three small protocols, as Istio's `server.go` does:
-something that authenticates a call (`CallerAuthentication`), something that
-signs a CSR for a caller (`CsrSigner`) and an async issuance record
-(`ca_server.record.entry.Recorder`). It authenticates (on the event loop when no I/O
-is needed, else in a thread), applies impersonation rules, has the signer sign
-on the loop, awaits the record's commit and only then answers. Its errors become gRPC
+The servicer depends only on small protocols, as Istio's `server.go` does:
+something that authenticates a call (`CallerAuthentication`), the impersonation rules
+(`Impersonation`), something that signs a CSR for a caller (`CsrSigner`) and an async
+issuance record (`ca_server.record.entry.Recorder`). It authenticates (on the event loop
+when no I/O is needed, else in a thread), applies the impersonation rules, has the signer
+sign on the loop, awaits the record's commit and only then answers. Its errors become gRPC
 statuses, and are counted and logged, in `ca_server.issuance.refusals` (as the
 WorkloadIdentityService's do); an issued certificate is logged and counted here.
 """
@@ -15,34 +15,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from typing import Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from ca_server.authn.authenticators import IdentityExtractionError, workload_identity
-from ca_server.errors import (
-    AuthenticationError,
-    CaError,
-    ImpersonationRefused,
-    InvalidRequest,
-    Overloaded,
-)
-from ca_server.identity import (
-    Caller,
-    RequestCredentials,
-    bearer_token_of,
-    cluster_id_of,
-    shown,
-)
+from ca_server.authn.authenticators import IdentityExtractionError
+from ca_server.errors import AuthenticationError, CaError, InvalidRequest, Overloaded
+from ca_server.identity import Caller, RequestCredentials, bearer_token_of, cluster_id_of
 from ca_server.issuance.refusals import Call, refusals
 from ca_server.issuance.signer import CsrParseError, Issued
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 from ca_server.record.entry import Recorder
-from certs.errors import InvalidSpiffeId
-from certs.spiffe_id import SpiffeId, TrustDomain
 from protos.istio.v1.auth import ca_pb2, ca_pb2_grpc
 
 SERVICE_NAME = "istio.v1.auth.IstioCertificateService"
@@ -57,18 +42,61 @@ class CallerAuthentication(Protocol):
 
     def authenticate(self, creds: RequestCredentials) -> Caller: ...
 
-    def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
-        """Raise `ImpersonationRefused` unless `caller` may act as `namespace/account`."""
 
-    @property
-    def impersonation_may_block(self) -> bool:
-        """Whether `authorize_impersonation` may wait on I/O."""
+class Impersonation(Protocol):
+    """Which identity a certificate names when the caller asks for another one
+    (`ca_server.authn.impersonation.ImpersonationRules`); never waits on I/O."""
+
+    def identity_for(self, caller: Caller, requested: str, *, field: str) -> Caller:
+        """`caller` acting as `requested`, or `ImpersonationRefused` (UpstreamUnavailable)."""
+        ...
 
 
-class CsrSigner(Protocol):
+class CsrSigning(Protocol):
     """Signs a CSR for an authenticated caller or raises a `CaError` saying why not."""
 
     def sign(self, *, csr_pem: str, validity_s: int, caller: Caller) -> Issued: ...
+
+
+class CsrSigner(CsrSigning, Protocol):
+    """`CsrSigning`, and sessions that sign several CSRs under one reading of the CA material
+    and the clock (`ca_server.issuance.signer.Signer`)."""
+
+    def session(self) -> CsrSigning: ...
+
+
+class InFlight:
+    """Certificates being worked on in one worker, against --max-concurrent-rpcs; shared by
+    CreateCertificate and BatchCreateCertificates (a batch counts each of its items)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self._limit = limit
+        self.count = 0
+
+    def enter(self, certificates: int = 1) -> None:
+        """Count `certificates` in, or raise `Overloaded` (counting nothing) beyond the limit."""
+        if self._limit is not None and self.count + certificates > self._limit:
+            raise Overloaded("the CA is at its limit of concurrent requests; retry shortly")
+        self.count += certificates
+
+    def leave(self, certificates: int = 1) -> None:
+        self.count -= certificates
+
+
+def sign_counted(
+    signer: CsrSigning, metrics: CaMetrics, *, csr_pem: str, validity_s: int, caller: Caller
+) -> Issued:
+    """`signer.sign(...)`, its failures counted in Istio's sign-error series."""
+    try:
+        return signer.sign(csr_pem=csr_pem, validity_s=validity_s, caller=caller)
+    except CsrParseError:
+        metrics.parse_errors.inc()
+        metrics.sign_errors.labels(error="CSR_ERROR").inc()
+        raise
+    except CaError as exc:
+        if exc.sign_error:
+            metrics.sign_errors.labels(error=exc.sign_error).inc()
+        raise
 
 
 class UndecodableRequest(InvalidRequest):
@@ -140,23 +168,20 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         self,
         *,
         authentication: CallerAuthentication,
+        impersonation: Impersonation,
         signer: CsrSigner,
         recorder: Recorder | None,
         metrics: CaMetrics,
-        trust_domain: TrustDomain,
-        trusted_node_accounts: tuple[str, ...],
         events: CaEventLog | None = None,
-        max_in_flight: int | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
         self._authn = authentication
+        self._impersonation = impersonation
         self._signer = signer
         self._recorder = recorder
         self.metrics = metrics
         self.events = events if events is not None else CaEventLog()
-        self._trust_domain = trust_domain
-        self._trusted = frozenset(trusted_node_accounts)
-        self._max_in_flight = max_in_flight
-        self._in_flight = 0
+        self._in_flight = in_flight if in_flight is not None else InFlight(None)
 
     @refusals
     async def CreateCertificate(
@@ -166,13 +191,13 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         call: Call,
     ) -> ca_pb2.IstioCertificateResponse:
         started = time.perf_counter()
-        self._in_flight += 1
         try:
-            if self._max_in_flight is not None and self._in_flight > self._max_in_flight:
-                raise Overloaded("the CA is at its limit of concurrent requests; retry shortly")
-            chain = await self._create(request, context, call)
+            self._in_flight.enter()
+            try:
+                chain = await self._create(request, context, call)
+            finally:
+                self._in_flight.leave()
         finally:
-            self._in_flight -= 1
             self.metrics.call_duration.observe(time.perf_counter() - started)
         return ca_pb2.IstioCertificateResponse(cert_chain=chain)
 
@@ -188,7 +213,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
             raise request
         try:
             call.caller = await authenticate_call(self._authn, context, call.peer)
-            call.caller = caller = await self._impersonate(call.caller, request)
+            call.caller = caller = self._impersonate(call.caller, request)
         except IdentityExtractionError:
             metrics.id_errors.inc()
             metrics.auth_failures.inc()
@@ -196,58 +221,25 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         except AuthenticationError:
             metrics.auth_failures.inc()
             raise
-        issued = self._sign(request, caller)
+        issued = sign_counted(
+            self._signer,
+            metrics,
+            csr_pem=request.csr,
+            validity_s=request.validity_duration,
+            caller=caller,
+        )
         if self._recorder is not None:
-            await self._recorder.record(issued.entry)  # a failure answers INTERNAL, sends nothing
+            # A failure answers INTERNAL and sends nothing; so does a caller's deadline passing.
+            await self._recorder.record(issued.entry, within=context.time_remaining())
         metrics.success.inc()
         metrics.issued_for(caller.cluster_id)
         self.events.issued(issued.entry, peer=call.peer)
         return issued.chain
 
-    def _sign(self, request: ca_pb2.IstioCertificateRequest, caller: Caller) -> Issued:
-        metrics = self.metrics
-        try:
-            return self._signer.sign(
-                csr_pem=request.csr, validity_s=request.validity_duration, caller=caller
-            )
-        except CsrParseError:
-            metrics.parse_errors.inc()
-            metrics.sign_errors.labels(error="CSR_ERROR").inc()
-            raise
-        except CaError as exc:
-            if exc.sign_error:
-                metrics.sign_errors.labels(error=exc.sign_error).inc()
-            raise
-
-    async def _impersonate(self, caller: Caller, request: ca_pb2.IstioCertificateRequest) -> Caller:
+    def _impersonate(self, caller: Caller, request: ca_pb2.IstioCertificateRequest) -> Caller:
         fields = request.metadata.fields if request.HasField("metadata") else {}
         if "ImpersonatedIdentity" not in fields:
             return caller
-        target = fields["ImpersonatedIdentity"].string_value
-        if f"{caller.namespace}/{caller.service_account}" not in self._trusted:
-            raise ImpersonationRefused(
-                f"{caller.spiffe_id} may not request certificates for another identity "
-                "(not in CA_TRUSTED_NODE_ACCOUNTS)"
-            )
-        try:
-            wanted = SpiffeId.parse(target)
-        except InvalidSpiffeId as exc:
-            raise ImpersonationRefused(
-                f"ImpersonatedIdentity {shown(target)} is not a SPIFFE ID: {exc}"
-            ) from exc
-        account = wanted.service_account()
-        if wanted.trust_domain != self._trust_domain or account is None:
-            raise ImpersonationRefused(
-                f"ImpersonatedIdentity {shown(target)} is not a workload of this trust domain"
-            )
-        if self._authn.impersonation_may_block:  # node-bound: asks the API server
-            await asyncio.to_thread(self._authn.authorize_impersonation, caller, *account)
-        else:
-            self._authn.authorize_impersonation(caller, *account)
-        return replace(
-            caller,
-            spiffe_id=workload_identity(self._trust_domain, *account),
-            namespace=account[0],
-            service_account=account[1],
-            subject=f"{caller.subject} as {wanted}",
+        return self._impersonation.identity_for(
+            caller, fields["ImpersonatedIdentity"].string_value, field="ImpersonatedIdentity"
         )

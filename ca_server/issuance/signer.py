@@ -86,17 +86,32 @@ class Signer:
 
     def sign(self, *, csr_pem: str, validity_s: int, caller: Caller) -> Issued:
         """The chain for `caller` and its record entry, or a CaError saying why not."""
-        ttl = self._ttl(validity_s)
-        parsed = self._parse(csr_pem)
-        self._check_identity(parsed, caller.spiffe_id)
+        return self.session().sign(csr_pem=csr_pem, validity_s=validity_s, caller=caller)
+
+    def session(self) -> SigningSession:
+        """Sign several certificates (a batch) against one reading of the CA material and
+        the clock, so what they share is worked out once."""
+        return SigningSession(self)
+
+    def _moment(self) -> _Moment:
         material = self._material()
         if material is None:
             raise CaNotReady("the CA has no signing material yet; retry shortly")
         now = self._clock()
         try:
             prepared = self._prepare(material, now)
-            # an expired chain takes the builder path, whose full verifier says so
-            if prepared.template is not None and now.timestamp() < prepared.chain_not_after:
+        except (CertsError, ValueError, TypeError, InvalidSignature) as exc:
+            log.error("issued certificate failed its own checks: %s", exc)
+            raise SigningFailed("the CA could not produce a valid certificate") from exc
+        # an expired chain takes the builder path, whose full verifier says so
+        fast = prepared.template is not None and now.timestamp() < prepared.chain_not_after
+        return _Moment(material=material, now=now, prepared=prepared, fast=fast)
+
+    def _sign(self, moment: _Moment, parsed: ParsedCsr, caller: Caller, ttl: timedelta) -> Issued:
+        prepared, now, material = moment.prepared, moment.now, moment.material
+        try:
+            if moment.fast:
+                assert prepared.template is not None
                 return self._sign_from_template(
                     prepared, prepared.template, parsed, caller, now, ttl
                 )
@@ -230,6 +245,36 @@ class Signer:
                 f"CSR asks for {', '.join(parsed.uris)} but the caller is {identity} "
                 f"(strict CSR policy): {_mismatch_fix(parsed.uris, identity)}"
             )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Moment:
+    """One reading of the material and the clock, and what signing under them needs."""
+
+    material: CaMaterial
+    now: datetime
+    prepared: _Prepared
+    fast: bool  # the DER template path (an ECDSA issuer whose chain has not expired)
+
+
+class SigningSession:
+    """`Signer.session()`: certificates signed under one reading of the material and the
+    clock. Each `sign` checks its own request first, as `Signer.sign` does, so a request
+    that is bad in itself is refused before the CA's readiness is asked."""
+
+    def __init__(self, signer: Signer) -> None:
+        self._signer = signer
+        self._moment: _Moment | None = None
+
+    def sign(self, *, csr_pem: str, validity_s: int, caller: Caller) -> Issued:
+        signer = self._signer
+        ttl = signer._ttl(validity_s)
+        parsed = signer._parse(csr_pem)
+        signer._check_identity(parsed, caller.spiffe_id)
+        moment = self._moment
+        if moment is None:
+            moment = self._moment = signer._moment()
+        return signer._sign(moment, parsed, caller, ttl)
 
 
 def _mismatch_fix(uris: tuple[str, ...], identity: SpiffeId) -> str:

@@ -55,6 +55,7 @@ class LeaderElector:
         self._renewed_at: float | None = None  # monotonic time of our last successful write
         self._observed: _Observed | None = None
         self._observed_at = 0.0
+        self._other = ""  # another replica seen holding a live Lease at our last read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -63,10 +64,22 @@ class LeaderElector:
     def identity(self) -> str:
         return self._identity
 
+    @property
+    def lease(self) -> str:
+        return f"{self._namespace}/{self._name}"
+
     def is_leader(self) -> bool:
         with self._lock:
             renewed = self._renewed_at
         return renewed is not None and self._monotonic() < renewed + self._timing.renew_deadline
+
+    def holder(self) -> str | None:
+        """The leader's identity as this replica last saw it in the Lease (its own when it
+        leads); None while no replica holds a live Lease."""
+        if self.is_leader():
+            return self._identity
+        with self._lock:
+            return self._other or None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="lease-elector", daemon=True)
@@ -119,7 +132,10 @@ class LeaderElector:
         if holder and holder != self._identity and not self._expired(spec):
             with self._lock:
                 self._renewed_at = None  # someone else holds it: we are certainly not leader
+                self._other = holder
             return False
+        with self._lock:
+            self._other = ""
         taking_over = holder != self._identity
         lease.spec = LeaseSpec(
             holderIdentity=self._identity,

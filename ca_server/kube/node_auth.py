@@ -1,51 +1,31 @@
 """Node-bound impersonation, as Istio's CA allows it (security/pkg/server/ca/node_auth.go).
 
-A trusted node agent (ztunnel) may ask for a workload's certificate only when that workload's
-service account has a pod on the agent's own node. The agent's node comes from its token's
-pod binding: the TokenReview `extra` `authentication.kubernetes.io/node-name` when the API
-server sets it, else the bound pod (name and uid from the token) looked up in the API. The
-target's pods are listed with the field selector `spec.nodeName=<node>`.
+A trusted node agent (ztunnel, Bulwark's node agent) may ask for a workload's certificate
+only when that workload's service account has an unfinished pod on the agent's own node.
+The agent's node comes from its token's pod binding: the TokenReview `extra`
+`authentication.kubernetes.io/node-name` when the API server sets it, else the bound pod
+(uid from the token) as the pod cache knows it. Both questions are answered from the
+watch-backed `PodCache` (pod_cache.py), never by a request to the API server, and not at
+all (`UpstreamUnavailable`) while the cache is not synced.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
-import httpx2
-from lightkube import ApiError, Client
-from lightkube.resources.core_v1 import Pod
-
-from ca_server.errors import ImpersonationRefused, UpstreamUnavailable
+from ca_server.errors import ImpersonationRefused
 from ca_server.identity import Caller, shown
-
-_FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
-T = TypeVar("T")
+from ca_server.kube.pod_cache import PodCache
 
 
 class KubeNodeAuthorizer:
-    """Decides whether `caller` may impersonate `namespace/account`, from the API server."""
+    """Decides whether `caller` may impersonate `namespace/account`, from the pod cache."""
 
-    def __init__(self, client: Client) -> None:
-        self._client = client
+    def __init__(self, pods: PodCache) -> None:
+        self._pods = pods
 
     def authorize(self, caller: Caller, namespace: str, account: str) -> None:
         """Return when allowed; raise ImpersonationRefused (or UpstreamUnavailable) otherwise."""
         node = self.node_of(caller)
-        try:
-            pods = self._call(
-                lambda: list(
-                    self._client.list(Pod, namespace=namespace, fields={"spec.nodeName": node})
-                )
-            )
-        except _NotFound:
-            pods = []
-        for pod in pods:
-            spec, status = pod.spec, pod.status
-            if spec is None or spec.serviceAccountName != account or spec.nodeName != node:
-                continue
-            if status is not None and status.phase in _FINISHED_PHASES:
-                continue
+        if self._pods.has_pod_on(node, namespace, account):
             return
         raise ImpersonationRefused(
             f"{caller.spiffe_id} may not impersonate {namespace}/{account}: "
@@ -61,41 +41,20 @@ class KubeNodeAuthorizer:
                 f"{caller.spiffe_id} may not impersonate: its token is not bound to a pod "
                 "(use a projected service-account token)"
             )
-        try:
-            pod = self._call(
-                lambda: self._client.get(Pod, caller.pod_name, namespace=caller.namespace)
-            )
-        except _NotFound as exc:
+        pod = self._pods.pod(caller.pod_uid)
+        if pod is None or pod.namespace != caller.namespace or pod.name != caller.pod_name:
+            if self._pods.uid_of(caller.namespace, caller.pod_name) is not None:
+                raise ImpersonationRefused(
+                    f"{caller.spiffe_id} may not impersonate: its token's pod was replaced "
+                    "(uid differs)"
+                )
             raise ImpersonationRefused(
-                f"{caller.spiffe_id} may not impersonate: its pod {shown(caller.pod_name, 63)} no longer exists"
-            ) from exc
-        metadata, spec = pod.metadata, pod.spec
-        if metadata is None or metadata.uid != caller.pod_uid:
-            raise ImpersonationRefused(
-                f"{caller.spiffe_id} may not impersonate: its token's pod was replaced (uid differs)"
+                f"{caller.spiffe_id} may not impersonate: its pod "
+                f"{shown(caller.pod_name, 63)} no longer exists"
             )
-        if spec is None or spec.serviceAccountName != caller.service_account or not spec.nodeName:
+        if pod.service_account != caller.service_account or not pod.node:
             raise ImpersonationRefused(
                 f"{caller.spiffe_id} may not impersonate: its pod runs as another service "
                 "account or is not scheduled on a node"
             )
-        return spec.nodeName
-
-    @staticmethod
-    def _call(fetch: Callable[[], T]) -> T:
-        try:
-            return fetch()
-        except ApiError as exc:
-            if exc.status.code == 404:
-                raise _NotFound() from exc
-            raise UpstreamUnavailable(
-                f"node check failed: API server answered {exc.status.code} {exc.status.reason}"
-            ) from exc
-        except httpx2.HTTPError as exc:
-            raise UpstreamUnavailable(
-                f"node check failed: API server unreachable ({type(exc).__name__})"
-            ) from exc
-
-
-class _NotFound(Exception):
-    """A 404 from the API server, turned into a refusal by the caller."""
+        return pod.node

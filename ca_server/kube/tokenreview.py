@@ -20,7 +20,7 @@ from lightkube import ApiError, Client
 from lightkube.models.authentication_v1 import TokenReviewSpec, UserInfo
 from lightkube.resources.authentication_v1 import TokenReview
 
-from ca_server.errors import AuthenticationError, UpstreamUnavailable
+from ca_server.errors import AuthenticationError, ImpersonationRefused, UpstreamUnavailable
 from ca_server.identity import Caller, RequestCredentials, shown
 from ca_server.kube.node_auth import KubeNodeAuthorizer
 from ca_server.kube.settings import DEFAULT_CLUSTER_ID
@@ -67,7 +67,10 @@ class TokenReviewAuthenticator:
         max_cache_entries: int = DEFAULT_CACHE_ENTRIES,
         max_cache_seconds: float | None = DEFAULT_CACHE_SECONDS,
         clock: Callable[[], float] = time.time,
+        node_authorizer: KubeNodeAuthorizer | None = None,
     ) -> None:
+        """`node_authorizer`: the node binding for impersonation; None when no node account
+        is trusted (impersonation is then refused before it is asked)."""
         if not audiences:
             raise ValueError("TokenReview needs at least one audience")
         self._client = client
@@ -79,7 +82,7 @@ class TokenReviewAuthenticator:
         self._clock = clock
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._lock = threading.Lock()
-        self._node_authorizer = KubeNodeAuthorizer(client)
+        self._node_authorizer = node_authorizer
 
     def authenticate(self, creds: RequestCredentials) -> Caller | None:
         token = creds.bearer_token
@@ -111,7 +114,12 @@ class TokenReviewAuthenticator:
 
     def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None:
         """Node-bound impersonation (kube/node_auth.py): `account` must have a pod on the
-        caller's node. Calls the API server, so run it off the event loop."""
+        caller's node, as the pod cache knows it (no I/O)."""
+        if self._node_authorizer is None:
+            raise ImpersonationRefused(
+                f"{caller.spiffe_id} may not impersonate: no node account is trusted "
+                "(--trusted-node-accounts), so this CA does not watch pods"
+            )
         self._node_authorizer.authorize(caller, namespace, account)
 
     def cache_size(self) -> int:

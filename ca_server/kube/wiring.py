@@ -8,7 +8,9 @@ supervisor: load_or_create_material(...)   -> self-signed root kept in `istio-ca
                                               `RemoteSecretWatch` that reports problems)
 workers:    tokenreview_authenticator(cfg) -> TokenReviewAuthenticator (one per process), or,
                                               with remote secrets, `ClusterRoutedTokenReview`
-                                              fed by the worker's own quiet watch
+                                              fed by the worker's own quiet watch; with trusted
+                                              node accounts, a watch-backed pod cache per
+                                              cluster for node-bound impersonation
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from ca_server.kube.errors import KubeError
 from ca_server.kube.istiod_cert import IstiodCertWriter
 from ca_server.kube.leader import LeaderElector
 from ca_server.kube.monitor import DEFAULT_PROBE_SECONDS, ClusterMonitor, PublisherSettings
+from ca_server.kube.node_auth import KubeNodeAuthorizer
+from ca_server.kube.pod_cache import PodCache
 from ca_server.kube.remote_secrets import RemoteCluster
 from ca_server.kube.rootcm import RootCertPublisher
 from ca_server.kube.routing import ClusterBackend, ClusterRoutedTokenReview
@@ -77,24 +81,46 @@ def load_or_create_material(
 
 
 def build_tokenreview_authenticator(
-    settings: KubeSettings, *, trust_domain: TrustDomain, audiences: Sequence[str]
+    settings: KubeSettings,
+    *,
+    trust_domain: TrustDomain,
+    audiences: Sequence[str],
+    watch_pods: bool = False,
 ) -> TokenReviewAuthenticator | ClusterRoutedTokenReview:
     """The own cluster's TokenReview; with remote secrets, routed by cluster, the remote
-    clusters kept current by this process's own watch (started here)."""
+    clusters kept current by this process's own watch (started here). With `watch_pods`
+    (some node account is trusted) each cluster's node binding reads a started pod cache
+    of that cluster."""
     make = client_factory(settings)
     own = TokenReviewAuthenticator(
-        make(), trust_domain=trust_domain, audiences=audiences, cluster_id=settings.cluster_id
+        make(),
+        trust_domain=trust_domain,
+        audiences=audiences,
+        cluster_id=settings.cluster_id,
+        node_authorizer=KubeNodeAuthorizer(PodCache(make).start()) if watch_pods else None,
     )
     if not settings.remote_secrets and not settings.cluster_aliases:
         return own
 
     def build(cluster: RemoteCluster) -> ClusterBackend:
-        assert cluster.config is not None
-        client = make_client(cluster.config)
+        config = cluster.config
+        assert config is not None
+        client = make_client(config)
+        pods = PodCache(lambda: make_client(config)).start() if watch_pods else None
         remote = TokenReviewAuthenticator(
-            client, trust_domain=trust_domain, audiences=audiences, cluster_id=cluster.cluster_id
+            client,
+            trust_domain=trust_domain,
+            audiences=audiences,
+            cluster_id=cluster.cluster_id,
+            node_authorizer=KubeNodeAuthorizer(pods) if pods is not None else None,
         )
-        return ClusterBackend(cluster.cluster_id, remote, close=client.close)
+
+        def close() -> None:
+            client.close()
+            if pods is not None:
+                pods.stop()
+
+        return ClusterBackend(cluster.cluster_id, remote, close=close)
 
     router = ClusterRoutedTokenReview(
         own, settings.cluster_id, build, aliases=dict(settings.cluster_aliases)
@@ -128,7 +154,10 @@ def tokenreview_authenticator(
     if settings is None:
         raise ValueError("tokenreview_authenticator needs a CA configured for Kubernetes")
     return build_tokenreview_authenticator(
-        settings, trust_domain=config.trust_domain, audiences=config.audiences
+        settings,
+        trust_domain=config.trust_domain,
+        audiences=config.audiences,
+        watch_pods=bool(config.trusted_node_accounts),
     )
 
 

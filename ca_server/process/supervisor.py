@@ -24,8 +24,8 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -57,13 +57,19 @@ from ca_server.kube.status import NO_CLUSTERS, ClusterViews
 from ca_server.process.custody import close_custody, open_custody
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
+from ca_server.process.readiness import Readiness
 from ca_server.process.slots import build_rotator
 from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
+from ca_server.record.ledger import default_record_url, parse_record_url
+from ca_server.record.ledger.health import RecordProbe
 from ca_server.record.ledger.integrity import guard_record_of
 from ca_server.record.lock import lock_sqlite_record
-from ca_server.spiffe.services import SpiffeServices
+from ca_server.spiffe.services import SpiffeServices, shared_key_set
 from certs.errors import CertsError
 from certs.files import write_atomic
+
+if TYPE_CHECKING:
+    from ca_server.admin.rotation_routes import Leadership
 
 log = logging.getLogger("ca_server")
 CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
@@ -352,10 +358,14 @@ async def _serve_with_custody(
     manager = _material_manager(
         config, material, controllers.is_leader if controllers else lambda: True, rotator, custody
     )
-    spiffe = SpiffeServices(config, lambda: manager.current, custody=custody)
+    # With replicas, one JWT key set for all (the Lease holder rotates it, with Kubernetes).
+    shared = shared_key_set(config, owns=controllers.is_leader if controllers else lambda: True)
+    spiffe = SpiffeServices(config, lambda: manager.current, custody=custody, shared=shared)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
     pool: CaPool | None = None
+    # The key timeline runs while the workers start: another replica may switch keys meanwhile.
+    spiffe_task = asyncio.create_task(spiffe.run())
     try:
         binds = _reserve_grpc_ports(config, reserved)
         pool = WorkerPool(
@@ -380,8 +390,14 @@ async def _serve_with_custody(
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
         views = controllers or NO_CLUSTERS
-        return await _serve_until_stopped(config, pool, manager, spiffe, metrics_dir, addrs, views)
+        leadership = controllers.elector if controllers is not None else None
+        return await _serve_until_stopped(
+            config, pool, manager, spiffe, metrics_dir, addrs, views, leadership
+        )
     finally:
+        spiffe_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await spiffe_task
         anchor_keeper.stop()
         if controllers is not None:
             controllers.stop()
@@ -399,43 +415,31 @@ async def _serve_until_stopped(
     metrics_dir: str,
     addrs: dict[str, str],
     clusters: ClusterViews,
+    leadership: Leadership | None,
 ) -> int:
-    """The admin API beside the supervisor's tasks (material refresher, SPIFFE duties, the HSM
-    probe) until SIGTERM/SIGINT."""
+    """The admin API beside the supervisor's tasks (material refresher, the HSM and record
+    probes) until SIGTERM/SIGINT."""
     checks = Readiness(
         pool=pool,
         health=ReloadHealth(time.time()),
         hsm=HsmReadiness(lambda: manager.current.signing_key),
+        record=RecordProbe(parse_record_url(config.record or default_record_url(config.data_dir))),
     )
     wake = asyncio.Event()
     tasks = [
         asyncio.create_task(_keep_material_current(config, manager, pool, checks.health, wake)),
-        asyncio.create_task(spiffe.run()),
         asyncio.create_task(checks.hsm.run()),
+        asyncio.create_task(checks.record.run()),
     ]
     try:
-        return await _run_admin(config, checks, metrics_dir, manager, addrs, wake, spiffe, clusters)
+        return await _run_admin(
+            config, checks, metrics_dir, manager, addrs, wake, spiffe, clusters, leadership
+        )
     finally:
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Readiness:
-    """What `/readyz` asks: the workers, the material checks and an HSM-held key."""
-
-    pool: CaPool
-    health: ReloadHealth
-    hsm: HsmReadiness
-
-    def __call__(self) -> tuple[bool, str]:
-        """Ready while every worker serves and the CA key signs; the detail also says how the
-        material checks go."""
-        ready, detail = self.pool.readiness()
-        parts = [detail, self.health.detail(), self.hsm.detail()]
-        return ready and self.hsm.ready, "; ".join(p for p in parts if p)
 
 
 async def _run_admin(
@@ -447,6 +451,7 @@ async def _run_admin(
     wake: asyncio.Event,
     spiffe: SpiffeServices,
     clusters: ClusterViews,
+    leadership: Leadership | None,
 ) -> int:
     pool, health = checks.pool, checks.health
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
@@ -467,8 +472,8 @@ async def _run_admin(
     def changed() -> None:  # called from the route's thread
         loop.call_soon_threadsafe(wake.set)
 
-    rotation_router = rotation_router_for(
-        config, manager.rotator, admin_host=admin_host, changed=changed
+    rotation_router = rotation_router_for(  # with Kubernetes, only the leader's verbs act
+        config, manager.rotator, admin_host=admin_host, changed=changed, leadership=leadership
     )
     app = create_admin_app(
         metrics_dir=metrics_dir,

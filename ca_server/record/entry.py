@@ -13,9 +13,12 @@ admin API's models are all derived from it. Adding a field is one edit here
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
+
+from ca_server.errors import RecordWriteFailed
 
 X509_SVID: Final = "x509-svid"
 JWT_SVID: Final = "jwt-svid"
@@ -84,6 +87,16 @@ class Recorder(Protocol):
     """Durable, append-only store of issued certificates, awaited on the event loop
     (`ca_server.record.ledger.AsyncRecorder` is the one the CA runs)."""
 
-    async def record(self, entry: IssuedCertificate) -> None:
-        """Return once `entry` is durably committed; raise a `RecordWriteFailed` otherwise."""
+    async def record(self, entry: IssuedCertificate, *, within: float | None = None) -> None:
+        """Return once `entry` is durably committed; raise a `RecordWriteFailed` otherwise.
+        `within`: seconds the caller still waits (its gRPC deadline); an entry not committed
+        by then is not committed at all."""
+        ...
+
+    async def record_many(
+        self, entries: Sequence[IssuedCertificate], *, within: float | None = None
+    ) -> Sequence[RecordWriteFailed | None]:
+        """Commit `entries` together (one transaction unless it fails, then one by one);
+        return, per entry in order, None once committed or the `RecordWriteFailed` saying
+        why it was not. `within` as for `record`."""
         ...

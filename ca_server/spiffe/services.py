@@ -2,9 +2,10 @@
 bundle endpoint and federation (docs/JWT-SVID.md).
 
 The supervisor alone writes the JWT key file (`rotate`, run at start and then on a tick
-well inside a key's active life) and the federated bundles; workers only read both.
-`start()` binds the bundle endpoint (a bind error is a start-up error), `run()` keeps
-everything current until cancelled.
+well inside a key's active life) and the federated bundles; workers only read both. With
+replicas (a PostgreSQL record, or Kubernetes) the key set itself is shared
+(`ca_server.spiffe.jwtsvid.shared`) and the key file mirrors it. `start()` binds the bundle
+endpoint (a bind error is a start-up error), `run()` keeps everything current until cancelled.
 """
 
 from __future__ import annotations
@@ -23,10 +24,71 @@ from ca_server.spiffe.bundle import BundleSource, contents_digest
 from ca_server.spiffe.endpoint import BundleEndpoint, ServingIdentity
 from ca_server.spiffe.federation import FederationStore, Federator
 from ca_server.spiffe.jwtsvid import custody as jwt_custody
-from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, key_policy, new_key, plan
+from ca_server.spiffe.jwtsvid.keyset import (
+    JwtKey,
+    JwtKeyPolicy,
+    KeyFile,
+    KeySet,
+    key_policy,
+    new_key,
+    plan,
+)
+from ca_server.spiffe.jwtsvid.shared import KeyStoreError, SharedKeySet
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
+
+
+def shared_key_set(config: CaConfig, *, owns: Callable[[], bool]) -> SharedKeySet | None:
+    """Where replicas share their JWT keys: the Secret `bulwark-jwt-keys` with Kubernetes
+    (`owns`: the Lease holder), else a PostgreSQL record's database (every replica may write,
+    compare-and-set decides); None for a CA alone on its SQLite record (its key file)."""
+    if config.kube is not None:
+        from ca_server.kube.errors import KubeError
+        from ca_server.kube.jwt_keys import JwtKeySecret
+        from ca_server.kube.wiring import client_factory
+
+        secret = JwtKeySecret(client_factory(config.kube)(), namespace=config.kube.namespace)
+        return SharedKeySet(secret, policy=key_policy(config), owns=owns, errors=(KubeError,))
+    if config.record is None:
+        return None
+    from ca_server.record.ledger import LedgerError, parse_record_url
+    from ca_server.record.ledger.dialects import driver_errors
+    from ca_server.record.ledger.keyset_table import RecordKeyTable
+
+    url = parse_record_url(config.record)
+    if url.dialect != "postgresql":
+        return None
+    return SharedKeySet(
+        RecordKeyTable(url),
+        policy=key_policy(config),
+        owns=lambda: True,
+        errors=(LedgerError, *driver_errors(url)),
+    )
+
+
+def _log_changes(before: KeySet, after: KeySet, now: datetime) -> list[JwtKey]:
+    """Log the keys published and unpublished; return the unpublished ones."""
+    kept = {k.kid for k in after.keys}
+    for key in after.keys:
+        if key.kid not in {k.kid for k in before.keys}:
+            log.info(
+                "JWT-SVID key %s published; signs from %s",
+                key.kid,
+                key.active_from.isoformat(timespec="seconds"),
+            )
+    dropped = [key for key in before.keys if key.kid not in kept]
+    for key in dropped:
+        if now >= key.published_until:
+            log.info("JWT-SVID key %s unpublished: its last token expired", key.kid)
+        else:  # this replica's own key, before it joined the replicas' shared set
+            log.warning(
+                "JWT-SVID key %s unpublished: the replicas share another key set; tokens it "
+                "signed stop validating (they expire by %s)",
+                key.kid,
+                key.published_until.isoformat(timespec="seconds"),
+            )
+    return dropped
 
 
 def rotation_tick(config: CaConfig) -> float:
@@ -42,6 +104,7 @@ class SpiffeServices:
         material: Callable[[], CaMaterial],
         clock: Clock = lambda: datetime.now(UTC),
         custody: KeyCustody = FILE_CUSTODY,
+        shared: SharedKeySet | None = None,
     ) -> None:
         self._hsm = (
             custody
@@ -51,6 +114,8 @@ class SpiffeServices:
         self._config = config
         self._material = material
         self._clock = clock
+        self._shared = shared
+        self._shared_problem: str | None = None  # why the shared set is unusable, once said
         self.key_file = KeyFile(config.jwt_key_dir)
         self.bundle = BundleSource(
             roots=lambda: material().roots,
@@ -72,31 +137,54 @@ class SpiffeServices:
 
     def rotate(self) -> KeySet:
         """Apply the key timeline at now: drop expired keys, add active/prepared ones, and bump
-        `spiffe_sequence` when the published bundle changes. Writes only on a change."""
+        `spiffe_sequence` when the published bundle changes; with replicas, in the shared set,
+        or in this replica's own while that cannot be used (said once, retried every tick).
+        Writes the key file only on a change."""
         now = self._clock()
         before = self.key_file.load()
         make = jwt_custody.maker(self._hsm) if self._hsm is not None else new_key
-        keys = plan(before.keys, now, key_policy(self._config), make)
-        after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
-        after = after.with_bundle(contents_digest(self._material().roots, after, now))
+
+        def digest(keyset: KeySet) -> str:
+            return contents_digest(self._material().roots, keyset, now)
+
+        after = self._from_shared(now, digest, before, make)
+        if after is None:
+            keys = plan(before.keys, now, key_policy(self._config), make)
+            after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
+            after = after.with_bundle(digest(after))
         if after != before:
             self.key_file.save(after)
-            added = {k.kid for k in keys} - {k.kid for k in before.keys}
-            dropped = {k.kid for k in before.keys} - {k.kid for k in keys}
-            for key in keys:
-                if key.kid in added:
-                    log.info(
-                        "JWT-SVID key %s published; signs from %s",
-                        key.kid,
-                        key.active_from.isoformat(timespec="seconds"),
-                    )
-            for kid in sorted(dropped):
-                log.info("JWT-SVID key %s unpublished: its last token expired", kid)
-            if self._hsm is not None:
-                for key in before.keys:
-                    if key.kid in dropped:
-                        jwt_custody.destroy(self._hsm, key)
+            dropped = _log_changes(before, after, now)
+            if self._hsm is not None:  # a key already gone (another replica's turn) is no error
+                for key in dropped:
+                    jwt_custody.destroy(self._hsm, key)
         return after
+
+    def _from_shared(
+        self,
+        now: datetime,
+        digest: Callable[[KeySet], str],
+        own: KeySet,
+        make: Callable[[datetime, JwtKeyPolicy], JwtKey],
+    ) -> KeySet | None:
+        """The replicas' key set, or None (this replica keeps its own) while it is unusable."""
+        if self._shared is None:
+            return None
+        try:
+            shared = self._shared.sync(now, digest, own=own, make=make)
+        except KeyStoreError as exc:
+            if str(exc) != self._shared_problem:
+                log.warning(
+                    "%s; until it can, this replica keeps JWT-SVID keys of its own (a token it "
+                    "mints validates only with its own bundle)",
+                    exc,
+                )
+                self._shared_problem = str(exc)
+            return None
+        if self._shared_problem is not None:
+            log.warning("JWT-SVID keys shared again through %s", self._shared.location)
+            self._shared_problem = None
+        return shared
 
     def federated(self) -> dict[str, bytes]:
         return self.federation.all()
@@ -147,7 +235,7 @@ class SpiffeServices:
                 await asyncio.to_thread(self.rotate)
                 if self._identity is not None:
                     await asyncio.to_thread(self._identity.refresh, self._clock())
-            except (OSError, ValueError) as exc:  # keep serving what we have; retried next tick
+            except (OSError, ValueError, KeyStoreError) as exc:  # keep serving; retried next tick
                 log.error("JWT key timeline or bundle endpoint certificate not updated: %s", exc)
 
     def exposition(self) -> str:

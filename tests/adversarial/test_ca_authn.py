@@ -165,8 +165,14 @@ def test_impersonation_is_decided_by_the_kubernetes_authenticator() -> None:
         authn.authorize_impersonation(_caller("jwt"), "demo", "backend")
 
 
-def test_without_kubernetes_the_static_list_alone_rules(issuer: LocalIssuer) -> None:
-    Authentication([authenticator(issuer)]).authorize_impersonation(_caller("jwt"), "demo", "b")
+def test_without_kubernetes_nothing_binds_a_caller_to_a_node(issuer: LocalIssuer) -> None:
+    """Issue 23: without Kubernetes the static list alone ruled, so a trusted node account
+    could act as anyone; now the node binding refuses and only a --node-identity-policy
+    grant allows it (tests/unit/ca_server/test_node_policy.py)."""
+    authn = Authentication([authenticator(issuer)])
+    assert not authn.binds_nodes
+    with pytest.raises(ImpersonationRefused, match="does not use Kubernetes"):
+        authn.authorize_impersonation(_caller("jwt"), "demo", "b")
 
 
 def test_default_lifetime_admits_istio_projected_tokens(issuer: LocalIssuer) -> None:

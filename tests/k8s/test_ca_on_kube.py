@@ -38,7 +38,13 @@ from certs.pem import load_certificates
 from certs.spiffe_id import SpiffeId, TrustDomain
 from certs.verify import verify_svid
 from tests.k8s.conftest import CA_NAMESPACE, create_service_account, render, request_token
-from tests.support.ca_client import channel, create_certificate
+from tests.support.ca_client import (
+    channel,
+    create_certificate,
+    fetch_trust_bundle,
+    mint_jwt_svid,
+    validate_jwt_svid,
+)
 from tests.support.ca_process import RunningCa, start_ca
 from tests.support.kube_harness import ControlPlane
 
@@ -167,6 +173,25 @@ def test_tokenrequest_token_gets_a_frontend_certificate_from_each_replica(
         assert verify_svid(certs[:-1], roots, now=datetime.now(UTC)) == FRONTEND
         san = certs[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert san.get_values_for_type(x509.UniformResourceIdentifier) == [str(FRONTEND)]
+
+
+def test_a_jwt_svid_from_one_replica_validates_with_the_other_replicas_bundle(
+    replicas: dict[str, RunningCa], admin_client: Client, frontend_account: str
+) -> None:
+    """Issue 22.5, with the RBAC of deploy/base: one JWT key set in Secret bulwark-jwt-keys."""
+    token = request_token(admin_client, "default", frontend_account, audiences=["istio-ca"])
+    backend = "spiffe://cluster.local/ns/default/sa/backend"
+    bundles = {}
+    for name, ca in replicas.items():
+        with channel(ca.grpc_addr, ca.root_cert_path) as chan:
+            bundles[name] = fetch_trust_bundle(chan, token=token)
+    with channel(replicas["ca-0"].grpc_addr, replicas["ca-0"].root_cert_path) as chan:
+        svid = mint_jwt_svid(chan, token=token, audiences=[backend])
+    claims = validate_jwt_svid(svid, bundles["ca-1"], backend)
+    assert claims["sub"] == str(FRONTEND)
+    assert bundles["ca-0"] == bundles["ca-1"], "the replicas publish different bundles"
+    secret = admin_client.get(Secret, "bulwark-jwt-keys", namespace=CA_NAMESPACE)
+    assert secret.data is not None and "keys.json" in secret.data
 
 
 def unauthenticated(ca: RunningCa, token: str, identity: SpiffeId = FRONTEND) -> None:

@@ -174,3 +174,84 @@ def test_plugged_in_slots_secret_is_created_then_updated(
     assert store.load_state() == second
     data = admin_client.get(Secret, CACERTS_SLOTS_SECRET, namespace=ns).data or {}
     assert all(k.startswith("bulwark-") for k in data), sorted(data)
+
+
+def _post(url: str, token: str) -> tuple[int, dict[str, Any]]:
+    import urllib.error
+
+    request = urllib.request.Request(
+        url, method="POST", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_a_rotation_verb_sent_to_a_follower_is_refused_naming_the_leader(
+    control_plane: ControlPlane,
+    admin_client: Client,
+    make_namespace: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """Issue 22.10: only the Lease holder moves the slots. A follower answers 409 naming the
+    holder and leaves the Secret alone (its write would race the leader's); the CLI says so;
+    the same verb on the leader works."""
+    import subprocess
+    import sys
+
+    ns = make_namespace("follow")
+    token = tmp_path / "admin-token"
+    token.write_text("rotate-secret\n")
+    token.chmod(0o600)
+    replicas = _start_pair(control_plane, ns, tmp_path, token)
+    try:
+        _until("a leader stored the slots", lambda: _slots(admin_client, ns) is not None, 30)
+
+        def holder() -> str:
+            lease = admin_client.get(Lease, "bulwark-ca-leader", namespace=ns)
+            return str(lease.spec.holderIdentity) if lease.spec else ""
+
+        _until("a leader holds the lease", lambda: holder() in replicas, 30)
+        leader = holder()
+        (follower,) = (n for n in replicas if n != leader)
+        _until(  # the follower has read the Lease since the leader took it
+            "the follower knows the leader",
+            lambda: (
+                leader
+                in _post(f"{replicas[follower].admin_url}/v1/ca/rotation/retire", "rotate-secret")[
+                    1
+                ].get("detail", "")
+            ),
+            15,
+        )
+        before = admin_client.get(Secret, "istio-ca-secret", namespace=ns).metadata
+        for verb in ("prepare", "activate?force=1", "retire?force=1"):
+            status, body = _post(
+                f"{replicas[follower].admin_url}/v1/ca/rotation/{verb}", "rotate-secret"
+            )
+            assert status == 409, (verb, status, body)
+            assert f"held by {leader}" in body["detail"] and follower in body["detail"], body
+        after = admin_client.get(Secret, "istio-ca-secret", namespace=ns).metadata
+        assert before is not None and after is not None
+        assert after.resourceVersion == before.resourceVersion, "a follower wrote the Secret"
+        assert (_slots(admin_client, ns) or {}).get("prepared") is None
+
+        cli = subprocess.run(
+            [str(Path(sys.executable).parent / "bulwark"), "ca", "rotate", "prepare",
+             "--admin-url", replicas[follower].admin_url, "--token-file", str(token)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert cli.returncode == 1 and f"held by {leader}" in cli.stderr + cli.stdout, cli
+
+        status, body = _post(
+            f"{replicas[leader].admin_url}/v1/ca/rotation/prepare", "rotate-secret"
+        )
+        assert status == 200, body
+        assert (_slots(admin_client, ns) or {}).get("prepared", {}).get("id") == body["prepared"][
+            "id"
+        ]
+    finally:
+        for ca in replicas.values():
+            ca.stop()

@@ -1,9 +1,9 @@
 """An in-memory CA for policy tables: the worker's own servicer, no process, no port.
 
 `TestCa.create(data_dir)` builds real material (a self-signed P-256 root), the
-embedded token issuer's key and JWKS, and the servicer a worker runs, wired by
-the same functions (`ca_server.assembly.certificate_service`, the authenticator
-plan). Only what cannot exist without a gRPC server is faked: `FakeContext`
+embedded token issuer's key and JWKS, and the servicers a worker runs
+(CreateCertificate and BatchCreateCertificates), wired by the same functions
+(`ca_server.assembly.certificate_service`, `batch_service`, the authenticator plan). Only what cannot exist without a gRPC server is faked: `FakeContext`
 stands in for `grpc.aio.ServicerContext` (metadata, auth context, peer, abort).
 The record is an in-memory list that can be told to fail.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,12 +22,14 @@ import grpc
 from google.protobuf import struct_pb2
 from prometheus_client import CollectorRegistry
 
-from ca_server.assembly import certificate_service
+from ca_server.assembly import batch_service, certificate_service
 from ca_server.authn.local_issuer import LocalIssuer
+from ca_server.authn.plan import build_authentication
 from ca_server.authority.material import CaMaterial, create_self_signed
 from ca_server.config import CaConfig
 from ca_server.errors import RecordWriteFailed
-from ca_server.issuance.service import CertificateService, UndecodableRequest
+from ca_server.issuance.batch import BatchCertificateService
+from ca_server.issuance.service import CertificateService, InFlight, UndecodableRequest
 from ca_server.kube.settings import own_cluster_id
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
@@ -36,6 +38,7 @@ from certs.keys import generate_key
 from certs.pem import to_pem
 from certs.profile import leaf_certificate
 from certs.spiffe_id import SpiffeId
+from protos.bulwark.v1 import identity_pb2
 from protos.istio.v1.auth import ca_pb2
 from tests.support.broken import TokenForge
 
@@ -70,24 +73,58 @@ class FakeContext:
     def peer(self) -> str:
         return self.peer_address
 
+    def time_remaining(self) -> float | None:
+        return None  # no deadline, as a client that set none
+
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise Aborted(code, details)
 
 
 @dataclass
 class MemoryRecorder:
-    """The issuance record as a list; `failing=True` makes every write fail."""
+    """The issuance record as a list; `failing=True` makes every write fail, `refuse(entry)`
+    the writes of the entries it names (a constraint the database enforces, say)."""
 
     entries: list[IssuedCertificate] = field(default_factory=list)
     failing: bool = False
     gate: asyncio.Event | None = None  # when set, a write waits for it (a slow database)
+    refuse: Callable[[IssuedCertificate], bool] | None = None
+    batches: list[int] = field(default_factory=list)  # entries per `record_many` call
 
-    async def record(self, entry: IssuedCertificate) -> None:
+    async def record(self, entry: IssuedCertificate, *, within: float | None = None) -> None:
+        (error,) = await self.record_many([entry], within=within)
+        if error is not None:
+            raise error
+
+    async def record_many(
+        self, entries: Sequence[IssuedCertificate], *, within: float | None = None
+    ) -> list[RecordWriteFailed | None]:
         if self.gate is not None:
             await self.gate.wait()
-        if self.failing:
-            raise RecordWriteFailed("the issuance record could not be written")
-        self.entries.append(entry)
+        self.batches.append(len(entries))
+        errors: list[RecordWriteFailed | None] = []
+        for entry in entries:
+            if self.failing or (self.refuse is not None and self.refuse(entry)):
+                errors.append(RecordWriteFailed("the issuance record could not be written"))
+            else:
+                self.entries.append(entry)
+                errors.append(None)
+        return errors
+
+
+@dataclass(frozen=True)
+class Item:
+    """One item of a BatchCreateCertificates call."""
+
+    csr: bytes | str
+    spiffe_id: str = ""
+    ttl_s: int = 3600
+
+    def params(self) -> identity_pb2.CertificateParams:
+        csr = self.csr.decode() if isinstance(self.csr, bytes) else self.csr
+        return identity_pb2.CertificateParams(
+            csr=csr, spiffe_id=self.spiffe_id, validity_duration=self.ttl_s
+        )
 
 
 @dataclass
@@ -103,6 +140,7 @@ class TestCa:
     recorder: MemoryRecorder
     registry: CollectorRegistry
     service: CertificateService
+    batch: BatchCertificateService
 
     @classmethod
     def create(cls, data_dir: Path, **config: Any) -> TestCa:
@@ -123,13 +161,17 @@ class TestCa:
         """Another CA sharing `material` and `issuer` (keys are slow to make), e.g. another policy."""
         registry = CollectorRegistry()
         recorder = recorder if recorder is not None else MemoryRecorder()
-        service = certificate_service(
-            config,
-            lambda: material,
-            recorder=recorder,
-            metrics=CaMetrics(registry, own_cluster=own_cluster_id(config.kube)),
-            events=CaEventLog(logging.getLogger("ca_server.events")),
-        )
+        metrics = CaMetrics(registry, own_cluster=own_cluster_id(config.kube))
+        events = CaEventLog(logging.getLogger("ca_server.events"))
+        authentication = build_authentication(config, lambda: material)
+        in_flight = InFlight(config.max_concurrent_rpcs)
+        shared: dict[str, Any] = {
+            "recorder": recorder,
+            "metrics": metrics,
+            "events": events,
+            "authentication": authentication,
+            "in_flight": in_flight,
+        }
         return cls(
             config=config,
             material=material,
@@ -137,7 +179,8 @@ class TestCa:
             forge=TokenForge(config.data_dir),
             recorder=recorder,
             registry=registry,
-            service=service,
+            service=certificate_service(config, lambda: material, **shared),
+            batch=batch_service(config, lambda: material, **shared),
         )
 
     @property
@@ -192,6 +235,34 @@ class TestCa:
     def issue(self, csr: bytes | str, **kwargs: Any) -> list[str]:
         """`call` from synchronous code."""
         return asyncio.run(self.call(csr, **kwargs))
+
+    async def batch_call(
+        self,
+        items: Sequence[Item] | UndecodableRequest,
+        *,
+        token: str | None = None,
+        client_chain_pem: bytes | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        peer: str = PEER,
+    ) -> list[identity_pb2.CertificateResult]:
+        """BatchCreateCertificates' results, or `Aborted` when the whole call is refused."""
+        md = [*headers]
+        if token is not None:
+            md.append(("authorization", f"Bearer {token}"))
+        context = FakeContext(metadata=md, client_chain_pem=client_chain_pem, peer_address=peer)
+        request = (
+            items
+            if isinstance(items, UndecodableRequest)
+            else identity_pb2.BatchCreateCertificatesRequest(params=[i.params() for i in items])
+        )
+        response = await self.batch.BatchCreateCertificates(request, context)
+        return list(response.results)
+
+    def issue_batch(
+        self, items: Sequence[Item] | UndecodableRequest, **kwargs: Any
+    ) -> list[identity_pb2.CertificateResult]:
+        """`batch_call` from synchronous code."""
+        return asyncio.run(self.batch_call(items, **kwargs))
 
     def metric(self, name: str, **labels: str) -> float:
         """This CA's own registry's samples by their exported name (Istio's counters without

@@ -7,9 +7,13 @@ recorder is loaded (its last commit carried several entries, or more were
 waiting when it ended) a batch starts only after `linger_s` or once it is full,
 so a busy worker commits fewer, larger batches. The event loop never
 waits on the database, and there is one thread hand-off per transaction
-instead of one per certificate. Write timeouts share one timer too: it is armed for
-the oldest waiting entry's deadline and, when it fires, fails whatever is overdue
-and re-arms for the next (issue #18: no timer per certificate).
+instead of one per certificate. `record_many` queues one call's entries as a unit that
+always lands in one commit (a batch never splits it). Write timeouts share one timer too: it
+is armed for the oldest waiting unit's deadline and, when it fires, fails whatever is overdue
+and re-arms for the next (issue #18: no timer per certificate). Each unit's deadline (the
+write timeout, or sooner the caller's own gRPC deadline) also goes to the writer, which
+leaves out an entry whose caller stopped waiting while the chain lock was taken elsewhere:
+a stalled replica that thaws does not record certificates nobody received.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ca_server.record.entry import IssuedCertificate
@@ -28,9 +32,25 @@ from ca_server.record.ledger.recorder import ManagedRecorder
 log = logging.getLogger(__name__)
 
 
+Answer = asyncio.Future[list[BaseException | None]]
+
+
+class _Unit:
+    """Entries that go into one commit together (one call's), and their callers' answer:
+    per entry, None once committed or why it was not."""
+
+    __slots__ = ("deadline", "done", "entries")
+
+    def __init__(self, entries: list[IssuedCertificate], done: Answer, deadline: float) -> None:
+        self.entries = entries
+        self.done = done
+        self.deadline = deadline  # `time.monotonic()`: the writer leaves it out after this
+
+
 class AsyncRecorder:
     """`await record(entry)` returns once `entry` is durably committed, or raises
-    `LedgerWriteError`; use it from one event loop."""
+    `LedgerWriteError`; `await record_many(entries)` commits them in one batch and says per
+    entry whether it was committed. Use it from one event loop."""
 
     def __init__(
         self,
@@ -46,9 +66,10 @@ class AsyncRecorder:
         self._max_batch = managed.options.max_batch
         self._timeout = managed.options.write_timeout.total_seconds()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="record")
-        self._queue: list[tuple[IssuedCertificate, asyncio.Future[None]]] = []
-        # every entry not yet answered, oldest first, with its deadline (loop time)
-        self._waiting: deque[tuple[float, IssuedCertificate, asyncio.Future[None]]] = deque()
+        self._queue: list[_Unit] = []
+        self._queued = 0  # entries in `_queue`
+        # every unit not yet answered, oldest first, with its deadline (loop time)
+        self._waiting: deque[tuple[float, _Unit]] = deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._linger = linger_s
         self._lingering: asyncio.TimerHandle | None = None
@@ -57,75 +78,109 @@ class AsyncRecorder:
         self._idle.set()
         self._closed = False
 
-    async def record(self, entry: IssuedCertificate) -> None:
+    async def record(self, entry: IssuedCertificate, *, within: float | None = None) -> None:
+        """`within`: seconds the caller still waits (its gRPC deadline), if it has one."""
+        (error,) = await self._submit([entry], within)
+        if error is not None:
+            raise LedgerWriteError.of(error)
+
+    async def record_many(
+        self, entries: Sequence[IssuedCertificate], *, within: float | None = None
+    ) -> list[LedgerWriteError | None]:
+        """Commit `entries` in one batch (never split across commits; one by one only if the
+        batch's transaction fails); per entry, None once committed or why it was not."""
+        if not entries:
+            return []
+        try:
+            errors = await self._submit(list(entries), within)
+        except LedgerWriteError as exc:  # closed, or timed out: none of them counts as committed
+            return [exc] * len(entries)
+        return [None if error is None else LedgerWriteError.of(error) for error in errors]
+
+    async def _submit(
+        self, entries: list[IssuedCertificate], within: float | None
+    ) -> list[BaseException | None]:
         if self._closed:
             raise LedgerWriteError("the issuance record is closed")
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._queue.append((entry, done))
-        deadline = loop.time() + self._timeout
-        self._waiting.append((deadline, entry, done))
+        wait = self._timeout if within is None else max(0.0, min(self._timeout, within))
+        unit = _Unit(entries, loop.create_future(), time.monotonic() + wait)
+        self._queue.append(unit)
+        self._queued += len(entries)
+        deadline = loop.time() + wait
+        self._waiting.append((deadline, unit))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline, self._expire_overdue)
         if self._idle.is_set():
             self._next()
-        elif self._lingering is not None and len(self._queue) >= self._max_batch:
+        elif self._lingering is not None and self._queued >= self._max_batch:
             self._lingering.cancel()  # the batch is full: no reason to wait
             self._start()
-        await done
+        return await unit.done
 
     def _expire_overdue(self) -> None:
-        """The one write-timeout timer: fail every entry past its deadline, re-arm for the next."""
+        """The one write-timeout timer: fail every unit past its deadline, re-arm for the next."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         waiting = self._waiting
-        while waiting and (waiting[0][2].done() or waiting[0][0] <= now):
-            _, entry, done = waiting.popleft()
-            if not done.done():
-                # Its batch may still commit later; the certificate is not sent either way.
-                log.error("recording serial %s timed out", entry.serial)
-                done.set_exception(LedgerWriteError())
+        while waiting and (waiting[0][1].done.done() or waiting[0][0] <= now):
+            _, unit = waiting.popleft()
+            if not unit.done.done():
+                # Its batch may still commit later; the certificates are not sent either way.
+                log.error(
+                    "recording serial %s%s timed out",
+                    unit.entries[0].serial,
+                    f" and {len(unit.entries) - 1} more" if len(unit.entries) > 1 else "",
+                )
+                unit.done.set_exception(LedgerWriteError())
         self._watchdog = loop.call_at(waiting[0][0], self._expire_overdue) if waiting else None
 
     def _start(self) -> None:
         self._lingering = None
         # A caller that timed out or was cancelled before its batch started is not recorded.
-        waiting = [item for item in self._queue if not item[1].done()]
-        batch, self._queue = waiting[: self._max_batch], waiting[self._max_batch :]
+        units = [unit for unit in self._queue if not unit.done.done()]
+        batch: list[_Unit] = []
+        size = 0
+        for unit in units:  # whole units, at most max_batch entries unless one unit is larger
+            if batch and size + len(unit.entries) > self._max_batch:
+                break
+            batch.append(unit)
+            size += len(unit.entries)
+        self._queue = units[len(batch) :]
+        self._queued = sum(len(unit.entries) for unit in self._queue)
         if not batch:
             self._idle.set()
             return
         self._idle.clear()
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
-        flight = loop.run_in_executor(
-            self._thread, self._writer.commit_batch, [entry for entry, _ in batch]
-        )
+        entries = [entry for unit in batch for entry in unit.entries]
+        deadlines = [unit.deadline for unit in batch for _ in unit.entries]
+        flight = loop.run_in_executor(self._thread, self._writer.commit_batch, entries, deadlines)
         flight.add_done_callback(lambda finished: self._finish(batch, finished, started))
 
     def _finish(
         self,
-        batch: list[tuple[IssuedCertificate, asyncio.Future[None]]],
+        batch: list[_Unit],
         finished: asyncio.Future[list[BaseException | None]],
         started: float,
     ) -> None:
         if self._on_commit is not None:
             self._on_commit(time.perf_counter() - started)
+        size = sum(len(unit.entries) for unit in batch)
         try:
             errors = finished.result()
         except BaseException as exc:  # nobody may take an unfinished commit for success
-            errors = [exc] * len(batch)
-        for (_, done), error in zip(batch, errors, strict=True):
-            if done.done():
-                continue
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(LedgerWriteError.of(error))
+            errors = [exc] * size
+        at = 0
+        for unit in batch:
+            mine, at = errors[at : at + len(unit.entries)], at + len(unit.entries)
+            if not unit.done.done():
+                unit.done.set_result(mine)
         waiting = self._waiting
-        while waiting and waiting[0][2].done():  # answered: the timer needs them no more
+        while waiting and waiting[0][1].done.done():  # answered: the timer needs them no more
             waiting.popleft()
-        self._loaded = len(batch) > 1 or bool(self._queue)
+        self._loaded = size > 1 or bool(self._queue)
         self._next()
 
     def _next(self) -> None:
@@ -133,12 +188,7 @@ class AsyncRecorder:
         or, with nothing queued, go idle."""
         if not self._queue:
             self._idle.set()
-        elif (
-            self._loaded
-            and self._linger
-            and len(self._queue) < self._max_batch
-            and not self._closed
-        ):
+        elif self._loaded and self._linger and self._queued < self._max_batch and not self._closed:
             self._idle.clear()
             self._lingering = asyncio.get_running_loop().call_later(self._linger, self._start)
         else:

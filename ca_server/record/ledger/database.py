@@ -37,6 +37,9 @@ class Session(ABC):
 
     #: Exceptions of the driver that mean "this operation failed".
     errors: tuple[type[Exception], ...]
+    #: Those of them that blame the data written (a duplicate serial), not the database: a
+    #: batch failing with one is retried entry by entry, so the bad entry fails alone.
+    entry_errors: tuple[type[Exception], ...]
     #: SQL type of the seq primary key column.
     seq_type: str
 
@@ -78,6 +81,10 @@ class Session(ABC):
     @abstractmethod
     def has_table(self, name: str) -> bool:
         """Whether the table `name` exists (an older record may lack a newer table)."""
+
+    def lock_holders(self) -> str:
+        """Who else holds or waits in a write transaction now, for an operator ("" if unknown)."""
+        return ""
 
     def query_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
         rows = self.query(sql, params)

@@ -20,12 +20,28 @@ def driver_errors(url: RecordUrl) -> tuple[type[Exception], ...]:
     return SqliteSession.errors
 
 
-def connect(url: RecordUrl) -> Session:
-    """Open one session to the database `url` names."""
+def entry_errors(url: RecordUrl) -> tuple[type[Exception], ...]:
+    """The driver's exceptions that blame the data written rather than the database."""
     if url.dialect == "postgresql":
         from ca_server.record.ledger.postgres import PostgresSession
 
-        return PostgresSession.connect(url.target)
+        return PostgresSession.entry_errors
     from ca_server.record.ledger.sqlite import SqliteSession
 
-    return SqliteSession.connect(url.target)
+    return SqliteSession.entry_errors
+
+
+def connect(url: RecordUrl, *, lock_wait_s: float | None = None) -> Session:
+    """Open one session to the database `url` names; `lock_wait_s` bounds its wait for the
+    chain lock (the driver's default when None)."""
+    if url.dialect == "postgresql":
+        from ca_server.record.ledger.postgres import PostgresSession
+
+        if lock_wait_s is None:
+            return PostgresSession.connect(url.target)
+        return PostgresSession.connect(url.target, lock_wait_s=lock_wait_s)
+    from ca_server.record.ledger.sqlite import SqliteSession
+
+    if lock_wait_s is None:
+        return SqliteSession.connect(url.target)
+    return SqliteSession.connect(url.target, lock_wait_s=lock_wait_s)

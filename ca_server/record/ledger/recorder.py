@@ -1,16 +1,19 @@
 """The write side: `RecordWriter` appends batches of certificates to the chain.
 
-A batch is one transaction and one fsync. If it fails, its entries are retried
-one by one, so a bad entry fails only itself. The CA's workers batch through
-`AsyncRecorder` (async_recorder.py), which hands `commit_batch` one batch at a
-time on its own thread; tools and tests may call `record()` from any thread.
+A batch is one transaction and one fsync. If it fails because of its data (a
+duplicate serial), its entries are retried one by one, so a bad entry fails only
+itself; if the database failed, the whole batch fails at once. The CA's workers
+batch through `AsyncRecorder` (async_recorder.py), which hands `commit_batch` one
+batch at a time on its own thread, with each entry's deadline; tools and tests may
+call `record()` from any thread.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -18,7 +21,7 @@ from ca_server.options import default
 from ca_server.record.entry import IssuedCertificate
 from ca_server.record.ledger.append import append_batch
 from ca_server.record.ledger.database import RecordUrl, Session, parse_record_url
-from ca_server.record.ledger.dialects import connect, driver_errors
+from ca_server.record.ledger.dialects import connect, driver_errors, entry_errors
 from ca_server.record.ledger.errors import LedgerError, LedgerWriteError
 from ca_server.record.ledger.retention import Pruner
 from ca_server.record.ledger.schema import ensure_schema
@@ -26,6 +29,10 @@ from ca_server.record.ledger.schema import ensure_schema
 log = logging.getLogger(__name__)
 
 DEFAULT_WRITE_TIMEOUT = timedelta(seconds=30)
+# A batch that failed on a kept session this soon is retried once on a new one: the session
+# had gone stale (database restarted). One that failed later (a lock wait, a stall of this
+# process) is not: its callers may have stopped waiting, and the database is the problem.
+STALE_SESSION_FAILS_WITHIN_S = 1.0
 
 
 def utc_now() -> datetime:
@@ -55,21 +62,28 @@ class RecorderOptions:
 
 
 class _Pending:
-    """One entry of a batch and, once it is known, why it was not committed."""
+    """One entry of a batch, when its caller stops waiting (`time.monotonic()`), and, once it
+    is known, why it was not committed."""
 
-    __slots__ = ("entry", "error")
+    __slots__ = ("deadline", "entry", "error")
 
-    def __init__(self, entry: IssuedCertificate) -> None:
+    def __init__(self, entry: IssuedCertificate, deadline: float | None) -> None:
         self.entry = entry
+        self.deadline = deadline
         self.error: BaseException | None = None
+
+
+class CallerGone(LedgerWriteError):
+    """The entry's caller stopped waiting before the chain lock was free: not recorded."""
 
 
 class RecordWriter:
     """Appends certificates to the chain through one database session, one batch at a time.
 
-    A stale session (database restarted, failover) is replaced once per batch; a batch
-    that still fails is retried entry by entry. Each database call is bounded by the
-    backend (SQLite's busy timeout, PostgreSQL's statement_timeout: 30 s each).
+    A stale session (database restarted, failover) is replaced once per batch, when it
+    fails at once. Each database call is bounded by the backend (SQLite's busy timeout,
+    PostgreSQL's statement_timeout: 30 s each; on PostgreSQL the chain-lock wait and how
+    long a stalled holder keeps it are bounded too, see postgres.py).
     """
 
     def __init__(self, url: RecordUrl, *, clock: Callable[[], datetime] = utc_now) -> None:
@@ -80,6 +94,7 @@ class RecordWriter:
         self._closed = False
         self._session: Session | None = None
         self._errors: tuple[type[Exception], ...] = (LedgerError, OSError, *driver_errors(url))
+        self._entry_errors = entry_errors(url)
         self.commits = 0  # transactions committed, for measurements
         self.rows = 0  # certificates committed
 
@@ -94,10 +109,17 @@ class RecordWriter:
         if error is not None:
             raise LedgerWriteError.of(error)
 
-    def commit_batch(self, entries: list[IssuedCertificate]) -> list[BaseException | None]:
-        """Commit `entries` in one transaction (one by one if it fails); say per entry why
-        it was not committed (None: committed). Calls from several threads take turns."""
-        batch = [_Pending(entry) for entry in entries]
+    def commit_batch(
+        self, entries: list[IssuedCertificate], deadlines: Sequence[float | None] = ()
+    ) -> list[BaseException | None]:
+        """Commit `entries` in one transaction (one by one if their data fails it); say per
+        entry why it was not committed (None: committed). An entry whose deadline (in
+        `time.monotonic()` seconds) has passed once the chain lock is held is left out.
+        Calls from several threads take turns."""
+        batch = [
+            _Pending(entry, deadlines[i] if i < len(deadlines) else None)
+            for i, entry in enumerate(entries)
+        ]
         with self._lock:
             if self._closed:
                 raise LedgerWriteError("the issuance record is closed")
@@ -129,37 +151,66 @@ class RecordWriter:
             self._write(batch)
         except self._errors as exc:
             self._drop_session()
-            if len(batch) > 1:
+            waiting = [p for p in batch if p.error is None]
+            if len(waiting) > 1 and isinstance(exc, self._entry_errors):
                 # Retry one by one, so a single bad entry fails only its own caller.
-                for pending in batch:
+                for pending in waiting:
                     self._commit([pending])
                 return
-            log.error("recording serial %s failed: %s", batch[0].entry.serial, exc)
-            batch[0].error = exc
+            serials = ", ".join(p.entry.serial for p in waiting[:3])
+            more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+            log.error("recording serial %s%s failed: %s", serials, more, _one_line(exc))
+            for pending in waiting:
+                pending.error = exc
 
     def _write(self, batch: list[_Pending]) -> None:
+        started = time.monotonic()
         if self._session is not None:
             try:
                 self._append(batch)
                 return
             except self._errors:
-                # The connection may have gone stale (database restarted, failover):
-                # try once more on a fresh one. A row committed just before the error
-                # cannot be written twice: serials are unique.
+                # The connection may have gone stale (database restarted, failover): try once
+                # more on a fresh one, unless the batch waited or stalled first. A row
+                # committed just before the error cannot be written twice: serials are unique.
                 self._drop_session()
+                if time.monotonic() - started > STALE_SESSION_FAILS_WITHIN_S:
+                    raise
         self._session = connect(self._url)
         self._append(batch)
 
     def _append(self, batch: list[_Pending]) -> None:
         assert self._session is not None
-        append_batch(self._session, [p.entry for p in batch], recorded_at=self._clock())
-        self.commits += 1
-        self.rows += len(batch)
+        waiting = [p for p in batch if p.error is None]
+
+        def admit(entries: Sequence[IssuedCertificate]) -> list[IssuedCertificate]:
+            now = time.monotonic()
+            gone = [p for p in waiting if p.deadline is not None and now >= p.deadline]
+            for pending in gone:
+                pending.error = CallerGone("the caller stopped waiting before it was recorded")
+            if gone:
+                log.warning(
+                    "%d certificate(s) not recorded (nor sent): their callers stopped waiting "
+                    "before the record's chain lock was free",
+                    len(gone),
+                )
+            return [p.entry for p in waiting if p.error is None]
+
+        seqs = append_batch(
+            self._session, [p.entry for p in waiting], recorded_at=self._clock(), admit=admit
+        )
+        self.commits += 1 if seqs else 0
+        self.rows += len(seqs)
 
     def _drop_session(self) -> None:
         if self._session is not None:
             self._session.close()
             self._session = None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 class ManagedRecorder:

@@ -15,21 +15,22 @@ BUSY_TIMEOUT_MS = 30_000
 
 class SqliteSession(Session):
     errors = (sqlite3.Error,)
+    entry_errors = (sqlite3.IntegrityError, sqlite3.DataError)
     seq_type = "INTEGER"  # an alias of the rowid
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     @classmethod
-    def connect(cls, path: str) -> SqliteSession:
+    def connect(cls, path: str, *, lock_wait_s: float = BUSY_TIMEOUT_MS / 1000) -> SqliteSession:
         if path != ":memory:" and not os.path.exists(path):
             # Created 0600 (caller details are operator-only); SQLite gives -wal/-shm the same mode.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+            path, isolation_level=None, check_same_thread=False, timeout=lock_wait_s
         )
         try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(lock_wait_s * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             # FULL: every commit fsyncs the WAL, so a committed row survives power loss.
             conn.execute("PRAGMA synchronous = FULL")

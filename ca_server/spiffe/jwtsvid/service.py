@@ -90,7 +90,8 @@ class WorkloadIdentityService:
             key=key, caller=caller, audiences=audiences, ttl=ttl, now=now, resolve=self._resolve
         )
         if self._recorder is not None:
-            await self._recorder.record(minted.entry)  # failure: INTERNAL, nothing sent
+            # failure: INTERNAL, nothing sent (also once the caller's deadline passed)
+            await self._recorder.record(minted.entry, within=context.time_remaining())
         self.events.issued(minted.entry, peer=call.peer)
         self.metrics.jwt_svids_issued.inc()
         return identity_pb2.MintJWTSVIDResponse(

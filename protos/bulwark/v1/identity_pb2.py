@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/bulwark/v1/identity.proto\x12\nbulwark.v1\";\n\x12MintJWTSVIDRequest\x12\x10\n\x08\x61udience\x18\x01 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"K\n\x13MintJWTSVIDResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\"\x1a\n\x18\x46\x65tchTrustBundlesRequest\"\xa6\x01\n\x19\x46\x65tchTrustBundlesResponse\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x43\n\x07\x62undles\x18\x02 \x03(\x0b\x32\x32.bulwark.v1.FetchTrustBundlesResponse.BundlesEntry\x1a.\n\x0c\x42undlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\xcb\x01\n\x17WorkloadIdentityService\x12N\n\x0bMintJWTSVID\x12\x1e.bulwark.v1.MintJWTSVIDRequest\x1a\x1f.bulwark.v1.MintJWTSVIDResponse\x12`\n\x11\x46\x65tchTrustBundles\x12$.bulwark.v1.FetchTrustBundlesRequest\x1a%.bulwark.v1.FetchTrustBundlesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n protos/bulwark/v1/identity.proto\x12\nbulwark.v1\"N\n\x11\x43\x65rtificateParams\x12\x0b\n\x03\x63sr\x18\x01 \x01(\t\x12\x11\n\tspiffe_id\x18\x02 \x01(\t\x12\x19\n\x11validity_duration\x18\x03 \x01(\x03\"O\n\x1e\x42\x61tchCreateCertificatesRequest\x12-\n\x06params\x18\x01 \x03(\x0b\x32\x1d.bulwark.v1.CertificateParams\"+\n\nItemStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"b\n\x11\x43\x65rtificateResult\x12&\n\x06status\x18\x01 \x01(\x0b\x32\x16.bulwark.v1.ItemStatus\x12\x12\n\ncert_chain\x18\x02 \x03(\t\x12\x11\n\tspiffe_id\x18\x03 \x01(\t\"Q\n\x1f\x42\x61tchCreateCertificatesResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.bulwark.v1.CertificateResult\";\n\x12MintJWTSVIDRequest\x12\x10\n\x08\x61udience\x18\x01 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"K\n\x13MintJWTSVIDResponse\x12\x11\n\tspiffe_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\"\x1a\n\x18\x46\x65tchTrustBundlesRequest\"\xa6\x01\n\x19\x46\x65tchTrustBundlesResponse\x12\x14\n\x0ctrust_domain\x18\x01 \x01(\t\x12\x43\n\x07\x62undles\x18\x02 \x03(\x0b\x32\x32.bulwark.v1.FetchTrustBundlesResponse.BundlesEntry\x1a.\n\x0c\x42undlesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\xcb\x01\n\x17WorkloadIdentityService\x12N\n\x0bMintJWTSVID\x12\x1e.bulwark.v1.MintJWTSVIDRequest\x1a\x1f.bulwark.v1.MintJWTSVIDResponse\x12`\n\x11\x46\x65tchTrustBundles\x12$.bulwark.v1.FetchTrustBundlesRequest\x1a%.bulwark.v1.FetchTrustBundlesResponse2\x88\x01\n\x12\x43\x65rtificateService\x12r\n\x17\x42\x61tchCreateCertificates\x12*.bulwark.v1.BatchCreateCertificatesRequest\x1a+.bulwark.v1.BatchCreateCertificatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,16 +33,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FETCHTRUSTBUNDLESRESPONSE_BUNDLESENTRY']._loaded_options = None
   _globals['_FETCHTRUSTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_options = b'8\001'
-  _globals['_MINTJWTSVIDREQUEST']._serialized_start=48
-  _globals['_MINTJWTSVIDREQUEST']._serialized_end=107
-  _globals['_MINTJWTSVIDRESPONSE']._serialized_start=109
-  _globals['_MINTJWTSVIDRESPONSE']._serialized_end=184
-  _globals['_FETCHTRUSTBUNDLESREQUEST']._serialized_start=186
-  _globals['_FETCHTRUSTBUNDLESREQUEST']._serialized_end=212
-  _globals['_FETCHTRUSTBUNDLESRESPONSE']._serialized_start=215
-  _globals['_FETCHTRUSTBUNDLESRESPONSE']._serialized_end=381
-  _globals['_FETCHTRUSTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_start=335
-  _globals['_FETCHTRUSTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_end=381
-  _globals['_WORKLOADIDENTITYSERVICE']._serialized_start=384
-  _globals['_WORKLOADIDENTITYSERVICE']._serialized_end=587
+  _globals['_CERTIFICATEPARAMS']._serialized_start=48
+  _globals['_CERTIFICATEPARAMS']._serialized_end=126
+  _globals['_BATCHCREATECERTIFICATESREQUEST']._serialized_start=128
+  _globals['_BATCHCREATECERTIFICATESREQUEST']._serialized_end=207
+  _globals['_ITEMSTATUS']._serialized_start=209
+  _globals['_ITEMSTATUS']._serialized_end=252
+  _globals['_CERTIFICATERESULT']._serialized_start=254
+  _globals['_CERTIFICATERESULT']._serialized_end=352
+  _globals['_BATCHCREATECERTIFICATESRESPONSE']._serialized_start=354
+  _globals['_BATCHCREATECERTIFICATESRESPONSE']._serialized_end=435
+  _globals['_MINTJWTSVIDREQUEST']._serialized_start=437
+  _globals['_MINTJWTSVIDREQUEST']._serialized_end=496
+  _globals['_MINTJWTSVIDRESPONSE']._serialized_start=498
+  _globals['_MINTJWTSVIDRESPONSE']._serialized_end=573
+  _globals['_FETCHTRUSTBUNDLESREQUEST']._serialized_start=575
+  _globals['_FETCHTRUSTBUNDLESREQUEST']._serialized_end=601
+  _globals['_FETCHTRUSTBUNDLESRESPONSE']._serialized_start=604
+  _globals['_FETCHTRUSTBUNDLESRESPONSE']._serialized_end=770
+  _globals['_FETCHTRUSTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_start=724
+  _globals['_FETCHTRUSTBUNDLESRESPONSE_BUNDLESENTRY']._serialized_end=770
+  _globals['_WORKLOADIDENTITYSERVICE']._serialized_start=773
+  _globals['_WORKLOADIDENTITYSERVICE']._serialized_end=976
+  _globals['_CERTIFICATESERVICE']._serialized_start=979
+  _globals['_CERTIFICATESERVICE']._serialized_end=1115
 # @@protoc_insertion_point(module_scope)

@@ -141,3 +141,88 @@ class WorkloadIdentityService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CertificateServiceStub:
+    """X.509-SVIDs for many identities in one call, for node agents (SPIRE's
+    svid.v1.SVID/BatchNewX509SVID is the model). The caller authenticates once; every item is
+    authorised, signed and answered on its own, so one bad item never fails the others.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.BatchCreateCertificates = channel.unary_unary(
+                '/bulwark.v1.CertificateService/BatchCreateCertificates',
+                request_serializer=protos_dot_bulwark_dot_v1_dot_identity__pb2.BatchCreateCertificatesRequest.SerializeToString,
+                response_deserializer=protos_dot_bulwark_dot_v1_dot_identity__pb2.BatchCreateCertificatesResponse.FromString,
+                _registered_method=True)
+
+
+class CertificateServiceServicer:
+    """X.509-SVIDs for many identities in one call, for node agents (SPIRE's
+    svid.v1.SVID/BatchNewX509SVID is the model). The caller authenticates once; every item is
+    authorised, signed and answered on its own, so one bad item never fails the others.
+    """
+
+    def BatchCreateCertificates(self, request, context):
+        """Up to the CA's limit of items (--batch-max-certificates, default 64); more, or none, is
+        INVALID_ARGUMENT for the whole call, as is a call that fails authentication
+        (UNAUTHENTICATED). Otherwise the answer holds one result per item, in the items' order.
+        Every certificate sent is in the issuance record (one commit for the call's items).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CertificateServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'BatchCreateCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateCertificates,
+                    request_deserializer=protos_dot_bulwark_dot_v1_dot_identity__pb2.BatchCreateCertificatesRequest.FromString,
+                    response_serializer=protos_dot_bulwark_dot_v1_dot_identity__pb2.BatchCreateCertificatesResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'bulwark.v1.CertificateService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('bulwark.v1.CertificateService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CertificateService:
+    """X.509-SVIDs for many identities in one call, for node agents (SPIRE's
+    svid.v1.SVID/BatchNewX509SVID is the model). The caller authenticates once; every item is
+    authorised, signed and answered on its own, so one bad item never fails the others.
+    """
+
+    @staticmethod
+    def BatchCreateCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bulwark.v1.CertificateService/BatchCreateCertificates',
+            protos_dot_bulwark_dot_v1_dot_identity__pb2.BatchCreateCertificatesRequest.SerializeToString,
+            protos_dot_bulwark_dot_v1_dot_identity__pb2.BatchCreateCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -175,21 +175,25 @@ def test_close_commits_what_is_queued_and_refuses_new_entries(record_url: str) -
 def test_a_caller_that_times_out_before_its_batch_starts_is_not_recorded(
     record_url: str,
 ) -> None:
-    gave_up = make_entry()
+    gave_up, started = make_entry(), make_entry()
 
     async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
         lock = await ChainLock(record_url).take()
-        first = asyncio.create_task(recorder.record(make_entry()))
+        first = asyncio.create_task(recorder.record(started))
         await eventually(lambda: managed.writer.busy, "a commit is running")
         with pytest.raises(LedgerWriteError):
             await recorder.record(gave_up)  # waits behind the stuck commit, then times out
         await lock.release()
         with pytest.raises(LedgerWriteError):
-            await first  # timed out too, but its batch had started: its row may still appear
+            await first  # timed out too, while its batch waited for the chain lock
+        await recorder.record(make_entry())  # the writer goes on after leaving them out
 
     run(record_url, test, options=RecorderOptions(write_timeout=timedelta(seconds=0.5)))
     reader = open_reader(record_url)
     assert reader.get(gave_up.serial) is None
+    # Issue 22.6: an entry whose caller gave up while the lock was held elsewhere is left out
+    # once the lock is free, so no row stands for a certificate nobody received.
+    assert reader.get(started.serial) is None
     assert reader.verify().head_seq == 1
     reader.close()
 
@@ -218,7 +222,7 @@ def test_each_waiting_caller_times_out_at_its_own_deadline(record_url: str) -> N
 
     run(record_url, test, options=RecorderOptions(write_timeout=timedelta(seconds=1)))
     reader = open_reader(record_url)
-    assert reader.verify().head_seq <= 1  # only the started batch may have landed
+    assert reader.verify().head_seq == 0  # every caller gave up before the lock was free
     reader.close()
 
 
@@ -263,3 +267,64 @@ def test_callers_recording_back_to_back_share_every_commit(record_url: str) -> N
         assert managed.writer.commits <= 7
 
     run(record_url, test, linger_s=0.2)
+
+
+def test_one_call_of_record_many_lands_in_one_commit(record_url: str) -> None:
+    """Issue 23: a batch call's entries are never split across commits, not by max_batch nor
+    by entries queued around them."""
+
+    async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
+        writer = managed.writer
+        lock = await ChainLock(record_url).take()
+        first = asyncio.create_task(recorder.record(make_entry()))
+        await eventually(lambda: writer.busy, "the first entry is being committed")
+        before = asyncio.create_task(recorder.record(make_entry()))
+        unit = [make_entry() for _ in range(5)]
+        batch = asyncio.create_task(recorder.record_many(unit))
+        after = asyncio.create_task(recorder.record(make_entry()))
+        await asyncio.sleep(0.05)
+        await lock.release()
+        await asyncio.gather(first, before, after)
+        assert await batch == [None] * 5
+        # max_batch 3: [first], [before] (the unit of 5 does not fit beside it), [the 5],
+        # [after]: the unit whole, though larger than max_batch
+        assert (writer.commits, writer.rows) == (4, 8)
+
+    run(record_url, test, options=RecorderOptions(max_batch=3))
+    reader = open_reader(record_url)
+    assert reader.verify().head_seq == 8
+    reader.close()
+
+
+def test_record_many_fails_exactly_the_entries_not_committed(record_url: str) -> None:
+    async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
+        taken = make_entry()
+        await recorder.record(taken)
+        unit = [make_entry(), make_entry(serial=taken.serial), make_entry()]
+        errors = await recorder.record_many(unit)
+        assert errors[0] is None and errors[2] is None
+        assert isinstance(errors[1], LedgerWriteError)
+        reader = open_reader(record_url)
+        assert reader.get(unit[0].serial) is not None and reader.get(unit[2].serial) is not None
+        reader.close()
+
+    run(record_url, test)
+    report = open_reader(record_url).verify()
+    assert report.ok and report.head_seq == 3
+
+
+def test_record_many_that_times_out_counts_none_as_committed(record_url: str) -> None:
+    async def test(recorder: AsyncRecorder, managed: ManagedRecorder) -> None:
+        lock = await ChainLock(record_url).take()
+        first = asyncio.create_task(recorder.record(make_entry()))
+        await eventually(lambda: managed.writer.busy, "a commit is running")
+        errors = await recorder.record_many([make_entry(), make_entry()])
+        assert all(isinstance(e, LedgerWriteError) for e in errors) and len(errors) == 2
+        await lock.release()
+        with pytest.raises(LedgerWriteError):
+            await first
+
+    run(record_url, test, options=RecorderOptions(write_timeout=timedelta(seconds=0.5)))
+    reader = open_reader(record_url)
+    assert reader.verify().head_seq <= 1  # the unit never started: not recorded
+    reader.close()

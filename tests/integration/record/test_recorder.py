@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -230,27 +231,40 @@ def test_record_after_close_raises(tmp_path: Path) -> None:
         recorder.record(make_entry())
 
 
-def test_a_postgresql_statement_stuck_on_the_chain_lock_ends_in_an_error(
+def test_a_postgresql_writer_waiting_for_the_chain_lock_gives_up_in_time(
     request: pytest.FixtureRequest,
 ) -> None:
-    # A commit waiting on another writer's chain lock must not hold the record thread forever.
+    # A commit waiting on another writer's chain lock must not hold the record thread forever;
+    # and it waits from the client (NOWAIT, retried), never queued inside the server, where the
+    # lock would be granted to it even while its process is frozen (issue 22.6).
     import psycopg
 
     from ca_server.record.ledger.postgres import PostgresSession
 
     url = request.getfixturevalue("postgres_cluster").database("stuck")
     open_recorder(url).close()  # creates the schema
-    holder = connect(parse_record_url(url))  # another writer holding the chain lock
-    holder.lock_head()
-    try:
-        session = PostgresSession.connect(url, statement_timeout_s=0.5)
+    holder = psycopg.connect(url)  # another writer holding the chain lock
+    holder.execute("SELECT seq FROM chain_head WHERE id = 1 FOR UPDATE")
+    session = PostgresSession.connect(url, lock_wait_s=1.5)
+    outcome: list[BaseException] = []
+
+    def wait_for_lock() -> None:
         try:
-            with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
-                session.lock_head()
-        finally:
-            session.rollback()
-            session.close()
+            session.lock_head()
+        except psycopg.Error as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=wait_for_lock)
+    try:
+        waiter.start()
+        time.sleep(0.5)  # the writer is waiting now
+        queued = holder.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+        waiter.join(30)
+        assert queued == (0,), "a writer queued inside the server for the lock"
+        assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.LockNotAvailable)
     finally:
+        session.rollback()
+        session.close()
         holder.rollback()
         holder.close()
 
@@ -275,3 +289,54 @@ def test_postgresql_sessions_give_up_on_a_silent_database(
         assert own._conn.info.get_parameters()["keepalives_idle"] == "42"
     finally:
         own.close()
+
+
+@pytest.mark.slow
+def test_a_writer_stalled_holding_the_chain_lock_is_aborted_and_the_others_go_on(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    """Issue 22.6: a writer that stalls inside its transaction (its process frozen) loses the
+    lock to the server, so the other writers commit; it cannot commit what it had written."""
+    import psycopg
+
+    from ca_server.record.ledger.rows import INSERT_SQL, chained_row, hashed_fields
+
+    url = postgres_cluster.database("stalled")
+    recorder = open_recorder(url)
+    stalled, stalled_entry, healthy = connect(parse_record_url(url)), make_entry(), make_entry()
+    head = stalled.lock_head()  # half of an append: the lock taken, the row written...
+    fields = hashed_fields(stalled_entry, seq=head.seq + 1, recorded_at=stalled_entry.not_before)
+    stalled.execute_many(INSERT_SQL, [chained_row(head.row_hash, fields)])
+    try:
+        recorder.record(healthy)  # ...then the writer stalls: the others wait it out and commit
+        with pytest.raises(psycopg.Error):
+            stalled.commit()  # the thawed writer's commit fails: its caller is told, not served
+    finally:
+        stalled.close()
+        recorder.close()
+    reader = open_reader(url)
+    assert reader.get(healthy.serial) is not None
+    assert reader.get(stalled_entry.serial) is None
+    assert reader.verify().head_seq == 1
+    reader.close()
+
+
+@pytest.mark.slow
+def test_a_writer_gives_up_on_a_lock_held_by_a_foreign_session(
+    postgres_cluster: PostgresCluster,
+) -> None:
+    """A session outside Bulwark's bounds (an operator's psql) holding the chain lock makes a
+    commit fail with the lock timeout, not wait out the 30 s statement timeout."""
+    import psycopg
+
+    url = postgres_cluster.database("foreign")
+    recorder = open_recorder(url)
+    operator = psycopg.connect(url)
+    operator.execute("SELECT seq FROM chain_head WHERE id = 1 FOR UPDATE")
+    try:
+        with pytest.raises(LedgerWriteError) as failed:
+            recorder.record(make_entry())
+        assert isinstance(failed.value.__cause__, psycopg.errors.LockNotAvailable)
+    finally:
+        operator.close()
+        recorder.close()

@@ -18,6 +18,7 @@ import pytest
 
 from ca_server.authority.material import create_self_signed
 from ca_server.issuance.service import UndecodableRequest
+from ca_server.node_policy import parse_node_policy
 from certs.pem import load_certificates
 from certs.spiffe_id import TrustDomain
 from certs.verify import spiffe_id_of
@@ -29,10 +30,16 @@ from tests.support.testca import Aborted, TestCa
 BACKEND = "spiffe://cluster.local/ns/demo/sa/backend"
 
 
+# Outside Kubernetes a node account impersonates only what --node-identity-policy lists.
+ZTUNNEL_POLICY = parse_node_policy('{"istio-system/ztunnel": ["demo/*"]}')
+
+
 @pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCa:
     return TestCa.create(
-        tmp_path_factory.mktemp("testca"), trusted_node_accounts=("istio-system/ztunnel",)
+        tmp_path_factory.mktemp("testca"),
+        trusted_node_accounts=("istio-system/ztunnel",),
+        node_identity_policy=ZTUNNEL_POLICY,
     )
 
 
@@ -114,7 +121,7 @@ def test_ttl_within_range_is_issued(fresh: TestCa, ttl_s: int) -> None:
     assert identity_of(chain) == ME
 
 
-def test_trusted_node_account_may_impersonate(fresh: TestCa) -> None:
+def test_a_node_account_may_impersonate_what_the_policy_lists(fresh: TestCa) -> None:
     chain = fresh.issue(
         csr_pem(broken.good_key(), uris=(BACKEND,)),
         token=fresh.mint("istio-system", "ztunnel"),
@@ -122,6 +129,48 @@ def test_trusted_node_account_may_impersonate(fresh: TestCa) -> None:
     )
     assert identity_of(chain) == BACKEND
     assert fresh.recorder.entries[0].subject.endswith(f"as {BACKEND}")
+
+
+def test_a_node_account_may_not_impersonate_beyond_the_policy(fresh: TestCa) -> None:
+    target = "spiffe://cluster.local/ns/shop/sa/checkout"
+    err = refuse(
+        fresh,
+        csr_pem(broken.good_key(), uris=(target,)),
+        token=fresh.mint("istio-system", "ztunnel"),
+        metadata_fields={"ImpersonatedIdentity": target},
+    )
+    assert err.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "--node-identity-policy allows it only demo/*" in err.details
+
+
+def test_without_kubernetes_or_a_policy_a_trusted_account_may_not_impersonate(
+    ca: TestCa,
+) -> None:
+    """Issue 23: outside Kubernetes nothing bound a trusted node account to its workloads, and
+    it could act as anyone; now it needs a --node-identity-policy entry."""
+    from dataclasses import replace
+
+    bare = TestCa.with_material(
+        replace(ca.config, node_identity_policy=None), ca.material, ca.issuer
+    )
+    err = refuse(
+        bare,
+        csr_pem(broken.good_key(), uris=(BACKEND,)),
+        token=bare.mint("istio-system", "ztunnel"),
+        metadata_fields={"ImpersonatedIdentity": BACKEND},
+    )
+    assert err.code == grpc.StatusCode.UNAUTHENTICATED
+    assert "needs a --node-identity-policy entry" in err.details
+    assert bare.recorder.entries == []
+
+
+def test_asking_for_ones_own_identity_needs_no_right(fresh: TestCa) -> None:
+    chain = fresh.issue(
+        csr_pem(broken.good_key(), uris=(ME,)),
+        token=fresh.mint(),
+        metadata_fields={"ImpersonatedIdentity": ME},
+    )
+    assert identity_of(chain) == ME
 
 
 def test_override_policy_signs_the_callers_identity_whatever_the_csr_asks(

@@ -93,7 +93,7 @@ def test_no_error_class_of_the_ca_brings_a_reason_outside_the_label_set() -> Non
 class BuggyRecorder(MemoryRecorder):
     """A record writer with a bug: it raises something no CaError describes."""
 
-    async def record(self, entry: IssuedCertificate) -> None:
+    async def record(self, entry: IssuedCertificate, *, within: float | None = None) -> None:
         raise KeyError(SECRET)
 
 
