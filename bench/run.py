@@ -338,13 +338,13 @@ def agent_phase(work: Path, r: dict[str, Any]) -> None:
 def node_phase(work: Path, r: dict[str, Any]) -> None:
     from bench import node_bench
     from tests.support.ca_process import start_ca
-    from tests.support.node_agent import NODE_IDENTITY
+    from tests.support.node_agent import node_policy_args
 
     log(
         "node agent: 20 uids x 5 pods (SDS + Workload API stream each) connecting as it starts; "
         "then new pods' first certificates"
     )
-    ca = start_ca(work / "node-ca", "--trusted-node-accounts", NODE_IDENTITY, workers=1)
+    ca = start_ca(work / "node-ca", *node_policy_args(work / "node-policy"), workers=1)
     try:
         node = node_bench.bench_node(ca, work / "node-logs", samples=7 if QUICK else 15)
     finally:

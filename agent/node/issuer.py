@@ -2,10 +2,13 @@
 
 The node agent authenticates to the CA as itself (`agent.node.own`: its own token, re-read
 for every call, then outside Kubernetes its own certificate) and asks for each workload's
-certificate with Istio's `ImpersonatedIdentity` metadata, as ztunnel
-does (docs/COMPATIBILITY.md §4); the CA allows it only for a node account and, with
-Kubernetes, only for service accounts with a pod on the node agent's own node. CSRs asked for
-in the same moment (a node that just rebooted, many pods starting) leave together, and a
+certificate for another identity, the CA allowing it only for a node account and, with
+Kubernetes, only for service accounts with a pod on the node agent's own node (without it,
+only what its `--node-identity-policy` lists). CSRs asked for in the same moment (a node that
+just rebooted, many pods starting) leave together in `BatchCreateCertificates` calls
+(`agent.upstream.batch_client`); a CA without that call, as Istio's, gets one
+`CreateCertificate` per identity with Istio's `ImpersonatedIdentity` metadata, as ztunnel
+asks (docs/COMPATIBILITY.md §4). A
 `KeyPool` of keys generated ahead of time means a new identity's first certificate waits for
 one CA round trip, not for key generation. The channel to the CA is kept open between calls
 and opened afresh after a failure or `CHANNEL_MAX_AGE`, so a replaced CA root is picked up.
@@ -15,17 +18,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from datetime import datetime
 
+import grpc
 from grpc import aio
 
 from agent.config import AgentConfig
-from agent.errors import AgentError
+from agent.errors import AgentError, CaRequestFailed
+from agent.metrics import AgentMetrics
 from agent.node.own import Credential
 from agent.state.svid import Svid, svid_from_response
-from agent.upstream.caclient import CaClient
+from agent.upstream.batch_client import BatchIssuer, CertificateOrder, CertificateOutcome
+from agent.upstream.caclient import DEFINITIVE, RETRYABLE, CaClient, RetryPolicy
 from certs.csr import build_csr
 from certs.keys import KeyType, PrivateKey, generate_key
 from certs.spiffe_id import SpiffeId
@@ -33,6 +40,8 @@ from certs.spiffe_id import SpiffeId
 log = logging.getLogger(__name__)
 
 CHANNEL_MAX_AGE_S = 300.0
+ISTIO_RETRIES = RetryPolicy()
+Pending = tuple[SpiffeId, bytes, "asyncio.Future[list[str]]"]  # identity, CSR, its answer
 
 
 class KeyPool:
@@ -88,9 +97,21 @@ class NodeIssuer:
         config: AgentConfig,
         keys: KeyPool,
         now: Callable[[], datetime],
+        metrics: AgentMetrics,
         credential: Callable[[], Credential | None] = lambda: None,
+        batch: BatchIssuer | None = None,
+        rng: random.Random | None = None,
+        retry: RetryPolicy = ISTIO_RETRIES,
     ) -> None:
+        """`batch`: how CSRs reach the CA (default: `BatchCreateCertificates` against Bulwark,
+        one `CreateCertificate` per identity against a CA without it, as Istio's)."""
         self._ca = ca
+        self._metrics = metrics
+        self._batch = batch or BatchIssuer(
+            timeout=config.ca_request_timeout, own_identity=str(config.spiffe_id)
+        )
+        self._rng = rng or random.Random()
+        self._retry = retry
         self._config = config
         self._keys = keys
         self._now = now
@@ -98,7 +119,7 @@ class NodeIssuer:
         self._channel: aio.Channel | None = None
         self._channel_serial = ""  # "" when the kept channel authenticates with the token
         self._opened = 0.0
-        self._pending: list[tuple[SpiffeId, bytes, asyncio.Future[list[str]]]] = []
+        self._pending: list[Pending] = []
         self._tasks: set[asyncio.Future[None]] = set()  # sends and channel closes in flight
         self.calls = 0  # CA round trips made (each may carry several certificates)
 
@@ -126,35 +147,66 @@ class NodeIssuer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[SpiffeId, bytes, asyncio.Future[list[str]]]]) -> None:
+    async def _send(self, batch: list[Pending]) -> None:
+        """One round trip for the whole batch; items refused for a passing reason (the CA
+        unreachable, overloaded) are asked again with Istio's CSR retry waits."""
         self.calls += 1
+        attempts = self._retry.max_attempts
+        for attempt in range(1, attempts + 1):
+            if attempt > 1:
+                self._metrics.inc("num_outgoing_retries", request_type="csr")
+                await asyncio.sleep(self._retry.wait(attempt - 1, self._rng))
+            batch = await self._round_trip(batch, last=attempt == attempts)
+            if not batch:
+                return
+
+    async def _round_trip(self, batch: list[Pending], *, last: bool) -> list[Pending]:
+        """Send `batch`; settle every future the CA answered for good; return those to retry."""
         try:
             channel = self._open()
-            token = not self._channel_serial
         except AgentError as exc:
             for _, _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
-            return
+            return []
+        orders = [
+            CertificateOrder(str(spiffe_id), csr, self._config.secret_ttl)
+            for spiffe_id, csr, _ in batch
+        ]
+        metadata = self._ca.call_metadata(token=not self._channel_serial)
+        self._metrics.inc("num_outgoing_requests", request_type="csr")
+        started = time.monotonic()
+        outcomes = await self._batch.issue(channel, orders, metadata)
+        elapsed_ms = (time.monotonic() - started) * 1000.0
+        self._metrics.inc("outgoing_latency", elapsed_ms, request_type="csr")
+        codes = {outcome.code for outcome in outcomes}
+        reachable = not codes & {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+        self._metrics.set("ca_reachable", 1.0 if reachable else 0.0)
+        if not codes <= {grpc.StatusCode.OK}:
+            self._metrics.inc("num_failed_outgoing_requests", request_type="csr")
+        if not reachable:
+            self._discard(channel)  # a dead connection, or a CA that replaced its root
+        again = []
+        for item, outcome in zip(batch, outcomes, strict=True):
+            future = item[2]
+            if future.done():
+                continue
+            if outcome.ok:
+                future.set_result(list(outcome.chain))
+            elif outcome.code in RETRYABLE and not last:
+                log.info("CSR for %s failed, retrying: %s", outcome.spiffe_id, outcome.message)
+                again.append(item)
+            else:
+                future.set_exception(await self._refusal(outcome))
+        return again
 
-        async def one(spiffe_id: SpiffeId, csr: bytes, future: asyncio.Future[list[str]]) -> None:
-            try:
-                chain = await self._ca.sign(
-                    csr,
-                    self._config.secret_ttl,
-                    impersonate=str(spiffe_id),
-                    channel=channel,
-                    token=token,
-                )
-            except AgentError as exc:
-                self._discard(channel)
-                if not future.done():
-                    future.set_exception(exc)
-                return
-            if not future.done():
-                future.set_result(chain)
-
-        await asyncio.gather(*(one(*item) for item in batch))
+    async def _refusal(self, outcome: CertificateOutcome) -> CaRequestFailed:
+        code = outcome.code
+        message = f"CA {self._config.ca_addr} answered {code.name} for {outcome.spiffe_id}: "
+        hint = await self._ca.explain(code, outcome.message)
+        return CaRequestFailed(
+            message + outcome.message + hint, code, definitive=code in DEFINITIVE
+        )
 
     def _open(self) -> aio.Channel:
         """The kept channel, or a fresh one when there is none, it is old, or the node agent's

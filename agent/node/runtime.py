@@ -81,7 +81,9 @@ class NodeAgent:
             config=config,
             keys=KeyPool(config.key_type(), config.key_pool),
             now=self.clock.now,
+            metrics=self.metrics,
             credential=self.own.credential,
+            rng=self.rng,
         )
         self.registry = self._registry()
         self.bundle_poller = self._bundle_poller()

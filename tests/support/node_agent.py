@@ -1,7 +1,8 @@
 """A real node agent (`python -m agent run --mode node`) and callers running as other users.
 
 `node_ca` starts a CA that lets the node agent's own account (`bulwark-system/node-agent`)
-impersonate; `start_node_agent` runs the node agent against it with the unix or k8s attestor;
+impersonate the workloads of the namespaces `demo` and `bench` (`--node-identity-policy`, as
+on a VM); `start_node_agent` runs the node agent against it with the unix or k8s attestor;
 `run_as` runs a command as another uid and gid (util-linux `setpriv`), which is how a test puts
 real callers of different users on the node socket. `spiffe_fetch` (python -m
 tests.support.spiffe_fetch) is the caller: the `spiffe` package's client, printing JSON.
@@ -32,10 +33,22 @@ ISTIOD_SAN = "istiod.istio-system.svc"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
+NODE_POLICY = {NODE_IDENTITY: ["demo/*", "bench/*"]}
+
+
+def node_policy_args(directory: Path) -> tuple[str, ...]:
+    """`--node-identity-policy FILE` (written into `directory`) granting `NODE_POLICY`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    policy = directory / "node-identity-policy.yaml"
+    policy.write_text(json.dumps(NODE_POLICY))  # JSON is YAML
+    return ("--node-identity-policy", str(policy))
+
+
 @contextmanager
 def node_ca(data_dir: Path, *args: str) -> Iterator[RunningCa]:
-    """A CA on which the node agent's account may impersonate workloads."""
-    with started_ca(data_dir, "--trusted-node-accounts", NODE_IDENTITY, *args) as ca:
+    """A CA without Kubernetes on which the node agent's account may impersonate the
+    workloads `NODE_POLICY` lists."""
+    with started_ca(data_dir, *node_policy_args(data_dir.parent), *args) as ca:
         yield ca
 
 

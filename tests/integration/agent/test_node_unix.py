@@ -33,6 +33,7 @@ from tests.support.node_agent import (
     start_node_agent,
     write_unix_identities,
 )
+from tests.support.metrics import metric
 from tests.support.openssl import openssl
 
 FRONTEND = "spiffe://cluster.local/ns/demo/sa/frontend"
@@ -84,6 +85,25 @@ def test_each_uid_gets_its_mapped_svid_and_an_unmapped_uid_is_refused(
     refused = fetch_as(4999, 4999, node.socket, "x509")
     assert refused["code"] == "PERMISSION_DENIED", refused
     assert "no identity for uid 4999" in refused["error"] and PYTHON in refused["error"]
+
+
+def test_workload_certificates_come_through_the_batch_call(
+    node: NodeAgentProcess, ca: RunningCa
+) -> None:
+    """Bulwark's CA has BatchCreateCertificates: the node agent asks it there, not one
+    CreateCertificate per identity (that is its fallback for a CA without it, as Istio's)."""
+    items, calls = (metric(ca, f"bulwark_ca_batch_size_{s}") for s in ("sum", "count"))
+    holders = [spawn_as(uid, gid, fetch_command(node.socket, "hold", "60")) for uid, gid in
+               ((4101, 4101), (4102, 4200))]  # fmt: skip
+    try:
+        for holder in holders:
+            assert holder.stdout is not None and json.loads(holder.stdout.readline())["serial"]
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+    assert metric(ca, "bulwark_ca_batch_size_count") > calls
+    assert metric(ca, "bulwark_ca_batch_size_sum") - items >= 1
 
 
 def test_an_unmapped_uid_sees_the_exact_status(node: NodeAgentProcess) -> None:
