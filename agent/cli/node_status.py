@@ -59,6 +59,7 @@ def format_node_status(document: dict[str, Any]) -> str:
         f"{len(document['identities'])} identities, {document['connections']} connection(s), "
         f"{document['attestor']} attestor, socket {document['socket']}"
     )
+    lines.append(f"certificates asked for with {document['ca_call']}")
     return "\n".join(lines)
 
 

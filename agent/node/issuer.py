@@ -123,6 +123,11 @@ class NodeIssuer:
         self._tasks: set[asyncio.Future[None]] = set()  # sends and channel closes in flight
         self.calls = 0  # CA round trips made (each may carry several certificates)
 
+    @property
+    def ca_call(self) -> str:
+        """The call workload certificates are asked for with now (shown on the status page)."""
+        return "BatchCreateCertificates" if self._batch.batch_supported else "CreateCertificate"
+
     def warm(self) -> None:
         """Fill the key pool in the background (a first identity then waits only for the CA)."""
         self._keys.refill()

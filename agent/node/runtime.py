@@ -98,6 +98,7 @@ class NodeAgent:
             not_ready=self._not_ready,
             attestor=config.attestor,
             own=self.own,
+            ca_call=lambda: self.issuer.ca_call,
         )
         self.metrics.add_collector(self._collect_gauges)
         self.status_addr: tuple[str, int] | None = None

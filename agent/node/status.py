@@ -1,7 +1,8 @@
 """A node agent's status port: the identities it serves, the holders behind each, expiries.
 
 `/debug/identities` (also at `/debug/certs`) lists every identity with its pods (or
-processes), serial and time left, never a key; `/healthz/ready` says 200 once the node socket
+processes), serial and time left, never a key, and the call the CA is asked with
+(`BatchCreateCertificates`, or `CreateCertificate` for a CA without it); `/healthz/ready` says 200 once the node socket
 is served (and, with the k8s attestor, the pods of the node have been listed once);
 `/metrics` is the agent's. `bulwark agent status --node` reads `/debug/identities`.
 """
@@ -39,6 +40,7 @@ class NodeStatusServer(StatusServer):
         not_ready: Callable[[], str],
         attestor: str,
         own: OwnIdentity,
+        ca_call: Callable[[], str],
     ) -> None:
         super().__init__(cache=shared, metrics=metrics, now=now)
         self._shared = shared
@@ -47,6 +49,7 @@ class NodeStatusServer(StatusServer):
         self._not_ready = not_ready
         self._attestor = attestor
         self._own = own
+        self._ca_call = ca_call
 
     def document(self) -> dict[str, Any]:
         now = self._now()
@@ -58,6 +61,7 @@ class NodeStatusServer(StatusServer):
             "connections": self._front.connection_count,
             "identities": self._registry.describe(now),
             "own": self._own_document(now),
+            "ca_call": self._ca_call(),
             "roots": [describe_cert(c, now) for c in roots.certs] if roots else [],
         }
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.support.ca_process import REPO, RunningCa, started_ca, tree_env
 
@@ -50,6 +50,21 @@ def node_ca(data_dir: Path, *args: str) -> Iterator[RunningCa]:
     workloads `NODE_POLICY` lists."""
     with started_ca(data_dir, *node_policy_args(data_dir.parent), *args) as ca:
         yield ca
+
+
+class NodeAgentsCa(Protocol):
+    """What a node agent needs of its CA: Bulwark's (`RunningCa`) or Istio's."""
+
+    @property
+    def grpc_addr(self) -> str: ...
+
+    @property
+    def mtls_addr(self) -> str: ...  # "" for a CA without a client-certificate port
+
+    @property
+    def root_cert_path(self) -> Path: ...
+
+    def mint_token(self, namespace: str, service_account: str) -> str: ...
 
 
 @dataclass
@@ -110,7 +125,7 @@ def write_unix_identities(path: Path, entries: Sequence[tuple[dict[str, Any], st
 
 
 def start_node_agent(
-    ca: RunningCa,
+    ca: NodeAgentsCa,
     work: Path,
     *,
     attestor: str = "unix",

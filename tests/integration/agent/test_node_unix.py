@@ -24,6 +24,7 @@ import pytest
 
 from tests.support.agent import short_dir
 from tests.support.ca_process import RunningCa
+from tests.support.metrics import metric
 from tests.support.node_agent import (
     NodeAgentProcess,
     fetch_as,
@@ -33,7 +34,6 @@ from tests.support.node_agent import (
     start_node_agent,
     write_unix_identities,
 )
-from tests.support.metrics import metric
 from tests.support.openssl import openssl
 
 FRONTEND = "spiffe://cluster.local/ns/demo/sa/frontend"
@@ -102,6 +102,7 @@ def test_workload_certificates_come_through_the_batch_call(
         for holder in holders:
             holder.kill()
             holder.wait()
+    assert node.get("/debug/identities")["ca_call"] == "BatchCreateCertificates"
     assert metric(ca, "bulwark_ca_batch_size_count") > calls
     assert metric(ca, "bulwark_ca_batch_size_sum") - items >= 1
 
@@ -175,6 +176,7 @@ def test_agent_status_lists_identities_and_their_holders(node: NodeAgentProcess)
         assert shown.returncode == 0, shown.stderr
         assert FRONTEND in shown.stdout and f"pid {holder.pid}" in shown.stdout  # setpriv execs
         assert "1 identities" in shown.stdout and "unix attestor" in shown.stdout
+        assert "certificates asked for with BatchCreateCertificates" in shown.stdout
         as_json = subprocess.run(
             [
                 sys.executable,
