@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -240,3 +241,40 @@ def test_then_the_node_agent_authenticates_with_its_own_certificate(
         assert "no such file" not in agent.log().lower()
     finally:
         assert agent.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_ca_that_is_down_is_asked_again_and_the_caller_served_once_it_is_back(
+    work: Path, tmp_path: Path
+) -> None:
+    """The batch call fails UNAVAILABLE while the CA is down: the node agent keeps the caller's
+    stream open, retries (Istio's waits, then the renewal's backoff) on a fresh channel, and
+    serves the caller once the CA is back on the same ports."""
+    with node_ca(tmp_path / "ca") as ca:
+        identities = write_unix_identities(work / "ids.yaml", [({"uid": 4101}, "demo/frontend")])
+        agent = start_node_agent(ca, work, unix_identities=identities)
+        holder = None
+        try:
+            ca.stop()
+            holder = spawn_as(4101, 4101, fetch_command(agent.socket, "hold", "60"))
+            agent.wait_until(
+                lambda: "UNAVAILABLE" in str(agent.get("/debug/identities")["identities"]),
+                timeout=30,
+                what="the CA's absence noticed",
+            )
+            ca.start(ca.grpc_addr, ca.admin_addr, ca.mtls_addr)
+            assert holder.stdout is not None
+            assert json.loads(holder.stdout.readline())["serial"], agent.log()[-3000:]
+            retries = re.search(
+                r'^istio_agent_num_outgoing_retries\{request_type="csr"\} ([0-9.]+)$',
+                agent.get("/metrics"),
+                re.MULTILINE,
+            )
+            assert retries is not None and float(retries.group(1)) >= 1
+            (item,) = agent.get("/debug/identities")["identities"]
+            assert item["spiffe_id"] == FRONTEND and item["seconds_left"] > 0 and not item["error"]
+        finally:
+            if holder is not None:
+                holder.kill()
+                holder.wait()
+            assert agent.stop() == 0
