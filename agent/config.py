@@ -109,6 +109,7 @@ class AgentConfig:
     max_caller_streams: int = 128
     attest_timeout: timedelta = timedelta(seconds=5)
     key_pool: int = 4
+    ca_batch_max: int = 64  # the CA's default --batch-max-certificates
     spiffe_id: SpiffeId = field(init=False)
 
     def __post_init__(self) -> None:
@@ -170,6 +171,7 @@ class AgentConfig:
             ("--max-connections", self.max_connections),
             ("--max-caller-connections", self.max_caller_connections),
             ("--max-caller-streams", self.max_caller_streams),
+            ("--ca-batch-max", self.ca_batch_max),
         ):
             if number < 1:
                 raise ConfigError(f"{what} {number} must be at least 1")
@@ -479,6 +481,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_caller_streams", INT, "node mode: calls in progress of one caller", env="BULWARK_NODE_MAX_CALLER_STREAMS", flag="--max-caller-streams"),
     Setting("attest_timeout", DURATION, "node mode, k8s attestor: how long a new container may wait for its pod's status", env="BULWARK_NODE_ATTEST_TIMEOUT", flag="--attest-timeout"),
     Setting("key_pool", INT, "node mode: keys generated ahead of time for new identities", env="BULWARK_NODE_KEY_POOL", flag="--key-pool"),
+    Setting("ca_batch_max", INT, "node mode: CSRs per BatchCreateCertificates call (at most the CA's --batch-max-certificates)", env="BULWARK_NODE_CA_BATCH_MAX", flag="--ca-batch-max"),
 )  # fmt: skip
 
 

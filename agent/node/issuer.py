@@ -108,7 +108,9 @@ class NodeIssuer:
         self._ca = ca
         self._metrics = metrics
         self._batch = batch or BatchIssuer(
-            timeout=config.ca_request_timeout, own_identity=str(config.spiffe_id)
+            timeout=config.ca_request_timeout,
+            own_identity=str(config.spiffe_id),
+            max_batch=config.ca_batch_max,
         )
         self._rng = rng or random.Random()
         self._retry = retry

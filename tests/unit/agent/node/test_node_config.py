@@ -25,6 +25,7 @@ def test_node_mode_defaults() -> None:
     assert (config.max_identities, config.max_connections) == (512, 4096)
     assert (config.max_caller_connections, config.max_caller_streams) == (64, 128)
     assert config.allow_host_pods is False
+    assert config.ca_batch_max == 64  # the CA's default --batch-max-certificates
     assert AgentConfig().mode == "pod"  # the per-pod agent stays the default
 
 
@@ -44,6 +45,7 @@ def test_node_mode_defaults() -> None:
         ({**UNIX, "max_identities": 0}, "--max-identities 0 must be at least 1"),
         ({**UNIX, "max_caller_streams": -1}, "--max-caller-streams"),
         ({**UNIX, "key_pool": 65}, "--key-pool 65"),
+        ({**UNIX, "ca_batch_max": 0}, "--ca-batch-max 0 must be at least 1"),
     ],
 )
 def test_bad_node_settings_say_what_is_wrong(settings: dict[str, Any], fragment: str) -> None:
