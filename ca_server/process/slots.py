@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ca_server.authority.material import write_root_bundle
 from ca_server.authority.slots.model import SlotPolicy
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.authority.slots.store import DirectorySlotStore, SlotStore
@@ -38,14 +39,17 @@ def slot_store(config: CaConfig) -> SlotStore:
 
 
 def build_rotator(config: CaConfig) -> SlotRotator | None:
-    """A rotator for `--ca-rotation new-key`; None keeps same-key renewal."""
+    """A rotator for `--ca-rotation new-key`; None keeps same-key renewal. Each new state's
+    bundle reaches root-cert.pem before the state is stored."""
     if config.ca_rotation != "new-key":
         return None
+    root_file = config.root_cert_path
     return SlotRotator(
         store=slot_store(config),
         policy=policy_of(config),
         trust_domain=config.trust_domain,
         self_signed=config.cacerts_dir is None,
+        publish=lambda material: write_root_bundle(root_file, material),
     )
 
 
