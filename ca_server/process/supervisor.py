@@ -170,6 +170,7 @@ def _material_manager(
         trust_domain=config.trust_domain,
         may_act=may_act,
         rotator=rotator,
+        publish=lambda material: write_root_bundle(config.root_cert_path, material),
     )
 
 
