@@ -49,8 +49,13 @@ def open_recorder(config: CaConfig, metrics: CaMetrics | None = None) -> AsyncRe
     )
 
 
-def signer_for(config: CaConfig, material: Callable[[], CaMaterial | None]) -> Signer:
-    """The signer a worker with `config` runs, signing with whatever `material()` is current."""
+def signer_for(
+    config: CaConfig,
+    material: Callable[[], CaMaterial | None],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Signer:
+    """The signer a worker with `config` runs, signing with whatever `material()` is current
+    at `clock()` (the system's; tests give another)."""
     return Signer(
         material=material,
         policy=SigningPolicy(
@@ -59,7 +64,7 @@ def signer_for(config: CaConfig, material: Callable[[], CaMaterial | None]) -> S
             max_ttl=config.max_ttl,
             allow_ed25519=config.allow_ed25519,
         ),
-        clock=lambda: datetime.now(UTC),
+        clock=clock,
     )
 
 
@@ -71,11 +76,12 @@ def certificate_service(
     metrics: CaMetrics,
     events: CaEventLog,
     authentication: Authentication | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> CertificateService:
     """IstioCertificateService: the planned authenticators, the signer, the record."""
     return CertificateService(
         authentication=authentication or build_authentication(config, material),
-        signer=signer_for(config, material),
+        signer=signer_for(config, material, clock),
         recorder=recorder,
         metrics=metrics,
         trust_domain=config.trust_domain,

@@ -12,6 +12,7 @@
     ├── Overloaded                  RESOURCE_EXHAUSTED  overload (beyond --max-concurrent-rpcs)
     ├── RecordWriteFailed           INTERNAL            record_failure
     ├── CaNotReady                  INTERNAL            internal (CA_NOT_READY)
+    │   └── ClockBehind             UNAVAILABLE         internal (CA_NOT_READY; clock behind CA)
     └── SigningFailed               INTERNAL            internal (CERT_GEN_ERROR)
 
 Every servicer method of the CA is wrapped by `ca_server.issuance.refusals.refusals`, the
@@ -96,6 +97,13 @@ class RecordWriteFailed(CaError):
 
 class CaNotReady(CaError):
     sign_error = "CA_NOT_READY"
+
+
+class ClockBehind(CaNotReady):
+    """This CA's clock is before its own CA certificates' validity: retryable, since the
+    clock will be set right (NTP) or catch up."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class SigningFailed(CaError):

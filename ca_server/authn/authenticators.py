@@ -27,7 +27,14 @@ from ca_server.errors import AuthenticationError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials, shown
 from ca_server.options import default
 from certs.errors import CertsError, InvalidSpiffeId, JwtError
-from certs.jwt_rules import check_crit, numeric_date, unverified_claims, unverified_header
+from certs.jwt_rules import (
+    check_crit,
+    expired_words,
+    not_yet_valid_words,
+    numeric_date,
+    unverified_claims,
+    unverified_header,
+)
 from certs.pem import load_certificates
 from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
 from certs.verify import verify_svid
@@ -402,6 +409,8 @@ class JwtAuthenticator:
                 return claims
             except jwt.InvalidSignatureError:
                 continue
+            except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
+                raise _time_refusal(exc, token, self._clock()) from exc
             except jwt.PyJWTError as exc:
                 raise _decode_failure(exc, self._issuer, self._audiences) from exc
             except (TypeError, ValueError, OverflowError) as exc:  # PyJWT on odd claim values
@@ -409,12 +418,20 @@ class JwtAuthenticator:
         raise AuthenticationError("token signature does not verify with the issuer's keys")
 
 
+THIS_CLOCK = "this CA's clock"
+
+
+def _time_refusal(exc: jwt.PyJWTError, token: str, now: float) -> AuthenticationError:
+    """Expired or not yet valid, by how much on this CA's clock (the signature verified, so
+    the dates are the issuer's)."""
+    claims = unverified_claims(token)
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return AuthenticationError(expired_words(claims, now, clock=THIS_CLOCK))
+    return AuthenticationError(not_yet_valid_words(claims, now, clock=THIS_CLOCK))
+
+
 def _decode_failure(exc: jwt.PyJWTError, issuer: str, audiences: list[str]) -> AuthenticationError:
     """The public message for one of PyJWT's verification errors (nothing of the token)."""
-    if isinstance(exc, jwt.ExpiredSignatureError):
-        return AuthenticationError("token has expired")
-    if isinstance(exc, jwt.ImmatureSignatureError):
-        return AuthenticationError("token is not valid yet (nbf/iat in the future)")
     if isinstance(exc, jwt.InvalidAudienceError):
         return AuthenticationError(
             f"token audience does not include any of: {', '.join(audiences)}"

@@ -30,6 +30,7 @@ import uvicorn
 
 from ca_server.admin.app import create_admin_app
 from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, KEY_FILE, LocalIssuer
+from ca_server.authority.clock import ClockWatch
 from ca_server.authority.material import (
     CaMaterial,
     DirectoryKeyStore,
@@ -45,6 +46,7 @@ from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, priv
 from ca_server.errors import ConfigError
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
+from ca_server.process.readiness import Readiness
 from ca_server.process.slots import build_rotator
 from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
 from ca_server.record.ledger.integrity import guard_record_of
@@ -56,6 +58,7 @@ from certs.files import write_atomic
 log = logging.getLogger("ca_server")
 CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
 SERVING_CERT_TTL = timedelta(days=365)
+CHECK_INTERVAL_S = 5.0  # readiness checks run this often even unprobed, so changes are logged
 
 
 def prepare_material(
@@ -332,13 +335,19 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
         health = ReloadHealth(time.time())
+        readiness = Readiness(pool, health)
+        clock = ClockWatch(log)
+        readiness.add(lambda: clock.check(manager.current, datetime.now(UTC)))
         wake = asyncio.Event()
         keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
         spiffe_task = asyncio.create_task(spiffe.run())
+        checker = asyncio.create_task(readiness.watch(CHECK_INTERVAL_S))
         try:
-            return await _run_admin(config, pool, metrics_dir, manager, health, addrs, wake, spiffe)
+            return await _run_admin(
+                config, pool, metrics_dir, manager, readiness, addrs, wake, spiffe
+            )
         finally:
-            for task in (keeper, spiffe_task):
+            for task in (keeper, spiffe_task, checker):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -352,18 +361,12 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             sock.close()
 
 
-def _readiness(pool: CaPool, health: ReloadHealth) -> tuple[bool, str]:
-    """Ready while every worker serves; the detail also says how the material checks go."""
-    ready, detail = pool.readiness()
-    return ready, f"{detail}; {health.detail()}"
-
-
 async def _run_admin(
     config: CaConfig,
     pool: CaPool,
     metrics_dir: str,
     manager: MaterialManager,
-    health: ReloadHealth,
+    readiness: Readiness,
     addrs: dict[str, str],
     wake: asyncio.Event,
     spiffe: SpiffeServices,
@@ -391,9 +394,9 @@ async def _run_admin(
     app = create_admin_app(
         metrics_dir=metrics_dir,
         material=lambda: manager.current,
-        readiness=lambda: _readiness(pool, health),
+        readiness=readiness,
         routers=[record_router, rotation_router],
-        extra_metrics=lambda: health.exposition() + spiffe.exposition(),
+        extra_metrics=lambda: readiness.health.exposition() + spiffe.exposition(),
     )
     sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,8 +118,10 @@ class TestCa:
         material: CaMaterial,
         issuer: LocalIssuer,
         recorder: MemoryRecorder | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> TestCa:
-        """Another CA sharing `material` and `issuer` (keys are slow to make), e.g. another policy."""
+        """Another CA sharing `material` and `issuer` (keys are slow to make), e.g. another
+        policy; its signer reads `clock`."""
         registry = CollectorRegistry()
         recorder = recorder if recorder is not None else MemoryRecorder()
         service = certificate_service(
@@ -128,6 +130,7 @@ class TestCa:
             recorder=recorder,
             metrics=CaMetrics(registry),
             events=CaEventLog(logging.getLogger("ca_server.events")),
+            clock=clock,
         )
         return cls(
             config=config,
