@@ -76,7 +76,7 @@ def test_the_latest_start_of_the_signing_path_counts(tmp_path: Path) -> None:
         .not_valid_before(later)
         .not_valid_after(later + timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(root.signing_key, hashes.SHA256())  # type: ignore[arg-type]
+        .sign(root.signing_key, hashes.SHA256())
     )
     material = CaMaterial(
         signing_cert=intermediate,
