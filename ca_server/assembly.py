@@ -134,8 +134,9 @@ def add_services(
     recorder: Recorder | None,
     metrics: CaMetrics,
     events: CaEventLog,
-) -> None:
-    """Register both servicers of a worker on `server`, with one `Authentication`."""
+) -> Authentication:
+    """Register both servicers of a worker on `server`, with one `Authentication` (returned:
+    the worker loads its keys before serving)."""
     authentication = build_authentication(config, material)
     certificates = certificate_service(
         config,
@@ -155,3 +156,4 @@ def add_services(
         events=events,
     )
     add_identity_service(identities, server)
+    return authentication

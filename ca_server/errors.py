@@ -10,6 +10,7 @@
     │   ├── CsrRejected             INVALID_ARGUMENT    csr_policy (CSR_ERROR)
     │   └── TtlTooLong              INVALID_ARGUMENT    bad_request (TTL_ERROR)
     ├── Overloaded                  RESOURCE_EXHAUSTED  overload (beyond --max-concurrent-rpcs)
+    │   └── OutOfDescriptors        UNAVAILABLE         overload (no file descriptor left)
     ├── RecordWriteFailed           INTERNAL            record_failure
     ├── CaNotReady                  INTERNAL            internal (CA_NOT_READY)
     │   └── ClockBehind             UNAVAILABLE         internal (CA_NOT_READY; clock behind CA)
@@ -17,7 +18,9 @@
 
 Every servicer method of the CA is wrapped by `ca_server.issuance.refusals.refusals`, the
 one place where these become `context.abort(code, public_message)`, are counted and
-logged; anything else becomes INTERNAL with a generic message and is logged.
+logged; anything else becomes INTERNAL with a generic message and is logged. A failure
+caused by running out of file descriptors becomes `OutOfDescriptors` there, whatever
+raised it.
 `REFUSAL_REASONS`, the label set of the refusal metric, is computed from this tree.
 """
 
@@ -86,6 +89,13 @@ class Overloaded(CaError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "overload"
+
+
+class OutOfDescriptors(Overloaded):
+    """The process ran out of file descriptors (EMFILE/ENFILE): retryable, as connections
+    close (`ca_server.descriptors` decides)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class RecordWriteFailed(CaError):

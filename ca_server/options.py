@@ -134,6 +134,10 @@ CA_OPTIONS: dict[str, Option] = {
         help="gRPC worker processes (default: one per core)"),
     "max_concurrent_rpcs": Option(group=CAPACITY, flag="--max-concurrent-rpcs", env="BULWARK_MAX_CONCURRENT_RPCS", default="2000", type=int,
         help="per worker; beyond it callers get RESOURCE_EXHAUSTED"),
+    # An agent holds one or two connections; a node agent a few. The share is enforced only
+    # while a worker's connections fill half of what its file descriptors allow.
+    "max_connections_per_peer": Option(group=CAPACITY, flag="--max-connections-per-peer", env="BULWARK_MAX_CONNECTIONS_PER_PEER", default="32", type=int,
+        help="per worker, when its connections near its file descriptor limit: a client IP holding more loses its newest; 0 disables"),
 
     "record": Option(group=RECORD, flag="--record", env="BULWARK_RECORD", convert=optional_text,
         help="record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)"),

@@ -64,6 +64,14 @@ class ImpersonationAuthority(Protocol):
     def authorize_impersonation(self, caller: Caller, namespace: str, account: str) -> None: ...
 
 
+@runtime_checkable
+class Loading(Protocol):
+    """An authenticator with something to read before it serves (an issuer's key file)."""
+
+    def load(self) -> None:
+        """Read it now; `UpstreamUnavailable` when it cannot be read."""
+
+
 class IdentityExtractionError(AuthenticationError):
     """The credential is valid but names no workload identity (counted separately)."""
 
@@ -76,6 +84,13 @@ class Authentication:
         self._deciders = {
             a.name: a for a in self.authenticators if isinstance(a, ImpersonationAuthority)
         }
+
+    def load(self) -> None:
+        """Read what the authenticators need before the first request (a worker does, so a
+        later lack of file descriptors cannot keep a key file from loading)."""
+        for authenticator in self.authenticators:
+            if isinstance(authenticator, Loading):
+                authenticator.load()
 
     @property
     def impersonation_may_block(self) -> bool:
@@ -291,6 +306,12 @@ class JwtAuthenticator:
         self._max_lifetime = max_lifetime_s
         self._cache_seconds = cache_seconds
         self._clock = clock
+
+    def load(self) -> None:
+        """A key file is read now and kept; an OIDC issuer's keys are fetched on first need
+        (the supervisor waits for them before it says it is ready)."""
+        if not self._keys.remote:
+            self._keys.load()
 
     def authenticate(self, creds: RequestCredentials) -> Caller | None:
         token = creds.bearer_token

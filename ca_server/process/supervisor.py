@@ -43,6 +43,8 @@ from ca_server.authority.refresh import MaterialManager, ReloadHealth, describe_
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
+from ca_server.descriptors import limit as descriptor_limit
+from ca_server.descriptors import raise_limit
 from ca_server.errors import ConfigError
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
@@ -273,6 +275,7 @@ def _announce_local_issuer(config: CaConfig) -> None:
 
 
 async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
+    raise_limit()  # before the workers start: they inherit it
     lock = _claim_data_dir_and_ports(config)
     try:
         record_lock = lock_sqlite_record(config)  # an SQLite record is never shared
@@ -324,7 +327,10 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         await pool.start()
         addrs = {name: f"{host}:{port}" for name, (host, port) in binds.items()}
         log.info(
-            "gRPC IstioCertificateService on %s (%d worker(s))", addrs["grpc_addr"], config.workers
+            "gRPC IstioCertificateService on %s (%d worker(s), file descriptor limit %d each)",
+            addrs["grpc_addr"],
+            config.workers,
+            descriptor_limit(),
         )
         if "mtls_grpc_addr" in addrs:
             log.info(

@@ -30,11 +30,16 @@ from multiprocessing.connection import Connection
 import grpc
 
 from ca_server.assembly import add_services, open_recorder
+from ca_server.authn.authenticators import Authentication
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
+from ca_server.descriptors import limit as descriptor_limit
+from ca_server.descriptors import open_count, raise_limit
+from ca_server.errors import UpstreamUnavailable
 from ca_server.logs import CaEventLog
 from ca_server.logs import configure as configure_logs
 from ca_server.metrics import CaMetrics
+from ca_server.process.connections import PeerCap, connection_cap, server_options
 from ca_server.process.pool import KEYS_APPLIED
 from certs.errors import CertsError
 from certs.keys import load_private_key
@@ -143,12 +148,14 @@ def run_worker(spec: WorkerSpec, keys: WorkerKeys, index: int, supervisor: Conne
 
 
 async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) -> None:
+    raise_limit()  # inherited from the supervisor already, which logged it
     keys = LiveKeys(initial)
     metrics = CaMetrics()
-    recorder = open_recorder(spec.config, metrics)
+    recorder = open_recorder(spec.config, metrics)  # its database session opens now
     events = CaEventLog()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    add_services(
+    cap = connection_cap(descriptor_limit(), open_count() or 0)
+    server = grpc.aio.server(options=server_options(cap))
+    authentication = add_services(
         server,
         spec.config,
         lambda: keys.material,
@@ -156,14 +163,20 @@ async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) 
         metrics=metrics,
         events=events,
     )
+    _load_keys(authentication)
     port = server.add_secure_port(
         f"{spec.host}:{spec.port}", keys.credentials(require_client_auth=False)
     )
+    ports = {port}
     if spec.mtls_host is not None:
-        server.add_secure_port(
-            f"{spec.mtls_host}:{spec.mtls_port}", keys.credentials(require_client_auth=True)
+        ports.add(
+            server.add_secure_port(
+                f"{spec.mtls_host}:{spec.mtls_port}", keys.credentials(require_client_auth=True)
+            )
         )
     await server.start()
+    peers = PeerCap(ports=ports, per_peer=spec.config.max_connections_per_peer, cap=cap)
+    peer_cap = asyncio.create_task(peers.run(), name="peer-cap")
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -178,9 +191,19 @@ async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) 
     threading.Thread(target=follow, name="keys", daemon=True).start()
     await stop.wait()
     stopping.set()
+    peer_cap.cancel()
     await server.stop(SHUTDOWN_GRACE_S)
     await recorder.close()
     events.flush()
+
+
+def _load_keys(authentication: Authentication) -> None:
+    """The issuer's key file, read before the first request and kept; one that cannot be
+    read now is retried by the requests that need it (they are answered UNAVAILABLE)."""
+    try:
+        authentication.load()
+    except UpstreamUnavailable as exc:
+        log.error("token issuer keys not loaded at start, retried on demand: %s", exc)
 
 
 def _follow_supervisor(supervisor: Connection, keys: LiveKeys, stop: threading.Event) -> None:
