@@ -17,11 +17,11 @@ cannot keep others out for more than a check interval. It reads /proc (Linux onl
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import os
 import socket
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable
@@ -40,6 +40,7 @@ MIN_CONNECTIONS = 16
 PRESSURE = 0.5  # the share of the cap from which a peer's share is enforced
 CHECK_INTERVAL_S = 1.0
 PRESSED_INTERVAL_S = 0.2  # while the connections near the cap: a flood refills it fast
+MIN_SPACING_S = 0.02  # between two checks, however fast connections arrive
 LOG_EVERY_S = 10.0
 ESTABLISHED = "01"
 TCP_TABLES = ("/proc/self/net/tcp", "/proc/self/net/tcp6")
@@ -103,26 +104,50 @@ def over_share(connections: list[Connection], per_peer: int) -> dict[str, list[C
 
 
 class PeerCap:
-    """Shuts down a peer's connections beyond `per_peer` while the worker nears its `cap`."""
+    """Shuts down a peer's connections beyond `per_peer` while the worker nears its `cap`.
 
-    def __init__(self, *, ports: Iterable[int], per_peer: int, cap: int) -> None:
-        self._ports = frozenset(ports)
+    Runs on a thread of its own: every `CHECK_INTERVAL_S`, and at once (at most every
+    `MIN_SPACING_S`) when told a connection is arriving, so a refilling flood is trimmed
+    while it refills."""
+
+    def __init__(self, *, per_peer: int, cap: int) -> None:
+        self._ports: frozenset[int] = frozenset()
         self._per_peer = per_peer
         self._threshold = max(1, int(cap * PRESSURE))
         self._reserve: list[int] = []
         self._logged: dict[str, float] = {}
-        self._hold_reserve()
+        self._arrived = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    async def run(self) -> None:
-        """Check every `CHECK_INTERVAL_S` (more often while pressed) until cancelled."""
+    def connection_arriving(self) -> None:
+        """Called as a TLS handshake starts (on grpc's thread): check soon."""
+        self._arrived.set()
+
+    def start(self, ports: Iterable[int]) -> None:
+        """Watch the connections to `ports` until `stop`."""
         if self._per_peer <= 0 or not os.path.isdir(PROC_FDS):
             return
+        self._ports = frozenset(ports)
+        self._hold_reserve()
+        self._thread = threading.Thread(target=self._loop, name="peer-cap", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._arrived.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _loop(self) -> None:
         pressed = False
-        while True:
-            await asyncio.sleep(PRESSED_INTERVAL_S if pressed else CHECK_INTERVAL_S)
-            pressed = await asyncio.to_thread(self.pressed)
+        while not self._stop.is_set():
+            self._arrived.wait(PRESSED_INTERVAL_S if pressed else CHECK_INTERVAL_S)
+            self._arrived.clear()
+            pressed = self.pressed()
             if pressed:
-                await asyncio.to_thread(self.check)
+                self.check()
+            self._stop.wait(MIN_SPACING_S)
 
     def pressed(self) -> bool:
         """Whether this process holds enough descriptors that the connections may near the

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -123,12 +124,16 @@ class LiveKeys:
         """Load `keys` (raising if they do not load) and make them current in one assignment."""
         self._current = (keys.material.load(), keys.tls_configuration())
 
-    def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
-        """TLS credentials whose next handshake uses whatever keys are current by then."""
+    def credentials(
+        self, *, require_client_auth: bool, on_handshake: Callable[[], None]
+    ) -> grpc.ServerCredentials:
+        """TLS credentials whose next handshake uses whatever keys are current by then;
+        `on_handshake` is told each handshake starts (grpc asks for the keys then)."""
         served = self._current[1]
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
             nonlocal served
+            on_handshake()
             current = self._current[1]
             if current is served:
                 return None
@@ -154,6 +159,7 @@ async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) 
     recorder = open_recorder(spec.config, metrics)  # its database session opens now
     events = CaEventLog()
     cap = connection_cap(descriptor_limit(), open_count() or 0)
+    peers = PeerCap(per_peer=spec.config.max_connections_per_peer, cap=cap)
     server = grpc.aio.server(options=server_options(cap))
     authentication = add_services(
         server,
@@ -164,24 +170,20 @@ async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) 
         events=events,
     )
     _load_keys(authentication)
-    port = server.add_secure_port(
-        f"{spec.host}:{spec.port}", keys.credentials(require_client_auth=False)
-    )
-    ports = {port}
-    if spec.mtls_host is not None:
-        ports.add(
-            server.add_secure_port(
-                f"{spec.mtls_host}:{spec.mtls_port}", keys.credentials(require_client_auth=True)
-            )
+    ports = [
+        server.add_secure_port(
+            f"{host}:{port}",
+            keys.credentials(require_client_auth=mtls, on_handshake=peers.connection_arriving),
         )
+        for host, port, mtls in _listeners(spec)
+    ]
     await server.start()
-    peers = PeerCap(ports=ports, per_peer=spec.config.max_connections_per_peer, cap=cap)
-    peer_cap = asyncio.create_task(peers.run(), name="peer-cap")
+    peers.start(ports)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    supervisor.send(port)
+    supervisor.send(ports[0])
     stopping = threading.Event()  # tells the pipe reader an EOF is expected
 
     def follow() -> None:
@@ -191,10 +193,18 @@ async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) 
     threading.Thread(target=follow, name="keys", daemon=True).start()
     await stop.wait()
     stopping.set()
-    peer_cap.cancel()
+    peers.stop()
     await server.stop(SHUTDOWN_GRACE_S)
     await recorder.close()
     events.flush()
+
+
+def _listeners(spec: WorkerSpec) -> list[tuple[str, int, bool]]:
+    """(host, port, client certificate required) of each port the worker serves."""
+    listeners = [(spec.host, spec.port, False)]
+    if spec.mtls_host is not None and spec.mtls_port is not None:
+        listeners.append((spec.mtls_host, spec.mtls_port, True))
+    return listeners
 
 
 def _load_keys(authentication: Authentication) -> None:

@@ -5,7 +5,6 @@ what TokenReview's rejections add."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
