@@ -48,7 +48,8 @@ from ca_server.descriptors import raise_limit
 from ca_server.errors import ConfigError
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
-from ca_server.process.readiness import Readiness
+from ca_server.process.preflight import check_files
+from ca_server.process.readiness import IssuerKeysCheck, Readiness
 from ca_server.process.slots import build_rotator
 from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
 from ca_server.record.ledger.integrity import guard_record_of
@@ -275,6 +276,7 @@ def _announce_local_issuer(config: CaConfig) -> None:
 
 
 async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
+    check_files(config)  # a file no wait can fix: exit 2 before anything starts
     raise_limit()  # before the workers start: they inherit it
     lock = _claim_data_dir_and_ports(config)
     try:
@@ -344,16 +346,21 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         readiness = Readiness(pool, health)
         clock = ClockWatch(log)
         readiness.add(lambda: clock.check(manager.current, datetime.now(UTC)))
+        background = [readiness.watch(CHECK_INTERVAL_S)]
+        if config.jwt_issuer is not None and config.jwks_file is None:
+            issuer_keys = IssuerKeysCheck(config.jwt_issuer)
+            readiness.add(issuer_keys)
+            background.append(issuer_keys.run())
         wake = asyncio.Event()
         keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
         spiffe_task = asyncio.create_task(spiffe.run())
-        checker = asyncio.create_task(readiness.watch(CHECK_INTERVAL_S))
+        checkers = [asyncio.create_task(job) for job in background]
         try:
             return await _run_admin(
                 config, pool, metrics_dir, manager, readiness, addrs, wake, spiffe
             )
         finally:
-            for task in (keeper, spiffe_task, checker):
+            for task in (keeper, spiffe_task, *checkers):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

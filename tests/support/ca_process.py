@@ -123,6 +123,25 @@ class RunningCa:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        """/readyz's status code and body."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.admin_url + "/readyz", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /readyz answers 200 (the ready file only says the CA serves)."""
+        deadline = time.monotonic() + timeout
+        while (answer := self.readyz())[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"CA not ready in {timeout}s: {answer[1]}")
+            time.sleep(0.05)
+
     def sign_leaf(self, spiffe_id: str, public_key: Any, *, now: datetime, ttl: timedelta) -> Any:
         """A leaf for `spiffe_id` signed with this CA's own self-signed root key, bypassing the
         CA (for client certificates a test needs before, or instead of, asking it)."""
