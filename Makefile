@@ -27,10 +27,20 @@ test: $(STAMP)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || (echo "installing postgresql (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql)
 	@# The web view tests (tests/ui) load /ui in headless Chromium from the Debian package.
 	@test -x /usr/bin/chromium || (echo "installing chromium (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+	@# The HSM tests (tests/integration/hsm, tests/unit/ca_server/hsm) run a SoftHSM2 token per
+	@# test and read it back with OpenSC's pkcs11-tool, both from Debian.
+	@$(MAKE) --no-print-directory hsm-packages
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
+
+# SoftHSM2 (the PKCS#11 module /usr/lib/softhsm/libsofthsm2.so) and OpenSC's pkcs11-tool.
+.PHONY: hsm-packages
+hsm-packages:
+	@test -e /usr/lib/softhsm/libsofthsm2.so -a -x /usr/bin/softhsm2-util || (echo "installing softhsm2 (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2)
+	@test -x /usr/bin/pkcs11-tool || (echo "installing opensc (Debian package)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq opensc)
 
 # The inner loop: in-process unit tests and the parsers' properties, no servers (under 90 s).
 test-fast: $(STAMP)
+	@$(MAKE) --no-print-directory hsm-packages
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" tests/unit tests/fuzz
 
 lint: $(STAMP)
@@ -51,6 +61,7 @@ protos: $(STAMP)
 # Bulwark vs Istio's CA, cfssl and pilot-agent in one run (bench/run.py says how).
 # BENCH_ONLY=ca|agent|fleet runs one phase; BENCH_QUICK=1 tries the harness quickly.
 bench: $(STAMP)
+	@$(MAKE) --no-print-directory hsm-packages
 	$(PY) bench/run.py
 
 # Property-based fuzzing of the parsers (tests/fuzz) with the long Hypothesis profile;

@@ -1,4 +1,5 @@
-"""The goals `make bench` checks (issue 18), each from figures of the same run.
+"""The goals `make bench` checks (issue 18; the HSM pair, issue 24), each from figures of the
+same run.
 
 A goal is met, not met, or not measured: a figure missing from the run (a peer that was not
 run, BENCH_ONLY, a phase that failed) prints "not measured" and never counts as met.
@@ -27,6 +28,7 @@ class Goal:
     needs_peer: bool = False  # the bound is a ratio to the peer: no peer figure, no verdict
     digits: int = 0
     extra: Callable[[dict[str, Any]], bool] | None = None  # a further condition on the run
+    issue: int = 18  # the issue that set the goal (a run from before it cannot measure it)
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,28 @@ GOALS: tuple[Goal, ...] = (
         peer="istio_ca_certs_per_s",
         peer_label="Istio's CA",
         needs_peer=True,
+    ),
+    Goal(
+        f"CA CPU per certificate, key in SoftHSM2 (c={HEADLINE_CONCURRENCY})",
+        "ca_hsm_cpu_us_per_cert",
+        "us",
+        "<= 1.15x the file-key CA",
+        lambda v, ratio: ratio is not None and ratio <= 1.15,
+        peer="ca_filekey_cpu_us_per_cert",
+        peer_label="file-key CA",
+        needs_peer=True,
+        issue=24,
+    ),
+    Goal(
+        f"CA certificates/s, key in SoftHSM2 (c={HEADLINE_CONCURRENCY})",
+        "ca_hsm_certs_per_s",
+        "",
+        ">= 0.85x the file-key CA",
+        lambda v, ratio: ratio is not None and ratio >= 0.85,
+        peer="ca_filekey_certs_per_s",
+        peer_label="file-key CA",
+        needs_peer=True,
+        issue=24,
     ),
     Goal(
         "agent RSS after first certificate",

@@ -56,10 +56,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"{'; QUICK run (short windows: not for results)' if r.get('quick') else ''}"
         f"{'; only ' + r['only'] if r.get('only') else ''}.",
         "",
-        f"Goals (issue 18), each against figures of this same run, c={r.get('headline_concurrency')}:",
+        f"Goals (issues 18, 24), each against figures of this same run, c={r.get('headline_concurrency')}:",
         "",
         *goals.table(r),
         *_ca_peers(r),
+        *_hsm(r),
         *_agent_peers(r),
         *_information(r),
         *_per_concurrency(r),
@@ -86,6 +87,33 @@ def _ca_peers(r: dict[str, Any]) -> list[str]:
         "Istio's CA keeps none. Bulwark caches verified tokens; Istio's JwtAuthenticator "
         "verifies each (after its ClientCertAuthenticator, istiod's order) and checks the "
         "signature of each certificate it makes (Go's x509.CreateCertificate does).",
+    ]
+
+
+def _hsm(r: dict[str, Any]) -> list[str]:
+    """The HSM phase: the CA with its key in SoftHSM2 vs a key file, and one signature."""
+    sign = r.get("hsm_sign")
+    if not sign:
+        return []
+    return [
+        "",
+        "The CA key in SoftHSM2 vs a key file (same CA, same load, interleaved), and one ECDSA "
+        "P-256 signature of a leaf's TBS on one core:",
+        "",
+        "| figure | key in SoftHSM2 | key file | ratio |",
+        "|---|---|---|---|",
+        f"| CA CPU per certificate (us) | {_f(r.get('ca_hsm_cpu_us_per_cert'))} | "
+        f"{_f(r.get('ca_filekey_cpu_us_per_cert'))} | "
+        f"{_ratio(r.get('ca_hsm_cpu_us_per_cert'), r.get('ca_filekey_cpu_us_per_cert'))} |",
+        f"| certificates/s | {_f(r.get('ca_hsm_certs_per_s'))} | "
+        f"{_f(r.get('ca_filekey_certs_per_s'))} | "
+        f"{_ratio(r.get('ca_hsm_certs_per_s'), r.get('ca_filekey_certs_per_s'))} |",
+        f"| one signature, CPU (us) | {_f(sign.get('softhsm_cpu_us'), 1)} | "
+        f"{_f(sign.get('software_cpu_us'), 1)} | "
+        f"{_ratio(sign.get('softhsm_cpu_us'), sign.get('software_cpu_us'))} |",
+        f"| one signature, wall (us) | {_f(sign.get('softhsm_wall_us'), 1)} | "
+        f"{_f(sign.get('software_wall_us'), 1)} | "
+        f"{_ratio(sign.get('softhsm_wall_us'), sign.get('software_wall_us'))} |",
     ]
 
 

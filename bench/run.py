@@ -5,6 +5,8 @@ Phases, in order:
          build-istio-ca.sh) and cfssl under the same load generator at c=8, 32, 128,
          interleaved over 3 rounds (medians and min-max); a py-spy profile of a worker; the
          floor breakdown (bare grpc.aio server, in-process request path, record alone).
+  hsm    the same CA with its key in SoftHSM2 vs a key file, interleaved at c=32, and one
+         signature inside SoftHSM2 on its own (issue 24).
   agent  Bulwark's agent and pilot-agent (tests/interop/build-istio.sh; Envoy replaced by the
          interop stand-in), starts interleaved, against the same Bulwark CA: RSS after the first
          certificate, start to first SDS certificate; then our agent's idle CPU and SDS push
@@ -14,7 +16,7 @@ Every goal is printed with its ratio and met / not met / not measured at the end
 
 Environment:
   BENCH_QUICK=1        short windows and fleets, to try the harness (not for results)
-  BENCH_ONLY=ca|agent|fleet   run only that phase (comma-separated for several)
+  BENCH_ONLY=ca|hsm|agent|fleet   run only that phase (comma-separated for several)
   BENCH_OUT=DIR        where latest.json / latest.md / the charts go. Default: bench/results
                        for a full-length run of every phase; otherwise /tmp/bulwark-bench-<kind>
                        (a quick or partial run never overwrites the committed results)
@@ -41,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-PHASES = ("ca", "agent", "fleet")
+PHASES = ("ca", "hsm", "agent", "fleet")
 CONCURRENCIES = [8, 32, 128]
 HEADLINE_CONCURRENCY = 32
 ROUNDS = 3
@@ -225,6 +227,18 @@ def headline_keys(
     }
 
 
+def hsm_phase(work: Path, r: dict[str, Any]) -> None:
+    """The CA with its key in SoftHSM2 against the same CA with a key file (issue 24)."""
+    from bench.hsm_bench import hsm_phase as run_hsm
+    from bench.workloads import make_workloads, save
+
+    wl_file = work / "workloads.json"
+    if not wl_file.exists():  # BENCH_ONLY=hsm: the CA phase did not make them
+        log("making 1,000 workloads (ECDSA P-256 key, CSR, RS256 token each)")
+        save(make_workloads(work / "bulwark", 1000), wl_file)
+    run_hsm(work, wl_file, work / "bulwark", r, rounds=ROUNDS, window_s=CA_WINDOW_S, log=log)
+
+
 def agent_phase(work: Path, r: dict[str, Any]) -> None:
     from bench import agent_bench, pilot_agent_bench
     from tests.support.ca_process import start_ca
@@ -337,6 +351,8 @@ def main() -> int:
     try:
         if "ca" in phases:
             ca_phase(work, out, r, latencies)
+        if "hsm" in phases:
+            hsm_phase(work, r)
         if "agent" in phases:
             agent_phase(work, r)
         if "fleet" in phases:
@@ -344,7 +360,7 @@ def main() -> int:
         r["total_s"] = time.monotonic() - t_start
         md = report.write(out, r, latencies)
         print(md)
-        print("Goals (issue 18):\n" + goals.console(r), flush=True)
+        print("Goals (issues 18, 24):\n" + goals.console(r), flush=True)
         log(f"done in {r['total_s']:.0f} s; results in {out}/")
         return 0
     finally:

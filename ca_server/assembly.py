@@ -28,7 +28,7 @@ from ca_server.record.entry import Recorder
 from ca_server.record.ledger.async_recorder import AsyncRecorder
 from ca_server.spiffe.bundle import BundleSource
 from ca_server.spiffe.federation.store import FederationStore
-from ca_server.spiffe.jwtsvid.keyset import KeyFile, key_policy
+from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeyResolver, key_policy, resolve_pem
 from ca_server.spiffe.jwtsvid.service import WorkloadIdentityService
 from ca_server.spiffe.jwtsvid.service import add_to_server as add_identity_service
 
@@ -100,8 +100,10 @@ def identity_service(
     recorder: Recorder | None,
     metrics: CaMetrics,
     events: CaEventLog,
+    resolve: KeyResolver = resolve_pem,
 ) -> WorkloadIdentityService:
-    """JWT-SVIDs and trust bundles, from the shared key file and the federation store."""
+    """JWT-SVIDs and trust bundles, from the shared key file and the federation store;
+    `resolve` turns a key-file entry into its signing key (PEM, or a key in the HSM)."""
     key_file = KeyFile(config.jwt_key_dir)
     own = BundleSource(
         roots=lambda: material().roots,
@@ -123,6 +125,7 @@ def identity_service(
         events=events,
         default_ttl=config.jwt_svid_default_ttl,
         max_ttl=config.jwt_svid_max_ttl,
+        resolve=resolve,
     )
 
 
@@ -134,6 +137,7 @@ def add_services(
     recorder: Recorder | None,
     metrics: CaMetrics,
     events: CaEventLog,
+    resolve: KeyResolver = resolve_pem,
 ) -> Authentication:
     """Register both servicers of a worker on `server`, with one `Authentication` (returned:
     the worker loads its keys before serving)."""
@@ -154,6 +158,7 @@ def add_services(
         recorder=recorder,
         metrics=metrics,
         events=events,
+        resolve=resolve,
     )
     add_identity_service(identities, server)
     return authentication

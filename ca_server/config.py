@@ -17,6 +17,7 @@ from certs.spiffe_id import TrustDomain
 from certs.values import InvalidValue, parse_host_port
 
 if TYPE_CHECKING:
+    from ca_server.hsm.settings import Pkcs11Settings
     from ca_server.kube.settings import KubeSettings
     from ca_server.spiffe.federation.peers import FederationPeer
 
@@ -82,6 +83,8 @@ class CaConfig:
     bundle_endpoint_cert: Path | None = default("bundle_endpoint_cert")  # https_web: chain, key
     bundle_endpoint_key: Path | None = default("bundle_endpoint_key")
     federate_with: tuple[FederationPeer, ...] = ()
+    # PKCS#11 key custody (docs/HSM.md): the CA key in an HSM; None keeps file keys.
+    pkcs11: Pkcs11Settings | None = None
 
     def __post_init__(self) -> None:
         parse_hostport(self.grpc_addr, what="--grpc-addr")

@@ -117,6 +117,13 @@ def spki_der(key: PublicKey) -> bytes:
     )
 
 
+def public_key_pem(key: PublicKey) -> bytes:
+    """PEM SubjectPublicKeyInfo of a public key."""
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
 def spki_sha256(key: PublicKey) -> str:
     """Hex SHA-256 of the SubjectPublicKeyInfo: the key's fingerprint."""
     return hashlib.sha256(spki_der(key)).hexdigest()

@@ -88,11 +88,24 @@ class CaCertificateInfo(BaseModel):
     pem: str
 
 
+class SigningKeyInfo(BaseModel):
+    """Where the CA's signing key lives; never anything secret."""
+
+    storage: Literal["pkcs11", "file", "kubernetes-secret"] = Field(
+        description="pkcs11: in an HSM; file: a 0600 file; kubernetes-secret: istio-ca-secret"
+    )
+    token: str | None = Field(default=None, description="PKCS#11 token label")
+    object: str | None = Field(default=None, description="PKCS#11 object label of the key")
+    id: str | None = Field(default=None, description="PKCS#11 CKA_ID of the key, hex")
+    key_type: str = Field(description="e.g. ECDSA P-256, RSA 3072")
+
+
 class CaInfo(BaseModel):
     roots: list[CaCertificateInfo]
     intermediates: list[CaCertificateInfo]
     csr_policy: str
     authenticators: list[str]
+    signing_key: SigningKeyInfo | None = None
 
 
 class SpiffeKey(BaseModel):

@@ -23,6 +23,7 @@ from ca_server.admin.models import (
     CertificateDetail,
     CertificateList,
     ErrorBody,
+    SigningKeyInfo,
     SpiffeBundle,
     VerifyResult,
     ca_info,
@@ -53,6 +54,7 @@ class CaCertificates:
 
     roots: tuple[x509.Certificate, ...]
     intermediates: tuple[x509.Certificate, ...] = ()  # signing certificate first
+    signing_key: dict[str, str | None] | None = None  # `key_location` of the signing key
 
 
 class CertificateReader(Protocol):
@@ -341,4 +343,7 @@ def _ca_routes(
             intermediates=[ca_info(c, now) for c in material.intermediates],
             csr_policy=csr_policy,
             authenticators=[public_name(n) for n in names],
+            signing_key=SigningKeyInfo.model_validate(material.signing_key)
+            if material.signing_key
+            else None,
         )

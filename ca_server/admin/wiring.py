@@ -14,6 +14,7 @@ from fastapi import APIRouter
 from ca_server.admin.routes import CaCertificates, build_admin_router
 from ca_server.admin.ui import build_ui_router, refusal_counts
 from ca_server.authn.plan import authenticator_plan
+from ca_server.authority.custody import key_location
 from ca_server.authority.material import CaMaterial
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig
@@ -57,8 +58,9 @@ def read_admin_token(path: Path | None) -> str | None:
     return token
 
 
-def ca_certificates_of(material: CaMaterial) -> CaCertificates:
-    """The roots, and the signing certificate plus chain when it is not itself a root."""
+def ca_certificates_of(material: CaMaterial, key_storage: str = "file") -> CaCertificates:
+    """The roots, the signing certificate plus chain when it is not itself a root, and where
+    the signing key lives (`key_storage` names a non-HSM key's store)."""
     roots = tuple(material.roots)
     seen = {sha256_fingerprint(r) for r in roots}
     intermediates = []
@@ -66,7 +68,17 @@ def ca_certificates_of(material: CaMaterial) -> CaCertificates:
         if sha256_fingerprint(cert) not in seen:
             seen.add(sha256_fingerprint(cert))
             intermediates.append(cert)
-    return CaCertificates(roots=roots, intermediates=tuple(intermediates))
+    return CaCertificates(
+        roots=roots,
+        intermediates=tuple(intermediates),
+        signing_key=key_location(material.signing_key, file_storage=key_storage),
+    )
+
+
+def key_storage_of(config: CaConfig) -> str:
+    """Where a CA key that is not in an HSM lives: the `istio-ca-secret` of a self-signed CA
+    on Kubernetes, else a file (the data dir or the plugged-in `cacerts` directory)."""
+    return "kubernetes-secret" if config.kube is not None and config.cacerts_dir is None else "file"
 
 
 def authenticator_names(config: CaConfig) -> list[str]:
@@ -125,7 +137,7 @@ def admin_router_for(
     router.include_router(
         build_admin_router(
             reader=reader,
-            ca_certificates=lambda: ca_certificates_of(material()),
+            ca_certificates=lambda: ca_certificates_of(material(), key_storage_of(config)),
             csr_policy=config.csr_san_policy,
             authenticators=authenticator_names(config),
             admin_token=token,
@@ -137,7 +149,7 @@ def admin_router_for(
     router.include_router(  # the web view: same reader, material and token as /v1
         build_ui_router(
             reader=reader,
-            ca_certificates=lambda: ca_certificates_of(material()),
+            ca_certificates=lambda: ca_certificates_of(material(), key_storage_of(config)),
             refusals=lambda: refusal_counts(metrics_dir),
             admin_token=token,
             loopback=loopback,

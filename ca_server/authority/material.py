@@ -12,6 +12,13 @@ from typing import Protocol
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from ca_server.authority.custody import (
+    FILE_CUSTODY,
+    PEM_SUFFIX,
+    URI_SUFFIX,
+    KeyCustody,
+    certificate_key,
+)
 from ca_server.errors import ConfigError
 from certs import istio_files
 from certs.errors import CertsError
@@ -71,6 +78,9 @@ class CaMaterial:
         return ServerCertificate(leaf=leaf, chain_pem=chain.encode(), key_pem=private_key_pem(key))
 
 
+KEY_STEM = istio_files.CA_KEY.removesuffix(".pem")  # ca-key.pem, or ca-key.uri with an HSM key
+
+
 @dataclass(frozen=True, slots=True)
 class ServerCertificate:
     """What `CaMaterial.issue_server_certificate` returns; `key_pem` is a secret."""
@@ -90,24 +100,34 @@ class KeyStore(Protocol):
 
 
 class DirectoryKeyStore:
-    """Self-signed material in `<data-dir>/ca/` (`ca-cert.pem`, `ca-key.pem` 0600)."""
+    """Self-signed material in `<data-dir>/ca/`: `ca-cert.pem`, `root-bundle.pem` and the key
+    as its custody stores it (`ca-key.pem` 0600, or `ca-key.uri` naming an HSM key)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, custody: KeyCustody = FILE_CUSTODY) -> None:
         self.directory = directory
+        self.custody = custody
 
     def load(self) -> CaMaterial | None:
         cert_path = self.directory / istio_files.CA_CERT
-        key_path = self.directory / istio_files.CA_KEY
-        if not cert_path.exists() and not key_path.exists():
+        key_names = [f"{KEY_STEM}{PEM_SUFFIX}", f"{KEY_STEM}{URI_SUFFIX}"]
+        keys = {n: self.directory / n for n in key_names if (self.directory / n).exists()}
+        if not cert_path.exists() and not keys:
             return None
-        for path in (cert_path, key_path):
-            if not path.exists():
-                raise ConfigError(
-                    f"CA material in {self.directory} is incomplete: {path.name} is missing"
-                )
+        if not cert_path.exists():
+            raise ConfigError(
+                f"CA material in {self.directory} is incomplete: {istio_files.CA_CERT} is missing"
+            )
+        if not keys and self.custody.kind == "file":
+            raise ConfigError(
+                f"CA material in {self.directory} is incomplete: {istio_files.CA_KEY} is missing"
+            )
         cert = _load_one(cert_path)
-        key = _load_key(key_path)
-        _check_key_matches(cert, key, cert_path, key_path)
+        key = self.custody.decode(
+            {n: _read(p) for n, p in keys.items()},
+            KEY_STEM,
+            certificate_key(cert),
+            str(self.directory),
+        )
         bundle_path = self.directory / "root-bundle.pem"
         roots = tuple(_load_all(bundle_path)) if bundle_path.exists() else (cert,)
         if cert not in roots:
@@ -127,30 +147,41 @@ class DirectoryKeyStore:
         """Store renewed material: the bundle first, so a crash never leaves a root unpublished."""
         _private_directory(self.directory)
         write_atomic(self.directory / "root-bundle.pem", bundle_pem(material.roots).encode())
-        write_atomic(
-            self.directory / istio_files.CA_KEY, private_key_pem(material.signing_key), mode=0o600
-        )
+        stored = self.custody.encode(material.signing_key)
+        write_atomic(self.directory / (KEY_STEM + stored.suffix), stored.data, mode=stored.mode)
         write_atomic(self.directory / istio_files.CA_CERT, to_pem(material.signing_cert).encode())
 
 
-def create_self_signed(trust_domain: TrustDomain, now: datetime) -> CaMaterial:
-    key = generate_key(KeyType.EC_P256)
+def create_self_signed(
+    trust_domain: TrustDomain, now: datetime, key: PrivateKey | None = None
+) -> CaMaterial:
+    """A new self-signed root for `key` (a new P-256 key by default)."""
+    key = key if key is not None else generate_key(KeyType.EC_P256)
     root = self_signed_root(key=key, trust_domain=trust_domain, now=now)
     return CaMaterial(
         signing_cert=root, signing_key=key, chain=(), roots=(root,), source="self-signed"
     )
 
 
-def load_or_create(store: KeyStore, trust_domain: TrustDomain, now: datetime) -> CaMaterial:
-    """Reuse stored self-signed material, or create and store it on first start."""
+def load_or_create(
+    store: KeyStore, trust_domain: TrustDomain, now: datetime, custody: KeyCustody = FILE_CUSTODY
+) -> CaMaterial:
+    """Reuse stored self-signed material, or create and store it on first start (with the
+    custody's initial key: a new file key, or the HSM key `--ca-key` names)."""
     existing = store.load()
     if existing is not None:
         return existing
-    return store.save(create_self_signed(trust_domain, now))
+    return store.save(create_self_signed(trust_domain, now, custody.initial_key()))
 
 
-def load_cacerts_dir(directory: Path, now: datetime) -> CaMaterial:
-    """Plugged-in CA files (`ca-cert.pem`... or `tls.crt`...); any gap or mismatch is a ConfigError."""
+def load_cacerts_dir(
+    directory: Path, now: datetime, custody: KeyCustody = FILE_CUSTODY
+) -> CaMaterial:
+    """Plugged-in CA files (`ca-cert.pem`... or `tls.crt`...); any gap or mismatch is a ConfigError.
+
+    With an HSM custody the directory holds no key: `ca-key.uri` names the HSM key when the
+    directory's certificate is not for `--ca-key` itself (`bulwark ca intermediate install`
+    writes it)."""
     if not directory.is_dir():
         raise ConfigError(f"--cacerts-dir {directory} is not a directory")
     for cert_name, key_name, root_name, chain_name in istio_files.CACERTS_LAYOUTS:
@@ -158,34 +189,38 @@ def load_cacerts_dir(directory: Path, now: datetime) -> CaMaterial:
         present = [n for n in names if (directory / n).exists()]
         if not present:
             continue
-        required = [cert_name, key_name, root_name] + ([chain_name] if chain_name else [])
+        required = [cert_name, root_name] + ([chain_name] if chain_name else [])
+        if custody.kind == "file":
+            required.insert(1, key_name)
         missing = [n for n in required if not (directory / n).exists()]
         if missing:
             raise ConfigError(
                 f"plugged-in CA directory {directory} is incomplete: missing {', '.join(missing)} "
                 f"(found {', '.join(present)})"
             )
-        return _load_plugged(directory, cert_name, key_name, root_name, chain_name, now)
+        return _load_plugged(directory, (cert_name, key_name, root_name, chain_name), now, custody)
     layouts = " nor ".join("/".join(n for n in names if n) for names in istio_files.CACERTS_LAYOUTS)
     raise ConfigError(f"plugged-in CA directory {directory} holds neither {layouts}")
 
 
 def _load_plugged(
     directory: Path,
-    cert_name: str,
-    key_name: str,
-    root_name: str,
-    chain_name: str | None,
+    names: tuple[str, str, str, str | None],
     now: datetime,
+    custody: KeyCustody,
 ) -> CaMaterial:
+    cert_name, key_name, root_name, chain_name = names
     cert_path, key_path, root_path = (
         directory / cert_name,
         directory / key_name,
         directory / root_name,
     )
     cert = _load_one(cert_path)
-    key = _load_key(key_path)
-    _check_key_matches(cert, key, cert_path, key_path)
+    if custody.kind == "file":
+        key = _load_key(key_path)
+        _check_key_matches(cert, key, cert_path, key_path)
+    else:
+        key = _plugged_hsm_key(directory, key_path, cert, custody)
     roots = tuple(_load_all(root_path))
     chain: list[x509.Certificate] = []
     if chain_name is not None:
@@ -210,6 +245,19 @@ def _load_plugged(
         roots=roots,
         source=f"cacerts:{directory}",
     )
+
+
+def _plugged_hsm_key(
+    directory: Path, key_path: Path, cert: x509.Certificate, custody: KeyCustody
+) -> PrivateKey:
+    if key_path.exists():
+        raise ConfigError(
+            f"{key_path} is a private key file, but --ca-key names a key in the HSM: a key "
+            "that was ever on disk is not an HSM key; remove the file"
+        )
+    uri_path = directory / f"{KEY_STEM}{URI_SUFFIX}"
+    blobs = {uri_path.name: _read(uri_path)} if uri_path.exists() else {}
+    return custody.decode(blobs, KEY_STEM, certificate_key(cert), str(directory))
 
 
 def verify_chain_of_ca(

@@ -1,6 +1,6 @@
 """`bulwark ca serve`: the flags of `ca_server.options` (each with an environment variable)
-read into a `CaConfig`, and the CA run with it. `bulwark ca rotate` and `bulwark ca
-intermediate` hang under the same `ca` command."""
+read into a `CaConfig`, and the CA run with it. `bulwark ca rotate`, `bulwark ca
+intermediate` and `bulwark ca hsm` hang under the same `ca` command."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import logging
 from typing import Any
 
+from ca_server.hsm.settings import PKCS11_OPTIONS
 from ca_server.kube.settings import KUBE_OPTIONS, settings_from_args
 from ca_server.options import CA_OPTIONS, LOG_OPTIONS
 from certs.cli.options import Option
@@ -21,7 +22,8 @@ SERVE_DESCRIPTION = (
 
 
 def register(sub: Any) -> None:
-    """Add `ca serve|rotate|intermediate` to the `bulwark` command line."""
+    """Add `ca serve|rotate|intermediate|hsm` to the `bulwark` command line."""
+    from ca_server.cli.hsm import register_hsm
     from ca_server.cli.intermediate import register_intermediate
     from ca_server.cli.rotate import register_rotate
 
@@ -38,15 +40,17 @@ def register(sub: Any) -> None:
     serve.set_defaults(handler=_serve)
     register_rotate(ca_sub)
     register_intermediate(ca_sub)
+    register_hsm(ca_sub)
 
 
 def serve_options() -> tuple[Option, ...]:
     """Every option of `ca serve` that sets the configuration, in `--help` order: the
-    Kubernetes ones close the authentication section."""
+    Kubernetes ones close the authentication section, the HSM ones come last."""
     ca_options = tuple(CA_OPTIONS.values())
     sections = list(dict.fromkeys(option.group for option in ca_options))
     ordered = (*ca_options, *KUBE_OPTIONS)
-    return tuple(sorted(ordered, key=lambda option: sections.index(option.group)))
+    by_section = sorted(ordered, key=lambda option: sections.index(option.group))
+    return (*by_section, *PKCS11_OPTIONS)
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +65,9 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> Any:
     """The parsed flags as a `CaConfig`: each option converted, then the values that need
-    another one (federation peers need the own trust domain; Kubernetes the kubeconfig)."""
+    another one (federation peers need the own trust domain; Kubernetes the kubeconfig; an
+    HSM key its module and PIN)."""
+    from ca_server.cli.hsm import settings_from_args as pkcs11_settings
     from ca_server.config import CaConfig
     from ca_server.spiffe.federation.peers import parse_peers
 
@@ -70,6 +76,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         del values["workers"]  # one per core
     values["federate_with"] = parse_peers(values["federate_with"], own=values["trust_domain"])
     values["kube"] = settings_from_args(args, values["kubeconfig"])
+    values["pkcs11"] = pkcs11_settings(args)
     return CaConfig(**values)
 
 

@@ -7,6 +7,9 @@ transitions and a restarted leader resumes mid-rotation.
 A `RenewableKeyStore` (see `ca_server.authority.material`, `ca_server.authority.refresh`): `load()` reads the
 Secret, `save()` creates it only when absent, `replace()` stores a renewed root. Replicas starting together race on the create; the API server lets exactly one
 win and every loser reads the winner back, so all replicas end up on one root.
+
+With an HSM key (`HsmCustody`) the Secret holds certificates only: `ca-key.pem` stays empty
+and `ca-key.uri` names the key in the token (a name, not key material).
 """
 
 from __future__ import annotations
@@ -20,18 +23,26 @@ from lightkube import ApiError, Client
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Secret
 
-from ca_server.authority.material import CaMaterial
+from ca_server.authority.custody import (
+    FILE_CUSTODY,
+    PEM_SUFFIX,
+    URI_SUFFIX,
+    KeyCustody,
+    certificate_key,
+)
+from ca_server.authority.material import KEY_STEM, CaMaterial
 from ca_server.authority.slots.model import SlotState
 from ca_server.authority.slots.store import PREFIX, STATE_NAME, decode_state, encode_state
 from ca_server.errors import ConfigError
+from ca_server.hsm.errors import HsmError
 from ca_server.kube.errors import KubeApiError, KubeMaterialError
 from ca_server.kube.settings import CA_SECRET_NAME
 from certs import istio_files
 from certs.errors import CertsError
-from certs.keys import load_private_key, private_key_pem, spki_der
 from certs.pem import load_certificates, to_pem
 
 CA_SECRET_TYPE = "istio.io/ca-root"
+CA_KEY_URI = f"{KEY_STEM}{URI_SUFFIX}"  # HSM custody: the key's PKCS#11 URI, not ca-key.pem
 SLOTS_PREFIX = "bulwark-"  # extra keys holding the CA slots (ca_server.authority.slots.store)
 
 
@@ -40,8 +51,15 @@ class SecretKeyStore:
     except over the API server's TLS."""
 
     def __init__(
-        self, client: Client, *, namespace: str, name: str = CA_SECRET_NAME, mirror: bool = True
+        self,
+        client: Client,
+        *,
+        namespace: str,
+        name: str = CA_SECRET_NAME,
+        mirror: bool = True,
+        custody: KeyCustody = FILE_CUSTODY,
     ) -> None:
+        self._custody = custody
         self._mirror = mirror  # False: a Secret holding only the slots of a plugged-in CA
         self._client = client
         self._namespace = namespace
@@ -72,7 +90,11 @@ class SecretKeyStore:
         secret = Secret(
             metadata=ObjectMeta(name=self._name, namespace=self._namespace),
             type=CA_SECRET_TYPE,
-            data={**_secret_data(material), istio_files.CERT_CHAIN: "", istio_files.KEY: ""},
+            data={
+                **_secret_data(material, self._custody),
+                istio_files.CERT_CHAIN: "",
+                istio_files.KEY: "",
+            },
         )
         try:
             self._client.create(secret, namespace=self._namespace)
@@ -94,7 +116,7 @@ class SecretKeyStore:
         rather than be silently overwritten."""
         try:
             secret = self._client.get(Secret, self._name, namespace=self._namespace)
-            secret.data = {**(secret.data or {}), **_secret_data(material)}
+            secret.data = {**(secret.data or {}), **_secret_data(material, self._custody)}
             self._client.replace(secret)
         except ApiError as exc:
             raise KubeApiError(f"updating {self.location}: {_status(exc)}") from exc
@@ -119,7 +141,7 @@ class SecretKeyStore:
         except (binascii.Error, ValueError) as exc:
             raise KubeMaterialError(f"{self.location} holds data that is not base64") from exc
         try:
-            return decode_state(raw, blobs, self.location)
+            return decode_state(raw, blobs, self.location, self._custody)
         except ConfigError as exc:
             raise KubeMaterialError(str(exc)) from exc
 
@@ -127,7 +149,7 @@ class SecretKeyStore:
         """Store the slots (and, for the self-signed CA's Secret, mirror the active CA into the
         classic keys) in one write; the resourceVersion makes a concurrent writer fail, not
         overwrite. A slots-only Secret (`mirror=False`) is created on first use."""
-        blobs, record = encode_state(state)
+        blobs, record = encode_state(state, self._custody)
         slots = {SLOTS_PREFIX + k: _b64(v) for k, v in blobs.items()}
         slots[SLOTS_PREFIX + STATE_NAME] = _b64(record)
         try:
@@ -142,7 +164,9 @@ class SecretKeyStore:
                 )
                 return
             kept = {k: v for k, v in (secret.data or {}).items() if not k.startswith(SLOTS_PREFIX)}
-            mirror = _secret_data(state.material("self-signed")) if self._mirror else {}
+            mirror = (
+                _secret_data(state.material("self-signed"), self._custody) if self._mirror else {}
+            )
             secret.data = {**kept, **mirror, **slots}
             self._client.replace(secret)
         except ApiError as exc:
@@ -153,11 +177,15 @@ class SecretKeyStore:
     def _parse(self, data: dict[str, str]) -> CaMaterial:
         try:
             cert_pem = _unb64(data.get(istio_files.CA_CERT, ""))
-            key_pem = _unb64(data.get(istio_files.CA_KEY, ""))
+            key_blobs = {
+                name: raw
+                for name in (istio_files.CA_KEY, CA_KEY_URI)
+                if (raw := _unb64(data.get(name, "")))
+            }
             root_pem = _unb64(data.get(istio_files.ROOT_CERT, "")) or cert_pem
         except (binascii.Error, ValueError) as exc:
             raise KubeMaterialError(f"{self.location} holds data that is not base64") from exc
-        if not cert_pem or not key_pem:
+        if not cert_pem or (not key_blobs and self._custody.kind == "file"):
             raise KubeMaterialError(
                 f"{self.location} lacks {istio_files.CA_CERT} or {istio_files.CA_KEY}; delete it or fill it in"
             )
@@ -166,25 +194,32 @@ class SecretKeyStore:
             roots = tuple(
                 load_certificates(root_pem, what=f"{self.location} {istio_files.ROOT_CERT}")
             )
-            key = load_private_key(key_pem)
         except (CertsError, ValueError, TypeError) as exc:
             raise KubeMaterialError(f"{self.location} holds unreadable PEM ({exc})") from exc
-        if spki_der(key.public_key()) != spki_der(cert.public_key()):  # type: ignore[arg-type]
-            raise KubeMaterialError(
-                f"{self.location}: {istio_files.CA_KEY} does not match {istio_files.CA_CERT}"
-            )
+        try:
+            key = self._custody.decode(key_blobs, KEY_STEM, certificate_key(cert), self.location)
+        except HsmError:
+            raise
+        except ConfigError as exc:
+            raise KubeMaterialError(str(exc)) from exc
         chain: tuple[x509.Certificate, ...] = () if cert in roots else (cert,)
         return CaMaterial(
             signing_cert=cert, signing_key=key, chain=chain, roots=roots, source="self-signed"
         )
 
 
-def _secret_data(material: CaMaterial) -> dict[str, str]:
-    return {
+def _secret_data(material: CaMaterial, custody: KeyCustody) -> dict[str, str]:
+    """The classic keys; with an HSM `ca-key.pem` is empty and `ca-key.uri` names the key."""
+    stored = custody.encode(material.signing_key)
+    is_pem = stored.suffix == PEM_SUFFIX
+    data = {
         istio_files.CA_CERT: _b64(to_pem(material.signing_cert).encode()),
-        istio_files.CA_KEY: _b64(private_key_pem(material.signing_key)),
+        istio_files.CA_KEY: _b64(stored.data) if is_pem else "",
         istio_files.ROOT_CERT: _b64(material.root_bundle_pem.encode()),
     }
+    if not is_pem:
+        data[CA_KEY_URI] = _b64(stored.data)
+    return data
 
 
 def _b64(data: bytes) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from lightkube import Client
 
+from ca_server.authority.custody import FILE_CUSTODY, KeyCustody
 from ca_server.authority.material import CaMaterial, load_or_create
 from ca_server.errors import ConfigError
 from ca_server.kube.client import load_config, make_client
@@ -38,20 +39,27 @@ def client_factory(settings: KubeSettings) -> Callable[[], Client]:
     return lambda: make_client(config)
 
 
-def key_store(settings: KubeSettings) -> SecretKeyStore:
-    """Self-signed CA material in `istio-ca-secret` of the CA's namespace."""
+def key_store(settings: KubeSettings, custody: KeyCustody = FILE_CUSTODY) -> SecretKeyStore:
+    """Self-signed CA material in `istio-ca-secret` of the CA's namespace (certificates only,
+    with the key's URI, when the key is in an HSM)."""
     return SecretKeyStore(
-        client_factory(settings)(), namespace=settings.namespace, name=settings.ca_secret_name
+        client_factory(settings)(),
+        namespace=settings.namespace,
+        name=settings.ca_secret_name,
+        custody=custody,
     )
 
 
 def load_or_create_material(
-    settings: KubeSettings, trust_domain: TrustDomain, now: datetime
+    settings: KubeSettings,
+    trust_domain: TrustDomain,
+    now: datetime,
+    custody: KeyCustody = FILE_CUSTODY,
 ) -> CaMaterial:
     """The self-signed root from `istio-ca-secret`, created there on the first start of any
     replica. API failures become ConfigError: the CA cannot start without its key."""
     try:
-        return load_or_create(key_store(settings), trust_domain, now)
+        return load_or_create(key_store(settings, custody), trust_domain, now, custody)
     except KubeError as exc:
         raise ConfigError(f"CA material in Kubernetes: {exc}") from exc
 

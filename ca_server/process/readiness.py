@@ -1,9 +1,11 @@
-"""What `/readyz` says: ready while every worker serves and no check names a problem.
+"""What `/readyz` says: ready while every part is; the body lists what each says.
 
-A check returns None when all is well, else one sentence for the `/readyz` body (anyone
-reaching the admin port reads it: no file paths, no secrets). `watch` runs the checks on a
-tick too, so a check that logs its changes (the clock, the token issuer's keys) logs them
-even when nobody probes.
+A part answers (ready, detail): the workers (all serving), the material checks (always
+ready: a failing reload keeps serving the previous material), a CA key in an HSM, and the
+`problem` checks added with `add`: None when all is well, else one sentence (the clock,
+an OIDC issuer's keys). Anyone reaching the admin port reads the body: no file paths, no
+secrets. Parts not ready come first. `watch` runs the problem checks on a tick too, so a
+check that logs its changes logs them even when nobody probes.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from ca_server.authn.jwks import FETCH_DEADLINE_S, fetch_issuer_keys
 from ca_server.authority.refresh import ReloadHealth
@@ -19,6 +21,7 @@ from ca_server.errors import UpstreamUnavailable
 
 log = logging.getLogger("ca_server")
 
+Part = Callable[[], tuple[bool, str]]
 Check = Callable[[], str | None]
 
 
@@ -26,28 +29,42 @@ class Workers(Protocol):
     def readiness(self) -> tuple[bool, str]: ...
 
 
-class Readiness:
-    """`/readyz`'s answer from the workers, the material checks and the extra `checks`."""
+W = TypeVar("W", bound=Workers)
 
-    def __init__(self, workers: Workers, health: ReloadHealth) -> None:
-        self._workers = workers
+
+class Readiness(Generic[W]):
+    """`/readyz`'s answer: the workers, the material checks, then every part added."""
+
+    def __init__(self, pool: W, health: ReloadHealth) -> None:
+        self.pool = pool
         self.health = health
+        self._parts: list[Part] = [pool.readiness, lambda: (True, health.detail())]
         self._checks: list[Check] = []
 
+    def add_part(self, part: Part) -> None:
+        self._parts.append(part)
+
     def add(self, check: Check) -> None:
+        """A check naming a problem (not ready) or None."""
         self._checks.append(check)
+        self._parts.append(lambda: _as_part(check()))
 
     def __call__(self) -> tuple[bool, str]:
-        ready, detail = self._workers.readiness()
-        problems = [problem for problem in (check() for check in self._checks) if problem]
-        return ready and not problems, "; ".join([*problems, detail, self.health.detail()])
+        answers = [part() for part in self._parts]
+        ready = all(ok for ok, _ in answers)
+        ordered = [d for ok, d in answers if not ok] + [d for ok, d in answers if ok]
+        return ready, "; ".join(d for d in ordered if d)
 
     async def watch(self, interval_s: float) -> None:
-        """Run the checks every `interval_s` until cancelled."""
+        """Run the problem checks every `interval_s` until cancelled."""
         while True:
             for check in self._checks:
                 check()
             await asyncio.sleep(interval_s)
+
+
+def _as_part(problem: str | None) -> tuple[bool, str]:
+    return problem is None, problem or ""
 
 
 class IssuerKeysCheck:

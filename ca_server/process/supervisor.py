@@ -31,6 +31,7 @@ import uvicorn
 from ca_server.admin.app import create_admin_app
 from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, KEY_FILE, LocalIssuer
 from ca_server.authority.clock import ClockWatch
+from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody, key_location
 from ca_server.authority.material import (
     CaMaterial,
     DirectoryKeyStore,
@@ -46,6 +47,8 @@ from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, priv
 from ca_server.descriptors import limit as descriptor_limit
 from ca_server.descriptors import raise_limit
 from ca_server.errors import ConfigError
+from ca_server.hsm.readiness import HsmReadiness
+from ca_server.process.custody import close_custody, open_custody
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
 from ca_server.process.preflight import check_files
@@ -65,21 +68,24 @@ CHECK_INTERVAL_S = 5.0  # readiness checks run this often even unprobed, so chan
 
 
 def prepare_material(
-    config: CaConfig, now: datetime, rotator: SlotRotator | None = None
+    config: CaConfig,
+    now: datetime,
+    rotator: SlotRotator | None = None,
+    custody: KeyCustody = FILE_CUSTODY,
 ) -> CaMaterial:
     """Plugged-in CA files when given, else the self-signed root of the data dir (created once).
 
     With CA slots (`rotator`) the stored slots win: a restart mid-rotation keeps signing with
     the active CA even when the `cacerts` files already hold the next one."""
     if config.cacerts_dir is not None:
-        material = load_cacerts_dir(config.cacerts_dir, now)
+        material = load_cacerts_dir(config.cacerts_dir, now, custody)
     elif config.kube is not None:
         from ca_server.kube.wiring import load_or_create_material
 
-        material = load_or_create_material(config.kube, config.trust_domain, now)
+        material = load_or_create_material(config.kube, config.trust_domain, now, custody)
     else:
         material = load_or_create(
-            DirectoryKeyStore(config.data_dir / "ca"), config.trust_domain, now
+            DirectoryKeyStore(config.data_dir / "ca", custody), config.trust_domain, now, custody
         )
     if rotator is not None:
         material = rotator.step(material, now, may_act=config.kube is None)
@@ -138,6 +144,7 @@ def _material_manager(
     initial: CaMaterial,
     may_act: Callable[[], bool] = lambda: True,
     rotator: SlotRotator | None = None,
+    custody: KeyCustody = FILE_CUSTODY,
 ) -> MaterialManager:
     """Where material is re-read from, and whether this process may renew the root or move
     the CA slots."""
@@ -146,15 +153,15 @@ def _material_manager(
         cacerts = config.cacerts_dir
 
         def reload(now: datetime) -> CaMaterial:
-            return load_cacerts_dir(cacerts, now)
+            return load_cacerts_dir(cacerts, now, custody)
 
     else:
         if config.kube is not None:
             from ca_server.kube.wiring import key_store
 
-            store = key_store(config.kube)
+            store = key_store(config.kube, custody)
         else:
-            store = DirectoryKeyStore(config.data_dir / "ca")
+            store = DirectoryKeyStore(config.data_dir / "ca", custody)
         kept, in_kube = store, config.kube is not None
 
         def reload(now: datetime) -> CaMaterial:
@@ -256,6 +263,18 @@ def _reserve_grpc_ports(
     return binds
 
 
+def _announce_key(custody: KeyCustody, material: CaMaterial) -> None:
+    if isinstance(custody, HsmCustody):
+        where = key_location(material.signing_key)
+        log.info(
+            "CA key in the HSM: token %s, object %s (%s), module %s",
+            where["token"],
+            where["object"],
+            where["key_type"],
+            custody.token.module,
+        )
+
+
 def _announce_local_issuer(config: CaConfig) -> None:
     if config.uses_local_issuer:
         issuer_dir = config.data_dir / ISSUER_DIR
@@ -291,9 +310,20 @@ async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format:
 
 
 async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
-    rotator = build_rotator(config)
-    material = prepare_material(config, datetime.now(UTC), rotator)
+    custody = open_custody(config)  # with --ca-key pkcs11:..., the supervisor's HSM session
+    try:
+        return await _serve_with_custody(config, custody, metrics_dir, log_level, log_format)
+    finally:
+        close_custody(custody)
+
+
+async def _serve_with_custody(
+    config: CaConfig, custody: KeyCustody, metrics_dir: str, log_level: int, log_format: str
+) -> int:
+    rotator = build_rotator(config, custody)
+    material = prepare_material(config, datetime.now(UTC), rotator, custody)
     log.info("CA material: %s; root bundle at %s", material.source, config.root_cert_path)
+    _announce_key(custody, material)
     _announce_local_issuer(config)
     from ca_server.admin import check_record
 
@@ -310,9 +340,9 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             material=lambda: manager.current,  # istiod's serving certificate, when configured
         )
     manager = _material_manager(
-        config, material, controllers.is_leader if controllers else lambda: True, rotator
+        config, material, controllers.is_leader if controllers else lambda: True, rotator, custody
     )
-    spiffe = SpiffeServices(config, lambda: manager.current)
+    spiffe = SpiffeServices(config, lambda: manager.current, custody=custody)
     spiffe.prepare()  # a JWT signing key and the initial federated bundles before any worker
     reserved: list[socket.socket] = []
     pool: CaPool | None = None
@@ -342,28 +372,7 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
         endpoint_addr = await spiffe.start()
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
-        health = ReloadHealth(time.time())
-        readiness = Readiness(pool, health)
-        clock = ClockWatch(log)
-        readiness.add(lambda: clock.check(manager.current, datetime.now(UTC)))
-        background = [readiness.watch(CHECK_INTERVAL_S)]
-        if config.jwt_issuer is not None and config.jwks_file is None:
-            issuer_keys = IssuerKeysCheck(config.jwt_issuer)
-            readiness.add(issuer_keys)
-            background.append(issuer_keys.run())
-        wake = asyncio.Event()
-        keeper = asyncio.create_task(_keep_material_current(config, manager, pool, health, wake))
-        spiffe_task = asyncio.create_task(spiffe.run())
-        checkers = [asyncio.create_task(job) for job in background]
-        try:
-            return await _run_admin(
-                config, pool, metrics_dir, manager, readiness, addrs, wake, spiffe
-            )
-        finally:
-            for task in (keeper, spiffe_task, *checkers):
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        return await _serve_until_stopped(config, pool, manager, spiffe, metrics_dir, addrs)
     finally:
         anchor_keeper.stop()
         if controllers is not None:
@@ -374,16 +383,52 @@ async def _serve_locked(config: CaConfig, metrics_dir: str, log_level: int, log_
             sock.close()
 
 
-async def _run_admin(
+async def _serve_until_stopped(
     config: CaConfig,
     pool: CaPool,
+    manager: MaterialManager,
+    spiffe: SpiffeServices,
+    metrics_dir: str,
+    addrs: dict[str, str],
+) -> int:
+    """The admin API beside the supervisor's tasks (material refresher, SPIFFE duties, the HSM
+    probe, the readiness checks) until SIGTERM/SIGINT."""
+    checks = Readiness(pool, ReloadHealth(time.time()))
+    hsm = HsmReadiness(lambda: manager.current.signing_key)
+    checks.add_part(lambda: (hsm.ready, hsm.detail()))
+    clock = ClockWatch(log)
+    checks.add(lambda: clock.check(manager.current, datetime.now(UTC)))
+    wake = asyncio.Event()
+    jobs = [
+        _keep_material_current(config, manager, pool, checks.health, wake),
+        spiffe.run(),
+        hsm.run(),
+        checks.watch(CHECK_INTERVAL_S),
+    ]
+    if config.jwt_issuer is not None and config.jwks_file is None:
+        issuer_keys = IssuerKeysCheck(config.jwt_issuer)
+        checks.add(issuer_keys)
+        jobs.append(issuer_keys.run())
+    tasks = [asyncio.create_task(job) for job in jobs]
+    try:
+        return await _run_admin(config, checks, metrics_dir, manager, addrs, wake, spiffe)
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def _run_admin(
+    config: CaConfig,
+    checks: Readiness[CaPool],
     metrics_dir: str,
     manager: MaterialManager,
-    readiness: Readiness,
     addrs: dict[str, str],
     wake: asyncio.Event,
     spiffe: SpiffeServices,
 ) -> int:
+    pool, health = checks.pool, checks.health
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
     from ca_server.admin import admin_router_for
     from ca_server.admin.wiring import rotation_router_for
@@ -407,9 +452,9 @@ async def _run_admin(
     app = create_admin_app(
         metrics_dir=metrics_dir,
         material=lambda: manager.current,
-        readiness=readiness,
+        readiness=checks,
         routers=[record_router, rotation_router],
-        extra_metrics=lambda: readiness.health.exposition() + spiffe.exposition(),
+        extra_metrics=lambda: health.exposition() + spiffe.exposition(),
     )
     sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"

@@ -32,18 +32,25 @@ import grpc
 
 from ca_server.assembly import add_services, open_recorder
 from ca_server.authn.authenticators import Authentication
+from ca_server.authority.custody import (
+    FILE_CUSTODY,
+    PEM_SUFFIX,
+    URI_SUFFIX,
+    KeyCustody,
+    certificate_key,
+)
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
 from ca_server.descriptors import limit as descriptor_limit
 from ca_server.descriptors import open_count, raise_limit
-from ca_server.errors import UpstreamUnavailable
+from ca_server.errors import ConfigError, UpstreamUnavailable
 from ca_server.logs import CaEventLog
 from ca_server.logs import configure as configure_logs
 from ca_server.metrics import CaMetrics
 from ca_server.process.connections import PeerCap, connection_cap, server_options
 from ca_server.process.pool import KEYS_APPLIED
+from ca_server.spiffe.jwtsvid import custody as jwt_custody
 from certs.errors import CertsError
-from certs.keys import load_private_key
 from certs.pem import bundle_pem, load_certificates, to_pem
 
 log = logging.getLogger(__name__)
@@ -52,7 +59,9 @@ SHUTDOWN_GRACE_S = 4.0
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MaterialPems:
-    """CA material as bytes, so it crosses the process boundary without pickling key objects."""
+    """CA material as bytes, so it crosses the process boundary without pickling key objects.
+    `signing_key` is the key's PEM, or with an HSM key its `pkcs11:` URI: the worker signs
+    through its own session, and no key byte crosses the pipe."""
 
     signing_cert: bytes
     signing_key: bytes
@@ -62,20 +71,31 @@ class MaterialPems:
 
     @classmethod
     def of(cls, material: CaMaterial) -> MaterialPems:
+        from ca_server.hsm.keys import HsmEcKey, HsmRsaKey
         from certs.keys import private_key_pem
 
+        key = material.signing_key
+        if isinstance(key, (HsmEcKey, HsmRsaKey)):
+            key_blob = str(key.uri).encode()
+        else:
+            key_blob = private_key_pem(key)
         return cls(
             signing_cert=to_pem(material.signing_cert).encode(),
-            signing_key=private_key_pem(material.signing_key),
+            signing_key=key_blob,
             chain=bundle_pem(material.chain).encode(),
             roots=bundle_pem(material.roots).encode(),
             source=material.source,
         )
 
-    def load(self) -> CaMaterial:
+    def load(self, custody: KeyCustody = FILE_CUSTODY) -> CaMaterial:
+        cert = load_certificates(self.signing_cert)[0]
+        suffix = URI_SUFFIX if self.signing_key.startswith(b"pkcs11:") else PEM_SUFFIX
+        key = custody.decode(
+            {f"key{suffix}": self.signing_key}, "key", certificate_key(cert), "the CA supervisor"
+        )
         return CaMaterial(
-            signing_cert=load_certificates(self.signing_cert)[0],
-            signing_key=load_private_key(self.signing_key),
+            signing_cert=cert,
+            signing_key=key,
             chain=tuple(load_certificates(self.chain)) if self.chain.strip() else (),
             roots=tuple(load_certificates(self.roots)),
             source=self.source,
@@ -113,8 +133,9 @@ class WorkerSpec:
 class LiveKeys:
     """A worker's current keys, replaced in place; readers always see one consistent set."""
 
-    def __init__(self, keys: WorkerKeys) -> None:
-        self._current = (keys.material.load(), keys.tls_configuration())
+    def __init__(self, keys: WorkerKeys, custody: KeyCustody = FILE_CUSTODY) -> None:
+        self.custody = custody
+        self._current = (keys.material.load(custody), keys.tls_configuration())
 
     @property
     def material(self) -> CaMaterial:
@@ -122,7 +143,7 @@ class LiveKeys:
 
     def replace(self, keys: WorkerKeys) -> None:
         """Load `keys` (raising if they do not load) and make them current in one assignment."""
-        self._current = (keys.material.load(), keys.tls_configuration())
+        self._current = (keys.material.load(self.custody), keys.tls_configuration())
 
     def credentials(
         self, *, require_client_auth: bool, on_handshake: Callable[[], None]
@@ -153,8 +174,17 @@ def run_worker(spec: WorkerSpec, keys: WorkerKeys, index: int, supervisor: Conne
 
 
 async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) -> None:
+    from ca_server.process.custody import close_custody, open_custody
+
     raise_limit()  # inherited from the supervisor already, which logged it
-    keys = LiveKeys(initial)
+    custody = open_custody(spec.config, worker=True)  # its own HSM session, if any
+    try:
+        await _serve_with(spec, LiveKeys(initial, custody), supervisor)
+    finally:
+        close_custody(custody)
+
+
+async def _serve_with(spec: WorkerSpec, keys: LiveKeys, supervisor: Connection) -> None:
     metrics = CaMetrics()
     recorder = open_recorder(spec.config, metrics)  # its database session opens now
     events = CaEventLog()
@@ -168,6 +198,7 @@ async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) 
         recorder=recorder,
         metrics=metrics,
         events=events,
+        resolve=jwt_custody.resolver(keys.custody),
     )
     _load_keys(authentication)
     ports = [
@@ -228,7 +259,7 @@ def _follow_supervisor(supervisor: Connection, keys: LiveKeys, stop: threading.E
             return
         try:
             keys.replace(update)
-        except (CertsError, ValueError) as exc:
+        except (CertsError, ValueError, ConfigError) as exc:
             log.error("new CA material not applied, still signing with the previous: %s", exc)
             supervisor.send(f"not applied: {exc}")
             continue

@@ -15,13 +15,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import private_dir
 from ca_server.spiffe.bundle import BundleSource, contents_digest
 from ca_server.spiffe.endpoint import BundleEndpoint, ServingIdentity
 from ca_server.spiffe.federation import FederationStore, Federator
-from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, key_policy, plan
+from ca_server.spiffe.jwtsvid import custody as jwt_custody
+from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeySet, key_policy, new_key, plan
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
@@ -39,7 +41,13 @@ class SpiffeServices:
         config: CaConfig,
         material: Callable[[], CaMaterial],
         clock: Clock = lambda: datetime.now(UTC),
+        custody: KeyCustody = FILE_CUSTODY,
     ) -> None:
+        self._hsm = (
+            custody
+            if isinstance(custody, HsmCustody) and config.pkcs11 and config.pkcs11.jwt_keys
+            else None
+        )
         self._config = config
         self._material = material
         self._clock = clock
@@ -67,7 +75,8 @@ class SpiffeServices:
         `spiffe_sequence` when the published bundle changes. Writes only on a change."""
         now = self._clock()
         before = self.key_file.load()
-        keys = plan(before.keys, now, key_policy(self._config))
+        make = jwt_custody.maker(self._hsm) if self._hsm is not None else new_key
+        keys = plan(before.keys, now, key_policy(self._config), make)
         after = KeySet(keys=keys, sequence=before.sequence, bundle_digest=before.bundle_digest)
         after = after.with_bundle(contents_digest(self._material().roots, after, now))
         if after != before:
@@ -83,6 +92,10 @@ class SpiffeServices:
                     )
             for kid in sorted(dropped):
                 log.info("JWT-SVID key %s unpublished: its last token expired", kid)
+            if self._hsm is not None:
+                for key in before.keys:
+                    if key.kid in dropped:
+                        jwt_custody.destroy(self._hsm, key)
         return after
 
     def federated(self) -> dict[str, bytes]:

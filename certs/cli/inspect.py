@@ -38,24 +38,39 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--servername", help="TLS server name (SNI) to send with --connect (default: the host)"
     )
+    p.add_argument(
+        "--ca",
+        metavar="ADMIN_URL",
+        help="inspect a running CA through its admin API (GET /v1/ca): its intermediates and "
+        "roots, and where its signing key lives (file, Kubernetes Secret, or pkcs11 token and "
+        "object); HOST:PORT alone means http://",
+    )
     add_output_flag(p)
     p.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
+    signing_key: dict[str, Any] | None = None
     try:
-        contents = _load(args)
+        if args.ca:
+            contents, signing_key = _ca_contents(args)
+        else:
+            contents = _load(args)
         roots = _read_file(args.root).certificates if args.root else []
     except (OSError, CertsError, ValueError) as exc:
         return _fail(args, _message(exc, args))
-    report = build_report(contents, roots, now, source=args.connect or args.file)
+    report = build_report(contents, roots, now, source=args.ca or args.connect or args.file)
+    if args.ca:  # CA certificates: the X.509-SVID verdict is for workload leaves
+        report["signing_key"] = signing_key
+        del report["svid"]
     emit(report, args.output, lambda: _print_human(report))
     if args.output == "table":
         for warning in report["warnings"]:
             print(f"bulwark inspect: warning: {warning}", file=sys.stderr)
     bad_csr = any(not c["signature_valid"] for c in report["csrs"])
-    failed = report["verification"]["ok"] is False or not report["svid"]["conforms"]
+    svid = report.get("svid", {"conforms": True})
+    failed = report["verification"]["ok"] is False or not svid["conforms"]
     return 1 if failed or bad_csr else 0
 
 
@@ -69,6 +84,18 @@ def _load(args: argparse.Namespace) -> blocks.Contents:
             certificates=served_chain(args.connect, args.servername), encoding="TLS"
         )
     return _read_file(args.file)
+
+
+def _ca_contents(args: argparse.Namespace) -> tuple[blocks.Contents, dict[str, Any] | None]:
+    """The CA's certificates (intermediates first, then roots) and its signing key's place."""
+    if args.file != "-" or args.connect:
+        raise ValueError("give --ca alone, without FILE or --connect")
+    from certs.cli.ca_info import fetch_ca
+
+    info = fetch_ca(args.ca)
+    pems = [c["pem"] for c in [*info.get("intermediates", []), *info.get("roots", [])]]
+    contents = blocks.read("".join(pems).encode(), f"{args.ca}/v1/ca")
+    return contents, info.get("signing_key")
 
 
 def _read_file(name: str) -> blocks.Contents:
@@ -128,6 +155,8 @@ def _verification(chain: list[Any], roots: list[Any], now: datetime) -> dict[str
 
 
 def _print_human(report: dict[str, Any]) -> None:
+    if "signing_key" in report:
+        _print_signing_key(report["signing_key"])
     for cert in report["certificates"]:
         _print_cert(cert)
     for csr in report["csrs"]:
@@ -141,13 +170,30 @@ def _print_human(report: dict[str, Any]) -> None:
         print("chain:  OK, verifies against the given root(s)")
     else:
         print(f"chain:  FAILED: {verification['error']}")
-    svid = report["svid"]
+    svid = report.get("svid")
+    if svid is None:
+        return
     if svid["conforms"]:
         print("X.509-SVID: leaf conforms")
     else:
         print("X.509-SVID: leaf does NOT conform:")
         for violation in svid["violations"]:
             print(f"  - {violation}")
+
+
+def _print_signing_key(key: dict[str, Any] | None) -> None:
+    print("[CA signing key]")
+    if not key:
+        _line("where", "not reported by this CA")
+        return
+    where = {"pkcs11": "in an HSM (PKCS#11)", "file": "a key file (0600)"}.get(
+        key["storage"], "the Kubernetes Secret istio-ca-secret"
+    )
+    _line("where", where)
+    _line("token", key.get("token"))
+    _line("object", key.get("object"))
+    _line("id", key.get("id"))
+    _line("key", key.get("key_type"))
 
 
 def _line(label: str, value: Any) -> None:

@@ -132,6 +132,20 @@ def test_template_renders_every_documented_values_file(
         (["--set", "mode=sidecar"], "mode"),
         (["--set", "podSecurityContext.runAsNonRoot=false"], "runAsNonRoot"),
         (["--set", "recrod.type=postgresql"], "recrod"),
+        (["--set", "hsm.enabled=true"], "hsm/keyUri"),
+        (
+            [
+                "--set",
+                "hsm.enabled=true",
+                "--set",
+                "hsm.keyUri=/etc/key.pem",
+                "--set",
+                "hsm.modulePath=/x.so",
+                "--set",
+                "hsm.pinSecret.name=p",
+            ],
+            "pkcs11:",
+        ),
     ],
     ids=[
         "replicas2-default-sqlite",
@@ -141,6 +155,8 @@ def test_template_renders_every_documented_values_file(
         "mode",
         "root",
         "typo",
+        "hsm-without-uri",
+        "hsm-key-file",
     ],
 )
 def test_schema_refuses_unsafe_values(
@@ -151,6 +167,27 @@ def test_schema_refuses_unsafe_values(
     err = helm("template", "bulwark", CHART, *args, ok=False)
     assert "values don't meet the specifications of the schema" in err, err
     assert complaint in err, err
+
+
+def test_hsm_mode_mounts_the_module_and_the_pin_secret(helm: Callable[..., str]) -> None:
+    """The CA key in an HSM (docs/HSM.md): the URI and module as flags, the PIN as a file of
+    its own Secret (0440: owner and fsGroup), never an env value or a flag value."""
+    docs = template(helm, "-f", CHART / "ci" / "hsm-values.yaml")
+    container = ca_container(docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    args = container["args"]
+    assert "--ca-key=pkcs11:token=bulwark;object=root-2026" in args
+    assert "--pkcs11-module=/opt/pkcs11/lib/softhsm/libsofthsm2.so" in args
+    assert "--pkcs11-pin-file=/etc/bulwark/hsm/pin" in args and "--jwt-keys-in-hsm" in args
+    pin = next(v for v in pod["volumes"] if v["name"] == "hsm-pin")["secret"]
+    assert pin["secretName"] == "bulwark-hsm-pin" and pin["defaultMode"] == 0o440
+    assert pin["items"] == [{"key": "pin", "path": "pin"}]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["hsm-pin"]["readOnly"] is True and mounts["pkcs11"]["mountPath"] == "/opt/pkcs11"
+    env = {e["name"] for e in container["env"]}
+    assert "SOFTHSM2_CONF" in env and not any("PIN" in name for name in env)
+    plain = template(helm)
+    assert not [a for a in ca_container(plain)["args"] if "pkcs11" in a or "ca-key" in a]
 
 
 def test_ha_on_postgresql_is_accepted_by_the_schema(helm: Callable[..., str]) -> None:

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_server.config import CaConfig
@@ -37,6 +38,7 @@ from certs.files import write_atomic
 from certs.keys import KeyType, generate_key, load_private_key, private_key_pem
 
 KEY_FILE_NAME = "keys.json"
+HSM_PREFIX = b"pkcs11:"
 FORMAT_VERSION = 1
 KeyState = Literal["prepared", "active", "retired"]
 
@@ -73,28 +75,46 @@ def key_policy(config: CaConfig) -> JwtKeyPolicy:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JwtKey:
-    """One ES256 signing key and its timeline. `private_pem` is never logged or served."""
+    """One ES256 signing key and its timeline. `private_pem` is never logged or served; for
+    a key made inside an HSM (`--jwt-keys-in-hsm`) it is the key's `pkcs11:` URI instead, and
+    `public_pem` holds the public half."""
 
     kid: str
     private_pem: bytes = field(repr=False)
     active_from: datetime
     active_until: datetime
     published_until: datetime
+    public_pem: bytes = b""
 
     def state(self, now: datetime) -> KeyState:
         if now < self.active_from:
             return "prepared"
         return "active" if now < self.active_until else "retired"
 
+    @property
+    def in_hsm(self) -> bool:
+        return self.private_pem.startswith(HSM_PREFIX)
+
     def private_key(self) -> ec.EllipticCurvePrivateKey:
+        """The key of a PEM entry (an HSM entry is resolved by the process's `KeyResolver`)."""
+        if self.in_hsm:
+            raise ValueError(f"JWT key {self.kid} is in an HSM: this process has no session")
         key = load_private_key(self.private_pem)
         if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
             raise ValueError(f"JWT key {self.kid} is not an EC P-256 key")
         return key
 
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        if not self.public_pem:
+            return self.private_key().public_key()
+        key = serialization.load_pem_public_key(self.public_pem)
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise ValueError(f"JWT key {self.kid} is not an EC P-256 key")
+        return key
+
     def public_jwk(self) -> dict[str, str]:
         """The key as a SPIFFE bundle JWK (`use: jwt-svid`)."""
-        numbers = self.private_key().public_key().public_numbers()
+        numbers = self.public_key().public_numbers()
         return {
             "use": "jwt-svid",
             "kty": "EC",
@@ -103,6 +123,15 @@ class JwtKey:
             "y": _b64url(numbers.y.to_bytes(32, "big")),
             "kid": self.kid,
         }
+
+
+# Turns a key-file entry into the key that signs: PEM entries load, HSM entries go through the
+# process's own session (`ca_server.authority.custody.HsmCustody.jwt_key`).
+KeyResolver = Callable[[JwtKey], ec.EllipticCurvePrivateKey]
+
+
+def resolve_pem(key: JwtKey) -> ec.EllipticCurvePrivateKey:
+    return key.private_key()
 
 
 def new_key(active_from: datetime, policy: JwtKeyPolicy) -> JwtKey:
@@ -178,18 +207,24 @@ def encode(keyset: KeySet) -> bytes:
         "version": FORMAT_VERSION,
         "sequence": keyset.sequence,
         "bundle_digest": keyset.bundle_digest,
-        "keys": [
-            {
-                "kid": k.kid,
-                "private_key_pem": k.private_pem.decode("ascii"),
-                "active_from": _stamp(k.active_from),
-                "active_until": _stamp(k.active_until),
-                "published_until": _stamp(k.published_until),
-            }
-            for k in keyset.keys
-        ],
+        "keys": [_entry(k) for k in keyset.keys],
     }
     return json.dumps(doc, indent=1).encode()
+
+
+def _entry(k: JwtKey) -> dict[str, object]:
+    where = (
+        {"private_key_uri": k.private_pem.decode("ascii"), "public_key_pem": k.public_pem.decode()}
+        if k.in_hsm
+        else {"private_key_pem": k.private_pem.decode("ascii")}
+    )
+    return {
+        "kid": k.kid,
+        **where,
+        "active_from": _stamp(k.active_from),
+        "active_until": _stamp(k.active_until),
+        "published_until": _stamp(k.published_until),
+    }
 
 
 def decode(data: bytes) -> KeySet:
@@ -201,7 +236,8 @@ def decode(data: bytes) -> KeySet:
         keys = tuple(
             JwtKey(
                 kid=str(k["kid"]),
-                private_pem=str(k["private_key_pem"]).encode("ascii"),
+                private_pem=str(k.get("private_key_pem") or k["private_key_uri"]).encode("ascii"),
+                public_pem=str(k.get("public_key_pem", "")).encode("ascii"),
                 active_from=_time(k["active_from"]),
                 active_until=_time(k["active_until"]),
                 published_until=_time(k["published_until"]),

@@ -18,7 +18,7 @@ import jwt
 from ca_server.errors import InvalidRequest
 from ca_server.identity import Caller
 from ca_server.record.entry import JWT_SVID, IssuedCertificate
-from ca_server.spiffe.jwtsvid.keyset import JwtKey
+from ca_server.spiffe.jwtsvid.keyset import JwtKey, KeyResolver, resolve_pem
 from certs import jwt_rules
 from certs.errors import InvalidAudience
 
@@ -59,8 +59,10 @@ def mint(
     audiences: tuple[str, ...],
     ttl: timedelta,
     now: datetime,
+    resolve: KeyResolver = resolve_pem,
 ) -> MintedSvid:
-    """Sign a JWT-SVID for `caller`; `exp` never outlives the key's publication."""
+    """Sign a JWT-SVID for `caller`; `exp` never outlives the key's publication. `resolve`
+    gives the key that signs (loaded from PEM, or a handle on a key in the HSM)."""
     issued_at = now.replace(microsecond=0)
     expires = min(issued_at + ttl, key.published_until.replace(microsecond=0))
     # 128 random bits, top bit set: hex without a leading zero, as the record keys serials
@@ -73,7 +75,7 @@ def mint(
         "jti": jti,
     }
     token = jwt.encode(
-        claims, key.private_key(), algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
+        claims, resolve(key), algorithm="ES256", headers={"kid": key.kid, "typ": "JWT"}
     )
     entry = IssuedCertificate(
         serial=jti,

@@ -28,7 +28,7 @@ from ca_server.issuance.service import (
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 from ca_server.record.entry import Recorder
-from ca_server.spiffe.jwtsvid.keyset import KeyFile, signing_key
+from ca_server.spiffe.jwtsvid.keyset import KeyFile, KeyResolver, resolve_pem, signing_key
 from ca_server.spiffe.jwtsvid.minter import check_audiences, lifetime, mint
 from protos.bulwark.v1 import identity_pb2
 
@@ -56,7 +56,9 @@ class WorkloadIdentityService:
         default_ttl: timedelta,
         max_ttl: timedelta,
         clock: Clock = lambda: datetime.now(UTC),
+        resolve: KeyResolver = resolve_pem,
     ) -> None:
+        self._resolve = resolve
         self._authn = authentication
         self._key_file = key_file
         self._bundles = bundles
@@ -84,7 +86,9 @@ class WorkloadIdentityService:
         key = signing_key(self._key_file.load().keys, now)
         if key is None:
             raise UpstreamUnavailable("no JWT-SVID signing key is active yet; retry shortly")
-        minted = mint(key=key, caller=caller, audiences=audiences, ttl=ttl, now=now)
+        minted = mint(
+            key=key, caller=caller, audiences=audiences, ttl=ttl, now=now, resolve=self._resolve
+        )
         if self._recorder is not None:
             await self._recorder.record(minted.entry)  # failure: INTERNAL, nothing sent
         self.events.issued(minted.entry, peer=call.peer)

@@ -73,6 +73,8 @@ def _bad_values(tmp: Path) -> dict[str, tuple[list[str], str]]:
             ["--key-dir", str(tmp), "--cert", "c", "--root", "r", "--cacerts-dir", "d"],
             "does not exist",
         ),
+        "ca hsm init": (["--ca-key", "pkcs11:token=t;object=o;colour=red"], "'colour'"),
+        "ca hsm show": (["--ca-key", "/etc/ca-key.pem"], "--ca-key takes a PKCS#11 URI"),
     }
 
 
@@ -80,7 +82,7 @@ BAD_VALUES = {
     "ca serve", "token mint", "inspect", "cert request", "certs list", "certs show",
     "certs expiring", "certs verify-log", "agent run", "agent status", "completion",
     "ca rotate status", "ca rotate prepare", "ca rotate activate", "ca rotate retire",
-    "ca intermediate csr", "ca intermediate install",
+    "ca intermediate csr", "ca intermediate install", "ca hsm init", "ca hsm show",
 }  # fmt: skip
 
 

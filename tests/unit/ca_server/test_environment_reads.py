@@ -12,7 +12,12 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-SETTINGS_LAYER = ("ca_server/cli/", "ca_server/options.py", "ca_server/kube/settings.py")
+SETTINGS_LAYER = (
+    "ca_server/cli/",
+    "ca_server/options.py",
+    "ca_server/kube/settings.py",
+    "ca_server/hsm/settings.py",  # the HSM flags, and the PIN a spawned worker reads again
+)
 PLUMBING = {("ca_server/process/supervisor.py", 'os.environ["PROMETHEUS_MULTIPROC_DIR"] = ')}
 
 
