@@ -17,6 +17,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from ca_server.authn.jwks import JwksSource
+from ca_server.errors import UpstreamUnavailable
 from certs.keys import generate_key, private_key_pem
 from certs.pem import to_pem
 from tests.support.broken import csr_pem, sa_claims
@@ -306,3 +308,52 @@ def test_a_call_beyond_max_concurrent_rpcs_gets_resource_exhausted_at_once(
     finally:
         issuer.resume.set()
         ca.stop()
+
+
+class Trickler:
+    """An issuer whose discovery document arrives one byte every `pause_s`: each read gets
+    data well within any per-read timeout, the whole answer takes minutes."""
+
+    def __init__(self, pause_s: float = 0.2) -> None:
+        trickler = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                body = json.dumps({"jwks_uri": trickler.url + "/keys", "pad": "x" * 600}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                for byte in body:
+                    if trickler.stop.is_set():
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(pause_s)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.stop = threading.Event()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+
+
+def test_a_trickling_issuer_is_cut_off_by_one_deadline() -> None:
+    """Issue 22 item 9 (review): the OIDC fetch is bounded as a whole, not per read."""
+    trickler = Trickler()
+    try:
+        source = JwksSource(issuer_url=trickler.url, timeout_s=1.5)
+        started = time.monotonic()
+        with pytest.raises(UpstreamUnavailable) as refused:
+            source.key_for("k1")
+        took = time.monotonic() - started
+    finally:
+        trickler.close()
+    assert took < 4.0, f"the fetch took {took:.1f} s"
+    cause = refused.value.__cause__
+    assert isinstance(cause, UpstreamUnavailable) and "within 1.5 s" in cause.public_message
