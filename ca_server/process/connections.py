@@ -159,13 +159,13 @@ class PeerCap:
         """Enforce the share once; how many connections were shut down."""
         self._release_reserve()  # looking needs descriptors even when none are left
         try:
-            connections = self._connections()
+            sockets = self._socket_fds()  # this worker's: its siblings share the port
+            connections = [c for c in self._connections() if c.inode in sockets]
             if len(connections) < self._threshold:
                 return 0
             excess = over_share(connections, self._per_peer)
             if not excess:
                 return 0
-            sockets = self._socket_fds()
             closed = 0
             for peer, extra in excess.items():
                 shut = sum(_shut_down(sockets.get(c.inode), c.inode) for c in extra)
