@@ -14,13 +14,15 @@ $(STAMP): pyproject.toml
 	@command -v openssl >/dev/null || (echo "installing openssl (Debian package)"; apt-get update -qq && apt-get install -y -qq openssl)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	@# -qq: errors only (setuptools' "editable installation" banner is a warning)
+	$(PY) -m pip install -qq -e '.[dev]'
 	@touch $@
 
 venv: $(STAMP)
 
+# `make demo ARGS=--keep` keeps its temporary directory (and prints how to restart its CA).
 demo: $(STAMP)
-	$(PY) demo/demo.py
+	$(PY) demo/demo.py $(ARGS)
 
 test: $(STAMP)
 	@# The issuance-record tests start a throwaway PostgreSQL cluster from the Debian package.

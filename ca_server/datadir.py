@@ -39,10 +39,7 @@ def private_dir(path: Path, *, what: str = "directory") -> Path:
             ) from None
         return path
     except FileNotFoundError:
-        raise ConfigError(
-            f"cannot create {what} {path}: its parent {path.parent} does not exist; "
-            "create it first or choose another path"
-        ) from None
+        raise ConfigError(_missing_parent(path, what)) from None
     except NotADirectoryError:
         raise ConfigError(
             f"cannot create {what} {path}: a parent of it is not a directory; choose another path"
@@ -56,6 +53,22 @@ def private_dir(path: Path, *, what: str = "directory") -> Path:
         raise ConfigError(f"cannot create {what} {path}: {exc.strerror}") from None
     os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask
     return path
+
+
+def _missing_parent(path: Path, what: str) -> str:
+    """Why mkdir said ENOENT: a parent that is not there, or (when it is) a file system that
+    makes no directories, such as /proc or /sys."""
+    parent = path.parent
+    if not parent.is_dir():
+        return (
+            f"cannot create {what} {path}: its parent {parent} does not exist; "
+            "create it first or choose another path"
+        )
+    return (
+        f"cannot create {what} {path}: {parent} exists but its file system does not let "
+        "directories be created in it (a virtual file system such as /proc or /sys?); choose "
+        "a path on a writable disk"
+    )
 
 
 def check_private_dir(path: Path, *, uid: int | None = None) -> None:

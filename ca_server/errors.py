@@ -138,5 +138,18 @@ def _reasons(root: type[CaError]) -> tuple[str, ...]:
 REFUSAL_REASONS = _reasons(CaError)
 
 
+def refusal_label_sets(root: type[CaError] = CaError) -> tuple[tuple[str, str], ...]:
+    """Every (reason, gRPC code name) a refusal can carry: one per class of the tree under
+    `root` as imported now (the root's own included), in the order drawn above. The CA
+    creates these series at 0 before the first call, as Prometheus asks of known labels."""
+    seen: dict[tuple[str, str], None] = {}
+    stack: list[type[CaError]] = [root]
+    while stack:
+        cls = stack.pop()
+        seen.setdefault((cls.reason, cls.code.name), None)
+        stack.extend(reversed(cls.__subclasses__()))
+    return tuple(seen)
+
+
 class ConfigError(Exception):
     """The CA cannot start: bad flags, missing or inconsistent CA files. Message says what to fix."""

@@ -4,7 +4,10 @@ Istio's series keep their names and meaning. Bulwark adds
 `bulwark_ca_refusals_total{reason,code}`: every call the CA refuses, whatever
 the status, with a bounded `reason` (`REFUSAL_REASONS`: the reasons the classes of
 `ca_server.errors` carry), so that refusals no `citadel_server_*` series counts
-(PERMISSION_DENIED, overload) are seen too;
+(PERMISSION_DENIED, overload) are seen too; every (reason, code) pair an error class carries
+is exported at 0 from the start, so a rate or an alert has a series before the first refusal;
+`bulwark_ca_jwt_svids_issued_total`, the JWT-SVIDs minted (the `citadel_server_*` issuance
+count is Istio's, for certificates only);
 and two histograms, `bulwark_ca_issue_duration_seconds` (every call) and
 `bulwark_ca_record_commit_duration_seconds` (every record batch).
 
@@ -18,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ca_server.authority.material import CaMaterial
-from ca_server.errors import REFUSAL_REASONS
+from ca_server.errors import REFUSAL_REASONS, refusal_label_sets
 
 SIGN_ERRORS = ("CA_NOT_READY", "CSR_ERROR", "TTL_ERROR", "CERT_GEN_ERROR", "UNKNOWN")
 # Seconds; a certificate normally takes 1-50 ms, a record commit 1-20 ms.
@@ -57,6 +60,13 @@ class CaMetrics:
             "Calls the CA refused, by reason and gRPC status",
             ("reason", "code"),
             registry=reg,
+        )
+        for reason, code in refusal_label_sets():
+            self.refusals.labels(
+                reason=reason if reason in REFUSAL_REASONS else "internal", code=code
+            )
+        self.jwt_svids_issued = counter(
+            "bulwark_ca_jwt_svids_issued", "JWT-SVIDs issued (each recorded before it was sent)"
         )
 
         self.call_duration = Histogram(

@@ -24,6 +24,8 @@ from certs.errors import CertsError
 __all__ = [
     "BOOL_WORDS",
     "InvalidValue",
+    "duration_like",
+    "exact_duration",
     "format_duration",
     "format_seconds",
     "parse_bool",
@@ -178,3 +180,34 @@ def format_duration(seconds: float) -> str:
 def time_left(seconds: float) -> str:
     """The one time-left format of every command: `23h59m`, or `-1h2m` once expired."""
     return format_duration(seconds)
+
+
+_EXACT_UNITS = (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+
+
+def exact_duration(seconds: float) -> str:
+    """Exact and parseable by `parse_duration`, no part dropped: `90d`, `1d2h3m4s`, `1.5s`."""
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    rest, parts = int(seconds), []
+    for unit, size in _EXACT_UNITS:
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts) or "0s"
+
+
+def duration_like(seconds: float, typed: str) -> str:
+    """`seconds` in the largest unit of what a user typed (`typed` = `100d`: `90d`;
+    `2400h`: `2160h`), so a limit reads in the user's terms; exact otherwise."""
+    value = typed.strip().lstrip("+")
+    if _SECONDS.fullmatch(value):
+        return f"{seconds:g}s" if seconds != int(seconds) else f"{int(seconds)}s"
+    units = [m.group(3) for m in _PART.finditer(value) if m.group(3) in _UNIT_NS]
+    if units:
+        unit = max(units, key=_UNIT_NS.__getitem__)
+        size = _UNIT_NS[unit] / 1e9
+        count = seconds / size
+        if count == int(count):
+            return f"{int(count)}{unit}"
+    return exact_duration(seconds)

@@ -17,11 +17,13 @@ import ssl
 import subprocess
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.utils import CryptographyDeprecationWarning
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
@@ -220,7 +222,13 @@ class AgentDemo:
         raise RuntimeError(f"agent {agent.account} never became ready")
 
     def _backend_via_workload_api(self) -> tuple[Path, Path, Path]:
-        from spiffe import WorkloadApiClient
+        with warnings.catch_warnings():
+            # py-spiffe imports cryptography's DSA types, which cryptography deprecates; the
+            # demo uses no DSA, and a library's deprecation notice is no part of its output.
+            warnings.filterwarnings(
+                "ignore", message="DSA is deprecated", category=CryptographyDeprecationWarning
+            )
+            from spiffe import WorkloadApiClient
 
         agent = self.agents["backend"]
         client = WorkloadApiClient(socket_path=f"unix://{agent.socket}")

@@ -1,12 +1,16 @@
 """`make demo`: the CA on embedded defaults, end to end, in a temporary data dir.
 
 Each step prints what it does and what it saw; any failure stops the demo
-with a non-zero exit and the CA's log tail.
+with a non-zero exit and the CA's log tail. The temporary directory is deleted at the end
+unless `--keep` (`make demo ARGS=--keep`) is given: then the demo prints how to restart its
+CA, so the agent command lines it printed can be copied and run.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -28,8 +32,9 @@ SPIFFE_ID = f"spiffe://cluster.local/ns/{NAMESPACE}/sa/{ACCOUNT}"
 
 
 class Demo:
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, *, keep: bool = False) -> None:
         self.work = work
+        self.keep = keep
         self.ca: RunningCa | None = None
         self.summary: list[str] = []
         self.started = time.monotonic()
@@ -99,7 +104,7 @@ class Demo:
     def verify(self) -> str:
         assert self.ca is not None
         for purpose in ("sslclient", "sslserver"):
-            self.sh(
+            out = self.sh(
                 "openssl",
                 "verify",
                 "-x509_strict",
@@ -108,7 +113,9 @@ class Demo:
                 "-CAfile",
                 str(self.ca.root_cert_path),
                 "leaf.pem",
+                show=False,
             )
+            print(f"openssl verify -x509_strict -purpose {purpose}: {out.strip()}")
         return "openssl verify -x509_strict accepts it for sslclient and sslserver"
 
     def inspect(self) -> str:
@@ -124,7 +131,37 @@ class Demo:
 
     def start_agents(self) -> str:
         assert self.ca is not None
-        return self.agents.start_agents(self.ca.data_dir, self.ca.grpc_addr, self.ca.root_cert_path)
+        done = self.agents.start_agents(self.ca.data_dir, self.ca.grpc_addr, self.ca.root_cert_path)
+        if self.keep:
+            print(f"(the paths above are in {self.work}, which --keep keeps after the demo)")
+        else:
+            print(
+                f"(the paths above are in {self.work}, which the demo deletes when it ends; "
+                "`make demo ARGS=--keep` keeps it, to run these lines by hand)"
+            )
+        return done
+
+    def kept(self) -> str:
+        """How to use the kept directory: its CA is stopped with the demo."""
+        assert self.ca is not None
+        serve = shlex.join(
+            [
+                "bulwark", "ca", "serve", "--data-dir", str(self.ca.data_dir),
+                "--grpc-addr", self.ca.grpc_addr, "--mtls-grpc-addr", self.ca.mtls_addr,
+                "--admin-addr", self.ca.admin_addr,
+            ]
+        )  # fmt: skip
+        mint = shlex.join(
+            ["bulwark", "token", "mint", "--data-dir", str(self.ca.data_dir), "-n", NAMESPACE]
+        )
+        return (
+            f"\nkept {self.work}. Its CA stopped with the demo; restart it with\n"
+            f"  {serve}\n"
+            "and the agent command lines above work again. Their tokens expire 10 minutes after "
+            f"the demo minted them; mint new ones with\n  {mint} -s frontend > "
+            f"{self.work / 'frontend.token'}   (and -s backend > {self.work / 'backend.token'})\n"
+            f"Remove it with: rm -rf {self.work}"
+        )
 
     def run(self) -> int:
         try:
@@ -152,11 +189,21 @@ class Demo:
                 self.ca.stop()
         print(f"\n==> summary ({time.monotonic() - self.started:.1f}s)")
         print("\n".join(self.summary))
+        print(self.kept() if self.keep else f"\nremoved {self.work} (--keep keeps it)")
         return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Bulwark's end-to-end demo (`make demo`).")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (CA data, tokens, agent sockets and logs)",
+    )
+    args = parser.parse_args(argv)
     os.environ.update(tree_env(os.environ))  # every `bulwark` and agent below runs this tree
+    if args.keep:
+        return Demo(Path(tempfile.mkdtemp(prefix="bulwark-demo-")), keep=True).run()
     with tempfile.TemporaryDirectory(prefix="bulwark-demo-") as work:
         return Demo(Path(work)).run()
 

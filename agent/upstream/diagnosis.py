@@ -22,11 +22,15 @@ from cryptography import x509
 from agent.config import AgentConfig, split_host_port
 from agent.errors import ConfigError
 from agent.upstream.caclient import DEFINITIVE
+from certs.values import exact_duration
 
 log = logging.getLogger(__name__)
 
 _HOSTNAME_FAILURE = re.compile(r"hostname verification|peer name|name mismatch", re.IGNORECASE)
 _CALLER_ID = re.compile(r"the caller is spiffe://([^/\s]+)/")
+# The CA ended the TLS handshake: it wanted a client certificate, or not the one sent.
+_CLOSED_IN_HANDSHAKE = re.compile(r"socket closed|connection reset", re.IGNORECASE)
+_TTL_MAXIMUM = re.compile(r"requested TTL \d+s.*? exceeds the maximum of (\d+)s")
 FETCH_TIMEOUT_S = 3.0
 
 
@@ -47,6 +51,16 @@ async def explain(
             f"(its DNS names: {shown}): set ISTIOD_SAN to one of them, or CA_ADDR to a host "
             "name it carries"
         )
+    if code == grpc.StatusCode.UNAVAILABLE and _CLOSED_IN_HANDSHAKE.search(details):
+        return closed_in_handshake(details, config)
+    maximum = _TTL_MAXIMUM.search(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT and maximum:
+        most = exact_duration(int(maximum.group(1)))
+        return (
+            f"; SECRET_TTL asks for {exact_duration(config.secret_ttl.total_seconds())} and the "
+            f"CA issues at most {most} (its --max-workload-cert-ttl): set SECRET_TTL to {most} "
+            "or less"
+        )
     match = _CALLER_ID.search(details)
     if code in DEFINITIVE and match and match.group(1) != config.trust_domain:
         return (
@@ -57,6 +71,25 @@ async def explain(
     if code in DEFINITIVE:
         return "; the CA refused this request, so the agent asks again only at its longest backoff"
     return ""
+
+
+def closed_in_handshake(details: str, config: AgentConfig) -> str:
+    """The CA closed the connection in the handshake: at the address that took the client
+    certificate (PROV_CERT), that certificate; at CA_ADDR, a port that wants one."""
+    mtls = config.mtls_ca_addr
+    if config.prov_cert_dir is not None and mtls and f":{mtls.rpartition(':')[2]}:" in details:
+        return (
+            f"; the CA at {mtls} closed the connection during the TLS handshake: it did not "
+            f"accept the client certificate in PROV_CERT {config.prov_cert_dir} (issued under "
+            "a root it has retired since, or by another CA?): replace it, or remove PROV_CERT "
+            "so the agent authenticates with its token"
+        )
+    return (
+        f"; the CA at {config.ca_addr} closed the connection during the TLS handshake: "
+        "CA_ADDR is probably its client-certificate port (15013 by default), which takes no "
+        "token: point CA_ADDR at its token port (15012 by default), and BULWARK_MTLS_CA_ADDR "
+        "at 15013"
+    )
 
 
 async def ca_dns_names(addr: str) -> list[str]:

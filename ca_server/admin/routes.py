@@ -235,6 +235,10 @@ def _list_route(
             ),
         ] = None,
         state: Literal["active", "expired"] | None = None,
+        kind: Annotated[
+            Literal["x509-svid", "jwt-svid"] | None,
+            Query(description="only X.509 certificates (x509-svid) or only JWT-SVIDs (jwt-svid)"),
+        ] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
     ) -> CertificateList:
@@ -253,6 +257,7 @@ def _list_route(
                 issued_since=_stamp(issued_since, "issued_since"),
                 issued_before=_stamp(issued_before, "issued_before"),
                 state=state,
+                kind=kind,
                 limit=limit,
                 cursor=cursor,
             )

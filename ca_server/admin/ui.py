@@ -3,9 +3,11 @@
 Pages are rendered on the server (stdlib `string.Template`, templates and CSS in `ui_templates/`)
 with inline SVG charts; nothing is loaded from anywhere (CSP `default-src 'none'`, no
 script). What it shows:
-- identities and their current certificates (active rows of the issuance record);
-- an expiry timeline across the mesh (SVG);
-- issuance per hour over the last day (from the record), and refusals by reason (from the
+- identities and their current certificates and JWT-SVIDs, each kind on its own row and
+  counted apart (active rows of the issuance record);
+- an expiry timeline of the X.509 certificates across the mesh (SVG);
+- certificate issuance per hour over the last day (from the record; JWT-SVIDs counted apart),
+  and refusals by reason (from the
   `bulwark_ca_refusals_total` counters since this CA process started: the record keeps
   issued certificates only, so refusals have no history);
 - CA material with expiry and rotation state (what `/v1/ca` shows).
@@ -37,6 +39,7 @@ from ca_server.admin import ui_render as render
 from ca_server.admin.models import ca_info
 from ca_server.admin.routes import CaCertificates, CertificateReader
 from ca_server.errors import REFUSAL_REASONS
+from ca_server.record.entry import JWT_SVID, X509_SVID
 from ca_server.record.ledger import CertificateQuery, LedgerReadError, StoredCertificate
 
 COOKIE = "bulwark_ui"
@@ -203,28 +206,36 @@ def refusal_counts(multiproc_dir: str | None) -> dict[str, float]:
     return counts
 
 
+def kind_of(row: StoredCertificate) -> str:
+    """x509-svid or jwt-svid (rows from before schema 3 carry no kind: X.509)."""
+    return row.kind or X509_SVID
+
+
 def current_identities(rows: list[StoredCertificate]) -> list[render.Identity]:
-    """One entry per SPIFFE ID: its certificate that expires last, soonest-expiring first."""
-    latest: dict[str, StoredCertificate] = {}
-    counts: dict[str, int] = {}
+    """One entry per SPIFFE ID and kind (X.509 certificate, JWT-SVID): the one that expires
+    last, soonest-expiring first."""
+    latest: dict[tuple[str, str], StoredCertificate] = {}
+    counts: dict[tuple[str, str], int] = {}
     for row in rows:
-        counts[row.spiffe_id] = counts.get(row.spiffe_id, 0) + 1
-        if row.spiffe_id not in latest or row.not_after > latest[row.spiffe_id].not_after:
-            latest[row.spiffe_id] = row
+        key = (row.spiffe_id, kind_of(row))
+        counts[key] = counts.get(key, 0) + 1
+        if key not in latest or row.not_after > latest[key].not_after:
+            latest[key] = row
     found = [
         render.Identity(
             spiffe_id=r.spiffe_id,
+            kind=kind,
             namespace=r.namespace,
             service_account=r.service_account,
             serial=r.serial,
             authenticator=r.authenticator,
             not_before=r.not_before,
             not_after=r.not_after,
-            active=counts[r.spiffe_id],
+            active=counts[(r.spiffe_id, kind)],
         )
-        for r in latest.values()
+        for (_, kind), r in latest.items()
     ]
-    return sorted(found, key=lambda i: (i.not_after, i.spiffe_id))
+    return sorted(found, key=lambda i: (i.not_after, i.spiffe_id, i.kind))
 
 
 def issued_per_bucket(rows: list[StoredCertificate], start: datetime) -> list[int]:
@@ -245,13 +256,17 @@ def _page(
 ) -> str:
     active = _rows(reader, CertificateQuery(state="active", limit=1000))
     identities = current_identities(active)
+    certificates = [i for i in identities if i.kind == X509_SVID]
     start = (now - ACTIVITY_WINDOW + ACTIVITY_BUCKET).replace(minute=0, second=0, microsecond=0)
     recent = _rows(reader, CertificateQuery(issued_since=start, limit=1000))
     material = ca_certificates()
     roots = [ca_info(c, now) for c in material.roots]
     intermediates = [ca_info(c, now) for c in material.intermediates]
-    counts = issued_per_bucket(recent, start)
+    counts = issued_per_bucket([r for r in recent if kind_of(r) == X509_SVID], start)
+    jwt_recent = sum(1 for r in recent if kind_of(r) == JWT_SVID)
     capped = f" (the first {MAX_ROWS} rows)" if len(active) >= MAX_ROWS else ""
+    active_jwt = sum(1 for r in active if kind_of(r) == JWT_SVID)
+    names = len({i.spiffe_id for i in identities})
     return render.template("page.html").substitute(
         title="Bulwark CA",
         style=render.style(),
@@ -260,12 +275,15 @@ def _page(
         logout=""
         if access.loopback
         else '<form method="post" action="/ui/logout"><button type="submit">Sign out</button></form>',
-        identities_note=f"{len(identities)} identities, {len(active)} active certificates"
-        f"{capped}, from the issuance record.",
+        identities_note=f'{names} identities: <span id="active-certificates">'
+        f"{len(active) - active_jwt}</span> active X.509 certificates and "
+        f'<span id="active-jwt-svids">{active_jwt}</span> active JWT-SVIDs{capped}, from the '
+        "issuance record.",
         identities=render.identities_table(identities, now),
-        timeline=render.timeline_svg(identities, now),
+        timeline=render.timeline_svg(certificates, now),
         issuance=f'<h3>Certificates issued per hour, last 24 hours (<span id="issued-total">'
-        f"{sum(counts)}</span>, from the issuance record)</h3>"
+        f"{sum(counts)}</span>, from the issuance record; JWT-SVIDs are counted apart: "
+        f'<span id="jwt-svids-total">{jwt_recent}</span> in these 24 hours)</h3>'
         + render.issuance_svg(counts, start, ACTIVITY_BUCKET),
         refusals="<h3>Refusals by reason since this CA process started (from the "
         "<code>bulwark_ca_refusals_total</code> counters; the record keeps no refusals, so "

@@ -25,13 +25,14 @@ class Identity:
     """An identity and the certificate of it that expires last (its current one)."""
 
     spiffe_id: str
+    kind: str  # x509-svid or jwt-svid
     namespace: str
     service_account: str
     serial: str
     authenticator: str
     not_before: datetime
     not_after: datetime
-    active: int  # active certificates of this identity in the record
+    active: int  # active SVIDs of this identity and kind in the record
 
 
 def template(name: str) -> Template:
@@ -69,24 +70,29 @@ def badge(state: str) -> str:
     return f'<span class="badge {state}">{_HEALTH_TEXT[state]}</span>'
 
 
+KIND_TEXT = {"x509-svid": "X.509 certificate", "jwt-svid": "JWT-SVID"}
+
+
 def identities_table(identities: Sequence[Identity], now: datetime) -> str:
     if not identities:
-        return '<p class="empty">No active certificates in the record.</p>'
+        return '<p class="empty">No active certificates or JWT-SVIDs in the record.</p>'
     rows = []
     for i in identities:
         left = (i.not_after - now).total_seconds()
         rows.append(
-            f'<tr data-spiffe-id="{escape(i.spiffe_id)}"><td class="mono">{escape(i.spiffe_id)}'
-            f"</td><td>{escape(i.namespace)}</td><td>{escape(i.service_account)}</td>"
+            f'<tr data-spiffe-id="{escape(i.spiffe_id)}" data-kind="{escape(i.kind)}">'
+            f'<td class="mono">{escape(i.spiffe_id)}</td>'
+            f"<td>{escape(KIND_TEXT.get(i.kind, i.kind))}</td>"
+            f"<td>{escape(i.namespace)}</td><td>{escape(i.service_account)}</td>"
             f'<td class="mono">{escape(i.serial)}</td><td class="when">{stamp(i.not_after)}</td>'
             f'<td class="num">{time_left(left)}</td>'
             f"<td>{badge(health(i.not_before, i.not_after, now))}</td>"
             f'<td class="num">{i.active}</td><td>{escape(i.authenticator)}</td></tr>'
         )
     head = (
-        "<tr><th>SPIFFE ID</th><th>Namespace</th><th>Service account</th><th>Serial</th>"
-        "<th>Not after</th><th>Time left</th><th>State</th><th>Active certs</th>"
-        "<th>Authenticator</th></tr>"
+        "<tr><th>SPIFFE ID</th><th>Kind</th><th>Namespace</th><th>Service account</th>"
+        "<th>Serial (JWT-SVID: jti)</th><th>Not after</th><th>Time left</th><th>State</th>"
+        "<th>Active</th><th>Authenticator</th></tr>"
     )
     return f'<table id="identity-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 

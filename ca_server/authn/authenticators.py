@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ca_server.authn.jwks import JwksSource as JwksSource  # re-exported: worker builds it here
+from ca_server.authn.jwks import UnknownKeyId
 from ca_server.errors import AuthenticationError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials, shown
 from ca_server.options import default
@@ -37,6 +38,7 @@ from certs.jwt_rules import (
 )
 from certs.pem import load_certificates
 from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
+from certs.values import exact_duration
 from certs.verify import verify_svid
 
 log = logging.getLogger(__name__)
@@ -293,9 +295,11 @@ class JwtAuthenticator:
         max_lifetime_s: float = DEFAULT_MAX_TOKEN_LIFETIME_S,
         cache_seconds: float = DEFAULT_CACHE_SECONDS,
         clock: Callable[[], float] = time.time,
+        unknown_key_hint: str = "",
     ) -> None:
         self._keys = keys
         self._issuer = issuer
+        self._unknown_key_hint = unknown_key_hint  # the likely cause, for this issuer
         self._audiences = list(audiences)
         self._algorithms = list(algorithms)
         self._trust_domain = trust_domain
@@ -394,6 +398,23 @@ class JwtAuthenticator:
             expires_at=expires_at,
         )
 
+    def _unknown_key(self, token: str, kid: str | None) -> str:
+        """Why a `kid` is unknown, naming the issuer the token claims (unverified) against
+        the one this CA trusts."""
+        try:
+            claimed = unverified_claims(token).get("iss")
+        except JwtError:
+            claimed = None
+        if claimed != self._issuer:
+            return (
+                f"token key id {shown(kid)} is not a key of the issuer this CA trusts "
+                f"({self._issuer!r}); the token names issuer {shown(claimed)}"
+            )
+        return (  # the token names our own issuer: its name is ours, not the caller's text
+            f"token key id {shown(kid)} is not among the signing keys of its issuer "
+            f"{self._issuer!r}{self._unknown_key_hint}"
+        )
+
     def _check_lifetime(self, claims: dict[str, Any]) -> int:
         """`exp`, after checking every date is numeric and the lifetime within the maximum."""
         try:
@@ -405,12 +426,18 @@ class JwtAuthenticator:
         start = min(now, iat if iat is not None else nbf if nbf is not None else now)
         if exp - start > self._max_lifetime:
             raise AuthenticationError(
-                f"token lifetime exceeds the maximum this CA accepts ({int(self._max_lifetime)}s)"
+                f"token lifetime exceeds the maximum this CA accepts ({int(self._max_lifetime)}s):"
+                f" the token's is {exact_duration(int(exp - start))}, the CA's --max-token-lifetime "
+                f"{exact_duration(self._max_lifetime)}; use a shorter-lived token"
             )
         return exp
 
     def _decode(self, token: str, kid: str | None, alg: str) -> dict[str, Any]:
-        keys = [k for k in self._keys.key_for(kid) if key_fits_algorithm(k, alg)]
+        try:
+            known = self._keys.key_for(kid)
+        except UnknownKeyId:
+            raise UnknownKeyId(self._unknown_key(token, kid)) from None
+        keys = [k for k in known if key_fits_algorithm(k, alg)]
         if not keys:
             raise AuthenticationError(
                 f"token algorithm {alg} does not match the issuer's key"

@@ -77,6 +77,10 @@ def keyset(document: dict[str, Any], where: str) -> jwt.PyJWKSet:
         raise UpstreamUnavailable(f"the JWKS at {where} holds no usable key ({exc})") from exc
 
 
+class UnknownKeyId(AuthenticationError):
+    """A token's `kid` names no key of the issuer (the authenticator adds whose)."""
+
+
 class JwksSource:
     """The issuer's keys by `kid`; `key_for(None)` gives every key (tokens without a `kid`)."""
 
@@ -123,9 +127,7 @@ class JwksSource:
             return found
         if error is not None or not keys:  # the key may well be there: it could not be read
             raise UpstreamUnavailable(RETRY_LATER) from error
-        raise AuthenticationError(
-            f"token key id {shown(kid)} is not among the issuer's signing keys"
-        )
+        raise UnknownKeyId(f"token key id {shown(kid)} is not among the issuer's signing keys")
 
     def _stale(self, kid: str | None) -> bool:
         if not self._keys or self._error is not None:

@@ -11,6 +11,7 @@ import json
 import os
 import time
 import uuid
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -26,6 +27,38 @@ ISSUER_DIR = "token-issuer"  # under the data dir
 # The issuer's own RSA key (0600) and its public JWKS: Bulwark's files, not Istio's.
 KEY_FILE = "key.pem"
 JWKS_FILE = "jwks.json"
+# In the data dir: which tokens the CA that last started there accepts, so that
+# `bulwark token mint` can warn before it prints a token that CA would refuse.
+TOKEN_POLICY_FILE = "token-policy.json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenPolicy:
+    """What a CA accepts of a token, as `bulwark token mint` needs to know it."""
+
+    embedded_issuer: bool  # the CA trusts this data dir's embedded issuer
+    max_token_lifetime_s: float
+    audiences: tuple[str, ...]
+
+
+def write_token_policy(data_dir: Path, policy: TokenPolicy) -> None:
+    """Record `policy` in the data dir (public facts: 0644), replacing the previous one."""
+    body = json.dumps({**asdict(policy), "audiences": list(policy.audiences)}, indent=2)
+    write_atomic(data_dir / TOKEN_POLICY_FILE, body.encode() + b"\n", mode=0o644)
+
+
+def read_token_policy(data_dir: Path) -> TokenPolicy | None:
+    """The policy the data dir's CA recorded at its last start; None when there is none (or
+    it cannot be read: a hint is not worth an error)."""
+    try:
+        data = json.loads((data_dir / TOKEN_POLICY_FILE).read_text())
+        return TokenPolicy(
+            embedded_issuer=bool(data["embedded_issuer"]),
+            max_token_lifetime_s=float(data["max_token_lifetime_s"]),
+            audiences=tuple(str(a) for a in data["audiences"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class LocalIssuer:

@@ -25,6 +25,13 @@ from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
 
 MaterialSource = Callable[[], CaMaterial]
+# Why the embedded issuer's key may be unknown: each data dir has its own issuer key. (No path:
+# callers are not told where the CA keeps its files; its start-up log names the data dir.)
+LOCAL_ISSUER_HINT = (
+    ": this CA trusts the embedded issuer of its own --data-dir, and each data dir has its own "
+    "key; a token minted with `bulwark token mint --data-dir` of another data dir is refused. "
+    "Mint it with the CA's --data-dir"
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,9 +84,11 @@ def _tokenreview(config: CaConfig) -> Authenticator:
 
 
 def _jwt_plan(config: CaConfig) -> PlannedAuthenticator | None:
+    hint = ""
     if config.uses_local_issuer:
         jwks_file = config.data_dir / ISSUER_DIR / JWKS_FILE
         issuer, description = LOCAL_ISSUER, f"jwt (local issuer in {config.data_dir})"
+        hint = LOCAL_ISSUER_HINT
 
         def keys() -> JwksSource:
             return JwksSource(jwks_file=jwks_file)
@@ -103,6 +112,7 @@ def _jwt_plan(config: CaConfig) -> PlannedAuthenticator | None:
             trust_domain=config.trust_domain,
             leeway_s=config.token_clock_skew.total_seconds(),
             max_lifetime_s=config.max_token_lifetime.total_seconds(),
+            unknown_key_hint=hint,
         )
 
     return PlannedAuthenticator(name="jwt", description=description, build=build)

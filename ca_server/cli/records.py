@@ -1,7 +1,7 @@
 """`bulwark certs`: query the CA's issuance record through its admin API.
 
     bulwark certs list [--namespace NS] [--service-account SA] [--spiffe-id ID]
-                       [--state active|expired] [--expiring-within 2h]
+                       [--kind x509-svid|jwt-svid] [--state active|expired] [--expiring-within 2h]
                        [--issued-since 24h|RFC3339] [--issued-before ...] [-o table|json|yaml]
     bulwark certs show SERIAL [-o table|json|yaml]
     bulwark certs expiring --within 2h        exit 1 when any certificate matches
@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 from ca_server.cli.admin_client import AdminClient, CliError, admin_client_flags
 from ca_server.cli.exits import EXIT_NO, EXIT_OK, fail
+from ca_server.record.entry import JWT_SVID, X509_SVID
 from certs.cli.envflags import env_flag
 from certs.cli.output import emit, table
 from certs.values import (
@@ -38,6 +39,7 @@ from certs.values import (
 )
 
 PAGE_SIZE = 1000
+KINDS = (X509_SVID, JWT_SVID)
 RED, YELLOW, GREEN, RESET = "\033[31m", "\033[33m", "\033[32m", "\033[0m"
 
 
@@ -49,6 +51,7 @@ def _filters(args: argparse.Namespace, now: datetime | None = None) -> dict[str,
         "service_account": args.service_account,
         "spiffe_id": args.spiffe_id,
         "state": args.state,
+        "kind": args.kind,
     }
     if args.expiring_within is not None:
         within = parse_duration(args.expiring_within, "--expiring-within")
@@ -83,22 +86,37 @@ def _colour(seconds: int) -> str:
     return YELLOW if seconds <= 6 * 3600 else GREEN
 
 
+def kind_of(item: dict[str, Any]) -> str:
+    """x509-svid or jwt-svid (rows recorded before JWT-SVIDs existed carry no kind: X.509)."""
+    return str(item.get("kind") or X509_SVID)
+
+
 def print_table(items: list[dict[str, Any]], out: TextIO) -> None:
-    """SPIFFE ID, serial, time left (coloured on a terminal), authenticator: 100 columns."""
+    """SPIFFE ID, serial, time left (coloured on a terminal), authenticator: 100 columns.
+    When JWT-SVIDs are among them, a KIND column (x509-svid, jwt-svid) says which row is
+    which (a JWT-SVID's serial is its jti); without any, the table keeps its room for IDs."""
     colour = out.isatty() and "NO_COLOR" not in os.environ
-    header = ("SPIFFE ID", "SERIAL", "TIME LEFT", "AUTHENTICATOR")
+    kinds = any(kind_of(i) != X509_SVID for i in items)
+    header = ("SPIFFE ID", *(("KIND",) if kinds else ()), "SERIAL", "TIME LEFT", "AUTHENTICATOR")
     rows = [
-        (i["spiffe_id"], i["serial"], time_left(int(i["seconds_left"])), i["authenticator"])
+        (
+            i["spiffe_id"],
+            *((kind_of(i),) if kinds else ()),
+            i["serial"],
+            time_left(int(i["seconds_left"])),
+            i["authenticator"],
+        )
         for i in items
     ]
-    lines = table(header, rows, shrink=(0, 3))
+    left = header.index("TIME LEFT")
+    lines = table(header, rows, shrink=(0, len(header) - 1))
     out.write(lines[0] + "\n")
     left_at = lines[0].index("TIME LEFT")  # columns are aligned: every row's cell starts here
     for line, row, item in zip(lines[1:], rows, items, strict=True):
         if colour:
-            end = left_at + len(row[2])
+            end = left_at + len(row[left])
             tint = _colour(int(item["seconds_left"]))
-            line = f"{line[:left_at]}{tint}{row[2]}{RESET}{line[end:]}"
+            line = f"{line[:left_at]}{tint}{row[left]}{RESET}{line[end:]}"
         out.write(line + "\n")
 
 
@@ -109,7 +127,7 @@ def _list(args: argparse.Namespace) -> int:
         if items:
             print_table(items, sys.stdout)
         else:
-            print("no certificates match", file=sys.stderr)
+            print("nothing in the record matches", file=sys.stderr)
 
     emit(items, args.output, human)
     return EXIT_OK
@@ -213,6 +231,11 @@ def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     filters.add_argument("--namespace", "-n", help="only this Kubernetes namespace")
     filters.add_argument("--service-account", "-s", help="only this service account")
     filters.add_argument("--spiffe-id", help="only this exact SPIFFE ID")
+    filters.add_argument(
+        "--kind",
+        choices=KINDS,
+        help="only X.509 certificates (x509-svid) or only JWT-SVIDs (jwt-svid); default: both",
+    )
     return common, filters
 
 

@@ -33,6 +33,7 @@ from certs.keys import generate_key, spki_der
 from certs.pem import der_to_pem, serial_hex, to_pem
 from certs.profile import LeafTemplate, leaf_certificate, random_serial
 from certs.spiffe_id import SpiffeId
+from certs.values import exact_duration
 from certs.verify import verify_svid
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,10 @@ class Signer:
             return self._policy.default_ttl
         max_s = int(self._policy.max_ttl.total_seconds())
         if validity_s > max_s:
-            raise TtlTooLong(f"requested TTL {validity_s}s exceeds the maximum of {max_s}s")
+            raise TtlTooLong(
+                f"requested TTL {validity_s}s ({exact_duration(validity_s)}) exceeds the maximum "
+                f"of {max_s}s ({exact_duration(max_s)}, the CA's --max-workload-cert-ttl)"
+            )
         return timedelta(seconds=validity_s)
 
     def _parse(self, csr_pem: str) -> ParsedCsr:
@@ -232,8 +236,25 @@ class Signer:
         if parsed.uris != (str(identity),):
             raise IdentityMismatch(
                 f"CSR asks for {', '.join(parsed.uris)} but the caller is {identity} "
-                "(strict CSR policy; --csr-san-policy=override signs the caller's identity regardless)"
+                f"(strict CSR policy): {_mismatch_fix(parsed.uris, identity)}"
             )
+
+
+def _mismatch_fix(uris: tuple[str, ...], identity: SpiffeId) -> str:
+    """What the client should change when its CSR names someone else: its trust domain
+    setting, or its credential, never the CA's policy. `uris` are valid SPIFFE IDs."""
+    own = identity.trust_domain.name
+    domains = sorted({SpiffeId.parse(uri).trust_domain.name for uri in uris} - {own})
+    if domains:
+        return (
+            f"the CSR is for trust domain {', '.join(domains)} and this CA's is {own}: "
+            "check the client's trust domain setting (TRUST_DOMAIN, --trust-domain)"
+        )
+    return (
+        f"the CA signs only the caller's own identity, taken from its token or client "
+        f"certificate: ask for {identity} (or leave the CSR's URI SAN out), or authenticate "
+        "as the identity asked for"
+    )
 
 
 def _issued(

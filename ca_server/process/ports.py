@@ -56,7 +56,7 @@ def probe_free(host: str, port: int, *, what: str) -> None:
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 holder = port_holder(port)
-                who = f"another process ({holder})" if holder else "another process"
+                who = holder or "another process"
                 raise ConfigError(
                     f"{what} {host}:{port} is already in use by {who}; stop it or "
                     f"choose another {what}"
@@ -65,7 +65,12 @@ def probe_free(host: str, port: int, *, what: str) -> None:
 
 
 def port_holder(port: int) -> str | None:
-    """`pid N (name)` of a process listening on TCP `port`, when /proc shows one (best effort)."""
+    """Who listens on TCP `port`, when /proc shows it (best effort): `pid N, `command``.
+
+    A worker process of a pool (a `multiprocessing` child, as the CA's are) is named by the
+    process that started it, the one to stop: `pid 10, `bulwark ca serve ...` (its worker
+    pid 12 holds the port)`.
+    """
     inodes: set[str] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
@@ -73,17 +78,62 @@ def port_holder(port: int) -> str | None:
                 fields = line.split()
                 if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
                     inodes.add(f"socket:[{fields[9]}]")
-    if not inodes:
+    holder = _pid_holding(inodes) if inodes else None
+    if holder is None:
         return None
+    owner = holder
+    while _is_pool_worker(owner) and (parent := _parent_pid(owner)) not in (None, 0, 1):
+        owner = parent
+    described = f"pid {owner}, `{_command(owner)}`"
+    if owner != holder:
+        described += f" (its worker pid {holder} holds the port)"
+    return described
+
+
+def _pid_holding(inodes: set[str]) -> int | None:
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
         with contextlib.suppress(OSError):
             for fd in (proc / "fd").iterdir():
                 if os.readlink(fd) in inodes:
-                    name = (proc / "comm").read_text().strip()
-                    return f"pid {proc.name} ({name})"
+                    return int(proc.name)
     return None
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _is_pool_worker(pid: int) -> bool:
+    """A `multiprocessing` spawn or forkserver child: its command line says so."""
+    return any("multiprocessing" in part for part in _cmdline(pid))
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": state, ppid, ...
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
+
+
+def _command(pid: int, limit: int = 80) -> str:
+    """The process's command line, its program shortened to its name (or its `comm`)."""
+    words = _cmdline(pid)
+    if len(words) > 1 and Path(words[0]).name.startswith("python") and words[1][:1] != "-":
+        words = words[1:]  # `python /venv/bin/bulwark ca serve`: the script is the program
+    if not words:
+        with contextlib.suppress(OSError):
+            return Path(f"/proc/{pid}/comm").read_text().strip()
+        return "unknown"
+    text = " ".join([Path(words[0]).name, *words[1:]])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def reserve_port(host: str, port: int) -> socket.socket:

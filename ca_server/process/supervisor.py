@@ -29,7 +29,14 @@ from datetime import UTC, datetime, timedelta
 import uvicorn
 
 from ca_server.admin.app import create_admin_app
-from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, KEY_FILE, LocalIssuer
+from ca_server.authn.local_issuer import (
+    ISSUER_DIR,
+    JWKS_FILE,
+    KEY_FILE,
+    LocalIssuer,
+    TokenPolicy,
+    write_token_policy,
+)
 from ca_server.authority.clock import ClockWatch
 from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody, key_location
 from ca_server.authority.material import (
@@ -276,6 +283,16 @@ def _announce_key(custody: KeyCustody, material: CaMaterial) -> None:
 
 
 def _announce_local_issuer(config: CaConfig) -> None:
+    """Create (or check) the embedded issuer when the CA trusts it, and record in the data dir
+    which tokens this CA accepts, for `bulwark token mint`'s warnings."""
+    write_token_policy(
+        config.data_dir,
+        TokenPolicy(
+            embedded_issuer=config.uses_local_issuer,
+            max_token_lifetime_s=config.max_token_lifetime.total_seconds(),
+            audiences=tuple(config.audiences),
+        ),
+    )
     if config.uses_local_issuer:
         issuer_dir = config.data_dir / ISSUER_DIR
         private_dir(issuer_dir, what="token issuer directory")

@@ -24,6 +24,17 @@ COMMAND_GROUP = "bulwark.commands"
 # The order of `bulwark --help` (entry points come sorted by name); others follow by name.
 HELP_ORDER = ("ca", "token", "inspect", "cert", "certs", "agent", "completion")
 EXIT_USAGE = 2
+# Commands that run a server: their operators may want grpc's own log lines.
+SERVERS = (("ca", "serve"), ("agent", "run"))
+
+
+def quiet_grpc_core(words: Sequence[str]) -> None:
+    """Keep grpc's C core from writing its own lines (`I1205 ... ssl_transport_security.cc
+    ... Handshake failed`) on a command's stderr: the command reports a failure in one line
+    of its own. The core reads GRPC_VERBOSITY once, when grpc is first imported, so this runs
+    before any command module loads. A GRPC_VERBOSITY the user set wins; servers keep theirs."""
+    if tuple(words[:2]) not in SERVERS and "grpc" not in sys.modules:  # else it is too late
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 
 def version() -> str:
@@ -81,6 +92,8 @@ def build_parser(
 def main(argv: Sequence[str] | None = None) -> int:
     from certs.values import InvalidValue
 
+    words = sys.argv[1:] if argv is None else list(argv)
+    quiet_grpc_core(words)
     declared = commands()  # one scan of the installed metadata (~20 ms)
     if not declared:
         print(
@@ -90,7 +103,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
-        words = sys.argv[1:] if argv is None else list(argv)
         parser = build_parser(words, declared)  # flag defaults read the environment
         args = parser.parse_args(words)
         code: int = args.handler(args)

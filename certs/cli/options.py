@@ -34,6 +34,9 @@ def optional_text(value: str | None, what: str) -> str | None:
 
 
 def path(value: str, what: str) -> Path:
+    """A path that must be given: an empty one would mean the current directory."""
+    if not str(value).strip():
+        raise InvalidValue(what, "a path (empty would mean the current directory)", str(value))
     return Path(value)
 
 

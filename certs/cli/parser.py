@@ -1,6 +1,8 @@
 """The argparse conventions of every `bulwark` command.
 
-- a misspelled subcommand or flag gets a "did you mean" from difflib;
+- a misspelled subcommand or flag gets a "did you mean" from difflib, from the subcommand
+  that was given it (its usage, its flags), also when a required flag is missing because
+  of the misspelling (`--namesapce` for `--namespace`);
 - help shows each flag's default (unless the help text already names it);
 - a subcommand added with only `help=` gets it as its description too.
 """
@@ -46,11 +48,36 @@ class BulwarkParser(argparse.ArgumentParser):
             kwargs["description"] = kwargs["help"]
         kwargs.pop("help", None)
         super().__init__(*args, **kwargs)
+        self._words: list[str] = []  # what the last parse was given, for error hints
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._words = list(sys.argv[1:] if args is None else args)
+        parsed, extras = super().parse_known_args(self._words, namespace)
+        if extras and not subparsers_of(self) and _is_subcommand(self):
+            # The subcommand that was given the words says so, not the top level.
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        hint = suggestion(self, message)
+        hint = suggestion(self, message) or self._misspelled_hint(message)
         self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+    def _misspelled_hint(self, message: str) -> str:
+        """For "arguments are required": the given flags this parser does not know, each with
+        its nearest known flag (the required one was most likely misspelled)."""
+        if not message.startswith("the following arguments are required"):
+            return ""
+        known = [f for a in self._actions for f in a.option_strings]
+        hints = []
+        for word in self._words:
+            flag = word.split("=", 1)[0]
+            if flag.startswith("--") and flag not in known:
+                near = _nearest(flag, known)
+                hints.append(f"; unknown {flag!r}{near}" if near else f"; unknown {flag!r}")
+        return "".join(hints)
 
 
 def suggestion(parser: argparse.ArgumentParser, message: str) -> str:
@@ -73,6 +100,11 @@ def _nearest(word: str, options: Sequence[str]) -> str:
 
     close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _is_subcommand(parser: argparse.ArgumentParser) -> bool:
+    """A parser reached through a subcommand (its prog has more words than the program's)."""
+    return len(parser.prog.split()) > 1
 
 
 def _top_prog(parser: argparse.ArgumentParser) -> str:

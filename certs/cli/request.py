@@ -120,6 +120,7 @@ def request(args: argparse.Namespace, *, now: datetime) -> dict[str, Any]:
             namespace=args.namespace,
             service_account=args.service_account,
             ttl=ttl,
+            ttl_text=args.ttl,
             key_type=KeyType(args.key_type),
             out=Path(args.out),
         ),

@@ -10,6 +10,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from certs.cli.request_hints import rpc_message
 from certs.csr import build_csr
 from certs.errors import CertsError
 from certs.files import write_atomic
@@ -43,6 +44,7 @@ class Plan:
     ttl: timedelta
     key_type: KeyType
     out: Path
+    ttl_text: str = ""  # --ttl as typed, for messages in the user's unit
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,25 +120,8 @@ def _call(plan: Plan, creds: _Credentials, csr_pem: str) -> list[str]:
         try:
             response = stub.CreateCertificate(request, metadata=creds.metadata, timeout=TIMEOUT_S)
         except grpc.RpcError as exc:
-            raise RequestError(_rpc_message(plan, exc)) from None
+            raise RequestError(rpc_message(plan, exc)) from None
     return list(response.cert_chain)
-
-
-def _rpc_message(plan: Plan, exc: Any) -> str:
-    code, details = exc.code(), exc.details() or ""
-    name = getattr(code, "name", str(code))
-    low = details.lower()
-    if name == "UNAVAILABLE":
-        hint = "is the CA running? check --ca-addr"
-        if "hostname" in low or ("name" in low and "verif" in low):
-            hint = f"the CA's certificate does not carry --server-name {plan.server_name!r}"
-        elif "certificate" in low or "handshake" in low:
-            hint = "does --root hold the CA's root? (and with --renew-from: the mTLS port)"
-        return f"cannot reach the CA at {plan.ca_addr}: {details} ({hint})"
-    if name == "UNAUTHENTICATED":
-        what = "--token-file" if plan.token_file else "--renew-from certificate"
-        return f"the CA did not accept the {what}: {details}"
-    return f"the CA refused the request ({name}): {details}"
 
 
 def _check(

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from ca_server.record.entry import JWT_SVID, X509_SVID
 from ca_server.record.ledger.errors import InvalidQuery
 from certs import values
 
 State = Literal["active", "expired"]
 STATES: tuple[str, ...] = ("active", "expired")
+Kind = Literal["x509-svid", "jwt-svid"]
+KINDS: tuple[str, ...] = (X509_SVID, JWT_SVID)
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 MAX_DURATION = timedelta(days=36500)  # 100 years: far beyond any certificate, far from overflow
@@ -92,12 +95,15 @@ class CertificateQuery:
     issued_since: datetime | None = None  # recorded at or after this
     issued_before: datetime | None = None  # recorded before this
     state: str | None = None
+    kind: str | None = None  # x509-svid (also rows from before schema 3) or jwt-svid
     limit: int = DEFAULT_LIMIT
     cursor: str | None = None
 
     def __post_init__(self) -> None:
         if self.state is not None and self.state not in STATES:
             raise InvalidQuery(f"state {self.state!r} is not one of: active, expired")
+        if self.kind is not None and self.kind not in KINDS:
+            raise InvalidQuery(f"kind {_shown(self.kind)} is not one of: {', '.join(KINDS)}")
         if not 1 <= self.limit <= MAX_LIMIT:
             raise InvalidQuery(f"limit must be between 1 and {MAX_LIMIT}, not {self.limit}")
         if self.expiring_within is not None and not (
@@ -127,6 +133,7 @@ class CertificateQuery:
                 self.state,
                 *(() if self.issued_since is None else ("since", self.issued_since.isoformat())),
                 *(() if self.issued_before is None else ("before", self.issued_before.isoformat())),
+                *(() if self.kind is None else ("kind", self.kind)),
             )
         )
         return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -160,6 +167,12 @@ class CertificateQuery:
             if value is not None:
                 clauses.append(f"{column} = ?")
                 params.append(value)
+        if self.kind == JWT_SVID:
+            clauses.append("kind = ?")
+            params.append(JWT_SVID)
+        elif self.kind == X509_SVID:  # rows written before schema 3 have no kind: X.509
+            clauses.append("kind IN (?, ?)")
+            params += [X509_SVID, ""]
         now_s = int(now.timestamp())
         if self.state == "active":
             clauses.append("not_after > ?")

@@ -92,6 +92,7 @@ class WorkloadIdentityService:
         if self._recorder is not None:
             await self._recorder.record(minted.entry)  # failure: INTERNAL, nothing sent
         self.events.issued(minted.entry, peer=call.peer)
+        self.metrics.jwt_svids_issued.inc()
         return identity_pb2.MintJWTSVIDResponse(
             spiffe_id=minted.entry.spiffe_id,
             token=minted.token,

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 
 from certs.keys import generate_key
+from protos.bulwark.v1 import identity_pb2, identity_pb2_grpc
 from tests.support.broken import TokenForge, csr_pem, sa_claims
 from tests.support.ca_client import channel, create_certificate
-from tests.support.ca_process import start_ca
+from tests.support.ca_process import RunningCa, start_ca
 from tests.support.metrics import metric
 
 ME = "spiffe://cluster.local/ns/demo/sa/frontend"
@@ -59,5 +61,44 @@ def test_counters_move_with_requests_across_two_workers(tmp_path: Path) -> None:
         )
         assert metric(ca, "citadel_server_cert_chain_expiry_timestamp") == expiry
         assert metric(ca, "citadel_server_cert_chain_expiry_seconds") > 0
+    finally:
+        ca.stop()
+
+
+def exposition(ca: RunningCa) -> str:
+    return str(urllib.request.urlopen(f"{ca.admin_url}/metrics", timeout=5).read().decode())
+
+
+def test_refusal_series_exist_at_zero_and_jwt_svids_are_counted(tmp_path: Path) -> None:
+    """Issue 22: `bulwark_ca_refusals_total` was absent until the first refusal (a rate or an
+    alert on it had no series), and JWT-SVIDs were counted nowhere."""
+    ca = start_ca(tmp_path / "ca", workers=2)
+    try:
+        text = exposition(ca)  # before any call
+        for reason, code in (
+            ("authentication", "UNAUTHENTICATED"),
+            ("authentication", "UNAVAILABLE"),
+            ("csr_policy", "PERMISSION_DENIED"),
+            ("csr_policy", "INVALID_ARGUMENT"),
+            ("bad_request", "INVALID_ARGUMENT"),
+            ("overload", "RESOURCE_EXHAUSTED"),
+            ("record_failure", "INTERNAL"),
+            ("internal", "INTERNAL"),
+        ):
+            line = f'bulwark_ca_refusals_total{{code="{code}",reason="{reason}"}} 0.0'
+            assert line in text.splitlines(), f"missing before the first refusal: {line}"
+        assert "bulwark_ca_jwt_svids_issued_total 0.0" in text.splitlines()
+        stub = identity_pb2_grpc.WorkloadIdentityServiceStub(
+            channel(ca.grpc_addr, ca.root_cert_path)
+        )
+        token = ca.mint_token("demo", "frontend")
+        for _ in range(3):
+            stub.MintJWTSVID(
+                identity_pb2.MintJWTSVIDRequest(audience=["spiffe://cluster.local/ns/demo/sa/b"]),
+                metadata=[("authorization", f"Bearer {token}")],
+                timeout=10,
+            )
+        assert metric(ca, "bulwark_ca_jwt_svids_issued_total") == 3
+        assert metric(ca, "citadel_server_success_cert_issuance_count") == 0  # certificates only
     finally:
         ca.stop()

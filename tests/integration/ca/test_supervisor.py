@@ -140,7 +140,11 @@ def test_a_second_ca_on_a_port_in_use_exits_2(tmp_path: Path, flag: str) -> None
         assert result.returncode == 2, result.stderr[-2000:]
         assert "Traceback" not in result.stderr
         assert f"{flag} {addr} is already in use" in result.stderr, result.stderr
-        assert "pid " in result.stderr, "the process holding the port is named"
+        # Issue 22: the CA to stop is named, not the worker holding a gRPC port.
+        assert ca.process is not None
+        assert f"in use by pid {ca.process.pid}, `python -m ca_server " in result.stderr
+        if flag != "--admin-addr":  # the workers hold the gRPC ports; the supervisor the admin's
+            assert "(its worker pid " in result.stderr, result.stderr
         assert _listeners(port) == before, "the second CA joined the first one's listeners"
     finally:
         assert ca.stop() == 0

@@ -123,7 +123,7 @@ SERVE = ("ca", "serve", "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1
         ((*SERVE, "--data-dir", "afile"), {}, "afile exists but is not a directory"),
         ((*SERVE, "--data-dir", "afile/sub"), {}, "a parent of it is not a directory"),
         (("token", "mint", "-n", "a", "-s", "b", "--data-dir", "afile"), {}, "check --data-dir"),
-        (("token", "mint", "-n", "a", "-s", "b", "--audience", "X"), {}, None),
+        (("token", "mint", "-n", "a", "-s", "b", "--audience", "X", "--init"), {}, None),
         (("agent", "run", "--log-level", "verbose"), {}, "'verbose' is not a log level"),
         (("agent", "run"), {"BULWARK_LOG_LEVEL": "verbose"}, "'verbose' is not a log level"),
         (SERVE, {"BULWARK_ALLOW_ED25519": "yes"}, "BULWARK_ALLOW_ED25519 must be a boolean"),

@@ -193,6 +193,7 @@ def test_openapi_matches_the_responses(local: str) -> None:
         "issued_since",
         "issued_before",
         "state",
+        "kind",
         "limit",
         "cursor",
     }

@@ -49,7 +49,10 @@ def test_dom_shows_identities_timeline_activity_and_ca(viewed: ViewedCa, tmp_pat
     assert page.having("svg", id="expiry-timeline") and page.having("line", **{"class": "now"})
     issued = re.search(r'<span id="issued-total">(\d+)</span>', dom)
     assert issued is not None and int(issued.group(1)) == len(WORKLOADS) + 1  # and a renewal
-    renewed = re.search(r'data-spiffe-id="spiffe://cluster.local/ns/shop/sa/web">.*?</tr>', dom)
+    renewed = re.search(
+        r'data-spiffe-id="spiffe://cluster.local/ns/shop/sa/web" data-kind="x509-svid">.*?</tr>',
+        dom,
+    )
     assert renewed is not None and viewed.serials[
         "spiffe://cluster.local/ns/shop/sa/web"
     ] in renewed.group(0)
@@ -60,6 +63,34 @@ def test_dom_shows_identities_timeline_activity_and_ca(viewed: ViewedCa, tmp_pat
     assert refused is not None and int(refused.group(1)) == 1
     assert len(page.having("tr", **{"class": "ca-cert", "data-role": "root"})) == 1
     assert "no rotation under way" in dom
+
+
+def test_jwt_svids_have_their_own_rows_and_counts(viewed: ViewedCa, tmp_path: Path) -> None:
+    """Issue 22: a JWT-SVID was shown as an identity's current "certificate" and counted
+    among the active certificates and the certificates issued."""
+    dom = chromium.dump_dom(tmp_path / "profile", f"{viewed.base}/ui?token={viewed.token}")
+    page = parse(dom)
+    spiffe_id, jti = viewed.jwt_svid
+    rows = page.having("tr", data_spiffe_id=spiffe_id)
+    assert sorted(r["data-kind"] for r in rows) == ["jwt-svid", "x509-svid"]
+    jwt_row = re.search(r'data-kind="jwt-svid">.*?</tr>', dom)
+    assert jwt_row is not None and jti in jwt_row.group(0) and "JWT-SVID" in jwt_row.group(0)
+    certificate = re.search(
+        rf'data-spiffe-id="{re.escape(spiffe_id)}" data-kind="x509-svid">.*?</tr>', dom
+    )
+    assert certificate is not None and viewed.serials[spiffe_id] in certificate.group(0)
+    assert jti not in {r["data-serial"] for r in page.having("rect") if "data-serial" in r}
+    counted = {
+        name: int(found.group(1))
+        for name in ("active-certificates", "active-jwt-svids", "issued-total", "jwt-svids-total")
+        if (found := re.search(rf'<span id="{name}">(\d+)</span>', dom))
+    }
+    assert counted == {
+        "active-certificates": len(WORKLOADS) + 1,
+        "active-jwt-svids": 1,
+        "issued-total": len(WORKLOADS) + 1,
+        "jwt-svids-total": 1,
+    }
 
 
 def test_screenshot(viewed: ViewedCa, tmp_path: Path) -> None:

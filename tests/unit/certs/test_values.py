@@ -8,6 +8,8 @@ import pytest
 
 from certs.values import (
     InvalidValue,
+    duration_like,
+    exact_duration,
     format_duration,
     format_seconds,
     parse_bool,
@@ -160,3 +162,32 @@ def test_one_time_left_format(seconds: int, text: str) -> None:
 def test_seconds_for_the_admin_api() -> None:
     assert format_seconds(timedelta(hours=2)) == "7200"
     assert format_seconds(timedelta(milliseconds=500)) == "0.5"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "typed", "shown"),
+    [
+        (90 * 86400, "100d", "90d"),
+        (90 * 86400, "2400h", "2160h"),
+        (90 * 86400, "1h30m", "2160h"),  # the largest unit the user typed
+        (90 * 86400, "8640000", "7776000s"),  # plain seconds stay seconds
+        (90 * 86400, "100w", "90d"),  # not a whole number of weeks: exact instead
+        (86400, "48h", "24h"),
+        (86400, "3000m", "1440m"),
+        (90, "2m", "1m30s"),
+    ],
+)
+def test_duration_like_answers_in_the_unit_the_user_typed(
+    seconds: int, typed: str, shown: str
+) -> None:
+    """Issue 22: `--ttl 100d` was refused with `8640000s exceeds 7776000s`."""
+    assert duration_like(seconds, typed) == shown
+    assert parse_duration(shown).total_seconds() == seconds
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(93784, "1d2h3m4s"), (7776000, "90d"), (0, "0s"), (1.5, "1.5s")]
+)
+def test_exact_duration_drops_no_part(seconds: float, shown: str) -> None:
+    assert exact_duration(seconds) == shown
+    assert parse_duration(shown).total_seconds() == seconds
