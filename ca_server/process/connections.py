@@ -1,18 +1,20 @@
 """What one unauthenticated peer can hold of a CA worker: every pod reaches port 15012.
 
-grpc core bounds three things for us, as server channel arguments (`server_options`): a
-connection must finish its TLS handshake and send its first HTTP/2 SETTINGS within
+grpc core bounds these for us, as server channel arguments (`server_options`): a connection
+must finish its TLS handshake and send its first HTTP/2 SETTINGS within
 `HANDSHAKE_TIMEOUT_MS`; a connection with no call in flight is closed after
-`IDLE_TIMEOUT_MS` (the client reconnects when it next calls); and the worker accepts at most
-`connection_cap` connections, so that the descriptors it needs itself (the record, key
-files, the API server) stay free: beyond the cap a connection is closed at once and its
-client retries (UNAVAILABLE) instead of waiting in the kernel's queue until its deadline.
+`IDLE_TIMEOUT_MS` (the client reconnects when it next calls); every connection is told to
+go after `MAX_AGE_MS`; and the worker accepts at most `connection_cap` connections, so that
+the descriptors it needs itself (the record, key files, the API server) stay free: beyond
+the cap a connection is closed at once and its client retries (UNAVAILABLE) instead of
+waiting in the kernel's queue until its deadline.
 
 grpc has no per-peer limit and gives no hook at accept time, so `PeerCap` enforces one just
-after: while the worker's connections fill more than half of the cap, a peer (an IP
-address) holding more than `--max-connections-per-peer` of them loses its newest ones (the
-socket is shut down; grpc then closes it). A flood of idle connections from one client so
-cannot keep others out for more than a check interval. It reads /proc (Linux only).
+after, as each TLS handshake starts: while this worker's connections fill more than half
+of the cap, a peer (an IP address) holding more than `--max-connections-per-peer` of them
+loses its newest ones (the socket is shut down; grpc then closes it). A client refilling
+a flood as fast as it can still takes free slots between two checks, so others are
+served, not unhindered. It reads /proc (Linux only; elsewhere the share is not enforced).
 """
 
 from __future__ import annotations
