@@ -77,7 +77,9 @@ clean:
 
 # Kubernetes: real etcd + kube-apiserver + kubectl built from the Go module registry into
 # $${BULWARK_CACHE:-~/.cache/bulwark}/k8s/<versions>/ (cold ~5 min on 2 cores, warm: nothing).
-# helm, kustomize and promtool likewise (tests/k8s/build-tool.sh, cached in .../tools/<name>/).
+# helm, kustomize and promtool likewise (tests/k8s/build-tool.sh, cached in .../tools/<name>/);
+# kube-controller-manager (the remote cluster's token controller in the multicluster tests) by
+# tests/k8s/build-controller-manager.sh into .../tools/kube-controller-manager/ (cold ~5 min).
 K8S_PEERS := bash tests/k8s/build-peers.sh
 TOOL := bash tests/k8s/build-tool.sh
 MANIFESTS := build/manifests
@@ -89,9 +91,10 @@ k8s-peers:
 
 test-k8s: $(STAMP)
 	@bin=$$($(K8S_PEERS)) && helm=$$($(TOOL) helm) && kustomize=$$($(TOOL) kustomize) && \
-	promtool=$$($(TOOL) promtool) && \
+	promtool=$$($(TOOL) promtool) && kcm=$$(bash tests/k8s/build-controller-manager.sh) && \
 	BULWARK_K8S_TESTS=1 BULWARK_K8S_BIN="$$bin" BULWARK_HELM="$$helm" \
 	BULWARK_KUSTOMIZE="$$kustomize" BULWARK_PROMTOOL="$$promtool" \
+	BULWARK_KUBE_CONTROLLER_MANAGER="$$kcm" \
 	$(PY) -m pytest -q -p no:cacheprovider tests/k8s
 
 # Renders with kustomize alone (a ~20 MB binary built once), not the API server's build.

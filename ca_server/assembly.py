@@ -79,8 +79,10 @@ def certificate_service(
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> CertificateService:
     """IstioCertificateService: the planned authenticators, the signer, the record."""
+    authentication = authentication or build_authentication(config, material)
+    metrics.label_clusters(authentication.known_clusters)
     return CertificateService(
-        authentication=authentication or build_authentication(config, material),
+        authentication=authentication,
         signer=signer_for(config, material, clock),
         recorder=recorder,
         metrics=metrics,

@@ -66,6 +66,7 @@ class RequestCredentials:
 
 
 AUTHORIZATION_HEADER = "authorization"
+CLUSTER_ID_HEADER = "clusterid"  # istio-agent's ClusterID (ISTIO_META_CLUSTER_ID)
 MAX_SHOWN_CHARS = 32
 
 
@@ -77,6 +78,13 @@ def shown(value: object, limit: int = MAX_SHOWN_CHARS) -> str:
     safe = cut.encode("ascii", "backslashreplace").decode("ascii")
     safe = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in safe)
     return repr(safe + ("..." if len(text) > limit else ""))
+
+
+def cluster_id_of(metadata: Iterable[tuple[str, str | bytes]]) -> str:
+    """The `clusterid` a call's metadata names: "" when none, or when repeated (as istiod
+    reads it: no single cluster named is the CA's own)."""
+    values = [v for k, v in metadata if k == CLUSTER_ID_HEADER]
+    return values[0] if len(values) == 1 and isinstance(values[0], str) else ""
 
 
 def bearer_token_of(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:

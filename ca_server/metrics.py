@@ -1,13 +1,16 @@
 """Prometheus series of docs/COMPATIBILITY.md §1 (`citadel_server_*`), shared across worker processes.
 
 Istio's series keep their names and meaning. Bulwark adds
-`bulwark_ca_refusals_total{reason,code}`: every call the CA refuses, whatever
+`bulwark_ca_refusals_total{reason,code,cluster}`: every call the CA refuses, whatever
 the status, with a bounded `reason` (`REFUSAL_REASONS`: the reasons the classes of
 `ca_server.errors` carry), so that refusals no `citadel_server_*` series counts
 (PERMISSION_DENIED, overload) are seen too; every (reason, code) pair an error class carries
-is exported at 0 from the start, so a rate or an alert has a series before the first refusal;
+is exported at 0 from the start (for the CA's own cluster), so a rate or an alert has a series
+before the first refusal; `bulwark_ca_issued_total{cluster}`, the certificates issued by the
+cluster the request named (`clusterid`; none is the CA's own);
 `bulwark_ca_jwt_svids_issued_total`, the JWT-SVIDs minted (the `citadel_server_*` issuance
-count is Istio's, for certificates only);
+count is Istio's, for certificates only). `cluster` is bounded: the CA's own cluster ID, a
+remote (or alias) cluster it knows from a remote secret, or `unknown` for anything else;
 and two histograms, `bulwark_ca_issue_duration_seconds` (every call) and
 `bulwark_ca_record_commit_duration_seconds` (every record batch).
 
@@ -17,11 +20,16 @@ starts them); the admin app aggregates with `MultiProcessCollector`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ca_server.authority.material import CaMaterial
 from ca_server.errors import REFUSAL_REASONS, refusal_label_sets
+from ca_server.kube.settings import DEFAULT_CLUSTER_ID
+
+UNKNOWN_CLUSTER = "unknown"
 
 SIGN_ERRORS = ("CA_NOT_READY", "CSR_ERROR", "TTL_ERROR", "CERT_GEN_ERROR", "UNKNOWN")
 # Seconds; a certificate normally takes 1-50 ms, a record commit 1-20 ms.
@@ -31,7 +39,11 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 class CaMetrics:
     """The CA's counters and gauges; one instance per process."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, own_cluster: str = DEFAULT_CLUSTER_ID
+    ) -> None:
+        """`own_cluster`: the CA's cluster ID (`kube.settings.own_cluster_id`), the `cluster`
+        label of requests naming it or none."""
         reg = registry if registry is not None else CollectorRegistry()
         self.registry = reg
 
@@ -57,14 +69,25 @@ class CaMetrics:
             self.sign_errors.labels(error=label)
         self.refusals = Counter(
             "bulwark_ca_refusals",
-            "Calls the CA refused, by reason and gRPC status",
-            ("reason", "code"),
+            "Calls the CA refused, by reason, gRPC status and the cluster the call named",
+            ("reason", "code", "cluster"),
             registry=reg,
         )
+        self.issued = Counter(
+            "bulwark_ca_issued",
+            "Certificates issued, by the cluster the request named",
+            ("cluster",),
+            registry=reg,
+        )
+        self._own_cluster = own_cluster
+        self._known_clusters: Callable[[], frozenset[str]] = frozenset
         for reason, code in refusal_label_sets():
             self.refusals.labels(
-                reason=reason if reason in REFUSAL_REASONS else "internal", code=code
+                reason=reason if reason in REFUSAL_REASONS else "internal",
+                code=code,
+                cluster=own_cluster,
             )
+        self.issued.labels(cluster=own_cluster)
         self.jwt_svids_issued = counter(
             "bulwark_ca_jwt_svids_issued", "JWT-SVIDs issued (each recorded before it was sent)"
         )
@@ -82,11 +105,26 @@ class CaMetrics:
             buckets=LATENCY_BUCKETS,
         )
 
-    def refused(self, *, reason: str, code: str) -> None:
+    def label_clusters(self, known: Callable[[], frozenset[str]]) -> None:
+        """Besides the own cluster, the cluster IDs that label series as themselves: whatever
+        `known()` holds when asked (remote clusters come and go)."""
+        self._known_clusters = known
+
+    def cluster(self, cluster_id: str) -> str:
+        """The `cluster` label of a request that named `cluster_id` (bounded)."""
+        if not cluster_id or cluster_id == self._own_cluster:
+            return self._own_cluster
+        return cluster_id if cluster_id in self._known_clusters() else UNKNOWN_CLUSTER
+
+    def refused(self, *, reason: str, code: str, cluster_id: str = "") -> None:
         """Count one refusal; a `reason` outside REFUSAL_REASONS counts as `internal`."""
         if reason not in REFUSAL_REASONS:
             reason = "internal"  # keep the label bounded whatever a caller passes
-        self.refusals.labels(reason=reason, code=code).inc()
+        self.refusals.labels(reason=reason, code=code, cluster=self.cluster(cluster_id)).inc()
+
+    def issued_for(self, cluster_id: str) -> None:
+        """Count one issued certificate for the cluster its request named."""
+        self.issued.labels(cluster=self.cluster(cluster_id)).inc()
 
 
 _GAUGES = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import errno
 import sys
 from collections.abc import Mapping, Sequence
@@ -135,7 +134,7 @@ def status_command(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    report = asyncio.run(inspect_agent(args.socket, args.resource))
+    report = inspect_agent(args.socket, args.resource)
     emit(report, args.output, lambda: print(format_report(report)))
     ok = all(r["status"] == "ACTIVE" for r in report["resources"])
     return 0 if ok else 1

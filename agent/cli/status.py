@@ -8,7 +8,6 @@ Private keys are received (the protocol sends them) but never shown.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -30,14 +29,19 @@ from certs.pem import load_certificates
 TIMEOUT_S = 5.0
 
 
-async def inspect_agent(socket_path: str, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """A JSON-ready description of the agent behind `socket_path`."""
+def inspect_agent(socket_path: str, extra: Sequence[str] = ()) -> dict[str, Any]:
+    """A JSON-ready description of the agent behind `socket_path`.
+
+    Blocking gRPC on purpose: a one-shot CLI needs no event loop, and grpc.aio
+    bound to a fresh `asyncio.run` loop on each call (as tests that run the
+    CLI in-process do) fails once an earlier loop has closed.
+    """
     now = datetime.now(UTC)
     target = f"unix:{os.path.abspath(socket_path)}"
-    async with grpc.aio.insecure_channel(target) as channel:
+    with grpc.insecure_channel(target) as channel:
         sds = sds_pb2_grpc.SecretDiscoveryServiceStub(channel)
-        resources = [await _fetch(sds, name, now) for name in (DEFAULT, ROOTCA, *extra)]
-        workload = await _workload_api(channel, now)
+        resources = [_fetch(sds, name, now) for name in (DEFAULT, ROOTCA, *extra)]
+        workload = _workload_api(channel, now)
     return {
         "socket": socket_path,
         "checked_at": now.isoformat(),
@@ -46,13 +50,13 @@ async def inspect_agent(socket_path: str, extra: Sequence[str] = ()) -> dict[str
     }
 
 
-async def _fetch(sds: Any, name: str, now: datetime) -> dict[str, Any]:
+def _fetch(sds: Any, name: str, now: datetime) -> dict[str, Any]:
     request = discovery_pb2.DiscoveryRequest(
         node={"id": "bulwark-agent-status"}, resource_names=[name], type_url=SECRET_TYPE_URL
     )
     try:
-        response = await sds.FetchSecrets(request, timeout=TIMEOUT_S)
-    except grpc.aio.AioRpcError as exc:
+        response = sds.FetchSecrets(request, timeout=TIMEOUT_S)
+    except grpc.RpcError as exc:
         return {"name": name, "status": exc.code().name, "error": exc.details()}
     secret = secret_pb2.Secret()
     response.resources[0].Unpack(secret)
@@ -84,7 +88,7 @@ def _certs(source: base_pb2.DataSource) -> list[x509.Certificate]:
         return []
 
 
-async def _workload_api(channel: grpc.aio.Channel, now: datetime) -> dict[str, Any]:
+def _workload_api(channel: grpc.Channel, now: datetime) -> dict[str, Any]:
     pb = workload_pb2()
     call = channel.unary_stream(
         f"/{SERVICE}/FetchX509SVID",
@@ -92,14 +96,14 @@ async def _workload_api(channel: grpc.aio.Channel, now: datetime) -> dict[str, A
         response_deserializer=pb.X509SVIDResponse.FromString,
     )(pb.X509SVIDRequest(), metadata=((SECURITY_HEADER, "true"),), timeout=TIMEOUT_S)
     try:
-        response = await asyncio.wait_for(call.read(), TIMEOUT_S)
-    except grpc.aio.AioRpcError as exc:
+        response = next(call, None)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return {"status": "PENDING", "error": "no X.509-SVID within the timeout"}
         return {"status": exc.code().name, "error": exc.details()}
-    except TimeoutError:
-        return {"status": "PENDING", "error": "no X.509-SVID within the timeout"}
     finally:
         call.cancel()
-    if response is grpc.aio.EOF or not response.svids:
+    if response is None or not response.svids:
         return {"status": "EMPTY", "error": "the stream ended without an SVID"}
     svid = response.svids[0]
     leaf = x509.load_der_x509_certificate(_split_der(svid.x509_svid)[0])

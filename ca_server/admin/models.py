@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from cryptography import x509
 from pydantic import BaseModel, Field, create_model
 
+from ca_server.kube.status import ClusterStatus
 from ca_server.record.ledger import StoredCertificate
 from ca_server.record.ledger.shape import ENTRY_COLUMNS
 from certs.pem import serial_hex, sha256_fingerprint, to_pem
@@ -88,6 +89,18 @@ class CaCertificateInfo(BaseModel):
     pem: str
 
 
+class ClusterInfo(BaseModel):
+    cluster_id: str = Field(description="the cluster ID requests name in `clusterid`")
+    local: bool = Field(description="the CA's own cluster (--cluster-id), not a remote secret's")
+    source: str = Field(description="`local`, or the remote secret that defines it")
+    server: str = Field(description="its API server URL, when known")
+    reachable: bool | None = Field(
+        description="whether its API server answered the last probe (null: not probed yet)"
+    )
+    last_sync: datetime | None = Field(description="when the CA last reached its API server")
+    error: str = Field(description="why it is unusable or unreachable; empty when fine")
+
+
 class SigningKeyInfo(BaseModel):
     """Where the CA's signing key lives; never anything secret."""
 
@@ -106,6 +119,10 @@ class CaInfo(BaseModel):
     csr_policy: str
     authenticators: list[str]
     signing_key: SigningKeyInfo | None = None
+    clusters: list[ClusterInfo] = Field(
+        default_factory=list,
+        description="with Kubernetes: the own cluster, then the remote secrets' (docs/MULTICLUSTER.md)",
+    )
 
 
 class SpiffeKey(BaseModel):
@@ -152,6 +169,19 @@ def detail_of(cert: StoredCertificate, now: datetime) -> BaseModel:
     rest = {c.name: getattr(cert, c.name) for c in ENTRY_COLUMNS if not c.summary}
     return CertificateDetail(
         **summary_fields(cert, now), **rest, prev_hash=cert.prev_hash, row_hash=cert.row_hash
+    )
+
+
+def cluster_info(status: ClusterStatus) -> ClusterInfo:
+    synced = status.last_sync
+    return ClusterInfo(
+        cluster_id=status.cluster_id,
+        local=status.local,
+        source=status.source,
+        server=status.server,
+        reachable=status.reachable,
+        last_sync=datetime.fromtimestamp(synced, UTC) if synced is not None else None,
+        error=status.error,
     )
 
 

@@ -27,9 +27,11 @@ from ca_server.admin.models import (
     SpiffeBundle,
     VerifyResult,
     ca_info,
+    cluster_info,
     detail_of,
     summary_of,
 )
+from ca_server.kube.status import ClusterStatus
 from ca_server.record.ledger import (
     CertificatePage,
     CertificateQuery,
@@ -159,11 +161,13 @@ def build_admin_router(
     refresh_hint: timedelta = DEFAULT_REFRESH_HINT,
     spiffe_bundle: Callable[[], dict[str, Any]] | None = None,
     federated_bundles: Callable[[], dict[str, bytes]] = dict,
+    clusters: Callable[[], Sequence[ClusterStatus]] = list,
 ) -> APIRouter:
     """The /v1 routes, bound to the given reader, CA material and access policy.
 
     `spiffe_bundle` is the CA's bundle document (`ca_server.spiffe.bundle.BundleSource`, with the
     JWT keys); without it the bundle holds the roots only, built by the same builder.
+    `clusters` are the clusters a CA on Kubernetes serves (none without Kubernetes).
     """
     router = APIRouter(prefix="/v1", tags=["v1"], dependencies=[Depends(require_local_host)])
     _record_routes(router, reader, Depends(_admin_guard(admin_token, loopback)), clock)
@@ -175,7 +179,12 @@ def build_admin_router(
             return own.document()
 
         spiffe_bundle = roots_only
-    _ca_routes(router, ca_certificates, csr_policy, list(authenticators), clock, spiffe_bundle)
+    _ca_routes(
+        router,
+        CaState(ca_certificates, csr_policy, list(authenticators), clusters),
+        clock,
+        spiffe_bundle,
+    )
     _federation_route(router, federated_bundles)
     return router
 
@@ -214,6 +223,12 @@ def _list_route(
         namespace: str | None = None,
         service_account: str | None = None,
         spiffe_id: str | None = None,
+        cluster_id: Annotated[
+            str | None,
+            Query(
+                description="the cluster the request named (`clusterid`; the CA's own when none)"
+            ),
+        ] = None,
         expiring_within: Annotated[
             str | None,
             Query(
@@ -253,6 +268,7 @@ def _list_route(
                 namespace=namespace,
                 service_account=service_account,
                 spiffe_id=spiffe_id,
+                cluster_id=cluster_id,
                 expiring_within=within,
                 issued_since=_stamp(issued_since, "issued_since"),
                 issued_before=_stamp(issued_before, "issued_before"),
@@ -314,14 +330,24 @@ def _verify_route(router: APIRouter, reader: CertificateReader, guard: DependsPa
         return VerifyResult.model_validate(dataclasses.asdict(report))
 
 
+@dataclass(frozen=True, slots=True)
+class CaState:
+    """What /v1/ca reports besides the time."""
+
+    ca_certificates: Callable[[], CaCertificates]
+    csr_policy: str
+    authenticators: list[str]
+    clusters: Callable[[], Sequence[ClusterStatus]]
+
+
 def _ca_routes(
     router: APIRouter,
-    ca_certificates: Callable[[], CaCertificates],
-    csr_policy: str,
-    names: list[str],
+    state: CaState,
     clock: Clock,
     spiffe_bundle: Callable[[], dict[str, Any]],
 ) -> None:
+    ca_certificates = state.ca_certificates
+
     @router.get(
         "/trust-bundle",
         response_model=SpiffeBundle,
@@ -346,9 +372,10 @@ def _ca_routes(
         return CaInfo(
             roots=[ca_info(c, now) for c in material.roots],
             intermediates=[ca_info(c, now) for c in material.intermediates],
-            csr_policy=csr_policy,
-            authenticators=[public_name(n) for n in names],
+            csr_policy=state.csr_policy,
+            authenticators=[public_name(n) for n in state.authenticators],
             signing_key=SigningKeyInfo.model_validate(material.signing_key)
             if material.signing_key
             else None,
+            clusters=[cluster_info(c) for c in state.clusters()],
         )

@@ -10,7 +10,8 @@ script). What it shows:
   and refusals by reason (from the
   `bulwark_ca_refusals_total` counters since this CA process started: the record keeps
   issued certificates only, so refusals have no history);
-- CA material with expiry and rotation state (what `/v1/ca` shows).
+- CA material with expiry and rotation state (what `/v1/ca` shows);
+- with Kubernetes, the clusters it serves: reachable or not, last sync (`/v1/ca` `clusters`).
 
 Access is the admin API's: open on a loopback-only admin port, else the admin token.
 A browser presents the token once (the login form, or `/ui?token=...`, which redirects
@@ -23,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from html import escape
@@ -36,9 +37,10 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ca_server.admin import ui_render as render
-from ca_server.admin.models import ca_info
+from ca_server.admin.models import ca_info, cluster_info
 from ca_server.admin.routes import CaCertificates, CertificateReader
 from ca_server.errors import REFUSAL_REASONS
+from ca_server.kube.status import ClusterStatus
 from ca_server.record.entry import JWT_SVID, X509_SVID
 from ca_server.record.ledger import CertificateQuery, LedgerReadError, StoredCertificate
 
@@ -122,6 +124,7 @@ def build_ui_router(
     admin_token: str | None,
     loopback: bool,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    clusters: Callable[[], Sequence[ClusterStatus]] = list,
 ) -> APIRouter:
     """The /ui routes (HTML, out of the OpenAPI schema)."""
     router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -138,7 +141,8 @@ def build_ui_router(
         if not access.allowed(request):
             return _login_page(_closed_reason(access))
         try:
-            return _html(_page(reader, ca_certificates, refusals, clock(), access))
+            sources = PageSources(reader, ca_certificates, refusals, clusters)
+            return _html(_page(sources, clock(), access))
         except LedgerReadError as exc:
             return _html(f"<p>The issuance record is unavailable: {escape(str(exc))}</p>", 503)
 
@@ -247,19 +251,24 @@ def issued_per_bucket(rows: list[StoredCertificate], start: datetime) -> list[in
     return buckets
 
 
-def _page(
-    reader: CertificateReader,
-    ca_certificates: Callable[[], CaCertificates],
-    refusals: Callable[[], dict[str, float]],
-    now: datetime,
-    access: UiAccess,
-) -> str:
+@dataclass(frozen=True, slots=True)
+class PageSources:
+    """Where the page's contents come from."""
+
+    reader: CertificateReader
+    ca_certificates: Callable[[], CaCertificates]
+    refusals: Callable[[], dict[str, float]]
+    clusters: Callable[[], Sequence[ClusterStatus]]
+
+
+def _page(sources: PageSources, now: datetime, access: UiAccess) -> str:
+    reader = sources.reader
     active = _rows(reader, CertificateQuery(state="active", limit=1000))
     identities = current_identities(active)
     certificates = [i for i in identities if i.kind == X509_SVID]
     start = (now - ACTIVITY_WINDOW + ACTIVITY_BUCKET).replace(minute=0, second=0, microsecond=0)
     recent = _rows(reader, CertificateQuery(issued_since=start, limit=1000))
-    material = ca_certificates()
+    material = sources.ca_certificates()
     roots = [ca_info(c, now) for c in material.roots]
     intermediates = [ca_info(c, now) for c in material.intermediates]
     counts = issued_per_bucket([r for r in recent if kind_of(r) == X509_SVID], start)
@@ -287,7 +296,8 @@ def _page(
         + render.issuance_svg(counts, start, ACTIVITY_BUCKET),
         refusals="<h3>Refusals by reason since this CA process started (from the "
         "<code>bulwark_ca_refusals_total</code> counters; the record keeps no refusals, so "
-        "there is no history)</h3>" + render.refusals_table(refusals()),
+        "there is no history)</h3>" + render.refusals_table(sources.refusals()),
         rotation=render.rotation_state(roots, now),
         ca=render.ca_table(roots, intermediates, now),
+        clusters=render.clusters_table([cluster_info(c) for c in sources.clusters()], now),
     )

@@ -13,7 +13,7 @@ from html import escape
 from importlib import resources
 from string import Template
 
-from ca_server.admin.models import CaCertificateInfo
+from ca_server.admin.models import CaCertificateInfo, ClusterInfo
 from certs.values import time_left
 
 TIMELINE_ROWS = 60  # identities drawn; the rest are counted below the chart
@@ -196,6 +196,32 @@ def refusals_table(refusals: dict[str, float]) -> str:
         '<table id="refusal-table"><thead><tr><th>Reason</th><th>Refused</th><th></th></tr>'
         f"</thead><tbody>{body}</tbody></table>"
     )
+
+
+def clusters_table(clusters: Sequence[ClusterInfo], now: datetime) -> str:
+    """The clusters a CA on Kubernetes serves: reachable or not, and since when."""
+    if not clusters:
+        return '<p class="note" id="clusters-none">This CA does not use Kubernetes.</p>'
+    rows = []
+    for c in clusters:
+        state = {True: "reachable", False: "unreachable", None: "not probed yet"}[c.reachable]
+        synced = (
+            f"{stamp(c.last_sync)} ({int((now - c.last_sync).total_seconds())} s ago)"
+            if c.last_sync is not None
+            else "never"
+        )
+        rows.append(
+            f'<tr class="cluster" data-cluster="{escape(c.cluster_id)}" data-state="{state}">'
+            f"<td>{escape(c.cluster_id)}</td><td>{'own' if c.local else 'remote'}</td>"
+            f"<td>{escape(c.source)}</td><td>{escape(c.server)}</td>"
+            f'<td class="{"ok" if c.reachable else "late"}">{state}</td><td>{synced}</td>'
+            f"<td>{escape(c.error)}</td></tr>"
+        )
+    head = (
+        "<tr><th>Cluster</th><th>Role</th><th>Source</th><th>API server</th><th>State</th>"
+        "<th>Last sync</th><th>Problem</th></tr>"
+    )
+    return f'<table id="cluster-table"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def ca_cards(role: str, infos: Sequence[CaCertificateInfo], now: datetime) -> str:

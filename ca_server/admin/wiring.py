@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from ca_server.authority.material import CaMaterial
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig
 from ca_server.errors import ConfigError
+from ca_server.kube.status import ClusterStatus
 from ca_server.record.ledger import (
     LedgerError,
     Pruner,
@@ -110,9 +111,11 @@ def admin_router_for(
     spiffe_bundle: Callable[[], dict[str, Any]] | None = None,
     federated_bundles: Callable[[], dict[str, bytes]] = dict,
     metrics_dir: str | None = None,
+    clusters: Callable[[], Sequence[ClusterStatus]] = list,
 ) -> tuple[APIRouter, Callable[[], None]]:
     """The supervisor's glue: open the record reader and pruner, build the /v1 router
-    (`metrics_dir`: where the workers' metrics are, for the web view's refusal counts).
+    (`metrics_dir`: where the workers' metrics are, for the web view's refusal counts;
+    `clusters`: the clusters a CA on Kubernetes serves, for /v1/ca and the web view).
 
     Returns the router and a function that closes the reader and stops the pruner.
     """
@@ -144,6 +147,7 @@ def admin_router_for(
             loopback=loopback,
             spiffe_bundle=spiffe_bundle,
             federated_bundles=federated_bundles,
+            clusters=clusters,
         )
     )
     router.include_router(  # the web view: same reader, material and token as /v1
@@ -151,6 +155,7 @@ def admin_router_for(
             reader=reader,
             ca_certificates=lambda: ca_certificates_of(material(), key_storage_of(config)),
             refusals=lambda: refusal_counts(metrics_dir),
+            clusters=clusters,
             admin_token=token,
             loopback=loopback,
         )

@@ -74,6 +74,14 @@ class Loading(Protocol):
         """Read it now; `UpstreamUnavailable` when it cannot be read."""
 
 
+@runtime_checkable
+class ClusterDirectory(Protocol):
+    """An authenticator that knows which clusters a request may name (Kubernetes: the own
+    cluster and the remote secrets' clusters)."""
+
+    def known_clusters(self) -> frozenset[str]: ...
+
+
 class IdentityExtractionError(AuthenticationError):
     """The credential is valid but names no workload identity (counted separately)."""
 
@@ -102,6 +110,14 @@ class Authentication:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.authenticators)
+
+    def known_clusters(self) -> frozenset[str]:
+        """Every cluster ID some authenticator knows (empty without Kubernetes)."""
+        found: frozenset[str] = frozenset()
+        for a in self.authenticators:
+            if isinstance(a, ClusterDirectory):
+                found |= a.known_clusters()
+        return found
 
     def may_block(self, creds: RequestCredentials) -> bool:
         """Whether `authenticate(creds)` may wait on I/O (then run it off the event loop)."""

@@ -1,6 +1,6 @@
 """`bulwark ca intermediate`: run Bulwark as an intermediate CA under an offline root.
 
-    bulwark ca intermediate csr --key-dir DIR [--trust-domain TD] [--out FILE]
+    bulwark ca intermediate csr --key-dir DIR [--trust-domain TD] [--cluster-id ID] [--out FILE]
         a new key (DIR/pending-key.pem, 0600) and a CSR for the offline root to sign
     bulwark ca intermediate install --key-dir DIR --cert SIGNED.pem --root ROOT.pem
                                     --cacerts-dir CACERTS [--chain MORE.pem]
@@ -55,9 +55,21 @@ from certs.pem import bundle_pem, load_certificates, to_pem
 PENDING_KEY = "pending-key.pem"
 
 
-def make_csr(key_dir: Path | None, trust_domain: str, key: PrivateKey | None = None) -> bytes:
+def make_csr(
+    key_dir: Path | None,
+    trust_domain: str,
+    key: PrivateKey | None = None,
+    *,
+    cluster_id: str = "",
+) -> bytes:
     """A CA CSR (O = trust domain) for `key` (an HSM key), or for a new P-256 key kept in
-    `key_dir`."""
+    `key_dir`; with `cluster_id` (multi-primary: one intermediate per cluster) the CN names
+    the cluster."""
+    common_name = f"Bulwark intermediate CA {trust_domain}"
+    if cluster_id:
+        common_name += f" {cluster_id}"
+    if len(common_name) > 64:  # X.520's upper bound for a CN
+        raise ConfigError(f"--cluster-id {cluster_id!r} makes the CN longer than 64 characters")
     if key is None:
         if key_dir is None:
             raise ConfigError("give --key-dir (a new key file) or --ca-key (a key in an HSM)")
@@ -70,7 +82,7 @@ def make_csr(key_dir: Path | None, trust_domain: str, key: PrivateKey | None = N
     name = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, trust_domain),
-            x509.NameAttribute(NameOID.COMMON_NAME, f"Bulwark intermediate CA {trust_domain}"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
     usage = x509.KeyUsage(
@@ -159,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         custody = _custody(args)
         if args.intermediate_command == "csr":
             hsm_key = custody.initial_key() if isinstance(custody, HsmCustody) else None
-            pem = make_csr(key_dir, args.trust_domain, hsm_key)
+            pem = make_csr(key_dir, args.trust_domain, hsm_key, cluster_id=args.cluster_id)
             if args.out:
                 write_atomic(Path(args.out), pem)
             else:
@@ -215,6 +227,11 @@ def register_intermediate(ca_sub: Any) -> None:
     csr.add_argument("--key-dir", help="where the pending key is kept (0700)")
     csr.add_argument(
         "--trust-domain", default=CA_OPTIONS["trust_domain"].default, help="O of the CSR subject"
+    )
+    csr.add_argument(
+        "--cluster-id",
+        default="",
+        help="name the cluster in the CN (multi-primary: one intermediate per cluster)",
     )
     csr.add_argument("--out", help="write the CSR here instead of stdout")
     inst = sub.add_parser(

@@ -1,7 +1,8 @@
 """`bulwark certs`: query the CA's issuance record through its admin API.
 
     bulwark certs list [--namespace NS] [--service-account SA] [--spiffe-id ID]
-                       [--kind x509-svid|jwt-svid] [--state active|expired] [--expiring-within 2h]
+                       [--cluster ID] [--kind x509-svid|jwt-svid] [--state active|expired]
+                       [--expiring-within 2h]
                        [--issued-since 24h|RFC3339] [--issued-before ...] [-o table|json|yaml]
     bulwark certs show SERIAL [-o table|json|yaml]
     bulwark certs expiring --within 2h        exit 1 when any certificate matches
@@ -50,6 +51,7 @@ def _filters(args: argparse.Namespace, now: datetime | None = None) -> dict[str,
         "namespace": args.namespace,
         "service_account": args.service_account,
         "spiffe_id": args.spiffe_id,
+        "cluster_id": args.cluster,
         "state": args.state,
         "kind": args.kind,
     }
@@ -231,6 +233,12 @@ def _parents() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     filters.add_argument("--namespace", "-n", help="only this Kubernetes namespace")
     filters.add_argument("--service-account", "-s", help="only this service account")
     filters.add_argument("--spiffe-id", help="only this exact SPIFFE ID")
+    filters.add_argument(
+        "--cluster",
+        metavar="ID",
+        help="only those issued for this cluster ID (the request's clusterid; with TokenReview "
+        "a request naming none is the CA's own cluster's)",
+    )
     filters.add_argument(
         "--kind",
         choices=KINDS,

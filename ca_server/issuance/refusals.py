@@ -24,7 +24,7 @@ import grpc
 
 from ca_server.descriptors import out_of_descriptors
 from ca_server.errors import CaError, OutOfDescriptors
-from ca_server.identity import Caller
+from ca_server.identity import Caller, cluster_id_of
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 
@@ -34,12 +34,14 @@ NO_DESCRIPTORS = OutOfDescriptors("the CA is out of file descriptors; retry shor
 
 
 class Call:
-    """What one call has established so far, for its log line."""
+    """What one call has established so far, for its log line (and the cluster it named,
+    for the refusal metric's `cluster` label)."""
 
-    __slots__ = ("caller", "peer")
+    __slots__ = ("caller", "cluster_id", "peer")
 
-    def __init__(self, peer: str) -> None:
+    def __init__(self, peer: str, cluster_id: str = "") -> None:
         self.peer = peer
+        self.cluster_id = cluster_id
         self.caller: Caller | None = None
 
 
@@ -57,7 +59,7 @@ Resp = TypeVar("Resp")
 
 def note_refusal(metrics: CaMetrics, events: CaEventLog, exc: CaError, call: Call) -> None:
     """Count and log one refused call."""
-    metrics.refused(reason=exc.reason, code=exc.code.name)
+    metrics.refused(reason=exc.reason, code=exc.code.name, cluster_id=call.cluster_id)
     events.refused(
         code=exc.code.name,
         reason=exc.reason,
@@ -75,7 +77,7 @@ def refusals(
 
     @functools.wraps(method)
     async def handler(self: S, request: Req, context: grpc.aio.ServicerContext) -> Resp:
-        call = Call(context.peer())
+        call = Call(context.peer(), cluster_id_of(context.invocation_metadata() or ()))
         try:
             return await method(self, request, context, call)
         except CaError as exc:

@@ -29,7 +29,13 @@ from ca_server.errors import (
     InvalidRequest,
     Overloaded,
 )
-from ca_server.identity import Caller, RequestCredentials, bearer_token_of, shown
+from ca_server.identity import (
+    Caller,
+    RequestCredentials,
+    bearer_token_of,
+    cluster_id_of,
+    shown,
+)
 from ca_server.issuance.refusals import Call, refusals
 from ca_server.issuance.signer import CsrParseError, Issued
 from ca_server.logs import CaEventLog
@@ -115,10 +121,7 @@ def credentials_of(
     (`peer`: the call's peer when the caller has it already)."""
     metadata = context.invocation_metadata() or ()
     token = bearer_token_of(metadata)  # one header, or AuthenticationError
-    cluster_id = ""
-    for key, value in metadata:
-        if key == "clusterid" and isinstance(value, str):
-            cluster_id = value
+    cluster_id = cluster_id_of(metadata)
     client_pem: bytes | None = None
     auth = context.auth_context()
     if auth.get("x509_pem_cert"):
@@ -197,6 +200,7 @@ class CertificateService(ca_pb2_grpc.IstioCertificateServiceServicer):
         if self._recorder is not None:
             await self._recorder.record(issued.entry)  # a failure answers INTERNAL, sends nothing
         metrics.success.inc()
+        metrics.issued_for(caller.cluster_id)
         self.events.issued(issued.entry, peer=call.peer)
         return issued.chain
 

@@ -68,7 +68,11 @@ class RootCertPublisher:
         resync_seconds: float = 60.0,
         tick_seconds: float = 0.5,
         watch_seconds: int = 30,
+        cluster: str = "",
     ) -> None:
+        """`cluster`: a remote cluster's ID, named in this publisher's log lines."""
+        self._where = f" of cluster {cluster!r}" if cluster else ""
+        self._failing = ""  # the last listing failure logged, until a listing works again
         self._make_client = make_client
         self._client = make_client()
         self._root_pem = root_pem
@@ -111,8 +115,14 @@ class RootCertPublisher:
         try:
             self._queue.add(self._namespaces(self._client))
         except (ApiError, httpx2.HTTPError) as exc:
-            log.warning("listing namespaces failed: %s", _describe(exc))
+            failure = _describe(exc)
+            if failure != self._failing:  # once per distinct failure, not every tick
+                log.warning("listing namespaces%s failed: %s", self._where, failure)
+            self._failing = failure
             return False
+        if self._failing:
+            log.info("listing namespaces%s works again", self._where)
+            self._failing = ""
         return True
 
     def _namespaces(self, client: Client) -> list[str]:
@@ -127,14 +137,18 @@ class RootCertPublisher:
     # -- watches ---------------------------------------------------------------------------
 
     def _watch_forever(self, watch: Callable[[Client], None], client: Client) -> None:
+        last = ""  # the failure logged last: an API server that stays down logs it once
         try:
             while not self._stop.is_set():
                 try:
                     watch(client)
+                    last = ""
                 except (ApiError, httpx2.HTTPError, RuntimeError) as exc:
                     if self._stop.is_set():
                         return
-                    log.warning("watch ended (%s); restarting", _describe(exc))
+                    if _describe(exc) != last:
+                        log.warning("watch%s ended (%s); restarting", self._where, _describe(exc))
+                    last = _describe(exc)
                 self._stop.wait(1.0)
         finally:
             client.close()
@@ -222,9 +236,9 @@ class RootCertPublisher:
             elif code == 404 or (code == 403 and "terminat" in (exc.status.message or "")):
                 return  # namespace gone or going away
             else:
-                log.warning("root ConfigMap in %s: %s", namespace, _describe(exc))
+                log.warning("root ConfigMap in %s%s: %s", namespace, self._where, _describe(exc))
         except httpx2.HTTPError as exc:
-            log.warning("root ConfigMap in %s: %s", namespace, _describe(exc))
+            log.warning("root ConfigMap in %s%s: %s", namespace, self._where, _describe(exc))
             self._queue.add([namespace])
             self._stop.wait(1.0)  # API server unreachable: do not spin
 
@@ -244,7 +258,7 @@ class RootCertPublisher:
                 data={istio_files.ROOT_CERT: root},
             )
             self._client.create(fresh, namespace=namespace)
-            log.info("created %s in %s", self._name, namespace)
+            log.info("created %s in %s%s", self._name, namespace, self._where)
             return
         if self._is_current(cm, root) or not self._is_leader():
             return
@@ -254,7 +268,7 @@ class RootCertPublisher:
         cm.data = {istio_files.ROOT_CERT: root}
         cm.binaryData = None
         self._client.replace(cm)  # carries resourceVersion: 409 on a race
-        log.info("repaired %s in %s", self._name, namespace)
+        log.info("repaired %s in %s%s", self._name, namespace, self._where)
 
     @staticmethod
     def _is_current(cm: ConfigMap, root: str) -> bool:

@@ -25,6 +25,8 @@ DEFAULT_CLUSTER_ID = "Kubernetes"  # Istio's default CLUSTER_ID
 DEFAULT_LEASE_NAME = "bulwark-ca-leader"
 CA_SECRET_NAME = "istio-ca-secret"
 ROOT_CONFIGMAP_NAME = "istio-ca-root-cert"
+# The CA's account in a remote cluster (`bulwark kube create-remote-secret`).
+REMOTE_SERVICE_ACCOUNT = "bulwark-ca-remote"
 # istiod's Service names: the serving certificate of istiod's XDS port always carries them.
 ISTIOD_SERVICE_NAMES = ("istiod.istio-system.svc", "istiod.istio-system.svc.cluster.local")
 
@@ -54,7 +56,29 @@ CLUSTER_ID = Option(
     flag="--cluster-id",
     env="CLUSTER_ID",
     default=DEFAULT_CLUSTER_ID,
-    help="this cluster's ID; requests naming another clusterid are refused",
+    help="this cluster's ID (istio-agent's ISTIO_META_CLUSTER_ID); a request with no clusterid "
+    "is this cluster's, one naming a cluster that is neither this one nor a remote secret's "
+    "is refused",
+)
+CLUSTER_ALIASES = Option(
+    group=AUTHENTICATION,
+    flag="--cluster-aliases",
+    env="BULWARK_CLUSTER_ALIASES",
+    default="",
+    help="comma-separated ALIAS=CLUSTER pairs: a request naming clusterid ALIAS is served as "
+    "cluster CLUSTER (this one or a remote one), as istiod's --clusterAliases",
+)
+REMOTE_SECRETS = Option(
+    group=AUTHENTICATION,
+    flag="--kube-remote-secrets",
+    env="BULWARK_KUBE_REMOTE_SECRETS",
+    default="on",
+    choices=("on", "off"),
+    convert=lambda value, what: value == "on",
+    help="serve the remote clusters of Istio's remote secrets (Secrets labelled "
+    "istio/multiCluster=true in --kube-namespace; needs list and watch on secrets there): "
+    "their tokens reviewed and nodes checked by their own API servers, root ConfigMaps kept "
+    "in them too (docs/MULTICLUSTER.md)",
 )
 LEASE_DURATION = Option(
     group=AUTHENTICATION,
@@ -100,7 +124,8 @@ ISTIOD_CERT_TTL = Option(
 )
 # The Kubernetes flags of `ca serve`, in `--help` order (`--kubeconfig` itself is the CA's own).
 KUBE_OPTIONS = (
-    IN_CLUSTER, NAMESPACE, IDENTITY, CLUSTER_ID, LEASE_DURATION, RESYNC,
+    IN_CLUSTER, NAMESPACE, IDENTITY, CLUSTER_ID, CLUSTER_ALIASES, REMOTE_SECRETS,
+    LEASE_DURATION, RESYNC,
     ISTIOD_CERT_SECRET, ISTIOD_CERT_DNS_NAMES, ISTIOD_CERT_TTL,
 )  # fmt: skip
 
@@ -169,6 +194,9 @@ class KubeSettings:
     namespace: str = NAMESPACE.default_value  # where the CA Secret and the Lease live
     identity: str = field(default_factory=_default_identity)  # Lease holder name (the pod name)
     cluster_id: str = CLUSTER_ID.default_value
+    # (alias, cluster) pairs: a request naming the alias is served as that cluster.
+    cluster_aliases: tuple[tuple[str, str], ...] = ()
+    remote_secrets: bool = REMOTE_SECRETS.default_value  # serve remote secrets' clusters
     lease_name: str = DEFAULT_LEASE_NAME
     lease: LeaseTiming = field(default_factory=LeaseTiming)
     ca_secret_name: str = CA_SECRET_NAME
@@ -179,6 +207,8 @@ class KubeSettings:
     def __post_init__(self) -> None:
         if not self.namespace or not self.identity:
             raise ValueError(f"{NAMESPACE.flag} and {IDENTITY.flag} must not be empty")
+        if not self.cluster_id:
+            raise ValueError(f"{CLUSTER_ID.flag} must not be empty")
         if self.resync_seconds <= 0:
             raise ValueError(f"{RESYNC.flag} must be positive")
 
@@ -214,6 +244,24 @@ def istiod_cert_from_args(args: argparse.Namespace, resync: float) -> IstiodCert
     )
 
 
+def own_cluster_id(settings: KubeSettings | None) -> str:
+    """The CA's cluster ID: --cluster-id with Kubernetes, Istio's default without."""
+    return settings.cluster_id if settings is not None else DEFAULT_CLUSTER_ID
+
+
+def parse_cluster_aliases(text: str) -> tuple[tuple[str, str], ...]:
+    """`a=b,c=d` as ((a, b), (c, d)); a ValueError naming the flag and the bad item."""
+    pairs: dict[str, str] = {}
+    for item in csv(text, CLUSTER_ALIASES.what):
+        alias, sep, cluster = (part.strip() for part in item.partition("="))
+        if not sep or not alias or not cluster or alias == cluster:
+            raise ValueError(f"{CLUSTER_ALIASES.flag}: {item!r} is not ALIAS=CLUSTER")
+        if alias in pairs:
+            raise ValueError(f"{CLUSTER_ALIASES.flag}: alias {alias!r} is given twice")
+        pairs[alias] = cluster
+    return tuple(pairs.items())
+
+
 def settings_from_args(args: argparse.Namespace, kubeconfig: Path | None) -> KubeSettings | None:
     """The Kubernetes settings of the parsed `ca serve` flags; None without `kubeconfig` or
     `--kube-in-cluster`."""
@@ -232,6 +280,8 @@ def settings_from_args(args: argparse.Namespace, kubeconfig: Path | None) -> Kub
         namespace=NAMESPACE.value(args),
         identity=IDENTITY.value(args) or _default_identity(),
         cluster_id=CLUSTER_ID.value(args),
+        cluster_aliases=parse_cluster_aliases(CLUSTER_ALIASES.value(args)),
+        remote_secrets=REMOTE_SECRETS.value(args),
         lease=timing,
         resync_seconds=resync,
         istiod_cert=istiod_cert_from_args(args, resync),
@@ -244,6 +294,7 @@ __all__ = [
     "DEFAULT_LEASE_NAME",
     "ISTIOD_SERVICE_NAMES",
     "KUBE_OPTIONS",
+    "REMOTE_SERVICE_ACCOUNT",
     "ROOT_CONFIGMAP_NAME",
     "IstiodCertSettings",
     "KubeSettings",

@@ -58,10 +58,12 @@ class _Cached:
 
 
 class TokenReviewAuthenticator:
-    """Authenticates `authorization: Bearer <jwt>` by asking the API server who the token is.
+    """Authenticates `authorization: Bearer <jwt>` by asking one cluster's API server who the
+    token is (`routing.ClusterRoutedTokenReview` picks the cluster when there are several).
 
     Returns None when the request carries no token; raises AuthenticationError when the token
     is rejected or is not a service account's; UpstreamUnavailable when the API cannot answer.
+    Every refusal names the cluster that was asked.
     """
 
     name = "tokenreview"
@@ -97,15 +99,16 @@ class TokenReviewAuthenticator:
             return None
         if creds.cluster_id not in ("", self._cluster_id):
             raise AuthenticationError(
-                f"client claims to be in cluster {creds.cluster_id!r}; "
-                f"this CA knows only {self._cluster_id!r}"
+                f"unknown cluster {shown(creds.cluster_id, 63)}: this authenticator reviews "
+                f"tokens of cluster {self._cluster_id!r} only"
             )
         key = hashlib.sha256(token.encode()).hexdigest()
         cached = self._cache_get(key)
         if cached is not None:
             return _with_request(cached, creds)
         token_exp = _unverified_exp(token)
-        caller = replace(self._review(token), expires_at=token_exp)
+        # The cluster whose API server vouched for the token: the request's, or this one.
+        caller = replace(self._review(token), expires_at=token_exp, cluster_id=self._cluster_id)
         self._check_clock(token_exp)
         expires_at = self._cache_until(token_exp)
         if expires_at is not None:
@@ -134,21 +137,26 @@ class TokenReviewAuthenticator:
             result = self._client.create(review)
         except ApiError as exc:
             raise UpstreamUnavailable(
-                f"TokenReview failed: API server answered {exc.status.code} {exc.status.reason}"
+                f"TokenReview failed in cluster {self._cluster_id!r}: API server answered "
+                f"{exc.status.code} {exc.status.reason}"
             ) from exc
         except httpx2.HTTPError as exc:
             raise UpstreamUnavailable(
-                f"TokenReview failed: API server unreachable ({type(exc).__name__})"
+                f"TokenReview failed in cluster {self._cluster_id!r}: API server unreachable "
+                f"({type(exc).__name__})"
             ) from exc
         status = result.status
         if status is None or not status.authenticated or status.user is None:
             reason = (status.error if status is not None else None) or "not authenticated"
             raise AuthenticationError(
-                f"token rejected by TokenReview: {_short(reason)}"
+                f"token rejected by TokenReview of cluster {self._cluster_id!r}: {_short(reason)}"
                 + _time_hint(reason, token, self._clock())
             )
         if status.audiences is not None and not set(status.audiences) & set(self._audiences):
-            raise AuthenticationError("token rejected by TokenReview: no accepted audience")
+            raise AuthenticationError(
+                f"token rejected by TokenReview of cluster {self._cluster_id!r}: "
+                "no accepted audience"
+            )
         return self._caller_from(status.user)
 
     def _caller_from(self, user: UserInfo) -> Caller:
@@ -227,7 +235,7 @@ def _service_account_of(username: str) -> tuple[str, str]:
 
 
 def _with_request(caller: Caller, creds: RequestCredentials) -> Caller:
-    return replace(caller, cluster_id=creds.cluster_id, peer=creds.peer)
+    return replace(caller, peer=creds.peer)
 
 
 def _unverified_exp(token: str) -> float | None:

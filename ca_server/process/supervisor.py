@@ -55,6 +55,7 @@ from ca_server.descriptors import limit as descriptor_limit
 from ca_server.descriptors import raise_limit
 from ca_server.errors import ConfigError
 from ca_server.hsm.readiness import HsmReadiness
+from ca_server.kube.status import NO_CLUSTERS, ClusterViews
 from ca_server.process.custody import close_custody, open_custody
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
@@ -389,7 +390,8 @@ async def _serve_with_custody(
         endpoint_addr = await spiffe.start()
         if endpoint_addr is not None:
             addrs["bundle_endpoint_addr"] = endpoint_addr
-        return await _serve_until_stopped(config, pool, manager, spiffe, metrics_dir, addrs)
+        views = controllers or NO_CLUSTERS
+        return await _serve_until_stopped(config, pool, manager, spiffe, metrics_dir, addrs, views)
     finally:
         anchor_keeper.stop()
         if controllers is not None:
@@ -407,6 +409,7 @@ async def _serve_until_stopped(
     spiffe: SpiffeServices,
     metrics_dir: str,
     addrs: dict[str, str],
+    clusters: ClusterViews,
 ) -> int:
     """The admin API beside the supervisor's tasks (material refresher, SPIFFE duties, the HSM
     probe, the readiness checks) until SIGTERM/SIGINT."""
@@ -428,7 +431,7 @@ async def _serve_until_stopped(
         jobs.append(issuer_keys.run())
     tasks = [asyncio.create_task(job) for job in jobs]
     try:
-        return await _run_admin(config, checks, metrics_dir, manager, addrs, wake, spiffe)
+        return await _run_admin(config, checks, metrics_dir, manager, addrs, wake, spiffe, clusters)
     finally:
         for task in tasks:
             task.cancel()
@@ -444,6 +447,7 @@ async def _run_admin(
     addrs: dict[str, str],
     wake: asyncio.Event,
     spiffe: SpiffeServices,
+    clusters: ClusterViews,
 ) -> int:
     pool, health = checks.pool, checks.health
     admin_host, admin_port = parse_hostport(config.admin_addr, what="--admin-addr")
@@ -457,6 +461,7 @@ async def _run_admin(
         spiffe_bundle=spiffe.spiffe_bundle,
         federated_bundles=spiffe.federated,
         metrics_dir=metrics_dir,
+        clusters=clusters.cluster_statuses,
     )
     loop = asyncio.get_running_loop()
 
@@ -471,7 +476,9 @@ async def _run_admin(
         material=lambda: manager.current,
         readiness=checks,
         routers=[record_router, rotation_router],
-        extra_metrics=lambda: health.exposition() + spiffe.exposition(),
+        extra_metrics=lambda: (
+            health.exposition() + spiffe.exposition() + clusters.cluster_exposition()
+        ),
     )
     sock = bind_socket(admin_host, admin_port, option=socket.SO_REUSEADDR, what="admin address")
     admin_addr = f"{admin_host}:{sock.getsockname()[1]}"

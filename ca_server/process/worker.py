@@ -44,6 +44,7 @@ from ca_server.config import CaConfig
 from ca_server.descriptors import limit as descriptor_limit
 from ca_server.descriptors import open_count, raise_limit
 from ca_server.errors import ConfigError, UpstreamUnavailable
+from ca_server.kube.settings import own_cluster_id
 from ca_server.logs import CaEventLog
 from ca_server.logs import configure as configure_logs
 from ca_server.metrics import CaMetrics
@@ -185,7 +186,7 @@ async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) 
 
 
 async def _serve_with(spec: WorkerSpec, keys: LiveKeys, supervisor: Connection) -> None:
-    metrics = CaMetrics()
+    metrics = CaMetrics(own_cluster=own_cluster_id(spec.config.kube))
     recorder = open_recorder(spec.config, metrics)  # its database session opens now
     events = CaEventLog()
     cap = connection_cap(descriptor_limit(), open_count() or 0)

@@ -49,7 +49,13 @@ class IssuedCertificate:
     pod_name: str = field(metadata=recorded("the caller's pod, when its token names one"))
     pod_uid: str = field(metadata=recorded("the caller's pod UID, when its token names one"))
     peer: str = field(metadata=recorded("the caller's network address"))
-    cluster_id: str = field(metadata=recorded("the cluster the request named"))
+    cluster_id: str = field(
+        metadata=recorded(
+            "the cluster the request named (TokenReview: the cluster that reviewed the token, "
+            "the CA's own when the request named none)",
+            summary=True,
+        )
+    )
     csr_sha256: str = field(metadata=recorded("hex SHA-256 of the CSR"))
     issuer_serial: str = field(metadata=recorded("serial of the signing CA certificate"))
     certificate_pem: str = field(metadata=recorded("the issued certificate, PEM"))

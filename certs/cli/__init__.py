@@ -22,7 +22,7 @@ from certs.cli.parser import BulwarkParser, fill_descriptions
 
 COMMAND_GROUP = "bulwark.commands"
 # The order of `bulwark --help` (entry points come sorted by name); others follow by name.
-HELP_ORDER = ("ca", "token", "inspect", "cert", "certs", "agent", "completion")
+HELP_ORDER = ("ca", "token", "inspect", "cert", "certs", "kube", "agent", "completion")
 EXIT_USAGE = 2
 # Commands that run a server: their operators may want grpc's own log lines.
 SERVERS = (("ca", "serve"), ("agent", "run"))

@@ -18,6 +18,7 @@ from lightkube.models.authentication_v1 import BoundObjectReference, TokenReques
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
+from tests.support.deploy_tools import tool
 from tests.support.kube_harness import ControlPlane, peer_binaries, start_control_plane
 
 if os.environ.get("BULWARK_K8S_TESTS") != "1":
@@ -36,6 +37,29 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 @pytest.fixture(scope="session")
 def admin_client(control_plane: ControlPlane) -> Iterator[Client]:
     client = Client(config=KubeConfig.from_file(control_plane.admin_kubeconfig), trust_env=False)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def remote_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A second cluster for the multicluster tests, started on first use: the same binaries,
+    its own etcd, certificates and service-account key, and kube-controller-manager's token
+    controller (which fills the token Secret of `bulwark kube create-remote-secret`)."""
+    plane = start_control_plane(
+        peer_binaries(),
+        tmp_path_factory.mktemp("kube-remote"),
+        token_controller=tool("kube-controller-manager"),
+    )
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def remote_admin(remote_plane: ControlPlane) -> Iterator[Client]:
+    client = Client(config=KubeConfig.from_file(remote_plane.admin_kubeconfig), trust_env=False)
     yield client
     client.close()
 

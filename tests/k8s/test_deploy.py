@@ -83,16 +83,18 @@ def test_base_has_what_the_issue_asks_for(deployed_base: str) -> None:
 
 
 def test_ca_service_account_is_least_privilege(ca_kubeconfig: Path) -> None:
-    """Allowed: review tokens, read namespaces, configmaps anywhere, its own Secret.
-    Refused: other Secrets, Secrets outside istio-system, writing namespaces."""
+    """Allowed: review tokens, read namespaces, configmaps anywhere, its own Secret, and list
+    and watch the Secrets of istio-system (the remote secrets; docs/MULTICLUSTER.md).
+    Refused: getting other Secrets, Secrets outside istio-system, writing namespaces."""
     client = Client(config=KubeConfig.from_file(ca_kubeconfig), trust_env=False)
     review = client.create(TokenReview(spec=TokenReviewSpec(token="not-a-token")))
     assert review.status is not None and not review.status.authenticated
     list(client.list(Namespace))
     list(client.list(ConfigMap, namespace="default"))
+    list(client.list(Secret, namespace="istio-system", labels={"istio/multiCluster": "true"}))
     for call in (
         lambda: client.get(Secret, "some-other-secret", namespace="istio-system"),
-        lambda: list(client.list(Secret, namespace="istio-system")),
+        lambda: list(client.list(Secret, namespace="default")),
         lambda: client.get(Secret, "istio-ca-secret", namespace="default"),
         lambda: client.delete(Namespace, "default"),
     ):

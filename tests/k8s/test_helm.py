@@ -190,6 +190,37 @@ def test_hsm_mode_mounts_the_module_and_the_pin_secret(helm: Callable[..., str])
     assert not [a for a in ca_container(plain)["args"] if "pkcs11" in a or "ca-key" in a]
 
 
+def test_multicluster_values_set_the_rbac_and_the_flags(helm: Callable[..., str]) -> None:
+    """Remote secrets on (the default): list/watch on Secrets in the release namespace only;
+    off: neither the rule nor the watch. Aliases reach the CA as ALIAS=CLUSTER pairs."""
+
+    def secret_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        role = one(docs, "Role")
+        return [r for r in role["rules"] if r["resources"] == ["secrets"] and "list" in r["verbs"]]
+
+    def env(docs: list[dict[str, Any]]) -> dict[str, str]:
+        return {e["name"]: e.get("value", "") for e in ca_container(docs)["env"]}
+
+    default = template(helm)
+    assert secret_rules(default) == [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["list", "watch"]}
+    ]
+    assert env(default)["BULWARK_KUBE_REMOTE_SECRETS"] == "on"
+    assert "BULWARK_CLUSTER_ALIASES" not in env(default)
+    cluster_role = one(default, "ClusterRole")
+    assert all("secrets" not in r["resources"] for r in cluster_role["rules"])
+    off = template(
+        helm,
+        "--set", "multicluster.remoteSecrets=false",
+        "--set", "multicluster.clusterAliases.old-a=cluster-a",
+        "--set", "multicluster.clusterAliases.b=cluster-b",
+    )  # fmt: skip
+    assert secret_rules(off) == []
+    assert env(off)["BULWARK_KUBE_REMOTE_SECRETS"] == "off"
+    assert env(off)["BULWARK_CLUSTER_ALIASES"] == "b=cluster-b,old-a=cluster-a"
+    helm("template", "bulwark", CHART, "--set", "multicluster.remoteSecrets=maybe", ok=False)
+
+
 def test_ha_on_postgresql_is_accepted_by_the_schema(helm: Callable[..., str]) -> None:
     docs = template(
         helm,

@@ -4,6 +4,11 @@ What controller-runtime's envtest does, in Python: generated serving and client 
 a service-account signing key and issuer (so the TokenRequest and TokenReview APIs work),
 RBAC authorization, and an admin kubeconfig. The binaries come from `build-peers.sh`
 (built from the Go module registry into a cache outside the repo); no fake server anywhere.
+
+Several control planes may run side by side (the multicluster tests start a second one with
+the same binaries); each has its own etcd, certificates and service-account key. With
+`token_controller`, kube-controller-manager runs beside the API server with only its
+service-account token controller, which fills `kubernetes.io/service-account-token` Secrets.
 """
 
 from __future__ import annotations
@@ -228,6 +233,27 @@ class ControlPlane:
         for proc in reversed(self.procs):
             proc.stop()
 
+    def apiserver(self) -> _Proc:
+        return next(proc for proc in self.procs if proc.name == "kube-apiserver")
+
+    def stop_apiserver(self) -> None:
+        """Stop the API server alone (etcd keeps the cluster's state for `restart_apiserver`)."""
+        self.apiserver().stop()
+
+    def restart_apiserver(self) -> None:
+        """Start the stopped API server again with the same flags, port and state."""
+        old = self.apiserver()
+        if old.popen.poll() is None:
+            return
+        argv = [str(a) for a in old.popen.args]  # type: ignore[union-attr]
+        fresh = _spawn(old.name, argv, old.log.with_suffix(".restarted.log"))
+        self.procs[self.procs.index(old)] = fresh
+        _wait_ready(
+            fresh,
+            lambda: _apiserver_ready(self.url, self.ca_file, self.admin_cert, self.admin_key),
+            "kube-apiserver",
+        )
+
     def write_token_kubeconfig(self, path: Path, token: str, *, namespace: str) -> Path:
         """A kubeconfig that authenticates with a bearer token (a service account's)."""
         write_kubeconfig(
@@ -280,8 +306,12 @@ def write_kubeconfig(
         json.dump(config, fh)
 
 
-def start_control_plane(bin_dir: Path, workdir: Path) -> ControlPlane:
-    """Start etcd then kube-apiserver under `workdir`; raise HarnessError with logs on failure."""
+def start_control_plane(
+    bin_dir: Path, workdir: Path, *, token_controller: Path | None = None
+) -> ControlPlane:
+    """Start etcd then kube-apiserver under `workdir` (then, with `token_controller`,
+    kube-controller-manager running only that controller); raise HarnessError with logs on
+    failure."""
     workdir.mkdir(parents=True, exist_ok=True)
     pki = workdir / "pki"
     pki.mkdir(exist_ok=True)
@@ -308,21 +338,23 @@ def start_control_plane(bin_dir: Path, workdir: Path) -> ControlPlane:
     )
 
     procs: list[_Proc] = []
+    kubeconfig = workdir / "admin.kubeconfig"
     try:
         etcd_url = _start_etcd(bin_dir, workdir, procs)
         url = _start_apiserver(bin_dir, workdir, pki, etcd_url, procs)
+        write_kubeconfig(
+            kubeconfig,
+            server=url,
+            ca_file=pki / "ca.crt",
+            client_cert=pki / "admin.crt",
+            client_key=pki / "admin.key",
+        )
+        if token_controller is not None:
+            _start_token_controller(token_controller, workdir, pki, kubeconfig, procs)
     except BaseException:
         for proc in reversed(procs):
             proc.stop()
         raise
-    kubeconfig = workdir / "admin.kubeconfig"
-    write_kubeconfig(
-        kubeconfig,
-        server=url,
-        ca_file=pki / "ca.crt",
-        client_cert=pki / "admin.crt",
-        client_key=pki / "admin.key",
-    )
     return ControlPlane(
         url=url,
         ca_file=pki / "ca.crt",
@@ -398,13 +430,45 @@ def _start_apiserver(
         workdir / "kube-apiserver.log",
     )
     procs.append(proc)
-    cert = (str(pki / "admin.crt"), str(pki / "admin.key"))
-
-    def ready() -> bool:
-        ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
-        ctx.load_cert_chain(*cert)
-        resp = httpx.get(f"{url}/readyz", verify=ctx, timeout=3)
-        return resp.status_code == 200
-
-    _wait_ready(proc, ready, "kube-apiserver")
+    ca, cert, key = pki / "ca.crt", pki / "admin.crt", pki / "admin.key"
+    _wait_ready(proc, lambda: _apiserver_ready(url, ca, cert, key), "kube-apiserver")
     return url
+
+
+def _apiserver_ready(url: str, ca: Path, cert: Path, key: Path) -> bool:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(str(cert), str(key))
+    resp = httpx.get(f"{url}/readyz", verify=ctx, timeout=3)
+    return resp.status_code == 200
+
+
+def _start_token_controller(
+    binary: Path, workdir: Path, pki: Path, kubeconfig: Path, procs: list[_Proc]
+) -> None:
+    """kube-controller-manager with the service-account token controller alone: it signs a
+    token into every `kubernetes.io/service-account-token` Secret, as in a real cluster."""
+    port = free_port()
+    proc = _spawn(
+        "kube-controller-manager",
+        [
+            str(binary),
+            f"--kubeconfig={kubeconfig}",
+            "--controllers=serviceaccount-token",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            "--use-service-account-credentials=false",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={workdir / 'kcm-certs'}",
+            "--v=1",
+        ],
+        workdir / "kube-controller-manager.log",
+    )
+    procs.append(proc)
+
+    def healthy() -> bool:
+        # /healthz is always allowed; the serving certificate is self-signed.
+        return httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=3).text == "ok"
+
+    _wait_ready(proc, healthy, "kube-controller-manager")

@@ -28,6 +28,7 @@ from ca_server.authority.material import CaMaterial, create_self_signed
 from ca_server.config import CaConfig
 from ca_server.errors import RecordWriteFailed
 from ca_server.issuance.service import CertificateService, UndecodableRequest
+from ca_server.kube.settings import own_cluster_id
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 from ca_server.record.entry import IssuedCertificate
@@ -128,7 +129,7 @@ class TestCa:
             config,
             lambda: material,
             recorder=recorder,
-            metrics=CaMetrics(registry),
+            metrics=CaMetrics(registry, own_cluster=own_cluster_id(config.kube)),
             events=CaEventLog(logging.getLogger("ca_server.events")),
             clock=clock,
         )
@@ -196,14 +197,19 @@ class TestCa:
         return asyncio.run(self.call(csr, **kwargs))
 
     def metric(self, name: str, **labels: str) -> float:
-        """A sample of this CA's own registry by its exported name (Istio's counters without
-        `_total`, as /metrics shows them); 0 for a label set not counted yet."""
+        """This CA's own registry's samples by their exported name (Istio's counters without
+        `_total`, as /metrics shows them) with at least `labels` (others, such as `cluster`,
+        may be there), summed; 0 for a label set not counted yet."""
         families = {family.name: family for family in self.registry.collect()}
         base = name.removesuffix("_total")
         if base not in families:
             raise KeyError(f"no series {name}; known: {', '.join(sorted(families))}")
         sample = f"{base}_total" if families[base].type == "counter" else name
-        return self.registry.get_sample_value(sample, labels) or 0.0
+        return sum(
+            s.value
+            for s in families[base].samples
+            if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
 
 def _request(

@@ -84,6 +84,10 @@ def normalise_serial(text: str) -> str:
     return value.lstrip("0") or "0"
 
 
+# Columns a query matches exactly.
+FILTER_COLUMNS = ("namespace", "service_account", "spiffe_id", "cluster_id")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CertificateQuery:
     """Which certificates to list, and which page."""
@@ -91,6 +95,7 @@ class CertificateQuery:
     namespace: str | None = None
     service_account: str | None = None
     spiffe_id: str | None = None
+    cluster_id: str | None = None  # the cluster the request named (unindexed: combine filters)
     expiring_within: timedelta | None = None
     issued_since: datetime | None = None  # recorded at or after this
     issued_before: datetime | None = None  # recorded before this
@@ -110,7 +115,7 @@ class CertificateQuery:
             timedelta(0) <= self.expiring_within <= MAX_DURATION
         ):
             raise InvalidQuery("expiring_within must be between 0 and 36500d")
-        for name in ("namespace", "service_account", "spiffe_id"):
+        for name in FILTER_COLUMNS:
             check_filter(name, getattr(self, name))
         for name in ("issued_since", "issued_before"):
             stamp = getattr(self, name)
@@ -134,6 +139,7 @@ class CertificateQuery:
                 *(() if self.issued_since is None else ("since", self.issued_since.isoformat())),
                 *(() if self.issued_before is None else ("before", self.issued_before.isoformat())),
                 *(() if self.kind is None else ("kind", self.kind)),
+                *(() if self.cluster_id is None else ("cluster", self.cluster_id)),
             )
         )
         return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -162,7 +168,7 @@ class CertificateQuery:
         """The WHERE clause (with `?` placeholders) and its parameters."""
         clauses: list[str] = []
         params: list[Any] = []
-        for column in ("namespace", "service_account", "spiffe_id"):
+        for column in FILTER_COLUMNS:
             value = getattr(self, column)
             if value is not None:
                 clauses.append(f"{column} = ?")

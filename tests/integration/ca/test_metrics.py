@@ -85,7 +85,8 @@ def test_refusal_series_exist_at_zero_and_jwt_svids_are_counted(tmp_path: Path) 
             ("record_failure", "INTERNAL"),
             ("internal", "INTERNAL"),
         ):
-            line = f'bulwark_ca_refusals_total{{code="{code}",reason="{reason}"}} 0.0'
+            labels = f'cluster="Kubernetes",code="{code}",reason="{reason}"'  # the own cluster
+            line = f"bulwark_ca_refusals_total{{{labels}}} 0.0"
             assert line in text.splitlines(), f"missing before the first refusal: {line}"
         assert "bulwark_ca_jwt_svids_issued_total 0.0" in text.splitlines()
         stub = identity_pb2_grpc.WorkloadIdentityServiceStub(

@@ -75,6 +75,7 @@ def _bad_values(tmp: Path) -> dict[str, tuple[list[str], str]]:
         ),
         "ca hsm init": (["--ca-key", "pkcs11:token=t;object=o;colour=red"], "'colour'"),
         "ca hsm show": (["--ca-key", "/etc/ca-key.pem"], "--ca-key takes a PKCS#11 URI"),
+        "kube create-remote-secret": (["--wait", "soon"], "--wait"),
     }
 
 
@@ -83,6 +84,7 @@ BAD_VALUES = {
     "certs expiring", "certs verify-log", "agent run", "agent status", "completion",
     "ca rotate status", "ca rotate prepare", "ca rotate activate", "ca rotate retire",
     "ca intermediate csr", "ca intermediate install", "ca hsm init", "ca hsm show",
+    "kube create-remote-secret",
 }  # fmt: skip
 
 

@@ -189,6 +189,7 @@ def test_openapi_matches_the_responses(local: str) -> None:
         "namespace",
         "service_account",
         "spiffe_id",
+        "cluster_id",
         "expiring_within",
         "issued_since",
         "issued_before",

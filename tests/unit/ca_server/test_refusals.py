@@ -145,5 +145,5 @@ def test_a_bug_in_mint_jwt_svid_is_internal_generic_logged_and_counted(
     with caplog.at_level(logging.INFO), pytest.raises(Aborted) as err:
         asyncio.run(service.MintJWTSVID(request, context))  # type: ignore[arg-type]
     _assert_generic_internal(err.value, caplog, "ca_server.spiffe.jwtsvid.service", "MintJWTSVID")
-    labels = {"reason": "internal", "code": "INTERNAL"}
+    labels = {"reason": "internal", "code": "INTERNAL", "cluster": "Kubernetes"}
     assert registry.get_sample_value("bulwark_ca_refusals_total", labels) == 1

@@ -81,3 +81,12 @@ istiod
 {{- randAlphaNum .length | b64enc -}}
 {{- end -}}
 {{- end -}}
+
+{{/* multicluster.clusterAliases as ALIAS=CLUSTER,... (BULWARK_CLUSTER_ALIASES), sorted by alias. */}}
+{{- define "bulwark.clusterAliases" -}}
+{{- $pairs := list -}}
+{{- range $alias := keys . | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%s" $alias (index $ $alias)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
