@@ -38,6 +38,7 @@ from ca_server.authn.local_issuer import (
     TokenPolicy,
     write_token_policy,
 )
+from ca_server.authority.clock import ClockWatch
 from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody, key_location
 from ca_server.authority.material import (
     CaMaterial,
@@ -51,13 +52,16 @@ from ca_server.authority.refresh import MaterialManager, ReloadHealth, describe_
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
+from ca_server.descriptors import limit as descriptor_limit
+from ca_server.descriptors import raise_limit
 from ca_server.errors import ConfigError
 from ca_server.hsm.readiness import HsmReadiness
 from ca_server.kube.status import NO_CLUSTERS, ClusterViews
 from ca_server.process.custody import close_custody, open_custody
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
-from ca_server.process.readiness import Readiness
+from ca_server.process.preflight import check_files
+from ca_server.process.readiness import IssuerKeysCheck, Readiness
 from ca_server.process.slots import build_rotator
 from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
 from ca_server.record.ledger import default_record_url, parse_record_url
@@ -74,6 +78,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ca_server")
 CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
 SERVING_CERT_TTL = timedelta(days=365)
+CHECK_INTERVAL_S = 5.0  # readiness checks run this often even unprobed, so changes are logged
 
 
 def prepare_material(
@@ -192,6 +197,7 @@ def _material_manager(
         trust_domain=config.trust_domain,
         may_act=may_act,
         rotator=rotator,
+        publish=lambda material: write_root_bundle(config.root_cert_path, material),
     )
 
 
@@ -313,6 +319,8 @@ def _announce_local_issuer(config: CaConfig) -> None:
 
 
 async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
+    check_files(config)  # a file no wait can fix: exit 2 before anything starts
+    raise_limit()  # before the workers start: they inherit it
     lock = _claim_data_dir_and_ports(config)
     try:
         record_lock = lock_sqlite_record(config)  # an SQLite record is never shared
@@ -379,7 +387,10 @@ async def _serve_with_custody(
         await pool.start()
         addrs = {name: f"{host}:{port}" for name, (host, port) in binds.items()}
         log.info(
-            "gRPC IstioCertificateService on %s (%d worker(s))", addrs["grpc_addr"], config.workers
+            "gRPC IstioCertificateService on %s (%d worker(s), file descriptor limit %d each)",
+            addrs["grpc_addr"],
+            config.workers,
+            descriptor_limit(),
         )
         if "mtls_grpc_addr" in addrs:
             log.info(
@@ -418,19 +429,26 @@ async def _serve_until_stopped(
     leadership: Leadership | None,
 ) -> int:
     """The admin API beside the supervisor's tasks (material refresher, the HSM and record
-    probes) until SIGTERM/SIGINT."""
-    checks = Readiness(
-        pool=pool,
-        health=ReloadHealth(time.time()),
-        hsm=HsmReadiness(lambda: manager.current.signing_key),
-        record=RecordProbe(parse_record_url(config.record or default_record_url(config.data_dir))),
-    )
+    probes, the readiness checks) until SIGTERM/SIGINT."""
+    checks = Readiness(pool, ReloadHealth(time.time()))
+    hsm = HsmReadiness(lambda: manager.current.signing_key)
+    checks.add_part(lambda: (hsm.ready, hsm.detail()))
+    record = RecordProbe(parse_record_url(config.record or default_record_url(config.data_dir)))
+    checks.add_part(record.detail)
+    clock = ClockWatch(log)
+    checks.add(lambda: clock.check(manager.current, datetime.now(UTC)))
     wake = asyncio.Event()
-    tasks = [
-        asyncio.create_task(_keep_material_current(config, manager, pool, checks.health, wake)),
-        asyncio.create_task(checks.hsm.run()),
-        asyncio.create_task(checks.record.run()),
+    jobs = [
+        _keep_material_current(config, manager, pool, checks.health, wake),
+        hsm.run(),
+        record.run(),
+        checks.watch(CHECK_INTERVAL_S),
     ]
+    if config.jwt_issuer is not None and config.jwks_file is None:
+        issuer_keys = IssuerKeysCheck(config.jwt_issuer)
+        checks.add(issuer_keys)
+        jobs.append(issuer_keys.run())
+    tasks = [asyncio.create_task(job) for job in jobs]
     try:
         return await _run_admin(
             config, checks, metrics_dir, manager, addrs, wake, spiffe, clusters, leadership
@@ -444,7 +462,7 @@ async def _serve_until_stopped(
 
 async def _run_admin(
     config: CaConfig,
-    checks: Readiness,
+    checks: Readiness[CaPool],
     metrics_dir: str,
     manager: MaterialManager,
     addrs: dict[str, str],
