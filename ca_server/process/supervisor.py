@@ -7,7 +7,7 @@ supervisor (this process, asyncio)      workers (`pool`, spawned, one per core)
   - serving certificate                   - metrics into PROMETHEUS_MULTIPROC_DIR
   - admin app (uvicorn)
   - CA material (`process.material`): prepared at start, re-read, handed to the pool
-Start-up failures raise; `bulwark ca serve` (ca_server.cli.exits) turns them into one line
+Start-up failures raise; `bulwark ca serve` (certs.cli.exits) turns them into one line
 on stderr and exit 2.
 """
 
