@@ -2,7 +2,7 @@
 
 A file that is missing, unreadable or not what the flag needs cannot come right by waiting:
 the CA refuses to start with one line naming the flag and the file (a `ConfigError`, exit 2
-through `ca_server.cli.exits`), instead of starting, saying it is ready and refusing every
+through `certs.cli.exits`), instead of starting, saying it is ready and refusing every
 client later. The other flags that name files are checked where they are first used, before
 anything is logged: `--cacerts-dir` and `--kubeconfig` with the CA material, `--data-dir`
 when it is claimed, `--record` when it is opened. What may come later, an OIDC issuer over
