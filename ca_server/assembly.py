@@ -53,8 +53,13 @@ def open_recorder(config: CaConfig, metrics: CaMetrics | None = None) -> AsyncRe
     )
 
 
-def signer_for(config: CaConfig, material: Callable[[], CaMaterial | None]) -> Signer:
-    """The signer a worker with `config` runs, signing with whatever `material()` is current."""
+def signer_for(
+    config: CaConfig,
+    material: Callable[[], CaMaterial | None],
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Signer:
+    """The signer a worker with `config` runs, signing with whatever `material()` is current
+    at `clock()` (the system's; tests give another)."""
     return Signer(
         material=material,
         policy=SigningPolicy(
@@ -63,7 +68,7 @@ def signer_for(config: CaConfig, material: Callable[[], CaMaterial | None]) -> S
             max_ttl=config.max_ttl,
             allow_ed25519=config.allow_ed25519,
         ),
-        clock=lambda: datetime.now(UTC),
+        clock=clock,
     )
 
 
@@ -86,6 +91,7 @@ def certificate_service(
     events: CaEventLog,
     authentication: Authentication | None = None,
     in_flight: InFlight | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> CertificateService:
     """IstioCertificateService: the planned authenticators, the signer, the record."""
     authentication = authentication or build_authentication(config, material)
@@ -93,7 +99,7 @@ def certificate_service(
     return CertificateService(
         authentication=authentication,
         impersonation=impersonation_rules(config, authentication),
-        signer=signer_for(config, material),
+        signer=signer_for(config, material, clock),
         recorder=recorder,
         metrics=metrics,
         events=events,
@@ -111,6 +117,7 @@ def batch_service(
     events: CaEventLog,
     authentication: Authentication | None = None,
     in_flight: InFlight | None = None,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> BatchCertificateService:
     """bulwark.v1.CertificateService: BatchCreateCertificates with CreateCertificate's rules."""
     authentication = authentication or build_authentication(config, material)
@@ -118,7 +125,7 @@ def batch_service(
     return BatchCertificateService(
         authentication=authentication,
         impersonation=impersonation_rules(config, authentication),
-        signer=signer_for(config, material),
+        signer=signer_for(config, material, clock),
         recorder=recorder,
         metrics=metrics,
         events=events,
@@ -173,9 +180,9 @@ def add_services(
     metrics: CaMetrics,
     events: CaEventLog,
     resolve: KeyResolver = resolve_pem,
-) -> None:
-    """Register the worker's servicers on `server`, with one `Authentication` and one limit
-    of certificates in flight."""
+) -> Authentication:
+    """Register the worker's servicers on `server`, with one `Authentication` (returned: the
+    worker loads its keys before serving) and one limit of certificates in flight."""
     authentication = build_authentication(config, material)
     in_flight = InFlight(config.max_concurrent_rpcs)
     certificates = certificate_service(
@@ -208,3 +215,4 @@ def add_services(
         resolve=resolve,
     )
     add_identity_service(identities, server)
+    return authentication

@@ -61,6 +61,7 @@ class CaConfig:
     allow_ed25519: bool = default("allow_ed25519")
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # --workers unset: per core
     max_concurrent_rpcs: int = default("max_concurrent_rpcs")
+    max_connections_per_peer: int = default("max_connections_per_peer")  # 0: no per-peer share
     record: str | None = default("record")  # record URL; None means SQLite in the data dir
     record_retention: timedelta | None = default("record_retention")  # None keeps all
     record_max_batch: int = default("record_max_batch")  # 1 turns group commit off
@@ -128,6 +129,8 @@ class CaConfig:
             )
         if self.workers < 1:
             raise ConfigError("--workers must be at least 1")
+        if self.max_connections_per_peer < 0:
+            raise ConfigError("--max-connections-per-peer must be 0 (off) or more")
         if self.default_ttl <= timedelta(0) or self.default_ttl > self.max_ttl:
             raise ConfigError("the default workload TTL must be positive and at most the maximum")
         self._check_jwt_and_bundle()

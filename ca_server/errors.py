@@ -10,13 +10,17 @@
     │   ├── CsrRejected             INVALID_ARGUMENT    csr_policy (CSR_ERROR)
     │   └── TtlTooLong              INVALID_ARGUMENT    bad_request (TTL_ERROR)
     ├── Overloaded                  RESOURCE_EXHAUSTED  overload (beyond --max-concurrent-rpcs)
+    │   └── OutOfDescriptors        UNAVAILABLE         overload (no file descriptor left)
     ├── RecordWriteFailed           INTERNAL            record_failure
     ├── CaNotReady                  INTERNAL            internal (CA_NOT_READY)
+    │   └── ClockBehind             UNAVAILABLE         internal (CA_NOT_READY; clock behind CA)
     └── SigningFailed               INTERNAL            internal (CERT_GEN_ERROR)
 
 Every servicer method of the CA is wrapped by `ca_server.issuance.refusals.refusals`, the
 one place where these become `context.abort(code, public_message)`, are counted and
-logged; anything else becomes INTERNAL with a generic message and is logged.
+logged; anything else becomes INTERNAL with a generic message and is logged. A failure
+caused by running out of file descriptors becomes `OutOfDescriptors` there, whatever
+raised it.
 `REFUSAL_REASONS`, the label set of the refusal metric, is computed from this tree.
 """
 
@@ -87,6 +91,13 @@ class Overloaded(CaError):
     reason = "overload"
 
 
+class OutOfDescriptors(Overloaded):
+    """The process ran out of file descriptors (EMFILE/ENFILE): retryable, as connections
+    close (`ca_server.descriptors` decides)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class RecordWriteFailed(CaError):
     """The issuance record could not be written: nothing is sent."""
 
@@ -96,6 +107,13 @@ class RecordWriteFailed(CaError):
 
 class CaNotReady(CaError):
     sign_error = "CA_NOT_READY"
+
+
+class ClockBehind(CaNotReady):
+    """This CA's clock is before its own CA certificates' validity: retryable, since the
+    clock will be set right (NTP) or catch up."""
+
+    code = grpc.StatusCode.UNAVAILABLE
 
 
 class SigningFailed(CaError):

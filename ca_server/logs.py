@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from ca_server.descriptors import Exhaustion
 from ca_server.identity import Caller
 from ca_server.options import LOG_FORMATS
 from ca_server.record.entry import IssuedCertificate
@@ -161,6 +162,8 @@ class CaEventLog:
         )
         self._buckets: dict[str, TokenBucket] = {}
         self._suppressed: dict[str, int] = {}
+        # running out of file descriptors: said with the numbers, at most every few seconds
+        self.exhaustion = Exhaustion()
 
     def issued(self, entry: IssuedCertificate, *, peer: str) -> None:
         self._emit(

@@ -151,6 +151,10 @@ CA_OPTIONS: dict[str, Option] = {
     # SPIRE's BatchNewX509SVID has no limit of its own; 64 covers a busy node's identities.
     "batch_max_certificates": Option(group=CAPACITY, flag="--batch-max-certificates", env="BULWARK_BATCH_MAX_CERTIFICATES", default="64", type=int,
         help="most certificate requests one BatchCreateCertificates call may carry (1-1000)"),
+    # An agent holds one or two connections; a node agent a few. The share is enforced only
+    # while a worker's connections fill half of what its file descriptors allow.
+    "max_connections_per_peer": Option(group=CAPACITY, flag="--max-connections-per-peer", env="BULWARK_MAX_CONNECTIONS_PER_PEER", default="32", type=int,
+        help="per worker, when its connections near its file descriptor limit: a client IP holding more loses its newest; 0 disables"),
 
     "record": Option(group=RECORD, flag="--record", env="BULWARK_RECORD", convert=optional_text,
         help="record URL: sqlite:///PATH or postgresql://... (default: SQLite in the data dir)"),

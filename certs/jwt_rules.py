@@ -8,6 +8,8 @@ JWT-SVIDs it mints) and the agent (JWT-SVIDs it validates and requests).
   is refused (RFC 7515 §4.1.11). Bulwark understands none.
 - `check_audiences`: ONE limit on JWT-SVID audiences, so that the agent refuses at once
   (INVALID_ARGUMENT) what the CA would refuse, instead of passing it on.
+- `expired_words`, `not_yet_valid_words`: a refusal for time says by how much, by whose
+  clock, and names the clocks as suspects when the gap is too large for a merely stale token.
 """
 
 from __future__ import annotations
@@ -20,10 +22,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from certs.errors import InvalidAudience, JwtError
+from certs.values import format_duration
 
 MAX_NUMERIC_DATE = 2**53  # beyond any real date; exact as a float
 MAX_AUDIENCES = 16
 MAX_AUDIENCE_CHARS = 255
+# An expired token this far past its `exp` is more likely a wrong clock than a token a
+# client forgot to refresh (Kubernetes refreshes projected tokens at 80% of their life).
+CLOCK_SUSPECT_S = 300
 
 
 def unverified_header(token: str) -> dict[str, Any]:
@@ -78,6 +84,41 @@ def _date_problem(value: object) -> str:
     if not 0 <= value <= MAX_NUMERIC_DATE:
         return "a value out of range"
     return ""
+
+
+def _date_or_none(claims: Mapping[str, Any], name: str) -> int | None:
+    try:
+        return numeric_date(claims, name)
+    except JwtError:
+        return None
+
+
+def expired_words(claims: Mapping[str, Any], now: float, *, clock: str) -> str:
+    """`token has expired: 2h3m ago by <clock>`, naming the clocks when that is long ago."""
+    exp = _date_or_none(claims, "exp")
+    if exp is None:
+        return "token has expired"
+    ago = now - exp
+    words = f"token has expired: {format_duration(ago)} ago by {clock}"
+    if ago >= CLOCK_SUSPECT_S:
+        words += (
+            f"; if the client's token is current, {clock} or the token issuer's is wrong "
+            "(check NTP on both)"
+        )
+    return words
+
+
+def not_yet_valid_words(claims: Mapping[str, Any], now: float, *, clock: str) -> str:
+    """`token is not valid yet: for another 7m by <clock>`: beyond the leeway only a clock set
+    wrong (here or at the issuer) dates a token in the future, so it is always named."""
+    dates = [d for d in (_date_or_none(claims, "nbf"), _date_or_none(claims, "iat")) if d]
+    if not dates:
+        return "token is not valid yet (nbf/iat in the future)"
+    ahead = max(dates) - now
+    return (
+        f"token is not valid yet: for another {format_duration(ahead)} by {clock} (nbf/iat in "
+        f"the future), so {clock} or the token issuer's is wrong (check NTP on both)"
+    )
 
 
 def check_crit(header: Mapping[str, Any], understood: frozenset[str] = frozenset()) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from agent.config import (
 )
 from agent.errors import ConfigError
 from agent.logs import configure, parse_level
+from certs.cli.exits import EXIT_ERROR, EXIT_NO, EXIT_OK, fail, report
 
 
 def register(subparsers: Any) -> None:
@@ -112,35 +112,24 @@ def _dest(flag: str) -> str:
     return flag.removeprefix("--").replace("-", "_")
 
 
+PATH_SETTINGS = "check --socket, --ready-file, OUTPUT_CERTS, PROV_CERT and the token path"
+
+
 def run_command(args: argparse.Namespace) -> int:
     from agent.runtime import run_agent
 
     try:
         config = config_from(args)
     except ConfigError as exc:
-        print(f"bulwark agent: {exc.public_message}", file=sys.stderr)
-        return 2
+        return fail("agent", exc.public_message)
     configure(parse_level(config.log_level), config.log_format)
-    code = 2
+    code = EXIT_ERROR
     try:
         code = run_agent(config)
     except* OSError as group:  # a path the agent cannot use: one line each, no traceback
         for failure in group.exceptions:
-            print(f"bulwark agent: {_os_error(failure)}", file=sys.stderr)
+            report("agent", failure, PATH_SETTINGS)
     return code
-
-
-def _os_error(exc: BaseException) -> str:
-    """A file-system failure as one line: the path, the reason, the settings that name paths."""
-    if not isinstance(exc, OSError):
-        return str(exc)
-    reason = exc.strerror or str(exc)
-    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
-        reason = "a file is in the way where a directory is needed"
-    return (
-        f"cannot use {exc.filename or 'a path'}: {reason} (check --socket, --ready-file, "
-        "OUTPUT_CERTS, PROV_CERT and the token path)"
-    )
 
 
 def status_command(args: argparse.Namespace) -> int:
@@ -151,16 +140,16 @@ def status_command(args: argparse.Namespace) -> int:
         return node_status_command(args)
 
     if not Path(args.socket).exists():
-        print(
-            f"bulwark agent status: no socket at {args.socket}: is the agent running? "
+        report(
+            "agent status",
+            f"no socket at {args.socket}: is the agent running? "
             "(pass --socket, or run where the agent runs)",
-            file=sys.stderr,
         )
-        return 1
-    report = inspect_agent(args.socket, args.resource)
-    emit(report, args.output, lambda: print(format_report(report)))
-    ok = all(r["status"] == "ACTIVE" for r in report["resources"])
-    return 0 if ok else 1
+        return EXIT_NO
+    served = inspect_agent(args.socket, args.resource)
+    emit(served, args.output, lambda: print(format_report(served)))
+    ok = all(r["status"] == "ACTIVE" for r in served["resources"])
+    return EXIT_OK if ok else EXIT_NO
 
 
 def node_status_command(args: argparse.Namespace) -> int:

@@ -4,7 +4,10 @@ Renewal here is the agent's: its SVID replaced before it expires, each CSR with 
 key as Istio's agent does (not the CA's *rotation*, which moves the CA to a new key).
 It is due at `expiry - r * lifetime` with `r = ratio +/- jitter`; a CSR
 that fails is retried with jittered exponential backoff while the current
-certificate keeps being served. Every schedule carries a generation, so a
+certificate keeps being served. The backoff never runs past that certificate's expiry,
+and while the agent holds no valid certificate it stays short (`backoff_unserved`), so an
+agent comes back within seconds of a CA outage longer than its certificate's life; a
+definitive refusal still waits the longest backoff. Every schedule carries a generation, so a
 timer that was overtaken (by a forced refresh or a newer schedule) does nothing.
 All timing goes through an injected `Clock` and `random.Random`.
 """
@@ -60,6 +63,10 @@ class RenewalPolicy:
     backoff_min: timedelta = timedelta(milliseconds=500)
     backoff_max: timedelta = timedelta(seconds=60)
     backoff_jitter: float = 0.2
+    # The longest wait while the agent holds no valid certificate: every workload of the pod
+    # is failing then, so the CA is asked again within seconds of coming back (jittered, so a
+    # mesh whose certificates all expired during an outage does not ask in the same second).
+    backoff_unserved: timedelta = timedelta(seconds=2)
     # When the root file stops trusting the current certificate's root (a CA dropped early,
     # e.g. after a compromise), renew at a random moment within this window: soon, but
     # without every agent of the mesh asking the CA in the same second.
@@ -76,6 +83,18 @@ class RenewalPolicy:
         base = min(high, low * 2 ** min(failures - 1, 32))
         jittered = base * (1.0 + rng.uniform(-self.backoff_jitter, self.backoff_jitter))
         return timedelta(seconds=min(high, max(low, jittered)))
+
+    def retry_wait(
+        self, failures: int, valid_until: datetime | None, now: datetime, rng: random.Random
+    ) -> timedelta:
+        """The wait after a retryable failure: the backoff, but never past the expiry of the
+        certificate still served (`valid_until`), and at most `backoff_unserved` (jittered)
+        once there is none."""
+        wait = self.backoff(failures, rng)
+        if valid_until is not None and valid_until > now:
+            return min(wait, valid_until - now)
+        short = self.backoff_unserved * (1.0 + rng.uniform(-self.backoff_jitter, 0.0))
+        return min(wait, short)
 
 
 def anchored(svid: Svid, roots: Sequence[x509.Certificate]) -> bool:
@@ -226,7 +245,9 @@ class Renewer:
                     exc.public_message,
                 )
             return wait
-        wait = self._policy.backoff(self.failures, self._rng)
+        svid, now = self._cache.snapshot.svid, self._clock.now()
+        valid_until = svid.not_after if svid is not None else None
+        wait = self._policy.retry_wait(self.failures, valid_until, now, self._rng)
         log.warning(
             "CSR failed (%d in a row), retrying in %.1fs, serving %s: %s",
             self.failures,
@@ -265,7 +286,11 @@ class Renewer:
 
     def _serving(self) -> str:
         svid = self._cache.snapshot.svid
-        return f"certificate {svid.serial}" if svid else "nothing yet"
+        if svid is None:
+            return "nothing yet"
+        if svid.not_after <= self._clock.now():
+            return f"nothing valid (certificate {svid.serial} expired)"
+        return f"certificate {svid.serial}"
 
     async def _sleep_until(self, when: datetime) -> bool:
         """True when `when` was reached, False when the schedule changed first."""

@@ -28,7 +28,14 @@ from ca_server.errors import AuthenticationError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials, shown
 from ca_server.options import default
 from certs.errors import CertsError, InvalidSpiffeId, JwtError
-from certs.jwt_rules import check_crit, numeric_date, unverified_claims, unverified_header
+from certs.jwt_rules import (
+    check_crit,
+    expired_words,
+    not_yet_valid_words,
+    numeric_date,
+    unverified_claims,
+    unverified_header,
+)
 from certs.pem import load_certificates
 from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
 from certs.values import exact_duration
@@ -60,6 +67,14 @@ class ImpersonationAuthority(Protocol):
 
 
 @runtime_checkable
+class Loading(Protocol):
+    """An authenticator with something to read before it serves (an issuer's key file)."""
+
+    def load(self) -> None:
+        """Read it now; `UpstreamUnavailable` when it cannot be read."""
+
+
+@runtime_checkable
 class ClusterDirectory(Protocol):
     """An authenticator that knows which clusters a request may name (Kubernetes: the own
     cluster and the remote secrets' clusters)."""
@@ -79,6 +94,13 @@ class Authentication:
         self._deciders = {
             a.name: a for a in self.authenticators if isinstance(a, ImpersonationAuthority)
         }
+
+    def load(self) -> None:
+        """Read what the authenticators need before the first request (a worker does, so a
+        later lack of file descriptors cannot keep a key file from loading)."""
+        for authenticator in self.authenticators:
+            if isinstance(authenticator, Loading):
+                authenticator.load()
 
     @property
     def binds_nodes(self) -> bool:
@@ -308,6 +330,12 @@ class JwtAuthenticator:
         self._cache_seconds = cache_seconds
         self._clock = clock
 
+    def load(self) -> None:
+        """A key file is read now and kept; an OIDC issuer's keys are fetched on first need
+        (the supervisor waits for them before it says it is ready)."""
+        if not self._keys.remote:
+            self._keys.load()
+
     def authenticate(self, creds: RequestCredentials) -> Caller | None:
         token = creds.bearer_token
         if not token:
@@ -448,6 +476,8 @@ class JwtAuthenticator:
                 return claims
             except jwt.InvalidSignatureError:
                 continue
+            except (jwt.ExpiredSignatureError, jwt.ImmatureSignatureError) as exc:
+                raise _time_refusal(exc, token, self._clock()) from exc
             except jwt.PyJWTError as exc:
                 raise _decode_failure(exc, self._issuer, self._audiences) from exc
             except (TypeError, ValueError, OverflowError) as exc:  # PyJWT on odd claim values
@@ -455,12 +485,20 @@ class JwtAuthenticator:
         raise AuthenticationError("token signature does not verify with the issuer's keys")
 
 
+THIS_CLOCK = "this CA's clock"
+
+
+def _time_refusal(exc: jwt.PyJWTError, token: str, now: float) -> AuthenticationError:
+    """Expired or not yet valid, by how much on this CA's clock (the signature verified, so
+    the dates are the issuer's)."""
+    claims = unverified_claims(token)
+    if isinstance(exc, jwt.ExpiredSignatureError):
+        return AuthenticationError(expired_words(claims, now, clock=THIS_CLOCK))
+    return AuthenticationError(not_yet_valid_words(claims, now, clock=THIS_CLOCK))
+
+
 def _decode_failure(exc: jwt.PyJWTError, issuer: str, audiences: list[str]) -> AuthenticationError:
     """The public message for one of PyJWT's verification errors (nothing of the token)."""
-    if isinstance(exc, jwt.ExpiredSignatureError):
-        return AuthenticationError("token has expired")
-    if isinstance(exc, jwt.ImmatureSignatureError):
-        return AuthenticationError("token is not valid yet (nbf/iat in the future)")
     if isinstance(exc, jwt.InvalidAudienceError):
         return AuthenticationError(
             f"token audience does not include any of: {', '.join(audiences)}"

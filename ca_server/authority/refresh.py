@@ -76,6 +76,7 @@ class MaterialManager:
     hold the leader lease: they neither renew the root nor move the slots, only pick up what
     the leader stored. With a `rotator` (`--ca-rotation new-key`) the CA slots decide what
     signs and what the bundle holds (rotation to a new key) instead of same-key renewal.
+    `publish` (root-cert.pem) is given a new material before `current` shows it.
     """
 
     def __init__(
@@ -88,8 +89,10 @@ class MaterialManager:
         may_act: Callable[[], bool] = lambda: True,
         threshold: float = RENEWAL_THRESHOLD,
         rotator: SlotRotator | None = None,
+        publish: Callable[[CaMaterial], None] = lambda _material: None,
     ) -> None:
         self.rotator = rotator
+        self._publish = publish
         self.current = initial
         self._reload = reload
         self._store = store
@@ -116,6 +119,7 @@ class MaterialManager:
             )
         if fingerprint(candidate) == fingerprint(self.current):
             return False
+        self._publish(candidate)
         self.current = candidate
         log.info("CA material changed (%s); publishing the new trust bundle", candidate.source)
         for listener in self._listeners:

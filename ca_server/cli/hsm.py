@@ -113,8 +113,8 @@ def register_hsm(ca_sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ca_server.cli.exits import EXIT_OK, fail
     from ca_server.errors import ConfigError
+    from certs.cli.exits import EXIT_OK, fail
 
     try:
         settings = settings_from_args(args)

@@ -35,10 +35,10 @@ from ca_server.authority.custody import (
     certificate_key,
 )
 from ca_server.authority.material import KEY_STEM, load_cacerts_dir
-from ca_server.cli.exits import EXIT_OK, fail
 from ca_server.errors import ConfigError
 from ca_server.options import CA_OPTIONS
 from certs import istio_files
+from certs.cli.exits import EXIT_OK, fail
 from certs.errors import CertsError
 from certs.files import write_atomic
 from certs.keys import (

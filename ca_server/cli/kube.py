@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from ca_server.cli.exits import EXIT_OK, fail, report
 from ca_server.kube.settings import REMOTE_SERVICE_ACCOUNT
+from certs.cli.exits import EXIT_OK, fail, report
 from certs.files import write_atomic
 from certs.values import parse_duration
 

@@ -27,9 +27,9 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from ca_server.cli.admin_client import AdminClient, CliError, admin_client_flags
-from ca_server.cli.exits import EXIT_NO, EXIT_OK, fail
 from ca_server.record.entry import JWT_SVID, X509_SVID
 from certs.cli.envflags import env_flag
+from certs.cli.exits import EXIT_NO, EXIT_OK, fail
 from certs.cli.output import emit, table
 from certs.values import (
     InvalidValue,

@@ -15,7 +15,7 @@ import argparse
 from typing import Any
 
 from ca_server.cli.admin_client import AdminClient, CliError, Refused, admin_client_flags
-from ca_server.cli.exits import EXIT_NO, EXIT_OK, fail, report
+from certs.cli.exits import EXIT_NO, EXIT_OK, fail, report
 from certs.cli.output import emit
 from certs.values import InvalidValue
 

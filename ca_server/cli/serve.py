@@ -81,9 +81,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ca_server.cli.exits import fail, startup_errors
     from ca_server.logs import configure as configure_logs
     from ca_server.process.supervisor import serve
+    from certs.cli.exits import fail
 
     level = getattr(logging, str(args.log_level).upper())
     configure_logs(level, args.log_format)
@@ -94,3 +94,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 __all__ = ["add_serve_flags", "config_from_args", "register", "serve_options"]
+
+
+def startup_errors() -> tuple[type[Exception], ...]:
+    """What stops `ca serve` with exit 2 and one line instead of a traceback. Each type's
+    message names the file or flag and the fix; a new typed start-up error is one more entry.
+    OSError covers a file the CA could not use that no check caught first."""
+    from ca_server.errors import ConfigError
+    from ca_server.record.ledger.integrity import RecordDamaged
+    from certs.errors import InvalidSpiffeId
+
+    return (ConfigError, RecordDamaged, InvalidSpiffeId, ValueError, OSError)

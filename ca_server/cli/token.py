@@ -70,7 +70,7 @@ def register(sub: Any) -> None:
 
 def _mint(args: argparse.Namespace) -> int:
     from ca_server.authn.local_issuer import LocalIssuer
-    from ca_server.cli.exits import EXIT_OK, fail
+    from certs.cli.exits import EXIT_OK, fail
 
     try:
         data_dir = DATA_DIR.value(args)

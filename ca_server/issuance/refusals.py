@@ -4,8 +4,10 @@
 a `CaError` is counted (`CaMetrics.refused`), logged (`CaEventLog.refused`) and answered
 with its own code and public message (`ca_server.errors` draws the tree); any other
 exception is logged with its traceback and answered INTERNAL with a generic message, so
-its text never reaches a client. A wrapped method takes one more argument, the `Call`,
-where it notes the caller once authenticated, for the refusal's log line.
+its text never reaches a client. Whatever the error, when it comes from running out of
+file descriptors (`ca_server.descriptors`) the caller is answered UNAVAILABLE instead
+(`OutOfDescriptors`), and that is logged as such. A wrapped method takes one more argument,
+the `Call`, where it notes the caller once authenticated, for the refusal's log line.
 
 A decorator rather than a grpc.aio server interceptor: an interceptor sees handlers, not
 the exceptions they raise, nor the caller a method has established.
@@ -20,13 +22,15 @@ from typing import Protocol, TypeVar
 
 import grpc
 
-from ca_server.errors import CaError
+from ca_server.descriptors import out_of_descriptors
+from ca_server.errors import CaError, OutOfDescriptors
 from ca_server.identity import Caller, cluster_id_of
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
 
 # What a caller is told about an exception no CaError describes (a bug): its text stays in our log.
 UNEXPECTED = CaError("internal error in the CA; see its log")
+NO_DESCRIPTORS = OutOfDescriptors("the CA is out of file descriptors; retry shortly")
 
 
 class Call:
@@ -77,12 +81,24 @@ def refusals(
         try:
             return await method(self, request, context, call)
         except CaError as exc:
-            refused = exc
-        except Exception:
-            log.exception("unexpected error in %s", method.__name__)
-            refused = UNEXPECTED
+            refused = _unless_out_of_descriptors(exc, exc, self.events)
+        except Exception as exc:
+            refused = _unless_out_of_descriptors(exc, UNEXPECTED, self.events)
+            if refused is UNEXPECTED:
+                log.exception("unexpected error in %s", method.__name__)
         note_refusal(self.metrics, self.events, refused, call)
         await context.abort(refused.code, refused.public_message)
         raise AssertionError("ServicerContext.abort ends the call by raising")
 
     return handler
+
+
+def _unless_out_of_descriptors(exc: Exception, refusal: CaError, events: CaEventLog) -> CaError:
+    """`NO_DESCRIPTORS` when `exc` comes from running out of descriptors, else `refusal`.
+    An INTERNAL one may hide it without an errno (SQLite), so for that one the process's
+    own count is looked at too."""
+    probe = refusal.code == grpc.StatusCode.INTERNAL
+    if isinstance(refusal, OutOfDescriptors) or out_of_descriptors(exc, probe=probe):
+        events.exhaustion.noted()
+        return NO_DESCRIPTORS
+    return refusal

@@ -15,9 +15,11 @@ from datetime import UTC, datetime, timedelta
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from ca_server.authority.clock import ClockWatch
 from ca_server.authority.material import CaMaterial
 from ca_server.errors import (
     CaNotReady,
+    ClockBehind,
     CsrRejected,
     IdentityMismatch,
     SigningFailed,
@@ -83,6 +85,7 @@ class Signer:
         self._policy = policy
         self._clock = clock
         self._prepared: _Prepared | None = None
+        self._clock_watch = ClockWatch(log)
 
     def sign(self, *, csr_pem: str, validity_s: int, caller: Caller) -> Issued:
         """The chain for `caller` and its record entry, or a CaError saying why not."""
@@ -98,6 +101,11 @@ class Signer:
         if material is None:
             raise CaNotReady("the CA has no signing material yet; retry shortly")
         now = self._clock()
+        if self._clock_watch.check(material, now) is not None:
+            raise ClockBehind(
+                "this CA cannot sign now: its clock is before its CA certificate's validity "
+                "(its operator must check the clock and NTP); retry later"
+            )
         try:
             prepared = self._prepare(material, now)
         except (CertsError, ValueError, TypeError, InvalidSignature) as exc:

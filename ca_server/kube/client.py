@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx2
+import yaml
 from lightkube import Client, KubeConfig
 from lightkube.core.exceptions import ConfigError as LightkubeConfigError
 
@@ -32,9 +33,7 @@ def load_config(
     `service_host` is KUBERNETES_SERVICE_HOST)."""
     try:
         if kubeconfig is not None:
-            if not kubeconfig.is_file():
-                raise KubeConfigError(f"--kubeconfig {kubeconfig} is not a readable file")
-            config = KubeConfig.from_file(kubeconfig)
+            config = _from_file(kubeconfig)
             if context is not None and config.get(context) is None:
                 raise KubeConfigError(f"--kubeconfig {kubeconfig} has no context {context!r}")
             return config
@@ -47,6 +46,29 @@ def load_config(
     except LightkubeConfigError as exc:
         source = f"--kubeconfig {kubeconfig}" if kubeconfig else "the in-cluster service account"
         raise KubeConfigError(f"cannot use {source}: {exc}") from exc
+
+
+def _from_file(kubeconfig: Path) -> KubeConfig:
+    """The kubeconfig at `kubeconfig`; `KubeConfigError` naming it when it is not one (lightkube
+    takes any YAML and fails on what it does not expect with whatever error comes first)."""
+    try:
+        data = yaml.safe_load(kubeconfig.read_text())
+    except OSError as exc:
+        raise KubeConfigError(
+            f"--kubeconfig {kubeconfig} is not a readable file ({exc.strerror})"
+        ) from None
+    except yaml.YAMLError:
+        raise KubeConfigError(f"--kubeconfig {kubeconfig} is not YAML") from None
+    if not isinstance(data, dict) or not isinstance(data.get("clusters"), list):
+        raise KubeConfigError(
+            f"--kubeconfig {kubeconfig} is not a kubeconfig (no list of clusters)"
+        )
+    try:
+        return KubeConfig.from_dict(data, fname=kubeconfig)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise KubeConfigError(
+            f"--kubeconfig {kubeconfig} is not a usable kubeconfig ({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def make_client(config: KubeConfig, *, timeout_seconds: float = 10.0) -> Client:

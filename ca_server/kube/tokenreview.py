@@ -9,6 +9,7 @@ per token, not one per request.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -26,8 +27,15 @@ from ca_server.kube.node_auth import KubeNodeAuthorizer
 from ca_server.kube.settings import DEFAULT_CLUSTER_ID
 from ca_server.options import ISTIO_CA_AUDIENCE
 from certs.errors import InvalidSpiffeId, JwtError
-from certs.jwt_rules import numeric_date, unverified_claims
+from certs.jwt_rules import (
+    CLOCK_SUSPECT_S,
+    expired_words,
+    not_yet_valid_words,
+    numeric_date,
+    unverified_claims,
+)
 from certs.spiffe_id import SpiffeId, TrustDomain, check_namespace, check_service_account
+from certs.values import format_duration
 
 SERVICE_ACCOUNTS_GROUP = "system:serviceaccounts"
 USERNAME_PREFIX = "system:serviceaccount:"
@@ -38,6 +46,9 @@ DEFAULT_CACHE_ENTRIES = 10_000
 # A reviewed token is trusted from the cache at most this long, whatever its `exp` (the API
 # server revokes tokens of deleted pods and accounts; extended tokens live a year).
 DEFAULT_CACHE_SECONDS = 300.0
+THIS_CLOCK = "this CA's clock"
+CLOCK_WARNING_EVERY_S = 600.0  # a clock that disagrees with the API server, said this often
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +93,7 @@ class TokenReviewAuthenticator:
         self._clock = clock
         self._cache: OrderedDict[str, _Cached] = OrderedDict()
         self._lock = threading.Lock()
+        self._clock_warned = float("-inf")
         self._node_authorizer = node_authorizer
 
     def authenticate(self, creds: RequestCredentials) -> Caller | None:
@@ -100,6 +112,7 @@ class TokenReviewAuthenticator:
         token_exp = _unverified_exp(token)
         # The cluster whose API server vouched for the token: the request's, or this one.
         caller = replace(self._review(token), expires_at=token_exp, cluster_id=self._cluster_id)
+        self._check_clock(token_exp)
         expires_at = self._cache_until(token_exp)
         if expires_at is not None:
             self._cache_put(key, _Cached(caller=caller, expires_at=expires_at))
@@ -145,6 +158,7 @@ class TokenReviewAuthenticator:
             reason = (status.error if status is not None else None) or "not authenticated"
             raise AuthenticationError(
                 f"token rejected by TokenReview of cluster {self._cluster_id!r}: {_short(reason)}"
+                + _time_hint(reason, token, self._clock())
             )
         if status.audiences is not None and not set(status.audiences) & set(self._audiences):
             raise AuthenticationError(
@@ -174,6 +188,23 @@ class TokenReviewAuthenticator:
             pod_name=_first(extra.get(POD_NAME_EXTRA)),
             pod_uid=_first(extra.get(POD_UID_EXTRA)),
             node_name=_first(extra.get(NODE_NAME_EXTRA)),
+        )
+
+    def _check_clock(self, exp: float | None) -> None:
+        """The API server accepted a token whose `exp` passed long ago by this CA's clock:
+        one of the two clocks is wrong (warned at most every CLOCK_WARNING_EVERY_S)."""
+        now = self._clock()
+        if exp is None or now - exp < CLOCK_SUSPECT_S:
+            return
+        with self._lock:
+            if now - self._clock_warned < CLOCK_WARNING_EVERY_S:
+                return
+            self._clock_warned = now
+        log.warning(
+            "the API server accepted a token that expired %s ago by %s: this CA's clock or "
+            "the API server's is wrong (check NTP on both)",
+            format_duration(now - exp),
+            THIS_CLOCK,
         )
 
     def _cache_until(self, exp: float | None) -> float | None:
@@ -222,6 +253,30 @@ def _unverified_exp(token: str) -> float | None:
     except JwtError:
         return None
     return float(exp) if exp is not None else None
+
+
+def _time_hint(reason: str, token: str, now: float) -> str:
+    """For the API server's "expired" or "not valid yet": how far off that is by this CA's
+    clock, and the clocks as suspects when the two disagree or the gap is large."""
+    lowered = reason.lower()
+    try:
+        claims = unverified_claims(token)
+    except JwtError:
+        return ""
+    if "expired" in lowered:
+        exp = _unverified_exp(token)
+        if exp is not None and exp > now:
+            return (
+                f" (by {THIS_CLOCK} it is valid for another {format_duration(exp - now)}: the "
+                "API server's clock or this CA's is wrong, check NTP on both)"
+            )
+        return (
+            f" ({expired_words(claims, now, clock=THIS_CLOCK).removeprefix('token has expired: ')})"
+        )
+    if "not valid yet" in lowered or "future" in lowered:
+        words = not_yet_valid_words(claims, now, clock=THIS_CLOCK)
+        return f" ({words.removeprefix('token is not valid yet: ')})"
+    return ""
 
 
 def _first(values: object) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from ca_server.authority.custody import FILE_CUSTODY, KeyCustody
-from ca_server.authority.material import create_self_signed
+from ca_server.authority.material import create_self_signed, write_root_bundle
 from ca_server.authority.slots.model import Authority, SlotPolicy
 from ca_server.authority.slots.rotator import SlotRotator
 from ca_server.authority.slots.store import DirectorySlotStore, SlotStore
@@ -47,9 +47,11 @@ def slot_store(config: CaConfig, custody: KeyCustody = FILE_CUSTODY) -> SlotStor
 
 def build_rotator(config: CaConfig, custody: KeyCustody = FILE_CUSTODY) -> SlotRotator | None:
     """A rotator for `--ca-rotation new-key`; None keeps same-key renewal. A prepared CA's key
-    comes from the custody: a new file key, or one made inside the HSM."""
+    comes from the custody: a new file key, or one made inside the HSM. Each new state's
+    bundle reaches root-cert.pem before the state is stored."""
     if config.ca_rotation != "new-key":
         return None
+    root_file = config.root_cert_path
 
     def new_authority(now: datetime) -> Authority:
         key = custody.new_key(now)
@@ -61,6 +63,7 @@ def build_rotator(config: CaConfig, custody: KeyCustody = FILE_CUSTODY) -> SlotR
         trust_domain=config.trust_domain,
         self_signed=config.cacerts_dir is None,
         new_authority=new_authority,
+        publish=lambda material: write_root_bundle(root_file, material),
     )
 
 

@@ -3,11 +3,11 @@ the CA material, runs the worker pool and the admin app.
 
 supervisor (this process, asyncio)      workers (`pool`, spawned, one per core)
   - data-dir lock, port probe             - grpc.aio server, one event loop
-  - CA material, root-cert.pem            - authenticate, sign, record (`ca_server.assembly`)
+  - root-cert.pem                         - authenticate, sign, record (`ca_server.assembly`)
   - serving certificate                   - metrics into PROMETHEUS_MULTIPROC_DIR
   - admin app (uvicorn)
-  - material refresher (`material_refresh`): re-reads CA material, hands it to the pool
-Start-up failures raise; `bulwark ca serve` (ca_server.cli.exits) turns them into one line
+  - CA material (`process.material`): prepared at start, re-read, handed to the pool
+Start-up failures raise; `bulwark ca serve` (certs.cli.exits) turns them into one line
 on stderr and exit 2.
 """
 
@@ -23,8 +23,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import uvicorn
@@ -38,28 +37,33 @@ from ca_server.authn.local_issuer import (
     TokenPolicy,
     write_token_policy,
 )
-from ca_server.authority.custody import FILE_CUSTODY, HsmCustody, KeyCustody, key_location
+from ca_server.authority.clock import ClockWatch
+from ca_server.authority.custody import HsmCustody, KeyCustody, key_location
 from ca_server.authority.material import (
     CaMaterial,
-    DirectoryKeyStore,
-    KeyStore,
-    load_cacerts_dir,
-    load_or_create,
-    write_root_bundle,
 )
-from ca_server.authority.refresh import MaterialManager, ReloadHealth, describe_failure, fingerprint
-from ca_server.authority.slots.rotator import SlotRotator
+from ca_server.authority.refresh import MaterialManager, ReloadHealth, describe_failure
 from ca_server.config import CaConfig, parse_hostport
 from ca_server.datadir import DataDirLock, lock_data_dir, prepare_data_dir, private_dir
+from ca_server.descriptors import limit as descriptor_limit
+from ca_server.descriptors import raise_limit
 from ca_server.errors import ConfigError
 from ca_server.hsm.readiness import HsmReadiness
 from ca_server.kube.status import NO_CLUSTERS, ClusterViews
 from ca_server.process.custody import close_custody, open_custody
+from ca_server.process.material import (
+    CaPool,
+    keep_material_current,
+    material_manager,
+    prepare_material,
+    worker_keys,
+)
 from ca_server.process.pool import WorkerPool
 from ca_server.process.ports import bind_socket, probe_free, reserve_port
-from ca_server.process.readiness import Readiness
+from ca_server.process.preflight import check_files
+from ca_server.process.readiness import IssuerKeysCheck, Readiness
 from ca_server.process.slots import build_rotator
-from ca_server.process.worker import MaterialPems, WorkerKeys, WorkerSpec, run_worker
+from ca_server.process.worker import WorkerSpec, run_worker
 from ca_server.record.ledger import default_record_url, parse_record_url
 from ca_server.record.ledger.health import RecordProbe
 from ca_server.record.ledger.integrity import guard_record_of
@@ -72,44 +76,7 @@ if TYPE_CHECKING:
     from ca_server.admin.rotation_routes import Leadership
 
 log = logging.getLogger("ca_server")
-CaPool = WorkerPool[WorkerSpec, WorkerKeys]  # workers running `run_worker`
-SERVING_CERT_TTL = timedelta(days=365)
-
-
-def prepare_material(
-    config: CaConfig,
-    now: datetime,
-    rotator: SlotRotator | None = None,
-    custody: KeyCustody = FILE_CUSTODY,
-) -> CaMaterial:
-    """Plugged-in CA files when given, else the self-signed root of the data dir (created once).
-
-    With CA slots (`rotator`) the stored slots win: a restart mid-rotation keeps signing with
-    the active CA even when the `cacerts` files already hold the next one."""
-    if config.cacerts_dir is not None:
-        material = load_cacerts_dir(config.cacerts_dir, now, custody)
-    elif config.kube is not None:
-        from ca_server.kube.wiring import load_or_create_material
-
-        material = load_or_create_material(config.kube, config.trust_domain, now, custody)
-    else:
-        material = load_or_create(
-            DirectoryKeyStore(config.data_dir / "ca", custody), config.trust_domain, now, custody
-        )
-    if rotator is not None:
-        material = rotator.step(material, now, may_act=config.kube is None)
-    write_root_bundle(config.root_cert_path, material)
-    return material
-
-
-def serving_certificate(
-    config: CaConfig, material: CaMaterial, now: datetime
-) -> tuple[bytes, bytes]:
-    """A TLS certificate for port 15012 issued by the CA itself: (chain PEM, key PEM)."""
-    issued = material.issue_server_certificate(
-        now=now, ttl=SERVING_CERT_TTL, dns_names=config.server_dns_names
-    )
-    return issued.chain_pem, issued.key_pem
+CHECK_INTERVAL_S = 5.0  # readiness checks run this often even unprobed, so changes are logged
 
 
 def serve(config: CaConfig, *, log_level: int = logging.INFO, log_format: str = "text") -> int:
@@ -148,62 +115,6 @@ def _claim_data_dir_and_ports(config: CaConfig) -> DataDirLock:
     return lock
 
 
-def _material_manager(
-    config: CaConfig,
-    initial: CaMaterial,
-    may_act: Callable[[], bool] = lambda: True,
-    rotator: SlotRotator | None = None,
-    custody: KeyCustody = FILE_CUSTODY,
-) -> MaterialManager:
-    """Where material is re-read from, and whether this process may renew the root or move
-    the CA slots."""
-    store: KeyStore | None = None
-    if config.cacerts_dir is not None:
-        cacerts = config.cacerts_dir
-
-        def reload(now: datetime) -> CaMaterial:
-            return load_cacerts_dir(cacerts, now, custody)
-
-    else:
-        if config.kube is not None:
-            from ca_server.kube.wiring import key_store
-
-            store = key_store(config.kube, custody)
-        else:
-            store = DirectoryKeyStore(config.data_dir / "ca", custody)
-        kept, in_kube = store, config.kube is not None
-
-        def reload(now: datetime) -> CaMaterial:
-            stored = kept.load()
-            if stored is not None:
-                return stored
-            if in_kube:
-                return initial
-            # Not the initial material: after a renewal that would roll the root back.
-            raise ConfigError(
-                f"the CA key and root in {config.data_dir / 'ca'} are gone (still signing with "
-                "the copy in memory); restore them from a backup: a restart would make a new root"
-            )
-
-    return MaterialManager(
-        initial=initial,
-        reload=reload,
-        store=store,
-        trust_domain=config.trust_domain,
-        may_act=may_act,
-        rotator=rotator,
-    )
-
-
-def _worker_keys(config: CaConfig, material: CaMaterial) -> WorkerKeys:
-    serving_chain, serving_key = serving_certificate(config, material, datetime.now(UTC))
-    return WorkerKeys(
-        material=MaterialPems.of(material),
-        serving_chain_pem=serving_chain,
-        serving_key_pem=serving_key,
-    )
-
-
 def _worker_spec(
     config: CaConfig,
     binds: dict[str, tuple[str, int]],
@@ -220,38 +131,6 @@ def _worker_spec(
         log_level=log_level,
         log_format=log_format,
     )
-
-
-async def _keep_material_current(
-    config: CaConfig,
-    manager: MaterialManager,
-    pool: CaPool,
-    health: ReloadHealth,
-    wake: asyncio.Event,
-) -> None:
-    """Every interval (or at once when `wake` is set, after an operator's rotation verb):
-    re-read the material, (re)write root-cert.pem, update the workers.
-
-    No error stops this loop: the CA keeps serving what it has, and each failure is counted
-    and logged (once per distinct error) until a later check succeeds.
-    """
-    interval = config.material_check_interval.total_seconds()
-    published = fingerprint(manager.current)  # what the workers sign with
-    while True:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), interval)
-        wake.clear()
-        try:
-            await asyncio.to_thread(manager.refresh, datetime.now(UTC))
-            current = manager.current
-            await asyncio.to_thread(write_root_bundle, config.root_cert_path, current)
-            if fingerprint(current) != published:
-                await pool.update(_worker_keys(config, current))
-                published = fingerprint(current)
-        except Exception as exc:  # the refresher outlives every error: logged, counted, retried
-            health.failed(describe_failure(exc))
-        else:
-            health.succeeded(time.time())
 
 
 def _reserve_grpc_ports(
@@ -313,6 +192,8 @@ def _announce_local_issuer(config: CaConfig) -> None:
 
 
 async def _serve(config: CaConfig, metrics_dir: str, log_level: int, log_format: str) -> int:
+    check_files(config)  # a file no wait can fix: exit 2 before anything starts
+    raise_limit()  # before the workers start: they inherit it
     lock = _claim_data_dir_and_ports(config)
     try:
         record_lock = lock_sqlite_record(config)  # an SQLite record is never shared
@@ -355,7 +236,7 @@ async def _serve_with_custody(
             root_pem=lambda: manager.current.root_bundle_pem,
             material=lambda: manager.current,  # istiod's serving certificate, when configured
         )
-    manager = _material_manager(
+    manager = material_manager(
         config, material, controllers.is_leader if controllers else lambda: True, rotator, custody
     )
     # With replicas, one JWT key set for all (the Lease holder rotates it, with Kubernetes).
@@ -371,7 +252,7 @@ async def _serve_with_custody(
         pool = WorkerPool(
             target=run_worker,
             spec=_worker_spec(config, binds, log_level, log_format),
-            keys=_worker_keys(config, material),
+            keys=worker_keys(config, material),
             count=config.workers,
         )
         if controllers is not None:
@@ -379,7 +260,10 @@ async def _serve_with_custody(
         await pool.start()
         addrs = {name: f"{host}:{port}" for name, (host, port) in binds.items()}
         log.info(
-            "gRPC IstioCertificateService on %s (%d worker(s))", addrs["grpc_addr"], config.workers
+            "gRPC IstioCertificateService on %s (%d worker(s), file descriptor limit %d each)",
+            addrs["grpc_addr"],
+            config.workers,
+            descriptor_limit(),
         )
         if "mtls_grpc_addr" in addrs:
             log.info(
@@ -418,19 +302,26 @@ async def _serve_until_stopped(
     leadership: Leadership | None,
 ) -> int:
     """The admin API beside the supervisor's tasks (material refresher, the HSM and record
-    probes) until SIGTERM/SIGINT."""
-    checks = Readiness(
-        pool=pool,
-        health=ReloadHealth(time.time()),
-        hsm=HsmReadiness(lambda: manager.current.signing_key),
-        record=RecordProbe(parse_record_url(config.record or default_record_url(config.data_dir))),
-    )
+    probes, the readiness checks) until SIGTERM/SIGINT."""
+    checks = Readiness(pool, ReloadHealth(time.time()))
+    hsm = HsmReadiness(lambda: manager.current.signing_key)
+    checks.add_part(lambda: (hsm.ready, hsm.detail()))
+    record = RecordProbe(parse_record_url(config.record or default_record_url(config.data_dir)))
+    checks.add_part(record.detail)
+    clock = ClockWatch(log)
+    checks.add(lambda: clock.check(manager.current, datetime.now(UTC)))
     wake = asyncio.Event()
-    tasks = [
-        asyncio.create_task(_keep_material_current(config, manager, pool, checks.health, wake)),
-        asyncio.create_task(checks.hsm.run()),
-        asyncio.create_task(checks.record.run()),
+    jobs = [
+        keep_material_current(config, manager, pool, checks.health, wake),
+        hsm.run(),
+        record.run(),
+        checks.watch(CHECK_INTERVAL_S),
     ]
+    if config.jwt_issuer is not None and config.jwks_file is None:
+        issuer_keys = IssuerKeysCheck(config.jwt_issuer)
+        checks.add(issuer_keys)
+        jobs.append(issuer_keys.run())
+    tasks = [asyncio.create_task(job) for job in jobs]
     try:
         return await _run_admin(
             config, checks, metrics_dir, manager, addrs, wake, spiffe, clusters, leadership
@@ -444,7 +335,7 @@ async def _serve_until_stopped(
 
 async def _run_admin(
     config: CaConfig,
-    checks: Readiness,
+    checks: Readiness[CaPool],
     metrics_dir: str,
     manager: MaterialManager,
     addrs: dict[str, str],

@@ -24,12 +24,14 @@ import asyncio
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import grpc
 
 from ca_server.assembly import add_services, open_recorder
+from ca_server.authn.authenticators import Authentication
 from ca_server.authority.custody import (
     FILE_CUSTODY,
     PEM_SUFFIX,
@@ -39,11 +41,14 @@ from ca_server.authority.custody import (
 )
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig
-from ca_server.errors import ConfigError
+from ca_server.descriptors import limit as descriptor_limit
+from ca_server.descriptors import open_count, raise_limit
+from ca_server.errors import ConfigError, UpstreamUnavailable
 from ca_server.kube.settings import own_cluster_id
 from ca_server.logs import CaEventLog
 from ca_server.logs import configure as configure_logs
 from ca_server.metrics import CaMetrics
+from ca_server.process.connections import PeerCap, connection_cap, server_options
 from ca_server.process.pool import KEYS_APPLIED
 from ca_server.spiffe.jwtsvid import custody as jwt_custody
 from certs.errors import CertsError
@@ -141,12 +146,16 @@ class LiveKeys:
         """Load `keys` (raising if they do not load) and make them current in one assignment."""
         self._current = (keys.material.load(self.custody), keys.tls_configuration())
 
-    def credentials(self, *, require_client_auth: bool) -> grpc.ServerCredentials:
-        """TLS credentials whose next handshake uses whatever keys are current by then."""
+    def credentials(
+        self, *, require_client_auth: bool, on_handshake: Callable[[], None]
+    ) -> grpc.ServerCredentials:
+        """TLS credentials whose next handshake uses whatever keys are current by then;
+        `on_handshake` is told each handshake starts (grpc asks for the keys then)."""
         served = self._current[1]
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
             nonlocal served
+            on_handshake()
             current = self._current[1]
             if current is served:
                 return None
@@ -168,6 +177,7 @@ def run_worker(spec: WorkerSpec, keys: WorkerKeys, index: int, supervisor: Conne
 async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) -> None:
     from ca_server.process.custody import close_custody, open_custody
 
+    raise_limit()  # inherited from the supervisor already, which logged it
     custody = open_custody(spec.config, worker=True)  # its own HSM session, if any
     try:
         await _serve_with(spec, LiveKeys(initial, custody), supervisor)
@@ -177,10 +187,12 @@ async def _serve(spec: WorkerSpec, initial: WorkerKeys, supervisor: Connection) 
 
 async def _serve_with(spec: WorkerSpec, keys: LiveKeys, supervisor: Connection) -> None:
     metrics = CaMetrics(own_cluster=own_cluster_id(spec.config.kube))
-    recorder = open_recorder(spec.config, metrics)
+    recorder = open_recorder(spec.config, metrics)  # its database session opens now
     events = CaEventLog()
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
-    add_services(
+    cap = connection_cap(descriptor_limit(), open_count() or 0)
+    peers = PeerCap(per_peer=spec.config.max_connections_per_peer, cap=cap)
+    server = grpc.aio.server(options=server_options(cap))
+    authentication = add_services(
         server,
         spec.config,
         lambda: keys.material,
@@ -189,19 +201,21 @@ async def _serve_with(spec: WorkerSpec, keys: LiveKeys, supervisor: Connection) 
         events=events,
         resolve=jwt_custody.resolver(keys.custody),
     )
-    port = server.add_secure_port(
-        f"{spec.host}:{spec.port}", keys.credentials(require_client_auth=False)
-    )
-    if spec.mtls_host is not None:
+    _load_keys(authentication)
+    ports = [
         server.add_secure_port(
-            f"{spec.mtls_host}:{spec.mtls_port}", keys.credentials(require_client_auth=True)
+            f"{host}:{port}",
+            keys.credentials(require_client_auth=mtls, on_handshake=peers.connection_arriving),
         )
+        for host, port, mtls in _listeners(spec)
+    ]
     await server.start()
+    peers.start(ports)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    supervisor.send(port)
+    supervisor.send(ports[0])
     stopping = threading.Event()  # tells the pipe reader an EOF is expected
 
     def follow() -> None:
@@ -211,9 +225,27 @@ async def _serve_with(spec: WorkerSpec, keys: LiveKeys, supervisor: Connection) 
     threading.Thread(target=follow, name="keys", daemon=True).start()
     await stop.wait()
     stopping.set()
+    peers.stop()
     await server.stop(SHUTDOWN_GRACE_S)
     await recorder.close()
     events.flush()
+
+
+def _listeners(spec: WorkerSpec) -> list[tuple[str, int, bool]]:
+    """(host, port, client certificate required) of each port the worker serves."""
+    listeners = [(spec.host, spec.port, False)]
+    if spec.mtls_host is not None and spec.mtls_port is not None:
+        listeners.append((spec.mtls_host, spec.mtls_port, True))
+    return listeners
+
+
+def _load_keys(authentication: Authentication) -> None:
+    """The issuer's key file, read before the first request and kept; one that cannot be
+    read now is retried by the requests that need it (they are answered UNAVAILABLE)."""
+    try:
+        authentication.load()
+    except UpstreamUnavailable as exc:
+        log.error("token issuer keys not loaded at start, retried on demand: %s", exc)
 
 
 def _follow_supervisor(supervisor: Connection, keys: LiveKeys, stop: threading.Event) -> None:

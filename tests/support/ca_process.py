@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -40,6 +41,7 @@ class RunningCa:
     grpc_addr: str = ""
     mtls_addr: str = ""
     admin_addr: str = ""
+    nofile: int | None = None  # RLIMIT_NOFILE (soft and hard) of the process, as `ulimit -n`
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -83,7 +85,12 @@ class RunningCa:
         ]
         log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the process)
         self.process = subprocess.Popen(
-            cmd, cwd=REPO, env={**os.environ, **self.env}, stdout=log, stderr=log
+            cmd,
+            cwd=REPO,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=log,
+            preexec_fn=None if self.nofile is None else _limit_files(self.nofile),
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while not ready.exists():
@@ -116,6 +123,25 @@ class RunningCa:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def readyz(self) -> tuple[int, dict[str, Any]]:
+        """/readyz's status code and body."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.admin_url + "/readyz", timeout=5) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read())
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until /readyz answers 200 (the ready file only says the CA serves)."""
+        deadline = time.monotonic() + timeout
+        while (answer := self.readyz())[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"CA not ready in {timeout}s: {answer[1]}")
+            time.sleep(0.05)
+
     def sign_leaf(self, spiffe_id: str, public_key: Any, *, now: datetime, ttl: timedelta) -> Any:
         """A leaf for `spiffe_id` signed with this CA's own self-signed root key, bypassing the
         CA (for client certificates a test needs before, or instead of, asking it)."""
@@ -147,12 +173,24 @@ class RunningCa:
         )
 
 
+def _limit_files(limit: int) -> Callable[[], None]:
+    def apply() -> None:  # in the child, before exec: `ulimit -n LIMIT`
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+    return apply
+
+
 def start_ca(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None, workers: int = 1
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    workers: int = 1,
+    nofile: int | None = None,
 ) -> RunningCa:
-    """Start a CA with `args` (extra flags) and wait until it serves."""
+    """Start a CA with `args` (extra flags) and wait until it serves; `nofile` limits its
+    file descriptors (soft and hard) as `ulimit -n` would."""
     extra = ("--workers", str(workers), *args) if "--workers" not in args else args
-    return RunningCa(data_dir=data_dir, args=tuple(extra), env=env or {}).start()
+    return RunningCa(data_dir=data_dir, args=tuple(extra), env=env or {}, nofile=nofile).start()
 
 
 @contextmanager

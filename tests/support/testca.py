@@ -157,8 +157,10 @@ class TestCa:
         material: CaMaterial,
         issuer: LocalIssuer,
         recorder: MemoryRecorder | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> TestCa:
-        """Another CA sharing `material` and `issuer` (keys are slow to make), e.g. another policy."""
+        """Another CA sharing `material` and `issuer` (keys are slow to make), e.g. another
+        policy; its signer reads `clock`."""
         registry = CollectorRegistry()
         recorder = recorder if recorder is not None else MemoryRecorder()
         metrics = CaMetrics(registry, own_cluster=own_cluster_id(config.kube))
@@ -179,8 +181,8 @@ class TestCa:
             forge=TokenForge(config.data_dir),
             recorder=recorder,
             registry=registry,
-            service=certificate_service(config, lambda: material, **shared),
-            batch=batch_service(config, lambda: material, **shared),
+            service=certificate_service(config, lambda: material, clock=clock, **shared),
+            batch=batch_service(config, lambda: material, clock=clock, **shared),
         )
 
     @property

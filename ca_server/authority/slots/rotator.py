@@ -6,6 +6,11 @@ start, or a new plugged-in `cacerts` set, which is only ever *prepared*), then a
 deciders of `ca_server.authority.slots.model` whether to prepare, activate or drop, and stores the result.
 Replicas that do not lead only read the stored state. The admin API calls `prepare`,
 `activate` and `retire` for an operator-driven rotation.
+
+Every new state's trust bundle is published (`publish`: root-cert.pem) *before* the state
+is stored, so whoever reads the stored state (`/v1/ca/rotation`) never sees a bundle change
+the file does not hold yet; a failure in between leaves the file ahead, and the next check
+writes it again from the stored state.
 """
 
 from __future__ import annotations
@@ -48,12 +53,15 @@ class SlotRotator:
         trust_domain: TrustDomain,
         self_signed: bool,
         new_authority: Callable[[datetime], Authority] | None = None,
+        publish: Callable[[CaMaterial], None] = lambda _material: None,
     ) -> None:
         self._store = store
         self.policy = policy
         self._trust_domain = trust_domain
         self._self_signed = self_signed
         self._new_authority = new_authority or self._fresh_root
+        self._publish = publish
+        self._source = "slots"  # the loaded material's source, named by the material served
         self._lock = threading.Lock()
 
     def _fresh_root(self, now: datetime) -> Authority:
@@ -62,14 +70,20 @@ class SlotRotator:
     def step(self, loaded: CaMaterial, now: datetime, *, may_act: bool) -> CaMaterial:
         """The material to serve after adopting `loaded` and any transition that is due."""
         with self._lock:
+            self._source = loaded.source
             stored = self._store.load_state()
             state = stored or SlotState(active=Slot(authority=Authority.of(loaded), since=now))
             if may_act:
                 state = self._adopt(state, loaded, now)
                 state = self._automatic(state, now)
                 if state != stored:
-                    self._store.save_state(state)
+                    self._store_published(state)
             return state.material(loaded.source)
+
+    def _store_published(self, state: SlotState) -> None:
+        """Publish `state`'s trust bundle, then store `state` (the order the module doc gives)."""
+        self._publish(state.material(self._source))
+        self._store.save_state(state)
 
     def _adopt(self, state: SlotState, loaded: CaMaterial, now: datetime) -> SlotState:
         """A plugged-in set unlike every slot becomes the prepared CA (never the active one)."""
@@ -110,7 +124,7 @@ class SlotRotator:
             if state is None:
                 raise SlotError("the CA has not stored its slots yet; retry after its first check")
             state = verb(state)
-            self._store.save_state(state)
+            self._store_published(state)
             return state
 
     def status(self, now: datetime) -> dict[str, object]:

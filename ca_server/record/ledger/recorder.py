@@ -103,6 +103,13 @@ class RecordWriter:
         """Whether a batch is being committed, for tests and measurements."""
         return self._busy
 
+    def connect(self) -> None:
+        """Open the session now, not at the first batch: a CA worker does before it serves,
+        so a burst of connections using up its file descriptors cannot keep it from writing."""
+        with self._lock:
+            if self._session is None:
+                self._session = connect(self._url)
+
     def record(self, entry: IssuedCertificate) -> None:
         """Commit `entry` durably on its own, or raise `LedgerWriteError`."""
         (error,) = self.commit_batch([entry])
@@ -256,4 +263,6 @@ def open_recorder(url: str, *, options: RecorderOptions | None = None) -> Manage
             batch_size=options.prune_batch,
             clock=options.clock,
         ).start()
-    return ManagedRecorder(RecordWriter(parsed, clock=options.clock), options, pruner)
+    writer = RecordWriter(parsed, clock=options.clock)
+    writer.connect()
+    return ManagedRecorder(writer, options, pruner)

@@ -1,6 +1,6 @@
 """Federation on the CA side: the configured foreign trust domains (`peers`), their bundles
 kept in the data dir (`store`) and fetched from their bundle endpoints (`fetcher`, over
-`https_get` under one deadline). The bundle format is `certs.spiffe_bundle`'s."""
+`ca_server.http_get` under one deadline). The bundle format is `certs.spiffe_bundle`'s."""
 
 from ca_server.spiffe.federation.fetcher import (
     FEDERATION_REFUSALS,

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from cryptography import x509
 
 from ca_server.errors import ConfigError
+from ca_server.http_get import HttpGetFailed, http_get
 from ca_server.logs import escape
-from ca_server.spiffe.federation.https_get import HttpGetFailed, https_get
 from ca_server.spiffe.federation.peers import FederationPeer
 from ca_server.spiffe.federation.store import FederationStore, foreign_bundle
 from certs.errors import InvalidBundle
@@ -92,7 +92,7 @@ async def fetch_bundle(
     context = _context(peer, known)
     try:
         async with asyncio.timeout(deadline_s):
-            body = await https_get(
+            body = await http_get(
                 peer.url, context, max_body=MAX_BUNDLE_BYTES, check_peer=_endpoint_check(peer)
             )
     except TimeoutError:

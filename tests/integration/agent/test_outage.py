@@ -29,6 +29,7 @@ from tests.support.agent import (
     running_agent,
     secrets_of,
 )
+from tests.support.agent_process import start_agent_process
 from tests.support.ca_process import RunningCa, start_ca
 
 
@@ -99,6 +100,75 @@ async def test_ca_outage_across_a_rotation(tmp_path: Path, work: Path) -> None:
                 sds.cancel()
                 wl.cancel()
     finally:
+        ca.stop()
+
+
+def failed_csrs(metrics: str) -> float:
+    return value(metrics, 'istio_agent_num_failed_outgoing_requests{request_type="csr"}')
+
+
+RECOVERY_BOUND_S = 5.0
+
+
+@pytest.mark.slow
+async def test_an_outage_longer_than_the_certificate_recovers_within_seconds(
+    tmp_path: Path, work: Path
+) -> None:
+    """A real agent with 10 s certificates; the CA is down until the certificate expired and
+    the agent failed six CSRs in a row (its backoff, uncapped, would be 16 s by then). Once
+    the CA serves again, SDS and the Workload API carry a fresh certificate within 5 s."""
+    ca = start_ca(tmp_path / "ca")
+    agent = start_agent_process(
+        ca, work, extra_env={"SECRET_TTL": "10s", "SECRET_GRACE_PERIOD_RATIO": "0.8"}
+    )
+    try:
+        agent.wait_ready()
+        async with grpc.aio.insecure_channel(f"unix:{agent.socket}") as channel:
+            sds = SdsStream(channel)
+            await sds.send(node=NODE, resource_names=["default"])
+            first = await sds.next()
+            before = leaf_serial(secrets_of(first)["default"])
+            await sds.send(resource_names=["default"], response_nonce=first.nonce)
+            wl = workload_pb2_grpc.SpiffeWorkloadAPIStub(channel).FetchX509SVID(
+                workload_pb2.X509SVIDRequest(), metadata=(("workload.spiffe.io", "true"),)
+            )
+            await wl.read()
+
+            await asyncio.to_thread(ca.stop)
+            down = datetime.now(UTC)
+            async with asyncio.timeout(90):  # the certificate expires, then CSRs keep failing
+                while datetime.now(UTC) - down < timedelta(seconds=12):
+                    await asyncio.sleep(0.2)
+                failed = failed_csrs(await metrics_text(agent.status_url))
+                while failed_csrs(await metrics_text(agent.status_url)) < max(failed + 1, 6):
+                    await asyncio.sleep(0.05)
+            async with httpx.AsyncClient() as client:
+                ready = await client.get(agent.status_url + "/healthz/ready")
+            assert ready.status_code == 503  # nothing valid to serve any more
+
+            clock = asyncio.get_running_loop().time
+            await asyncio.to_thread(ca.start, ca.grpc_addr, ca.admin_addr, ca.mtls_addr)
+            serving = clock()
+            while True:  # an expired certificate's removal may be pushed first
+                push = await sds.next(timeout=60)
+                fresh = secrets_of(push).get("default")
+                if fresh is not None and leaf_serial(fresh) != before:
+                    break
+            recovered = clock() - serving
+            update = await asyncio.wait_for(wl.read(), 60)
+            workload_api = clock() - serving
+            print(
+                f"\noutage of {(datetime.now(UTC) - down).total_seconds():.0f} s with 10 s "
+                f"certificates: SDS had a fresh certificate {recovered:.2f} s and the Workload "
+                f"API {workload_api:.2f} s after the CA served again"
+            )
+            assert update.svids[0].x509_svid
+            assert recovered <= RECOVERY_BOUND_S, f"recovery took {recovered:.1f} s"
+            assert workload_api <= RECOVERY_BOUND_S, f"recovery took {workload_api:.1f} s"
+            sds.cancel()
+            wl.cancel()
+    finally:
+        agent.stop()
         ca.stop()
 
 

@@ -354,7 +354,7 @@ def test_deleted_self_signed_material_is_an_error_not_a_rollback(tmp_path: Path)
     material is kept."""
     from ca_server.config import CaConfig
     from ca_server.errors import ConfigError
-    from ca_server.process.supervisor import _material_manager
+    from ca_server.process.material import material_manager as _material_manager
 
     store = DirectoryKeyStore(tmp_path / "ca")
     first = load_or_create(store, TD, T0)

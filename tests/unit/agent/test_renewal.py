@@ -188,3 +188,68 @@ def test_grace_ratio_moves_the_due_time(ratio: float) -> None:
     svid = make_svid(now=T0, ttl=timedelta(seconds=100))
     due = RenewalPolicy(grace_ratio=ratio, grace_jitter=0.0).renew_at(svid, random.Random(0))
     assert due == T0 + timedelta(seconds=100 * (1 - ratio))
+
+
+def test_retry_waits_never_pass_the_expiry_and_stay_short_without_a_certificate() -> None:
+    policy = RenewalPolicy()
+    rng = random.Random(5)
+    # holding a certificate valid for 7 s more: the 30 s-ish backoff is cut to its expiry
+    assert policy.retry_wait(8, T0 + timedelta(seconds=7), T0, rng) == timedelta(seconds=7)
+    # still far from expiry: the ordinary backoff
+    assert policy.retry_wait(3, T0 + timedelta(hours=1), T0, rng) <= timedelta(seconds=2.4)
+    assert policy.retry_wait(9, T0 + timedelta(hours=1), T0, rng) >= timedelta(seconds=48)
+    # nothing valid (none yet, or expired): a few seconds at most, whatever the failure count
+    for failures in (1, 5, 12, 40):
+        for valid_until in (None, T0, T0 - timedelta(seconds=30)):
+            wait = policy.retry_wait(failures, valid_until, T0, rng)
+            assert wait <= policy.backoff_unserved
+
+
+async def test_an_outage_longer_than_the_certificate_retries_within_seconds_after_expiry() -> None:
+    """CA down for 120 s under 20 s certificates: once the certificate expired, the agent asks
+    at least every `backoff_unserved`, so it recovers within seconds of the CA's return; a
+    definitive refusal still waits the longest backoff."""
+    clock = FakeClock()
+    issuer = Issuer(clock, ttl=20)
+    renewer, cache = renewer_for(clock, issuer)
+    task = asyncio.ensure_future(renewer.run())
+    try:
+        await settle()
+        serving = cache.snapshot.svid
+        assert serving is not None
+        issuer.failing = True
+        waits: list[float] = []
+        while clock.now() < T0 + timedelta(seconds=120):
+            wait = (renewer.due - clock.now()).total_seconds()
+            waits.append(wait)
+            await clock.advance(wait)
+        # no wait ever jumped over the expiry, and every wait after it was short
+        assert all(w <= 20 for w in waits)
+        expired_at = (serving.not_after - T0).total_seconds()
+        elapsed, after = 0.0, []
+        for w in waits:
+            if elapsed >= expired_at:
+                after.append(w)
+            elapsed += w
+        assert after and max(after) <= 2.0
+        issuer.failing = False
+        returned = clock.now()
+        await clock.advance((renewer.due - clock.now()).total_seconds())
+        assert cache.snapshot.svid is not serving
+        assert clock.now() - returned <= timedelta(seconds=2)
+    finally:
+        task.cancel()
+
+
+async def test_a_definitive_refusal_without_a_certificate_still_waits_the_longest() -> None:
+    clock = FakeClock()
+
+    async def refuse() -> Svid:
+        raise CaRequestFailed("PERMISSION_DENIED (test)", definitive=True)
+
+    cache = SecretCache()
+    renewer = Renewer(
+        issue=refuse, cache=cache, clock=clock, rng=random.Random(1), policy=RenewalPolicy()
+    )
+    await renewer.fire(renewer.generation)
+    assert renewer.due - clock.now() == RenewalPolicy().backoff_max

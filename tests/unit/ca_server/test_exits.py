@@ -1,4 +1,4 @@
-"""How the CA's commands end: one line per failure, exit 2, decided in `ca_server.cli.exits`."""
+"""How the CA's commands end: one line per failure, exit 2, decided in `certs.cli.exits`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import errno
 
 import pytest
 
-from ca_server.cli.exits import EXIT_ERROR, fail, failure_line, startup_errors
+from ca_server.cli.serve import startup_errors
 from ca_server.errors import ConfigError
 from ca_server.record.ledger.integrity import RecordDamaged
+from certs.cli.exits import EXIT_ERROR, fail, failure_line
 from certs.errors import InvalidSpiffeId
 
 

@@ -48,8 +48,10 @@ TABLE = [
     (errors.CsrRejected, S.INVALID_ARGUMENT, "csr_policy", "CSR_ERROR"),
     (errors.TtlTooLong, S.INVALID_ARGUMENT, "bad_request", "TTL_ERROR"),
     (errors.Overloaded, S.RESOURCE_EXHAUSTED, "overload", None),
+    (errors.OutOfDescriptors, S.UNAVAILABLE, "overload", None),
     (errors.RecordWriteFailed, S.INTERNAL, "record_failure", "UNKNOWN"),
     (errors.CaNotReady, S.INTERNAL, "internal", "CA_NOT_READY"),
+    (errors.ClockBehind, S.UNAVAILABLE, "internal", "CA_NOT_READY"),
     (errors.SigningFailed, S.INTERNAL, "internal", "CERT_GEN_ERROR"),
 ]
 

@@ -7,8 +7,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
-from ca_server.authority.material import DirectoryKeyStore, load_cacerts_dir, load_or_create
+from ca_server.authority.material import (
+    DirectoryKeyStore,
+    load_cacerts_dir,
+    load_or_create,
+    write_root_bundle,
+)
 from ca_server.authority.refresh import MaterialManager
 from ca_server.authority.slots.model import Authority, Slot, SlotError, SlotPolicy, SlotState
 from ca_server.authority.slots.rotator import SlotRotator
@@ -20,6 +26,7 @@ from ca_server.authority.slots.store import (
 )
 from ca_server.errors import ConfigError
 from certs.keys import generate_key
+from certs.pem import load_certificates
 from certs.profile import self_signed_root
 from certs.spiffe_id import TrustDomain
 from tests.support.openssl import make_cacerts
@@ -174,3 +181,53 @@ def test_a_new_plugged_in_set_is_prepared_never_activated_at_once(tmp_path: Path
     later = rotator.step(swapped, now + timedelta(hours=1), may_act=True)
     assert later.signing_cert == swapped.signing_cert and later.chain == swapped.chain
     assert (tmp_path / "slots" / STATE_NAME).exists()
+
+
+class WatchedStore(DirectorySlotStore):
+    """Notes, at every save, whether the published root file already held the new bundle."""
+
+    def __init__(self, directory: Path, root_file: Path) -> None:
+        super().__init__(directory)
+        self.root_file = root_file
+        self.saves: list[bool] = []
+
+    def save_state(self, state: SlotState) -> None:
+        published = (
+            load_certificates(self.root_file.read_bytes()) if self.root_file.exists() else []
+        )
+        self.saves.append(tuple(published) == state.bundle())
+        super().save_state(state)
+
+
+def test_the_root_file_holds_a_new_bundle_before_the_state_says_so(tmp_path: Path) -> None:
+    """Issue 22 item 12: whoever reads the stored slots (/v1/ca/rotation) never sees a bundle
+    that root-cert.pem does not hold yet, for the refresher's steps and the operator's verbs."""
+    root_file = tmp_path / "root-cert.pem"
+    store = WatchedStore(tmp_path / "ca", root_file)
+    rotator = SlotRotator(
+        store=store,
+        policy=POLICY,
+        trust_domain=TD,
+        self_signed=True,
+        publish=lambda material: write_root_bundle(root_file, material),
+    )
+    manager = _manager(tmp_path, rotator)
+    due = T0 + timedelta(days=int(3650 * 0.81))
+    for when in (
+        due,
+        due + timedelta(hours=1),
+        due + timedelta(hours=25),
+    ):  # prepare, activate, drop
+        assert manager.refresh(when) is True
+    later = due + timedelta(days=30)
+    rotator.prepare(later)
+    rotator.activate(later, force=True)
+    rotator.retire(later, force=True)
+    assert len(store.saves) == 7 and all(store.saves), store.saves
+    assert load_certificates(root_file.read_bytes()) == list(rotator_bundle(store))
+
+
+def rotator_bundle(store: DirectorySlotStore) -> tuple[x509.Certificate, ...]:
+    state = store.load_state()
+    assert state is not None
+    return state.bundle()

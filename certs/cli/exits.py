@@ -1,10 +1,11 @@
-"""How the CA's commands end: the exit status and the one line a failure prints.
+"""How `bulwark` commands end (the CA's, the agent's, the CLI's): the exit status and the one
+line a failure prints.
 
 0: done. 1: the command answered "no" (a certificate expires soon, the record's chain is
 broken, the CA refused a rotation step that does not apply now). 2: it could not be done: a
 bad value, a file that cannot be used, a start-up refusal, a CA that cannot be asked.
-Library code (the supervisor, the authority, the record) raises; only the commands decide
-how to exit, here.
+Library code (the supervisor, the agent's runtime, the record) raises; only the commands
+decide how to exit, with these.
 """
 
 from __future__ import annotations
@@ -13,17 +14,6 @@ import errno
 import sys
 
 EXIT_OK, EXIT_NO, EXIT_ERROR = 0, 1, 2
-
-
-def startup_errors() -> tuple[type[Exception], ...]:
-    """What stops `ca serve` with exit 2 and one line instead of a traceback. Each type's
-    message names the file or flag and the fix; a new typed start-up error is one more entry.
-    OSError covers a file the CA could not use that no check caught first."""
-    from ca_server.errors import ConfigError
-    from ca_server.record.ledger.integrity import RecordDamaged
-    from certs.errors import InvalidSpiffeId
-
-    return (ConfigError, RecordDamaged, InvalidSpiffeId, ValueError, OSError)
 
 
 def failure_line(exc: BaseException, fix: str | None = None) -> str:
@@ -56,5 +46,4 @@ __all__ = [
     "fail",
     "failure_line",
     "report",
-    "startup_errors",
 ]

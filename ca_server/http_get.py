@@ -1,11 +1,12 @@
-"""One HTTPS GET of a bundle endpoint, on asyncio streams, for the caller to bound by ONE
-deadline (`asyncio.timeout` around the whole call: connect, TLS handshake, headers, body).
+"""One HTTP(S) GET on asyncio streams, for the caller to bound by ONE deadline
+(`asyncio.timeout` around the whole call: connect, TLS handshake, headers, body): a
+federated trust domain's bundle endpoint, a token issuer's OIDC discovery and JWKS.
 
-`http.client`'s timeout applies to each read, so an endpoint that trickles a byte a
-second never trips it; a deadline around the whole exchange does. HTTP/1.1 with
-`Connection: close`; the body is `Content-Length` bytes, chunked, or read to the end,
-never more than `max_body` bytes. `check_peer` sees the server's certificate (DER)
-before the request is sent.
+`http.client`'s timeout (and urllib's, PyJWT's) applies to each read, so a server that
+trickles a byte a second never trips it; a deadline around the whole exchange does.
+HTTP/1.1 with `Connection: close`; the body is `Content-Length` bytes, chunked, or read to
+the end, never more than `max_body` bytes. `check_peer` sees the server's certificate
+(DER; None over plain http) before the request is sent.
 """
 
 from __future__ import annotations
@@ -22,19 +23,33 @@ class HttpGetFailed(Exception):
     """The endpoint's answer is not a usable HTTP response."""
 
 
-async def https_get(
+def _no_check(der: bytes | None) -> None:
+    return None
+
+
+async def http_get(
     url: str,
-    context: ssl.SSLContext,
+    context: ssl.SSLContext | None,
     *,
     max_body: int,
-    check_peer: Callable[[bytes | None], None],
+    check_peer: Callable[[bytes | None], None] = _no_check,
 ) -> bytes:
-    """The body of a 200 answer to GET `url`; `HttpGetFailed`, `OSError` (TLS errors
-    included) or `EOFError` otherwise. Bound it with `asyncio.timeout`."""
+    """The body of a 200 answer to GET `url` (https:// with `context`, or http://);
+    `HttpGetFailed`, `OSError` (TLS errors included) or `EOFError` otherwise. Bound it with
+    `asyncio.timeout`."""
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or ""
+    if parts.scheme not in ("http", "https") or not host:
+        raise HttpGetFailed(f"not an http(s) URL: {url[:200]!r}")
+    tls = context if parts.scheme == "https" else None
+    if parts.scheme == "https" and tls is None:
+        tls = ssl.create_default_context()
     reader, writer = await asyncio.open_connection(
-        host, parts.port or 443, ssl=context, server_hostname=host, limit=MAX_HEAD_BYTES
+        host,
+        parts.port or (443 if tls is not None else 80),
+        ssl=tls,
+        server_hostname=host if tls is not None else None,
+        limit=MAX_HEAD_BYTES,
     )
     try:
         tls = writer.get_extra_info("ssl_object")
