@@ -10,9 +10,16 @@ as on a Python built without OpenSSL, which both support: asyncio without
 
 from __future__ import annotations
 
+import itertools
 import sys
 
-for _name in ("ssl", "_hashlib"):
+_ARGS = sys.argv[1:]
+# A node agent with the k8s attestor talks HTTPS to the API server with Python's ssl: node
+# mode (a flag only, so that it can be seen here) keeps the OpenSSL bindings.
+_NODE = "--mode=node" in _ARGS or any(
+    a == "--mode" and b == "node" for a, b in itertools.pairwise(_ARGS)
+)
+for _name in () if _NODE else ("ssl", "_hashlib"):
     if _name not in sys.modules:
         sys.modules[_name] = None  # type: ignore[assignment]
 

@@ -40,6 +40,11 @@ DEFAULT_STATUS_ADDR = "127.0.0.1:15020"
 DEFAULT_SOCKET_MODE = 0o600
 DEFAULT_FILE_RESOURCE_MAX_BYTES = 1 << 20
 CA_HEADER_PREFIX = "CA_HEADER_"
+MODES = ("pod", "node")
+ATTESTORS = ("k8s", "unix")
+# Node mode: every local user may reach the socket; attestation, not file modes, decides.
+DEFAULT_NODE_SOCKET_MODE = 0o666
+DEFAULT_NODE_SOCKET_DIR_MODE = 0o755
 
 _RSA_SIZES = {2048: KeyType.RSA_2048, 3072: KeyType.RSA_3072, 4096: KeyType.RSA_4096}
 _CURVES = {"P256": KeyType.EC_P256, "P384": KeyType.EC_P384}
@@ -86,6 +91,25 @@ class AgentConfig:
     trust_bundle_refresh: timedelta = DEFAULT_TRUST_BUNDLE_REFRESH
     log_level: str = "info"
     log_format: str = "text"
+    # Node mode (docs/NODE-AGENT.md): one agent serves every workload of the node; the
+    # identity above is then the node agent's own.
+    mode: str = "pod"
+    attestor: str = "k8s"
+    unix_identities: Path | None = None
+    node_name: str = ""
+    kubeconfig: Path | None = None  # None: the in-cluster service account
+    kube_service_host: str = ""
+    kube_service_port: str = ""
+    allow_host_pods: bool = False
+    node_socket_mode: int = DEFAULT_NODE_SOCKET_MODE
+    node_socket_dir_mode: int = DEFAULT_NODE_SOCKET_DIR_MODE
+    max_identities: int = 512
+    max_connections: int = 4096
+    max_caller_connections: int = 64
+    max_caller_streams: int = 128
+    attest_timeout: timedelta = timedelta(seconds=5)
+    key_pool: int = 4
+    ca_batch_max: int = 64  # the CA's default --batch-max-certificates
     spiffe_id: SpiffeId = field(init=False)
 
     def __post_init__(self) -> None:
@@ -110,6 +134,51 @@ class AgentConfig:
             split_host_port(self.status_addr, what="BULWARK_AGENT_STATUS_ADDR")
         parse_log_level(self.log_level, "BULWARK_LOG_LEVEL")
         parse_log_format(self.log_format, "BULWARK_LOG_FORMAT")
+        self._check_node()
+
+    def _check_node(self) -> None:
+        """Node mode's settings; only checked in node mode, except the choices themselves."""
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode {self.mode!r} must be pod or node")
+        if self.attestor not in ATTESTORS:
+            raise ConfigError(f"BULWARK_NODE_ATTESTOR {self.attestor!r} must be k8s or unix")
+        if self.mode != "node":
+            return
+        if self.file_mounted_certs or self.output_certs_dir is not None:
+            raise ConfigError(
+                "FILE_MOUNTED_CERTS and OUTPUT_CERTS hold one workload's certificate; a node "
+                "agent serves many (leave them unset with --mode node)"
+            )
+        if self.attestor == "unix" and self.unix_identities is None:
+            raise ConfigError("--attestor unix needs --unix-identities FILE")
+        if self.attestor == "k8s" and not self.node_name:
+            raise ConfigError("--attestor k8s needs the node's name: NODE_NAME or --node-name")
+        if self.attestor == "k8s" and self.kubeconfig is None and not self.kube_service_host:
+            raise ConfigError(
+                "--attestor k8s needs the API server: --kubeconfig, or KUBERNETES_SERVICE_HOST "
+                "(set in every pod)"
+            )
+        for what, mode in (
+            ("BULWARK_NODE_SOCKET_MODE", self.node_socket_mode),
+            ("BULWARK_NODE_SOCKET_DIR_MODE", self.node_socket_dir_mode),
+        ):
+            if mode & ~0o777 or mode & 0o600 != 0o600:
+                raise ConfigError(
+                    f"{what} {mode:04o} must be a mode of at most 0777 with owner read-write"
+                )
+        for what, number in (
+            ("--max-identities", self.max_identities),
+            ("--max-connections", self.max_connections),
+            ("--max-caller-connections", self.max_caller_connections),
+            ("--max-caller-streams", self.max_caller_streams),
+            ("--ca-batch-max", self.ca_batch_max),
+        ):
+            if number < 1:
+                raise ConfigError(f"{what} {number} must be at least 1")
+        if not 0 <= self.key_pool <= 64:
+            raise ConfigError(f"--key-pool {self.key_pool} must be between 0 and 64")
+        if self.attest_timeout <= timedelta(0):
+            raise ConfigError("--attest-timeout must be positive")
 
     def _check_numbers(self) -> None:
         if self.secret_ttl <= timedelta(0):
@@ -395,6 +464,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ready_file", PATH, "JSON with socket and status address, written once serving", env="BULWARK_AGENT_READY_FILE", flag="--ready-file"),
     Setting("log_level", LOG_LEVEL, "debug, info, warn or error", env="BULWARK_LOG_LEVEL", flag="--log-level"),
     Setting("log_format", LOG_FORMAT, "text or json, one event per line", env="BULWARK_LOG_FORMAT", flag="--log-format"),
+    # node mode (docs/NODE-AGENT.md)
+    Setting("mode", TEXT, "pod: one workload (POD_NAMESPACE/SERVICE_ACCOUNT); node: every workload of the node, attested, the identity above being the node agent's own", flag="--mode"),
+    Setting("attestor", TEXT, "node mode: k8s (the caller's pod) or unix (--unix-identities)", env="BULWARK_NODE_ATTESTOR", flag="--attestor"),
+    Setting("unix_identities", PATH, "node mode, unix attestor: YAML mapping uid/gid/path/sha256 to identities", env="BULWARK_UNIX_IDENTITIES", flag="--unix-identities"),
+    Setting("node_name", TEXT, "node mode, k8s attestor: this node's name (pods are watched by spec.nodeName)", env="NODE_NAME", flag="--node-name"),
+    Setting("kubeconfig", PATH, "node mode, k8s attestor: kubeconfig of the API server (unset: in-cluster)", env="KUBECONFIG", flag="--kubeconfig"),
+    Setting("kube_service_host", TEXT, "node mode, in-cluster: the API server's address (set by Kubernetes)", env="KUBERNETES_SERVICE_HOST"),
+    Setting("kube_service_port", TEXT, "node mode, in-cluster: the API server's port (set by Kubernetes)", env="KUBERNETES_SERVICE_PORT"),
+    Setting("allow_host_pods", BOOL, "node mode, k8s attestor: serve hostNetwork and hostPID pods too", env="BULWARK_NODE_ALLOW_HOST_PODS", flag="--allow-host-pods"),
+    Setting("node_socket_mode", MODE, "node mode: socket mode (every local user may connect; attestation decides)", env="BULWARK_NODE_SOCKET_MODE", flag="--node-socket-mode"),
+    Setting("node_socket_dir_mode", MODE, "node mode: mode of the socket's directory", env="BULWARK_NODE_SOCKET_DIR_MODE", flag="--node-socket-dir-mode"),
+    Setting("max_identities", INT, "node mode: identities served at once", env="BULWARK_NODE_MAX_IDENTITIES", flag="--max-identities"),
+    Setting("max_connections", INT, "node mode: open connections, all callers", env="BULWARK_NODE_MAX_CONNECTIONS", flag="--max-connections"),
+    Setting("max_caller_connections", INT, "node mode: open connections of one caller (pod or process)", env="BULWARK_NODE_MAX_CALLER_CONNECTIONS", flag="--max-caller-connections"),
+    Setting("max_caller_streams", INT, "node mode: calls in progress of one caller", env="BULWARK_NODE_MAX_CALLER_STREAMS", flag="--max-caller-streams"),
+    Setting("attest_timeout", DURATION, "node mode, k8s attestor: how long a new container may wait for its pod's status", env="BULWARK_NODE_ATTEST_TIMEOUT", flag="--attest-timeout"),
+    Setting("key_pool", INT, "node mode: keys generated ahead of time for new identities", env="BULWARK_NODE_KEY_POOL", flag="--key-pool"),
+    Setting("ca_batch_max", INT, "node mode: CSRs per BatchCreateCertificates call (at most the CA's --batch-max-certificates)", env="BULWARK_NODE_CA_BATCH_MAX", flag="--ca-batch-max"),
 )  # fmt: skip
 
 

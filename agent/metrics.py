@@ -52,6 +52,10 @@ class AgentMetrics:
         ):
             self._families[name].values[()] = 0.0
 
+    def register(self, name: str, kind: str, text: str) -> None:
+        """A further series (node mode's own); a no-op if it exists."""
+        self._families.setdefault(name, _Family(name, kind, text))
+
     def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
         values = self._families[name].values
         key = tuple(sorted(labels.items()))

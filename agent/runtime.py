@@ -17,6 +17,7 @@ import random
 import signal
 import time
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from agent.endpoints.sds import SdsService
     from agent.endpoints.status import StatusServer
     from agent.endpoints.workload_api import WorkloadApiService
+    from agent.node.runtime import NodeAgent
     from agent.state.identity import IdentityState
     from agent.state.jwt_cache import JwtSvidCache
     from agent.upstream.bundle_poller import BundlePoller
@@ -215,15 +217,8 @@ class Agent:
                 worker.cancel()
 
     async def _start_status(self) -> None:
-        if not self.config.status_addr:
-            return
-        host, port = split_host_port(self.config.status_addr, what="status address")
-        try:
-            self.status_addr = await self.status.start(host, port)
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot listen on status address {self.config.status_addr}: {exc.strerror}"
-            ) from None
+        if self.config.status_addr:
+            self.status_addr = await start_status(self.status, self.config.status_addr)
 
     async def reload(self) -> None:
         """SIGHUP: re-read every watched file now; retry a failed renewal with the new files."""
@@ -244,9 +239,7 @@ class Agent:
             await self.files.watch_root_file(root)
 
     def _check_socket_path(self) -> None:
-        absolute = str(self.owner.path)
-        if len(absolute) > MAX_SOCKET_PATH:
-            raise ConfigError(f"socket path {absolute} is longer than {MAX_SOCKET_PATH} bytes")
+        check_socket_path(self.owner.path)
 
     async def _start_grpc(self) -> None:
         """A gRPC server on the socket; earlier servers keep their open streams."""
@@ -284,18 +277,7 @@ class Agent:
                 last_error = str(exc)
 
     def _write_ready_file(self) -> None:
-        if self.config.ready_file is None:
-            return
-        info = {
-            "socket": os.path.abspath(self.config.socket_path),
-            "status_addr": f"{self.status_addr[0]}:{self.status_addr[1]}"
-            if self.status_addr
-            else "",
-            "pid": os.getpid(),
-        }
-        tmp = self.config.ready_file.with_name(self.config.ready_file.name + ".tmp")
-        tmp.write_text(json.dumps(info))
-        tmp.replace(self.config.ready_file)
+        write_ready_file(self.config, self.status_addr)
 
     async def _log_first_certificate(self, started: float) -> None:
         box = self.cache.subscribe()
@@ -312,6 +294,35 @@ class Agent:
             self.cache.unsubscribe(box)
 
 
+async def start_status(status: StatusServer, addr: str) -> tuple[str, int]:
+    """Listen on the status address, or `ConfigError` naming it."""
+    host, port = split_host_port(addr, what="status address")
+    try:
+        return await status.start(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on status address {addr}: {exc.strerror}") from None
+
+
+def check_socket_path(path: Path) -> None:
+    absolute = str(path)
+    if len(absolute) > MAX_SOCKET_PATH:
+        raise ConfigError(f"socket path {absolute} is longer than {MAX_SOCKET_PATH} bytes")
+
+
+def write_ready_file(config: AgentConfig, status_addr: tuple[str, int] | None) -> None:
+    """`BULWARK_AGENT_READY_FILE`: socket, status address and pid, once serving."""
+    if config.ready_file is None:
+        return
+    info = {
+        "socket": os.path.abspath(config.socket_path),
+        "status_addr": f"{status_addr[0]}:{status_addr[1]}" if status_addr else "",
+        "pid": os.getpid(),
+    }
+    tmp = config.ready_file.with_name(config.ready_file.name + ".tmp")
+    tmp.write_text(json.dumps(info))
+    tmp.replace(config.ready_file)
+
+
 def run_agent(config: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT; the process exit code."""
 
@@ -320,7 +331,13 @@ def run_agent(config: AgentConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        agent = Agent(config)
+        agent: Agent | NodeAgent
+        if config.mode == "node":
+            from agent.node.runtime import NodeAgent
+
+            agent = NodeAgent(config)
+        else:
+            agent = Agent(config)
         reloads: set[asyncio.Task[None]] = set()
 
         def on_hangup() -> None:

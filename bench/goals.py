@@ -1,5 +1,5 @@
-"""The goals `make bench` checks (issue 18; the batch pair, issue 23; the HSM pair, issue
-24), each from figures of the same run.
+"""The goals `make bench` checks (issue 18; the batch pair and the node agent, issue 23; the
+HSM pair, issue 24), each from figures of the same run.
 
 A goal is met, not met, or not measured: a figure missing from the run (a peer that was not
 run, BENCH_ONLY, a phase that failed) prints "not measured" and never counts as met.
@@ -154,6 +154,33 @@ GOALS: tuple[Goal, ...] = (
         "0 (and none expired before renewal)",
         lambda v, ratio: v == 0,
         extra=_storm_clean,
+    ),
+    Goal(
+        "node agent RSS serving 100 pods of 20 accounts (an SDS and a Workload API stream each)",
+        "node_agent_rss_mb_100pods",
+        "MB",
+        "<= 80 MB",
+        lambda v, ratio: v <= 80,
+        digits=1,
+        issue=23,
+    ),
+    Goal(
+        "node agent: a new pod's first SDS certificate (new account, warm agent), p50",
+        "node_agent_first_cert_ms_p50",
+        "ms",
+        "<= 15 ms",
+        lambda v, ratio: v <= 15,
+        digits=1,
+        issue=23,
+    ),
+    Goal(
+        "node agent just started: 100 pods connecting at once, all served",
+        "node_agent_reboot_100pods_s",
+        "s",
+        "<= 2 s",
+        lambda v, ratio: v <= 2,
+        digits=2,
+        issue=23,
     ),
     Goal(
         "thundering herd: all clients served after (CA RSS bound alongside)",

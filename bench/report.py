@@ -63,6 +63,7 @@ def markdown(r: dict[str, Any]) -> str:
         *_batch(r),
         *_hsm(r),
         *_agent_peers(r),
+        *_node_agent(r),
         *_information(r),
         *_per_concurrency(r),
         *_floor(r),
@@ -203,6 +204,25 @@ def _agent_peers(r: dict[str, Any]) -> list[str]:
             f"| {label} | {_f(ours, digits)} | {_f(theirs, digits)} | {_ratio(ours, theirs)} |"
         )
     return lines
+
+
+def _node_agent(r: dict[str, Any]) -> list[str]:
+    node = r.get("node_agent")
+    if not node:
+        return []
+    return [
+        "",
+        f"The node agent ({node.get('attestor')} attestor, one Bulwark CA): {node.get('pods')} pods "
+        f"of {node.get('accounts')} accounts held {node.get('connections')} connections and "
+        f"{node.get('identities')} identities.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| RSS with 100 pods held (MB) | {_f(node.get('rss_mb_100pods'), 1)} |",
+        f"| just started, 100 pods connecting at once: all served after (s) | {_f(node.get('reboot_100pods_s'), 2)} |",
+        f"| new pod, new account (one CA round trip), p50 (ms) | {_f(node.get('first_cert_ms_p50'), 1)} |",
+        f"| new pod, account already served, p50 (ms) | {_f(node.get('first_cert_shared_ms_p50'), 1)} |",
+    ]
 
 
 def _information(r: dict[str, Any]) -> list[str]:

@@ -12,12 +12,14 @@ Phases, in order:
          interop stand-in), starts interleaved, against the same Bulwark CA: RSS after the first
          certificate, start to first SDS certificate; then our agent's idle CPU and SDS push
          latency.
+  node   the node agent (issue 23): 100 pods of 20 accounts held by one node agent (RSS, all
+         served after its start), a new pod's first certificate (bench/node_bench.py).
   fleet  rotation storm and thundering herd (twice: RPC limit, then a queue for everyone).
 Every goal is printed with its ratio and met / not met / not measured at the end.
 
 Environment:
   BENCH_QUICK=1        short windows and fleets, to try the harness (not for results)
-  BENCH_ONLY=ca|hsm|agent|fleet   run only that phase (comma-separated for several)
+  BENCH_ONLY=ca|hsm|agent|node|fleet   run only that phase (comma-separated for several)
   BENCH_OUT=DIR        where latest.json / latest.md / the charts go. Default: bench/results
                        for a full-length run of every phase; otherwise /tmp/bulwark-bench-<kind>
                        (a quick or partial run never overwrites the committed results)
@@ -44,7 +46,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 QUICK = os.environ.get("BENCH_QUICK") == "1"
-PHASES = ("ca", "hsm", "agent", "fleet")
+PHASES = ("ca", "hsm", "agent", "node", "fleet")
 CONCURRENCIES = [8, 32, 128]
 HEADLINE_CONCURRENCY = 32
 # The batch call (issue 23): a few node agents, each sending BatchCreateCertificates of 32.
@@ -333,6 +335,28 @@ def agent_phase(work: Path, r: dict[str, Any]) -> None:
     )
 
 
+def node_phase(work: Path, r: dict[str, Any]) -> None:
+    from bench import node_bench
+    from tests.support.ca_process import start_ca
+    from tests.support.node_agent import node_policy_args
+
+    log(
+        "node agent: 20 uids x 5 pods (SDS + Workload API stream each) connecting as it starts; "
+        "then new pods' first certificates"
+    )
+    ca = start_ca(work / "node-ca", *node_policy_args(work / "node-policy"), workers=1)
+    try:
+        node = node_bench.bench_node(ca, work / "node-logs", samples=7 if QUICK else 15)
+    finally:
+        ca.stop()
+    r.update(
+        node_agent=node,
+        node_agent_rss_mb_100pods=node["rss_mb_100pods"],
+        node_agent_first_cert_ms_p50=node["first_cert_ms_p50"],
+        node_agent_reboot_100pods_s=node["reboot_100pods_s"],
+    )
+
+
 def fleet_phase(work: Path, r: dict[str, Any]) -> None:
     from bench import fleet_bench
 
@@ -403,6 +427,8 @@ def main() -> int:
             hsm_phase(work, r)
         if "agent" in phases:
             agent_phase(work, r)
+        if "node" in phases:
+            node_phase(work, r)
         if "fleet" in phases:
             fleet_phase(work, r)
         r["total_s"] = time.monotonic() - t_start

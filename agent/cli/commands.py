@@ -8,7 +8,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.config import CA_HEADER_PREFIX, SETTINGS, AgentConfig, default_socket
+from agent.config import (
+    CA_HEADER_PREFIX,
+    DEFAULT_STATUS_ADDR,
+    SETTINGS,
+    AgentConfig,
+    default_socket,
+)
 from agent.errors import ConfigError
 from agent.logs import configure, parse_level
 from certs.cli.exits import EXIT_ERROR, EXIT_NO, EXIT_OK, fail, report
@@ -20,8 +26,11 @@ def register(subparsers: Any) -> None:
 
     agent = subparsers.add_parser(
         "agent",
-        help="the per-pod agent: SDS + SPIFFE Workload API",
-        description="The per-pod agent: serves SDS and the SPIFFE Workload API on a unix socket.",
+        help="the agent: SDS + SPIFFE Workload API (per pod, or per node)",
+        description=(
+            "The agent: serves SDS and the SPIFFE Workload API on a unix socket, for one "
+            "workload (per pod, the default) or every workload of a node (--mode node)."
+        ),
     )
     commands = agent.add_subparsers(dest="agent_command", metavar="COMMAND", required=True)
     _add_run(
@@ -55,6 +64,17 @@ def register(subparsers: Any) -> None:
         action="append",
         default=[],
         help="also show this SDS resource (file-cert:..., file-root:...)",
+    )
+    status.add_argument(
+        "--node",
+        action="store_true",
+        help="a node agent (--mode node): list the identities it serves, the pods behind "
+        "each and their expiries, from its status port",
+    )
+    status.add_argument(
+        "--status-addr",
+        default=DEFAULT_STATUS_ADDR,
+        help="with --node: the node agent's status address (default: %(default)s)",
     )
     status.set_defaults(handler=status_command)
 
@@ -116,6 +136,9 @@ def status_command(args: argparse.Namespace) -> int:
     from agent.cli.status import format_report, inspect_agent
     from certs.cli.output import emit
 
+    if args.node:
+        return node_status_command(args)
+
     if not Path(args.socket).exists():
         report(
             "agent status",
@@ -127,6 +150,24 @@ def status_command(args: argparse.Namespace) -> int:
     emit(served, args.output, lambda: print(format_report(served)))
     ok = all(r["status"] == "ACTIVE" for r in served["resources"])
     return EXIT_OK if ok else EXIT_NO
+
+
+def node_status_command(args: argparse.Namespace) -> int:
+    from agent.cli.node_status import (
+        NodeStatusError,
+        all_served,
+        fetch_node_status,
+        format_node_status,
+    )
+    from certs.cli.output import emit
+
+    try:
+        document = fetch_node_status(args.status_addr)
+    except NodeStatusError as exc:
+        print(f"bulwark agent status: {exc}", file=sys.stderr)
+        return 1
+    emit(document, args.output, lambda: print(format_node_status(document)))
+    return 0 if all_served(document) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

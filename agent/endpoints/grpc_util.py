@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from agent.errors import AgentError, BadRequest
 from agent.logs import printable
+
+if TYPE_CHECKING:
+    from agent.state.identity import IdentityState, StateLookup
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,17 @@ async def abort_with(context: grpc.aio.ServicerContext[Any, Any], exc: AgentErro
     log.debug("RPC refused with %s: %s", exc.code.name, printable(exc.public_message))
     await context.abort(exc.code, exc.public_message)
     raise AssertionError("context.abort raises")
+
+
+async def lookup_state(
+    states: StateLookup, context: grpc.aio.ServicerContext[Any, Any]
+) -> IdentityState:
+    """The caller's state, or the call ended with the lookup's refusal (a node agent that
+    cannot attest the caller: PERMISSION_DENIED naming what it found)."""
+    try:
+        return states(context)
+    except AgentError as exc:
+        await abort_with(context, exc)
 
 
 async def pump_requests(requests: AsyncIterator[Any], queue: asyncio.Queue[Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2, secret_pb2
 
@@ -14,6 +16,36 @@ SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3
 DEFAULT = "default"
 ROOTCA = "ROOTCA"
 SPIFFE_VALIDATOR = "envoy.tls.cert_validator.spiffe"
+
+
+class ResourceNames(Protocol):
+    """Which SDS names a caller may ask for, and what each one is in a snapshot."""
+
+    def check(self, name: str) -> bool:
+        """True for a file resource, False for the SVID or roots; raises for a refused name."""
+        ...
+
+    def version(self, snapshot: Snapshot, name: str) -> str | None: ...
+
+    def secret(self, snapshot: Snapshot, name: str) -> secret_pb2.Secret | None: ...
+
+
+class AgentResourceNames:
+    """The per-pod agent's names: `default`, `ROOTCA` and the file resources."""
+
+    __slots__ = ()
+
+    def check(self, name: str) -> bool:
+        return check_name(name)
+
+    def version(self, snapshot: Snapshot, name: str) -> str | None:
+        return version_of(snapshot, name)
+
+    def secret(self, snapshot: Snapshot, name: str) -> secret_pb2.Secret | None:
+        return secret_for(snapshot, name)
+
+
+AGENT_NAMES = AgentResourceNames()
 
 
 def check_name(name: str) -> bool:

@@ -21,16 +21,24 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 from google.protobuf import any_pb2
 
-from agent.endpoints.grpc_util import abort_with, pump_requests, require_decoded, tolerant
-from agent.endpoints.resources import SECRET_TYPE_URL, check_name, secret_for, version_of
+from agent.endpoints.grpc_util import (
+    abort_with,
+    lookup_state,
+    pump_requests,
+    require_decoded,
+    tolerant,
+)
+from agent.endpoints.resources import AGENT_NAMES, SECRET_TYPE_URL, ResourceNames
 from agent.errors import AgentError, SecretUnavailable, TooManyResources
 from agent.files.secrets import MAX_FILE_RESOURCES_PER_STREAM, FileSecrets
 from agent.logs import LogBudget, printable
 from agent.metrics import AgentMetrics
-from agent.state.cache import Snapshot
+from agent.state.cache import SecretCache, Snapshot
 
 if TYPE_CHECKING:
-    from agent.state.identity import StateLookup
+    from collections.abc import Callable
+
+    from agent.state.identity import IdentityState, StateLookup
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +58,15 @@ class StreamError(AgentError):
 class _Watch:
     """What one stream watches and which version of each resource it last sent."""
 
-    def __init__(self, files: FileSecrets, metrics: AgentMetrics, budget: LogBudget) -> None:
+    def __init__(
+        self,
+        files: FileSecrets,
+        metrics: AgentMetrics,
+        budget: LogBudget,
+        names: ResourceNames = AGENT_NAMES,
+    ) -> None:
         self.files = files
+        self.policy = names
         self.metrics = metrics
         self.budget = budget
         self.node_id = ""
@@ -84,7 +99,7 @@ class _Watch:
     async def subscribe(self, names: Sequence[str]) -> list[str]:
         """Start watching `names`; returns those that are new to this stream."""
         new = [n for n in dict.fromkeys(names) if n not in self.names]
-        files = [n for n in new if check_name(n)]  # every name checked before any is watched
+        files = [n for n in new if self.policy.check(n)]  # all checked before any is watched
         if len(self.held) + len(files) > MAX_FILE_RESOURCES_PER_STREAM:
             raise TooManyResources(
                 f"one stream may watch at most {MAX_FILE_RESOURCES_PER_STREAM} file resources"
@@ -116,7 +131,7 @@ class _Watch:
         pending = self.names if names is None else names
         out = []
         for name in pending:
-            version = version_of(snapshot, name)
+            version = self.policy.version(snapshot, name)
             if version is not None and version != self.sent.get(name):
                 out.append(name)
         return out
@@ -126,8 +141,8 @@ class _Watch:
     ) -> list[tuple[str, str, any_pb2.Any]]:
         out = []
         for name in names:
-            secret = secret_for(snapshot, name)
-            version = version_of(snapshot, name)
+            secret = self.policy.secret(snapshot, name)
+            version = self.policy.version(snapshot, name)
             if secret is None or version is None:
                 continue
             packed = any_pb2.Any()
@@ -207,33 +222,49 @@ class _DeltaStream(_Watch):
 class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[misc]
     """Serves the secrets of the caller's identity (`states`) to Envoy."""
 
-    def __init__(self, *, states: StateLookup, files: FileSecrets, metrics: AgentMetrics) -> None:
+    def __init__(
+        self,
+        *,
+        states: StateLookup,
+        files: FileSecrets,
+        metrics: AgentMetrics,
+        names: Callable[[IdentityState], ResourceNames] | None = None,
+        fetch_wait: float = 0.0,
+    ) -> None:
         self._states = states
         self._files = files
         self._metrics = metrics
+        self._names = names  # None: the per-pod agent's names for every caller
+        # How long FetchSecrets waits for a secret still being fetched (a node agent's
+        # identity that a caller's first call created); 0: answer at once.
+        self._fetch_wait = fetch_wait
         self._nack_budget = LogBudget()
+
+    def _policy(self, state: IdentityState) -> ResourceNames:
+        return AGENT_NAMES if self._names is None else self._names(state)
 
     async def StreamSecrets(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        async for response in self._serve(
-            _SotwStream(self._files, self._metrics, self._nack_budget), request_iterator, context
-        ):
+        state = await lookup_state(self._states, context)
+        stream = _SotwStream(self._files, self._metrics, self._nack_budget, self._policy(state))
+        async for response in self._serve(stream, state, request_iterator, context):
             yield response
 
     async def DeltaSecrets(
         self, request_iterator: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        async for response in self._serve(
-            _DeltaStream(self._files, self._metrics, self._nack_budget), request_iterator, context
-        ):
+        state = await lookup_state(self._states, context)
+        stream = _DeltaStream(self._files, self._metrics, self._nack_budget, self._policy(state))
+        async for response in self._serve(stream, state, request_iterator, context):
             yield response
 
     async def FetchSecrets(
         self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> discovery_pb2.DiscoveryResponse:
-        cache = self._states(context).cache
-        watch = _SotwStream(self._files, self._metrics, self._nack_budget)
+        state = await lookup_state(self._states, context)
+        cache = state.cache
+        watch = _SotwStream(self._files, self._metrics, self._nack_budget, self._policy(state))
         try:
             require_decoded(request)
             if request.type_url and request.type_url != SECRET_TYPE_URL:
@@ -241,8 +272,8 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
             if not request.resource_names:
                 raise StreamError("FetchSecrets needs at least one resource name")
             names = await watch.subscribe(list(request.resource_names))
-            snapshot = cache.snapshot
-            missing = [n for n in names if version_of(snapshot, n) is None]
+            snapshot = await self._settled(cache, names, watch.policy)
+            missing = [n for n in names if watch.policy.version(snapshot, n) is None]
             if missing:
                 reasons = [snapshot.file_errors.get(n) or snapshot.svid_error for n in missing]
                 reason = "; ".join(dict.fromkeys(r for r in reasons if r)) or "not loaded yet"
@@ -257,13 +288,34 @@ class SdsService(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[m
         finally:
             watch.release_all()  # a one-shot fetch holds no watch afterwards
 
+    async def _settled(
+        self, cache: SecretCache, names: Sequence[str], policy: ResourceNames
+    ) -> Snapshot:
+        """The snapshot once every name exists, an error is known, or `fetch_wait` passed."""
+        snapshot = cache.snapshot
+        if self._fetch_wait <= 0:
+            return snapshot
+        box = cache.subscribe()
+        try:
+            async with asyncio.timeout(self._fetch_wait):
+                while not all(policy.version(snapshot, n) for n in names):
+                    if snapshot.svid_error or (latest := await box.get()) is None:
+                        break
+                    snapshot = latest
+        except TimeoutError:
+            pass
+        finally:
+            cache.unsubscribe(box)
+        return cache.snapshot
+
     async def _serve(
         self,
         stream: _SotwStream | _DeltaStream,
+        state: IdentityState,
         request_iterator: AsyncIterator[Any],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[Any]:
-        cache = self._states(context).cache
+        cache = state.cache
         requests: asyncio.Queue[Any] = asyncio.Queue(MAX_QUEUED_REQUESTS)
         pump = asyncio.ensure_future(pump_requests(request_iterator, requests))
         box = cache.subscribe()

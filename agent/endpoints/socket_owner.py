@@ -31,17 +31,21 @@ CONNECT_PROBE_S = 1.0
 class SocketOwner:
     """Claims, prepares and finally removes one socket path."""
 
-    def __init__(self, path: Path, *, mode: int, group: str) -> None:
+    def __init__(self, path: Path, *, mode: int, group: str, dir_mode: int | None = None) -> None:
         self.path = Path(os.path.abspath(path))
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._mode = mode
+        self._dir_mode = dir_mode
         self._gid = _group_id(group) if group else None
         self._lock_fd: int | None = None
         self._inode: int | None = None
 
     @property
     def dir_mode(self) -> int:
-        """0700, plus search permission for the group when the socket is open to it."""
+        """0700, plus search permission for the group when the socket is open to it (a node
+        agent's directory is given: every local user may reach its socket)."""
+        if self._dir_mode is not None:
+            return self._dir_mode
         return 0o710 if self._mode & 0o060 else 0o700
 
     def claim(self) -> None:

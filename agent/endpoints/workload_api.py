@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 
-from agent.endpoints.grpc_util import abort_with, require_decoded, tolerant
+from agent.endpoints.grpc_util import abort_with, lookup_state, require_decoded, tolerant
 from agent.endpoints.workload_proto import SECURITY_HEADER, SERVICE, workload_pb2
 from agent.errors import AgentError, BadRequest, SecretUnavailable
 from agent.logs import printable
@@ -52,7 +52,8 @@ class WorkloadApiService:
     async def FetchX509SVID(self, request: Any, context: Context) -> AsyncIterator[Any]:
         await _check_request(request, context)
         last: tuple[str, str, str] | None = None
-        async for snapshot in _snapshots(self._states(context).cache):
+        cache = (await lookup_state(self._states, context)).cache
+        async for snapshot in _snapshots(cache):
             svid, roots = snapshot.svid, snapshot.roots
             if svid is None or svid.spiffe_id is None or roots is None:
                 continue
@@ -76,7 +77,7 @@ class WorkloadApiService:
 
     async def FetchX509Bundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
         await _check_request(request, context)
-        state = self._states(context)
+        state = await lookup_state(self._states, context)
         last = ""
         async for snapshot in _snapshots(state.cache):
             roots = snapshot.roots
@@ -95,7 +96,7 @@ class WorkloadApiService:
 
     async def FetchJWTSVID(self, request: Any, context: Context) -> Any:
         await _check_request(request, context)
-        state = self._states(context)
+        state = await lookup_state(self._states, context)
         try:
             key = audience_key(list(request.audience))
             _check_entitled(request.spiffe_id, state.spiffe_id)
@@ -110,7 +111,8 @@ class WorkloadApiService:
     async def FetchJWTBundles(self, request: Any, context: Context) -> AsyncIterator[Any]:
         await _check_request(request, context)
         last = ""
-        async for snapshot in _snapshots(self._states(context).cache):
+        state = await lookup_state(self._states, context)
+        async for snapshot in _snapshots(state.cache):
             if snapshot.bundles is None or snapshot.bundles.jwt_version == last:
                 continue
             last = snapshot.bundles.jwt_version
@@ -121,7 +123,7 @@ class WorkloadApiService:
         await _check_request(request, context)
         from agent.state.jwt_validate import validate_jwt_svid  # loaded by the first validation
 
-        bundles = self._states(context).cache.snapshot.bundles
+        bundles = (await lookup_state(self._states, context)).cache.snapshot.bundles
         try:
             if bundles is None:
                 raise SecretUnavailable("no JWT bundles from the CA yet; try again shortly")

@@ -187,8 +187,9 @@ class Renewer:
             self._metrics.set("last_rotation_timestamp_seconds", self._clock.now().timestamp())
         due = self._policy.renew_at(svid, self._rng)
         log.info(
-            "certificate %s valid until %s; renewal due %s",
+            "certificate %s of %s valid until %s; renewal due %s",
             svid.serial,
+            svid.spiffe_id,
             svid.not_after.isoformat(),
             due.isoformat(),
         )

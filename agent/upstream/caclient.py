@@ -87,18 +87,34 @@ class CaClient:
         self._explained.clear()
         self._root_problem = ""
 
-    async def sign(self, csr_pem: bytes, ttl: timedelta) -> list[str]:
-        """The CA's chain (leaf first, root last) for `csr_pem`, or `CaRequestFailed`."""
+    async def sign(
+        self,
+        csr_pem: bytes,
+        ttl: timedelta,
+        *,
+        impersonate: str = "",
+        channel: aio.Channel | None = None,
+        token: bool = True,
+    ) -> list[str]:
+        """The CA's chain (leaf first, root last) for `csr_pem`, or `CaRequestFailed`.
+
+        `impersonate`: a node agent asks for that workload's certificate with Istio's
+        `ImpersonatedIdentity` metadata, as ztunnel does (docs/COMPATIBILITY.md §4).
+        `channel`: send it there (the caller keeps and closes it) instead of on a fresh one;
+        `token=False` when that channel authenticates with a client certificate."""
         request = ca_pb2.IstioCertificateRequest(
             csr=csr_pem.decode(), validity_duration=max(1, int(ttl.total_seconds()))
         )
         if self._config.cert_signer:
             request.metadata.update({"CertSigner": self._config.cert_signer})
-        metadata = self._metadata()
+        if impersonate:
+            request.metadata.update({"ImpersonatedIdentity": impersonate})
+        metadata = self.call_metadata(token=token)
         self._metrics.inc("num_outgoing_requests", request_type="csr")
         started = time.monotonic()
+        owned = channel is None
         try:
-            channel = self._take_warm() or self._channel()
+            channel = channel or self._take_warm() or self._channel()
         except CaRequestFailed:
             self._metrics.inc("num_failed_outgoing_requests", request_type="csr")
             raise
@@ -110,7 +126,8 @@ class CaClient:
         finally:
             elapsed_ms = (time.monotonic() - started) * 1000.0
             self._metrics.inc("outgoing_latency", elapsed_ms, request_type="csr")
-            await channel.close()
+            if owned:
+                await channel.close()
 
     async def _call_with_retries(
         self,
@@ -164,14 +181,19 @@ class CaClient:
         channel, self._warm = self._warm, None
         return channel
 
-    def open_channel(self) -> aio.Channel:
+    def open_channel(self, *, client: tuple[bytes, bytes] | None = None) -> aio.Channel:
         """A fresh channel to the CA with the CSR's TLS and client certificate (the caller
-        closes it); `CaRequestFailed` when there is no root to verify the CA with."""
-        return self._channel()
+        closes it); `CaRequestFailed` when there is no root to verify the CA with.
 
-    def call_metadata(self) -> tuple[tuple[str, str], ...]:
-        """The CSR's headers (token re-read, cluster ID, CA_HEADER_*), for other CA calls."""
-        return self._metadata()
+        `client` (key PEM, chain PEM): present that certificate instead, on the CA's
+        client-certificate port (a node agent speaking as one of its workloads)."""
+        return self._channel(client)
+
+    def call_metadata(self, *, token: bool = True) -> tuple[tuple[str, str], ...]:
+        """The CSR's headers (token re-read, cluster ID, CA_HEADER_*), for other CA calls;
+        without the token for a call that authenticates with a client certificate."""
+        pairs = self._metadata()
+        return pairs if token else tuple(p for p in pairs if p[0] != "authorization")
 
     async def explain(self, code: grpc.StatusCode, details: str) -> str:
         """A hint on why the CA refused (diagnosed once per distinct error)."""
@@ -199,11 +221,11 @@ class CaClient:
         pairs.extend(self._config.ca_headers)
         return tuple(pairs)
 
-    def _channel(self) -> aio.Channel:
+    def _channel(self, client: tuple[bytes, bytes] | None = None) -> aio.Channel:
         if not self._config.ca_uses_tls:
             return aio.insecure_channel(self._config.ca_addr)
         root = self._root_pem()
-        client_key, client_chain = self._provisioning_credentials()
+        client_key, client_chain = client or self._provisioning_credentials()
         credentials = grpc.ssl_channel_credentials(
             root_certificates=root, private_key=client_key, certificate_chain=client_chain
         )

@@ -88,10 +88,17 @@ class IdentityClient:
         response = await self._call("FetchTrustBundles", identity_pb2.FetchTrustBundlesRequest())
         return response.trust_domain, dict(response.bundles)
 
+    def _open_channel(self) -> aio.Channel:
+        """The channel of one call (the CSR's connection settings)."""
+        return self._ca.open_channel()
+
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._ca.call_metadata()
+
     async def _call(self, method: str, request: Any) -> Any:
         kind = "jwt" if method == "MintJWTSVID" else "bundles"
         self._metrics.inc("num_outgoing_requests", request_type=kind)
-        channel = self._ca.open_channel()
+        channel = self._open_channel()
         try:
             stub = identity_pb2_grpc.WorkloadIdentityServiceStub(channel)
             return await self._with_retries(getattr(stub, method), request, kind)
@@ -101,7 +108,7 @@ class IdentityClient:
     async def _with_retries(self, rpc: Any, request: Any, kind: str) -> Any:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                return await rpc(request, metadata=self._ca.call_metadata(), timeout=self._timeout)
+                return await rpc(request, metadata=self._call_metadata(), timeout=self._timeout)
             except aio.AioRpcError as exc:
                 code = exc.code()
                 if code in RETRYABLE and attempt < ATTEMPTS:

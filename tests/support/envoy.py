@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -267,6 +267,8 @@ class EnvoyProcess:
     process: subprocess.Popen[bytes] | None = None
     admin_url: str = ""
     port: int = 0
+    # Run in the child before Envoy execs (a node agent's test puts it in a pod's cgroup).
+    preexec: Callable[[], None] | None = None
     # Distinct per instance (as the brief for parallel runs asks); with --disable-hot-restart
     # Envoy allocates no shared memory, so a clash with another process would be harmless.
     base_id: int = field(
@@ -297,7 +299,9 @@ class EnvoyProcess:
             "--drain-time-s", "0",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(cmd, cwd=self.work, stdout=log, stderr=log)
+            self.process = subprocess.Popen(
+                cmd, cwd=self.work, stdout=log, stderr=log, preexec_fn=self.preexec
+            )
         deadline = time.monotonic() + timeout
         while not (admin_file.exists() and admin_file.read_text().strip()):
             self._check_alive(deadline, "write its admin address")

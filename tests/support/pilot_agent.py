@@ -6,7 +6,8 @@ image runs it from /), so the pod root holds them: the projected token
 ./var/run/secrets/istio/root-cert.pem, the bootstrap template
 ./var/lib/istio/envoy/envoy_bootstrap_tmpl.json; the SDS socket appears at
 ./var/run/secrets/workload-spiffe-uds/socket. Envoy is replaced by a stand-in script that
-records its arguments and sleeps: pilot-agent only supervises it.
+records its arguments and sleeps (pilot-agent only supervises it), unless a test gives a
+real Envoy.
 """
 
 from __future__ import annotations
@@ -123,8 +124,11 @@ def start_pilot_agent(
     envoy: bool = True,
     cluster_id: str = "Kubernetes",
     extra_env: dict[str, str] | None = None,
+    envoy_binary: Path | None = None,
+    admin_port: int | None = None,
 ) -> PilotAgent:
-    """Start `pilot-agent proxy sidecar` in `root` against the CA at `ca_addr`.
+    """Start `pilot-agent proxy sidecar` in `root` against the CA at `ca_addr` (with the
+    Envoy stand-in, or the real `envoy_binary` whose admin API listens on `admin_port`).
 
     CA_ADDR is given as localhost:PORT: Istio's dialer then uses the server name
     istiod.istio-system.svc (pilot/pkg/grpc/tls.go), the DNS SAN of Bulwark's serving cert.
@@ -146,12 +150,13 @@ def start_pilot_agent(
     stand_in = root / "envoy"
     stand_in.write_text(ENVOY_STAND_IN)
     stand_in.chmod(0o755)
+    binary = envoy_binary or stand_in  # a real Envoy when given
 
     status_port = free_port()
     proxy_config = (
         f"{{discoveryAddress: '{ca}', statusPort: {status_port}, "
-        f"proxyAdminPort: {free_port()}, configPath: '{root}/etc/istio/proxy', "
-        f"binaryPath: '{stand_in}', terminationDrainDuration: 1s, drainDuration: 1s}}"
+        f"proxyAdminPort: {admin_port or free_port()}, configPath: '{root}/etc/istio/proxy', "
+        f"binaryPath: '{binary}', terminationDrainDuration: 1s, drainDuration: 1s}}"
     )
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

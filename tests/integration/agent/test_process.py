@@ -169,6 +169,7 @@ def test_stale_socket_is_replaced_and_bad_config_exits_2(shared_ca: RunningCa, w
 # status port's, the CA's certificate profiles, the HTTP frameworks and libraries the agent
 # avoids on purpose (docs/AGENT.md, "Footprint"), and what only a failure or a JWT needs.
 NOT_BEFORE_FIRST_CERT = (
+    "agent.node",  # node mode (--mode node) alone loads it
     "agent.endpoints.status",
     "certs.profile",
     "agent.upstream.diagnosis",

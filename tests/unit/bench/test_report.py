@@ -86,6 +86,20 @@ def full_run() -> dict[str, Any]:
             "needed_agent_backoff": 0,
             "codes": {"OK": 20000, "RESOURCE_EXHAUSTED": 5},
         },
+        "node_agent": {
+            "pods": 100,
+            "accounts": 20,
+            "connections": 100,
+            "identities": 20,
+            "attestor": "unix",
+            "rss_mb_100pods": 70.0,
+            "reboot_100pods_s": 0.6,
+            "first_cert_ms_p50": 12.0,
+            "first_cert_shared_ms_p50": 4.0,
+        },
+        "node_agent_rss_mb_100pods": 70.0,
+        "node_agent_first_cert_ms_p50": 12.0,
+        "node_agent_reboot_100pods_s": 0.6,
         "herd_max_rss_mb": 330,
         "herd_all_succeeded_s": 23.0,
         "herd_rss_bound_mb": 600,
@@ -135,6 +149,10 @@ def test_every_goal_met_with_its_ratio_to_the_peer() -> None:
         ("storm_failed_rotations", 1, "**not met**"),
         ("herd_all_succeeded_s", 121.0, "**not met**"),
         ("herd_max_rss_mb", 601, "**not met**"),  # the herd goal's memory bound
+        ("node_agent_rss_mb_100pods", 80.0, "met"),
+        ("node_agent_rss_mb_100pods", 80.5, "**not met**"),
+        ("node_agent_first_cert_ms_p50", 15.5, "**not met**"),
+        ("node_agent_reboot_100pods_s", 2.1, "**not met**"),
     ],
 )
 def test_bounds(key: str, value: float, expected: str) -> None:
@@ -178,12 +196,13 @@ def test_first_certificate_goal_stands_without_pilot_agent() -> None:
     assert status(r)["agent_first_cert_s_p50"] == ("met", None)
 
 
-@pytest.mark.parametrize("only", ["ca", "agent", "fleet"])
+@pytest.mark.parametrize("only", ["ca", "agent", "node", "fleet"])
 def test_partial_run_renders(only: str) -> None:
     r = full_run()
     keep = {
         "ca": ("ca_", "istio_", "cfssl_", "crypto"),
         "agent": ("agent", "pilot_"),
+        "node": ("node_agent",),
         "fleet": ("storm", "herd"),
     }[only]
     base = ("machine", "commit", "started_utc", "headline_concurrency", "quick")
@@ -194,6 +213,7 @@ def test_partial_run_renders(only: str) -> None:
     assert f"only {only}" in md
     assert ("Bulwark / Istio" in md) == (only == "ca")
     assert ("| Bulwark agent | pilot-agent |" in md) == (only == "agent")
+    assert ("| RSS with 100 pods held (MB) | 70.0 |" in md) == (only == "node")
 
 
 def test_markdown_shows_each_figure_as_a_ratio_to_its_peer() -> None:
@@ -253,9 +273,10 @@ def test_write_makes_both_charts(tmp_path: Path) -> None:
 
 
 def test_bench_only_selects_phases() -> None:
-    assert run.selected_phases("") == ["ca", "hsm", "agent", "fleet"]
+    assert run.selected_phases("") == ["ca", "hsm", "agent", "node", "fleet"]
     assert run.selected_phases("hsm") == ["hsm"]
     assert run.selected_phases("agent, ca") == ["ca", "agent"]
+    assert run.selected_phases("node") == ["node"]
     with pytest.raises(SystemExit, match="unknown phase"):
         run.selected_phases("cpu")
 
@@ -265,9 +286,10 @@ def test_quick_or_partial_runs_never_write_the_committed_results(
 ) -> None:
     monkeypatch.delenv("BENCH_OUT", raising=False)
     monkeypatch.setattr(run, "QUICK", True)
-    assert run.output_dir(["ca", "hsm", "agent", "fleet"]) != run.RESULTS
+    assert run.output_dir(["ca", "hsm", "agent", "node", "fleet"]) != run.RESULTS
     monkeypatch.setattr(run, "QUICK", False)
-    assert run.output_dir(["ca", "hsm", "agent", "fleet"]) == run.RESULTS
+    assert run.output_dir(["ca", "hsm", "agent", "node", "fleet"]) == run.RESULTS
+    assert run.output_dir(["ca", "hsm", "agent", "fleet"]) != run.RESULTS
     assert run.output_dir(["agent"]) != run.RESULTS
 
 
@@ -292,10 +314,12 @@ def test_required_work_floor_is_shown_as_a_ratio_to_istio() -> None:
 
 def test_committed_results_render_with_every_goal_measured() -> None:
     """The committed full run is complete: no goal of the issues it covers reads "not
-    measured" (a run committed before issue 23 has no batch figures, before 24 no HSM phase)."""
+    measured" (a run committed before issue 23 has no batch or node figures, before 24 no HSM
+    phase)."""
     current = json.loads((RESULTS / "latest.json").read_text())
     covered = {18}
-    covered |= {23} if "ca_batch_cpu_us_per_cert" in current else set()
+    issue_23 = ("ca_batch_cpu_us_per_cert", "node_agent_rss_mb_100pods")
+    covered |= {23} if all(key in current for key in issue_23) else set()
     covered |= {24} if "ca_hsm_certs_per_s" in current else set()
     verdicts = [v for v in goals.verdicts(current) if v.goal.issue in covered]
     assert verdicts and all(v.met is not None for v in verdicts)

@@ -30,6 +30,7 @@ PATTERN = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(n) for n in NAMES) + r
 # Bulwark's own files that happen to share a name with Istio's, each with its reason.
 NOT_ISTIOS = {
     ("ca_server/authn/local_issuer.py", "key.pem"): "the embedded token issuer's RSA key",
+    ("agent/node/kube_api.py", "ca.crt"): "the API server's CA in a pod's service-account mount",
 }
 
 
