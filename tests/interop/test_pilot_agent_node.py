@@ -25,7 +25,8 @@ from tests.support.ca_process import RunningCa
 from tests.support.envoy import envoy_binary
 from tests.support.interop import IstioBinaries
 from tests.support.node_agent import node_ca, start_node_agent, write_unix_identities
-from tests.support.pilot_agent import Workload, free_port, pod_root, start_pilot_agent
+from tests.support.pilot_agent import Workload, pod_root, start_pilot_agent
+from tests.support.ports import free_port
 
 WEB = "spiffe://cluster.local/ns/demo/sa/web"
 SDS = {

@@ -20,7 +20,8 @@ from ca_server.identity import RequestCredentials
 from ca_server.kube import TokenReviewAuthenticator, make_client
 from certs.spiffe_id import TrustDomain
 from tests.k8s.conftest import create_service_account, request_token
-from tests.support.kube_harness import ControlPlane, free_port, write_kubeconfig
+from tests.support.kube_harness import ControlPlane, write_kubeconfig
+from tests.support.ports import free_port
 
 TD = TrustDomain("cluster.local")
 

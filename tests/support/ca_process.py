@@ -18,6 +18,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
+PORT_RETRY_S = 10.0
 
 
 def tree_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -106,8 +107,20 @@ class RunningCa:
         return self
 
     def restart(self) -> RunningCa:
+        """Stop, then start on the same ports. The kernel first picked them from the ephemeral
+        range, which outgoing connections of other tests draw from too: while the CA is down
+        one of them may hold a port for a moment, so a start refused because a port is in use
+        is tried again for up to `PORT_RETRY_S`."""
         self.stop()
-        return self.start(self.grpc_addr, self.admin_addr, self.mtls_addr or "127.0.0.1:0")
+        deadline = time.monotonic() + PORT_RETRY_S
+        while True:
+            seen = len(self.log())
+            try:
+                return self.start(self.grpc_addr, self.admin_addr, self.mtls_addr or "127.0.0.1:0")
+            except RuntimeError:
+                if "already in use" not in self.log()[seen:] or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.process is None or self.process.poll() is not None:

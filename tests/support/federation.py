@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from typing import Any
 
 from tests.support.agent import LiveAgent
 from tests.support.ca_process import RunningCa
+from tests.support.ports import free_port
 
 A, B = "a.test", "b.test"
 NAMESPACE = "demo"
@@ -37,12 +37,6 @@ NAMESPACE = "demo"
 
 def spiffe_id(trust_domain: str, service_account: str) -> str:
     return f"spiffe://{trust_domain}/ns/{NAMESPACE}/sa/{service_account}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def admin(ca: RunningCa, path: str) -> Any:

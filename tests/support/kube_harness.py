@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.support.gobuild import built_binaries
+from tests.support.ports import free_port
 
 HERE = Path(__file__).resolve().parents[1] / "k8s"
 BUILD_SCRIPT = HERE / "build-peers.sh"
@@ -54,13 +54,6 @@ def peer_binaries() -> Path:
     return built_binaries(
         BUILD_SCRIPT, ("etcd", "kube-apiserver", "kubectl"), env_var="BULWARK_K8S_BIN"
     )
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # -- certificates ------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import os
 import queue
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -32,6 +31,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from envoy.service.secret.v3 import sds_pb2_grpc
 
 from tests.support.interop import InteropError, IstioBinaries, write_token
+from tests.support.ports import free_port
 
 START_TIMEOUT_S = 60.0
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -40,13 +40,6 @@ ENVOY_STAND_IN = """#!/bin/sh
 printf '%s\\n' "$@" > envoy-args.txt
 exec sleep 3600
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass

@@ -5,7 +5,6 @@ it across a restart and keeps the last one when a fetch fails. Plus the flag's g
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.request
 from collections.abc import Callable
@@ -20,14 +19,9 @@ from certs.spiffe_id import TrustDomain
 from protos.bulwark.v1 import identity_pb2, identity_pb2_grpc
 from tests.support.ca_client import channel
 from tests.support.ca_process import RunningCa, serve_once
+from tests.support.ports import free_port
 
 FAST = ("--jwt-key-active-life", "8s", "--workers", "1")  # refresh hint 2 s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start(data: Path, td: str, port: int, *federate: str) -> RunningCa:
