@@ -61,7 +61,7 @@ protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protos/spiffe/workload/workload.proto
 
 # Bulwark vs Istio's CA, cfssl and pilot-agent in one run (bench/run.py says how).
-# BENCH_ONLY=ca|agent|fleet runs one phase; BENCH_QUICK=1 tries the harness quickly.
+# BENCH_ONLY=ca|hsm|agent|node|fleet runs one phase; BENCH_QUICK=1 tries the harness quickly.
 bench: $(STAMP)
 	@$(MAKE) --no-print-directory hsm-packages
 	$(PY) bench/run.py
