@@ -146,7 +146,7 @@ def test_disk_full_gives_internal_records_everything_and_recovers(tmp_path: Path
         total = nothing_lost(_sqlite(ca), load, "after the disk-full")
     assert set(while_full) <= {"OK", "INTERNAL"}, while_full
     summary(
-        "disk full (8 MiB tmpfs, SQLite record)",
+        "disk full (64 MiB tmpfs, SQLite record)",
         received=total,
         codes_while_full=while_full,
         recovery_s_after_space_freed=round(served_at - freed_at, 2),

@@ -34,8 +34,12 @@ def summary(fault: str, **numbers: object) -> None:
 
 
 @contextmanager
-def small_tmpfs(path: Path, size: str = "8m") -> Iterator[Path]:
-    """A tmpfs of `size` at `path` (root only; mount failure is a test failure, never a skip)."""
+def small_tmpfs(path: Path, size: str = "64m") -> Iterator[Path]:
+    """A tmpfs of `size` at `path` (root only; mount failure is a test failure, never a skip).
+
+    The default leaves a CA under full load about a minute before its record alone fills it
+    (about 1 MB/s), so a test on a slow machine fills it with `fill` first, when it means to.
+    """
     path.mkdir(mode=0o700)
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(path)],
