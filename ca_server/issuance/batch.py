@@ -32,8 +32,9 @@ from ca_server.issuance.service import (
     InFlight,
     UndecodableRequest,
     authenticate_call,
-    never_raising_decoder,
+    register,
     sign_counted,
+    unary_handler,
 )
 from ca_server.issuance.signer import Issued
 from ca_server.logs import CaEventLog
@@ -189,14 +190,10 @@ class BatchCertificateService:
 
 def add_to_server(service: BatchCertificateService, server: grpc.aio.Server) -> None:
     """Register `service` with the never-raising request deserializer."""
-    handlers = {
-        "BatchCreateCertificates": grpc.unary_unary_rpc_method_handler(
-            service.BatchCreateCertificates,
-            request_deserializer=never_raising_decoder(
-                identity_pb2.BatchCreateCertificatesRequest,
-                "BatchCreateCertificatesRequest (bad protobuf or a csr that is not UTF-8)",
-            ),
-            response_serializer=identity_pb2.BatchCreateCertificatesResponse.SerializeToString,
-        )
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    batch = unary_handler(
+        service.BatchCreateCertificates,
+        identity_pb2.BatchCreateCertificatesRequest,
+        identity_pb2.BatchCreateCertificatesResponse,
+        "BatchCreateCertificatesRequest (bad protobuf or a csr that is not UTF-8)",
+    )
+    register(server, SERVICE_NAME, {"BatchCreateCertificates": batch})

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from google.protobuf.message import DecodeError, Message
@@ -117,19 +117,33 @@ def never_raising_decoder(message: type[M], what: str) -> Callable[[bytes], M | 
     return decode
 
 
+def unary_handler(
+    behaviour: Callable[..., Any], request: type[M], response: type[Message], what: str
+) -> grpc.RpcMethodHandler:
+    """A unary-unary handler for `behaviour` whose request deserializer never raises."""
+    return grpc.unary_unary_rpc_method_handler(
+        behaviour,
+        request_deserializer=never_raising_decoder(request, what),
+        response_serializer=response.SerializeToString,
+    )
+
+
+def register(
+    server: grpc.aio.Server, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+) -> None:
+    """Serve `handlers` (method name -> handler) as `service` on `server`."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+
+
 def add_to_server(service: CertificateService, server: grpc.aio.Server) -> None:
     """Register `service` with the never-raising request deserializer."""
-    handlers = {
-        "CreateCertificate": grpc.unary_unary_rpc_method_handler(
-            service.CreateCertificate,
-            request_deserializer=never_raising_decoder(
-                ca_pb2.IstioCertificateRequest,
-                "IstioCertificateRequest (bad protobuf or a csr that is not UTF-8)",
-            ),
-            response_serializer=ca_pb2.IstioCertificateResponse.SerializeToString,
-        )
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    create = unary_handler(
+        service.CreateCertificate,
+        ca_pb2.IstioCertificateRequest,
+        ca_pb2.IstioCertificateResponse,
+        "IstioCertificateRequest (bad protobuf or a csr that is not UTF-8)",
+    )
+    register(server, SERVICE_NAME, {"CreateCertificate": create})
 
 
 async def authenticate_call(

@@ -23,7 +23,8 @@ from ca_server.issuance.service import (
     CallerAuthentication,
     UndecodableRequest,
     authenticate_call,
-    never_raising_decoder,
+    register,
+    unary_handler,
 )
 from ca_server.logs import CaEventLog
 from ca_server.metrics import CaMetrics
@@ -125,19 +126,17 @@ class WorkloadIdentityService:
 def add_to_server(service: WorkloadIdentityService, server: grpc.aio.Server) -> None:
     """Register `service` with request deserializers that never raise."""
     handlers = {
-        "MintJWTSVID": grpc.unary_unary_rpc_method_handler(
+        "MintJWTSVID": unary_handler(
             service.MintJWTSVID,
-            request_deserializer=never_raising_decoder(
-                identity_pb2.MintJWTSVIDRequest, "MintJWTSVIDRequest"
-            ),
-            response_serializer=identity_pb2.MintJWTSVIDResponse.SerializeToString,
+            identity_pb2.MintJWTSVIDRequest,
+            identity_pb2.MintJWTSVIDResponse,
+            "MintJWTSVIDRequest",
         ),
-        "FetchTrustBundles": grpc.unary_unary_rpc_method_handler(
+        "FetchTrustBundles": unary_handler(
             service.FetchTrustBundles,
-            request_deserializer=never_raising_decoder(
-                identity_pb2.FetchTrustBundlesRequest, "FetchTrustBundlesRequest"
-            ),
-            response_serializer=identity_pb2.FetchTrustBundlesResponse.SerializeToString,
+            identity_pb2.FetchTrustBundlesRequest,
+            identity_pb2.FetchTrustBundlesResponse,
+            "FetchTrustBundlesRequest",
         ),
     }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    register(server, SERVICE_NAME, handlers)
