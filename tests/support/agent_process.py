@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.ca_process import RunningCa, tree_env
+from tests.support.processes import read_log, stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 ISTIOD_SAN = "istiod.istio-system.svc"
@@ -54,17 +55,10 @@ class AgentProcess:
         return out
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        return stop_process(self.process, sig, timeout)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
 
 def start_agent_process(

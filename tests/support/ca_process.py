@@ -16,6 +16,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from tests.support.processes import read_log, stop_process
+
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60.0
 PORT_RETRY_S = 10.0
@@ -125,16 +127,10 @@ class RunningCa:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
-        self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        return stop_process(self.process, sig, timeout)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def readyz(self) -> tuple[int, dict[str, Any]]:
         """/readyz's status code and body."""

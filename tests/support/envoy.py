@@ -22,7 +22,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from tests.support.processes import read_log, stop_process
 
 START_TIMEOUT_S = 30.0
 SDS_CLUSTER = "sds-grpc"
@@ -378,16 +379,10 @@ class EnvoyProcess:
     def stop(self, timeout: float = 10.0) -> int | None:
         if self.process is None or self.process.poll() is not None:
             return None if self.process is None else self.process.returncode
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        return stop_process(self.process, timeout=timeout)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def sds_methods(self) -> set[str]:
         """The SDS RPCs Envoy opened (`StreamSecrets`, `DeltaSecrets`), from its config:debug log."""

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tests.support.ca_process import REPO, RunningCa, started_ca, tree_env
+from tests.support.processes import read_log, stop_process
 
 NODE_NAMESPACE = "bulwark-system"
 NODE_ACCOUNT = "node-agent"
@@ -104,17 +105,10 @@ class NodeAgentProcess:
         raise RuntimeError("no VmRSS")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        try:
-            return self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        return stop_process(self.process, sig, timeout)
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
 
 def write_unix_identities(path: Path, entries: Sequence[tuple[dict[str, Any], str]]) -> Path:

@@ -32,6 +32,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 
 from tests.support.interop import InteropError, IstioBinaries, write_token
 from tests.support.ports import free_port
+from tests.support.processes import read_log
 
 START_TIMEOUT_S = 60.0
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
@@ -63,7 +64,7 @@ class PilotAgent:
         return path.read_text().splitlines() if path.exists() else []
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return read_log(self.log_path)
 
     def wait_for(self, *paths: Path, timeout: float = START_TIMEOUT_S) -> None:
         """Wait until every path exists and is non-empty (sockets: exist)."""
