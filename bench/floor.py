@@ -163,8 +163,9 @@ def start_bare_grpc(
 
 def inprocess_issue_us(workloads: list[Workload], data_dir: Path) -> float:
     """CPU per certificate of the CA's request path without transport and record."""
-    from ca_server.authn.authenticators import Authentication, JwksSource, JwtAuthenticator
+    from ca_server.authn.authenticators import Authentication, JwksSource
     from ca_server.authn.impersonation import ImpersonationRules
+    from ca_server.authn.jwt_authenticator import JwtAuthenticator
     from ca_server.authn.local_issuer import LOCAL_ISSUER
     from ca_server.authority.material import DirectoryKeyStore, load_or_create
     from ca_server.issuance.service import CertificateService

@@ -18,8 +18,8 @@ from ca_server.authn.authenticators import (
     Authenticator,
     ClientCertAuthenticator,
     JwksSource,
-    JwtAuthenticator,
 )
+from ca_server.authn.jwt_authenticator import JwtAuthenticator
 from ca_server.authn.local_issuer import ISSUER_DIR, JWKS_FILE, LOCAL_ISSUER
 from ca_server.authority.material import CaMaterial
 from ca_server.config import CaConfig

@@ -12,12 +12,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ca_server.authn.authenticators import (
-    Authentication,
-    JwksSource,
-    JwtAuthenticator,
-    key_fits_algorithm,
-)
+from ca_server.authn.authenticators import Authentication, JwksSource
+from ca_server.authn.jwt_authenticator import JwtAuthenticator, key_fits_algorithm
 from ca_server.authn.local_issuer import LOCAL_ISSUER, LocalIssuer
 from ca_server.errors import AuthenticationError, ImpersonationRefused
 from ca_server.identity import Caller, RequestCredentials, bearer_token_of, shown

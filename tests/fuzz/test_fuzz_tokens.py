@@ -16,7 +16,8 @@ import jwt
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ca_server.authn.authenticators import JwksSource, JwtAuthenticator
+from ca_server.authn.authenticators import JwksSource
+from ca_server.authn.jwt_authenticator import JwtAuthenticator
 from ca_server.authn.local_issuer import LOCAL_ISSUER, LocalIssuer
 from ca_server.errors import AuthenticationError
 from ca_server.identity import RequestCredentials

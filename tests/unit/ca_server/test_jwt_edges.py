@@ -13,7 +13,8 @@ from typing import Any
 import jwt
 import pytest
 
-from ca_server.authn.authenticators import JwksSource, JwtAuthenticator
+from ca_server.authn.authenticators import JwksSource
+from ca_server.authn.jwt_authenticator import JwtAuthenticator
 from ca_server.authn.local_issuer import LOCAL_ISSUER, LocalIssuer
 from ca_server.errors import AuthenticationError
 from ca_server.identity import RequestCredentials
